@@ -1,0 +1,12 @@
+"""The list of subcommand registrars, one per front-end module.
+
+Each registrar takes the argparse subparsers object, adds its subcommand and
+sets ``func`` (taking the parsed args, returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = []
