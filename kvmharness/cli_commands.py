@@ -10,3 +10,6 @@ import argparse
 from collections.abc import Callable
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = []
+from kvmharness.snapshot import inspect_cmd as _snapshot_inspect  # noqa: E402
+
+REGISTRARS.append(_snapshot_inspect.register)
