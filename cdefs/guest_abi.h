@@ -1,0 +1,74 @@
+/*
+ * The contract between guest programs and the host: shared by the guest C
+ * sources (compiled with -I cdefs) and by the host's cffi (ffi.cdef), so
+ * both sides see one layout.  Plain C only: no preprocessor beyond integer
+ * #defines, because cffi parses this file too.
+ */
+
+#define UCALL_PORT 233
+#define UCALL_MAX_ARGS 8
+#define GUEST_MAX_VCPUS 8
+
+#define UCALL_NONE 0
+#define UCALL_SYNC 1
+#define UCALL_DONE 2
+#define UCALL_ASSERT 3
+#define UCALL_EXCEPTION 4
+
+/*
+ * One request from a vCPU.  The guest builds it on its own stack and passes
+ * its guest-physical address (below 4 GiB) as the 32-bit value of one
+ * `outl` to UCALL_PORT, so the host decodes it from the kvm_run page
+ * without another ioctl.
+ */
+struct ucall {
+    uint64_t cmd;
+    uint64_t nargs;
+    uint64_t args[8];
+    uint64_t file_gva;      /* const char *, for ASSERT */
+    uint64_t line;
+    uint64_t msg_gva;       /* const char *, for ASSERT */
+};
+
+/* What the exception stubs push, lowest address first. */
+struct exception_frame {
+    uint64_t r15, r14, r13, r12, r11, r10, r9, r8;
+    uint64_t rbp, rdi, rsi, rdx, rcx, rbx, rax;
+    uint64_t vector;
+    uint64_t error_code;
+    uint64_t rip;
+    uint64_t cs;
+    uint64_t rflags;
+    uint64_t rsp;
+    uint64_t ss;
+};
+
+/* The KVM steal-time area (Documentation/virt/kvm/x86/msr.rst). */
+struct kvm_steal_time {
+    uint64_t steal;
+    uint32_t version;
+    uint32_t flags;
+    uint8_t preempted;
+    uint8_t u8_pad[3];
+    uint32_t pad[11];
+};
+
+/* One guest reading of its steal-time area, taken with the version protocol. */
+struct steal_sample {
+    uint64_t steal;
+    uint32_t version;
+    uint32_t retries;
+    uint64_t tsc;
+};
+
+/* kvmclock per-vCPU time info (pvclock ABI). */
+struct pvclock_vcpu_time_info {
+    uint32_t version;
+    uint32_t pad0;
+    uint64_t tsc_timestamp;
+    uint64_t system_time;
+    uint32_t tsc_to_system_mul;
+    int8_t tsc_shift;
+    uint8_t flags;
+    uint8_t pad[2];
+};

@@ -1,0 +1,1 @@
+"""Host-side actors: vCPU threads, CPU pinning, contention, userfaultfd."""
