@@ -35,6 +35,7 @@ covered by some checksum.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import math
@@ -47,7 +48,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
-from kvmharness import __version__
+import kvmharness
 
 log = logging.getLogger(__name__)
 
@@ -509,8 +510,18 @@ def _byte_views(sections: Mapping[str, BufferLike]) -> list[tuple[str, memoryvie
     return views
 
 
+def _writer_version() -> str:
+    version = getattr(kvmharness, "__version__", None)
+    if version is None:  # e.g. a stale editable install that sees a namespace package
+        try:
+            version = importlib.metadata.version("kvmharness")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+    return f"kvmharness {version}"
+
+
 def _encode_header(meta: dict[str, Any], table: list[dict[str, Any]]) -> bytes:
-    doc = {"writer": f"kvmharness {__version__}", "meta": meta, "sections": table}
+    doc = {"writer": _writer_version(), "meta": meta, "sections": table}
     # ensure_ascii: the length then depends only on the digests' length, not their value.
     return json.dumps(doc, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
