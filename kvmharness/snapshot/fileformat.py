@@ -230,7 +230,7 @@ def _parse_preamble(src: _Source) -> tuple[int, int, bytes]:
     magic = head[: len(FORMAT_MAGIC)]
     if magic != FORMAT_MAGIC[: len(magic)]:
         raise _error(name, f"not a kvmharness snapshot (foreign file: {_describe_foreign(magic)})")
-    if len(head) < _PREAMBLE.size - 8:  # magic + version: enough to judge the version
+    if len(head) < len(FORMAT_MAGIC) + 4:  # magic + version: enough to judge the version
         raise _error(
             name, f"truncated: file is {size} bytes, shorter than the {HEADER_OFFSET}-byte preamble"
         )
