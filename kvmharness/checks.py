@@ -1,0 +1,568 @@
+"""Pure checks over series of paravirtual-time counter samples.
+
+Everything here is arithmetic on :class:`Sample` lists: no KVM, no I/O, no
+clock. The same functions serve the KVM steal-time scenarios (counters in
+nanoseconds, ``unit_ns=1``) and ``kvmharness procstat`` (guest ``/proc/stat``
+counters in USER_HZ ticks, ``unit_ns=10_000_000`` at 100 Hz), so a rule is
+written once.
+
+The physics the checks encode
+-----------------------------
+* Steal time is the time a vCPU was runnable but not running (KVM: the
+  ``run_delay`` of the host thread that issues ``KVM_RUN``; Xen: runstate
+  runnable + offline). It is a cumulative counter, so it never decreases
+  (:func:`check_monotonic`).
+* A vCPU cannot wait for longer than the time that passed, so per vCPU steal
+  grows at most as fast as wall time: ``max_rate=1.0`` in :func:`check_rate`.
+  An aggregate over N CPUs (the ``cpu`` line of /proc/stat) grows at most N
+  times as fast: ``max_rate=N``. For the same reason the absolute value is at
+  most the time since boot (:func:`check_bounded`).
+* The counter is a ``u64``. A host computing ``now - last`` where ``last``
+  came from another thread (the 2015 KVM restore bug) gets a negative delta,
+  stored as ``2**64 - small``. Genuine counters stay far below ``2**63`` ns
+  (292 years), so any value or increase at or above ``2**63`` ns is named a
+  u64 wrap rather than a mere jump (:data:`KIND_WRAP`).
+* The steal-time area is a seqlock: ``version`` is odd while the host writes
+  it and advances by two per update, so a reader that sees an odd version or
+  a changed value under an unchanged version saw a torn or unpublished update
+  (:func:`check_versions`).
+
+Conventions: every ``check_*`` returns ``list[Violation]`` and never raises on
+odd data (empty series, ``t_ns`` missing, negative values); it raises
+``ValueError`` only for nonsensical parameters. ``index`` in a violation is
+the index in the series passed in of the later sample of the pair (or of the
+sample itself). Bounds and slack are always given in nanoseconds; counter
+values are in the series' unit, ``unit_ns`` nanoseconds each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+U64 = 1 << 64
+WRAP_THRESHOLD = 1 << 63
+U32 = 1 << 32
+
+KIND_DECREASE = "decrease"
+KIND_WRAP = "u64-wrap"  # delta >= 2**63, or value >= 2**63: a negative delta stored as u64
+KIND_TOO_FAST = "too-fast"  # increase larger than elapsed wall time allows (times rate, + slack)
+KIND_ODD_VERSION = "odd-version"
+KIND_VERSION_STALE = "version-not-advanced"  # value changed but version did not advance
+KIND_NOT_ALIVE = "not-alive"  # under contention the counter grew less than a stated fraction
+KIND_IMPLAUSIBLE = "implausible"  # absolute value impossible (e.g. steal larger than uptime)
+KIND_STALLED = "stalled"  # (procstat) user+system stopped advancing while steal grows
+
+ALL_KINDS: tuple[str, ...] = (
+    KIND_DECREASE,
+    KIND_WRAP,
+    KIND_TOO_FAST,
+    KIND_ODD_VERSION,
+    KIND_VERSION_STALE,
+    KIND_NOT_ALIVE,
+    KIND_IMPLAUSIBLE,
+    KIND_STALLED,
+)
+
+#: Default slack of :func:`check_series` on top of one counter unit: how stale
+#: a published value may be when read. KVM refreshes the steal-time area only
+#: when a vCPU enters the guest, and a guest kernel folds steal into
+#: /proc/stat only at its timer tick; 10 ms covers one tick at HZ=100.
+DEFAULT_SLACK_NS = 10_000_000
+
+TICK_NS_100HZ = 10_000_000
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One reading of a counter."""
+
+    t_ns: int  # wall-clock time of the reading, ns (any common origin)
+    value: int  # counter value, in the series' unit
+    version: int | None = None  # seqlock version read with it (steal-time area), if any
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken rule, located in a series."""
+
+    kind: str  # one of the KIND_* constants
+    series: str  # e.g. "vcpu0", "cpu3", "cpu"
+    index: int  # index of the later sample of the pair (or the sample itself)
+    before: int | None
+    after: int | None
+    delta: int | None  # after - before (Python int, may be negative)
+    wall_ns: int | None  # wall time between the two samples
+    detail: str = ""  # human sentence
+    counter: str = ""  # e.g. "steal", "user", "version"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# -- formatting helpers (used in detail sentences) ---------------------------
+
+
+def format_value(value: int | None) -> str:
+    """``value`` as text, naming values near 2**64 as ``2^64-N``."""
+    if value is None:
+        return "?"
+    if WRAP_THRESHOLD <= value < U64:
+        return f"2^64-{U64 - value}"
+    return str(value)
+
+
+def format_ns(ns: int | float | Fraction) -> str:
+    """A duration in ns as a short human string (``12 ms``, ``3.2 years``)."""
+    x = float(ns)
+    sign = "-" if x < 0 else ""
+    x = abs(x)
+    for limit, div, unit in (
+        (1e3, 1.0, "ns"),
+        (1e6, 1e3, "us"),
+        (1e9, 1e6, "ms"),
+        (86400e9 * 2, 1e9, "s"),
+        (86400e9 * 365 * 2, 86400e9, "days"),
+    ):
+        if x < limit:
+            return f"{sign}{x / div:.4g} {unit}"
+    return f"{sign}{x / (86400e9 * 365.25):.4g} years"
+
+
+def _span(before: int | None, after: int | None) -> str:
+    return f"from {format_value(before)} to {format_value(after)}"
+
+
+def unit_name(unit_ns: int) -> str:
+    if unit_ns == 1:
+        return "ns"
+    if unit_ns == TICK_NS_100HZ:
+        return "ticks"
+    return f"units of {unit_ns} ns"
+
+
+def _exact(x: float) -> Fraction:
+    """A rate or fraction as the decimal the caller wrote (0.1 is 1/10, not 0.1000...0555)."""
+    return Fraction(str(x)) if isinstance(x, float) else Fraction(x)
+
+
+def _check_unit(unit_ns: int) -> None:
+    if unit_ns <= 0:
+        raise ValueError(f"unit_ns must be positive, got {unit_ns}")
+
+
+def _wall(a: Sample, b: Sample) -> int | None:
+    ta, tb = getattr(a, "t_ns", None), getattr(b, "t_ns", None)
+    if ta is None or tb is None:
+        return None
+    return tb - ta
+
+
+def is_wrapped_value(value: int, unit_ns: int = 1) -> bool:
+    """True when ``value`` (in units) is at or above 2**63 ns: a negative u64."""
+    return value * unit_ns >= WRAP_THRESHOLD
+
+
+def is_wrap_pair(before: int, after: int, unit_ns: int = 1) -> bool:
+    """True when the step ``before -> after`` is a u64 wrap.
+
+    Either the increase itself is at least 2**63 ns (a negative delta added
+    as u64), or the counter crossed from a sane value to one at or above
+    2**63 ns (the counter itself became negative).
+    """
+    return (after - before) * unit_ns >= WRAP_THRESHOLD or (
+        is_wrapped_value(after, unit_ns) and not is_wrapped_value(before, unit_ns)
+    )
+
+
+# -- checks -------------------------------------------------------------------
+
+
+def check_monotonic(
+    series: str, samples: Sequence[Sample], *, counter: str = "steal", unit_ns: int = 1
+) -> list[Violation]:
+    """A cumulative counter must never go down, nor wrap.
+
+    Each consecutive pair is classified:
+
+    * :data:`KIND_WRAP` when the increase is at least 2**63 ns, or the value
+      jumps from below to at or above 2**63 ns. The detail names the negative
+      delta that, stored as u64, explains it (``delta - 2**64``).
+    * :data:`KIND_DECREASE` for any other negative delta (the Xen 2017
+      symptom; also the return from a wrapped value to a sane one).
+
+    A series whose first sample is already at or above 2**63 ns is reported
+    as a wrap at index 0 (``before`` None). ``unit_ns`` scales the 2**63
+    threshold for counters kept in coarser units (USER_HZ ticks).
+    """
+    _check_unit(unit_ns)
+    out: list[Violation] = []
+    unit = unit_name(unit_ns)
+    if samples and is_wrapped_value(samples[0].value, unit_ns):
+        v = samples[0].value
+        out.append(
+            Violation(
+                kind=KIND_WRAP,
+                series=series,
+                index=0,
+                before=None,
+                after=v,
+                delta=None,
+                wall_ns=None,
+                detail=f"{counter} starts at {format_value(v)} {unit}, at or above 2^63 ns: "
+                f"a negative value ({format_ns(v * unit_ns - U64)}) stored as u64",
+                counter=counter,
+            )
+        )
+    for i in range(1, len(samples)):
+        a, b = samples[i - 1], samples[i]
+        delta = b.value - a.value
+        wall = _wall(a, b)
+        if is_wrap_pair(a.value, b.value, unit_ns):
+            delta_ns = delta * unit_ns
+            if delta_ns >= WRAP_THRESHOLD:
+                why = f"u64 wrap of a {format_ns(delta_ns - U64)} delta"
+                if unit_ns == 1:
+                    why = f"u64 wrap of a {delta - U64} ns delta"
+            else:
+                why = (
+                    f"the value is at or above 2^63 ns: a negative value "
+                    f"({format_ns(b.value * unit_ns - U64)}) stored as u64"
+                )
+            out.append(
+                Violation(
+                    kind=KIND_WRAP,
+                    series=series,
+                    index=i,
+                    before=a.value,
+                    after=b.value,
+                    delta=delta,
+                    wall_ns=wall,
+                    detail=f"{counter} went {_span(a.value, b.value)} {unit} ({why})",
+                    counter=counter,
+                )
+            )
+        elif delta < 0:
+            extra = ""
+            if is_wrapped_value(a.value, unit_ns):
+                extra = " (back from a wrapped value)"
+            out.append(
+                Violation(
+                    kind=KIND_DECREASE,
+                    series=series,
+                    index=i,
+                    before=a.value,
+                    after=b.value,
+                    delta=delta,
+                    wall_ns=wall,
+                    detail=f"{counter} went {_span(a.value, b.value)} {unit}: "
+                    f"down by {-delta}{extra}",
+                    counter=counter,
+                )
+            )
+    return out
+
+
+def check_rate(
+    series: str,
+    samples: Sequence[Sample],
+    *,
+    unit_ns: int = 1,
+    max_rate: float = 1.0,
+    slack_ns: int = 0,
+    counter: str = "steal",
+) -> list[Violation]:
+    """An increase may not exceed the wall time that passed.
+
+    For each consecutive pair the increase (in units) must satisfy
+    ``increase * unit_ns <= wall_ns * max_rate + slack_ns``; otherwise
+    :data:`KIND_TOO_FAST`. Per vCPU, steal cannot exceed elapsed time, hence
+    ``max_rate=1.0``; an aggregate over N CPUs uses ``max_rate=N``. Use
+    ``slack_ns`` for timestamp resolution, counter quantization (one unit)
+    and publication lag. Pairs that are u64 wraps (see :func:`is_wrap_pair`)
+    are left to :func:`check_monotonic` and not reported twice; decreases are
+    ignored here. A negative wall time counts as zero; pairs with a missing
+    ``t_ns`` are skipped. Comparisons are exact (``Fraction``, ``max_rate``
+    taken as the decimal written), so huge ns values lose no precision.
+    """
+    _check_unit(unit_ns)
+    if max_rate < 0 or slack_ns < 0:
+        raise ValueError("max_rate and slack_ns must not be negative")
+    rate = _exact(max_rate)
+    unit = unit_name(unit_ns)
+    out: list[Violation] = []
+    for i in range(1, len(samples)):
+        a, b = samples[i - 1], samples[i]
+        delta = b.value - a.value
+        if delta <= 0 or is_wrap_pair(a.value, b.value, unit_ns):
+            continue
+        wall = _wall(a, b)
+        if wall is None:
+            continue
+        allowed_ns = max(wall, 0) * rate + slack_ns
+        if delta * unit_ns > allowed_ns:
+            allowed_units = allowed_ns / unit_ns
+            rate_txt = "" if rate == 1 else f" x {max_rate:g}"
+            out.append(
+                Violation(
+                    kind=KIND_TOO_FAST,
+                    series=series,
+                    index=i,
+                    before=a.value,
+                    after=b.value,
+                    delta=delta,
+                    wall_ns=wall,
+                    detail=f"{counter} grew by {delta} {unit} ({format_ns(delta * unit_ns)}) in "
+                    f"{format_ns(wall)} of wall time; at most {float(allowed_units):.6g} "
+                    f"allowed (elapsed{rate_txt} + {format_ns(slack_ns)} slack)",
+                    counter=counter,
+                )
+            )
+    return out
+
+
+def _version_advanced(v0: int, v1: int) -> bool:
+    """Whether a u32 seqlock version moved forward (modulo 2**32)."""
+    step = (v1 - v0) % U32
+    return 0 < step < U32 // 2
+
+
+def check_versions(series: str, samples: Sequence[Sample]) -> list[Violation]:
+    """Seqlock discipline of a steal-time area read together with its version.
+
+    * An odd version is :data:`KIND_ODD_VERSION`: the sample was taken while
+      the host was writing the area, so its value cannot be trusted.
+    * Between consecutive versioned samples whose value differs, the version
+      must have moved forward (u32, modulo 2**32): otherwise
+      :data:`KIND_VERSION_STALE` (the value changed without a published
+      update, or the version went back).
+
+    Samples whose version is None are skipped. In these violations
+    ``counter`` is ``"version"`` and ``before``/``after``/``delta`` are the
+    versions (``before`` None for an odd version); the detail sentence gives
+    the counter values.
+    """
+    out: list[Violation] = []
+    prev: tuple[int, Sample] | None = None
+    for i, s in enumerate(samples):
+        if s.version is None:
+            continue
+        if s.version % 2:
+            out.append(
+                Violation(
+                    kind=KIND_ODD_VERSION,
+                    series=series,
+                    index=i,
+                    before=None,
+                    after=s.version,
+                    delta=None,
+                    wall_ns=None,
+                    detail=f"version {s.version} is odd (value {format_value(s.value)}): "
+                    "read while the host was updating the area",
+                    counter="version",
+                )
+            )
+        if prev is not None:
+            j, p = prev
+            assert p.version is not None
+            if s.value != p.value and not _version_advanced(p.version, s.version):
+                out.append(
+                    Violation(
+                        kind=KIND_VERSION_STALE,
+                        series=series,
+                        index=i,
+                        before=p.version,
+                        after=s.version,
+                        delta=s.version - p.version,
+                        wall_ns=_wall(p, s),
+                        detail=f"value went {_span(p.value, s.value)} but version went "
+                        f"{_span(p.version, s.version)} (sample {j} to {i})",
+                        counter="version",
+                    )
+                )
+        prev = (i, s)
+    return out
+
+
+def check_alive(
+    series: str,
+    before: Sample,
+    after: Sample,
+    *,
+    contended_ns: int,
+    min_fraction: float,
+    unit_ns: int = 1,
+    counter: str = "steal",
+    index: int = 1,
+) -> list[Violation]:
+    """Under known contention the counter must grow by a stated fraction.
+
+    When the vCPU's host thread shared a CPU with a busy process for
+    ``contended_ns``, it waited on the run queue for a good part of that
+    time, so steal must grow by at least ``min_fraction * contended_ns``
+    (``(after.value - before.value) * unit_ns``); otherwise
+    :data:`KIND_NOT_ALIVE` (steal time not being published at all, e.g.
+    the MSR not enabled, or enabled from the wrong thread). ``index`` is put
+    in the violation (default 1: ``after`` is the second sample of the pair).
+    Nothing is checked when ``contended_ns <= 0``.
+    """
+    _check_unit(unit_ns)
+    if contended_ns <= 0:
+        return []
+    growth = after.value - before.value
+    need_ns = _exact(min_fraction) * contended_ns
+    if growth * unit_ns >= need_ns:
+        return []
+    return [
+        Violation(
+            kind=KIND_NOT_ALIVE,
+            series=series,
+            index=index,
+            before=before.value,
+            after=after.value,
+            delta=growth,
+            wall_ns=_wall(before, after),
+            detail=f"{counter} grew by {format_ns(growth * unit_ns)} during "
+            f"{format_ns(contended_ns)} of contention; expected at least "
+            f"{min_fraction:g} of it ({format_ns(need_ns)})",
+            counter=counter,
+        )
+    ]
+
+
+def check_bounded(
+    series: str,
+    samples: Sequence[Sample],
+    *,
+    bound: int | Sequence[int | None],
+    bound_name: str,
+    unit_ns: int = 1,
+    counter: str = "steal",
+) -> list[Violation]:
+    """A counter's absolute value may not exceed a physical bound.
+
+    ``bound`` is in **nanoseconds**, either one number for all samples or a
+    sequence with one entry per sample (None: unknown, skip that sample),
+    e.g. the uptime at each snapshot. A sample with
+    ``value * unit_ns > bound`` is :data:`KIND_IMPLAUSIBLE`; the detail names
+    ``bound_name`` (say which bound, e.g. ``"uptime from btime"``). Steal of
+    one vCPU cannot exceed the time since boot; an aggregate over N CPUs
+    takes N times that. ``before``/``delta`` are None, ``after`` is the value.
+    """
+    _check_unit(unit_ns)
+    unit = unit_name(unit_ns)
+    out: list[Violation] = []
+    for i, s in enumerate(samples):
+        if isinstance(bound, int):
+            b: int | None = bound
+        else:
+            b = bound[i] if i < len(bound) else None
+        if b is None:
+            continue
+        if s.value * unit_ns > b:
+            out.append(
+                Violation(
+                    kind=KIND_IMPLAUSIBLE,
+                    series=series,
+                    index=i,
+                    before=None,
+                    after=s.value,
+                    delta=None,
+                    wall_ns=None,
+                    detail=f"{counter} is {format_value(s.value)} {unit} "
+                    f"({format_ns(s.value * unit_ns)}), more than the {bound_name} "
+                    f"({format_ns(b)})",
+                    counter=counter,
+                )
+            )
+    return out
+
+
+def check_stalled(
+    series: str,
+    work: Sequence[Sample],
+    steal: Sequence[Sample],
+    *,
+    idle: Sequence[Sample] | None = None,
+    min_steal: int = 1,
+    unit_ns: int = 1,
+    work_name: str = "user+system",
+) -> list[Violation]:
+    """Busy time must keep being accounted while steal grows.
+
+    ``work``, ``steal`` (and optionally ``idle``) are aligned series (same
+    readings, same unit). For each consecutive pair, when steal grew by at
+    least ``min_steal`` units while ``work`` (e.g. user+nice+system) did not
+    move at all, the CPU accounted nothing but steal: :data:`KIND_STALLED`,
+    the 2015 KVM symptom where a wrapped steal delta swallowed every tick.
+    With ``idle`` given, a pair is only reported when steal grew at least as
+    much as idle, so a mostly idle vCPU that saw a little steal is not
+    flagged. Series of unequal length are compared over the shorter one.
+    ``before``/``after``/``delta`` are the ``work`` values.
+    """
+    _check_unit(unit_ns)
+    unit = unit_name(unit_ns)
+    n = min(len(work), len(steal), len(idle) if idle is not None else len(work))
+    out: list[Violation] = []
+    for i in range(1, n):
+        d_work = work[i].value - work[i - 1].value
+        d_steal = steal[i].value - steal[i - 1].value
+        if d_work != 0 or d_steal < max(min_steal, 1):
+            continue
+        idle_txt = ""
+        if idle is not None:
+            d_idle = idle[i].value - idle[i - 1].value
+            if d_steal < d_idle:
+                continue
+            idle_txt = f", idle grew by {d_idle}"
+        out.append(
+            Violation(
+                kind=KIND_STALLED,
+                series=series,
+                index=i,
+                before=work[i - 1].value,
+                after=work[i].value,
+                delta=d_work,
+                wall_ns=_wall(work[i - 1], work[i]),
+                detail=f"{work_name} stayed at {work[i].value} {unit} while steal grew by "
+                f"{format_value(d_steal)}{idle_txt}",
+                counter=work_name,
+            )
+        )
+    return out
+
+
+def check_series(
+    series: str,
+    samples: Sequence[Sample],
+    *,
+    unit_ns: int = 1,
+    max_rate: float = 1.0,
+    slack_ns: int | None = None,
+    counter: str = "steal",
+) -> list[Violation]:
+    """Monotonic + rate + seqlock versions over one series, in that order.
+
+    ``slack_ns`` None means one counter unit (quantization) plus
+    :data:`DEFAULT_SLACK_NS`. Callers that read a published area long after
+    it was last refreshed (e.g. a long ``KVM_RUN`` before the read) should
+    pass that staleness explicitly.
+    """
+    if slack_ns is None:
+        slack_ns = unit_ns + DEFAULT_SLACK_NS
+    out = check_monotonic(series, samples, counter=counter, unit_ns=unit_ns)
+    out += check_rate(
+        series, samples, unit_ns=unit_ns, max_rate=max_rate, slack_ns=slack_ns, counter=counter
+    )
+    out += check_versions(series, samples)
+    return out
+
+
+def summarize(violations: Sequence[Violation]) -> dict[str, int]:
+    """Counts of violations by kind (kinds in :data:`ALL_KINDS` order first)."""
+    counts = Counter(v.kind for v in violations)
+    order = {k: i for i, k in enumerate(ALL_KINDS)}
+    return {k: counts[k] for k in sorted(counts, key=lambda k: (order.get(k, len(order)), k))}
