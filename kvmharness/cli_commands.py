@@ -13,3 +13,6 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = []
 from kvmharness.snapshot import inspect_cmd as _snapshot_inspect  # noqa: E402
 
 REGISTRARS.append(_snapshot_inspect.register)
+from kvmharness import hostinfo as _hostinfo  # noqa: E402
+
+REGISTRARS.append(_hostinfo.register)

@@ -68,7 +68,7 @@ def cdata_to_dict(cdata: Any) -> Any:
         tp = tp.item
     if tp.kind == "struct" or tp.kind == "union":
         out: dict[str, Any] = {}
-        for name, fld in tp.fields:
+        for name, _fld in tp.fields:
             if not name:  # anonymous member: not part of any state kvmharness saves
                 continue
             value = getattr(cdata, name)
@@ -215,7 +215,11 @@ class Kvm(_Fd):
             raise KvmUnavailable(f"{path}: cannot open: {exc.strerror}") from None
         super().__init__(fd, path)
         self.path = path
-        self.api_version = self.ioctl(nr.KVM_GET_API_VERSION)
+        try:
+            self.api_version = self.ioctl(nr.KVM_GET_API_VERSION)
+        except IoctlError as exc:
+            self.close()
+            raise KvmUnavailable(f"{path} is not a KVM device ({exc})") from None
         if self.api_version != lib.KVM_API_VERSION:
             self.close()
             raise KvmUnavailable(

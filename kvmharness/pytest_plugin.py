@@ -1,0 +1,122 @@
+"""pytest plugin: fixtures for KVM tests, the ``kvm`` marker, a host-facts header,
+and a summary of characterizations (behaviour measured, not promised).
+
+KVM tests skip with a reason where /dev/kvm is unusable, and fail instead
+when ``KVMHARNESS_REQUIRE_KVM=1`` (CI on KVM hosts sets it), so a broken
+KVM setup can never pass as a run of skips.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+REQUIRE_ENV = "KVMHARNESS_REQUIRE_KVM"
+_CHARACTERIZATIONS: list[tuple[str, str]] = []
+
+
+def kvm_required() -> bool:
+    return os.environ.get(REQUIRE_ENV, "") not in ("", "0", "no", "false")
+
+
+def _kvm_problem() -> str | None:
+    """None when /dev/kvm can be used, else why not."""
+    from kvmharness.errors import KvmError
+    from kvmharness.kvm import Kvm
+
+    try:
+        Kvm().close()
+    except KvmError as exc:
+        return str(exc)
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "kvm: needs /dev/kvm (skips without it; fails when KVMHARNESS_REQUIRE_KVM=1)")
+    config._kvmharness_problem = _kvm_problem()  # type: ignore[attr-defined]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from kvmharness.hostinfo import gather
+
+    info = gather(probe_sched=False)
+    feats = ",".join(info.kvm_features) or "-"
+    return [
+        f"kvmharness: kernel {info.kernel_release}, KVM backend {info.kvm_backend}, "
+        f"/dev/kvm {info.dev_kvm}, API {info.api_version}",
+        f"kvmharness: PV features {feats}; invariant TSC {info.invariant_tsc}; "
+        f"TSC kHz {info.tsc_khz}; userfaultfd {info.userfaultfd}",
+        f"kvmharness: {REQUIRE_ENV}={'1' if kvm_required() else '0'}",
+    ]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("kvm") is None:
+        return
+    problem = item.config._kvmharness_problem  # type: ignore[attr-defined]
+    if problem is None:
+        return
+    if kvm_required():
+        pytest.fail(f"KVM test cannot run and {REQUIRE_ENV}=1: {problem}", pytrace=False)
+    pytest.skip(f"needs /dev/kvm: {problem}")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _CHARACTERIZATIONS:
+        return
+    terminalreporter.section("kvmharness characterizations (measured, not promised by KVM)")
+    for nodeid, text in _CHARACTERIZATIONS:
+        terminalreporter.write_line(f"{nodeid}: {text}")
+
+
+@pytest.fixture
+def characterize(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Record what a characterization measured: shown in the summary and the JUnit XML."""
+
+    def record(text: str) -> None:
+        _CHARACTERIZATIONS.append((request.node.nodeid, text))
+        request.node.user_properties.append(("characterization", text))
+
+    return record
+
+
+@pytest.fixture(scope="session")
+def kvm() -> Iterator[Any]:
+    """The /dev/kvm system object (session-wide)."""
+    from kvmharness.kvm import Kvm
+
+    with Kvm() as k:
+        yield k
+
+
+@pytest.fixture
+def make_guest(kvm: Any) -> Iterator[Callable[..., Any]]:
+    """Factory: ``make_guest("selftest", vcpus=2)`` -> a GuestVm closed after the test."""
+    from kvmharness.guest.machine import GuestVm
+
+    made: list[GuestVm] = []
+
+    def factory(program: str = "selftest", **kwargs: Any) -> GuestVm:
+        gvm = GuestVm(kvm, program, **kwargs)
+        made.append(gvm)
+        return gvm
+
+    yield factory
+    for gvm in made:
+        gvm.close()
+
+
+@pytest.fixture
+def guest_vm(make_guest: Callable[..., Any]) -> Any:
+    """A fresh one-vCPU VM with the selftest guest program loaded."""
+    return make_guest("selftest")
+
+
+@pytest.fixture
+def vcpu(guest_vm: Any) -> Any:
+    """vCPU 0 of ``guest_vm``."""
+    return guest_vm.vcpus[0]

@@ -1,0 +1,1 @@
+"""Shared helpers for the kvmharness test suite (fixtures come from the plugin)."""
