@@ -86,7 +86,8 @@ def build(name: str, cc: str = "gcc") -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".elf", dir=out.parent)
     os.close(fd)
-    cmd = [cc, *CFLAGS, f"-ffile-prefix-map={SRC_DIR}/=", "-I", str(SRC_DIR), "-I", str(cdefs_dir()),
+    cmd = [cc, *CFLAGS, f"-ffile-prefix-map={SRC_DIR}/=",
+           "-I", str(SRC_DIR), "-I", str(cdefs_dir()),
            "-T", str(SRC_DIR / "guest.ld"), "-o", tmp, *map(str, _inputs(name))]
     log.info("building guest program %s: %s", name, " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True)
