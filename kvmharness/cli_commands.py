@@ -16,3 +16,6 @@ REGISTRARS.append(_snapshot_inspect.register)
 from kvmharness import hostinfo as _hostinfo  # noqa: E402
 
 REGISTRARS.append(_hostinfo.register)
+from kvmharness import procstat as _procstat  # noqa: E402
+
+REGISTRARS.append(_procstat.register)
