@@ -409,17 +409,21 @@ _kick_installed = False
 
 
 def _install_kick_handler() -> None:
-    """Give KICK_SIGNAL a (no-op) handler so it interrupts KVM_RUN instead of killing us."""
+    """Give KICK_SIGNAL a (no-op) handler so it interrupts KVM_RUN instead of killing us.
+
+    signal.signal only works on the main thread, so this runs at import (imports
+    normally happen there) and again at each vCPU creation until it succeeds.
+    Without the handler, kick() only sets immediate_exit and never signals.
+    """
     global _kick_installed
     with _kick_lock:
-        if _kick_installed:
+        if _kick_installed or threading.current_thread() is not threading.main_thread():
             return
-        if threading.current_thread() is not threading.main_thread():
-            # signal.signal only works on the main thread; fall back to a C-level
-            # ignore-free disposition is not possible from here.
-            raise KvmError("create the first vCPU from the main thread (installs the kick signal)")
         signal.signal(KICK_SIGNAL, lambda signum, frame: None)
         _kick_installed = True
+
+
+_install_kick_handler()
 
 
 class Vcpu(_Fd):
@@ -479,7 +483,7 @@ class Vcpu(_Fd):
             return
         run.immediate_exit = 1
         ident = self._in_run_ident
-        if ident is not None:
+        if ident is not None and _kick_installed:
             try:
                 signal.pthread_kill(ident, KICK_SIGNAL)
             except ProcessLookupError:

@@ -170,8 +170,8 @@ class GuestVm:
                  mem_size: int = DEFAULT_MEM_SIZE, setup_vcpus: bool = True,
                  cpuid_edit: Callable[[list[CpuidEntry]], list[CpuidEntry]] | None = None
                  ) -> None:
-        if not 1 <= vcpus <= lib.GUEST_MAX_VCPUS:
-            raise ValueError(f"vcpus must be 1..{lib.GUEST_MAX_VCPUS}, got {vcpus}")
+        if not 0 <= vcpus <= lib.GUEST_MAX_VCPUS:
+            raise ValueError(f"vcpus must be 0..{lib.GUEST_MAX_VCPUS}, got {vcpus}")
         if mem_size % LARGE_PAGE or mem_size > (1 << 30):
             raise ValueError("mem_size must be a multiple of 2 MiB and at most 1 GiB")
         self.kvm = kvm

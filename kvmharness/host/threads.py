@@ -11,6 +11,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ class VcpuThread:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._tid_ready = threading.Event()
         self.tid: int = 0
+        self.born_ns: int = 0  # CLOCK_MONOTONIC when the OS thread started
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
         self._tid_ready.wait()
@@ -42,6 +44,7 @@ class VcpuThread:
         return self._thread.ident
 
     def _loop(self) -> None:
+        self.born_ns = time.monotonic_ns()
         self.tid = threading.get_native_id()
         self._tid_ready.set()
         while True:

@@ -1,0 +1,276 @@
+"""Capture and restore of VM state, in memory or through a snapshot file.
+
+What is captured: guest memory (every slot), and per vCPU regs, sregs, FPU,
+XSAVE, XCRs, debug registers, vCPU events, mp_state, CPUID, TSC kHz and
+every MSR in KVM's MSR index list that this vCPU can read (steal time and
+kvmclock among them), plus the VM's kvmclock (KVM_GET_CLOCK).
+
+Restore is split so a scenario can choose *which thread* restores each
+vCPU: :func:`restore_vm` builds the VM and its memory (no vCPUs),
+:func:`restore_vcpu` creates one vCPU and loads its state on the calling
+thread, :func:`restore_clock` sets kvmclock last.  :func:`VmState.from_snapshot`
+validates everything before any VM exists, so a bad file never leaves a
+half-restored VM.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import kvmharness
+from kvmharness.errors import MsrError
+from kvmharness.ffi import ffi
+from kvmharness.guest.machine import GuestVm
+from kvmharness.kvm import ClockData, CpuidEntry, Kvm, Vcpu, from_raw, raw_bytes
+from kvmharness.snapshot.fileformat import Snapshot, SnapshotFormatError, read_snapshot
+
+log = logging.getLogger(__name__)
+
+STATE_KIND = "kvmharness-vm-state"
+STATE_VERSION = 1
+
+# raw struct sections per vCPU: section suffix -> C type
+VCPU_STRUCTS = {
+    "regs": "struct kvm_regs",
+    "sregs": "struct kvm_sregs",
+    "fpu": "struct kvm_fpu",
+    "xsave": "struct kvm_xsave",
+    "xcrs": "struct kvm_xcrs",
+    "debugregs": "struct kvm_debugregs",
+    "events": "struct kvm_vcpu_events",
+}
+
+_readable_msrs: dict[tuple[int, ...], list[int]] = {}
+
+
+def readable_msrs(kvm: Kvm, vcpu: Vcpu) -> list[int]:
+    """The MSRs of KVM's index list this vCPU can read (refused ones dropped)."""
+    listed = tuple(kvm.msr_index_list())
+    if listed in _readable_msrs:
+        return _readable_msrs[listed]
+    todo = list(listed)
+    good: list[int] = []
+    while todo:
+        try:
+            vcpu.get_msrs(todo)
+            good.extend(todo)
+            break
+        except MsrError as exc:
+            good.extend(todo[:exc.done])
+            log.debug("MSR %#x not readable here, not captured", exc.failed_index)
+            todo = todo[exc.done + 1:]
+    _readable_msrs[listed] = good
+    return good
+
+
+@dataclass
+class VcpuState:
+    index: int
+    structs: dict[str, bytes]
+    msrs: dict[int, int]
+    mp_state: int
+    cpuid: list[CpuidEntry]
+    tsc_khz: int
+
+
+@dataclass
+class VmState:
+    program: str
+    mem_size: int
+    memory: bytes
+    clock: ClockData
+    vcpus: list[VcpuState]
+    captured_ns: int
+    meta_extra: dict[str, Any] = field(default_factory=dict)
+
+    # ---- to and from the snapshot container
+    def to_snapshot(self) -> tuple[dict[str, Any], dict[str, bytes]]:
+        meta: dict[str, Any] = {
+            "kind": STATE_KIND,
+            "state_version": STATE_VERSION,
+            "kvmharness_version": kvmharness.__version__,
+            "created_unix": time.time(),
+            "kernel_release": platform.release(),
+            "program": self.program,
+            "mem_size": self.mem_size,
+            "captured_monotonic_ns": self.captured_ns,
+            "clock": {"clock_ns": self.clock.clock_ns, "flags": self.clock.flags,
+                      "realtime_ns": self.clock.realtime_ns, "host_tsc": self.clock.host_tsc},
+            "vcpus": [
+                {"index": v.index, "mp_state": v.mp_state, "tsc_khz": v.tsc_khz,
+                 "msrs": {f"{k:#x}": val for k, val in v.msrs.items()},
+                 "cpuid": [[e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx]
+                           for e in v.cpuid]}
+                for v in self.vcpus
+            ],
+            "extra": self.meta_extra,
+        }
+        sections: dict[str, bytes] = {"mem/slot0": self.memory}
+        for v in self.vcpus:
+            for name, data in v.structs.items():
+                sections[f"vcpu{v.index}/{name}"] = data
+        return meta, sections
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot, name: str = "<snapshot>") -> VmState:
+        """Validate a container's contents as VM state; SnapshotFormatError if anything is off."""
+
+        def bad(problem: str) -> SnapshotFormatError:
+            return SnapshotFormatError(name, f"not restorable VM state: {problem}")
+
+        meta = snap.meta
+        if not isinstance(meta, dict) or meta.get("kind") != STATE_KIND:
+            raise bad(f"meta kind is {meta.get('kind') if isinstance(meta, dict) else None!r}, "
+                      f"expected {STATE_KIND!r}")
+        if meta.get("state_version") != STATE_VERSION:
+            raise bad(f"state version {meta.get('state_version')!r}, "
+                      f"this kvmharness restores {STATE_VERSION}")
+        try:
+            mem_size = int(meta["mem_size"])
+            memory = snap.sections["mem/slot0"]
+            if len(memory) != mem_size:
+                raise bad(f"mem/slot0 is {len(memory)} bytes, meta says {mem_size}")
+            c = meta["clock"]
+            clock = ClockData(int(c["clock_ns"]), int(c["flags"]), int(c["realtime_ns"]),
+                              int(c["host_tsc"]))
+            vcpus = []
+            for i, v in enumerate(meta["vcpus"]):
+                if int(v["index"]) != i:
+                    raise bad(f"vCPU entry {i} has index {v['index']}")
+                structs = {}
+                for sname, ctype in VCPU_STRUCTS.items():
+                    data = snap.sections.get(f"vcpu{i}/{sname}")
+                    if data is None:
+                        raise bad(f"section vcpu{i}/{sname} missing")
+                    if len(data) != ffi.sizeof(ctype):
+                        raise bad(f"section vcpu{i}/{sname} is {len(data)} bytes, "
+                                  f"{ctype} is {ffi.sizeof(ctype)}")
+                    structs[sname] = data
+                vcpus.append(VcpuState(
+                    index=i, structs=structs,
+                    msrs={int(k, 16): int(val) for k, val in v["msrs"].items()},
+                    mp_state=int(v["mp_state"]),
+                    cpuid=[CpuidEntry(*map(int, e)) for e in v["cpuid"]],
+                    tsc_khz=int(v["tsc_khz"]),
+                ))
+            if not vcpus:
+                raise bad("no vCPUs")
+            return cls(program=str(meta["program"]), mem_size=mem_size, memory=memory,
+                       clock=clock, vcpus=vcpus,
+                       captured_ns=int(meta["captured_monotonic_ns"]),
+                       meta_extra=dict(meta.get("extra") or {}))
+        except SnapshotFormatError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise bad(f"malformed meta ({type(exc).__name__}: {exc})") from None
+
+
+def capture_vcpu(kvm: Kvm, vcpu: Vcpu) -> VcpuState:
+    structs = {
+        "regs": raw_bytes(vcpu.get_regs()),
+        "sregs": raw_bytes(vcpu.get_sregs()),
+        "fpu": raw_bytes(vcpu.get_fpu()),
+        "xsave": raw_bytes(vcpu.get_xsave()),
+        "xcrs": raw_bytes(vcpu.get_xcrs()),
+        "debugregs": raw_bytes(vcpu.get_debugregs()),
+        "events": raw_bytes(vcpu.get_vcpu_events()),
+    }
+    return VcpuState(index=vcpu.index, structs=structs,
+                     msrs=vcpu.get_msrs(readable_msrs(kvm, vcpu)),
+                     mp_state=vcpu.get_mp_state(), cpuid=vcpu.get_cpuid(),
+                     tsc_khz=vcpu.get_tsc_khz())
+
+
+def capture(gvm: GuestVm, vcpu_states: list[VcpuState] | None = None) -> VmState:
+    """Capture a stopped VM.  ``vcpu_states`` lets callers capture vCPUs on their own threads."""
+    states = vcpu_states if vcpu_states is not None else [
+        capture_vcpu(gvm.kvm, v) for v in gvm.vcpus]
+    memory = bytes(gvm.memory.buffer())
+    return VmState(program=gvm.program, mem_size=gvm.mem_size, memory=memory,
+                   clock=gvm.vm.get_clock(), vcpus=states, captured_ns=time.monotonic_ns())
+
+
+def restore_vm(kvm: Kvm, state: VmState) -> GuestVm:
+    """A new VM with the saved memory and no vCPUs yet."""
+    gvm = GuestVm(kvm, state.program, vcpus=0, mem_size=state.mem_size, setup_vcpus=False)
+    try:
+        gvm.memory.buffer()[:] = state.memory
+    except BaseException:
+        gvm.close()
+        raise
+    return gvm
+
+
+def restore_vcpu(gvm: GuestVm, state: VmState, index: int) -> Vcpu:
+    """Create vCPU ``index`` and load its saved state, from the calling thread."""
+    vs = state.vcpus[index]
+    vcpu = gvm.add_vcpu(index, setup=False)
+    load_vcpu_state(vcpu, vs)
+    return vcpu
+
+
+def load_vcpu_state(vcpu: Vcpu, vs: VcpuState, *, msrs: bool = True) -> None:
+    vcpu.set_cpuid(vs.cpuid)
+    if vs.tsc_khz and vcpu.get_tsc_khz() != vs.tsc_khz:
+        vcpu.set_tsc_khz(vs.tsc_khz)
+    vcpu.set_sregs(from_raw("struct kvm_sregs", vs.structs["sregs"]))
+    vcpu.set_regs(from_raw("struct kvm_regs", vs.structs["regs"]))
+    vcpu.set_fpu(from_raw("struct kvm_fpu", vs.structs["fpu"]))
+    vcpu.set_xsave(from_raw("struct kvm_xsave", vs.structs["xsave"]))
+    vcpu.set_xcrs(from_raw("struct kvm_xcrs", vs.structs["xcrs"]))
+    vcpu.set_debugregs(from_raw("struct kvm_debugregs", vs.structs["debugregs"]))
+    vcpu.set_vcpu_events(from_raw("struct kvm_vcpu_events", vs.structs["events"]))
+    vcpu.set_mp_state(vs.mp_state)
+    if msrs:
+        set_msrs_tolerant(vcpu, vs.msrs)
+
+
+def set_msrs_tolerant(vcpu: Vcpu, msrs: dict[int, int]) -> list[int]:
+    """KVM_SET_MSRS of a saved set; an MSR KVM refuses is skipped only if the new
+    vCPU already holds the saved value (nothing would change), else MsrError.
+    Returns the skipped indices."""
+    items = list(msrs.items())
+    skipped: list[int] = []
+    while items:
+        try:
+            vcpu.set_msrs(dict(items))
+            break
+        except MsrError as exc:
+            index, value = items[exc.done]
+            try:
+                current = vcpu.get_msr(index)
+            except MsrError:
+                current = None
+            if current != value:
+                raise
+            log.debug("MSR %#x refused on restore but already %#x; skipped", index, value)
+            skipped.append(index)
+            items = items[exc.done + 1:]
+    return skipped
+
+
+def restore_clock(gvm: GuestVm, state: VmState, downtime_ns: int = 0) -> None:
+    """Set kvmclock to the saved value plus the downtime the guest should see."""
+    gvm.vm.set_clock(ClockData(state.clock.clock_ns + downtime_ns))
+
+
+def restore(kvm: Kvm, state: VmState) -> GuestVm:
+    """Everything on the calling thread (for tools and tests)."""
+    gvm = restore_vm(kvm, state)
+    try:
+        for i in range(len(state.vcpus)):
+            restore_vcpu(gvm, state, i)
+        restore_clock(gvm, state)
+    except BaseException:
+        gvm.close()
+        raise
+    return gvm
+
+
+def load_state_file(path: str) -> VmState:
+    """Read and validate a snapshot file as VM state (SnapshotFormatError on any problem)."""
+    return VmState.from_snapshot(read_snapshot(path), str(path))
