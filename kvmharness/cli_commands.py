@@ -19,3 +19,6 @@ REGISTRARS.append(_hostinfo.register)
 from kvmharness import procstat as _procstat  # noqa: E402
 
 REGISTRARS.append(_procstat.register)
+from kvmharness import run_cmd as _run_cmd  # noqa: E402
+
+REGISTRARS.append(_run_cmd.register)
