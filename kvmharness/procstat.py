@@ -183,14 +183,18 @@ class Snapshot:
 # -- parsing -------------------------------------------------------------------
 
 _LEAD = re.compile(r"^[\s>]*")
-_CPU_KEY = re.compile(r"^cpu\d*$")
+_CPU_KEY = re.compile(r"^cpu[0-9]*$")
+_INT = re.compile(r"[0-9]+")
+_STAT_KEYS = frozenset(
+    {"intr", "ctxt", "btime", "processes", "procs_running", "procs_blocked", "softirq"}
+)
 _KEY = re.compile(r"^[a-z_]+$")
-_NUMBERS = re.compile(r"^\d+(?:\s+\d+)*$")
+_NUMBERS = re.compile(r"^[0-9]+(?:\s+[0-9]+)*$")
 _TIME_HDR = re.compile(r"^#?\s*(?:time|timestamp|date|wall)\s*[:=]?\s*(\S+)$", re.IGNORECASE)
-_UPTIME_HDR = re.compile(r"^#?\s*uptime\s*[:=]?\s*(\d+(?:\.\d+)?)(?:\s+\d+(?:\.\d+)?)?$", re.I)
-_PROC_UPTIME = re.compile(r"^(\d+\.\d+)\s+\d+\.\d+$")
-_BARE_INT_TIME = re.compile(r"^\d{10}$")  # date +%s, 2001..2286
-_BARE_DEC_TIME = re.compile(r"^\d{9,10}\.\d+$")  # date +%s.%N
+_UPTIME_HDR = re.compile(r"^#?\s*uptime\s*[:=]?\s*([0-9]+(?:\.[0-9]+)?)(?:\s+[0-9.]+)?$", re.I)
+_PROC_UPTIME = re.compile(r"^([0-9]+\.[0-9]+)\s+[0-9]+\.[0-9]+$")
+_BARE_INT_TIME = re.compile(r"^[0-9]{10}$")  # date +%s, 2001..2286
+_BARE_DEC_TIME = re.compile(r"^[0-9]{9,10}\.[0-9]+$")  # date +%s.%N
 
 
 def _seconds_to_ns(text: str) -> tuple[int, int] | None:
@@ -267,7 +271,7 @@ class _Parser:
             log.debug("%s: '%s' without values ignored", where, p.key)
             return
         for tok in p.tokens:
-            if not tok.isdigit():
+            if not _INT.fullmatch(tok):
                 raise ProcStatError(f"line {p.line}: '{p.key}' line: {tok!r} is not a counter")
         values = tuple(int(t) for t in p.tokens)
         if len(values) < MIN_COLUMNS:
@@ -298,9 +302,12 @@ class _Parser:
         self.markers.append(_Marker(kind, len(self.snapshots), parsed[0], parsed[1], line))
         return True
 
-    def _pending_cpu_incomplete(self) -> bool:
+    def _pending_incomplete(self) -> bool:
+        """Whether the pending line surely goes on (a key without values, a short cpu line)."""
         p = self.pending
-        return p is not None and bool(_CPU_KEY.match(p.key)) and len(p.tokens) < MAX_COLUMNS
+        if p is None:
+            return False
+        return not p.tokens or (bool(_CPU_KEY.match(p.key)) and len(p.tokens) < MAX_COLUMNS)
 
     def feed(self, lineno: int, raw: str) -> None:
         line = _LEAD.sub("", raw).rstrip()
@@ -317,7 +324,7 @@ class _Parser:
             if self._marker("time", _parse_time(m.group(1)), lineno):
                 return
         if _BARE_DEC_TIME.match(line) or (
-            _BARE_INT_TIME.match(line) and not self._pending_cpu_incomplete()
+            _BARE_INT_TIME.match(line) and not self._pending_incomplete()
         ):
             if self._marker("time", _parse_time(line), lineno):
                 return
@@ -329,9 +336,11 @@ class _Parser:
             return
         tokens = line.split()
         key = tokens[0]
-        if (_CPU_KEY.match(key) or _KEY.match(key)) and (len(tokens) == 1 or tokens[1].isdigit()):
-            if len(tokens) == 1 and not _CPU_KEY.match(key):
-                key = ""  # a lone word is prose
+        if (_CPU_KEY.match(key) or _KEY.match(key)) and (
+            len(tokens) == 1 or _INT.fullmatch(tokens[1])
+        ):
+            if len(tokens) == 1 and not _CPU_KEY.match(key) and key not in _STAT_KEYS:
+                key = ""  # a lone word is prose, a lone /proc/stat key a wrapped line
             if key:
                 self._flush()
                 self.pending = _Pending(key, tokens[1:], lineno)
@@ -634,7 +643,9 @@ class _SeriesChecker:
             if v.kind == checks.KIND_DECREASE and col == IOWAIT:
                 note = NOTE_IOWAIT
             elif v.kind == checks.KIND_DECREASE and col == IDLE:
-                if self.a.hotplug_between(where[v.index - 1], where[v.index]):
+                a, b = where[v.index - 1], where[v.index]
+                # a CPU line: it was offline in between; the aggregate: the CPU set changed
+                if self.a.hotplug_between(a, b) if self.aggregate else b - a > 1:
                     note = NOTE_IDLE_HOTPLUG
             self.a.add(self.finding(v, where, note=note))
 
@@ -763,10 +774,12 @@ class _Analysis:
         self._describe()
         order = {n: i for i, n in enumerate(names)}
         cols = {c: i for i, c in enumerate(COLUMNS)}
+        kinds = {k: i for i, k in enumerate(checks.ALL_KINDS)}
 
         def key(f: Finding) -> tuple:
             v = f.violation
-            return (f.snapshot_after, order.get(v.series, 0), cols.get(v.counter, 99), v.kind)
+            kind = kinds.get(v.kind, len(kinds))
+            return (f.snapshot_after, order.get(v.series, 0), cols.get(v.counter, 99), kind)
 
         return Report(
             snapshots=self.snaps,
@@ -834,7 +847,7 @@ def _rows(findings: Sequence[Finding]) -> list[list[str]]:
             else str(f.snapshot_after)
         )
         detail = v.detail
-        if f.bound:
+        if f.bound and f.bound not in detail:
             detail = f"[{f.bound}] {detail}"
         if f.note:
             detail = f"{detail} ({f.note})"
