@@ -221,8 +221,9 @@ def _parse_time(text: str) -> tuple[int, int] | None:
     if when.tzinfo is None:
         log.warning("time %s has no time zone; taken as UTC", text)
         when = when.replace(tzinfo=dt.UTC)
-    res = 1000 if when.microsecond else NS_PER_S
-    return int(when.timestamp()) * NS_PER_S + when.microsecond * 1000, res
+    since = when - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    ns = (since.days * 86400 + since.seconds) * NS_PER_S + since.microseconds * 1000
+    return ns, 1000 if when.microsecond else NS_PER_S
 
 
 @dataclass
@@ -614,6 +615,9 @@ class _SeriesChecker:
         self.positions = positions  # 0-based snapshot indices, one segment (no reboot)
         self.aggregate = name == AGGREGATE
         self.scale = report.n_cpus if self.aggregate else 1
+        self.times = ""
+        if self.aggregate:
+            self.times = f" x {self.scale} CPU" + ("" if self.scale == 1 else "s")
 
     def values(self, k: int) -> tuple[int, ...]:
         return self.a.snaps[k].cpus[self.name]
@@ -663,7 +667,7 @@ class _SeriesChecker:
             return
         label = " / ".join(sorted(names))
         if self.aggregate:
-            label += f" x {self.scale} CPUs"
+            label += self.times
         samples = [Sample(0, self.values(k)[STEAL]) for k in where]
         found = checks.check_bounded(
             self.name,
@@ -694,7 +698,7 @@ class _SeriesChecker:
             if elapsed is None:
                 continue
             va, vb = self.values(a)[STEAL], self.values(b)[STEAL]
-            label = bound + (f" x {self.scale} CPUs" if self.aggregate else "")
+            label = bound + self.times
             for v in checks.check_rate(
                 self.name,
                 [Sample(0, va), Sample(elapsed, vb)],

@@ -178,7 +178,7 @@ def test_uptime_bound_without_snapshot_time_uses_now_minus_btime(tmp_path, capsy
     rc, doc = run_json(capsys, write(tmp_path, "one", text))
     assert rc == 1
     assert [(x["series"], x["kind"], x["bound"]) for x in doc["findings"]] == [
-        ("cpu", "implausible", "uptime <= now - btime x 1 CPUs"),
+        ("cpu", "implausible", "uptime <= now - btime x 1 CPU"),
         ("cpu0", "implausible", "uptime <= now - btime"),
     ]
     assert any("fewer than 2 CPUs" in m or "now - btime" in m for m in doc["messages"])
@@ -391,7 +391,7 @@ def test_wrong_uptime_bound_is_caught(tmp_path, capsys):
     rc, doc = run_json(capsys, write(tmp_path, "u", text))
     assert rc == 1
     assert [(x["series"], x["kind"], x["bound"]) for x in doc["findings"]] == [
-        ("cpu", "implausible", "uptime (/proc/uptime) x 1 CPUs"),
+        ("cpu", "implausible", "uptime (/proc/uptime) x 1 CPU"),
         ("cpu0", "implausible", "uptime (/proc/uptime)"),
     ]
 
