@@ -75,14 +75,13 @@ class HostInfo:
         def yn(v: bool | None) -> str:
             return "unknown" if v is None else ("yes" if v else "no")
 
-        caps = ", ".join(f"{k}={v}" for k, v in self.capabilities.items()) or "-"
         return [
             ("kernel release", self.kernel_release),
             ("KVM backend", self.kvm_backend),
             ("KVM modules", ", ".join(self.kvm_modules) or "-"),
             ("/dev/kvm", self.dev_kvm),
             ("KVM API version", str(self.api_version) if self.api_version is not None else "-"),
-            ("capabilities", caps),
+        ] + [(f"KVM_CAP_{k}", str(v)) for k, v in self.capabilities.items()] + [
             ("KVM PV features (CPUID 0x40000001)", ", ".join(self.kvm_features) or "-"),
             ("steal time", yn(self.steal_time)),
             ("kvmclock (clocksource2)", yn(self.clocksource2)),

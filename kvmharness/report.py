@@ -91,9 +91,17 @@ def plot_steal(results: Sequence[Any], path: str) -> None:
     for ax, res in zip(axes[:, 0], results, strict=True):
         t0 = min((r.guest[0].t_ns for r in res.records if r.guest), default=0)
         for rec in res.records:
-            xs = [(s.t_ns - t0) / 1e9 for s in rec.guest]
-            ys = [s.value / 1e6 for s in rec.guest]
-            ax.plot(xs, ys, label=f"vcpu{rec.index}", linewidth=1)
+            # before and after the boundary drawn apart: nothing was sampled between
+            cut = rec.boundary if 0 < rec.boundary < len(rec.guest) else len(rec.guest)
+            color = None
+            for part in (rec.guest[:cut], rec.guest[cut:]):
+                if not part:
+                    continue
+                xs = [(s.t_ns - t0) / 1e9 for s in part]
+                ys = [s.value / 1e6 for s in part]
+                (line,) = ax.plot(xs, ys, drawstyle="steps-post", linewidth=1, color=color,
+                                  label=None if color else f"vcpu{rec.index}")
+                color = line.get_color()
             if 0 < rec.boundary < len(rec.guest):
                 ax.axvline((rec.guest[rec.boundary].t_ns - t0) / 1e9, color="red",
                            linestyle="--", linewidth=0.8)

@@ -1,0 +1,33 @@
+"""Report rendering from synthetic results (no KVM needed)."""
+
+from __future__ import annotations
+
+import struct
+
+from kvmharness.checks import Sample
+from kvmharness.report import plot_steal, steal_table
+from kvmharness.scenarios.steal import STRATEGIES, StealConfig, StealResult, VcpuRecord
+
+
+def _result(verdict: str = "holds") -> StealResult:
+    rec = VcpuRecord(0, guest=[Sample(i * 1_000_000, i * 400_000, 2 * i) for i in range(10)],
+                     boundary=5, phases=[(0, 4, 5_000_000), (5, 9, 5_000_000)])
+    return StealResult(StealConfig("fresh-vm/vcpu-thread"), STRATEGIES["fresh-vm/vcpu-thread"],
+                       [rec], [], verdict, "steal monotonic", 0.5, 0.05)
+
+
+def test_table_has_boundary_values_and_verdict():
+    text = steal_table([_result()])
+    assert "fresh-vm/vcpu-thread" in text
+    assert "1.6 ms" in text and "2 ms" in text  # samples 4 and 5: 1.6 ms -> 2.0 ms
+    assert "holds" in text
+
+
+def test_plot_writes_a_png(tmp_path):
+    out = tmp_path / "steal.png"
+    plot_steal([_result(), _result("BROKEN")], str(out))
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 200 and height > 200
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".kvmharness-")]
