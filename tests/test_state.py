@@ -92,3 +92,19 @@ def test_bad_snapshot_is_refused_before_any_vm_exists(make_guest, tmp_path, dama
         load_state_file(str(path))
     assert str(path.name) in str(info.value)
     assert _vm_fds() == before, "no VM was created for a bad file"
+
+
+def test_snapshot_inspect_lists_a_real_vm_state(make_guest, tmp_path, capsys):
+    from kvmharness.cli import main
+
+    gvm = make_guest("steal", vcpus=2)
+    _advance(gvm, 2)
+    path = tmp_path / "vm.snap"
+    write_snapshot(path, *capture(gvm).to_snapshot())
+    assert main(["snapshot", "inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    for name in ("mem/slot0", "vcpu0/regs", "vcpu1/xsave", "kvmharness-vm-state"):
+        assert name in out
+    path.write_bytes(path.read_bytes()[:1000])
+    assert main(["snapshot", "inspect", str(path)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
