@@ -8,12 +8,13 @@ cffi cdata (``regs.rip``), convertible with :func:`cdata_to_dict` /
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
 import signal
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,12 @@ def _ioctl(fd: int, request: int, arg: Any, target: str) -> int:
 
 def _int_arg(value: int) -> Any:
     return ffi.cast("void *", value)
+
+
+def _flex(ctype: str, count_field: str, array_field: str, n: int) -> Any:
+    """A zeroed ``ctype *`` whose trailing flexible array has ``n`` entries (cffi
+    sizes the allocation from the array's length), with its count field set."""
+    return ffi.new(ctype + " *", {count_field: n, array_field: max(1, n)})
 
 
 # --------------------------------------------------------------------------
@@ -248,14 +255,11 @@ class Kvm(_Fd):
     def supported_cpuid(self) -> list[CpuidEntry]:
         nent = 64
         while True:
-            buf = ffi.new("char[]", ffi.sizeof("struct kvm_cpuid2")
-                          + nent * ffi.sizeof("struct kvm_cpuid_entry2"))
-            cpuid = ffi.cast("struct kvm_cpuid2 *", buf)
-            cpuid.nent = nent
+            cpuid = _flex("struct kvm_cpuid2", "nent", "entries", nent)
             try:
                 self.ioctl(nr.KVM_GET_SUPPORTED_CPUID, cpuid)
             except IoctlError as exc:
-                if exc.errno_value == 7 and nent < 4096:  # E2BIG: grow and retry
+                if exc.errno_value == errno.E2BIG and nent < 4096:  # grow and retry
                     nent *= 2
                     continue
                 raise
@@ -264,13 +268,11 @@ class Kvm(_Fd):
     def msr_index_list(self) -> list[int]:
         n = 64
         while True:
-            buf = ffi.new("char[]", 4 + 4 * n)
-            lst = ffi.cast("struct kvm_msr_list *", buf)
-            lst.nmsrs = n
+            lst = _flex("struct kvm_msr_list", "nmsrs", "indices", n)
             try:
                 self.ioctl(nr.KVM_GET_MSR_INDEX_LIST, lst)
             except IoctlError as exc:
-                if exc.errno_value == 7 and lst.nmsrs > n:  # E2BIG tells the real count
+                if exc.errno_value == errno.E2BIG and lst.nmsrs > n:  # it tells the real count
                     n = lst.nmsrs
                     continue
                 raise
@@ -287,15 +289,12 @@ def _cpuid_from_c(e: Any) -> CpuidEntry:
 
 
 def _cpuid_to_c(entries: list[CpuidEntry]) -> Any:
-    buf = ffi.new("char[]", ffi.sizeof("struct kvm_cpuid2")
-                  + max(1, len(entries)) * ffi.sizeof("struct kvm_cpuid_entry2"))
-    cpuid = ffi.cast("struct kvm_cpuid2 *", buf)
-    cpuid.nent = len(entries)
+    cpuid = _flex("struct kvm_cpuid2", "nent", "entries", len(entries))
     for i, e in enumerate(entries):
         c = cpuid.entries[i]
         c.function, c.index, c.flags = e.function, e.index, e.flags
         c.eax, c.ebx, c.ecx, c.edx = e.eax, e.ebx, e.ecx, e.edx
-    return buf, cpuid
+    return cpuid
 
 
 class Vm(_Fd):
@@ -317,12 +316,10 @@ class Vm(_Fd):
         for vcpu in self.vcpus:
             vcpu.close()
         self.vcpus.clear()
-        fd_open = self.fd >= 0
         self._close_fd()  # the VM goes away with its last fd; then the memory can go
-        if fd_open or self.slots:
-            for s in self.slots.values():
-                lib.munmap(s._ptr, s.size)
-            self.slots.clear()
+        for s in self.slots.values():
+            lib.munmap(s._ptr, s.size)
+        self.slots.clear()
 
     # ---- memory
     def add_memory(self, slot: int, gpa: int, size: int, *, flags: int = 0) -> MemorySlot:
@@ -588,7 +585,7 @@ class Vcpu(_Fd):
     # ---- MSRs
     def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
         idx = list(indices)
-        buf, msrs = self._msr_buffer(len(idx))
+        msrs = _flex("struct kvm_msrs", "nmsrs", "entries", len(idx))
         for i, index in enumerate(idx):
             msrs.entries[i].index = index
         done = self.ioctl(nr.KVM_GET_MSRS, msrs)
@@ -601,7 +598,7 @@ class Vcpu(_Fd):
 
     def set_msrs(self, values: Mapping[int, int]) -> None:
         items = list(values.items())
-        buf, msrs = self._msr_buffer(len(items))
+        msrs = _flex("struct kvm_msrs", "nmsrs", "entries", len(items))
         for i, (index, data) in enumerate(items):
             msrs.entries[i].index = index
             msrs.entries[i].data = data
@@ -612,24 +609,12 @@ class Vcpu(_Fd):
     def set_msr(self, index: int, value: int) -> None:
         self.set_msrs({index: value})
 
-    @staticmethod
-    def _msr_buffer(n: int) -> tuple[Any, Any]:
-        buf = ffi.new("char[]", ffi.sizeof("struct kvm_msrs")
-                      + max(1, n) * ffi.sizeof("struct kvm_msr_entry"))
-        msrs = ffi.cast("struct kvm_msrs *", buf)
-        msrs.nmsrs = n
-        return buf, msrs
-
     # ---- CPUID
     def set_cpuid(self, entries: list[CpuidEntry]) -> None:
-        buf, cpuid = _cpuid_to_c(entries)
-        self.ioctl(nr.KVM_SET_CPUID2, cpuid)
+        self.ioctl(nr.KVM_SET_CPUID2, _cpuid_to_c(entries))
 
     def get_cpuid(self, max_entries: int = 256) -> list[CpuidEntry]:
-        buf = ffi.new("char[]", ffi.sizeof("struct kvm_cpuid2")
-                      + max_entries * ffi.sizeof("struct kvm_cpuid_entry2"))
-        cpuid = ffi.cast("struct kvm_cpuid2 *", buf)
-        cpuid.nent = max_entries
+        cpuid = _flex("struct kvm_cpuid2", "nent", "entries", max_entries)
         self.ioctl(nr.KVM_GET_CPUID2, cpuid)
         return [_cpuid_from_c(cpuid.entries[i]) for i in range(cpuid.nent)]
 
@@ -645,7 +630,7 @@ class Vcpu(_Fd):
         try:
             self.ioctl(nr.KVM_HAS_DEVICE_ATTR, a)
         except IoctlError as exc:
-            if exc.errno_value in (6, 25, 22):  # ENXIO, ENOTTY, EINVAL: not there
+            if exc.errno_value in (errno.ENXIO, errno.ENOTTY, errno.EINVAL):  # not there
                 return False
             raise
         return True
@@ -672,8 +657,3 @@ class Vcpu(_Fd):
     def set_tsc_offset(self, offset: int) -> None:
         self.set_attr_u64(lib.KVM_VCPU_TSC_CTRL, lib.KVM_VCPU_TSC_OFFSET, offset & (2**64 - 1))
 
-
-def iter_exits(vcpu: Vcpu) -> Iterator[int]:
-    """Run the vCPU forever, yielding each exit reason."""
-    while True:
-        yield vcpu.run()
