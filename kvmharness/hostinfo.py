@@ -117,14 +117,14 @@ def sched_info_live(spin_s: float = 0.02) -> bool | None:
     run_delay stays at 0 the kernel is built without sched_info and KVM
     cannot publish steal time.
     """
-    path = Path(f"/proc/self/task/{_tid()}/schedstat")
+    from kvmharness.host.contention import Stealer, run_delay_ns
+
     try:
-        before = int(path.read_text().split()[1])
+        before = run_delay_ns()
     except (OSError, IndexError, ValueError):
         return None
     if before > 0:
         return True
-    from kvmharness.host.contention import Stealer
 
     cpu = min(os.sched_getaffinity(0))
     old = os.sched_getaffinity(0)
@@ -136,14 +136,7 @@ def sched_info_live(spin_s: float = 0.02) -> bool | None:
                 pass
     finally:
         os.sched_setaffinity(0, old)
-    after = int(path.read_text().split()[1])
-    return after > before
-
-
-def _tid() -> int:
-    import threading
-
-    return threading.get_native_id()
+    return run_delay_ns() > before
 
 
 def userfaultfd_state() -> str:

@@ -21,7 +21,7 @@ import logging
 import struct
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kvmharness.errors import GuestError
@@ -359,12 +359,3 @@ class GuestVm:
                 t.close()
         return results
 
-
-@dataclass
-class GuestSpec:
-    """What to build a GuestVm from (used by fixtures and scenarios)."""
-
-    program: str
-    vcpus: int = 1
-    mem_size: int = DEFAULT_MEM_SIZE
-    extra: dict[str, Any] = field(default_factory=dict)

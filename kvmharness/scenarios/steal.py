@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from kvmharness import checks
@@ -280,20 +280,10 @@ def _capture(gvm: GuestVm, threads: list[VcpuThread]) -> Any:
 
 def _restore(kvm: Kvm, state: Any, threads: list[VcpuThread], writer: str,
              downtime_ns: int) -> GuestVm:
-    from kvmharness.snapshot.state import restore_clock, restore_vcpu, restore_vm
+    from kvmharness.snapshot.state import restore
 
-    gvm = restore_vm(kvm, state)
-    try:
-        for i, t in enumerate(threads):
-            if writer == "main thread":
-                restore_vcpu(gvm, state, i)
-            else:
-                t.call(restore_vcpu, gvm, state, i)
-        restore_clock(gvm, state, downtime_ns)
-    except BaseException:
-        gvm.close()
-        raise
-    return gvm
+    return restore(kvm, state, downtime_ns=downtime_ns,
+                   vcpu_threads=None if writer == "main thread" else threads)
 
 
 def _sleep_until(deadline_ns: int) -> None:
@@ -442,20 +432,15 @@ def judge(cfg: StealConfig, records: list[VcpuRecord]) -> list[Violation]:
             if first_pub > 0 and r.births:
                 prev = series[first_pub - 1]
                 pair = [Sample(r.births[0], prev.value), series[first_pub]]
-                out += [_reindex(v, first_pub) for v in
+                out += [replace(v, index=first_pub) for v in
                         checks.check_rate(name, pair, slack_ns=slack)]
-            out += [_reindex(v, v.index + first_pub) for v in
+            out += [replace(v, index=v.index + first_pub) for v in
                     checks.check_rate(name, series[first_pub:], slack_ns=slack)]
         for first, last, contended in r.phases:
             out += checks.check_alive(
                 f"vcpu{r.index}", r.guest[first], r.guest[last], contended_ns=contended,
                 min_fraction=cfg.min_alive_fraction, index=last)
     return out
-
-
-def _reindex(v: Violation, index: int) -> Violation:
-    return Violation(v.kind, v.series, index, v.before, v.after, v.delta, v.wall_ns,
-                     v.detail, v.counter)
 
 
 def describe(records: list[VcpuRecord], violations: list[Violation]) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ import kvmharness
 from kvmharness.errors import MsrError
 from kvmharness.ffi import ffi
 from kvmharness.guest.machine import GuestVm
+from kvmharness.host.threads import VcpuThread
 from kvmharness.kvm import ClockData, CpuidEntry, Kvm, Vcpu, from_raw, raw_bytes
 from kvmharness.snapshot.fileformat import Snapshot, SnapshotFormatError, read_snapshot
 
@@ -258,13 +260,19 @@ def restore_clock(gvm: GuestVm, state: VmState, downtime_ns: int = 0) -> None:
     gvm.vm.set_clock(ClockData(state.clock.clock_ns + downtime_ns))
 
 
-def restore(kvm: Kvm, state: VmState) -> GuestVm:
-    """Everything on the calling thread (for tools and tests)."""
+def restore(kvm: Kvm, state: VmState, *, vcpu_threads: Sequence[VcpuThread] | None = None,
+            downtime_ns: int = 0) -> GuestVm:
+    """A new VM with the saved state.  vCPU ``i`` is created and loaded on
+    ``vcpu_threads[i]`` when given (the thread that will run it), else on the
+    calling thread; kvmclock is set last, advanced by ``downtime_ns``."""
     gvm = restore_vm(kvm, state)
     try:
         for i in range(len(state.vcpus)):
-            restore_vcpu(gvm, state, i)
-        restore_clock(gvm, state)
+            if vcpu_threads is None:
+                restore_vcpu(gvm, state, i)
+            else:
+                vcpu_threads[i].call(restore_vcpu, gvm, state, i)
+        restore_clock(gvm, state, downtime_ns)
     except BaseException:
         gvm.close()
         raise
