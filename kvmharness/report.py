@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from tabulate import tabulate
@@ -48,18 +49,24 @@ def steal_table(results: Sequence[Any], *, width: int = 90) -> str:
     return tabulate(steal_rows(results, width=width), headers=HEADERS, tablefmt="simple")
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file and rename: never a half-written file."""
+@contextmanager
+def atomic_target(path: str, suffix: str = "") -> Iterator[str]:
+    """Yield a temp path beside ``path``; on success it replaces ``path``, on any
+    error it is removed: never a half-written file at ``path``."""
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".kvmharness-", dir=d)
+    fd, tmp = tempfile.mkstemp(prefix=".kvmharness-", suffix=suffix, dir=d)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    with atomic_target(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:
@@ -111,13 +118,8 @@ def plot_steal(results: Sequence[Any], path: str) -> None:
         ax.legend(fontsize=7, loc="upper left")
     axes[-1, 0].set_xlabel("time (s); red dashes: restore boundary")
     fig.tight_layout()
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".kvmharness-", suffix=".png", dir=d)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_target(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
