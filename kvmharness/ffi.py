@@ -12,8 +12,6 @@ from pathlib import Path
 import cffi
 
 CDEF_FILES = ("kvm.h", "userfaultfd.h", "libc.h", "guest_abi.h")
-# No file needs cffi's packed mode (see the note in cdefs/userfaultfd.h).
-_PACKED: set[str] = set()
 
 
 def cdefs_dir() -> Path:
@@ -36,7 +34,7 @@ def _build() -> tuple[cffi.FFI, object]:
     ffi = cffi.FFI()
     base = cdefs_dir()
     for name in CDEF_FILES:
-        ffi.cdef((base / name).read_text(), packed=name in _PACKED)
+        ffi.cdef((base / name).read_text())
     lib = ffi.dlopen(None)  # the C library already loaded into this process
     return ffi, lib
 

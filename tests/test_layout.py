@@ -36,7 +36,6 @@ import cffi
 import pytest
 
 from kvmharness import ioctls
-from kvmharness.ffi import _PACKED as PACKED_CDEFS  # the mutated FFI loads like the real
 from kvmharness.ffi import cdefs_dir, ffi, lib
 
 # The cdefs files that mirror a kernel header (guest_abi.h is the harness's
@@ -299,7 +298,7 @@ def test_layout_check_catches_moved_field(kernel: KernelLayout, mutation: str) -
     texts[target] = texts[target].replace(old, new)
     moved = cffi.FFI()
     for name in CHECKED_CDEFS:
-        moved.cdef(texts[name], packed=name in PACKED_CDEFS)
+        moved.cdef(texts[name])  # loaded exactly as kvmharness/ffi.py loads the real ones
     tags = cdefs_struct_tags(texts=texts)
     # Only what the swap adds counts, so the proof holds whatever the real
     # cdefs' own state is (test_struct_layout_matches_kernel judges that).
