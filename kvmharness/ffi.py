@@ -1,12 +1,14 @@
 """The one cffi FFI object of kvmharness (ABI mode: no compiler at import).
 
-The declarations live in the top-level ``cdefs/`` folder; an installed
-(non-editable) kvmharness finds them under ``<prefix>/share/kvmharness/cdefs``.
+The declarations live in the top-level ``cdefs/`` folder of the repository; the
+wheel ships that folder inside the package as ``kvmharness/cdefs`` (see
+pyproject.toml), so any install (venv, ``--user``, ``--target``) finds them
+beside this module, and a source checkout or editable install finds the
+repository's folder.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import cffi
@@ -15,11 +17,9 @@ CDEF_FILES = ("kvm.h", "userfaultfd.h", "libc.h", "guest_abi.h")
 
 
 def cdefs_dir() -> Path:
-    """Where the C declaration files are (source tree first, then the install prefix)."""
-    candidates = [
-        Path(__file__).resolve().parent.parent / "cdefs",
-        Path(sys.prefix) / "share" / "kvmharness" / "cdefs",
-    ]
+    """Where the C declaration files are (in the installed package, else the source tree)."""
+    here = Path(__file__).resolve().parent
+    candidates = [here / "cdefs", here.parent / "cdefs"]
     for path in candidates:
         if (path / "kvm.h").is_file():
             return path

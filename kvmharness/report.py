@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -52,10 +52,22 @@ def steal_table(results: Sequence[Any], *, width: int = 90) -> str:
 @contextmanager
 def atomic_target(path: str, suffix: str = "") -> Iterator[str]:
     """Yield a temp path beside ``path``; on success it replaces ``path``, on any
-    error it is removed: never a half-written file at ``path``."""
+    error it is removed: never a half-written file at ``path``.
+
+    The file gets the permissions the umask gives (0666 & ~umask), as if opened
+    directly, not mkstemp's 0600: reports are meant to be shared.
+    """
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".kvmharness-", suffix=suffix, dir=d)
-    os.close(fd)
+    for _ in range(100):
+        tmp = os.path.join(d, f".kvmharness-{secrets.token_hex(6)}{suffix}")
+        try:
+            # the kernel applies the umask (and any default ACL) to 0666
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temporary name in {d}")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
+
+import pytest
 
 from kvmharness.checks import Sample
 from kvmharness.report import plot_steal, steal_table
@@ -31,3 +35,30 @@ def test_plot_writes_a_png(tmp_path):
     width, height = struct.unpack(">II", data[16:24])
     assert width > 200 and height > 200
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".kvmharness-")]
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, then put the old one back."""
+    old = os.umask(0o022)
+    try:
+        yield os.umask
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o077], ids=oct)
+@pytest.mark.parametrize("kind", ["json", "png"])
+def test_output_files_get_the_umask_permissions(tmp_path, umask, mask, kind):
+    # (snapshot files stay 0600 whatever the umask: they hold guest memory,
+    # see test_snapshot_format.py)
+    from kvmharness.report import write_json
+
+    umask(mask)
+    out = tmp_path / f"out.{kind}"
+    if kind == "json":
+        write_json(str(out), {"a": 1})
+    else:
+        plot_steal([_result()], str(out))
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temp file left

@@ -9,6 +9,7 @@ the compiler rebuilds it.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import logging
@@ -19,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from kvmharness.ffi import cdefs_dir
-from kvmharness.guest.elf import ElfImage, parse_elf
+from kvmharness.guest.elf import ElfError, ElfImage, parse_elf
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,14 @@ def programs() -> list[str]:
 
 @functools.cache
 def compiler_version(cc: str = "gcc") -> str:
+    hint = "guest programs are built with the host's gcc and binutils (apt-get install gcc)"
     if shutil.which(cc) is None:
-        raise GuestBuildError(
-            f"{cc} not found: guest programs are built with the host's gcc and binutils "
-            "(apt-get install gcc)")
-    out = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True)
-    return out.stdout.splitlines()[0]
+        raise GuestBuildError(f"{cc} not found: {hint}")
+    try:
+        out = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise GuestBuildError(f"{cc} --version failed ({exc}): {hint}") from exc
+    return out.stdout.splitlines()[0] if out.stdout else cc
 
 
 def _inputs(name: str) -> list[Path]:
@@ -77,24 +80,99 @@ def source_hash(name: str, cc: str = "gcc") -> str:
     return h.hexdigest()[:24]
 
 
-def build(name: str, cc: str = "gcc") -> Path:
-    """Return the path of the program's ELF, compiling it if the cache misses."""
-    digest = source_hash(name, cc)
-    out = cache_dir() / f"{name}-{digest}.elf"
-    if out.is_file():
-        return out
+def _check_elf(path: Path) -> str | None:
+    """None if ``path`` holds a loadable guest ELF, else what is wrong with it."""
+    try:
+        parse_elf(path.read_bytes(), str(path))
+    except (OSError, ElfError) as exc:
+        return str(exc)
+    return None
+
+
+_private: Path | None = None
+_warned: set[Path] = set()
+
+
+def _private_dir() -> Path:
+    """A build directory of this process only, removed at exit: for when the cache is unusable."""
+    global _private
+    if _private is None or not _private.is_dir():
+        _private = Path(tempfile.mkdtemp(prefix="kvmharness-guest-"))
+        atexit.register(shutil.rmtree, _private, ignore_errors=True)
+    return _private
+
+
+def _valid_cached(path: Path) -> bool:
+    """Whether ``path`` is a usable cached ELF; a corrupt one is removed (best effort)."""
+    try:
+        if not path.is_file():
+            return False
+    except OSError:  # e.g. a cache directory we may not search
+        return False
+    problem = _check_elf(path)
+    if problem is None:
+        return True
+    log.warning("cached guest program %s is corrupt (%s); rebuilding it", path, problem)
+    try:
+        path.unlink()
+    except OSError:
+        pass  # overwritten by the rebuild, or the cache is read-only and we fall back
+    return False
+
+
+def _compile(name: str, cc: str, out: Path) -> None:
+    """Compile into a temp file beside ``out`` and rename it there (atomic for readers).
+
+    OSError means ``out``'s directory is unusable; GuestBuildError, that the build failed.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".elf", dir=out.parent)
     os.close(fd)
-    cmd = [cc, *CFLAGS, f"-ffile-prefix-map={SRC_DIR}/=",
-           "-I", str(SRC_DIR), "-I", str(cdefs_dir()),
-           "-T", str(SRC_DIR / "guest.ld"), "-o", tmp, *map(str, _inputs(name))]
-    log.info("building guest program %s: %s", name, " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        os.unlink(tmp)
-        raise GuestBuildError(f"building guest program {name!r} failed:\n{proc.stderr}")
-    os.replace(tmp, out)
+    try:
+        cmd = [cc, *CFLAGS, f"-ffile-prefix-map={SRC_DIR}/=",
+               "-I", str(SRC_DIR), "-I", str(cdefs_dir()),
+               "-T", str(SRC_DIR / "guest.ld"), "-o", tmp, *map(str, _inputs(name))]
+        log.info("building guest program %s: %s", name, " ".join(cmd))
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as exc:  # gcc vanished or is not executable
+            raise GuestBuildError(f"building guest program {name!r}: cannot run {cc}: {exc}") \
+                from exc
+        if proc.returncode != 0:
+            raise GuestBuildError(f"building guest program {name!r} failed:\n{proc.stderr}")
+        problem = _check_elf(Path(tmp))
+        if problem:
+            raise GuestBuildError(f"building guest program {name!r}: {cc} made a bad ELF: "
+                                  f"{problem}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+def build(name: str, cc: str = "gcc") -> Path:
+    """Return the path of the program's ELF, compiling it if the cache misses.
+
+    A cached file that is not a valid ELF (truncated, overwritten) is rebuilt. If the
+    cache directory cannot be used (not a directory, read-only, ...), the program is
+    built in a private temporary directory removed at exit, with one warning.
+    """
+    filename = f"{name}-{source_hash(name, cc)}.elf"
+    cached = cache_dir() / filename
+    if _valid_cached(cached):
+        return cached
+    try:
+        _compile(name, cc, cached)
+        return cached
+    except OSError as exc:
+        out = _private_dir() / filename
+        if cached.parent not in _warned:
+            _warned.add(cached.parent)
+            log.warning("guest build cache %s is unusable (%s); building in %s instead, "
+                        "removed at exit (set KVMHARNESS_CACHE to a writable directory)",
+                        cached.parent, exc, out.parent)
+    if not _valid_cached(out):
+        _compile(name, cc, out)
     return out
 
 

@@ -39,6 +39,14 @@ class ElfImage:
 
 
 def parse_elf(blob: bytes, name: str = "<elf>") -> ElfImage:
+    """Parse ``blob``; anything malformed or truncated raises :class:`ElfError`."""
+    try:
+        return _parse(blob, name)
+    except (struct.error, IndexError, ValueError, ArithmeticError) as exc:
+        raise ElfError(f"{name}: truncated or corrupt ELF ({exc})") from None
+
+
+def _parse(blob: bytes, name: str) -> ElfImage:
     if blob[:4] != b"\x7fELF" or len(blob) < 64:
         raise ElfError(f"{name}: not an ELF file")
     if blob[4] != 2 or blob[5] != 1:
@@ -52,6 +60,9 @@ def parse_elf(blob: bytes, name: str = "<elf>") -> ElfImage:
         p_type, _pf, p_offset, _vaddr, p_paddr, p_filesz, p_memsz, _align = struct.unpack_from(
             "<IIQQQQQQ", blob, e_phoff + i * e_phentsize)
         if p_type == 1 and p_memsz:  # PT_LOAD
+            if p_offset + p_filesz > len(blob) or p_filesz > p_memsz:
+                raise ElfError(f"{name}: truncated or corrupt ELF (segment {i} at bytes "
+                               f"{p_offset}..{p_offset + p_filesz}, file is {len(blob)})")
             segments.append(Segment(p_paddr, blob[p_offset:p_offset + p_filesz], p_memsz))
     sections = [struct.unpack_from("<IIQQQQIIQQ", blob, e_shoff + i * e_shentsize)
                 for i in range(e_shnum)]
@@ -69,4 +80,6 @@ def parse_elf(blob: bytes, name: str = "<elf>") -> ElfImage:
             end = blob.index(b"\0", strtab_off + st_name)
             sym_name = blob[strtab_off + st_name:end].decode()
             symbols[sym_name] = Symbol(sym_name, st_value, st_size)
+    if not segments:
+        raise ElfError(f"{name}: no loadable segment")
     return ElfImage(e_entry, segments, symbols)
