@@ -22,6 +22,25 @@ The physics the checks encode
   stored as ``2**64 - small``. Genuine counters stay far below ``2**63`` ns
   (292 years), so any value or increase at or above ``2**63`` ns is named a
   u64 wrap rather than a mere jump (:data:`KIND_WRAP`).
+* Exactly, per vCPU thread (:func:`check_follows_run_delay`): KVM adds
+  ``run_delay - last_steal`` of the thread that issues ``KVM_RUN`` at guest
+  entry, and the first entry of every ``KVM_RUN`` updates (``vcpu_load``
+  requests it).  With the thread's run_delay read just before (``pre``) and
+  just after (``post``) each ``KVM_RUN``, for two readings ``a`` before
+  ``b`` by the same thread on the same vCPU::
+
+      pre[b] - post[a]  <=  steal[b] - steal[a]  <=  post[b] - pre[a]
+
+  Both ends come from the kernel's own account of the thread's waiting
+  (``/proc/self/task/TID/schedstat``), not from how much CPU the thread got,
+  so load cannot move them.  A vCPU that starts from ``last_steal = 0`` (a
+  new vCPU) or whose KVM_RUN moved to another thread may charge that
+  thread's whole run_delay at its first update: ``steal[b] - steal[a] <=
+  post[b]`` (plus what reading ``a`` may have missed: updates later in its
+  own KVM_RUN, at most that run's run_delay growth).  The upper bound is
+  exact; the lower one is judged at half, so "alive" means steal follows
+  run_delay, never that the scheduler handed out a share of a wall-clock
+  window.
 * The steal-time area is a seqlock: ``version`` is odd while the host writes
   it and advances by two per update, so a reader that sees an odd version or
   a changed value under an unchanged version saw a torn or unpublished update
@@ -55,6 +74,8 @@ KIND_VERSION_STALE = "version-not-advanced"  # value changed but version did not
 KIND_NOT_ALIVE = "not-alive"  # under contention the counter grew less than a stated fraction
 KIND_IMPLAUSIBLE = "implausible"  # absolute value impossible (e.g. steal larger than uptime)
 KIND_STALLED = "stalled"  # (procstat) user+system stopped advancing while steal grows
+KIND_OVER_RUN_DELAY = "over-run-delay"  # steal grew more than the thread's run_delay did
+KIND_STUCK = "stuck"  # a vCPU never came back from KVM_RUN within the scenario's budget
 
 ALL_KINDS: tuple[str, ...] = (
     KIND_DECREASE,
@@ -65,6 +86,8 @@ ALL_KINDS: tuple[str, ...] = (
     KIND_NOT_ALIVE,
     KIND_IMPLAUSIBLE,
     KIND_STALLED,
+    KIND_OVER_RUN_DELAY,
+    KIND_STUCK,
 )
 
 #: Default slack of :func:`check_series` on top of one counter unit: how stale
@@ -101,6 +124,28 @@ class Violation:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RunDelay:
+    """The runner thread's run_delay around the ``KVM_RUN`` that produced a reading."""
+
+    pre_ns: int  # run_delay just before KVM_RUN was issued
+    post_ns: int  # run_delay just after it returned
+    fresh: bool = False
+    """KVM's last_steal may not come from this thread's run_delay: a new vCPU
+    (last_steal 0) or KVM_RUN moved here, until KVM's first update under it."""
+    start: bool = False  # a new stretch (new vCPU or thread) starts at this reading
+
+
+def violation(kind: str, series: str, index: int, before: int | None, after: int | None,
+              detail: str, *, wall_ns: int | None = None, counter: str = "steal",
+              delta: int | None = None) -> Violation:
+    """A :class:`Violation`, ``delta`` defaulting to ``after - before``."""
+    if delta is None and before is not None and after is not None:
+        delta = after - before
+    return Violation(kind=kind, series=series, index=index, before=before, after=after,
+                     delta=delta, wall_ns=wall_ns, detail=detail, counter=counter)
 
 
 # -- formatting helpers (used in detail sentences) ---------------------------
@@ -558,6 +603,83 @@ def check_series(
         series, samples, unit_ns=unit_ns, max_rate=max_rate, slack_ns=slack_ns, counter=counter
     )
     out += check_versions(series, samples)
+    return out
+
+
+#: Run_delay growth below which "alive" is not judged: too little waiting to
+#: tell a live steal clock from a dead one.
+ALIVE_MIN_RUN_DELAY_NS = 4_000_000
+
+
+def check_follows_run_delay(
+    series: str,
+    samples: Sequence[Sample],
+    run_delays: Sequence[RunDelay],
+    *,
+    alive_fraction: float = 0.5,
+    alive_min_ns: int = ALIVE_MIN_RUN_DELAY_NS,
+    slack_ns: int = 0,
+) -> list[Violation]:
+    """Steal against the run_delay KVM charges it from (see the module docstring).
+
+    ``run_delays[i]`` belongs to ``samples[i]``.  For a ``fresh`` reading
+    KVM's ``last_steal`` may hold 0 or another thread's value, so the bound
+    is the thread's whole run_delay; ``start`` begins a new stretch for the
+    alive check.  The value before the first sample is 0 (a new area).
+
+    * :data:`KIND_OVER_RUN_DELAY` when steal grew by more than the thread's
+      run_delay can account for (``post[b] - pre[a]``, or ``post[b]`` when
+      ``b`` is fresh) plus ``slack_ns``.  Wraps and decreases are left to
+      :func:`check_monotonic`.
+    * :data:`KIND_NOT_ALIVE` when, over a stretch, run_delay grew by at least
+      ``alive_min_ns`` between the first reading and the last
+      (``pre[last] - post[first]``) but steal grew by less than
+      ``alive_fraction`` of that.
+    """
+    if len(run_delays) != len(samples):
+        raise ValueError(f"{len(samples)} samples but {len(run_delays)} run_delay readings")
+    if not 0 <= alive_fraction <= 1 or slack_ns < 0 or alive_min_ns < 0:
+        raise ValueError("alive_fraction must be in [0, 1], slack and minimum >= 0")
+    out: list[Violation] = []
+    starts: list[int] = []
+    for i, (s, rd) in enumerate(zip(samples, run_delays, strict=True)):
+        prev = samples[i - 1].value if i else 0
+        if i == 0 or rd.start:
+            starts.append(i)
+        if i == 0 or rd.fresh:
+            # From last_steal 0: the thread's whole run_delay, on top of the
+            # area's value when this stretch began, which the previous
+            # reading may have missed updates of within its own KVM_RUN.
+            stale = 0
+            if i:
+                p = run_delays[i - 1]
+                stale = p.post_ns - (0 if p.fresh else p.pre_ns)
+            allowed = rd.post_ns + stale
+            why = ("the runner thread's whole run_delay, as KVM may start from last_steal 0, "
+                   "plus what the previous reading may have missed")
+        else:
+            allowed = rd.post_ns - run_delays[i - 1].pre_ns
+            why = "its thread's run_delay growth around the two readings"
+        delta = s.value - prev
+        if delta > allowed + slack_ns and not is_wrap_pair(prev, s.value):
+            out.append(violation(
+                KIND_OVER_RUN_DELAY, series, i, prev, s.value,
+                f"steal grew by {format_ns(delta)} but at most {format_ns(allowed)} is "
+                f"possible ({why})", wall_ns=_wall(samples[i - 1], s) if i else None))
+    ends = starts[1:] + [len(samples)]
+    for a, end in zip(starts, ends, strict=True):
+        b = end - 1
+        waited = run_delays[b].pre_ns - run_delays[a].post_ns
+        if b <= a or waited < alive_min_ns:
+            continue
+        grew = samples[b].value - samples[a].value
+        need = _exact(alive_fraction) * waited
+        if grew < need:
+            out.append(violation(
+                KIND_NOT_ALIVE, series, b, samples[a].value, samples[b].value,
+                f"steal grew by {format_ns(grew)} while its thread waited "
+                f"{format_ns(waited)} on a run queue (samples {a}-{b}); expected at least "
+                f"{alive_fraction:g} of it", wall_ns=_wall(samples[a], samples[b])))
     return out
 
 

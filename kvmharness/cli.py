@@ -1,30 +1,56 @@
 """The ``kvmharness`` command line.
 
-Exit codes are chosen for ``git bisect run``: 0 every promise held (or the
-command succeeded), 1 a promise broke / an anomaly was found, 2 bad usage or
-bad input. Each subcommand lives in its own module and registers itself here.
+Exit codes are chosen for ``git bisect run`` (see :mod:`kvmharness.exitcodes`):
+0 good, 1 a promise broke (or procstat found an anomaly), 125 cannot test,
+128 a harness fault, 128+N killed by signal N; 2 bad usage or input for the
+commands no bisect runs.  Each subcommand lives in its own module and
+registers itself here.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
+import traceback
 from collections.abc import Callable, Sequence
 
-EXIT_OK = 0
-EXIT_BROKEN = 1
-EXIT_USAGE = 2
+from kvmharness.exitcodes import (
+    EXIT_BROKEN,
+    EXIT_HARNESS,
+    EXIT_OK,
+    EXIT_UNTESTABLE,
+    EXIT_USAGE,
+    HarnessFault,
+    Untestable,
+    UsageError,
+    signal_exit,
+)
+
+__all__ = ["EXIT_BROKEN", "EXIT_HARNESS", "EXIT_OK", "EXIT_UNTESTABLE", "EXIT_USAGE",
+           "UsageError", "build_parser", "main"]
 
 
-class UsageError(Exception):
-    """Bad input from the user: printed without a traceback, exit 2."""
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind (closing VMs, killing children, removing temp
+    files) and exit 128+SIGTERM.  A BaseException so no ``except Exception``
+    on the way swallows it."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 as well; keep its format
+    usage_exit = EXIT_USAGE
+    """Exit code for a bad command line: 2, or 128 for commands a bisect runs
+    (``git bisect run`` reads 2 as "bad commit"; 128 aborts it instead)."""
+
+    def error(self, message: str) -> None:  # keep argparse's format, choose the code
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(self.usage_exit, f"{self.prog}: error: {message}\n")
 
 
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
@@ -39,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kvmharness",
         description="Drive /dev/kvm to catch regressions in paravirtual time (steal time, "
         "kvmclock, TSC). Exit codes: 0 ok / every promise held, 1 a promise broke or an "
-        "anomaly was found, 2 bad usage or input.")
+        "anomaly was found, 125 cannot test here, 128 harness fault (also bad usage of "
+        "run and bisect), 2 bad usage or input of the other commands.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -50,17 +77,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported with the subcommand's usage exit (128 for run and bisect)
+        print(f"kvmharness {args.command}: error: unrecognized arguments: {' '.join(extra)}",
+              file=sys.stderr)
+        return int(getattr(args, "usage_exit", EXIT_USAGE))
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    usage_exit = getattr(args, "usage_exit", EXIT_USAGE)
+    on_main = threading.current_thread() is threading.main_thread()
+    old_term = signal.getsignal(signal.SIGTERM)
+    if on_main:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args))
     except UsageError as exc:
         print(f"kvmharness {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_exit
+    except Untestable as exc:
+        print(f"kvmharness {args.command}: cannot test: {exc}", file=sys.stderr)
+        return EXIT_UNTESTABLE
+    except HarnessFault as exc:
+        print(f"kvmharness {args.command}: harness fault: {exc}", file=sys.stderr)
+        return EXIT_HARNESS
     except KeyboardInterrupt:
         print("kvmharness: interrupted", file=sys.stderr)
-        return 130
+        return signal_exit(signal.SIGINT)
+    except Terminated:
+        print("kvmharness: terminated (SIGTERM); cleaned up", file=sys.stderr)
+        return signal_exit(signal.SIGTERM)
     except BrokenPipeError:
         # the reader (e.g. `| head`) went away: not an error of ours
         import os
@@ -68,6 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    except Exception:
+        # Not the kernel's fault as far as we know: never exit 1 for it.
+        traceback.print_exc()
+        print(f"kvmharness {args.command}: harness fault (the traceback above is a bug of "
+              "kvmharness or of its environment, not a verdict on the kernel)", file=sys.stderr)
+        return EXIT_HARNESS
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":

@@ -1,31 +1,55 @@
-"""``kvmharness run``: the scenario matrix, as a table, JSON and an optional plot.
+"""``kvmharness run`` and ``kvmharness bisect``: the scenario matrix, judged.
 
-Exit 0 when every promise holds, 1 when one breaks (or a promise scenario
-could not run: a restore path that fails is broken), 2 for bad usage or
-input.  Characterizations never change the exit code.
+Both exit by the ``git bisect run`` convention (:mod:`kvmharness.exitcodes`):
+
+* 0  every promise held;
+* 1  a promise broke on this kernel (a KVM ioctl failing on a promised
+  path included); characterizations never change the exit code;
+* 125  cannot test here: no usable /dev/kvm, KVM without steal time,
+  run_delay not kept (sched_info off), or the host was too loaded to judge;
+* 128  a harness fault (a bug or broken environment: no verdict on the
+  kernel), and bad usage, so a bisect script with a typo aborts rather than
+  marking commits bad.
+
+``bisect`` runs a quick profile of the promises and prints one verdict line
+before the table; ``--scenario`` chooses what "bad" means for this bisect.
 """
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import sys
 import time
 from typing import Any
 
 from kvmharness import __version__
+from kvmharness.exitcodes import (
+    EXIT_BROKEN,
+    EXIT_HARNESS,
+    EXIT_OK,
+    EXIT_UNTESTABLE,
+    Untestable,
+    UsageError,
+)
 
 DEFAULT_VCPUS = [1, 2]
+#: bisect's quick profile: the promises, each once, at 2 vCPUs.
+BISECT_VCPUS = [2]
+BISECT_CONTEND_MS = 100
 
 
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _check_writable(path: str, what: str) -> None:
-    from kvmharness.cli import UsageError
-
+def check_output_path(path: str, what: str) -> None:
+    """Refuse, before anything runs, an output path that cannot be written."""
     if path == "-":
         return
+    if os.path.isdir(path):
+        raise UsageError(f"{what} {path}: is a directory; give a file name")
     d = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.isdir(d):
         raise UsageError(f"{what} {path}: directory {d} does not exist")
@@ -33,42 +57,132 @@ def _check_writable(path: str, what: str) -> None:
         raise UsageError(f"{what} {path}: directory {d} is not writable")
 
 
-def run_cli(args: Any) -> int:
-    from kvmharness.cli import EXIT_BROKEN, EXIT_OK, EXIT_USAGE, UsageError
+def select_strategies(items: list[str] | None, default: list[str]) -> list[str]:
+    """Names or prefixes ('fresh-vm', 'steal' for all), comma lists allowed."""
+    from kvmharness.scenarios.steal import STRATEGIES
+
+    if items is None:
+        return list(default)
+    chosen: list[str] = []
+    for item in items:
+        for name in _csv(item):
+            if name == "steal":
+                matches = list(default)
+            else:
+                matches = [s for s in STRATEGIES if s == name or s.startswith(name + "/")]
+            if not matches:
+                raise UsageError(f"unknown strategy {name!r}; known: steal (all), "
+                                 f"{', '.join(STRATEGIES)}")
+            chosen += [m for m in matches if m not in chosen]
+    if not chosen:
+        raise UsageError(f"empty selection {items!r}: name at least one strategy "
+                         "(see --list)")
+    return chosen
+
+
+def parse_vcpus(text: str | None, default: list[int]) -> list[int]:
+    from kvmharness.ffi import lib
+
+    if text is None:
+        return list(default)
+    limit = lib.GUEST_MAX_VCPUS
+    try:
+        counts = [int(v) for v in _csv(text)]
+    except ValueError:
+        counts = []
+    if not counts or any(not 1 <= v <= limit for v in counts):
+        raise UsageError(f"--vcpus takes a comma list of counts from 1 to {limit}; "
+                         f"got {text!r}")
+    return counts
+
+
+def validate_numbers(args: Any) -> None:
+    from kvmharness.scenarios.steal import MAX_CONTEND_MS, MAX_DOWNTIME_MS, MIN_CONTEND_MS
+
+    if not MIN_CONTEND_MS <= args.contend_ms <= MAX_CONTEND_MS:
+        raise UsageError(
+            f"--contend-ms must be {MIN_CONTEND_MS} to {MAX_CONTEND_MS}, got {args.contend_ms}: "
+            "shorter gives too little run-queue waiting to tell a live steal clock from a "
+            "dead one")
+    if not 0 <= args.downtime_ms <= MAX_DOWNTIME_MS:
+        raise UsageError(f"--downtime-ms must be 0 to {MAX_DOWNTIME_MS}, got {args.downtime_ms}")
+    if not (math.isfinite(args.budget_s) and 0 < args.budget_s <= 3600):
+        raise UsageError(f"--budget-s must be a number of seconds in (0, 3600], "
+                         f"got {args.budget_s}")
+
+
+def precheck() -> dict[str, Any]:
+    """What makes this host untestable, as :class:`Untestable`; host facts otherwise."""
+    from kvmharness.errors import KvmUnavailable
+    from kvmharness.hostinfo import gather
+
+    info = gather(probe_sched=True)
+    if info.dev_kvm != "present":
+        raise Untestable(f"/dev/kvm is {info.dev_kvm}")
+    if info.api_version is None:
+        raise KvmUnavailable("/dev/kvm did not answer KVM_GET_API_VERSION")
+    if not info.steal_time:
+        raise Untestable("this KVM does not offer KVM_FEATURE_STEAL_TIME in its "
+                         "supported CPUID (0x40000001 EAX bit 5)")
+    if info.sched_info_live is False:
+        raise Untestable("run_delay in /proc/self/task/TID/schedstat does not move: the "
+                         "kernel keeps no sched_info, so KVM publishes no steal time")
+    return info.to_dict()
+
+
+def exit_code(results: list[Any]) -> int:
+    """One verdict for the run: harness fault, then broken, then untestable."""
+    from kvmharness.scenarios.base import BROKEN, ERROR, PROMISE, UNTESTABLE
+
+    if any(r.verdict == ERROR for r in results):
+        return EXIT_HARNESS
+    if any(r.strategy.kind == PROMISE and r.verdict == BROKEN for r in results):
+        return EXIT_BROKEN
+    if any(r.verdict == UNTESTABLE for r in results):
+        return EXIT_UNTESTABLE
+    return EXIT_OK
+
+
+VERDICT_LINES = {
+    EXIT_OK: "good: every promise held",
+    EXIT_BROKEN: "bad: a promise broke on this kernel",
+    EXIT_UNTESTABLE: "cannot test: see the untestable rows",
+    EXIT_HARNESS: "harness fault: no verdict on this kernel (see the ERROR rows)",
+}
+
+
+def run_cli(args: Any, *, bisect: bool = False) -> int:
     from kvmharness.errors import KvmUnavailable
     from kvmharness.report import plot_available, plot_steal, steal_table, write_json
-    from kvmharness.scenarios.base import BROKEN, ERROR, PROMISE
-    from kvmharness.scenarios.steal import DEFAULT_STRATEGIES, STRATEGIES, run_matrix
+    from kvmharness.scenarios.base import BROKEN, CHARACTERIZED, ERROR, HOLDS, UNTESTABLE
+    from kvmharness.scenarios.steal import (
+        DEFAULT_STRATEGIES,
+        PROMISE,
+        STRATEGIES,
+        run_matrix,
+    )
 
     if args.list:
         for s in STRATEGIES.values():
             print(f"{s.name:28} {s.kind:12} {s.why}")
         return EXIT_OK
-    strategies = DEFAULT_STRATEGIES
-    if args.strategy:
-        strategies = []
-        for item in args.strategy:
-            for name in _csv(item):
-                matches = [s for s in STRATEGIES if s == name or s.startswith(name + "/")]
-                if not matches:
-                    raise UsageError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
-                strategies += [m for m in matches if m not in strategies]
-    try:
-        vcpus = [int(v) for v in _csv(args.vcpus)] if args.vcpus else DEFAULT_VCPUS
-    except ValueError:
-        raise UsageError(f"--vcpus takes a comma list of 1, 2, 4; got {args.vcpus!r}") from None
-    bad = [v for v in vcpus if v not in (1, 2, 4)]
-    if bad or not vcpus:
-        raise UsageError(f"--vcpus takes a comma list of 1, 2, 4; got {args.vcpus!r}")
-    if args.contend_ms <= 0 or args.downtime_ms < 0:
-        raise UsageError("--contend-ms must be > 0 and --downtime-ms >= 0")
+    promises = [s for s, v in STRATEGIES.items() if v.kind == PROMISE]
+    strategies = select_strategies(args.strategy, promises if bisect else DEFAULT_STRATEGIES)
+    vcpus = parse_vcpus(args.vcpus, BISECT_VCPUS if bisect else DEFAULT_VCPUS)
+    validate_numbers(args)
     if args.json:
-        _check_writable(args.json, "--json")
-    if args.plot:
-        _check_writable(args.plot, "--plot")
+        check_output_path(args.json, "--json")
+    plot = getattr(args, "plot", None)
+    if plot:
+        check_output_path(plot, "--plot")
         why = plot_available()
         if why:
             raise UsageError(f"--plot: {why}")
+
+    try:
+        host = precheck()
+    except KvmUnavailable as exc:
+        raise Untestable(str(exc)) from None
 
     def progress(i: int, n: int, cfg: Any, res: Any) -> None:
         if args.quiet:
@@ -82,50 +196,82 @@ def run_cli(args: Any) -> int:
     t0 = time.monotonic()
     try:
         results = run_matrix(strategies, vcpus, contend_ms=args.contend_ms,
-                             downtime_ms=args.downtime_ms, progress=progress)
+                             downtime_ms=args.downtime_ms, budget_s=args.budget_s,
+                             progress=progress)
     except KvmUnavailable as exc:
-        print(f"kvmharness run: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise Untestable(str(exc)) from None
     total = time.monotonic() - t0
+    code = exit_code(results)
+    if bisect:
+        print(f"kvmharness bisect: {VERDICT_LINES[code]} (exit {code}; "
+              f"{len(results)} scenarios, {total:.1f} s, kernel {host['kernel_release']})")
     print(steal_table(results, width=0 if args.wide else 90))
-    broken = [r for r in results if r.strategy.kind == PROMISE and r.verdict in (BROKEN, ERROR)]
-    print(f"\n{len(results)} scenarios in {total:.1f} s: "
-          f"{sum(r.verdict == 'holds' for r in results)} hold, {len(broken)} broken, "
-          f"{sum(r.verdict == 'characterized' for r in results)} characterized")
-    for r in broken:
-        print(f"BROKEN {r.strategy.name} ({r.config.vcpus} vCPUs): {r.observed}")
-        for v in r.violations[:5]:
-            print(f"  {v.kind} {v.series}[{v.index}]: {v.detail}")
+    counts = {v: sum(r.verdict == v for r in results)
+              for v in (HOLDS, BROKEN, CHARACTERIZED, UNTESTABLE, ERROR)}
+    print(f"\n{len(results)} scenarios in {total:.1f} s: {counts[HOLDS]} hold, "
+          f"{counts[BROKEN]} broken, {counts[CHARACTERIZED]} characterized"
+          + (f", {counts[UNTESTABLE]} untestable" if counts[UNTESTABLE] else "")
+          + (f", {counts[ERROR]} harness errors" if counts[ERROR] else ""))
+    for r in results:
+        if r.verdict in (BROKEN, ERROR, UNTESTABLE):
+            print(f"{r.verdict} {r.strategy.name} ({r.config.vcpus} vCPUs): {r.observed}")
+            for v in r.violations[:5]:
+                print(f"  {v.kind} {v.series}[{v.index}]: {v.detail}")
     if args.json:
-        from kvmharness.hostinfo import gather
-
         write_json(args.json, {
             "kvmharness_version": __version__,
-            "host": gather(probe_sched=False).to_dict(),
+            "command": "bisect" if bisect else "run",
+            "host": host,
             "total_wall_s": total,
-            "exit_code": EXIT_BROKEN if broken else EXIT_OK,
+            "exit_code": code,
             "results": [r.to_json() for r in results],
         })
-    if args.plot:
-        plot_steal(results, args.plot)
-    return EXIT_BROKEN if broken else EXIT_OK
+    if plot:
+        plot_steal(results, plot)
+    return code
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "run", help="run the steal-time scenario matrix (exit 0 holds, 1 broken, 2 usage)",
-        description=__doc__)
-    p.add_argument("--strategy", "-s", action="append", metavar="NAME[,NAME]",
-                   help="strategies to run (a prefix such as 'fresh-vm' selects its "
-                        "variants); default: all")
-    p.add_argument("--vcpus", metavar="N[,N]", help="vCPU counts from 1,2,4 (default 1,2)")
-    p.add_argument("--contend-ms", type=int, default=150,
-                   help="contended time before and after the boundary (default 150)")
-    p.add_argument("--downtime-ms", type=int, default=50, help="downtime at the boundary")
+def _common(p: argparse.ArgumentParser, *, bisect: bool) -> None:
+    from kvmharness.exitcodes import EXIT_HARNESS as usage_exit
+    from kvmharness.scenarios.steal import DEFAULT_BUDGET_S
+
+    # A bad command line in a bisect script must abort the bisect, not mark a commit bad.
+    p.usage_exit = usage_exit  # type: ignore[attr-defined]
+    p.set_defaults(usage_exit=usage_exit)
+    name = "--scenario" if bisect else "--strategy"
+    p.add_argument(name, "-s", dest="strategy", action="append", metavar="NAME[,NAME]",
+                   help="strategies to run; a prefix such as 'fresh-vm' selects its variants, "
+                        "'steal' all of them (default: "
+                        + ("every promise" if bisect else "all") + ")")
+    p.add_argument("--vcpus", metavar="N[,N]",
+                   help="vCPU counts (default " + ("2" if bisect else "1,2") + ")")
+    p.add_argument("--contend-ms", type=int,
+                   default=BISECT_CONTEND_MS if bisect else 150,
+                   help="contended time before and after the boundary (default %(default)s)")
+    p.add_argument("--downtime-ms", type=int, default=50,
+                   help="downtime at the boundary (default %(default)s)")
+    p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
+                   help="how long past its contended time a phase may run before its vCPUs "
+                        "are stopped and judged stuck (default %(default)s)")
     p.add_argument("--json", metavar="FILE", help="write all results and samples as JSON "
                    "('-' for stdout)")
-    p.add_argument("--plot", metavar="FILE.png", help="plot steal against time (matplotlib)")
     p.add_argument("--list", action="store_true", help="list strategies and exit")
     p.add_argument("--wide", action="store_true", help="do not shorten the verdict column")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+
+
+EXIT_HELP = ("exit 0 good, 1 a promise broke, 125 cannot test here, 128 harness fault or "
+             "bad usage (aborts git bisect run)")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="run the steal-time scenario matrix (" + EXIT_HELP + ")",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p, bisect=False)
+    p.add_argument("--plot", metavar="FILE.png", help="plot steal against time (matplotlib)")
     p.set_defaults(func=run_cli)
+    b = sub.add_parser("bisect", help="quick verdict on this kernel for git bisect run ("
+                       + EXIT_HELP + ")",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(b, bisect=True)
+    b.set_defaults(func=lambda args: run_cli(args, bisect=True))

@@ -9,20 +9,99 @@ import pytest
 from kvmharness.cli import main
 
 
+@pytest.mark.parametrize("command", ["run", "bisect"])
 @pytest.mark.parametrize("argv, message", [
-    (["run", "--vcpus", "3"], "--vcpus takes a comma list of 1, 2, 4"),
-    (["run", "--vcpus", "x"], "--vcpus takes a comma list"),
-    (["run", "--strategy", "nope"], "unknown strategy 'nope'"),
-    (["run", "--contend-ms", "0"], "--contend-ms must be > 0"),
-    (["run", "--json", "/nonexistent-dir/out.json"], "does not exist"),
-    (["run", "--bogus"], "unrecognized arguments"),
+    (["--vcpus", "0"], "--vcpus takes a comma list of counts from 1 to"),
+    (["--vcpus", "x"], "--vcpus takes a comma list"),
+    (["-s", "nope"], "unknown strategy 'nope'"),
+    (["-s", ""], "empty selection"),
+    (["-s", " , "], "empty selection"),
+    (["--contend-ms", "0"], "--contend-ms must be 20 to"),
+    (["--contend-ms", "1"], "too little run-queue waiting"),
+    (["--contend-ms", "999999"], "--contend-ms must be 20 to"),
+    (["--downtime-ms", "-1"], "--downtime-ms must be"),
+    (["--budget-s", "nan"], "--budget-s"),
+    (["--json", "/nonexistent-dir/out.json"], "does not exist"),
+    (["--json", "/tmp"], "is a directory"),
+    (["--bogus"], "unrecognized arguments"),
 ])
-def test_bad_usage_exits_2_with_a_message(argv, message, capsys):
+def test_bad_usage_aborts_a_bisect(command, argv, message, capsys):
+    """run and bisect are run by `git bisect run`, which reads 2 as "bad commit":
+    bad usage exits 128 (abort) with one line naming the problem."""
     with pytest.raises(SystemExit) as info:
-        rc = main(argv)
+        rc = main([command, *argv])
         raise SystemExit(rc)
+    assert info.value.code == 128
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_bad_usage_of_other_commands_exits_2(capsys):
+    assert main(["info", "--bogus"]) == 2
+    with pytest.raises(SystemExit) as info:
+        main(["procstat", "--interval"])
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize("fault, code, message", [
+    ("untestable", 125, "cannot test"),
+    ("kvm-missing", 125, "cannot test"),
+    ("harness", 128, "harness fault"),
+])
+def test_environment_faults_are_never_1(monkeypatch, capsys, fault, code, message):
+    """Causes simulated where host facts are read and where errors are classified."""
+    import kvmharness.run_cmd as run_cmd
+    from kvmharness.errors import KvmUnavailable
+    from kvmharness.exitcodes import Untestable
+
+    def precheck():
+        if fault == "untestable":
+            raise Untestable("run_delay does not move")
+        if fault == "kvm-missing":
+            raise KvmUnavailable("/dev/kvm: no such file")
+        raise RuntimeError("a bug in the harness")
+
+    monkeypatch.setattr(run_cmd, "precheck", precheck)
+    assert main(["bisect", "-q"]) == code
     assert message in capsys.readouterr().err
+
+
+def test_exit_code_classification():
+    from types import SimpleNamespace as NS
+
+    from kvmharness.run_cmd import exit_code
+    from kvmharness.scenarios.base import (
+        BROKEN,
+        CHARACTERIZE,
+        CHARACTERIZED,
+        ERROR,
+        HOLDS,
+        PROMISE,
+        UNTESTABLE,
+    )
+
+    def r(kind, verdict):
+        return NS(strategy=NS(kind=kind), verdict=verdict)
+
+    assert exit_code([r(PROMISE, HOLDS), r(CHARACTERIZE, CHARACTERIZED)]) == 0
+    assert exit_code([r(PROMISE, HOLDS), r(PROMISE, BROKEN)]) == 1
+    assert exit_code([r(PROMISE, UNTESTABLE), r(PROMISE, HOLDS)]) == 125
+    assert exit_code([r(PROMISE, BROKEN), r(PROMISE, UNTESTABLE)]) == 1
+    assert exit_code([r(PROMISE, BROKEN), r(PROMISE, ERROR)]) == 128
+
+
+def test_scenario_errors_are_classified():
+    from kvmharness.errors import GuestError, IoctlError, KvmUnavailable
+    from kvmharness.guest.build import GuestBuildError
+    from kvmharness.scenarios.steal import classify
+
+    assert classify(IoctlError("KVM_SET_MSRS", "vcpu0", 22)) == "kernel"
+    assert classify(GuestError("unexpected exit")) == "kernel"
+    assert classify(KvmUnavailable("no /dev/kvm")) == "untestable"
+    assert classify(GuestBuildError("gcc not found")) == "harness"
+    assert classify(PermissionError(13, "cache")) == "harness"
+    assert classify(KeyError("x")) == "harness"
 
 
 def test_list_strategies(capsys):
@@ -66,6 +145,21 @@ def test_run_exits_1_when_a_promise_breaks(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert rc == 1
     assert "BROKEN fresh-vm/vcpu-thread" in out and "decrease" in out
+
+
+@pytest.mark.kvm
+@pytest.mark.timeout(120)
+def test_bisect_prints_one_verdict_line_and_json(tmp_path, capsys):
+    out_json = tmp_path / "b.json"
+    rc = main(["bisect", "-s", "cancelled-save", "--contend-ms", "60", "-q",
+               "--json", str(out_json)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert out.splitlines()[0].startswith("kvmharness bisect: good: every promise held (exit 0")
+    data = json.loads(out_json.read_text())
+    assert data["command"] == "bisect" and data["exit_code"] == 0
+    assert [(r["strategy"], r["config"]["vcpus"]) for r in data["results"]] == [
+        ("cancelled-save", 2)]
 
 
 @pytest.mark.kvm

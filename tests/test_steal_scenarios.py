@@ -7,7 +7,12 @@ import pytest
 
 from kvmharness import checks
 from kvmharness.scenarios.base import BROKEN, CHARACTERIZED, HOLDS, PROMISE
-from kvmharness.scenarios.steal import STRATEGIES, StealConfig, run_scenario
+from kvmharness.scenarios.steal import (
+    MSR_KVM_STEAL_TIME,
+    STRATEGIES,
+    StealConfig,
+    run_scenario,
+)
 
 pytestmark = [pytest.mark.kvm, pytest.mark.timeout(120)]
 
@@ -80,8 +85,99 @@ def test_broken_restore_is_caught_on_real_kvm(kvm, monkeypatch):
     assert any(v.index == boundary and v.series.startswith("vcpu0") for v in res.violations)
 
 
+def _patch_restore(monkeypatch, after_restore_vm=None, drop_steal_msr=False):
+    """A restore path with a fault put in on purpose (a negative control)."""
+    import kvmharness.snapshot.state as state
+
+    real_restore_vm = state.restore_vm
+    real_set_msrs = state.set_msrs_tolerant
+
+    def restore_vm(k, st):
+        gvm = real_restore_vm(k, st)
+        if after_restore_vm:
+            after_restore_vm(gvm, st)
+        return gvm
+
+    def set_msrs(vcpu, msrs):
+        if drop_steal_msr:
+            msrs = {k: v for k, v in msrs.items() if k != MSR_KVM_STEAL_TIME}
+        return real_set_msrs(vcpu, msrs)
+
+    monkeypatch.setattr(state, "restore_vm", restore_vm)
+    monkeypatch.setattr(state, "set_msrs_tolerant", set_msrs)
+
+
+def test_inflated_steal_is_caught_against_run_delay(kvm, monkeypatch):
+    """Negative control for the exact upper bound: a restore that adds 50 ms to
+    the area's steal.  That is below any wall-time bound (downtime + contention)
+    but more than the runner thread's run_delay can explain."""
+    def inflate(gvm, st):
+        for i in range(len(st.vcpus)):
+            area = gvm.vm.pointer(gvm.symbol("steal_areas") + 64 * i, "struct kvm_steal_time")
+            area.steal += 50_000_000
+
+    _patch_restore(monkeypatch, inflate)
+    res = run_scenario(StealConfig("fresh-vm/vcpu-thread", 1, contend_ms=60), kvm)
+    assert res.verdict == BROKEN, _explain(res)
+    v = next(v for v in res.violations if v.kind == checks.KIND_OVER_RUN_DELAY)
+    assert v.index == res.records[0].boundary
+
+
+def test_dead_steal_clock_is_caught(kvm, monkeypatch):
+    """Negative control for "alive": the restore drops MSR_KVM_STEAL_TIME, so KVM
+    stops publishing while the vCPU thread waits behind a busy process."""
+    _patch_restore(monkeypatch, drop_steal_msr=True)
+    res = run_scenario(StealConfig("fresh-vm/vcpu-thread", 1, contend_ms=100), kvm)
+    assert res.verdict == BROKEN, _explain(res)
+    assert checks.KIND_NOT_ALIVE in {v.kind for v in res.violations}, _explain(res)
+
+
+def test_version_stuck_odd_is_reported_not_hung(kvm, monkeypatch):
+    """A kernel that leaves the area's version odd must not hang the guest's
+    seqlock loop: it gives up and the reading is judged."""
+    def make_odd(gvm, st):
+        for i in range(len(st.vcpus)):
+            area = gvm.vm.pointer(gvm.symbol("steal_areas") + 64 * i, "struct kvm_steal_time")
+            area.version |= 1
+
+    _patch_restore(monkeypatch, make_odd, drop_steal_msr=True)
+    res = run_scenario(StealConfig("fresh-vm/vcpu-thread", 1, contend_ms=40), kvm)
+    assert res.verdict == BROKEN, _explain(res)
+    assert checks.KIND_ODD_VERSION in {v.kind for v in res.violations}
+    assert res.wall_s < 20
+
+
+def test_guest_that_never_exits_is_stopped_and_judged(kvm, monkeypatch):
+    """A vCPU that never comes back from KVM_RUN is stopped from another thread
+    after the budget and reported with its rip: broken, within seconds."""
+    def hang(gvm, st):
+        gvm.sym("hang_vcpu_plus_one", "uint32_t")[0] = 1
+
+    _patch_restore(monkeypatch, hang)
+    res = run_scenario(StealConfig("fresh-vm/vcpu-thread", 1, contend_ms=40, budget_s=1.0), kvm)
+    assert res.verdict == BROKEN, _explain(res)
+    stuck = [v for v in res.violations if v.kind == checks.KIND_STUCK]
+    assert stuck and "rip 0x" in stuck[0].detail
+    assert res.records[0].stuck.cpu_ns > 0.1e9
+    assert res.wall_s < 15
+
+
+def test_writer_waited_longer_than_runner(kvm):
+    """The main-thread restore is built so that the 2015 bug would show: the MSR
+    writer has more run_delay than the runner has at its first entry."""
+    res = run_scenario(StealConfig("fresh-vm/main-thread", 1, contend_ms=40), kvm)
+    rec = res.records[0]
+    first_runner = rec.ctx[rec.boundary].post_ns
+    assert rec.writer_run_delay_ns is not None
+    assert rec.writer_run_delay_ns > first_runner + 10_000_000
+
+
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="unknown strategy"):
         StealConfig("nope").validate()
-    with pytest.raises(ValueError, match="vcpus must be 1, 2 or 4"):
-        StealConfig("cancelled-save", 3).validate()
+    with pytest.raises(ValueError, match="vcpus must be 1 to"):
+        StealConfig("cancelled-save", 0).validate()
+    with pytest.raises(ValueError, match="contend_ms must be"):
+        StealConfig("cancelled-save", 1, contend_ms=1).validate()
+    with pytest.raises(ValueError, match="budget_s"):
+        StealConfig("cancelled-save", 1, budget_s=float("nan")).validate()

@@ -17,17 +17,23 @@ import time
 
 log = logging.getLogger(__name__)
 
-# The child: pin itself, say "ready", then for each "spin SECONDS" line busy-loop
-# that long and answer "done".  EOF ends it.
+#: No single spin lasts longer than this, whatever a caller asks.
+MAX_SPIN_S = 60.0
+
+# The child: die with its parent, pin itself, say "ready", then for each
+# "spin SECONDS" line busy-loop that long and answer "done".  EOF ends it.
 _CHILD = r"""
-import os, sys, time
+import ctypes, os, signal, sys, time
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[2]):
+    sys.exit(0)  # the parent died before prctl took effect
 os.sched_setaffinity(0, {int(sys.argv[1])})
 out = sys.stdout
 out.write("ready\n"); out.flush()
 for line in sys.stdin:
     cmd, _, arg = line.strip().partition(" ")
     if cmd == "spin":
-        end = time.monotonic() + float(arg)
+        end = time.monotonic() + min(float(arg), MAX_SPIN_S)
         while time.monotonic() < end:
             pass
         out.write("done\n"); out.flush()
@@ -51,9 +57,10 @@ class Stealer:
         self._spinning = False
 
     def start(self) -> Stealer:
+        code = _CHILD.replace("MAX_SPIN_S", repr(MAX_SPIN_S))
         self.proc = subprocess.Popen(
-            [sys.executable, "-S", "-c", _CHILD, str(self.cpu)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+            [sys.executable, "-S", "-P", "-c", code, str(self.cpu), str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, cwd="/")
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if line.strip() != "ready":
@@ -74,18 +81,22 @@ class Stealer:
         return time.monotonic()
 
     def wait(self) -> None:
-        if not self._spinning:
+        if not self._spinning or self.proc is None:
             return
         assert self.proc is not None and self.proc.stdout is not None
         self.proc.stdout.readline()
         self._spinning = False
 
-    def close(self) -> None:
+    def close(self, *, kill: bool = False) -> None:
+        """End the process: at once with ``kill`` (e.g. while unwinding from an
+        error or SIGTERM), else after its current spin."""
         if self.proc is not None:
             try:
+                if kill:
+                    self.proc.kill()
                 if self.proc.stdin:
                     self.proc.stdin.close()
-                self.proc.wait(timeout=5)
+                self.proc.wait(timeout=5 if kill else MAX_SPIN_S + 5)
             except (subprocess.TimeoutExpired, BrokenPipeError):
                 self.proc.kill()
                 self.proc.wait()
@@ -100,11 +111,26 @@ class Stealer:
             self.spin(self.duration_s)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            self.close(kill=True)
+            return
         try:
             self.wait()
         finally:
             self.close()
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (PR_SET_PDEATHSIG);
+    exit now if the parent is already gone."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def run_delay_ns(tid: int | None = None) -> int:

@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -43,11 +43,19 @@ from typing import Any
 from kvmharness import checks
 from kvmharness.checks import Sample, Violation
 from kvmharness.ffi import lib
-from kvmharness.guest.machine import GuestVm
+from kvmharness.guest.machine import GuestStopped, GuestVm
 from kvmharness.host.contention import Stealer
 from kvmharness.host.threads import VcpuThread
 from kvmharness.kvm import Kvm, Vcpu
-from kvmharness.scenarios.base import BROKEN, CHARACTERIZE, CHARACTERIZED, ERROR, HOLDS, PROMISE
+from kvmharness.scenarios.base import (
+    BROKEN,
+    CHARACTERIZE,
+    CHARACTERIZED,
+    ERROR,
+    HOLDS,
+    PROMISE,
+    UNTESTABLE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,26 +97,62 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
 DEFAULT_STRATEGIES = list(STRATEGIES)
 
 
+#: What a restore may leave on the vCPU thread: run_delay charged twice, etc. is
+#: judged by the checks; these bounds only keep a run sane and measurable.
+MIN_CONTEND_MS = 20
+MAX_CONTEND_MS = 10_000
+MAX_DOWNTIME_MS = 60_000
+DEFAULT_BUDGET_S = 30.0
+
+
 @dataclass
 class StealConfig:
     strategy: str
     vcpus: int = 1
     contend_ms: int = 150
     downtime_ms: int = 50
-    min_alive_fraction: float = 0.10
-    """Under contention steal must grow by at least this share of the contended
-    time.  A fair scheduler gives a thread sharing a CPU with one busy process
-    about half of it; 10% leaves room for GIL waits (sleeping, not runnable)
-    with several vCPU threads, while a dead steal clock gives 0."""
+    budget_s: float = DEFAULT_BUDGET_S
+    """How long past its contended time a phase may run before its vCPUs are
+    stopped from another thread and reported as stuck."""
 
     def validate(self) -> None:
+        """One place for the rules; ValueError names the bad field."""
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r} "
                              f"(known: {', '.join(STRATEGIES)})")
-        if self.vcpus not in (1, 2, 4):
-            raise ValueError(f"vcpus must be 1, 2 or 4, got {self.vcpus}")
-        if self.contend_ms <= 0 or self.downtime_ms < 0:
-            raise ValueError("contend_ms must be > 0 and downtime_ms >= 0")
+        if not 1 <= self.vcpus <= lib.GUEST_MAX_VCPUS:
+            raise ValueError(f"vcpus must be 1 to {lib.GUEST_MAX_VCPUS}, got {self.vcpus}")
+        if not MIN_CONTEND_MS <= self.contend_ms <= MAX_CONTEND_MS:
+            raise ValueError(
+                f"contend_ms must be {MIN_CONTEND_MS} to {MAX_CONTEND_MS}, got {self.contend_ms}: "
+                "shorter gives too little run-queue waiting to tell a live steal clock "
+                "from a dead one")
+        if not 0 <= self.downtime_ms <= MAX_DOWNTIME_MS:
+            raise ValueError(f"downtime_ms must be 0 to {MAX_DOWNTIME_MS}, "
+                             f"got {self.downtime_ms}")
+        if not (isinstance(self.budget_s, int | float) and math.isfinite(self.budget_s)
+                and self.budget_s > 0):
+            raise ValueError(f"budget_s must be a positive number of seconds, "
+                             f"got {self.budget_s!r}")
+
+
+@dataclass(frozen=True)
+class RunCtx:
+    """Which thread ran the vCPU for a reading, and its run_delay around that KVM_RUN."""
+
+    tid: int
+    life: int  # which vCPU instance: a restore into a new vCPU starts a new life
+    pre_ns: int
+    post_ns: int
+
+
+@dataclass
+class Stuck:
+    """A vCPU that did not come back from KVM_RUN within the budget."""
+
+    rip: int
+    waited_ns: int  # wall time since KVM_RUN was issued
+    cpu_ns: int  # CPU time its thread got meanwhile (guest time included)
 
 
 @dataclass
@@ -118,36 +162,72 @@ class VcpuRecord:
     index: int
     guest: list[Sample] = field(default_factory=list)
     host: list[Sample] = field(default_factory=list)
+    ctx: list[RunCtx] = field(default_factory=list)  # one per reading
     boundary: int = 0  # index of the first sample after the boundary
     max_run_ns: int = 0  # longest single KVM_RUN (staleness of a reading)
     phases: list[tuple[int, int, int]] = field(default_factory=list)
     """(first sample index, last sample index, contended ns) per contended phase"""
-    tids: list[int] = field(default_factory=list)  # host thread per phase
-    births: list[int] = field(default_factory=list)  # monotonic ns each phase's thread started
+    stuck: Stuck | None = None
+    writer_run_delay_ns: int | None = None
+    """run_delay of the thread that wrote MSR_KVM_STEAL_TIME at the boundary"""
 
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "boundary": self.boundary, "max_run_ns": self.max_run_ns,
-                "phases": self.phases, "tids": self.tids, "births": self.births,
+                "phases": self.phases,
+                "stuck": asdict(self.stuck) if self.stuck else None,
+                "writer_run_delay_ns": self.writer_run_delay_ns,
                 "guest": [[s.t_ns, s.value, s.version] for s in self.guest],
-                "host": [[s.t_ns, s.value, s.version] for s in self.host]}
+                "host": [[s.t_ns, s.value, s.version] for s in self.host],
+                "ctx": [[c.tid, c.life, c.pre_ns, c.post_ns] for c in self.ctx]}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> VcpuRecord:
         return cls(index=d["index"], boundary=d["boundary"], max_run_ns=d["max_run_ns"],
-                   phases=[tuple(p) for p in d["phases"]], tids=list(d["tids"]),
-                   births=list(d["births"]),
+                   phases=[tuple(p) for p in d["phases"]],
+                   stuck=Stuck(**d["stuck"]) if d.get("stuck") else None,
+                   writer_run_delay_ns=d.get("writer_run_delay_ns"),
                    guest=[Sample(*s) for s in d["guest"]],
-                   host=[Sample(*s) for s in d["host"]])
+                   host=[Sample(*s) for s in d["host"]],
+                   ctx=[RunCtx(*c) for c in d["ctx"]])
 
     def extend(self, other: VcpuRecord) -> None:
-        """Append a later phase's record (e.g. from the restoring process)."""
+        """Append a later process's record; its vCPU is a new life."""
         offset = len(self.guest)
+        lives = max((c.life for c in self.ctx), default=-1) + 1
         self.guest += other.guest
         self.host += other.host
+        self.ctx += [replace(c, life=c.life + lives) for c in other.ctx]
         self.max_run_ns = max(self.max_run_ns, other.max_run_ns)
         self.phases += [(a + offset, b + offset, c) for a, b, c in other.phases]
-        self.tids += other.tids
-        self.births += other.births
+        self.stuck = self.stuck or other.stuck
+        if other.writer_run_delay_ns is not None:
+            self.writer_run_delay_ns = other.writer_run_delay_ns
+
+    def run_delays(self) -> list[checks.RunDelay]:
+        """The readings' run_delay context for :func:`checks.check_follows_run_delay`.
+
+        A stretch starts with each new vCPU life or runner thread.  Until KVM's
+        first update in it, last_steal may be 0 (new vCPU) or another thread's,
+        so that update may charge the thread's whole run_delay.  It is found
+        from the host readings (taken after each KVM_RUN, so they see every
+        update): the first whose version differs from the area's version
+        before the stretch.  The guest may read that update one reading later
+        (an update on a re-entry after its read), so one more reading is fresh.
+        """
+        out = []
+        fresh_until = -1
+        for i, c in enumerate(self.ctx):
+            p = self.ctx[i - 1] if i else None
+            start = p is None or p.life != c.life or p.tid != c.tid
+            if start:
+                v0 = self.host[i - 1].version if i else 0
+                end = next((j for j in range(i, len(self.ctx))
+                            if self.ctx[j].life != c.life or self.ctx[j].tid != c.tid),
+                           len(self.ctx))
+                first = next((j for j in range(i, end) if self.host[j].version != v0), end)
+                fresh_until = min(first + 1, end - 1)
+            out.append(checks.RunDelay(c.pre_ns, c.post_ns, i <= fresh_until, start))
+        return out
 
 
 @dataclass
@@ -207,43 +287,100 @@ def _area_ptr(gvm: GuestVm, index: int) -> Any:
                           "struct kvm_steal_time")
 
 
+class SchedStat:
+    """The calling thread's /proc schedstat, kept open: about 1 us a reading."""
+
+    def __init__(self) -> None:
+        self.tid = threading.get_native_id()
+        self.fd = os.open(f"/proc/self/task/{self.tid}/schedstat", os.O_RDONLY)
+
+    def read(self) -> tuple[int, int]:
+        """(CPU time, run_delay) of the thread in ns."""
+        f = os.pread(self.fd, 128, 0).split()
+        return int(f[0]), int(f[1])
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Watchdog:
+    """Stops the vCPUs of a phase that runs past its deadline, from another thread."""
+
+    def __init__(self, gvm: GuestVm, indices: list[int], seconds: float) -> None:
+        self._timer = threading.Timer(seconds, self._fire, args=(gvm, indices))
+        self._timer.daemon = True
+        self.fired = False
+
+    def _fire(self, gvm: GuestVm, indices: list[int]) -> None:
+        self.fired = True
+        for i in indices:
+            log.warning("vcpu%d past its budget: stopping it", i)
+            gvm.stop(i)
+
+    def __enter__(self) -> Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
 def sample_loop(gvm: GuestVm, vcpu: Vcpu, rec: VcpuRecord, duration_ns: int,
-                born_ns: int) -> None:
-    """Run ``vcpu`` on the calling thread for ``duration_ns``, recording each SYNC."""
+                life: int) -> None:
+    """Run ``vcpu`` on the calling thread for ``duration_ns``, recording each SYNC
+    with the thread's run_delay just before and just after its KVM_RUN."""
     area = _area_ptr(gvm, vcpu.index)
     clock = time.monotonic_ns
-    end = clock() + duration_ns
-    first = len(rec.guest)
-    rec.tids.append(threading.get_native_id())
-    rec.births.append(born_ns)
-    while True:
-        t0 = clock()
-        uc = gvm.expect(vcpu, lib.UCALL_SYNC)
-        t1 = clock()
-        rec.max_run_ns = max(rec.max_run_ns, t1 - t0)
-        rec.guest.append(Sample(t1, uc.args[1], uc.args[2]))
-        rec.host.append(Sample(t1, area.steal, area.version))
-        if t1 >= end:
-            break
-    rec.phases.append((first, len(rec.guest) - 1, duration_ns))
+    st = SchedStat()
+    try:
+        end = clock() + duration_ns
+        first = len(rec.guest)
+        while True:
+            cpu0, pre = st.read()
+            t0 = clock()
+            try:
+                uc = gvm.expect(vcpu, lib.UCALL_SYNC)
+            except GuestStopped as exc:
+                cpu1, _ = st.read()
+                rec.stuck = Stuck(exc.rip, clock() - t0, cpu1 - cpu0)
+                break
+            t1 = clock()
+            post = st.read()[1]
+            rec.max_run_ns = max(rec.max_run_ns, t1 - t0)
+            rec.guest.append(Sample(t1, uc.args[1], uc.args[2]))
+            rec.host.append(Sample(t1, area.steal, area.version))
+            rec.ctx.append(RunCtx(st.tid, life, pre, post))
+            if t1 >= end:
+                break
+        if len(rec.guest) > first:
+            rec.phases.append((first, len(rec.guest) - 1, duration_ns))
+    finally:
+        st.close()
 
 
 def contended_phase(gvm: GuestVm, threads: list[VcpuThread], records: list[VcpuRecord],
-                    duration_ns: int) -> None:
+                    duration_ns: int, life: int, budget_s: float) -> None:
     """All vCPUs sample on their threads while a busy process shares each vCPU's CPU."""
     cpus = sorted({cpu_for(r.index) for r in records})
-    stealers = [Stealer(c).start() for c in cpus]
+    stealers: list[Stealer] = []
+    ok = False
     try:
+        stealers = [Stealer(c).start() for c in cpus]
         for s in stealers:
             s.spin(duration_ns / 1e9)
-        futures = [t.submit(sample_loop, gvm, gvm.vcpus[r.index], r, duration_ns, t.born_ns)
-                   for t, r in zip(threads, records, strict=True)]
-        for f in futures:
-            f.result()
+        with Watchdog(gvm, [r.index for r in records], duration_ns / 1e9 + budget_s):
+            futures = [t.submit(sample_loop, gvm, gvm.vcpus[r.index], r, duration_ns, life)
+                       for t, r in zip(threads, records, strict=True)]
+            for f in futures:
+                f.result()
+        ok = True
     finally:
         for s in stealers:
-            s.wait()
-            s.close()
+            if ok:
+                s.wait()
+            s.close(kill=not ok)
 
 
 def new_threads(n: int, tag: str) -> list[VcpuThread]:
@@ -270,6 +407,32 @@ def start_vm(kvm: Kvm, n: int, threads: list[VcpuThread]) -> GuestVm:
 # --------------------------------------------------------------------------
 # boundaries
 
+#: run_delay the writer of MSR_KVM_STEAL_TIME gathers before a restore.  The
+#: 2015 bug latched the writer's run_delay as last_steal; it shows only if the
+#: writer waited longer than the runner has when it first enters the guest,
+#: as QEMU's long-lived main thread had.
+WRITER_RUN_DELAY_NS = 20_000_000
+
+
+def accumulate_run_delay(target_ns: int, timeout_s: float = 5.0) -> int:
+    """Make the calling thread wait ``target_ns`` on a run queue, behind a busy
+    process on its CPU; returns its run_delay afterwards."""
+    cpu = cpu_for(0)
+    old = os.sched_getaffinity(0)
+    st = SchedStat()
+    try:
+        start = st.read()[1]
+        with Stealer(cpu, duration_s=timeout_s) as stealer:
+            os.sched_setaffinity(0, {cpu})
+            deadline = time.monotonic() + timeout_s
+            while st.read()[1] - start < target_ns and time.monotonic() < deadline:
+                pass
+            stealer.close(kill=True)
+        return st.read()[1]
+    finally:
+        os.sched_setaffinity(0, old)
+        st.close()
+
 
 def _capture(gvm: GuestVm, threads: list[VcpuThread]) -> Any:
     from kvmharness.snapshot.state import capture, capture_vcpu
@@ -278,10 +441,14 @@ def _capture(gvm: GuestVm, threads: list[VcpuThread]) -> Any:
     return capture(gvm, states)
 
 
-def _restore(kvm: Kvm, state: Any, threads: list[VcpuThread], writer: str,
-             downtime_ns: int) -> GuestVm:
+def _restore(kvm: Kvm, state: Any, threads: list[VcpuThread], records: list[VcpuRecord],
+             writer: str, downtime_ns: int) -> GuestVm:
     from kvmharness.snapshot.state import restore
 
+    if writer == "main thread":
+        rd = accumulate_run_delay(WRITER_RUN_DELAY_NS)
+        for r in records:
+            r.writer_run_delay_ns = rd
     return restore(kvm, state, downtime_ns=downtime_ns,
                    vcpu_threads=None if writer == "main thread" else threads)
 
@@ -301,8 +468,11 @@ def run_in_process(kvm: Kvm, cfg: StealConfig) -> tuple[list[VcpuRecord], float]
     records = [VcpuRecord(i) for i in range(n)]
     threads = new_threads(n, "a")
     gvm = start_vm(kvm, n, threads)
+    life = 0
     try:
-        contended_phase(gvm, threads, records, dur)
+        contended_phase(gvm, threads, records, dur, life, cfg.budget_s)
+        if any(r.stuck for r in records):
+            return records, 0.0
         for r in records:
             r.boundary = len(r.guest)
         b0 = time.monotonic_ns()
@@ -313,42 +483,87 @@ def run_in_process(kvm: Kvm, cfg: StealConfig) -> tuple[list[VcpuRecord], float]
             _sleep_until(b0 + down)
             threads = new_threads(n, "b")
             writer = "main thread" if strat.endswith("main-thread") else "vcpu thread"
-            gvm = _restore(kvm, state, threads, writer, time.monotonic_ns() - b0)
+            gvm = _restore(kvm, state, threads, records, writer, time.monotonic_ns() - b0)
+            life = 1
         elif strat == "cancelled-save":
             from kvmharness.snapshot.state import load_vcpu_state
 
             state = _capture(gvm, threads)
             _sleep_until(b0 + down)
-            for i, t in enumerate(threads):  # the VMM puts back what it had captured
-                t.call(load_vcpu_state, gvm.vcpus[i], state.vcpus[i])
+            # The VMM puts back what it had captured, as on a cancelled migration.
+            # Not the CPUID: no VMM re-sets it on a vCPU that has run, and since
+            # Linux 5.16 KVM refuses a changed table there.
+            for i, t in enumerate(threads):
+                t.call(load_vcpu_state, gvm.vcpus[i], state.vcpus[i], cpuid=False)
         elif strat == "same-vm/new-thread":
             close_threads(threads)
             _sleep_until(b0 + down)
             threads = new_threads(n, "b")
         elif strat == "same-vm/msr-rewrite":
             _sleep_until(b0 + down)
-            for v in gvm.vcpus:  # from this (main) thread, not the vCPU's
+            rd = accumulate_run_delay(WRITER_RUN_DELAY_NS)
+            for v, r in zip(gvm.vcpus, records, strict=True):  # from this (main) thread
                 v.set_msr(MSR_KVM_STEAL_TIME, v.get_msr(MSR_KVM_STEAL_TIME))
+                r.writer_run_delay_ns = rd
         else:
             raise ValueError(f"strategy {strat!r} does not run in one process")
         boundary_s = (time.monotonic_ns() - b0) / 1e9
-        contended_phase(gvm, threads, records, dur)
+        contended_phase(gvm, threads, records, dur, life, cfg.budget_s)
         return records, boundary_s
     finally:
         gvm.close()
         close_threads(threads)
 
 
-# ---- cross-process: one child saves and exits, another restores
+# ---- cross-process: one child saves and exits, another restores.  They share
+# no files: the snapshot and the results travel in memfds the parent owns, so
+# nothing is left on disk however the parent dies, and a child dies with its
+# parent (PR_SET_PDEATHSIG).
+
+
+def classify(exc: BaseException) -> str:
+    """Whose fault an exception is: 'kernel' (KVM failed on the path under
+    test), 'untestable' (this host cannot run it), or 'harness'."""
+    from kvmharness.errors import KvmError, KvmUnavailable
+    from kvmharness.exitcodes import Untestable
+
+    if isinstance(exc, KvmUnavailable | Untestable):
+        return "untestable"
+    if isinstance(exc, KvmError):
+        return "kernel"
+    return "harness"
+
+
+class ScenarioFailed(Exception):
+    """A scenario could not finish; ``cls`` is :func:`classify`'s answer."""
+
+    def __init__(self, cls: str, message: str) -> None:
+        super().__init__(message)
+        self.cls = cls
 
 
 def child_main(argv: list[str]) -> int:
-    """``python -m kvmharness.scenarios.steal save|restore CONFIG_JSON SNAPSHOT OUT_JSON``."""
-    from kvmharness.snapshot import write_snapshot
+    """``python -P -m kvmharness.scenarios.steal save|restore CONFIG_JSON SNAP_FD OUT_FD``."""
+    from kvmharness.host.contention import die_with_parent
+
+    role, cfg_json, snap_fd_s, out_fd_s, parent_s = argv
+    die_with_parent(int(parent_s))
+    snap_fd, out_fd = int(snap_fd_s), int(out_fd_s)
+    try:
+        payload: dict[str, Any] = {"status": "ok", "records": _child_run(
+            role, StealConfig(**json.loads(cfg_json)), snap_fd)}
+    except Exception as exc:
+        log.debug("%s process failed", role, exc_info=True)
+        payload = {"status": classify(exc), "error": f"{type(exc).__name__}: {exc}"}
+    with os.fdopen(out_fd, "w") as f:
+        json.dump(payload, f)
+    return 0
+
+
+def _child_run(role: str, cfg: StealConfig, snap_fd: int) -> list[dict[str, Any]]:
+    from kvmharness.snapshot import dumps
     from kvmharness.snapshot.state import load_state_file
 
-    role, cfg_json, snap_path, out_path = argv
-    cfg = StealConfig(**json.loads(cfg_json))
     n, dur = cfg.vcpus, cfg.contend_ms * 1_000_000
     records = [VcpuRecord(i) for i in range(n)]
     with Kvm() as kvm:
@@ -356,91 +571,106 @@ def child_main(argv: list[str]) -> int:
             threads = new_threads(n, "a")
             gvm = start_vm(kvm, n, threads)
             try:
-                contended_phase(gvm, threads, records, dur)
-                state = _capture(gvm, threads)
-                meta, sections = state.to_snapshot()
-                write_snapshot(snap_path, meta, sections)
+                contended_phase(gvm, threads, records, dur, 0, cfg.budget_s)
+                if not any(r.stuck for r in records):
+                    meta, sections = _capture(gvm, threads).to_snapshot()
+                    with os.fdopen(os.dup(snap_fd), "wb") as f:
+                        f.write(dumps(meta, sections))
             finally:
                 gvm.close()
                 close_threads(threads)
         else:
-            state = load_state_file(snap_path)
+            state = load_state_file(f"/proc/self/fd/{snap_fd}")
             down = time.monotonic_ns() - state.captured_ns  # CLOCK_MONOTONIC is system-wide
             writer = "main thread" if cfg.strategy.endswith("main-thread") else "vcpu thread"
             threads = new_threads(n, "b")
-            gvm = _restore(kvm, state, threads, writer, down)
+            gvm = _restore(kvm, state, threads, records, writer, down)
             try:
-                contended_phase(gvm, threads, records, dur)
+                contended_phase(gvm, threads, records, dur, 0, cfg.budget_s)
             finally:
                 gvm.close()
                 close_threads(threads)
-    with open(out_path, "w") as f:
-        json.dump([r.to_json() for r in records], f)
-    return 0
+    return [r.to_json() for r in records]
+
+
+def _run_child(role: str, cfg: StealConfig, snap_fd: int) -> list[VcpuRecord]:
+    out_fd = os.memfd_create(f"kvmharness-{role}-out", os.MFD_CLOEXEC)
+    try:
+        cmd = [sys.executable, "-P", "-m", "kvmharness.scenarios.steal", role,
+               json.dumps(asdict(cfg)), str(snap_fd), str(out_fd), str(os.getpid())]
+        timeout = 2 * cfg.contend_ms / 1000 + cfg.budget_s + 120
+        # cwd "/" and -P: the child never imports a kvmharness/ folder that
+        # happens to sit in the caller's working directory.
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd="/",
+                              pass_fds=(snap_fd, out_fd))
+        raw = os.pread(out_fd, os.fstat(out_fd).st_size, 0)
+    finally:
+        os.close(out_fd)
+    if not raw:
+        raise ScenarioFailed("harness", f"{role} process exited {proc.returncode} without a "
+                             f"result:\n{proc.stderr.strip()[-2000:]}")
+    payload = json.loads(raw)
+    if payload["status"] != "ok":
+        raise ScenarioFailed(payload["status"], f"{role} process: {payload['error']}")
+    return [VcpuRecord.from_json(d) for d in payload["records"]]
 
 
 def run_cross_process(cfg: StealConfig) -> tuple[list[VcpuRecord], float]:
-    with tempfile.TemporaryDirectory(prefix="kvmharness-steal-") as tmp:
-        snap = os.path.join(tmp, "vm.snap")
-        outs = [os.path.join(tmp, "a.json"), os.path.join(tmp, "b.json")]
-        cfg_json = json.dumps(asdict(cfg))
-        t_save_end = 0
-        for role, out in zip(("save", "restore"), outs, strict=True):
-            if role == "restore":
-                _sleep_until(t_save_end + cfg.downtime_ms * 1_000_000)
-            proc = subprocess.run(
-                [sys.executable, "-m", "kvmharness.scenarios.steal", role, cfg_json, snap, out],
-                capture_output=True, text=True, timeout=120)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{role} process failed (exit {proc.returncode}):\n"
-                                   f"{proc.stderr.strip()[-2000:]}")
-            if role == "save":
-                t_save_end = time.monotonic_ns()
-        parts = []
-        for out in outs:
-            with open(out) as f:
-                parts.append([VcpuRecord.from_json(d) for d in json.load(f)])
-    records = parts[0]
-    for r, later in zip(records, parts[1], strict=True):
+    snap_fd = os.memfd_create("kvmharness-snapshot", os.MFD_CLOEXEC)
+    try:
+        records = _run_child("save", cfg, snap_fd)
+        if any(r.stuck for r in records):
+            return records, 0.0
+        t_save_end = time.monotonic_ns()
+        if not os.fstat(snap_fd).st_size:
+            raise ScenarioFailed("harness", "save process wrote no snapshot")
+        _sleep_until(t_save_end + cfg.downtime_ms * 1_000_000)
+        later = _run_child("restore", cfg, snap_fd)
+    finally:
+        os.close(snap_fd)
+    for r, b in zip(records, later, strict=True):
         r.boundary = len(r.guest)
-        r.extend(later)
-    b = [(r.guest[r.boundary].t_ns - r.guest[r.boundary - 1].t_ns) / 1e9 for r in records]
-    return records, max(b)
+        r.extend(b)
+    gaps = [(r.guest[r.boundary].t_ns - r.guest[r.boundary - 1].t_ns) / 1e9
+            for r in records if 0 < r.boundary < len(r.guest)]
+    return records, max(gaps, default=0.0)
 
 
 # --------------------------------------------------------------------------
 # judging
+
+#: A vCPU stopped by the watchdog is judged stuck (the kernel's fault) only if
+#: its thread got this share of the budget as CPU time while in KVM_RUN; with
+#: less, the host was too loaded to tell, and the run cannot test.
+STUCK_MIN_CPU_SHARE = 0.1
 
 
 def judge(cfg: StealConfig, records: list[VcpuRecord]) -> list[Violation]:
     """Run the checks over each vCPU's guest and host series."""
     out: list[Violation] = []
     for r in records:
-        # A reading can be as stale as the longest KVM_RUN: run_delay accrued
-        # while preempted inside one run is charged at the next entry.
-        slack = r.max_run_ns + checks.DEFAULT_SLACK_NS
+        rds = r.run_delays()
         for name, series in ((f"vcpu{r.index}", r.guest), (f"vcpu{r.index}/host", r.host)):
             out += checks.check_monotonic(name, series)
             out += checks.check_versions(name, series)
-            # Until KVM first publishes the area (version 0), the guest reads 0.
-            # The first publication charges the vCPU thread's whole run_delay
-            # (a new vCPU starts from last_steal = 0), so its bound is the time
-            # since that thread was born, not since the previous reading.
-            first_pub = next((i for i, s in enumerate(series) if s.version), None)
-            if first_pub is None:
-                continue
-            if first_pub > 0 and r.births:
-                prev = series[first_pub - 1]
-                pair = [Sample(r.births[0], prev.value), series[first_pub]]
-                out += [replace(v, index=first_pub) for v in
-                        checks.check_rate(name, pair, slack_ns=slack)]
-            out += [replace(v, index=v.index + first_pub) for v in
-                    checks.check_rate(name, series[first_pub:], slack_ns=slack)]
-        for first, last, contended in r.phases:
-            out += checks.check_alive(
-                f"vcpu{r.index}", r.guest[first], r.guest[last], contended_ns=contended,
-                min_fraction=cfg.min_alive_fraction, index=last)
+            out += checks.check_follows_run_delay(name, series, rds)
+        if r.stuck and r.stuck.cpu_ns >= STUCK_MIN_CPU_SHARE * cfg.budget_s * 1e9:
+            out.append(checks.violation(
+                checks.KIND_STUCK, f"vcpu{r.index}", len(r.guest), None, None,
+                f"KVM_RUN did not return in {checks.format_ns(r.stuck.waited_ns)} though its "
+                f"thread ran {checks.format_ns(r.stuck.cpu_ns)} meanwhile; stopped at guest "
+                f"rip {r.stuck.rip:#x}", counter="run"))
     return out
+
+
+def untestable_reason(cfg: StealConfig, records: list[VcpuRecord]) -> str | None:
+    """Why a run that was stopped cannot be judged (the host starved the vCPU thread)."""
+    for r in records:
+        if r.stuck and r.stuck.cpu_ns < STUCK_MIN_CPU_SHARE * cfg.budget_s * 1e9:
+            return (f"vcpu{r.index} was stopped after {checks.format_ns(r.stuck.waited_ns)} in "
+                    f"KVM_RUN, but its thread got only {checks.format_ns(r.stuck.cpu_ns)} of "
+                    "CPU meanwhile: the host is too loaded to judge")
+    return None
 
 
 def describe(records: list[VcpuRecord], violations: list[Violation]) -> str:
@@ -450,7 +680,7 @@ def describe(records: list[VcpuRecord], violations: list[Violation]) -> str:
             if r.guest and 0 < r.boundary < len(r.guest):
                 a, b = r.guest[r.boundary - 1].value, r.guest[r.boundary].value
                 parts.append(f"vcpu{r.index} {checks.format_ns(a)}->{checks.format_ns(b)}")
-        return "steal monotonic and within wall time; " + ", ".join(parts)
+        return "steal monotonic and within run_delay; " + ", ".join(parts)
     counts = checks.summarize(violations)
     worst = violations[0]
     return (", ".join(f"{k} x{v}" for k, v in counts.items())
@@ -475,23 +705,35 @@ def run_scenario(cfg: StealConfig, kvm: Kvm | None = None) -> StealResult:
                 if own:
                     k.close()
     except Exception as exc:
-        log.exception("steal scenario %s failed to run", cfg.strategy)
-        return StealResult(cfg, strat, records, [], ERROR, f"could not run: {exc}",
-                           time.monotonic() - t0, boundary_s, error=str(exc))
+        cls = exc.cls if isinstance(exc, ScenarioFailed) else classify(exc)
+        log.info("steal scenario %s failed to run (%s)", cfg.strategy, cls, exc_info=True)
+        if cls == "kernel":
+            verdict = BROKEN if strat.kind == PROMISE else CHARACTERIZED
+        else:
+            verdict = UNTESTABLE if cls == "untestable" else ERROR
+        return StealResult(cfg, strat, records, [], verdict,
+                           f"could not run ({cls}): {exc}", time.monotonic() - t0, boundary_s,
+                           error=str(exc))
     violations = judge(cfg, records)
-    if strat.kind == PROMISE:
-        verdict = BROKEN if violations else HOLDS
-    else:
+    why_not = untestable_reason(cfg, records)
+    if strat.kind != PROMISE:
         verdict = CHARACTERIZED
+    elif violations:
+        verdict = BROKEN
+    elif why_not:
+        return StealResult(cfg, strat, records, [], UNTESTABLE, why_not,
+                           time.monotonic() - t0, boundary_s)
+    else:
+        verdict = HOLDS
     return StealResult(cfg, strat, records, violations, verdict, describe(records, violations),
                        time.monotonic() - t0, boundary_s)
 
 
 def run_matrix(strategies: list[str], vcpu_counts: list[int], *, contend_ms: int = 150,
-               downtime_ms: int = 50,
+               downtime_ms: int = 50, budget_s: float = DEFAULT_BUDGET_S,
                progress: Callable[[int, int, StealConfig, StealResult | None], None] | None = None
                ) -> list[StealResult]:
-    configs = [StealConfig(s, n, contend_ms, downtime_ms)
+    configs = [StealConfig(s, n, contend_ms, downtime_ms, budget_s)
                for s in strategies for n in vcpu_counts]
     for c in configs:
         c.validate()

@@ -215,8 +215,12 @@ def restore_vcpu(gvm: GuestVm, state: VmState, index: int) -> Vcpu:
     return vcpu
 
 
-def load_vcpu_state(vcpu: Vcpu, vs: VcpuState, *, msrs: bool = True) -> None:
-    vcpu.set_cpuid(vs.cpuid)
+def load_vcpu_state(vcpu: Vcpu, vs: VcpuState, *, msrs: bool = True,
+                    cpuid: bool = True) -> None:
+    """Put ``vs`` into ``vcpu``.  ``cpuid=False`` for a vCPU that has run: no
+    VMM re-sets CPUID there, and Linux 5.16+ refuses a changed table."""
+    if cpuid:
+        vcpu.set_cpuid(vs.cpuid)
     if vs.tsc_khz and vcpu.get_tsc_khz() != vs.tsc_khz:
         vcpu.set_tsc_khz(vs.tsc_khz)
     vcpu.set_sregs(from_raw("struct kvm_sregs", vs.structs["sregs"]))
