@@ -1,0 +1,97 @@
+"""SIGTERM and SIGKILL mid-scenario: nothing may be left behind.
+
+CI timeouts send SIGTERM; an OOM killer or a impatient user sends SIGKILL.
+Either way no process (busy stealers, cross-process children) may run on and
+no temp file may stay.  Each run gets its own session and TMPDIR, so what is
+left is found exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.kvm, pytest.mark.timeout(120)]
+
+
+def _session_members(sid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[3]) == sid:  # state, ppid, pgrp, session
+            out.append(int(entry))
+    return out
+
+
+def _start(tmp_path: Path, strategy: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    return subprocess.Popen(
+        [sys.executable, "-m", "kvmharness.cli", "run", "-s", strategy, "--vcpus", "2",
+         "--contend-ms", "8000", "--json", str(tmp_path / "out.json")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path,
+        start_new_session=True)
+
+
+def _wait_for_children(proc: subprocess.Popen[bytes], want: int, timeout: float) -> None:
+    """Until the session holds ``want`` processes besides the leader (mid-phase)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if len(_session_members(proc.pid)) > want:
+            time.sleep(0.5)  # well into the contended phase
+            return
+        time.sleep(0.05)
+    pytest.fail("the scenario never reached its contended phase")
+
+
+def _assert_nothing_left(sid: int, tmp_path: Path) -> None:
+    end = time.monotonic() + 1.5  # far less than the 8 s phase
+    while _session_members(sid) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert _session_members(sid) == [], "processes outlived the run"
+    assert list((tmp_path / "tmp").iterdir()) == [], "temp files left behind"
+    assert not (tmp_path / "out.json").exists(), "no half-written output"
+    assert [p.name for p in tmp_path.iterdir()] == ["tmp"]
+
+
+@pytest.mark.parametrize("strategy", ["cross-process/main-thread", "fresh-vm/vcpu-thread"])
+def test_sigterm_unwinds_and_exits_143(tmp_path, strategy):
+    proc = _start(tmp_path, strategy)
+    try:
+        # cross-process: leader, save child, its stealers; in-process: leader, stealers
+        _wait_for_children(proc, 2 if strategy.startswith("cross") else 1, 60)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 128 + signal.SIGTERM, err.decode()
+        assert time.monotonic() - t0 < 10, "SIGTERM must not wait out an 8 s phase"
+        assert b"Traceback" not in err, err.decode()
+        _assert_nothing_left(proc.pid, tmp_path)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_sigkill_leaves_no_process_and_no_file(tmp_path):
+    proc = _start(tmp_path, "cross-process/vcpu-thread")
+    try:
+        _wait_for_children(proc, 2, 60)
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+        assert b"Traceback" not in err, err.decode()
+        _assert_nothing_left(proc.pid, tmp_path)
+    finally:
+        if _session_members(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
