@@ -89,6 +89,9 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
     Strategy("same-vm/new-thread", CHARACTERIZE, "-", "new vcpu thread",
              "KVM_RUN of a live vCPU moves to another thread; api.rst asks for one "
              "thread per vCPU, so KVM promises nothing here"),
+    Strategy("fresh-vm/reused-thread", CHARACTERIZE, "vcpu thread", "same vcpu thread",
+             "new VM restored onto the threads that ran the old one: a new vCPU starts "
+             "from last_steal 0, so its thread's whole run_delay is charged again"),
     Strategy("same-vm/msr-rewrite", CHARACTERIZE, "main thread", "same vcpu thread",
              "another thread rewrites a live vCPU's steal-time MSR: a vCPU ioctl off "
              "its thread, outside the API's rules"),
@@ -476,7 +479,14 @@ def run_in_process(kvm: Kvm, cfg: StealConfig) -> tuple[list[VcpuRecord], float]
         for r in records:
             r.boundary = len(r.guest)
         b0 = time.monotonic_ns()
-        if strat.startswith("fresh-vm/"):
+        if strat == "fresh-vm/reused-thread":
+            state = _capture(gvm, threads)
+            gvm.close()
+            _sleep_until(b0 + down)
+            gvm = _restore(kvm, state, threads, records, "vcpu thread",
+                           time.monotonic_ns() - b0)
+            life = 1
+        elif strat.startswith("fresh-vm/"):
             state = _capture(gvm, threads)
             gvm.close()
             close_threads(threads)
@@ -679,7 +689,10 @@ def describe(records: list[VcpuRecord], violations: list[Violation]) -> str:
         for r in records:
             if r.guest and 0 < r.boundary < len(r.guest):
                 a, b = r.guest[r.boundary - 1].value, r.guest[r.boundary].value
-                parts.append(f"vcpu{r.index} {checks.format_ns(a)}->{checks.format_ns(b)}")
+                rd = r.ctx[r.boundary].post_ns if len(r.ctx) > r.boundary else None
+                parts.append(f"vcpu{r.index} {checks.format_ns(a)}->{checks.format_ns(b)}"
+                             + (f" (runner's run_delay {checks.format_ns(rd)})"
+                                if rd is not None else ""))
         return "steal monotonic and within run_delay; " + ", ".join(parts)
     counts = checks.summarize(violations)
     worst = violations[0]
