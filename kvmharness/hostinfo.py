@@ -5,7 +5,6 @@ Gathered without failing: every fact that cannot be read says why.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -194,22 +193,3 @@ def gather(path: str = "/dev/kvm", *, probe_sched: bool = True) -> HostInfo:
         except KvmError as exc:
             info.errors.append(f"vCPU probe failed: {exc}")
     return info
-
-
-def run_cli(args: Any) -> int:
-    from tabulate import tabulate
-
-    info = gather(probe_sched=not args.no_probe)
-    if args.json:
-        print(json.dumps(info.to_dict(), indent=2))
-    else:
-        print(tabulate(info.rows(), headers=["fact", "value"], tablefmt="simple"))
-    return 0
-
-
-def register(sub: Any) -> None:
-    p = sub.add_parser("info", help="print host facts (kernel, KVM backend, capabilities, ...)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--no-probe", action="store_true",
-                   help="skip the sched_info probe (briefly pins busy children to one CPU)")
-    p.set_defaults(func=run_cli)

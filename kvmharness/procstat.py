@@ -931,7 +931,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from kvmharness.cli import EXIT_BROKEN, EXIT_OK, UsageError
+    from kvmharness.exitcodes import EXIT_BROKEN, EXIT_OK, UsageError
 
     if args.live and args.files:
         raise UsageError("give FILE arguments or --live, not both")

@@ -19,8 +19,8 @@ import time
 
 from tabulate import tabulate
 
-from kvmharness.run_cmd import DEFAULT_VCPUS
-from kvmharness.scenarios.steal import DEFAULT_STRATEGIES, run_matrix
+from kvmharness.cli.run import run_matrix, select
+from kvmharness.scenarios.base import RunOptions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,11 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     totals = []
     for i in range(args.repeat):
         t0 = time.monotonic()
-        results = run_matrix(DEFAULT_STRATEGIES, DEFAULT_VCPUS, contend_ms=args.contend_ms,
-                             downtime_ms=args.downtime_ms)
+        results = run_matrix(select(None, bisect=False), None,
+                             RunOptions(args.contend_ms, args.downtime_ms))
         totals.append(time.monotonic() - t0)
         for r in results:
-            per.setdefault((r.strategy.name, r.config.vcpus), []).append(r.wall_s)
+            per.setdefault((r.variant.name, r.vcpus), []).append(r.wall_s)
         print(f"run {i + 1}/{args.repeat}: {totals[-1]:.2f} s", file=sys.stderr)
     floor_s = (2 * args.contend_ms + args.downtime_ms) / 1000
     rows = []

@@ -13,7 +13,7 @@ from kvmharness.cli import main
 @pytest.mark.parametrize("argv, message", [
     (["--vcpus", "0"], "--vcpus takes a comma list of counts from 1 to"),
     (["--vcpus", "x"], "--vcpus takes a comma list"),
-    (["-s", "nope"], "unknown strategy 'nope'"),
+    (["-s", "nope"], "unknown scenario 'nope'"),
     (["-s", ""], "empty selection"),
     (["-s", " , "], "empty selection"),
     (["--contend-ms", "0"], "--contend-ms must be 20 to"),
@@ -51,7 +51,7 @@ def test_bad_usage_of_other_commands_exits_2(capsys):
 ])
 def test_environment_faults_are_never_1(monkeypatch, capsys, fault, code, message):
     """Causes simulated where host facts are read and where errors are classified."""
-    import kvmharness.run_cmd as run_cmd
+    import kvmharness.cli.run as run_cmd
     from kvmharness.errors import KvmUnavailable
     from kvmharness.exitcodes import Untestable
 
@@ -70,7 +70,7 @@ def test_environment_faults_are_never_1(monkeypatch, capsys, fault, code, messag
 def test_exit_code_classification():
     from types import SimpleNamespace as NS
 
-    from kvmharness.run_cmd import exit_code
+    from kvmharness.cli.run import exit_code
     from kvmharness.scenarios.base import (
         BROKEN,
         CHARACTERIZE,
@@ -82,7 +82,7 @@ def test_exit_code_classification():
     )
 
     def r(kind, verdict):
-        return NS(strategy=NS(kind=kind), verdict=verdict)
+        return NS(variant=NS(kind=kind), verdict=verdict)
 
     assert exit_code([r(PROMISE, HOLDS), r(CHARACTERIZE, CHARACTERIZED)]) == 0
     assert exit_code([r(PROMISE, HOLDS), r(PROMISE, BROKEN)]) == 1

@@ -9,8 +9,8 @@ import struct
 import pytest
 
 from kvmharness.checks import Sample
-from kvmharness.report import plot_steal, steal_table
 from kvmharness.scenarios.steal import STRATEGIES, StealConfig, StealResult, VcpuRecord
+from kvmharness.scenarios.steal_view import plot_steal, steal_table
 
 
 def _result(verdict: str = "holds") -> StealResult:

@@ -1,16 +1,155 @@
-"""What every scenario result has in common: promise or characterization, and a verdict."""
+"""What every scenario family shares: kinds, verdicts, variants as data, the
+classification of failures, and the registry ``run`` and the tests iterate.
+
+A *family* (steal today; clock and postcopy next) declares its variants as
+data: a name, a :class:`Kind` with the reason, and the typed facts of what
+happens at the boundary.  It runs one variant with :meth:`Family.run_one`
+and returns a :class:`ScenarioResult`; the report and the CLI need nothing
+else of it.  Adding a family is a module with a :class:`Family` named
+``FAMILY``, listed in :data:`FAMILY_MODULES`.
+"""
 
 from __future__ import annotations
 
-PROMISE = "promise"
-"""KVM promises the property: a failure is a kernel or restore-path regression."""
-CHARACTERIZE = "characterize"
-"""KVM does not promise it: the scenario reports what it measured and never fails."""
+import enum
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-HOLDS = "holds"
-BROKEN = "BROKEN"
-CHARACTERIZED = "characterized"
-ERROR = "ERROR"
-"""The harness or its environment failed: no verdict on the kernel."""
-UNTESTABLE = "untestable"
-"""This host cannot run the scenario (or was too loaded to judge it)."""
+
+class Kind(enum.StrEnum):
+    PROMISE = "promise"
+    """KVM promises the property: a failure is a kernel or restore-path regression."""
+    CHARACTERIZE = "characterize"
+    """KVM does not promise it: the scenario reports what it measured and never fails."""
+
+
+class Verdict(enum.StrEnum):
+    HOLDS = "holds"
+    BROKEN = "BROKEN"
+    CHARACTERIZED = "characterized"
+    ERROR = "ERROR"
+    """The harness or its environment failed: no verdict on the kernel."""
+    UNTESTABLE = "untestable"
+    """This host cannot run the scenario (or was too loaded to judge it)."""
+
+
+# Module-level names kept for callers that predate the enums.
+PROMISE, CHARACTERIZE = Kind.PROMISE, Kind.CHARACTERIZE
+HOLDS, BROKEN, CHARACTERIZED = Verdict.HOLDS, Verdict.BROKEN, Verdict.CHARACTERIZED
+ERROR, UNTESTABLE = Verdict.ERROR, Verdict.UNTESTABLE
+
+
+class Blame(enum.StrEnum):
+    """Whose fault a scenario that could not finish is."""
+
+    KERNEL = "kernel"  # KVM failed on the path under test
+    UNTESTABLE = "untestable"  # this host cannot run it
+    HARNESS = "harness"  # a bug or a broken environment
+
+
+def classify(exc: BaseException) -> Blame:
+    from kvmharness.errors import KvmError, KvmUnavailable
+    from kvmharness.exitcodes import Untestable
+
+    if isinstance(exc, ScenarioFailed):
+        return exc.blame
+    if isinstance(exc, KvmUnavailable | Untestable):
+        return Blame.UNTESTABLE
+    if isinstance(exc, KvmError):
+        return Blame.KERNEL
+    return Blame.HARNESS
+
+
+class ScenarioFailed(Exception):
+    """A scenario could not finish, with the blame already decided (e.g. by a child)."""
+
+    def __init__(self, blame: Blame | str, message: str) -> None:
+        super().__init__(message)
+        self.blame = Blame(blame)
+
+
+def verdict_for(kind: Kind, *, broken: bool = False, blame: Blame | None = None) -> Verdict:
+    """The verdict of a run that found violations (``broken``) or failed with ``blame``."""
+    if blame is Blame.HARNESS:
+        return Verdict.ERROR
+    if blame is Blame.UNTESTABLE:
+        return Verdict.UNTESTABLE
+    if kind is Kind.CHARACTERIZE:
+        return Verdict.CHARACTERIZED
+    return Verdict.BROKEN if broken or blame is Blame.KERNEL else Verdict.HOLDS
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Knobs every family takes (a family ignores what it has no use for)."""
+
+    contend_ms: int = 150
+    downtime_ms: int = 50
+    budget_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One declared variant of a family."""
+
+    name: str
+    kind: Kind
+    why: str
+
+
+class ScenarioResult(Protocol):
+    """What the report and the CLI read of a result, whatever the family."""
+
+    family: str
+    variant: Variant
+    vcpus: int
+    verdict: Verdict
+    observed: str
+    wall_s: float
+    violations: list[Any]
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Family:
+    """A scenario family: its variants, how to run one, and how to show results."""
+
+    name: str
+    variants: dict[str, Variant]
+    default: list[str]
+    default_vcpus: list[int]
+    run_one: Callable[..., ScenarioResult]
+    """``run_one(variant_name, vcpus, options, kvm)`` -> result"""
+    table: Callable[[Sequence[ScenarioResult], int], str]
+    """``table(results, width)``: the family's table (width 0: no shortening)"""
+    plot: Callable[[Sequence[ScenarioResult], str], None] | None = None
+
+    def promises(self) -> list[str]:
+        return [n for n, v in self.variants.items() if v.kind is Kind.PROMISE]
+
+
+def verdict_text(res: ScenarioResult, width: int = 0) -> str:
+    """The verdict column: the verdict, and what was observed unless it held."""
+    if res.verdict == Verdict.HOLDS:
+        text = str(Verdict.HOLDS)
+    elif res.verdict == Verdict.CHARACTERIZED:
+        text = f"characterized: {res.observed}"
+    else:
+        text = f"{res.verdict}: {res.observed}"
+    return text[: width - 3] + "..." if width and len(text) > width else text
+
+
+FAMILY_MODULES = {"steal": "kvmharness.scenarios.steal"}
+
+
+def family(name: str) -> Family:
+    if name not in FAMILY_MODULES:
+        raise KeyError(f"unknown scenario family {name!r} (known: {', '.join(FAMILY_MODULES)})")
+    return importlib.import_module(FAMILY_MODULES[name]).FAMILY
+
+
+def families() -> list[Family]:
+    return [family(n) for n in FAMILY_MODULES]

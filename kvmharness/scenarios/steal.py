@@ -28,6 +28,7 @@ first ioctl after switching threads could see a performance impact"):
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import math
@@ -48,13 +49,15 @@ from kvmharness.host.contention import Stealer
 from kvmharness.host.threads import VcpuThread
 from kvmharness.kvm import Kvm, Vcpu
 from kvmharness.scenarios.base import (
-    BROKEN,
-    CHARACTERIZE,
-    CHARACTERIZED,
-    ERROR,
-    HOLDS,
-    PROMISE,
-    UNTESTABLE,
+    Blame,
+    Family,
+    Kind,
+    RunOptions,
+    ScenarioFailed,
+    Variant,
+    Verdict,
+    classify,
+    verdict_for,
 )
 
 log = logging.getLogger(__name__)
@@ -64,37 +67,130 @@ STEAL_AREA_SIZE = 64
 PROGRAM = "steal"
 
 
+class Writer(enum.StrEnum):
+    """Which host thread puts the vCPU state, MSR_KVM_STEAL_TIME included, at the boundary."""
+
+    VCPU_THREAD = "vcpu thread"
+    MAIN_THREAD = "main thread"
+    NONE = "-"
+
+
+class Runner(enum.StrEnum):
+    """Which host thread runs the vCPU after the boundary."""
+
+    NEW_THREAD = "new vcpu thread"
+    SAME_THREAD = "same vcpu thread"
+    NEW_PROCESS = "new process"
+
+
+@dataclass
+class Boundary:
+    """What a boundary function works on: it may replace the VM, the threads,
+    and start a new vCPU life (a restore into new vCPUs)."""
+
+    kvm: Kvm
+    cfg: StealConfig
+    strategy: Strategy
+    gvm: GuestVm
+    threads: list[VcpuThread]
+    records: list[VcpuRecord]
+    start_ns: int
+    life: int = 0
+
+    def sleep_out_downtime(self) -> None:
+        _sleep_until(self.start_ns + self.cfg.downtime_ms * 1_000_000)
+
+
 @dataclass(frozen=True)
-class Strategy:
-    name: str
-    kind: str  # PROMISE or CHARACTERIZE
-    msr_writer: str  # which host thread wrote MSR_KVM_STEAL_TIME at the boundary
-    runner: str  # which host thread runs the vCPU after the boundary
-    why: str
+class Strategy(Variant):
+    writer: Writer = Writer.NONE
+    runner: Runner = Runner.SAME_THREAD
+    boundary: Callable[[Boundary], None] | None = None
+    """The in-process boundary; None for a cross-process strategy."""
+
+    @property
+    def cross_process(self) -> bool:
+        return self.runner is Runner.NEW_PROCESS
+
+    # display names kept for the table and JSON
+    @property
+    def msr_writer(self) -> str:
+        return str(self.writer)
 
 
+def fresh_vm(b: Boundary) -> None:
+    """Capture, destroy the VM, wait out the downtime, restore into a new VM."""
+    state = _capture(b.gvm, b.threads)
+    b.gvm.close()
+    if b.strategy.runner is Runner.NEW_THREAD:
+        close_threads(b.threads)
+    b.sleep_out_downtime()
+    if b.strategy.runner is Runner.NEW_THREAD:
+        b.threads = new_threads(len(b.records), "b")
+    b.gvm = _restore(b.kvm, state, b.threads, b.records, b.strategy.writer,
+                     time.monotonic_ns() - b.start_ns)
+    b.life += 1
+
+
+def cancelled_save(b: Boundary) -> None:
+    """Capture and put the state back into the same vCPUs, from their threads, as
+    on a cancelled migration.  Not the CPUID: no VMM re-sets it on a vCPU that
+    has run, and since Linux 5.16 KVM refuses a changed table there."""
+    from kvmharness.snapshot.state import load_vcpu_state
+
+    state = _capture(b.gvm, b.threads)
+    b.sleep_out_downtime()
+    for i, t in enumerate(b.threads):
+        t.call(load_vcpu_state, b.gvm.vcpus[i], state.vcpus[i], cpuid=False)
+
+
+def move_to_new_threads(b: Boundary) -> None:
+    """The live vCPUs' KVM_RUN moves to new host threads."""
+    close_threads(b.threads)
+    b.sleep_out_downtime()
+    b.threads = new_threads(len(b.records), "b")
+
+
+def rewrite_msr_from_main(b: Boundary) -> None:
+    """The main thread, after waiting on a run queue, rewrites each live vCPU's MSR."""
+    b.sleep_out_downtime()
+    rd = accumulate_run_delay(WRITER_RUN_DELAY_NS)
+    for v, r in zip(b.gvm.vcpus, b.records, strict=True):
+        v.set_msr(MSR_KVM_STEAL_TIME, v.get_msr(MSR_KVM_STEAL_TIME))
+        r.writer_run_delay_ns = rd
+
+
+P, C = Kind.PROMISE, Kind.CHARACTERIZE
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
-    Strategy("fresh-vm/vcpu-thread", PROMISE, "vcpu thread", "new vcpu thread",
+    Strategy("fresh-vm/vcpu-thread", P,
              "new VM restored by the threads that run it: the API's rules, steal must "
-             "stay monotonic and bounded by wall time"),
-    Strategy("fresh-vm/main-thread", PROMISE, "main thread", "new vcpu thread",
+             "stay monotonic and follow the runner's run_delay",
+             Writer.VCPU_THREAD, Runner.NEW_THREAD, fresh_vm),
+    Strategy("fresh-vm/main-thread", P,
              "QEMU's 2015 restore pattern; since the fix, KVM_SET_MSRS samples no "
-             "thread's run_delay, so steal must stay monotonic"),
-    Strategy("cross-process/vcpu-thread", PROMISE, "vcpu thread", "new process",
-             "savevm/loadvm through a snapshot file, state put by the vCPU threads"),
-    Strategy("cross-process/main-thread", PROMISE, "main thread", "new process",
-             "savevm/loadvm through a snapshot file, state put by the main thread"),
-    Strategy("cancelled-save", PROMISE, "vcpu thread", "same vcpu thread",
-             "state captured and put back, the VM resumes: nothing may count twice"),
-    Strategy("same-vm/new-thread", CHARACTERIZE, "-", "new vcpu thread",
+             "thread's run_delay, so steal must stay monotonic",
+             Writer.MAIN_THREAD, Runner.NEW_THREAD, fresh_vm),
+    Strategy("cross-process/vcpu-thread", P,
+             "savevm/loadvm through a snapshot file, state put by the vCPU threads",
+             Writer.VCPU_THREAD, Runner.NEW_PROCESS),
+    Strategy("cross-process/main-thread", P,
+             "savevm/loadvm through a snapshot file, state put by the main thread",
+             Writer.MAIN_THREAD, Runner.NEW_PROCESS),
+    Strategy("cancelled-save", P,
+             "state captured and put back, the VM resumes: nothing may count twice",
+             Writer.VCPU_THREAD, Runner.SAME_THREAD, cancelled_save),
+    Strategy("same-vm/new-thread", C,
              "KVM_RUN of a live vCPU moves to another thread; api.rst asks for one "
-             "thread per vCPU, so KVM promises nothing here"),
-    Strategy("fresh-vm/reused-thread", CHARACTERIZE, "vcpu thread", "same vcpu thread",
+             "thread per vCPU, so KVM promises nothing here",
+             Writer.NONE, Runner.NEW_THREAD, move_to_new_threads),
+    Strategy("fresh-vm/reused-thread", C,
              "new VM restored onto the threads that ran the old one: a new vCPU starts "
-             "from last_steal 0, so its thread's whole run_delay is charged again"),
-    Strategy("same-vm/msr-rewrite", CHARACTERIZE, "main thread", "same vcpu thread",
+             "from last_steal 0, so its thread's whole run_delay is charged again",
+             Writer.VCPU_THREAD, Runner.SAME_THREAD, fresh_vm),
+    Strategy("same-vm/msr-rewrite", C,
              "another thread rewrites a live vCPU's steal-time MSR: a vCPU ioctl off "
-             "its thread, outside the API's rules"),
+             "its thread, outside the API's rules",
+             Writer.MAIN_THREAD, Runner.SAME_THREAD, rewrite_msr_from_main),
 ]}
 
 DEFAULT_STRATEGIES = list(STRATEGIES)
@@ -239,11 +335,21 @@ class StealResult:
     strategy: Strategy
     records: list[VcpuRecord]
     violations: list[Violation]
-    verdict: str
+    verdict: Verdict
     observed: str
     wall_s: float
     boundary_s: float
     error: str | None = None
+
+    family = "steal"
+
+    @property
+    def variant(self) -> Strategy:
+        return self.strategy
+
+    @property
+    def vcpus(self) -> int:
+        return self.config.vcpus
 
     def steal_at_boundary(self) -> tuple[int | None, int | None]:
         """Sum over vCPUs of steal just before and just after the boundary (guest view)."""
@@ -263,10 +369,11 @@ class StealResult:
     def to_json(self) -> dict[str, Any]:
         before, after = self.steal_at_boundary()
         return {
-            "scenario": "steal", "strategy": self.strategy.name, "kind": self.strategy.kind,
-            "why": self.strategy.why, "msr_writer": self.strategy.msr_writer,
-            "runner": self.strategy.runner, "config": asdict(self.config),
-            "verdict": self.verdict, "observed": self.observed, "error": self.error,
+            "scenario": "steal", "strategy": self.strategy.name,
+            "kind": str(self.strategy.kind), "why": self.strategy.why,
+            "msr_writer": str(self.strategy.writer), "runner": str(self.strategy.runner),
+            "config": asdict(self.config), "verdict": str(self.verdict),
+            "observed": self.observed, "error": self.error,
             "wall_s": self.wall_s, "boundary_s": self.boundary_s,
             "steal_before_ns": before, "steal_after_ns": after,
             "largest_jump_ns": self.largest_jump_ns(),
@@ -445,15 +552,15 @@ def _capture(gvm: GuestVm, threads: list[VcpuThread]) -> Any:
 
 
 def _restore(kvm: Kvm, state: Any, threads: list[VcpuThread], records: list[VcpuRecord],
-             writer: str, downtime_ns: int) -> GuestVm:
+             writer: Writer, downtime_ns: int) -> GuestVm:
     from kvmharness.snapshot.state import restore
 
-    if writer == "main thread":
+    if writer is Writer.MAIN_THREAD:
         rd = accumulate_run_delay(WRITER_RUN_DELAY_NS)
         for r in records:
             r.writer_run_delay_ns = rd
     return restore(kvm, state, downtime_ns=downtime_ns,
-                   vcpu_threads=None if writer == "main thread" else threads)
+                   vcpu_threads=None if writer is Writer.MAIN_THREAD else threads)
 
 
 def _sleep_until(deadline_ns: int) -> None:
@@ -464,92 +571,34 @@ def _sleep_until(deadline_ns: int) -> None:
 
 def run_in_process(kvm: Kvm, cfg: StealConfig) -> tuple[list[VcpuRecord], float]:
     """Phase A, the boundary, phase B, all in this process.  Returns records, boundary s."""
-    strat = cfg.strategy
+    strat = STRATEGIES[cfg.strategy]
+    if strat.boundary is None:
+        raise ValueError(f"strategy {strat.name!r} does not run in one process")
     n = cfg.vcpus
     dur = cfg.contend_ms * 1_000_000
-    down = cfg.downtime_ms * 1_000_000
     records = [VcpuRecord(i) for i in range(n)]
     threads = new_threads(n, "a")
-    gvm = start_vm(kvm, n, threads)
-    life = 0
+    b = Boundary(kvm, cfg, strat, start_vm(kvm, n, threads), threads, records, 0)
     try:
-        contended_phase(gvm, threads, records, dur, life, cfg.budget_s)
+        contended_phase(b.gvm, b.threads, records, dur, b.life, cfg.budget_s)
         if any(r.stuck for r in records):
             return records, 0.0
         for r in records:
             r.boundary = len(r.guest)
-        b0 = time.monotonic_ns()
-        if strat == "fresh-vm/reused-thread":
-            state = _capture(gvm, threads)
-            gvm.close()
-            _sleep_until(b0 + down)
-            gvm = _restore(kvm, state, threads, records, "vcpu thread",
-                           time.monotonic_ns() - b0)
-            life = 1
-        elif strat.startswith("fresh-vm/"):
-            state = _capture(gvm, threads)
-            gvm.close()
-            close_threads(threads)
-            _sleep_until(b0 + down)
-            threads = new_threads(n, "b")
-            writer = "main thread" if strat.endswith("main-thread") else "vcpu thread"
-            gvm = _restore(kvm, state, threads, records, writer, time.monotonic_ns() - b0)
-            life = 1
-        elif strat == "cancelled-save":
-            from kvmharness.snapshot.state import load_vcpu_state
-
-            state = _capture(gvm, threads)
-            _sleep_until(b0 + down)
-            # The VMM puts back what it had captured, as on a cancelled migration.
-            # Not the CPUID: no VMM re-sets it on a vCPU that has run, and since
-            # Linux 5.16 KVM refuses a changed table there.
-            for i, t in enumerate(threads):
-                t.call(load_vcpu_state, gvm.vcpus[i], state.vcpus[i], cpuid=False)
-        elif strat == "same-vm/new-thread":
-            close_threads(threads)
-            _sleep_until(b0 + down)
-            threads = new_threads(n, "b")
-        elif strat == "same-vm/msr-rewrite":
-            _sleep_until(b0 + down)
-            rd = accumulate_run_delay(WRITER_RUN_DELAY_NS)
-            for v, r in zip(gvm.vcpus, records, strict=True):  # from this (main) thread
-                v.set_msr(MSR_KVM_STEAL_TIME, v.get_msr(MSR_KVM_STEAL_TIME))
-                r.writer_run_delay_ns = rd
-        else:
-            raise ValueError(f"strategy {strat!r} does not run in one process")
-        boundary_s = (time.monotonic_ns() - b0) / 1e9
-        contended_phase(gvm, threads, records, dur, life, cfg.budget_s)
+        b.start_ns = time.monotonic_ns()
+        strat.boundary(b)
+        boundary_s = (time.monotonic_ns() - b.start_ns) / 1e9
+        contended_phase(b.gvm, b.threads, records, dur, b.life, cfg.budget_s)
         return records, boundary_s
     finally:
-        gvm.close()
-        close_threads(threads)
+        b.gvm.close()
+        close_threads(b.threads)
 
 
 # ---- cross-process: one child saves and exits, another restores.  They share
 # no files: the snapshot and the results travel in memfds the parent owns, so
 # nothing is left on disk however the parent dies, and a child dies with its
 # parent (PR_SET_PDEATHSIG).
-
-
-def classify(exc: BaseException) -> str:
-    """Whose fault an exception is: 'kernel' (KVM failed on the path under
-    test), 'untestable' (this host cannot run it), or 'harness'."""
-    from kvmharness.errors import KvmError, KvmUnavailable
-    from kvmharness.exitcodes import Untestable
-
-    if isinstance(exc, KvmUnavailable | Untestable):
-        return "untestable"
-    if isinstance(exc, KvmError):
-        return "kernel"
-    return "harness"
-
-
-class ScenarioFailed(Exception):
-    """A scenario could not finish; ``cls`` is :func:`classify`'s answer."""
-
-    def __init__(self, cls: str, message: str) -> None:
-        super().__init__(message)
-        self.cls = cls
 
 
 def child_main(argv: list[str]) -> int:
@@ -564,7 +613,7 @@ def child_main(argv: list[str]) -> int:
             role, StealConfig(**json.loads(cfg_json)), snap_fd)}
     except Exception as exc:
         log.debug("%s process failed", role, exc_info=True)
-        payload = {"status": classify(exc), "error": f"{type(exc).__name__}: {exc}"}
+        payload = {"status": str(classify(exc)), "error": f"{type(exc).__name__}: {exc}"}
     with os.fdopen(out_fd, "w") as f:
         json.dump(payload, f)
     return 0
@@ -592,9 +641,8 @@ def _child_run(role: str, cfg: StealConfig, snap_fd: int) -> list[dict[str, Any]
         else:
             state = load_state_file(f"/proc/self/fd/{snap_fd}")
             down = time.monotonic_ns() - state.captured_ns  # CLOCK_MONOTONIC is system-wide
-            writer = "main thread" if cfg.strategy.endswith("main-thread") else "vcpu thread"
             threads = new_threads(n, "b")
-            gvm = _restore(kvm, state, threads, records, writer, down)
+            gvm = _restore(kvm, state, threads, records, STRATEGIES[cfg.strategy].writer, down)
             try:
                 contended_phase(gvm, threads, records, dur, 0, cfg.budget_s)
             finally:
@@ -617,7 +665,7 @@ def _run_child(role: str, cfg: StealConfig, snap_fd: int) -> list[VcpuRecord]:
     finally:
         os.close(out_fd)
     if not raw:
-        raise ScenarioFailed("harness", f"{role} process exited {proc.returncode} without a "
+        raise ScenarioFailed(Blame.HARNESS, f"{role} process exited {proc.returncode} without a "
                              f"result:\n{proc.stderr.strip()[-2000:]}")
     payload = json.loads(raw)
     if payload["status"] != "ok":
@@ -633,7 +681,7 @@ def run_cross_process(cfg: StealConfig) -> tuple[list[VcpuRecord], float]:
             return records, 0.0
         t_save_end = time.monotonic_ns()
         if not os.fstat(snap_fd).st_size:
-            raise ScenarioFailed("harness", "save process wrote no snapshot")
+            raise ScenarioFailed(Blame.HARNESS, "save process wrote no snapshot")
         _sleep_until(t_save_end + cfg.downtime_ms * 1_000_000)
         later = _run_child("restore", cfg, snap_fd)
     finally:
@@ -707,7 +755,7 @@ def run_scenario(cfg: StealConfig, kvm: Kvm | None = None) -> StealResult:
     records: list[VcpuRecord] = []
     boundary_s = 0.0
     try:
-        if strat.name.startswith("cross-process/"):
+        if strat.cross_process:
             records, boundary_s = run_cross_process(cfg)
         else:
             own = kvm is None
@@ -718,48 +766,39 @@ def run_scenario(cfg: StealConfig, kvm: Kvm | None = None) -> StealResult:
                 if own:
                     k.close()
     except Exception as exc:
-        cls = exc.cls if isinstance(exc, ScenarioFailed) else classify(exc)
-        log.info("steal scenario %s failed to run (%s)", cfg.strategy, cls, exc_info=True)
-        if cls == "kernel":
-            verdict = BROKEN if strat.kind == PROMISE else CHARACTERIZED
-        else:
-            verdict = UNTESTABLE if cls == "untestable" else ERROR
-        return StealResult(cfg, strat, records, [], verdict,
-                           f"could not run ({cls}): {exc}", time.monotonic() - t0, boundary_s,
+        blame = classify(exc)
+        log.info("steal scenario %s failed to run (%s)", cfg.strategy, blame, exc_info=True)
+        return StealResult(cfg, strat, records, [], verdict_for(strat.kind, blame=blame),
+                           f"could not run ({blame}): {exc}", time.monotonic() - t0, boundary_s,
                            error=str(exc))
     violations = judge(cfg, records)
     why_not = untestable_reason(cfg, records)
-    if strat.kind != PROMISE:
-        verdict = CHARACTERIZED
-    elif violations:
-        verdict = BROKEN
-    elif why_not:
-        return StealResult(cfg, strat, records, [], UNTESTABLE, why_not,
+    if why_not and not violations:
+        return StealResult(cfg, strat, records, [], Verdict.UNTESTABLE, why_not,
                            time.monotonic() - t0, boundary_s)
-    else:
-        verdict = HOLDS
-    return StealResult(cfg, strat, records, violations, verdict, describe(records, violations),
-                       time.monotonic() - t0, boundary_s)
+    return StealResult(cfg, strat, records, violations,
+                       verdict_for(strat.kind, broken=bool(violations)),
+                       describe(records, violations), time.monotonic() - t0, boundary_s)
 
 
-def run_matrix(strategies: list[str], vcpu_counts: list[int], *, contend_ms: int = 150,
-               downtime_ms: int = 50, budget_s: float = DEFAULT_BUDGET_S,
-               progress: Callable[[int, int, StealConfig, StealResult | None], None] | None = None
-               ) -> list[StealResult]:
-    configs = [StealConfig(s, n, contend_ms, downtime_ms, budget_s)
-               for s in strategies for n in vcpu_counts]
-    for c in configs:
-        c.validate()
-    results = []
-    with Kvm() as kvm:
-        for i, cfg in enumerate(configs):
-            if progress:
-                progress(i, len(configs), cfg, None)
-            res = run_scenario(cfg, kvm)
-            results.append(res)
-            if progress:
-                progress(i, len(configs), cfg, res)
-    return results
+def run_one(name: str, vcpus: int, options: RunOptions, kvm: Kvm | None = None) -> StealResult:
+    return run_scenario(StealConfig(name, vcpus, options.contend_ms, options.downtime_ms,
+                                    options.budget_s), kvm)
+
+
+def _table(results: Any, width: int) -> str:
+    from kvmharness.scenarios.steal_view import steal_table
+
+    return steal_table(results, width)
+
+
+def _plot(results: Any, path: str) -> None:
+    from kvmharness.scenarios.steal_view import plot_steal
+
+    plot_steal(results, path)
+
+
+FAMILY = Family("steal", dict(STRATEGIES), DEFAULT_STRATEGIES, [1, 2], run_one, _table, _plot)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from kvmharness.cli import EXIT_OK, EXIT_USAGE
+    from kvmharness.exitcodes import EXIT_OK, EXIT_USAGE
 
     try:
         manifest = verify_snapshot(args.file) if args.verify else read_manifest(args.file)

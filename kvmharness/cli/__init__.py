@@ -1,15 +1,19 @@
-"""The ``kvmharness`` command line.
+"""The ``kvmharness`` command line: ``main`` and the one way from an exception
+to an exit code.  Each command is a module of this package with a
+``register(subparsers)``; a command whose module fails to import is left
+out with a warning, and the others still work.
 
 Exit codes are chosen for ``git bisect run`` (see :mod:`kvmharness.exitcodes`):
 0 good, 1 a promise broke (or procstat found an anomaly), 125 cannot test,
 128 a harness fault, 128+N killed by signal N; 2 bad usage or input for the
 commands no bisect runs.  Each subcommand lives in its own module and
-registers itself here.
+registers itself here (:data:`COMMANDS`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import sys
@@ -53,11 +57,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(self.usage_exit, f"{self.prog}: error: {message}\n")
 
 
-def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
-    # Imported lazily so a broken optional subcommand cannot break the others.
-    from kvmharness import cli_commands
+COMMANDS = ("run", "info", "procstat", "snapshot")
+"""Command modules of this package, in --help order (``run`` also registers ``bisect``)."""
 
-    return cli_commands.REGISTRARS
+
+def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
+    out = []
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"kvmharness.cli.{name}")
+        except Exception as exc:  # one broken command must not take the others down
+            logging.getLogger(__name__).warning("command %s unavailable: %s", name, exc)
+            continue
+        out.append(module.register)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,7 +135,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if on_main:
             signal.signal(signal.SIGTERM, old_term)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

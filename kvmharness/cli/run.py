@@ -34,7 +34,6 @@ from kvmharness.exitcodes import (
     UsageError,
 )
 
-DEFAULT_VCPUS = [1, 2]
 #: bisect's quick profile: the promises, each once, at 2 vCPUs.
 BISECT_VCPUS = [2]
 BISECT_CONTEND_MS = 100
@@ -57,34 +56,46 @@ def check_output_path(path: str, what: str) -> None:
         raise UsageError(f"{what} {path}: directory {d} is not writable")
 
 
-def select_strategies(items: list[str] | None, default: list[str]) -> list[str]:
-    """Names or prefixes ('fresh-vm', 'steal' for all), comma lists allowed."""
-    from kvmharness.scenarios.steal import STRATEGIES
+def select(items: list[str] | None, *, bisect: bool) -> list[tuple[Any, list[str]]]:
+    """(family, variant names) chosen by ``--scenario``/``--strategy`` items.
 
+    An item is a family name (its default variants; its promises for
+    ``bisect``), a variant name, or a prefix of variant names such as
+    ``fresh-vm``; comma lists are allowed.  Nothing chosen is a usage error:
+    an empty shell variable must not read as "good".
+    """
+    from kvmharness.scenarios.base import families
+
+    fams = families()
     if items is None:
-        return list(default)
-    chosen: list[str] = []
+        return [(f, f.promises() if bisect else list(f.default)) for f in fams]
+    chosen: dict[str, list[str]] = {}
     for item in items:
         for name in _csv(item):
-            if name == "steal":
-                matches = list(default)
-            else:
-                matches = [s for s in STRATEGIES if s == name or s.startswith(name + "/")]
-            if not matches:
-                raise UsageError(f"unknown strategy {name!r}; known: steal (all), "
-                                 f"{', '.join(STRATEGIES)}")
-            chosen += [m for m in matches if m not in chosen]
-    if not chosen:
-        raise UsageError(f"empty selection {items!r}: name at least one strategy "
-                         "(see --list)")
-    return chosen
+            hits = []
+            for f in fams:
+                if name == f.name:
+                    hits += [(f, v) for v in (f.promises() if bisect else f.default)]
+                else:
+                    hits += [(f, v) for v in f.variants
+                             if v == name or v.startswith(name + "/")]
+            if not hits:
+                known = ", ".join(f"{f.name} ({', '.join(f.variants)})" for f in fams)
+                raise UsageError(f"unknown scenario {name!r}; known: {known}")
+            for f, v in hits:
+                if v not in chosen.setdefault(f.name, []):
+                    chosen[f.name].append(v)
+    if not any(chosen.values()):
+        raise UsageError(f"empty selection {items!r}: name at least one scenario (see --list)")
+    by_name = {f.name: f for f in fams}
+    return [(by_name[n], vs) for n, vs in chosen.items()]
 
 
-def parse_vcpus(text: str | None, default: list[int]) -> list[int]:
+def parse_vcpus(text: str | None, default: list[int] | None) -> list[int] | None:
     from kvmharness.ffi import lib
 
     if text is None:
-        return list(default)
+        return default
     limit = lib.GUEST_MAX_VCPUS
     try:
         counts = [int(v) for v in _csv(text)]
@@ -132,13 +143,13 @@ def precheck() -> dict[str, Any]:
 
 def exit_code(results: list[Any]) -> int:
     """One verdict for the run: harness fault, then broken, then untestable."""
-    from kvmharness.scenarios.base import BROKEN, ERROR, PROMISE, UNTESTABLE
+    from kvmharness.scenarios.base import Kind, Verdict
 
-    if any(r.verdict == ERROR for r in results):
+    if any(r.verdict == Verdict.ERROR for r in results):
         return EXIT_HARNESS
-    if any(r.strategy.kind == PROMISE and r.verdict == BROKEN for r in results):
+    if any(r.variant.kind == Kind.PROMISE and r.verdict == Verdict.BROKEN for r in results):
         return EXIT_BROKEN
-    if any(r.verdict == UNTESTABLE for r in results):
+    if any(r.verdict == Verdict.UNTESTABLE for r in results):
         return EXIT_UNTESTABLE
     return EXIT_OK
 
@@ -151,30 +162,49 @@ VERDICT_LINES = {
 }
 
 
+def run_matrix(plan: list[tuple[Any, list[str]]], vcpus: list[int] | None, options: Any,
+               progress: Any = None) -> list[Any]:
+    """Run each chosen variant at each vCPU count (the family's default counts
+    when ``vcpus`` is None), sharing one /dev/kvm handle."""
+    from kvmharness.kvm import Kvm
+
+    jobs = [(f, v, n) for f, vs in plan for v in vs for n in (vcpus or f.default_vcpus)]
+    results = []
+    with Kvm() as kvm:
+        for i, (f, v, n) in enumerate(jobs):
+            if progress:
+                progress(i, len(jobs), f"{v}, {n} vCPU(s)", None)
+            res = f.run_one(v, n, options, kvm)
+            results.append(res)
+            if progress:
+                progress(i, len(jobs), f"{v}, {n} vCPU(s)", res)
+    return results
+
+
+def list_variants() -> None:
+    from kvmharness.scenarios.base import families
+
+    for f in families():
+        for v in f.variants.values():
+            print(f"{f.name:8} {v.name:28} {v.kind:12} {v.why}")
+
+
 def run_cli(args: Any, *, bisect: bool = False) -> int:
     from kvmharness.errors import KvmUnavailable
-    from kvmharness.report import plot_available, plot_steal, steal_table, write_json
-    from kvmharness.scenarios.base import BROKEN, CHARACTERIZED, ERROR, HOLDS, UNTESTABLE
-    from kvmharness.scenarios.steal import (
-        DEFAULT_STRATEGIES,
-        PROMISE,
-        STRATEGIES,
-        run_matrix,
-    )
+    from kvmharness.report import plot, plot_available, tables, write_json
+    from kvmharness.scenarios.base import RunOptions, Verdict
 
     if args.list:
-        for s in STRATEGIES.values():
-            print(f"{s.name:28} {s.kind:12} {s.why}")
+        list_variants()
         return EXIT_OK
-    promises = [s for s, v in STRATEGIES.items() if v.kind == PROMISE]
-    strategies = select_strategies(args.strategy, promises if bisect else DEFAULT_STRATEGIES)
-    vcpus = parse_vcpus(args.vcpus, BISECT_VCPUS if bisect else DEFAULT_VCPUS)
+    plan = select(args.strategy, bisect=bisect)
+    vcpus = parse_vcpus(args.vcpus, BISECT_VCPUS if bisect else None)
     validate_numbers(args)
     if args.json:
         check_output_path(args.json, "--json")
-    plot = getattr(args, "plot", None)
-    if plot:
-        check_output_path(plot, "--plot")
+    plot_path = getattr(args, "plot", None)
+    if plot_path:
+        check_output_path(plot_path, "--plot")
         why = plot_available()
         if why:
             raise UsageError(f"--plot: {why}")
@@ -184,20 +214,18 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
     except KvmUnavailable as exc:
         raise Untestable(str(exc)) from None
 
-    def progress(i: int, n: int, cfg: Any, res: Any) -> None:
+    def progress(i: int, n: int, what: str, res: Any) -> None:
         if args.quiet:
             return
         if res is None:
-            print(f"[{i + 1}/{n}] {cfg.strategy}, {cfg.vcpus} vCPU(s) ...", end="",
-                  file=sys.stderr, flush=True)
+            print(f"[{i + 1}/{n}] {what} ...", end="", file=sys.stderr, flush=True)
         else:
             print(f" {res.verdict} ({res.wall_s:.2f} s)", file=sys.stderr, flush=True)
 
+    options = RunOptions(args.contend_ms, args.downtime_ms, args.budget_s)
     t0 = time.monotonic()
     try:
-        results = run_matrix(strategies, vcpus, contend_ms=args.contend_ms,
-                             downtime_ms=args.downtime_ms, budget_s=args.budget_s,
-                             progress=progress)
+        results = run_matrix(plan, vcpus, options, progress)
     except KvmUnavailable as exc:
         raise Untestable(str(exc)) from None
     total = time.monotonic() - t0
@@ -205,16 +233,15 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
     if bisect:
         print(f"kvmharness bisect: {VERDICT_LINES[code]} (exit {code}; "
               f"{len(results)} scenarios, {total:.1f} s, kernel {host['kernel_release']})")
-    print(steal_table(results, width=0 if args.wide else 90))
-    counts = {v: sum(r.verdict == v for r in results)
-              for v in (HOLDS, BROKEN, CHARACTERIZED, UNTESTABLE, ERROR)}
-    print(f"\n{len(results)} scenarios in {total:.1f} s: {counts[HOLDS]} hold, "
-          f"{counts[BROKEN]} broken, {counts[CHARACTERIZED]} characterized"
-          + (f", {counts[UNTESTABLE]} untestable" if counts[UNTESTABLE] else "")
-          + (f", {counts[ERROR]} harness errors" if counts[ERROR] else ""))
+    print(tables(results, width=0 if args.wide else 90))
+    counts = {v: sum(r.verdict == v for r in results) for v in Verdict}
+    print(f"\n{len(results)} scenarios in {total:.1f} s: {counts[Verdict.HOLDS]} hold, "
+          f"{counts[Verdict.BROKEN]} broken, {counts[Verdict.CHARACTERIZED]} characterized"
+          + (f", {counts[Verdict.UNTESTABLE]} untestable" if counts[Verdict.UNTESTABLE] else "")
+          + (f", {counts[Verdict.ERROR]} harness errors" if counts[Verdict.ERROR] else ""))
     for r in results:
-        if r.verdict in (BROKEN, ERROR, UNTESTABLE):
-            print(f"{r.verdict} {r.strategy.name} ({r.config.vcpus} vCPUs): {r.observed}")
+        if r.verdict in (Verdict.BROKEN, Verdict.ERROR, Verdict.UNTESTABLE):
+            print(f"{r.verdict} {r.variant.name} ({r.vcpus} vCPUs): {r.observed}")
             for v in r.violations[:5]:
                 print(f"  {v.kind} {v.series}[{v.index}]: {v.detail}")
     if args.json:
@@ -226,8 +253,8 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
             "exit_code": code,
             "results": [r.to_json() for r in results],
         })
-    if plot:
-        plot_steal(results, plot)
+    if plot_path:
+        plot(results, plot_path)
     return code
 
 
@@ -238,13 +265,14 @@ def _common(p: argparse.ArgumentParser, *, bisect: bool) -> None:
     # A bad command line in a bisect script must abort the bisect, not mark a commit bad.
     p.usage_exit = usage_exit  # type: ignore[attr-defined]
     p.set_defaults(usage_exit=usage_exit)
-    name = "--scenario" if bisect else "--strategy"
-    p.add_argument(name, "-s", dest="strategy", action="append", metavar="NAME[,NAME]",
-                   help="strategies to run; a prefix such as 'fresh-vm' selects its variants, "
-                        "'steal' all of them (default: "
-                        + ("every promise" if bisect else "all") + ")")
+    p.add_argument("--scenario", "--strategy", "-s", dest="strategy", action="append",
+                   metavar="NAME[,NAME]",
+                   help="what to run: a family ('steal'), a variant, or a prefix such as "
+                        "'fresh-vm' (default: "
+                        + ("every promise" if bisect else "every family's default") + ")")
     p.add_argument("--vcpus", metavar="N[,N]",
-                   help="vCPU counts (default " + ("2" if bisect else "1,2") + ")")
+                   help="vCPU counts (default " + ("2" if bisect else "the family's: steal 1,2")
+                   + ")")
     p.add_argument("--contend-ms", type=int,
                    default=BISECT_CONTEND_MS if bisect else 150,
                    help="contended time before and after the boundary (default %(default)s)")
@@ -255,7 +283,7 @@ def _common(p: argparse.ArgumentParser, *, bisect: bool) -> None:
                         "are stopped and judged stuck (default %(default)s)")
     p.add_argument("--json", metavar="FILE", help="write all results and samples as JSON "
                    "('-' for stdout)")
-    p.add_argument("--list", action="store_true", help="list strategies and exit")
+    p.add_argument("--list", action="store_true", help="list every family's variants and exit")
     p.add_argument("--wide", action="store_true", help="do not shorten the verdict column")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
@@ -265,7 +293,7 @@ EXIT_HELP = ("exit 0 good, 1 a promise broke, 125 cannot test here, 128 harness 
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("run", help="run the steal-time scenario matrix (" + EXIT_HELP + ")",
+    p = sub.add_parser("run", help="run the scenario matrix (" + EXIT_HELP + ")",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p, bisect=False)
     p.add_argument("--plot", metavar="FILE.png", help="plot steal against time (matplotlib)")

@@ -1,0 +1,29 @@
+"""``kvmharness info``: the host facts (kernel, KVM backend, capabilities, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from kvmharness.exitcodes import EXIT_OK
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from kvmharness.hostinfo import gather
+
+    info = gather(probe_sched=not args.no_probe)
+    if args.json:
+        print(json.dumps(info.to_dict(), indent=2))
+    else:
+        print(tabulate(info.rows(), headers=["fact", "value"], tablefmt="simple"))
+    return EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="print host facts (kernel, KVM backend, capabilities, ...)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--no-probe", action="store_true",
+                   help="skip the sched_info probe (briefly pins busy children to one CPU)")
+    p.set_defaults(func=run_cli)

@@ -1,0 +1,74 @@
+"""How steal results look: the table rows and the plot (steal against time)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tabulate import tabulate
+
+from kvmharness.checks import format_ns
+from kvmharness.files import atomic_target
+from kvmharness.scenarios.base import verdict_text
+
+HEADERS = ["scenario", "strategy", "vCPUs", "MSR written by", "vCPU run by", "contention",
+           "steal before (sum)", "steal after (sum)", "largest jump", "wall", "verdict"]
+
+
+def _ns(v: int | None) -> str:
+    return "-" if v is None else format_ns(v)
+
+
+def steal_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]:
+    rows = []
+    for r in results:
+        before, after = r.steal_at_boundary()
+        rows.append([
+            "steal", r.strategy.name, str(r.config.vcpus), str(r.strategy.writer),
+            str(r.strategy.runner), f"{r.config.contend_ms} ms x2", _ns(before), _ns(after),
+            _ns(r.largest_jump_ns()), f"{r.wall_s:.2f} s", verdict_text(r, width),
+        ])
+    return rows
+
+
+def steal_table(results: Sequence[Any], width: int = 90) -> str:
+    return tabulate(steal_rows(results, width=width), headers=HEADERS, tablefmt="simple")
+
+
+def plot_steal(results: Sequence[Any], path: str) -> None:
+    """Steal against time per vCPU, one panel per scenario, the boundary marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(results)
+    fig, axes = plt.subplots(n, 1, figsize=(9, 2.4 * n), squeeze=False)
+    for ax, res in zip(axes[:, 0], results, strict=True):
+        t0 = min((r.guest[0].t_ns for r in res.records if r.guest), default=0)
+        for rec in res.records:
+            # before and after the boundary drawn apart: nothing was sampled between
+            cut = rec.boundary if 0 < rec.boundary < len(rec.guest) else len(rec.guest)
+            color = None
+            for part in (rec.guest[:cut], rec.guest[cut:]):
+                if not part:
+                    continue
+                xs = [(s.t_ns - t0) / 1e9 for s in part]
+                ys = [s.value / 1e6 for s in part]
+                (line,) = ax.plot(xs, ys, drawstyle="steps-post", linewidth=1, color=color,
+                                  label=None if color else f"vcpu{rec.index}")
+                color = line.get_color()
+            if 0 < rec.boundary < len(rec.guest):
+                ax.axvline((rec.guest[rec.boundary].t_ns - t0) / 1e9, color="red",
+                           linestyle="--", linewidth=0.8)
+        ax.set_title(f"{res.strategy.name}, {res.config.vcpus} vCPU(s): {res.verdict}",
+                     fontsize=9)
+        ax.set_ylabel("steal (ms)")
+        ax.legend(fontsize=7, loc="upper left")
+    axes[-1, 0].set_xlabel("time (s); red dashes: restore boundary")
+    fig.tight_layout()
+    try:
+        with atomic_target(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
