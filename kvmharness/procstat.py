@@ -93,13 +93,16 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import BinaryIO
 
 from kvmharness import checks
 from kvmharness.checks import Sample, Violation
@@ -137,6 +140,7 @@ KERNEL_BY_COLUMNS = {
 
 NS_PER_S = 1_000_000_000
 DEFAULT_USER_HZ = 100
+MAX_USER_HZ = 1_000_000
 #: slack on clock-based bounds, in ticks: USER_HZ flooring + one tick of lag
 SLACK_TICKS = 2
 #: slack on the clock-free CPU-time bound, as a fraction of the estimate
@@ -153,12 +157,27 @@ BOUND_CPU_TIME = "CPU-time advance"
 BOUND_BTIME = "uptime from btime"
 BOUND_NOW_BTIME = "uptime <= now - btime"
 
+#: Refuse bigger inputs (per file, and standard input). Real /proc/stat snapshots
+#: are a few KiB, so this still holds thousands of them; parsing is linear in size.
+MAX_INPUT_BYTES = 16 * 1024 * 1024
+#: The analysis costs 1-4 KiB of memory per cpu line, so an input of bare cpu lines
+#: (12 bytes each) would still take GiBs: the cpu lines and snapshots of one input
+#: are capped too. These hold half a day of 1 s samples, or 3000 snapshots of a
+#: 64-vCPU guest.
+MAX_SNAPSHOTS = 50_000
+MAX_CPU_LINES = 200_000
+#: longest --interval between live samples (longer sleeps overflow time_t or never end)
+MAX_INTERVAL_S = 86400
+#: the kernel's counters, /proc/uptime and unix times (in ns) are u64
+U64 = checks.U64
+_MAX_SECONDS = Decimal(U64) / NS_PER_S  # 2**64 ns, about 584 years
+
 NOTE_IOWAIT = "iowait may go down (Documentation/filesystems/proc.rst)"
 NOTE_IDLE_HOTPLUG = "idle may go down across a CPU hot-unplug"
 
 
 class ProcStatError(ValueError):
-    """The text is not /proc/stat, or a cpu line in it cannot be read."""
+    """The text is not /proc/stat, a number in it is bad, or the input cannot be read."""
 
 
 @dataclass
@@ -189,7 +208,10 @@ _STAT_KEYS = frozenset(
     {"intr", "ctxt", "btime", "processes", "procs_running", "procs_blocked", "softirq"}
 )
 _KEY = re.compile(r"^[a-z_]+$")
-_NUMBERS = re.compile(r"^[0-9]+(?:\s+[0-9]+)*$")
+# numbers separated by white space, written so that a huge line matches in linear time
+# and constant memory (a repeated group would push a backtracking mark per number)
+_NUMBERS = re.compile(r"^[0-9](?:[0-9\s]*[0-9])?$")
+_TOKEN = re.compile(r"\S+")
 _TIME_HDR = re.compile(r"^#?\s*(?:time|timestamp|date|wall)\s*[:=]?\s*(\S+)$", re.IGNORECASE)
 _UPTIME_HDR = re.compile(r"^#?\s*uptime\s*[:=]?\s*([0-9]+(?:\.[0-9]+)?)(?:\s+[0-9.]+)?$", re.I)
 _PROC_UPTIME = re.compile(r"^([0-9]+\.[0-9]+)\s+[0-9]+\.[0-9]+$")
@@ -197,14 +219,43 @@ _BARE_INT_TIME = re.compile(r"^[0-9]{10}$")  # date +%s, 2001..2286
 _BARE_DEC_TIME = re.compile(r"^[0-9]{9,10}\.[0-9]+$")  # date +%s.%N
 
 
+def _short(text: str) -> str:
+    """``text`` for an error message: huge tokens cut, with their length."""
+    return text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)"
+
+
+_U64_DIGITS = len(str(U64 - 1))
+
+
+def _u64(token: str, line: int, key: str) -> int:
+    """A counter token (ASCII digits) as an int; ProcStatError unless it fits a u64.
+
+    Counts the digits before converting, so a 5000-digit token costs nothing
+    (and does not hit Python's limit on int conversion).
+    """
+    digits = token.lstrip("0") or "0"
+    if len(digits) > _U64_DIGITS or (value := int(digits)) >= U64:
+        raise ProcStatError(
+            f"line {line}: '{key}' line: {_short(token)} is too big for a u64 "
+            f"(max {U64 - 1})"
+        )
+    return value
+
+
 def _seconds_to_ns(text: str) -> tuple[int, int] | None:
-    """``'12.34'`` -> (12_340_000_000, resolution 10_000_000)."""
+    """``'12.34'`` -> (12_340_000_000, resolution 10_000_000).
+
+    None when ``text`` is not a non-negative number; ProcStatError when it is
+    2**64 ns or more (no u64 clock holds it).
+    """
     try:
         value = Decimal(text)
     except InvalidOperation:
         return None
     if not value.is_finite() or value < 0:
         return None
+    if value >= _MAX_SECONDS:
+        raise ProcStatError(f"{_short(text)} s is out of range (2^64 ns or more)")
     decimals = len(text.partition(".")[2])
     return int(value * NS_PER_S), max(1, 10 ** max(0, 9 - decimals))
 
@@ -223,6 +274,8 @@ def _parse_time(text: str) -> tuple[int, int] | None:
         when = when.replace(tzinfo=dt.UTC)
     since = when - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     ns = (since.days * 86400 + since.seconds) * NS_PER_S + since.microseconds * 1000
+    if ns >= U64:
+        raise ProcStatError(f"{_short(text)} is out of range (2^64 ns or more after 1970)")
     return ns, 1000 if when.microsecond else NS_PER_S
 
 
@@ -235,11 +288,40 @@ class _Marker:
     line: int
 
 
+#: keys other than cpu lines whose (first) value is kept
+_KEPT_KEYS = ("btime", "ctxt", "processes")
+
+
 @dataclass
 class _Pending:
+    """A key line, and the number lines that continue it, until it is complete.
+
+    Only what is used is kept (a cpu line's first MAX_COLUMNS values, the first
+    value of a _KEPT_KEYS line), so a huge ``intr`` line costs no memory.
+    """
+
     key: str
-    tokens: list[str]
     line: int
+    values: list[int] = field(default_factory=list)
+    count: int = 0  # values seen (for other keys: whether any, at least)
+
+    def take(self, text: str, lineno: int, start: int = 0) -> None:
+        """Add the values in ``text[start:]`` (white-space separated), of line ``lineno``."""
+        if _CPU_KEY.match(self.key):
+            for m in _TOKEN.finditer(text, start):
+                tok = m.group()
+                if not _INT.fullmatch(tok):
+                    raise ProcStatError(
+                        f"line {lineno}: '{self.key}' line: {_short(tok)!r} is not a counter"
+                    )
+                value = _u64(tok, lineno, self.key)
+                if len(self.values) < MAX_COLUMNS:
+                    self.values.append(value)
+                self.count += 1
+        elif first := _TOKEN.search(text, start):
+            if self.key in _KEPT_KEYS and not self.values:
+                self.values.append(_u64(first.group(), lineno, self.key))
+            self.count += 1
 
 
 class _Parser:
@@ -249,6 +331,7 @@ class _Parser:
         self.markers: list[_Marker] = []
         self.pending: _Pending | None = None
         self.ignored_lines = 0
+        self.cpu_lines = 0
 
     # a pending line is kept until the next line shows it is complete
     def _flush(self) -> None:
@@ -257,46 +340,55 @@ class _Parser:
             return
         if _CPU_KEY.match(p.key):
             self._add_cpu(p)
-        elif p.tokens and self.snapshots and p.key in ("btime", "ctxt", "processes"):
+        elif p.values and self.snapshots and p.key in _KEPT_KEYS:
             snap = self.snapshots[-1]
             if getattr(snap, p.key) is not None:
                 log.warning(
                     "%s:%d: second %s line in one snapshot ignored", self.source, p.line, p.key
                 )
             else:
-                setattr(snap, p.key, int(p.tokens[0]))
+                setattr(snap, p.key, p.values[0])
 
     def _add_cpu(self, p: _Pending) -> None:
         where = f"{self.source}:{p.line}"
-        if not p.tokens:
+        if not p.count:
             log.debug("%s: '%s' without values ignored", where, p.key)
             return
-        for tok in p.tokens:
-            if not _INT.fullmatch(tok):
-                raise ProcStatError(f"line {p.line}: '{p.key}' line: {tok!r} is not a counter")
-        values = tuple(int(t) for t in p.tokens)
-        if len(values) < MIN_COLUMNS:
+        if p.count < MIN_COLUMNS:
             raise ProcStatError(
-                f"line {p.line}: '{p.key}' line has {len(values)} values; /proc/stat cpu "
+                f"line {p.line}: '{p.key}' line has {p.count} values; /proc/stat cpu "
                 f"lines have {MIN_COLUMNS} to {MAX_COLUMNS}"
             )
-        if len(values) > MAX_COLUMNS:
+        if p.count > MAX_COLUMNS:
             log.warning(
                 "%s: '%s' has %d values; only the first %d (%s) are known",
                 where,
                 p.key,
-                len(values),
+                p.count,
                 MAX_COLUMNS,
                 " ".join(COLUMNS),
             )
-            values = values[:MAX_COLUMNS]
+        values = tuple(p.values)
+        self.cpu_lines += 1
+        if self.cpu_lines > MAX_CPU_LINES:
+            raise ProcStatError(f"line {p.line}: more than {MAX_CPU_LINES} cpu lines in one input")
         current = self.snapshots[-1] if self.snapshots else None
         if current is None or p.key == AGGREGATE or p.key in current.cpus:
+            if len(self.snapshots) >= MAX_SNAPSHOTS:
+                raise ProcStatError(
+                    f"line {p.line}: more than {MAX_SNAPSHOTS} snapshots in one input"
+                )
             current = Snapshot(source=where)
             self.snapshots.append(current)
         current.cpus[p.key] = values
 
-    def _marker(self, kind: str, parsed: tuple[int, int] | None, line: int) -> bool:
+    def _marker(
+        self, kind: str, parse: Callable[[str], tuple[int, int] | None], text: str, line: int
+    ) -> bool:
+        try:
+            parsed = parse(text)
+        except ProcStatError as exc:
+            raise ProcStatError(f"line {line}: {kind} {exc}") from None
         if parsed is None:
             return False
         self._flush()
@@ -308,43 +400,47 @@ class _Parser:
         p = self.pending
         if p is None:
             return False
-        return not p.tokens or (bool(_CPU_KEY.match(p.key)) and len(p.tokens) < MAX_COLUMNS)
+        return not p.count or (bool(_CPU_KEY.match(p.key)) and p.count < MAX_COLUMNS)
 
     def feed(self, lineno: int, raw: str) -> None:
-        line = _LEAD.sub("", raw).rstrip()
+        line = raw[_LEAD.match(raw).end() :].rstrip()  # no copy of a line with nothing to strip
         if not line:
             self._flush()
             return
         if m := _UPTIME_HDR.match(line):
-            if self._marker("uptime", _seconds_to_ns(m.group(1)), lineno):
+            if self._marker("uptime", _seconds_to_ns, m.group(1), lineno):
                 return
         if m := _PROC_UPTIME.match(line):
-            if self._marker("uptime", _seconds_to_ns(m.group(1)), lineno):
+            if self._marker("uptime", _seconds_to_ns, m.group(1), lineno):
                 return
         if m := _TIME_HDR.match(line):
-            if self._marker("time", _parse_time(m.group(1)), lineno):
+            if self._marker("time", _parse_time, m.group(1), lineno):
                 return
         if _BARE_DEC_TIME.match(line) or (
             _BARE_INT_TIME.match(line) and not self._pending_incomplete()
         ):
-            if self._marker("time", _parse_time(line), lineno):
+            if self._marker("time", _parse_time, line, lineno):
                 return
         if _NUMBERS.match(line):
             if self.pending is not None:  # a wrapped line goes on
-                self.pending.tokens.extend(line.split())
+                self.pending.take(line, lineno)
             else:
                 self.ignored_lines += 1
             return
-        tokens = line.split()
-        key = tokens[0]
+        # not line.split(): that would cost a string object per word of a huge line
+        key_match = _TOKEN.match(line)
+        assert key_match is not None  # line is stripped and not empty
+        key = key_match.group()
+        second = _TOKEN.search(line, key_match.end())
         if (_CPU_KEY.match(key) or _KEY.match(key)) and (
-            len(tokens) == 1 or _INT.fullmatch(tokens[1])
+            second is None or _INT.fullmatch(second.group())
         ):
-            if len(tokens) == 1 and not _CPU_KEY.match(key) and key not in _STAT_KEYS:
+            if second is None and not _CPU_KEY.match(key) and key not in _STAT_KEYS:
                 key = ""  # a lone word is prose, a lone /proc/stat key a wrapped line
             if key:
                 self._flush()
-                self.pending = _Pending(key, tokens[1:], lineno)
+                self.pending = _Pending(key, lineno)
+                self.pending.take(line, lineno, key_match.end())
                 return
         self._flush()  # prose, a shell prompt, a mail header...
         self.ignored_lines += 1
@@ -387,14 +483,31 @@ class _Parser:
                     snap.uptime_ns, snap.uptime_res_ns = m.ns, m.res_ns
 
 
-def parse_text(text: str, source: str = "<text>") -> list[Snapshot]:
-    """All /proc/stat snapshots in ``text``, in order.
+_BLOCK = 64 * 1024
 
-    Raises :class:`ProcStatError` when there is no ``cpu`` line at all, or a
-    cpu line has a non-numeric value or fewer than 4 columns.
+
+def _lines(data: str | bytes) -> Iterable[str]:
+    """``data.splitlines()`` (decoded as UTF-8), a block of about 64 KiB at a time.
+
+    Blocks end just after a newline, which never splits a ``\\r\\n`` nor a UTF-8
+    sequence, so the result is that of splitting the whole text at once, without
+    holding a list of every line (a string object each) of a big input.
     """
+    newline = b"\n" if isinstance(data, bytes) else "\n"
+    start = 0
+    while start < len(data):
+        end = data.find(newline, start + _BLOCK)
+        end = len(data) if end < 0 else end + 1
+        block = data[start:end]
+        if isinstance(block, bytes):
+            block = block.decode("utf-8", errors="replace")
+        yield from block.splitlines()
+        start = end
+
+
+def _parse_lines(lines: Iterable[str], source: str) -> list[Snapshot]:
     parser = _Parser(source)
-    for lineno, raw in enumerate(text.splitlines(), 1):
+    for lineno, raw in enumerate(lines, 1):
         parser.feed(lineno, raw)
     snaps = parser.finish()
     if parser.ignored_lines:
@@ -402,12 +515,95 @@ def parse_text(text: str, source: str = "<text>") -> list[Snapshot]:
     return snaps
 
 
-def read_file(path: str | Path) -> list[Snapshot]:
-    """Snapshots of one file (``-`` reads standard input)."""
+def parse_text(text: str, source: str = "<text>") -> list[Snapshot]:
+    """All /proc/stat snapshots in ``text``, in order.
+
+    Raises :class:`ProcStatError` when there is no ``cpu`` line at all, a cpu
+    line has a non-numeric value or fewer than 4 columns, or a number is out of
+    range (a counter over u64, a time of 2**64 ns or more).
+    """
+    return _parse_lines(_lines(text), source)
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MiB"
+
+
+def _too_big(size: int | None) -> ProcStatError:
+    cap = MAX_INPUT_BYTES
+    cap_text = f"{cap // (1024 * 1024)} MiB" if cap % (1024 * 1024) == 0 else f"{cap} bytes"
+    limit = f"the {cap_text} limit for one input"
+    what = f"{size} bytes ({_mib(size)}), over {limit}" if size is not None else f"over {limit}"
+    return ProcStatError(f"{what} (/proc/stat snapshots are a few KiB each: split the input)")
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_regular(mode: int) -> ProcStatError:
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "something else")
+    hint = " (to read a pipe, give '-' and pipe it to stdin)" if stat.S_ISFIFO(mode) else ""
+    return ProcStatError(f"is {kind}, not a regular file{hint}")
+
+
+def _read_capped(f: BinaryIO, size: int | None = None) -> bytes:
+    """At most MAX_INPUT_BYTES from binary file ``f``; ProcStatError if there is more."""
+    data = f.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        raise _too_big(size)
+    return data
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The bytes of one input (``-``: standard input), refused unless it is a
+    regular file of at most MAX_INPUT_BYTES.
+
+    Never blocks on, nor reads endlessly from, a FIFO or a device: the path is
+    checked before it is opened (opening some devices has effects), then opened
+    with O_NONBLOCK and checked again (it may have been replaced in between).
+    Raises OSError (cannot open or read) or ProcStatError (refused).
+    """
     if str(path) == "-":
-        return parse_text(sys.stdin.read(), "<stdin>")
-    data = Path(path).read_bytes()
-    return parse_text(data.decode("utf-8", errors="replace"), str(path))
+        stdin = getattr(sys.stdin, "buffer", sys.stdin)
+        try:
+            size = os.fstat(stdin.fileno()).st_size
+        except (OSError, ValueError, AttributeError):  # no descriptor (a test's stream)
+            size = None
+        if size is not None and size > MAX_INPUT_BYTES:
+            raise _too_big(size)  # stdin redirected from a big regular file
+        data = _read_capped(stdin)
+        return data.encode() if isinstance(data, str) else data
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(st.st_mode)
+    if st.st_size > MAX_INPUT_BYTES:
+        raise _too_big(st.st_size)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    fd = os.open(path, flags)
+    with open(fd, "rb", closefd=True) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(st.st_mode)
+        if st.st_size > MAX_INPUT_BYTES:
+            raise _too_big(st.st_size)
+        # procfs files say 0 bytes, and a file may grow: the read is capped too
+        return _read_capped(f, None)
+
+
+def read_file(path: str | Path) -> list[Snapshot]:
+    """Snapshots of one file (``-`` reads standard input).
+
+    Refuses (ProcStatError) anything but a regular file or standard input, and
+    inputs over MAX_INPUT_BYTES; OSError if the file cannot be read.
+    """
+    source = "<stdin>" if str(path) == "-" else str(path)
+    return _parse_lines(_lines(read_bytes(path)), source)
 
 
 def sample_live(
@@ -430,17 +626,17 @@ def sample_live(
         if i:
             sleep(interval_s)
         t = clock()
-        text = Path(stat_path).read_text(errors="replace")
-        uptime = None
+        data = read_bytes(stat_path)
+        up = None
         if uptime_path:
             try:
-                uptime = Path(uptime_path).read_text().split()[0]
-            except (OSError, IndexError):
-                uptime = None
-        got = parse_text(text, f"{stat_path}#{i + 1}")
+                up = _seconds_to_ns(read_bytes(uptime_path).decode(errors="replace").split()[0])
+            except (OSError, IndexError, ProcStatError) as exc:
+                log.debug("%s: no uptime: %s", uptime_path, exc)
+        got = _parse_lines(_lines(data), f"{stat_path}#{i + 1}")
         snap = got[0]
         snap.time_ns, snap.time_res_ns = int(t * NS_PER_S), 1000
-        if uptime is not None and (up := _seconds_to_ns(uptime)) is not None:
+        if up is not None:
             snap.uptime_ns, snap.uptime_res_ns = up
         snaps.append(snap)
         if progress is not None:
@@ -770,7 +966,8 @@ class _Analysis:
             if segment:
                 _SeriesChecker(self, name, segment).run()
             if name != AGGREGATE and len(present) != len(self.snaps):
-                absent = [k + 1 for k in range(len(self.snaps)) if k not in present]
+                seen = set(present)  # a list would make this quadratic in snapshots
+                absent = [k + 1 for k in range(len(self.snaps)) if k not in seen]
                 self.messages.append(
                     f"{name} absent from snapshot(s) {_ranges(absent)} (CPU hotplug?); "
                     "compared across the gap"
@@ -937,12 +1134,17 @@ def run_cli(args: argparse.Namespace) -> int:
         raise UsageError("give FILE arguments or --live, not both")
     if not args.live and not args.files:
         raise UsageError("give /proc/stat FILE arguments, or --live")
-    if args.user_hz <= 0:
-        raise UsageError("--user-hz must be positive")
+    if not 0 < args.user_hz <= MAX_USER_HZ:  # beyond, a tick would be under 1 us
+        raise UsageError(f"--user-hz must be 1 to {MAX_USER_HZ}, got {args.user_hz}")
     snaps: list[Snapshot] = []
     if args.live:
-        if args.count < 1 or args.interval < 0:
-            raise UsageError("--count must be at least 1 and --interval not negative")
+        if args.count < 1:
+            raise UsageError(f"--count must be at least 1, got {args.count}")
+        if not 0 < args.interval <= MAX_INTERVAL_S:  # also refuses nan
+            raise UsageError(
+                f"--interval must be more than 0 and at most {MAX_INTERVAL_S} seconds "
+                f"(one day), got {args.interval}"
+            )
 
         def progress(i: int, n: int) -> None:
             print(f"kvmharness procstat: sample {i}/{n}", file=sys.stderr)
@@ -961,12 +1163,13 @@ def run_cli(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.stat_path}: {exc}") from exc
     else:
         for path in args.files:
+            name = "<stdin>" if path == "-" else path
             try:
                 snaps += read_file(path)
             except OSError as exc:
-                raise UsageError(f"{path}: {exc.strerror or exc}") from exc
+                raise UsageError(f"{name}: {exc.strerror or exc}") from exc
             except ProcStatError as exc:
-                raise UsageError(f"{path}: {exc}") from exc
+                raise UsageError(f"{name}: {exc}") from exc
     report = analyze(snaps, user_hz=args.user_hz)
     doc = json.dumps(report.to_dict(), indent=2)
     if args.json == "-":

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import sys
+import threading
+import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -456,6 +462,205 @@ def test_broken_cpu_line_exits_2(tmp_path, capsys, line, message):
     assert rc == 2 and message in err and "line 2" in err
 
 
+def one_line_error(err: str, *parts: str) -> None:
+    """``err`` is one ``kvmharness procstat: error:`` line holding every part: no traceback."""
+    assert err.startswith("kvmharness procstat: error: "), err
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    for part in parts:
+        assert part in err, (part, err)
+
+
+# a cpu line's counters and the kept single values are u64; no u64 holds these
+HUGE = "9" * 5000  # also past Python's 4300-digit limit on int conversion
+
+
+@pytest.mark.parametrize(
+    "text, line, problem",
+    [
+        (f"cpu  1 2 3 {HUGE} 5 6 7 8\n", "line 1", "'cpu' line: 99999999999999999999..."),
+        (f"cpu  1 2 3 4 5 6 7 {U64}\n", "line 1", f"'cpu' line: {U64} is too big for a u64"),
+        (f"cpu  1 2 3 4 5 6 7 {'0' * 5000}{U64}\n", "line 1", "too big for a u64"),
+        (f"cpu  1 2 3 4\n5 6 7 {U64 + 1}\n", "line 2", "too big for a u64"),
+        (f"cpu  1 2 3 4 5 6 7 8 9 10 {HUGE}\n", "line 1", "too big for a u64"),
+        (f"cpu  1 2 3 4 5 6 7 8\nbtime {HUGE}\n", "line 2", "'btime' line"),
+        (f"cpu  1 2 3 4 5 6 7 8\nprocesses {U64}\n", "line 2", "'processes' line"),
+        (f"# uptime: {HUGE}\ncpu  1 2 3 4 5 6 7 8\n", "line 1", "uptime 9999"),
+        ("cpu  1 2 3 4 5 6 7 8\n18446744073.8 5.0\n", "line 2", "uptime 18446744073.8 s"),
+        ("# time: 1e999999999999\ncpu  1 2 3 4 5 6 7 8\n", "line 1", "time 1e999999999999"),
+        ("# time: 9999-01-01T00:00:00Z\ncpu  1 2 3 4 5 6 7 8\n", "line 1", "out of range"),
+    ],
+    ids=[
+        "5000-digit-counter", "2^64", "leading-zeros", "wrapped-continuation", "11th-column",
+        "btime", "processes", "uptime-header", "proc-uptime-line", "time-overflow", "iso-date",
+    ],
+)  # fmt: skip
+def test_numbers_out_of_range_are_bad_input_not_anomalies(tmp_path, capsys, text, line, problem):
+    f = write(tmp_path, "huge", text)
+    rc, out, err = run(capsys, f)
+    assert rc == 2 and out == ""
+    one_line_error(err, f"{f}: {line}: ", problem)
+    assert len(err) < 300  # the 5000 digits are not echoed
+
+
+def test_largest_u64_counter_is_still_read(tmp_path, capsys):
+    # 2^64-1 fits a u64: a wrapped value (an anomaly), not bad input
+    f = write(tmp_path, "max", f"cpu  1 2 3 4 5 6 7 {U64 - 1}\n")
+    rc, doc = run_json(capsys, f)
+    assert rc == 1
+    assert [x["kind"] for x in doc["findings"]] == ["u64-wrap"]
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom", "/dev/null"])
+def test_device_is_refused_without_reading_it(capsys, device):
+    if not os.path.exists(device):
+        pytest.skip(f"no {device}")
+    tracemalloc.start()
+    try:
+        rc, out, err = run(capsys, device)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rc == 2 and out == ""
+    one_line_error(err, f"{device}: is a character device, not a regular file")
+    assert peak < 8 * 1024 * 1024
+
+
+def test_directory_is_refused(tmp_path, capsys):
+    rc, _, err = run(capsys, str(tmp_path))
+    assert rc == 2
+    one_line_error(err, f"{tmp_path}: is a directory")
+
+
+@pytest.fixture()
+def fifo(tmp_path):
+    """A FIFO nobody writes to; a reader still stuck in open() after 5 s is released
+    (with end of file), so a regression fails on the assertions instead of hanging."""
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    done = threading.Event()
+
+    def release():
+        done.wait(5)
+        while not done.wait(0.2):
+            try:  # fails (ENXIO) unless a reader is waiting
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+
+    threading.Thread(target=release, daemon=True).start()
+    yield path
+    done.set()
+
+
+def test_fifo_is_refused_without_blocking(fifo, capsys):
+    t0 = time.monotonic()
+    rc, out, err = run(capsys, str(fifo))
+    assert time.monotonic() - t0 < 4
+    assert rc == 2 and out == ""
+    one_line_error(err, f"{fifo}: is a FIFO, not a regular file")
+
+
+def test_fifo_swapped_in_after_the_check_does_not_block(fifo, capsys, monkeypatch):
+    """The race: the path was a regular file when checked, a FIFO when opened."""
+    regular, real_stat = os.stat(__file__), os.stat
+
+    def stat(path, *args, **kwargs):
+        return regular if os.fspath(path) == str(fifo) else real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(procstat.os, "stat", stat)
+    t0 = time.monotonic()
+    rc, _, err = run(capsys, str(fifo))
+    assert time.monotonic() - t0 < 4
+    assert rc == 2
+    one_line_error(err, f"{fifo}: is a FIFO, not a regular file")
+
+
+def test_input_over_the_size_cap_is_refused_before_reading(tmp_path, capsys):
+    big = tmp_path / "big"
+    with open(big, "wb") as f:  # sparse: 200 MB of size, no disk
+        f.truncate(200 * 1024 * 1024)
+    rc, out, err = run(capsys, str(big))
+    assert rc == 2 and out == ""
+    one_line_error(err, f"{big}: 209715200 bytes (200.0 MiB), over the 16 MiB limit")
+
+
+def test_file_saying_it_is_small_is_still_read_only_up_to_the_cap(tmp_path, capsys, monkeypatch):
+    # procfs files say 0 bytes, and a file may grow after the check: the read is capped too
+    f = write(tmp_path, "grows", "cpu  1 2 3 4 5 6 7 8\n" * 100)
+    real_stat, real_fstat = os.stat, os.fstat
+
+    def size_0(st: os.stat_result) -> os.stat_result:
+        return os.stat_result((*st[:6], 0, *st[7:10]))
+
+    monkeypatch.setattr(procstat, "MAX_INPUT_BYTES", 1000)
+    monkeypatch.setattr(procstat.os, "stat", lambda *a, **k: size_0(real_stat(*a, **k)))
+    monkeypatch.setattr(procstat.os, "fstat", lambda fd: size_0(real_fstat(fd)))
+    rc, _, err = run(capsys, f)
+    assert rc == 2
+    one_line_error(err, f"{f}: over the 1000 bytes limit for one input")
+
+
+def stdin_bytes(monkeypatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+
+def test_stdin_is_read(capsys, monkeypatch):
+    s1, s2, _ = clean_series()
+    stdin_bytes(monkeypatch, (timed(BTIME + 600, s1) + timed(BTIME + 610, s2)).encode())
+    rc, out, _ = run(capsys, "-")
+    assert rc == 0 and "2 snapshot(s)" in out
+
+
+def test_stdin_over_the_size_cap_is_refused(capsys, monkeypatch):
+    monkeypatch.setattr(procstat, "MAX_INPUT_BYTES", 4096)
+    stdin_bytes(monkeypatch, b"cpu  1 2 3 4 5 6 7 8\n" * 1000)
+    rc, _, err = run(capsys, "-")
+    assert rc == 2
+    one_line_error(err, "<stdin>: over the 4096 bytes limit for one input")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "cpu  1 2 3 4 5 6 7 8\nintr " + "1234 " * 120_000 + "\n",  # one huge line
+        "cpu  1 2 3 4 5 6 7 8\nintr 1\n" + "1234 " * 120_000 + "\n",  # a wrapped one
+        "cpu0 " + "1234 " * 120_000 + "\n",  # a cpu line with 120000 columns
+        "1234 " * 120_000,  # numbers without a key
+        "prose " * 100_000,
+        "short line 1234\n" * 40_000,  # many short lines
+    ],
+    ids=["intr", "wrapped-intr", "wide-cpu", "numbers", "prose", "short-lines"],
+)
+def test_parse_memory_is_a_small_multiple_of_the_text(text):
+    """Memory is linear in the input with a small factor, whatever its shape (the old
+    parser kept a string per number of a line, its number-line regex a backtracking mark
+    per number, and a string per line of the input: 4 to 40 times the text)."""
+    tracemalloc.start()
+    try:
+        try:
+            procstat.parse_text(text)
+        except procstat.ProcStatError:
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * len(text), (peak, len(text))
+
+
+def test_snapshot_and_cpu_line_caps(tmp_path, capsys, monkeypatch):
+    """Analysis memory grows with cpu lines, which 16 MiB of bare ones would make 1.4M of."""
+    monkeypatch.setattr(procstat, "MAX_SNAPSHOTS", 3)
+    f = write(tmp_path, "many", "cpu  1 2 3 4 5 6 7 8\n" * 4)
+    rc, _, err = run(capsys, f)
+    assert rc == 2
+    one_line_error(err, f"{f}: line 4: more than 3 snapshots in one input")
+    monkeypatch.setattr(procstat, "MAX_CPU_LINES", 5)
+    f = write(tmp_path, "wide", "".join(f"cpu{n} 1 2 3 4 5 6 7 8\n" for n in range(6)))
+    rc, _, err = run(capsys, f)
+    assert rc == 2
+    one_line_error(err, f"{f}: line 6: more than 5 cpu lines in one input")
+
+
 def test_no_arguments_is_usage_error(capsys):
     rc, _, err = run(capsys)
     assert rc == 2 and "--live" in err
@@ -478,7 +683,7 @@ def test_live_with_a_fake_proc_stat(tmp_path, capsys):
     s1, _, _ = clean_series()
     stat = write(tmp_path, "stat", stat_text(s1))
     rc, out, err = run(
-        capsys, "--live", "--count", "3", "--interval", "0", "--stat-path", stat,
+        capsys, "--live", "--count", "3", "--interval", "0.01", "--stat-path", stat,
         "--uptime-path", str(tmp_path / "none"),
     )  # fmt: skip
     assert rc == 0, out
@@ -492,6 +697,21 @@ def test_live_on_this_machine(capsys):
     rc, out, err = run(capsys, "--live", "--count", "2", "--interval", "0.05")
     assert rc in (0, 1), out  # whatever this host's kernel does, the command completes
     assert "sample 2/2" in err
+
+
+@pytest.mark.parametrize("interval", ["nan", "inf", "-inf", "-1", "0", "86401", "1e300"])
+def test_live_interval_out_of_range_is_usage_error(capsys, interval):
+    rc, out, err = run(capsys, "--live", "--count", "2", f"--interval={interval}")
+    assert rc == 2 and out == ""
+    one_line_error(err, "--interval must be more than 0 and at most 86400 seconds")
+
+
+@pytest.mark.parametrize("hz", ["0", "-100", "1000000001"])
+def test_user_hz_out_of_range_is_usage_error(tmp_path, capsys, hz):
+    f = write(tmp_path, "s", "cpu  1 2 3 4 5 6 7 8\n")
+    rc, _, err = run(capsys, f"--user-hz={hz}", f)
+    assert rc == 2
+    one_line_error(err, "--user-hz must be 1 to 1000000")
 
 
 def test_live_and_files_together_is_usage_error(tmp_path, capsys):
