@@ -10,6 +10,8 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -459,6 +461,67 @@ def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 def test_directory_is_not_a_snapshot(tmp_path: Path) -> None:
     with pytest.raises(SnapshotFormatError, match="directory"):
         read_snapshot(tmp_path)
+
+
+@pytest.fixture()
+def fifo(tmp_path: Path) -> Iterator[Path]:
+    """A FIFO nobody writes to. After 5 s, readers stuck in open() are released (with end
+    of file), so a regression fails on the assertions instead of hanging the test run."""
+    path = tmp_path / "snap.fifo"
+    os.mkfifo(path)
+    done = threading.Event()
+
+    def release() -> None:
+        done.wait(5)
+        while not done.wait(0.2):
+            try:  # fails (ENXIO) unless a reader is waiting
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+
+    threading.Thread(target=release, daemon=True).start()
+    yield path
+    done.set()
+
+
+def _refused_quickly(path: Path, problem: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for reader in (read_snapshot, read_manifest, verify_snapshot):
+        start = time.monotonic()
+        with pytest.raises(SnapshotFormatError) as info:
+            reader(path)
+        assert time.monotonic() - start < 4, f"{reader.__name__} blocked"
+        assert str(info.value) == f"{path}: {problem}"
+    start = time.monotonic()
+    assert cli.main(["snapshot", "inspect", str(path)]) == cli.EXIT_USAGE
+    assert time.monotonic() - start < 4
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"kvmharness snapshot inspect: error: {path}: {problem}\n"
+
+
+def test_fifo_is_refused_without_blocking(
+    fifo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _refused_quickly(fifo, "not a regular file (a FIFO)", capsys)
+
+
+def test_fifo_swapped_in_after_the_check_does_not_block(
+    fifo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race: the path was a regular file when checked, a FIFO when opened."""
+    regular, real_stat = os.stat(__file__), os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        return regular if os.fspath(path) == str(fifo) else real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(fileformat.os, "stat", stat)
+    _refused_quickly(fifo, "not a regular file (a FIFO)", capsys)
+
+
+def test_character_device_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    _refused_quickly(Path("/dev/zero"), "not a regular file (a character device)", capsys)
 
 
 def test_error_is_not_an_oserror() -> None:

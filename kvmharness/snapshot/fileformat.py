@@ -181,24 +181,47 @@ class _FileSource:
             raise _error(self.name, f"read error at byte {offset}: {exc.strerror or exc}") from exc
 
 
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _check_regular(name: str, mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise _error(name, "is a directory, not a snapshot file")
+    if not stat.S_ISREG(mode):
+        kind = next((what for test, what in _FILE_KINDS if test(mode)), "something else")
+        raise _error(name, f"not a regular file ({kind})")
+
+
 @contextmanager
 def _open_source(path: str | os.PathLike[str]) -> Iterator[_FileSource]:
+    """Open a snapshot file for reading; refuse anything but a regular file.
+
+    Never blocks, and opens no device: the path is checked before it is opened
+    (opening a FIFO waits for a writer, opening some devices has effects), then
+    opened with O_NONBLOCK (in case it was replaced by a FIFO in between) and
+    checked again on the open descriptor.
+    """
     name = os.fsdecode(path)
     try:
-        f = open(path, "rb")  # closed by the with below
+        _check_regular(name, os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise _error(name, "no such file") from None
     except IsADirectoryError:
         raise _error(name, "is a directory, not a snapshot file") from None
     except OSError as exc:
         raise _error(name, f"cannot open: {exc.strerror or exc}") from exc
-    with f:
+    with open(fd, "rb", closefd=True) as f:
         try:
-            st = os.fstat(f.fileno())
+            st = os.fstat(fd)
         except OSError as exc:
             raise _error(name, f"cannot stat: {exc.strerror or exc}") from exc
-        if not stat.S_ISREG(st.st_mode):
-            raise _error(name, "not a regular file")
+        _check_regular(name, st.st_mode)
         yield _FileSource(f, name, st.st_size)
 
 
