@@ -5,6 +5,18 @@
  * #defines, because cffi parses this file too.
  */
 
+/* The KVM paravirtual ABI (Documentation/virt/kvm/x86/msr.rst, cpuid.rst):
+ * MSR numbers, the enable bit, CPUID leaves and feature bits, in one place. */
+#define MSR_KVM_SYSTEM_TIME_NEW 0x4b564d01
+#define MSR_KVM_STEAL_TIME 0x4b564d03
+#define KVM_MSR_ENABLED 1
+#define KVM_CPUID_SIGNATURE 0x40000000
+#define KVM_CPUID_FEATURES 0x40000001
+#define KVM_FEATURE_CLOCKSOURCE2 3
+#define KVM_FEATURE_STEAL_TIME 5
+#define KVM_FEATURE_CLOCKSOURCE_STABLE_BIT 24
+#define PVCLOCK_TSC_STABLE_BIT 1
+
 #define UCALL_PORT 233
 #define UCALL_MAX_ARGS 8
 #define GUEST_MAX_VCPUS 8

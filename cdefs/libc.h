@@ -16,7 +16,6 @@
 #define MAP_PRIVATE 2
 #define MAP_ANONYMOUS 32
 #define MAP_NORESERVE 16384
-#define MADV_DONTNEED 4
 #define O_RDWR 2
 #define O_CLOEXEC 524288
 #define O_NONBLOCK 2048
@@ -25,4 +24,3 @@ int ioctl(int fd, unsigned long request, void *arg);
 long syscall(long number, long arg1);
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
 int munmap(void *addr, size_t length);
-int madvise(void *addr, size_t length, int advice);

@@ -61,6 +61,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 U64 = 1 << 64
 WRAP_THRESHOLD = 1 << 63
@@ -138,12 +139,16 @@ class RunDelay:
     start: bool = False  # a new stretch (new vCPU or thread) starts at this reading
 
 
+_AUTO = object()
+
+
 def violation(kind: str, series: str, index: int, before: int | None, after: int | None,
               detail: str, *, wall_ns: int | None = None, counter: str = "steal",
-              delta: int | None = None) -> Violation:
-    """A :class:`Violation`, ``delta`` defaulting to ``after - before``."""
-    if delta is None and before is not None and after is not None:
-        delta = after - before
+              delta: Any = _AUTO) -> Violation:
+    """The one way to build a :class:`Violation`; ``delta`` defaults to
+    ``after - before`` (None when either is unknown)."""
+    if delta is _AUTO:
+        delta = after - before if before is not None and after is not None else None
     return Violation(kind=kind, series=series, index=index, before=before, after=after,
                      delta=delta, wall_ns=wall_ns, detail=detail, counter=counter)
 
@@ -249,17 +254,17 @@ def check_monotonic(
     if samples and is_wrapped_value(samples[0].value, unit_ns):
         v = samples[0].value
         out.append(
-            Violation(
-                kind=KIND_WRAP,
-                series=series,
-                index=0,
-                before=None,
-                after=v,
-                delta=None,
-                wall_ns=None,
-                detail=f"{counter} starts at {format_value(v)} {unit}, at or above 2^63 ns: "
+            violation(
+                KIND_WRAP,
+                series,
+                0,
+                None,
+                v,
+                f"{counter} starts at {format_value(v)} {unit}, at or above 2^63 ns: "
                 f"a negative value ({format_ns(v * unit_ns - U64)}) stored as u64",
+                wall_ns=None,
                 counter=counter,
+                delta=None,
             )
         )
     for i in range(1, len(samples)):
@@ -278,16 +283,16 @@ def check_monotonic(
                     f"({format_ns(b.value * unit_ns - U64)}) stored as u64"
                 )
             out.append(
-                Violation(
-                    kind=KIND_WRAP,
-                    series=series,
-                    index=i,
-                    before=a.value,
-                    after=b.value,
-                    delta=delta,
+                violation(
+                    KIND_WRAP,
+                    series,
+                    i,
+                    a.value,
+                    b.value,
+                    f"{counter} went {_span(a.value, b.value)} {unit} ({why})",
                     wall_ns=wall,
-                    detail=f"{counter} went {_span(a.value, b.value)} {unit} ({why})",
                     counter=counter,
+                    delta=delta,
                 )
             )
         elif delta < 0:
@@ -295,17 +300,17 @@ def check_monotonic(
             if is_wrapped_value(a.value, unit_ns):
                 extra = " (back from a wrapped value)"
             out.append(
-                Violation(
-                    kind=KIND_DECREASE,
-                    series=series,
-                    index=i,
-                    before=a.value,
-                    after=b.value,
-                    delta=delta,
-                    wall_ns=wall,
-                    detail=f"{counter} went {_span(a.value, b.value)} {unit}: "
+                violation(
+                    KIND_DECREASE,
+                    series,
+                    i,
+                    a.value,
+                    b.value,
+                    f"{counter} went {_span(a.value, b.value)} {unit}: "
                     f"down by {-delta}{extra}",
+                    wall_ns=wall,
                     counter=counter,
+                    delta=delta,
                 )
             )
     return out
@@ -352,18 +357,18 @@ def check_rate(
             allowed_units = allowed_ns / unit_ns
             rate_txt = "" if rate == 1 else f" x {max_rate:g}"
             out.append(
-                Violation(
-                    kind=KIND_TOO_FAST,
-                    series=series,
-                    index=i,
-                    before=a.value,
-                    after=b.value,
-                    delta=delta,
-                    wall_ns=wall,
-                    detail=f"{counter} grew by {delta} {unit} ({format_ns(delta * unit_ns)}) in "
+                violation(
+                    KIND_TOO_FAST,
+                    series,
+                    i,
+                    a.value,
+                    b.value,
+                    f"{counter} grew by {delta} {unit} ({format_ns(delta * unit_ns)}) in "
                     f"{format_ns(wall)} of wall time; at most {float(allowed_units):.6g} "
                     f"allowed (elapsed{rate_txt} + {format_ns(slack_ns)} slack)",
+                    wall_ns=wall,
                     counter=counter,
+                    delta=delta,
                 )
             )
     return out
@@ -397,17 +402,17 @@ def check_versions(series: str, samples: Sequence[Sample]) -> list[Violation]:
             continue
         if s.version % 2:
             out.append(
-                Violation(
-                    kind=KIND_ODD_VERSION,
-                    series=series,
-                    index=i,
-                    before=None,
-                    after=s.version,
-                    delta=None,
-                    wall_ns=None,
-                    detail=f"version {s.version} is odd (value {format_value(s.value)}): "
+                violation(
+                    KIND_ODD_VERSION,
+                    series,
+                    i,
+                    None,
+                    s.version,
+                    f"version {s.version} is odd (value {format_value(s.value)}): "
                     "read while the host was updating the area",
+                    wall_ns=None,
                     counter="version",
+                    delta=None,
                 )
             )
         if prev is not None:
@@ -415,17 +420,17 @@ def check_versions(series: str, samples: Sequence[Sample]) -> list[Violation]:
             assert p.version is not None
             if s.value != p.value and not _version_advanced(p.version, s.version):
                 out.append(
-                    Violation(
-                        kind=KIND_VERSION_STALE,
-                        series=series,
-                        index=i,
-                        before=p.version,
-                        after=s.version,
-                        delta=s.version - p.version,
-                        wall_ns=_wall(p, s),
-                        detail=f"value went {_span(p.value, s.value)} but version went "
+                    violation(
+                        KIND_VERSION_STALE,
+                        series,
+                        i,
+                        p.version,
+                        s.version,
+                        f"value went {_span(p.value, s.value)} but version went "
                         f"{_span(p.version, s.version)} (sample {j} to {i})",
+                        wall_ns=_wall(p, s),
                         counter="version",
+                        delta=s.version - p.version,
                     )
                 )
         prev = (i, s)
@@ -462,18 +467,18 @@ def check_alive(
     if growth * unit_ns >= need_ns:
         return []
     return [
-        Violation(
-            kind=KIND_NOT_ALIVE,
-            series=series,
-            index=index,
-            before=before.value,
-            after=after.value,
-            delta=growth,
-            wall_ns=_wall(before, after),
-            detail=f"{counter} grew by {format_ns(growth * unit_ns)} during "
+        violation(
+            KIND_NOT_ALIVE,
+            series,
+            index,
+            before.value,
+            after.value,
+            f"{counter} grew by {format_ns(growth * unit_ns)} during "
             f"{format_ns(contended_ns)} of contention; expected at least "
             f"{min_fraction:g} of it ({format_ns(need_ns)})",
+            wall_ns=_wall(before, after),
             counter=counter,
+            delta=growth,
         )
     ]
 
@@ -509,18 +514,18 @@ def check_bounded(
             continue
         if s.value * unit_ns > b:
             out.append(
-                Violation(
-                    kind=KIND_IMPLAUSIBLE,
-                    series=series,
-                    index=i,
-                    before=None,
-                    after=s.value,
-                    delta=None,
-                    wall_ns=None,
-                    detail=f"{counter} is {format_value(s.value)} {unit} "
+                violation(
+                    KIND_IMPLAUSIBLE,
+                    series,
+                    i,
+                    None,
+                    s.value,
+                    f"{counter} is {format_value(s.value)} {unit} "
                     f"({format_ns(s.value * unit_ns)}), more than the {bound_name} "
                     f"({format_ns(b)})",
+                    wall_ns=None,
                     counter=counter,
+                    delta=None,
                 )
             )
     return out
@@ -564,17 +569,17 @@ def check_stalled(
                 continue
             idle_txt = f", idle grew by {d_idle}"
         out.append(
-            Violation(
-                kind=KIND_STALLED,
-                series=series,
-                index=i,
-                before=work[i - 1].value,
-                after=work[i].value,
-                delta=d_work,
-                wall_ns=_wall(work[i - 1], work[i]),
-                detail=f"{work_name} stayed at {work[i].value} {unit} while steal grew by "
+            violation(
+                KIND_STALLED,
+                series,
+                i,
+                work[i - 1].value,
+                work[i].value,
+                f"{work_name} stayed at {work[i].value} {unit} while steal grew by "
                 f"{format_value(d_steal)}{idle_txt}",
+                wall_ns=_wall(work[i - 1], work[i]),
                 counter=work_name,
+                delta=d_work,
             )
         )
     return out

@@ -33,9 +33,9 @@ KVM_FEATURE_BITS = {
     "clocksource": 0,
     "nop_io_delay": 1,
     "mmu_op": 2,
-    "clocksource2": 3,
+    "clocksource2": lib.KVM_FEATURE_CLOCKSOURCE2,
     "async_pf": 4,
-    "steal_time": 5,
+    "steal_time": lib.KVM_FEATURE_STEAL_TIME,
     "pv_eoi": 6,
     "pv_unhalt": 7,
     "pv_tlb_flush": 9,
@@ -43,7 +43,7 @@ KVM_FEATURE_BITS = {
     "poll_control": 12,
     "pv_sched_yield": 13,
     "msi_ext_dest_id": 15,
-    "clocksource_stable_bit": 24,
+    "clocksource_stable_bit": lib.KVM_FEATURE_CLOCKSOURCE_STABLE_BIT,
 }
 
 

@@ -43,9 +43,6 @@ KVM_GET_SUPPORTED_CPUID = _iowr(KVMIO, 0x05, "struct kvm_cpuid2")
 # VM ioctls
 KVM_CREATE_VCPU = _io(KVMIO, 0x41)
 KVM_SET_USER_MEMORY_REGION = _iow(KVMIO, 0x46, "struct kvm_userspace_memory_region")
-KVM_SET_TSS_ADDR = _io(KVMIO, 0x47)
-KVM_SET_IDENTITY_MAP_ADDR = _iow(KVMIO, 0x48, "__u64")
-KVM_CREATE_IRQCHIP = _io(KVMIO, 0x60)
 KVM_SET_CLOCK = _iow(KVMIO, 0x7B, "struct kvm_clock_data")
 KVM_GET_CLOCK = _ior(KVMIO, 0x7C, "struct kvm_clock_data")
 

@@ -136,9 +136,11 @@ def test_run_exits_1_when_a_promise_breaks(monkeypatch, capsys):
     real = state.restore_vm
 
     def lossy(k, st):
-        gvm = real(k, st)
-        gvm.vm.write(gvm.symbol("steal_areas"), bytes(64))
-        return gvm
+        from kvmharness.guest.build import load_program
+
+        vm = real(k, st)
+        vm.write(load_program("steal").symbols["steal_areas"].value, bytes(64))
+        return vm
 
     monkeypatch.setattr(state, "restore_vm", lossy)
     rc = main(["run", "-s", "fresh-vm/vcpu-thread", "--vcpus", "1", "--contend-ms", "80", "-q"])

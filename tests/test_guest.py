@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.kvm, pytest.mark.timeout(60)]
 
 MODE_COMPUTE, MODE_UNMAPPED, MODE_ASSERT, MODE_CPUID = 0, 1, 2, 3
 MODE_STEAL_MSR, MODE_SPIN, MODE_RDTSC, MODE_CMPXCHG = 4, 5, 7, 8
-MSR_KVM_STEAL_TIME = 0x4B564D03
+MSR_KVM_STEAL_TIME = lib.MSR_KVM_STEAL_TIME
 
 
 def set_mode(gvm, mode: int) -> None:

@@ -12,8 +12,8 @@ from kvmharness.ffi import ffi, lib
 from kvmharness.hostinfo import kvm_backend, kvm_modules
 from kvmharness.kvm import ClockData, Kvm, cdata_to_dict, dict_to_cdata, from_raw, raw_bytes
 
-MSR_KVM_STEAL_TIME = 0x4B564D03
-MSR_KVM_SYSTEM_TIME_NEW = 0x4B564D01
+MSR_KVM_STEAL_TIME = lib.MSR_KVM_STEAL_TIME
+MSR_KVM_SYSTEM_TIME_NEW = lib.MSR_KVM_SYSTEM_TIME_NEW
 MSR_IA32_TSC = 0x10
 
 

@@ -66,23 +66,22 @@ def test_four_vcpus_fresh_vm_main_thread(kvm):
 def test_broken_restore_is_caught_on_real_kvm(kvm, monkeypatch):
     """Negative control: restore the steal area as zeros (a VMM that loses guest
     memory of the area); the promise check must call the result BROKEN."""
-    import kvmharness.snapshot.state as state
+    def lose_area(vm, st):
+        vm.write(_symbol("steal_areas"), bytes(64 * len(st.vcpus)))
 
-    real_restore_vm = state.restore_vm
-
-    def lossy_restore_vm(k, st):
-        gvm = real_restore_vm(k, st)
-        base = gvm.symbol("steal_areas")
-        gvm.vm.write(base, bytes(64 * len(st.vcpus)))
-        return gvm
-
-    monkeypatch.setattr(state, "restore_vm", lossy_restore_vm)
+    _patch_restore(monkeypatch, lose_area)
     res = run_scenario(StealConfig("fresh-vm/vcpu-thread", 1, contend_ms=100), kvm)
     assert res.verdict == BROKEN, _explain(res)
     kinds = {v.kind for v in res.violations}
     assert checks.KIND_DECREASE in kinds
     boundary = res.records[0].boundary
     assert any(v.index == boundary and v.series.startswith("vcpu0") for v in res.violations)
+
+
+def _symbol(name):
+    from kvmharness.guest.build import load_program
+
+    return load_program("steal").symbols[name].value
 
 
 def _patch_restore(monkeypatch, after_restore_vm=None, drop_steal_msr=False):
@@ -93,10 +92,10 @@ def _patch_restore(monkeypatch, after_restore_vm=None, drop_steal_msr=False):
     real_set_msrs = state.set_msrs_tolerant
 
     def restore_vm(k, st):
-        gvm = real_restore_vm(k, st)
+        vm = real_restore_vm(k, st)
         if after_restore_vm:
-            after_restore_vm(gvm, st)
-        return gvm
+            after_restore_vm(vm, st)
+        return vm
 
     def set_msrs(vcpu, msrs):
         if drop_steal_msr:
@@ -111,9 +110,9 @@ def test_inflated_steal_is_caught_against_run_delay(kvm, monkeypatch):
     """Negative control for the exact upper bound: a restore that adds 50 ms to
     the area's steal.  That is below any wall-time bound (downtime + contention)
     but more than the runner thread's run_delay can explain."""
-    def inflate(gvm, st):
+    def inflate(vm, st):
         for i in range(len(st.vcpus)):
-            area = gvm.vm.pointer(gvm.symbol("steal_areas") + 64 * i, "struct kvm_steal_time")
+            area = vm.pointer(_symbol("steal_areas") + 64 * i, "struct kvm_steal_time")
             area.steal += 50_000_000
 
     _patch_restore(monkeypatch, inflate)
@@ -135,9 +134,9 @@ def test_dead_steal_clock_is_caught(kvm, monkeypatch):
 def test_version_stuck_odd_is_reported_not_hung(kvm, monkeypatch):
     """A kernel that leaves the area's version odd must not hang the guest's
     seqlock loop: it gives up and the reading is judged."""
-    def make_odd(gvm, st):
+    def make_odd(vm, st):
         for i in range(len(st.vcpus)):
-            area = gvm.vm.pointer(gvm.symbol("steal_areas") + 64 * i, "struct kvm_steal_time")
+            area = vm.pointer(_symbol("steal_areas") + 64 * i, "struct kvm_steal_time")
             area.version |= 1
 
     _patch_restore(monkeypatch, make_odd, drop_steal_msr=True)
@@ -150,8 +149,8 @@ def test_version_stuck_odd_is_reported_not_hung(kvm, monkeypatch):
 def test_guest_that_never_exits_is_stopped_and_judged(kvm, monkeypatch):
     """A vCPU that never comes back from KVM_RUN is stopped from another thread
     after the budget and reported with its rip: broken, within seconds."""
-    def hang(gvm, st):
-        gvm.sym("hang_vcpu_plus_one", "uint32_t")[0] = 1
+    def hang(vm, st):
+        vm.pointer(_symbol("hang_vcpu_plus_one"), "uint32_t")[0] = 1
 
     _patch_restore(monkeypatch, hang)
     res = run_scenario(StealConfig("fresh-vm/vcpu-thread", 1, contend_ms=40, budget_s=1.0), kvm)

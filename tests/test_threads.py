@@ -10,7 +10,7 @@ from kvmharness.ffi import lib
 from kvmharness.host.contention import run_delay_ns
 from kvmharness.host.threads import VcpuThread, current_tid
 
-MSR_KVM_STEAL_TIME = 0x4B564D03
+MSR_KVM_STEAL_TIME = lib.MSR_KVM_STEAL_TIME
 
 
 @pytest.mark.kvm

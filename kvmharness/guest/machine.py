@@ -182,17 +182,36 @@ class GuestVm:
         if self.image.end + vcpus * STACK_SIZE > mem_size:
             raise ValueError("guest program and stacks do not fit in guest memory")
         self.vm: Vm = kvm.create_vm()
+        self._stop_requested: set[int] = set()
+        self._stop_lock = threading.Lock()
         try:
             self.memory = self.vm.add_memory(0, 0, mem_size)
             self._load()
-            self.vcpus: list[Vcpu] = []
             for i in range(vcpus):
                 self.add_vcpu(i, setup=setup_vcpus)
         except BaseException:
             self.vm.close()
             raise
-        self._stop_requested: set[int] = set()
+
+    @classmethod
+    def adopt(cls, kvm: Kvm, vm: Vm, program: str | ElfImage) -> GuestVm:
+        """A GuestVm around a VM whose memory already holds the program (a
+        restored one): nothing is written, the image only gives the symbols."""
+        self = cls.__new__(cls)
+        self.kvm = kvm
+        self.image = load_program(program) if isinstance(program, str) else program
+        self.program = program if isinstance(program, str) else "<image>"
+        self.vm = vm
+        self.memory = vm.slots[0]
+        self.mem_size = self.memory.size
+        self.cpuid_edit = None
+        self._stop_requested = set()
         self._stop_lock = threading.Lock()
+        return self
+
+    @property
+    def vcpus(self) -> list[Vcpu]:
+        return self.vm.vcpus
 
     def __enter__(self) -> GuestVm:
         return self
@@ -242,7 +261,6 @@ class GuestVm:
     # ---- vCPUs
     def add_vcpu(self, index: int, *, setup: bool = True) -> Vcpu:
         vcpu = self.vm.create_vcpu(index)
-        self.vcpus.append(vcpu)
         if setup:
             self.setup_vcpu(vcpu)
         return vcpu

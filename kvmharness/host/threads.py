@@ -91,6 +91,3 @@ def pin_current_thread(cpu: int) -> None:
 def current_tid() -> int:
     return threading.get_native_id()
 
-
-def online_cpus() -> list[int]:
-    return sorted(os.sched_getaffinity(0))

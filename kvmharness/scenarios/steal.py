@@ -1,6 +1,10 @@
-"""Steal time across save/restore and host-thread changes (BACKGROUND.md sections 1, 2).
+"""Steal time across save/restore and host-thread changes.
 
-Each scenario runs a VM of 1-4 vCPUs whose guest enables steal time and
+Modelled on two real failures: KVM's steal time jumping after a restore
+whose main thread wrote MSR_KVM_STEAL_TIME for every vCPU (QEMU 2.1-2.3 on
+Linux 3.16, 2015), and Xen's steal time going back after migration (2017).
+
+Each scenario runs a VM of any number of vCPUs whose guest enables steal time and
 samples its area with the version protocol.  Each vCPU's host thread is
 pinned to a CPU shared with a busy process (:class:`Stealer`) for a
 contended phase before the boundary and another after it, so steal is
@@ -62,7 +66,7 @@ from kvmharness.scenarios.base import (
 
 log = logging.getLogger(__name__)
 
-MSR_KVM_STEAL_TIME = 0x4B564D03
+MSR_KVM_STEAL_TIME = lib.MSR_KVM_STEAL_TIME
 STEAL_AREA_SIZE = 64
 PROGRAM = "steal"
 
@@ -548,7 +552,7 @@ def _capture(gvm: GuestVm, threads: list[VcpuThread]) -> Any:
     from kvmharness.snapshot.state import capture, capture_vcpu
 
     states = [t.call(capture_vcpu, gvm.kvm, gvm.vcpus[i]) for i, t in enumerate(threads)]
-    return capture(gvm, states)
+    return capture(gvm.vm, states, program=PROGRAM)
 
 
 def _restore(kvm: Kvm, state: Any, threads: list[VcpuThread], records: list[VcpuRecord],
@@ -559,8 +563,9 @@ def _restore(kvm: Kvm, state: Any, threads: list[VcpuThread], records: list[Vcpu
         rd = accumulate_run_delay(WRITER_RUN_DELAY_NS)
         for r in records:
             r.writer_run_delay_ns = rd
-    return restore(kvm, state, downtime_ns=downtime_ns,
-                   vcpu_threads=None if writer is Writer.MAIN_THREAD else threads)
+    vm = restore(kvm, state, downtime_ns=downtime_ns,
+                 vcpu_threads=None if writer is Writer.MAIN_THREAD else threads)
+    return GuestVm.adopt(kvm, vm, PROGRAM)
 
 
 def _sleep_until(deadline_ns: int) -> None:

@@ -91,15 +91,17 @@ class SnapshotFormatError(Exception):
     ``path`` and ``problem``.
     """
 
-    path: str
-    problem: str
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.problem))
 
 
 def _error(name: str, problem: str) -> SnapshotFormatError:
-    exc = SnapshotFormatError(f"{name}: {problem}")
-    exc.path = name
-    exc.problem = problem
-    return exc
+    return SnapshotFormatError(name, problem)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,12 @@ XSAVE, XCRs, debug registers, vCPU events, mp_state, CPUID, TSC kHz and
 every MSR in KVM's MSR index list that this vCPU can read (steal time and
 kvmclock among them), plus the VM's kvmclock (KVM_GET_CLOCK).
 
+Everything here works on :class:`~kvmharness.kvm.Vm` and
+:class:`~kvmharness.kvm.Vcpu`: no guest program is built or loaded to
+restore (memory comes back byte for byte).  The vCPU state is one table,
+:data:`VCPU_STATE`, in restore order with the reason for each place;
+capture, restore and the snapshot validation all iterate it.
+
 Restore is split so a scenario can choose *which thread* restores each
 vCPU: :func:`restore_vm` builds the VM and its memory (no vCPUs),
 :func:`restore_vcpu` creates one vCPU and loads its state on the calling
@@ -18,16 +24,15 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import kvmharness
 from kvmharness.errors import MsrError
 from kvmharness.ffi import ffi
-from kvmharness.guest.machine import GuestVm
 from kvmharness.host.threads import VcpuThread
-from kvmharness.kvm import ClockData, CpuidEntry, Kvm, Vcpu, from_raw, raw_bytes
+from kvmharness.kvm import ClockData, CpuidEntry, Kvm, Vcpu, Vm, from_raw, raw_bytes
 from kvmharness.snapshot.fileformat import Snapshot, SnapshotFormatError, read_snapshot
 
 log = logging.getLogger(__name__)
@@ -35,16 +40,53 @@ log = logging.getLogger(__name__)
 STATE_KIND = "kvmharness-vm-state"
 STATE_VERSION = 1
 
-# raw struct sections per vCPU: section suffix -> C type
-VCPU_STRUCTS = {
-    "regs": "struct kvm_regs",
-    "sregs": "struct kvm_sregs",
-    "fpu": "struct kvm_fpu",
-    "xsave": "struct kvm_xsave",
-    "xcrs": "struct kvm_xcrs",
-    "debugregs": "struct kvm_debugregs",
-    "events": "struct kvm_vcpu_events",
-}
+@dataclass(frozen=True)
+class StatePart:
+    """One piece of vCPU state: how to read it, how to put it, and why it goes where it does."""
+
+    name: str
+    ctype: str | None  # a raw struct kept as a snapshot section; None: kept in meta
+    get: Callable[[Vcpu], Any]
+    put: Callable[[Vcpu, Any], None]
+    why: str
+
+
+def _struct(name: str, ctype: str, getter: str, setter: str, why: str) -> StatePart:
+    return StatePart(name, ctype, lambda v: raw_bytes(getattr(v, getter)()),
+                     lambda v, data: getattr(v, setter)(from_raw(ctype, data)), why)
+
+
+def _put_tsc_khz(vcpu: Vcpu, khz: int) -> None:
+    if khz and vcpu.get_tsc_khz() != khz:
+        vcpu.set_tsc_khz(khz)
+
+
+VCPU_STATE: tuple[StatePart, ...] = (
+    StatePart("cpuid", None, lambda v: v.get_cpuid(), lambda v, e: v.set_cpuid(e),
+              "first: KVM checks XSAVE, XCRs and MSRs against the guest's CPUID; never "
+              "on a vCPU that has run (Linux 5.16+ refuses a changed table)"),
+    StatePart("tsc_khz", None, lambda v: v.get_tsc_khz(), _put_tsc_khz,
+              "before MSRs: a written TSC value is scaled by the guest's TSC frequency"),
+    _struct("sregs", "struct kvm_sregs", "get_sregs", "set_sregs",
+            "before regs: CR0, CR4 and EFER set the mode the registers belong to"),
+    _struct("regs", "struct kvm_regs", "get_regs", "set_regs", "after sregs"),
+    _struct("fpu", "struct kvm_fpu", "get_fpu", "set_fpu", "before XSAVE, which overrides it"),
+    _struct("xsave", "struct kvm_xsave", "get_xsave", "set_xsave",
+            "after CPUID: its feature set is checked against CPUID's XCR0 bits"),
+    _struct("xcrs", "struct kvm_xcrs", "get_xcrs", "set_xcrs", "after XSAVE"),
+    _struct("debugregs", "struct kvm_debugregs", "get_debugregs", "set_debugregs",
+            "independent of the rest"),
+    _struct("events", "struct kvm_vcpu_events", "get_vcpu_events", "set_vcpu_events",
+            "after regs and sregs: pending exceptions and NMIs refer to that context"),
+    StatePart("mp_state", None, lambda v: v.get_mp_state(), lambda v, s: v.set_mp_state(s),
+              "after events: a halted or INIT-pending vCPU is judged with its events"),
+    StatePart("msrs", None, lambda v: None, lambda v, m: set_msrs_tolerant(v, m),
+              "last: MSR_KVM_STEAL_TIME and kvmclock point into memory restored by now, "
+              "and enabling them schedules KVM's first update at the next entry"),
+)
+
+#: The raw struct sections per vCPU: section suffix -> C type (from the table).
+VCPU_STRUCTS = {p.name: p.ctype for p in VCPU_STATE if p.ctype}
 
 _readable_msrs: dict[tuple[int, ...], list[int]] = {}
 
@@ -172,67 +214,52 @@ class VmState:
 
 
 def capture_vcpu(kvm: Kvm, vcpu: Vcpu) -> VcpuState:
-    structs = {
-        "regs": raw_bytes(vcpu.get_regs()),
-        "sregs": raw_bytes(vcpu.get_sregs()),
-        "fpu": raw_bytes(vcpu.get_fpu()),
-        "xsave": raw_bytes(vcpu.get_xsave()),
-        "xcrs": raw_bytes(vcpu.get_xcrs()),
-        "debugregs": raw_bytes(vcpu.get_debugregs()),
-        "events": raw_bytes(vcpu.get_vcpu_events()),
-    }
-    return VcpuState(index=vcpu.index, structs=structs,
+    got = {p.name: p.get(vcpu) for p in VCPU_STATE if p.name != "msrs"}
+    return VcpuState(index=vcpu.index, structs={n: got[n] for n in VCPU_STRUCTS},
                      msrs=vcpu.get_msrs(readable_msrs(kvm, vcpu)),
-                     mp_state=vcpu.get_mp_state(), cpuid=vcpu.get_cpuid(),
-                     tsc_khz=vcpu.get_tsc_khz())
+                     mp_state=got["mp_state"], cpuid=got["cpuid"], tsc_khz=got["tsc_khz"])
 
 
-def capture(gvm: GuestVm, vcpu_states: list[VcpuState] | None = None) -> VmState:
-    """Capture a stopped VM.  ``vcpu_states`` lets callers capture vCPUs on their own threads."""
+def capture(vm: Vm, vcpu_states: list[VcpuState] | None = None, *,
+            program: str = "") -> VmState:
+    """Capture a stopped VM (memory slot 0 and its vCPUs).  ``vcpu_states`` lets
+    callers capture vCPUs on their own threads; ``program`` is recorded for the
+    reader of the snapshot."""
     states = vcpu_states if vcpu_states is not None else [
-        capture_vcpu(gvm.kvm, v) for v in gvm.vcpus]
-    memory = bytes(gvm.memory.buffer())
-    return VmState(program=gvm.program, mem_size=gvm.mem_size, memory=memory,
-                   clock=gvm.vm.get_clock(), vcpus=states, captured_ns=time.monotonic_ns())
+        capture_vcpu(vm.kvm, v) for v in vm.vcpus]
+    slot = vm.slots[0]
+    return VmState(program=program, mem_size=slot.size, memory=bytes(slot.buffer()),
+                   clock=vm.get_clock(), vcpus=states, captured_ns=time.monotonic_ns())
 
 
-def restore_vm(kvm: Kvm, state: VmState) -> GuestVm:
+def restore_vm(kvm: Kvm, state: VmState) -> Vm:
     """A new VM with the saved memory and no vCPUs yet."""
-    gvm = GuestVm(kvm, state.program, vcpus=0, mem_size=state.mem_size, setup_vcpus=False)
+    vm = kvm.create_vm()
     try:
-        gvm.memory.buffer()[:] = state.memory
+        vm.add_memory(0, 0, state.mem_size).buffer()[:] = state.memory
     except BaseException:
-        gvm.close()
+        vm.close()
         raise
-    return gvm
+    return vm
 
 
-def restore_vcpu(gvm: GuestVm, state: VmState, index: int) -> Vcpu:
+def restore_vcpu(vm: Vm, state: VmState, index: int) -> Vcpu:
     """Create vCPU ``index`` and load its saved state, from the calling thread."""
-    vs = state.vcpus[index]
-    vcpu = gvm.add_vcpu(index, setup=False)
-    load_vcpu_state(vcpu, vs)
+    vcpu = vm.create_vcpu(index)
+    load_vcpu_state(vcpu, state.vcpus[index])
     return vcpu
 
 
 def load_vcpu_state(vcpu: Vcpu, vs: VcpuState, *, msrs: bool = True,
                     cpuid: bool = True) -> None:
-    """Put ``vs`` into ``vcpu``.  ``cpuid=False`` for a vCPU that has run: no
-    VMM re-sets CPUID there, and Linux 5.16+ refuses a changed table."""
-    if cpuid:
-        vcpu.set_cpuid(vs.cpuid)
-    if vs.tsc_khz and vcpu.get_tsc_khz() != vs.tsc_khz:
-        vcpu.set_tsc_khz(vs.tsc_khz)
-    vcpu.set_sregs(from_raw("struct kvm_sregs", vs.structs["sregs"]))
-    vcpu.set_regs(from_raw("struct kvm_regs", vs.structs["regs"]))
-    vcpu.set_fpu(from_raw("struct kvm_fpu", vs.structs["fpu"]))
-    vcpu.set_xsave(from_raw("struct kvm_xsave", vs.structs["xsave"]))
-    vcpu.set_xcrs(from_raw("struct kvm_xcrs", vs.structs["xcrs"]))
-    vcpu.set_debugregs(from_raw("struct kvm_debugregs", vs.structs["debugregs"]))
-    vcpu.set_vcpu_events(from_raw("struct kvm_vcpu_events", vs.structs["events"]))
-    vcpu.set_mp_state(vs.mp_state)
-    if msrs:
-        set_msrs_tolerant(vcpu, vs.msrs)
+    """Put ``vs`` into ``vcpu`` in :data:`VCPU_STATE` order.  ``cpuid=False`` for
+    a vCPU that has run: no VMM re-sets CPUID there."""
+    values: dict[str, Any] = {**vs.structs, "cpuid": vs.cpuid, "tsc_khz": vs.tsc_khz,
+                              "mp_state": vs.mp_state, "msrs": vs.msrs}
+    skip = {n for n, keep in (("cpuid", cpuid), ("msrs", msrs)) if not keep}
+    for part in VCPU_STATE:
+        if part.name not in skip:
+            part.put(vcpu, values[part.name])
 
 
 def set_msrs_tolerant(vcpu: Vcpu, msrs: dict[int, int]) -> list[int]:
@@ -259,28 +286,28 @@ def set_msrs_tolerant(vcpu: Vcpu, msrs: dict[int, int]) -> list[int]:
     return skipped
 
 
-def restore_clock(gvm: GuestVm, state: VmState, downtime_ns: int = 0) -> None:
+def restore_clock(vm: Vm, state: VmState, downtime_ns: int = 0) -> None:
     """Set kvmclock to the saved value plus the downtime the guest should see."""
-    gvm.vm.set_clock(ClockData(state.clock.clock_ns + downtime_ns))
+    vm.set_clock(ClockData(state.clock.clock_ns + downtime_ns))
 
 
 def restore(kvm: Kvm, state: VmState, *, vcpu_threads: Sequence[VcpuThread] | None = None,
-            downtime_ns: int = 0) -> GuestVm:
+            downtime_ns: int = 0) -> Vm:
     """A new VM with the saved state.  vCPU ``i`` is created and loaded on
     ``vcpu_threads[i]`` when given (the thread that will run it), else on the
     calling thread; kvmclock is set last, advanced by ``downtime_ns``."""
-    gvm = restore_vm(kvm, state)
+    vm = restore_vm(kvm, state)
     try:
         for i in range(len(state.vcpus)):
             if vcpu_threads is None:
-                restore_vcpu(gvm, state, i)
+                restore_vcpu(vm, state, i)
             else:
-                vcpu_threads[i].call(restore_vcpu, gvm, state, i)
-        restore_clock(gvm, state, downtime_ns)
+                vcpu_threads[i].call(restore_vcpu, vm, state, i)
+        restore_clock(vm, state, downtime_ns)
     except BaseException:
-        gvm.close()
+        vm.close()
         raise
-    return gvm
+    return vm
 
 
 def load_state_file(path: str) -> VmState:

@@ -5,15 +5,6 @@
 #include <stdint.h>
 #include "guest_abi.h"
 
-#define MSR_KVM_SYSTEM_TIME_NEW 0x4b564d01u
-#define MSR_KVM_STEAL_TIME 0x4b564d03u
-#define KVM_MSR_ENABLED 1u
-#define KVM_CPUID_SIGNATURE 0x40000000u
-#define KVM_CPUID_FEATURES 0x40000001u
-#define KVM_FEATURE_CLOCKSOURCE2 3
-#define KVM_FEATURE_STEAL_TIME 5
-#define KVM_FEATURE_CLOCKSOURCE_STABLE_BIT 24
-
 void guest_main(uint32_t cpu);
 void ucall(uint64_t cmd, uint64_t nargs, const uint64_t *args);
 void ucall_assert(const char *file, uint64_t line, const char *msg,
