@@ -19,7 +19,7 @@
 
 #define UCALL_PORT 233
 #define UCALL_MAX_ARGS 8
-#define GUEST_MAX_VCPUS 8
+#define GUEST_MAX_VCPUS 1024
 
 #define UCALL_NONE 0
 #define UCALL_SYNC 1

@@ -213,6 +213,10 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
         host = precheck()
     except KvmUnavailable as exc:
         raise Untestable(str(exc)) from None
+    kvm_max = host.get("capabilities", {}).get("MAX_VCPUS") or 0
+    if vcpus and kvm_max and max(vcpus) > kvm_max:
+        raise UsageError(f"--vcpus {max(vcpus)}: this KVM allows at most {kvm_max} vCPUs "
+                         "per VM (KVM_CAP_MAX_VCPUS)")
 
     def progress(i: int, n: int, what: str, res: Any) -> None:
         if args.quiet:

@@ -104,6 +104,13 @@ class GuestStopped(GuestError):
         super().__init__(f"vcpu{vcpu} stopped from another thread at guest rip {rip:#x}")
 
 
+def mem_size_for(image_end: int, vcpus: int) -> int:
+    """Guest memory for a program ending at ``image_end`` and ``vcpus`` stacks
+    (at least the default size, in whole 2 MiB pages)."""
+    need = image_end + vcpus * STACK_SIZE
+    return max(DEFAULT_MEM_SIZE, -(-need // LARGE_PAGE) * LARGE_PAGE)
+
+
 def guest_cpuid(kvm: Kvm, vcpu_index: int,
                 edit: Callable[[list[CpuidEntry]], list[CpuidEntry]] | None = None
                 ) -> list[CpuidEntry]:
@@ -112,7 +119,7 @@ def guest_cpuid(kvm: Kvm, vcpu_index: int,
     for e in kvm.supported_cpuid():
         if e.function == 1:
             e = CpuidEntry(e.function, e.index, e.flags, e.eax,
-                           (e.ebx & 0x00FFFFFF) | (vcpu_index << 24), e.ecx, e.edx)
+                           (e.ebx & 0x00FFFFFF) | ((vcpu_index & 0xFF) << 24), e.ecx, e.edx)
         elif e.function in (0xB, 0x1F):
             e = CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, vcpu_index)
         out.append(e)
@@ -260,6 +267,9 @@ class GuestVm:
 
     # ---- vCPUs
     def add_vcpu(self, index: int, *, setup: bool = True) -> Vcpu:
+        if self.image.end + (index + 1) * STACK_SIZE > self.mem_size:
+            raise ValueError(f"no room for vcpu{index}'s stack in {self.mem_size:#x} bytes of "
+                             "guest memory; size it with mem_size_for()")
         vcpu = self.vm.create_vcpu(index)
         if setup:
             self.setup_vcpu(vcpu)

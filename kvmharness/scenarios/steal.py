@@ -48,7 +48,8 @@ from typing import Any
 from kvmharness import checks
 from kvmharness.checks import Sample, Violation
 from kvmharness.ffi import lib
-from kvmharness.guest.machine import GuestStopped, GuestVm
+from kvmharness.guest.build import load_program
+from kvmharness.guest.machine import GuestStopped, GuestVm, mem_size_for
 from kvmharness.host.contention import Stealer
 from kvmharness.host.threads import VcpuThread
 from kvmharness.kvm import Kvm, Vcpu
@@ -508,7 +509,8 @@ def close_threads(threads: list[VcpuThread]) -> None:
 
 def start_vm(kvm: Kvm, n: int, threads: list[VcpuThread]) -> GuestVm:
     """A fresh steal guest, each vCPU created and set up by its own thread."""
-    gvm = GuestVm(kvm, PROGRAM, vcpus=0)
+    image = load_program(PROGRAM)
+    gvm = GuestVm(kvm, image, vcpus=0, mem_size=mem_size_for(image.end, n))
     try:
         for i, t in enumerate(threads):
             t.call(gvm.add_vcpu, i)
