@@ -567,7 +567,7 @@ def test_fifo_swapped_in_after_the_check_does_not_block(fifo, capsys, monkeypatc
     def stat(path, *args, **kwargs):
         return regular if os.fspath(path) == str(fifo) else real_stat(path, *args, **kwargs)
 
-    monkeypatch.setattr(procstat.os, "stat", stat)
+    monkeypatch.setattr(procstat.parse.os, "stat", stat)
     t0 = time.monotonic()
     rc, _, err = run(capsys, str(fifo))
     assert time.monotonic() - t0 < 4
@@ -592,9 +592,9 @@ def test_file_saying_it_is_small_is_still_read_only_up_to_the_cap(tmp_path, caps
     def size_0(st: os.stat_result) -> os.stat_result:
         return os.stat_result((*st[:6], 0, *st[7:10]))
 
-    monkeypatch.setattr(procstat, "MAX_INPUT_BYTES", 1000)
-    monkeypatch.setattr(procstat.os, "stat", lambda *a, **k: size_0(real_stat(*a, **k)))
-    monkeypatch.setattr(procstat.os, "fstat", lambda fd: size_0(real_fstat(fd)))
+    monkeypatch.setattr(procstat.parse, "MAX_INPUT_BYTES", 1000)
+    monkeypatch.setattr(procstat.parse.os, "stat", lambda *a, **k: size_0(real_stat(*a, **k)))
+    monkeypatch.setattr(procstat.parse.os, "fstat", lambda fd: size_0(real_fstat(fd)))
     rc, _, err = run(capsys, f)
     assert rc == 2
     one_line_error(err, f"{f}: over the 1000 bytes limit for one input")
@@ -612,7 +612,7 @@ def test_stdin_is_read(capsys, monkeypatch):
 
 
 def test_stdin_over_the_size_cap_is_refused(capsys, monkeypatch):
-    monkeypatch.setattr(procstat, "MAX_INPUT_BYTES", 4096)
+    monkeypatch.setattr(procstat.parse, "MAX_INPUT_BYTES", 4096)
     stdin_bytes(monkeypatch, b"cpu  1 2 3 4 5 6 7 8\n" * 1000)
     rc, _, err = run(capsys, "-")
     assert rc == 2
@@ -649,12 +649,12 @@ def test_parse_memory_is_a_small_multiple_of_the_text(text):
 
 def test_snapshot_and_cpu_line_caps(tmp_path, capsys, monkeypatch):
     """Analysis memory grows with cpu lines, which 16 MiB of bare ones would make 1.4M of."""
-    monkeypatch.setattr(procstat, "MAX_SNAPSHOTS", 3)
+    monkeypatch.setattr(procstat.parse, "MAX_SNAPSHOTS", 3)
     f = write(tmp_path, "many", "cpu  1 2 3 4 5 6 7 8\n" * 4)
     rc, _, err = run(capsys, f)
     assert rc == 2
     one_line_error(err, f"{f}: line 4: more than 3 snapshots in one input")
-    monkeypatch.setattr(procstat, "MAX_CPU_LINES", 5)
+    monkeypatch.setattr(procstat.parse, "MAX_CPU_LINES", 5)
     f = write(tmp_path, "wide", "".join(f"cpu{n} 1 2 3 4 5 6 7 8\n" for n in range(6)))
     rc, _, err = run(capsys, f)
     assert rc == 2
