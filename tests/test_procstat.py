@@ -676,6 +676,40 @@ def test_json_to_file_and_table_on_stdout(tmp_path, capsys):
     assert set(doc) >= {"snapshots", "cpus", "findings", "verdict"}
 
 
+def test_json_file_goes_through_the_atomic_writer(tmp_path, capsys, monkeypatch):
+    """--json FILE is written by kvmharness.files: a failed write leaves the old file."""
+    s1, s2, _ = clean_series()
+    f = write(tmp_path, "s", timed(BTIME + 600, s1) + timed(BTIME + 610, s2))
+    out_json = tmp_path / "report.json"
+    out_json.write_text("old\n")
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("kvmharness.files.os.replace", fail)
+    rc, _, err = run(capsys, f, "--json", str(out_json))
+    assert rc == 2
+    one_line_error(err, f"{out_json}: No space left on device")
+    assert out_json.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "s"]  # no temp file
+
+
+def test_package_layout():
+    """ProcStatSnapshot, not a second Snapshot; no _Parser; the package never imports the CLI."""
+    import ast
+
+    (snap,) = procstat.parse_text(stat_text({0: vals(1, 1, 1, 1)}))
+    assert type(snap) is procstat.ProcStatSnapshot
+    assert not hasattr(procstat, "Snapshot")
+    for path in Path(procstat.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        defined = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+        assert not defined & {"Snapshot", "_Parser"}, path
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m for m in imported if m and m.startswith("kvmharness.cli")}, path
+
+
 # -- live ---------------------------------------------------------------------------------
 
 
