@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -93,15 +94,36 @@ def kvm() -> Iterator[Any]:
         yield k
 
 
+def resolve_source(source: str | os.PathLike[str], test_path: Path) -> Path:
+    """A guest C file named by a test: an absolute path as it is, a relative one
+    next to the test module (``test_path``'s directory)."""
+    path = Path(os.fspath(source))
+    return path if path.is_absolute() else test_path.parent / path
+
+
 @pytest.fixture
-def make_guest(kvm: Any) -> Iterator[Callable[..., Any]]:
-    """Factory: ``make_guest("selftest", vcpus=2)`` -> a GuestVm closed after the test."""
+def make_guest(kvm: Any, request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+    """Factory for GuestVms, each closed after the test.
+
+    ``make_guest("selftest", vcpus=2)``: a built-in guest program;
+    ``make_guest(source="my_guest.c")``: your own guest C file, a relative path
+    taken from the requesting test module's directory (so a test and its guest
+    sit side by side).  Other keywords go to :class:`kvmharness.guest.machine.GuestVm`.
+    """
+    from kvmharness.guest.build import is_source_path
     from kvmharness.guest.machine import GuestVm
 
     made: list[GuestVm] = []
 
-    def factory(program: str = "selftest", **kwargs: Any) -> GuestVm:
-        gvm = GuestVm(kvm, program, **kwargs)
+    def factory(program: Any = None, *, source: str | os.PathLike[str] | None = None,
+                **kwargs: Any) -> GuestVm:
+        if source is not None:
+            source = resolve_source(source, request.path)
+        elif program is None:
+            program = "selftest"
+        elif isinstance(program, str | os.PathLike) and is_source_path(program):
+            program = resolve_source(program, request.path)
+        gvm = GuestVm(kvm, program, source=source, **kwargs)
         made.append(gvm)
         return gvm
 

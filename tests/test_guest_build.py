@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from kvmharness.guest import build
+
+pytest_plugins = ["pytester"]
 
 
 def test_hash_changes_with_compiler_version(monkeypatch):
@@ -185,3 +189,158 @@ def test_a_compiler_that_cannot_run_is_a_clear_error(private_cache, tmp_path):
     fake.chmod(0o755)
     with pytest.raises(build.GuestBuildError, match="--version failed"):
         build.build("selftest", cc=str(fake))
+
+
+# ---- guest programs from the user's tree
+
+
+#: The suite's guest build cache, read before pytester points HOME elsewhere.
+SUITE_CACHE = build.cache_dir().parent
+
+USER_GUEST = """\
+#include "runtime.h"
+#include "helper.h"
+volatile uint64_t ticks;
+void guest_main(uint32_t cpu)
+{
+    for (int i = 0; i < 3; i++)
+        GUEST_SYNC(++ticks, cpu);
+    GUEST_ASSERT(ticks == HELPER_LIMIT, ticks);
+}
+"""
+
+
+@pytest.fixture
+def user_src(private_cache, tmp_path) -> Path:
+    """A user's guest program outside the package, with a local header."""
+    tree = tmp_path / "mytests"
+    tree.mkdir()
+    (tree / "helper.h").write_text("#define HELPER_LIMIT 3\n")
+    src = tree / "my_guest.c"
+    src.write_text(USER_GUEST)
+    return src
+
+
+def test_a_user_file_builds_against_the_runtime_and_is_cached(user_src, monkeypatch):
+    from kvmharness.guest.elf import parse_elf
+
+    first = build.build(user_src)
+    assert first.parent == build.cache_dir() and first.name.startswith("user-my_guest-")
+    symbols = parse_elf(first.read_bytes()).symbols
+    assert {"ticks", "guest_main", "ucall", "exception_stubs"} <= set(symbols)
+
+    def no_compile(*a, **k):
+        raise AssertionError("rebuilt although nothing changed")
+
+    monkeypatch.setattr(build, "_compile", no_compile)
+    assert build.build(user_src) == first
+    assert build.build(str(user_src)) == first  # a str path with .c names the same file
+    assert build.load_program(user_src).symbols["ticks"] == symbols["ticks"]
+
+
+@pytest.mark.parametrize("edit", ["source", "header-next-to-it", "included-from-a-subdir"])
+def test_a_user_files_hash_covers_it_and_its_headers(user_src, edit):
+    h1 = build.source_hash(user_src)
+    if edit == "source":
+        user_src.write_text(USER_GUEST + "/* edited */\n")
+    elif edit == "header-next-to-it":
+        (user_src.parent / "helper.h").write_text("#define HELPER_LIMIT 3 /* edited */\n")
+    else:
+        sub = user_src.parent.parent / "shared"
+        sub.mkdir()
+        (sub / "common.h").write_text("#define COMMON 1\n")
+        user_src.write_text(USER_GUEST.replace('"helper.h"', '"helper.h"\n#include '
+                                               '"../shared/common.h"'))
+        h1 = build.source_hash(user_src)
+        (sub / "common.h").write_text("#define COMMON 2\n")
+    assert build.source_hash(user_src) != h1
+
+
+def test_unrelated_files_and_moves_of_a_user_file(user_src, tmp_path):
+    h1 = build.source_hash(user_src)
+    (user_src.parent / "notes.txt").write_text("not a header\n")
+    (user_src.parent / "other_guest.c").write_text("/* another program */\n")
+    assert build.source_hash(user_src) == h1
+    # Same text elsewhere: another ELF, since GUEST_ASSERT reports the file's path.
+    moved = tmp_path / "elsewhere" / "my_guest.c"
+    shutil.copytree(user_src.parent, moved.parent)
+    assert build.source_hash(moved) != h1
+
+
+def test_names_and_paths_are_told_apart(user_src, monkeypatch):
+    assert not build.is_source_path("selftest")
+    assert build.is_source_path("my_guest.c") and build.is_source_path("dir/guest")
+    assert build.is_source_path(user_src)
+    assert build.program_label("steal") == "steal"
+    monkeypatch.chdir(user_src.parent)
+    assert build.program_label("my_guest.c") == str(user_src)
+    assert build.build("my_guest.c") == build.build(user_src)  # relative to the cwd
+    with pytest.raises(build.GuestBuildError, match="no guest program 'my_guest'.*source="):
+        build.build("my_guest")
+    with pytest.raises(build.GuestBuildError, match="guest source .*/missing.c not found"):
+        build.build(user_src.parent / "missing.c")
+
+
+def test_a_compile_error_names_the_users_file_and_line(user_src):
+    broken = user_src.parent / "broken_guest.c"
+    broken.write_text('#include "runtime.h"\n\nvoid guest_main(uint32_t cpu)\n{\n'
+                      "    cpu = oops;\n}\n")
+    with pytest.raises(build.GuestBuildError) as info:
+        build.build(broken)
+    text = str(info.value)
+    assert f"building guest program '{broken}' failed" in text
+    assert re.search(re.escape(f"{broken}:5:11: error: ") + ".oops. undeclared", text), text
+    assert not list(build.cache_dir().glob("user-broken_guest*"))
+
+
+def test_warnings_are_errors_in_a_user_file_too(user_src):
+    unused = user_src.parent / "unused_guest.c"
+    unused.write_text('#include "runtime.h"\nvoid guest_main(uint32_t cpu) { int x; }\n')
+    with pytest.raises(build.GuestBuildError, match=rf"{unused}:2:.*unused variable"):
+        build.build(unused)
+
+
+@pytest.mark.kvm
+@pytest.mark.timeout(60)
+def test_guest_vm_runs_a_user_file(kvm, user_src, monkeypatch):
+    from kvmharness.guest.machine import GuestVm
+    from kvmharness.testing import read_symbol, run_until_done
+
+    with GuestVm(kvm, source=user_src) as gvm:
+        assert gvm.program == str(user_src)
+        assert [uc.args for uc in run_until_done(gvm, gvm.vcpus[0])] == [[1, 0], [2, 0], [3, 0]]
+        assert read_symbol(gvm, "ticks") == 3
+    monkeypatch.chdir(user_src.parent)
+    with GuestVm(kvm, source="my_guest.c", vcpus=2) as gvm:  # relative to the cwd
+        assert gvm.program == str(user_src)
+    with GuestVm(kvm, user_src) as gvm:  # a Path as the program
+        assert gvm.program == str(user_src)
+    with GuestVm(kvm, "selftest") as gvm:
+        assert gvm.program == "selftest"
+    with pytest.raises(TypeError, match="either a program"):
+        GuestVm(kvm, "selftest", source=user_src)
+    with pytest.raises(TypeError, match="either a program"):
+        GuestVm(kvm)
+
+
+@pytest.mark.kvm
+@pytest.mark.timeout(60)
+def test_make_guest_finds_a_source_next_to_the_test_file(pytester, monkeypatch):
+    """Run from another directory: the relative name is the test module's neighbour."""
+    monkeypatch.setenv("KVMHARNESS_CACHE", str(SUITE_CACHE))
+    sub = pytester.mkdir("suite")
+    (sub / "helper.h").write_text("#define HELPER_LIMIT 3\n")
+    (sub / "my_guest.c").write_text(USER_GUEST)
+    (sub / "test_mine.py").write_text(
+        "import pytest\n"
+        "from kvmharness.testing import read_symbol, run_until_done\n\n"
+        "@pytest.mark.kvm\n"
+        "def test_it(make_guest):\n"
+        "    gvm = make_guest(source='my_guest.c')\n"
+        "    assert len(run_until_done(gvm, gvm.vcpus[0])) == 3\n"
+        "    assert read_symbol(gvm, 'ticks') == 3\n"
+        "    assert make_guest('my_guest.c').program == gvm.program\n"
+        "    with pytest.raises(Exception, match='guest source .*/suite/nope.c not found'):\n"
+        "        make_guest(source='nope.c')\n")
+    result = pytester.runpytest_inprocess("suite", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)

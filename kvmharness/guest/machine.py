@@ -18,6 +18,7 @@ faults with #PF.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import threading
 from collections.abc import Callable, Iterable
@@ -26,7 +27,7 @@ from typing import Any
 
 from kvmharness.errors import GuestError
 from kvmharness.ffi import ffi, lib
-from kvmharness.guest.build import load_program
+from kvmharness.guest.build import Program, load_program, program_label
 from kvmharness.guest.elf import ElfImage
 from kvmharness.kvm import CpuidEntry, Kvm, Vcpu, Vm
 
@@ -170,10 +171,39 @@ def _segment(sreg: Any, selector: int, *, code: bool = False) -> None:
         sreg.db = 1
 
 
-class GuestVm:
-    """A VM with a guest program loaded and long mode set up for each vCPU."""
+def _image(program: Program | ElfImage | None, source: str | os.PathLike[str] | None
+           ) -> tuple[ElfImage, str]:
+    """The image and label of ``program`` (a built-in name, a C file or an image) or
+    of ``source`` (a C file, even one named by a plain str): exactly one of them."""
+    if (program is None) == (source is None):
+        raise TypeError("give either a program (a built-in name or an ElfImage) "
+                        "or source=PATH (your guest C file), not both or neither")
+    if source is not None:
+        source = os.path.abspath(os.fspath(source))
+        return load_program(source), program_label(source)
+    assert program is not None
+    if isinstance(program, ElfImage):
+        return program, "<image>"
+    return load_program(program), program_label(program)
 
-    def __init__(self, kvm: Kvm, program: str | ElfImage, *, vcpus: int = 1,
+
+class GuestVm:
+    """A VM with a guest program loaded and long mode set up for each vCPU.
+
+    The program is one of:
+
+    * a built-in program's name: ``GuestVm(kvm, "steal")``;
+    * your own guest C file: ``GuestVm(kvm, source="my_guest.c")`` (relative to
+      the current directory) or a ``Path`` as ``program``; it is built against
+      the runtime like the built-ins and cached by its content;
+    * an already parsed :class:`ElfImage`.
+
+    ``self.program`` names it (the built-in name or the file's absolute path);
+    ``GuestVm.adopt`` and ``snapshot.state.capture(program=...)`` accept it back.
+    """
+
+    def __init__(self, kvm: Kvm, program: Program | ElfImage | None = None, *,
+                 source: str | os.PathLike[str] | None = None, vcpus: int = 1,
                  mem_size: int = DEFAULT_MEM_SIZE, setup_vcpus: bool = True,
                  cpuid_edit: Callable[[list[CpuidEntry]], list[CpuidEntry]] | None = None
                  ) -> None:
@@ -182,8 +212,7 @@ class GuestVm:
         if mem_size % LARGE_PAGE or mem_size > (1 << 30):
             raise ValueError("mem_size must be a multiple of 2 MiB and at most 1 GiB")
         self.kvm = kvm
-        self.image = load_program(program) if isinstance(program, str) else program
-        self.program = program if isinstance(program, str) else "<image>"
+        self.image, self.program = _image(program, source)
         self.mem_size = mem_size
         self.cpuid_edit = cpuid_edit
         if self.image.end + vcpus * STACK_SIZE > mem_size:
@@ -201,13 +230,13 @@ class GuestVm:
             raise
 
     @classmethod
-    def adopt(cls, kvm: Kvm, vm: Vm, program: str | ElfImage) -> GuestVm:
+    def adopt(cls, kvm: Kvm, vm: Vm, program: Program | ElfImage) -> GuestVm:
         """A GuestVm around a VM whose memory already holds the program (a
-        restored one): nothing is written, the image only gives the symbols."""
+        restored one): nothing is written, the image only gives the symbols.
+        ``program`` as for the constructor (a restored state's ``.program`` works)."""
         self = cls.__new__(cls)
         self.kvm = kvm
-        self.image = load_program(program) if isinstance(program, str) else program
-        self.program = program if isinstance(program, str) else "<image>"
+        self.image, self.program = _image(program, None)
         self.vm = vm
         self.memory = vm.slots[0]
         self.mem_size = self.memory.size
