@@ -84,3 +84,25 @@ struct pvclock_vcpu_time_info {
     uint8_t flags;
     uint8_t pad[2];
 };
+
+/* The kvmclock guest (programs/clock.c): what the host sets before a run,
+ * and one reading as the guest stores it for the host to collect. */
+#define MSR_IA32_TSC 0x10
+#define CLOCK_BATCH_MAX 64
+#define CLOCK_READ_TRIES 1000
+#define CLOCK_MODE_WARP 1       /* compare each reading with the shared last value */
+#define CLOCK_MODE_VDSO 2       /* also read vCPU 0's area while it has the stable bit */
+#define CLOCK_MODE_RAW_TSC 4    /* benchmark: read only the TSC */
+#define CLOCK_MODE_SELFTEST 8   /* one SYNC of instruction and arithmetic self-tests */
+
+/* One kvmclock reading.  version is the area's version the fields were
+ * read under; an odd one means the guest gave up after CLOCK_READ_TRIES. */
+struct clock_sample {
+    uint64_t ns;          /* system_time + scale(tsc - tsc_timestamp) of its own area */
+    uint64_t tsc;         /* the rdtsc that reading used */
+    uint64_t vdso_ns;     /* the same from vCPU 0's area (CLOCK_MODE_VDSO), else 0 */
+    uint32_t version;
+    uint8_t flags;        /* the area's flags (PVCLOCK_TSC_STABLE_BIT) */
+    uint8_t vdso_used;    /* 1 when vdso_ns is a reading */
+    uint16_t tries;       /* version retries */
+};

@@ -693,3 +693,133 @@ def summarize(violations: Sequence[Violation]) -> dict[str, int]:
     counts = Counter(v.kind for v in violations)
     order = {k: i for i, k in enumerate(ALL_KINDS)}
     return {k: counts[k] for k in sorted(counts, key=lambda k: (order.get(k, len(order)), k))}
+
+
+# -- kvmclock and TSC ---------------------------------------------------------
+#
+# kvmclock readings are Samples whose value is the guest's ns and whose
+# version is the area's version they were read under.  Cumulative-counter
+# rules that still apply (never back, no u64 wrap) reuse check_monotonic
+# with counter="kvmclock"; the rest are below.  Bounds are always given by
+# the caller from what it measured (host time around KVM_RUN, the downtime,
+# the TSC frequency KVM reports), never guessed here.
+
+KIND_WARP = "warp"  # a reading below one another vCPU published before it began
+KIND_OVERLONG_JUMP = "over-long-jump"  # a clock moved further than the time that passed
+KIND_SHORT_JUMP = "short-jump"  # a clock moved less than the time that surely passed
+KIND_TSC_NOT_APPLIED = "tsc-not-applied"  # the guest's TSC is not the value KVM was given
+KIND_DECODE_MISMATCH = "decode-mismatch"  # guest and host pvclock arithmetic disagree
+KIND_PVTI_FLAGS = "pvti-flags"  # PVCLOCK_TSC_STABLE_BIT disagrees with KVM_GET_CLOCK
+KIND_MASTER_CLOCK = "master-clock"  # stable, but vCPUs' (tsc_timestamp, system_time) differ
+
+#: How far CLOCK_MONOTONIC (NTP-slewed, which the host measures with) may run
+#: from the raw clock kvmclock follows: the kernel caps NTP's frequency
+#: adjustment at MAXFREQ, 500 ppm.  It also covers a TSC frequency KVM
+#: calibrated a little off (a few ppm).
+RATE_SLACK_PPM = 500
+
+
+def rate_slack_ns(interval_ns: int) -> int:
+    """What rate differences may add over ``interval_ns``: RATE_SLACK_PPM of it,
+    rounded up, plus 1 ns for the truncation of each pvclock scale."""
+    return -(-max(interval_ns, 0) * RATE_SLACK_PPM // 1_000_000) + 1
+
+
+def check_even_versions(series: str, samples: Sequence[Sample], *,
+                        counter: str = "kvmclock") -> list[Violation]:
+    """Each reading was taken under an even version: an odd one means the guest
+    gave up waiting for an update to finish (the area was left mid-update).
+    Unlike :func:`check_versions`, a value that changes under one version is
+    fine: kvmclock advances with the TSC between updates."""
+    return [violation(KIND_ODD_VERSION, series, i, None, s.version,
+                      f"{counter} read under odd version {s.version} (value "
+                      f"{format_value(s.value)}): the area stayed mid-update for all the "
+                      "guest's tries", counter="version", delta=None)
+            for i, s in enumerate(samples) if s.version is not None and s.version % 2]
+
+
+def check_warps(series: str, warps: int, largest_ns: int, reads: int, *,
+                what: str = "kvmclock") -> list[Violation]:
+    """Readings across vCPUs that went back: the guest counted ``warps`` of
+    ``reads`` below a value another vCPU had published before the reading
+    began, the largest by ``largest_ns``."""
+    if warps <= 0:
+        return []
+    return [violation(KIND_WARP, series, 0, None, largest_ns,
+                      f"{warps} of {reads} {what} readings went back against another vCPU's "
+                      f"earlier reading, by up to {format_ns(largest_ns)}",
+                      counter=what, delta=None)]
+
+
+def check_jump(series: str, index: int, before: int, after: int, *, max_ns: int,
+               min_ns: int = 0, what: str = "kvmclock", unit: str = "ns",
+               why_max: str = "", why_min: str = "") -> list[Violation]:
+    """A step ``before -> after`` must lie in ``[min_ns, max_ns]`` (in the
+    series' unit; ``unit`` names it): below 0 is :data:`KIND_DECREASE` (or a
+    wrap), below ``min_ns`` :data:`KIND_SHORT_JUMP`, above ``max_ns``
+    :data:`KIND_OVERLONG_JUMP`.  ``why_*`` say where each bound came from."""
+    if min_ns > max_ns:
+        raise ValueError(f"min {min_ns} above max {max_ns}")
+    delta = after - before
+    span = f"{what} went {_span(before, after)} {unit} ({delta:+d})"
+    if delta < 0 or is_wrap_pair(before, after):
+        kind = KIND_WRAP if is_wrap_pair(before, after) else KIND_DECREASE
+        return [violation(kind, series, index, before, after,
+                          f"{span}: went back", counter=what)]
+    if delta > max_ns:
+        return [violation(KIND_OVERLONG_JUMP, series, index, before, after,
+                          f"{span}: more than the {max_ns} {unit} allowed"
+                          + (f" ({why_max})" if why_max else ""), counter=what)]
+    if delta < min_ns:
+        return [violation(KIND_SHORT_JUMP, series, index, before, after,
+                          f"{span}: less than the {min_ns} {unit} that surely passed"
+                          + (f" ({why_min})" if why_min else ""), counter=what)]
+    return []
+
+
+def check_tsc_applied(series: str, index: int, *, lo: int, hi: int, read: int,
+                      written: str) -> list[Violation]:
+    """The guest's TSC reading must lie in ``[lo, hi]``: where the value KVM
+    was given (``written``, described for the message) puts it by the time
+    of the read."""
+    if lo <= read <= hi:
+        return []
+    off = read - (lo if read < lo else hi)
+    return [violation(KIND_TSC_NOT_APPLIED, series, index, lo if read < lo else hi, read,
+                      f"{written}; the guest read TSC {read}, expected {lo}..{hi} "
+                      f"({off:+d} ticks outside)", counter="tsc")]
+
+
+def check_decode(series: str, index: int, guest_ns: int, host_ns: int) -> list[Violation]:
+    """The guest's kvmclock reading equals the host's decode of the same area
+    at the same TSC."""
+    if guest_ns == host_ns:
+        return []
+    return [violation(KIND_DECODE_MISMATCH, series, index, host_ns, guest_ns,
+                      f"guest computed {guest_ns} ns, the host's pvclock arithmetic gives "
+                      f"{host_ns} ns from the same area and TSC", counter="kvmclock")]
+
+
+def check_pvti_consistency(areas: Sequence[tuple[int, int, int, int]],
+                           clock_stable: bool) -> list[Violation]:
+    """``areas[i]`` = (version, tsc_timestamp, system_time, flags) of vCPU i,
+    read with every vCPU stopped.  The stable bit of every area must agree with
+    KVM_GET_CLOCK's KVM_CLOCK_TSC_STABLE; when stable (KVM's master clock),
+    every vCPU's (tsc_timestamp, system_time) is the same pair."""
+    out: list[Violation] = []
+    for i, (_v, _ts, _st, flags) in enumerate(areas):
+        stable = bool(flags & 1)
+        if stable != clock_stable:
+            out.append(violation(
+                KIND_PVTI_FLAGS, f"vcpu{i}/pvti", 0, int(clock_stable), int(stable),
+                f"pvti PVCLOCK_TSC_STABLE_BIT is {int(stable)} but KVM_GET_CLOCK says "
+                f"{'' if clock_stable else 'not '}stable", counter="flags"))
+    if clock_stable and areas:
+        ref = areas[0][1:3]
+        for i, a in enumerate(areas[1:], 1):
+            if a[1:3] != ref:
+                out.append(violation(
+                    KIND_MASTER_CLOCK, f"vcpu{i}/pvti", 0, ref[1], a[2],
+                    f"(tsc_timestamp, system_time) = {a[1:3]} but vcpu0 has {ref} under a "
+                    "stable master clock", counter="pvti"))
+    return out

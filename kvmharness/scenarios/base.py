@@ -142,7 +142,7 @@ def verdict_text(res: ScenarioResult, width: int = 0) -> str:
     return text[: width - 3] + "..." if width and len(text) > width else text
 
 
-FAMILY_MODULES = {"steal": "kvmharness.scenarios.steal"}
+FAMILY_MODULES = {"steal": "kvmharness.scenarios.steal", "clock": "kvmharness.scenarios.clock"}
 
 
 def family(name: str) -> Family:
