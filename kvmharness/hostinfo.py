@@ -63,6 +63,10 @@ class HostInfo:
     tsc_khz: int | None = None
     tsc_offset_attr: bool | None = None
     sched_info_live: bool | None = None
+    kvmclock_stable: bool | None = None
+    """KVM_GET_CLOCK's KVM_CLOCK_TSC_STABLE once a vCPU has run (KVM's master clock)"""
+    pvti_stable: bool | None = None
+    """PVCLOCK_TSC_STABLE_BIT in that vCPU's kvmclock area"""
     userfaultfd: str = "unknown"
     cpus: int = 0
     errors: list[str] = field(default_factory=list)
@@ -88,10 +92,55 @@ class HostInfo:
             ("invariant TSC (CPUID 0x80000007 EDX[8])", yn(self.invariant_tsc)),
             ("TSC kHz (vCPU default)", str(self.tsc_khz) if self.tsc_khz else "-"),
             ("KVM_VCPU_TSC_OFFSET attribute", yn(self.tsc_offset_attr)),
+            ("kvmclock stable (KVM_GET_CLOCK TSC_STABLE after a run)", yn(self.kvmclock_stable)),
+            ("kvmclock area PVCLOCK_TSC_STABLE_BIT", yn(self.pvti_stable)),
+            ("CPUID vs kvmclock", clock_consistency(self.invariant_tsc, self.stable_bit,
+                                                    self.kvmclock_stable, self.pvti_stable)),
             ("sched_info run_delay live", yn(self.sched_info_live)),
             ("userfaultfd", self.userfaultfd),
             ("host CPUs", str(self.cpus)),
         ] + [("note", e) for e in self.errors]
+
+
+def clock_consistency(invariant_tsc: bool | None, stable_feature: bool | None,
+                      clock_stable: bool | None, pvti_stable: bool | None) -> str:
+    """Whether the CPUID KVM offers matches what its clock really is.
+
+    The dangerous mismatch is invariant TSC (CPUID 0x80000007 EDX[8]) offered
+    while KVM's clock is not stable: a guest told its TSC is invariant treats
+    it (and kvmclock) as a stable sched_clock, and its time jumps when the
+    host's clock is not (the 2012 Xen jumps).  KVM_FEATURE_CLOCKSOURCE_STABLE_BIT
+    only says the area's stable flag is meaningful, so it is a mismatch only
+    when the area's flag disagrees with KVM_GET_CLOCK.
+    """
+    if clock_stable is None:
+        return "unknown (no vCPU could run to ask KVM_GET_CLOCK)"
+    problems = []
+    if invariant_tsc and not clock_stable:
+        problems.append("invariant TSC is offered but KVM_GET_CLOCK says kvmclock is not "
+                        "stable (no master clock): guests would trust an unstable TSC, as in "
+                        "the 2012 Xen time jumps")
+    if stable_feature and pvti_stable is not None and pvti_stable != clock_stable:
+        problems.append(f"the area's PVCLOCK_TSC_STABLE_BIT is {int(pvti_stable)} but "
+                        f"KVM_GET_CLOCK says {'' if clock_stable else 'not '}stable")
+    if problems:
+        return "MISMATCH: " + "; ".join(problems)
+    return ("consistent: " + ("stable clock" if clock_stable else "unstable clock, and no "
+                              "invariant TSC offered"))
+
+
+def probe_kvmclock(kvm: Any) -> tuple[bool, bool]:
+    """(KVM_GET_CLOCK stable, area stable bit) after one vCPU of the clock guest
+    ran one reading: KVM turns its master clock on only once a vCPU has run."""
+    from kvmharness.guest.machine import GuestVm
+    from kvmharness.pvclock import Pvti
+
+    with GuestVm(kvm, "clock", vcpus=1) as gvm:
+        gvm.sym("clock_mode", "uint32_t")[0] = 0
+        gvm.sym("clock_batch", "uint32_t")[0] = 1
+        gvm.expect(gvm.vcpus[0], lib.UCALL_SYNC)
+        area = Pvti.from_cdata(gvm.sym("pvti", "struct pvclock_vcpu_time_info"))
+        return bool(gvm.vm.get_clock().flags & lib.KVM_CLOCK_TSC_STABLE), area.stable
 
 
 def kvm_modules() -> list[str]:
@@ -144,7 +193,8 @@ def userfaultfd_state() -> str:
     return userfaultfd_available()
 
 
-def gather(path: str = "/dev/kvm", *, probe_sched: bool = True) -> HostInfo:
+def gather(path: str = "/dev/kvm", *, probe_sched: bool = True,
+           probe_clock: bool = False) -> HostInfo:
     mods = kvm_modules()
     info = HostInfo(
         kernel_release=platform.release(),
@@ -192,4 +242,9 @@ def gather(path: str = "/dev/kvm", *, probe_sched: bool = True) -> HostInfo:
                 info.tsc_offset_attr = vcpu.has_tsc_offset_attr()
         except KvmError as exc:
             info.errors.append(f"vCPU probe failed: {exc}")
+        if probe_clock:
+            try:
+                info.kvmclock_stable, info.pvti_stable = probe_kvmclock(kvm)
+            except Exception as exc:  # a fact we cannot read is reported, not fatal
+                info.errors.append(f"kvmclock probe failed: {exc}")
     return info

@@ -4,6 +4,12 @@ and a summary of characterizations (behaviour measured, not promised).
 KVM tests skip with a reason where /dev/kvm is unusable, and fail instead
 when ``KVMHARNESS_REQUIRE_KVM=1`` (CI on KVM hosts sets it), so a broken
 KVM setup can never pass as a run of skips.
+
+Known issues: a test marked ``@pytest.mark.kvm_scenario("clock/tsc/msr")``
+(the "family/variant" it asserts holds) becomes a *strict* xfail where the
+known-issues file (the shipped one, or ``--kvmharness-known FILE``) says
+that promise breaks on this host; if it passes there, the strict xfail
+fails the run, as ``kvmharness run`` reports "fixed?".
 """
 
 from __future__ import annotations
@@ -35,10 +41,36 @@ def _kvm_problem() -> str | None:
     return None
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--kvmharness-known", metavar="FILE", default=None,
+                     help="kvmharness known-issues file (default: the one the package ships): "
+                          "tests marked kvm_scenario that it says break here are strict xfail")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "kvm: needs /dev/kvm (skips without it; fails when KVMHARNESS_REQUIRE_KVM=1)")
+    config.addinivalue_line(
+        "markers", "kvm_scenario(name): the test asserts promise 'family/variant' holds; "
+                   "strict xfail where a known issue says it breaks on this host")
     config._kvmharness_problem = _kvm_problem()  # type: ignore[attr-defined]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from kvmharness.known import Host, find, load
+
+    marked = [(item, m.args[0]) for item in items
+              if (m := item.get_closest_marker("kvm_scenario")) is not None and m.args]
+    if not marked:
+        return
+    issues = load(config.getoption("--kvmharness-known", default=None))
+    host = Host.this()
+    for item, scenario in marked:
+        issue = find(issues, scenario, host)
+        if issue is not None:
+            item.add_marker(pytest.mark.xfail(
+                strict=True, reason=f"known-broken on {host.backend} {host.kernel_release}: "
+                                    f"{issue.describe()}"))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -13,7 +13,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
     from kvmharness.hostinfo import gather
 
-    info = gather(probe_sched=not args.no_probe)
+    info = gather(probe_sched=not args.no_probe, probe_clock=not args.no_probe)
     if args.json:
         print(json.dumps(info.to_dict(), indent=2))
     else:
@@ -25,5 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print host facts (kernel, KVM backend, capabilities, ...)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--no-probe", action="store_true",
-                   help="skip the sched_info probe (briefly pins busy children to one CPU)")
+                   help="skip the probes: sched_info (briefly pins busy children to one CPU) "
+                        "and kvmclock (runs one vCPU of a guest)")
     p.set_defaults(func=run_cli)

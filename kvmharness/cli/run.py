@@ -2,9 +2,11 @@
 
 Both exit by the ``git bisect run`` convention (:mod:`kvmharness.exitcodes`):
 
-* 0  every promise held;
+* 0  every promise held (or broke as a known issue says it does here);
 * 1  a promise broke on this kernel (a KVM ioctl failing on a promised
-  path included); characterizations never change the exit code;
+  path included), or a known issue looks fixed ("fixed?": the promise
+  held where the known-issues file says it breaks); characterizations
+  never change the exit code;
 * 125  cannot test here: no usable /dev/kvm, KVM without steal time,
   run_delay not kept (sched_info off), or the host was too loaded to judge;
 * 128  a harness fault (a bug or broken environment: no verdict on the
@@ -13,6 +15,10 @@ Both exit by the ``git bisect run`` convention (:mod:`kvmharness.exitcodes`):
 
 ``bisect`` runs a quick profile of the promises and prints one verdict line
 before the table; ``--scenario`` chooses what "bad" means for this bisect.
+
+Known issues (``--known FILE``, default the file the package ships; see
+:mod:`kvmharness.known`): a broken promise an entry matches on this host is
+printed as "known-broken" and left out of the exit code.
 """
 
 from __future__ import annotations
@@ -122,8 +128,9 @@ def validate_numbers(args: Any) -> None:
                          f"got {args.budget_s}")
 
 
-def precheck() -> dict[str, Any]:
-    """What makes this host untestable, as :class:`Untestable`; host facts otherwise."""
+def precheck(families: frozenset[str] | None = None) -> dict[str, Any]:
+    """What makes this host untestable, as :class:`Untestable`; host facts otherwise.
+    Steal time and run_delay are needed only when the steal family runs."""
     from kvmharness.errors import KvmUnavailable
     from kvmharness.hostinfo import gather
 
@@ -132,6 +139,8 @@ def precheck() -> dict[str, Any]:
         raise Untestable(f"/dev/kvm is {info.dev_kvm}")
     if info.api_version is None:
         raise KvmUnavailable("/dev/kvm did not answer KVM_GET_API_VERSION")
+    if families is not None and "steal" not in families:
+        return info.to_dict()
     if not info.steal_time:
         raise Untestable("this KVM does not offer KVM_FEATURE_STEAL_TIME in its "
                          "supported CPUID (0x40000001 EAX bit 5)")
@@ -141,15 +150,26 @@ def precheck() -> dict[str, Any]:
     return info.to_dict()
 
 
-def exit_code(results: list[Any]) -> int:
-    """One verdict for the run: harness fault, then broken, then untestable."""
+def exit_code(results: list[Any], known: list[Any] | None = None) -> int:
+    """One verdict for the run: harness fault, then broken, then untestable.
+    ``known[i]`` (a :class:`kvmharness.known.Match` or None) marks result i
+    known-broken (not counted) or fixed? (counted as broken)."""
+    from kvmharness.known import Status
     from kvmharness.scenarios.base import Kind, Verdict
 
+    marks = [m.status if m is not None else None
+             for m in (known if known is not None else [None] * len(results))]
     if any(r.verdict == Verdict.ERROR for r in results):
         return EXIT_HARNESS
-    if any(r.variant.kind == Kind.PROMISE and r.verdict == Verdict.BROKEN for r in results):
+    if any(r.variant.kind == Kind.PROMISE and r.verdict == Verdict.BROKEN
+           and m is not Status.KNOWN_BROKEN for r, m in zip(results, marks, strict=True)):
         return EXIT_BROKEN
-    if any(r.verdict == Verdict.UNTESTABLE for r in results):
+    if any(m is Status.FIXED for m in marks):
+        return EXIT_BROKEN
+    # A variant this KVM does not support (its capability reported absent) is
+    # printed as such, but the others ran: the host is not "untestable".
+    if any(r.verdict == Verdict.UNTESTABLE and not getattr(r, "not_supported", False)
+           for r in results):
         return EXIT_UNTESTABLE
     return EXIT_OK
 
@@ -191,12 +211,17 @@ def list_variants() -> None:
 
 def run_cli(args: Any, *, bisect: bool = False) -> int:
     from kvmharness.errors import KvmUnavailable
+    from kvmharness.known import Host, KnownIssuesError, Status, classify, load
     from kvmharness.report import plot, plot_available, tables, write_json
     from kvmharness.scenarios.base import RunOptions, Verdict
 
     if args.list:
         list_variants()
         return EXIT_OK
+    try:
+        issues = load(args.known)
+    except KnownIssuesError as exc:
+        raise UsageError(f"--known: {exc}") from None
     plan = select(args.strategy, bisect=bisect)
     vcpus = parse_vcpus(args.vcpus, BISECT_VCPUS if bisect else None)
     validate_numbers(args)
@@ -210,7 +235,8 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
             raise UsageError(f"--plot: {why}")
 
     try:
-        host = precheck()
+        names = frozenset(f.name for f, _ in plan)
+        host = precheck() if "steal" in names else precheck(names)
     except KvmUnavailable as exc:
         raise Untestable(str(exc)) from None
     kvm_max = host.get("capabilities", {}).get("MAX_VCPUS") or 0
@@ -233,7 +259,11 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
     except KvmUnavailable as exc:
         raise Untestable(str(exc)) from None
     total = time.monotonic() - t0
-    code = exit_code(results)
+    known = classify(results, issues, Host(host["kvm_backend"], host["kernel_release"]))
+    for r, m in zip(results, known, strict=True):
+        if m is not None and m.status is Status.KNOWN_BROKEN:
+            r.observed = f"known-broken ({m.issue.id}): {r.observed}"
+    code = exit_code(results, known)
     if bisect:
         print(f"kvmharness bisect: {VERDICT_LINES[code]} (exit {code}; "
               f"{len(results)} scenarios, {total:.1f} s, kernel {host['kernel_release']})")
@@ -242,10 +272,19 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
     print(f"\n{len(results)} scenarios in {total:.1f} s: {counts[Verdict.HOLDS]} hold, "
           f"{counts[Verdict.BROKEN]} broken, {counts[Verdict.CHARACTERIZED]} characterized"
           + (f", {counts[Verdict.UNTESTABLE]} untestable" if counts[Verdict.UNTESTABLE] else "")
-          + (f", {counts[Verdict.ERROR]} harness errors" if counts[Verdict.ERROR] else ""))
-    for r in results:
-        if r.verdict in (Verdict.BROKEN, Verdict.ERROR, Verdict.UNTESTABLE):
-            print(f"{r.verdict} {r.variant.name} ({r.vcpus} vCPUs): {r.observed}")
+          + (f", {counts[Verdict.ERROR]} harness errors" if counts[Verdict.ERROR] else "")
+          + "".join(f", {n} {s}" for s in Status
+                    if (n := sum(m is not None and m.status is s for m in known))))
+    for r, m in zip(results, known, strict=True):
+        if m is not None and m.status is Status.FIXED:
+            print(f"fixed? {r.variant.name} ({r.vcpus} vCPUs): the promise held, but "
+                  f"{m.issue.describe()} says it breaks on this host: update the "
+                  "known-issues file")
+        elif r.verdict in (Verdict.BROKEN, Verdict.ERROR, Verdict.UNTESTABLE):
+            label = m.status if m is not None else r.verdict
+            print(f"{label} {r.variant.name} ({r.vcpus} vCPUs): {r.observed}")
+            if m is not None:
+                print(f"  {m.issue.describe()}")
             for v in r.violations[:5]:
                 print(f"  {v.kind} {v.series}[{v.index}]: {v.detail}")
     if args.json:
@@ -255,7 +294,9 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
             "host": host,
             "total_wall_s": total,
             "exit_code": code,
-            "results": [r.to_json() for r in results],
+            "known_issues_file": args.known or "(shipped)",
+            "results": [{**r.to_json(), "known": m.to_json() if m else None}
+                        for r, m in zip(results, known, strict=True)],
         })
     if plot_path:
         plot(results, plot_path)
@@ -275,8 +316,8 @@ def _common(p: argparse.ArgumentParser, *, bisect: bool) -> None:
                         "'fresh-vm' (default: "
                         + ("every promise" if bisect else "every family's default") + ")")
     p.add_argument("--vcpus", metavar="N[,N]",
-                   help="vCPU counts (default " + ("2" if bisect else "the family's: steal 1,2")
-                   + ")")
+                   help="vCPU counts (default " + ("2" if bisect else
+                                                   "the family's: steal 1,2, clock 2") + ")")
     p.add_argument("--contend-ms", type=int,
                    default=BISECT_CONTEND_MS if bisect else 150,
                    help="contended time before and after the boundary (default %(default)s)")
@@ -288,6 +329,10 @@ def _common(p: argparse.ArgumentParser, *, bisect: bool) -> None:
     p.add_argument("--json", metavar="FILE", help="write all results and samples as JSON "
                    "('-' for stdout)")
     p.add_argument("--list", action="store_true", help="list every family's variants and exit")
+    p.add_argument("--known", metavar="FILE",
+                   help="known-issues file (TOML; default: the one kvmharness ships): a broken "
+                        "promise it matches here is reported known-broken and not counted; "
+                        "one that holds is reported fixed? and fails the run")
     p.add_argument("--wide", action="store_true", help="do not shorten the verdict column")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
@@ -300,7 +345,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("run", help="run the scenario matrix (" + EXIT_HELP + ")",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p, bisect=False)
-    p.add_argument("--plot", metavar="FILE.png", help="plot steal against time (matplotlib)")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="plot the first family's results against time (matplotlib)")
     p.set_defaults(func=run_cli)
     b = sub.add_parser("bisect", help="quick verdict on this kernel for git bisect run ("
                        + EXIT_HELP + ")",

@@ -99,6 +99,15 @@ STABLE_ONLY_KINDS = frozenset({checks.KIND_DECREASE, checks.KIND_WARP,
                                checks.KIND_MASTER_CLOCK})
 
 
+class NotSupported(ScenarioFailed):
+    """This KVM does not offer what the variant is about (a capability or an
+    attribute it reports absent): untestable, and said so, but no reason to
+    call the whole run untestable."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Blame.UNTESTABLE, message)
+
+
 class ClockPut(enum.StrEnum):
     """How kvmclock is put at a restore (KVM_SET_CLOCK)."""
 
@@ -359,6 +368,9 @@ class ClockResult:
     facts: BoundaryFacts = field(default_factory=BoundaryFacts)
     pvti_areas: list[list[int]] = field(default_factory=list)
     error: str | None = None
+    not_supported: bool = False
+    """UNTESTABLE because this KVM lacks what the variant is about: reported,
+    but it does not make the run "cannot test" (the other variants ran)."""
 
     family = "clock"
 
@@ -407,6 +419,7 @@ class ClockResult:
             "boundary": str(v.boundary), "clock_put": str(v.clock), "tsc_put": str(v.tsc),
             "writer": str(v.writer), "hop": v.hop, "config": asdict(self.config),
             "verdict": str(self.verdict), "observed": self.observed, "error": self.error,
+            "not_supported": self.not_supported,
             "wall_s": self.wall_s, "stable": self.stable, "reads": self.reads(),
             "reads_per_s_per_vcpu": self.reads_per_s(),
             "warps": w[0], "largest_warp_ns": w[1], "vdso_warps": w[2],
@@ -613,8 +626,8 @@ def start_tsc(gvm: GuestVm, threads: list[VcpuThread], records: list[ClockRecord
                                          f"MSR_IA32_TSC written {base} at the start"))
     elif how is TscPut.OFFSET:
         if not gvm.vcpus[0].has_tsc_offset_attr():
-            raise ScenarioFailed(Blame.UNTESTABLE, "KVM_HAS_DEVICE_ATTR says this KVM has "
-                                 "no KVM_VCPU_TSC_OFFSET attribute")
+            raise NotSupported("not supported: KVM_HAS_DEVICE_ATTR says this KVM has no "
+                               "KVM_VCPU_TSC_OFFSET attribute")
         offset = TSC_START_AHEAD_S * khz * 1000 + gvm.vcpus[0].get_tsc_offset()
         for i, t in enumerate(threads):
             t.call(put_tsc_offset, gvm.vcpus[i], offset)
@@ -789,9 +802,8 @@ def pvti_snapshot(gvm: GuestVm, threads: list[VcpuThread],
 def run_in_process(kvm: Kvm, cfg: ClockConfig) -> Run:
     v = VARIANTS[cfg.variant]
     if v.khz_ratio and not kvm.check_extension(lib.KVM_CAP_TSC_CONTROL):
-        raise ScenarioFailed(Blame.UNTESTABLE, "KVM_SET_TSC_KHZ is not supported here "
-                             "(KVM_CAP_TSC_CONTROL is 0): no vCPU can run at another TSC "
-                             "frequency")
+        raise NotSupported("not supported: KVM_SET_TSC_KHZ needs KVM_CAP_TSC_CONTROL, which "
+                           "is 0 here: no vCPU can run at another TSC frequency")
     run = Run([ClockRecord(i) for i in range(cfg.vcpus)])
     threads = new_threads(cfg.vcpus, "a")
     gvm = _first_phase(kvm, cfg, v, threads, run)
@@ -1114,9 +1126,11 @@ def run_scenario(cfg: ClockConfig, kvm: Kvm | None = None) -> ClockResult:
     except Exception as exc:
         blame = classify(exc)
         log.info("clock scenario %s failed to run (%s)", cfg.variant, blame, exc_info=True)
+        unsupported = isinstance(exc, NotSupported)
         return ClockResult(cfg, v, run.records, [], verdict_for(v.kind, blame=blame),
-                           f"could not run ({blame}): {exc}", time.monotonic() - t0,
-                           run.stable, run.facts, error=str(exc))
+                           str(exc) if unsupported else f"could not run ({blame}): {exc}",
+                           time.monotonic() - t0, run.stable, run.facts, error=str(exc),
+                           not_supported=unsupported)
     violations = judge(cfg, run)
     why_not = untestable_reason(cfg, run, violations)
     wall = time.monotonic() - t0
