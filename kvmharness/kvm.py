@@ -358,6 +358,35 @@ class Vm(_Fd):
         log.debug("slot %d: gpa %#x size %#x hva %#x", slot, gpa, size, hva)
         return mem
 
+    def add_mapped_memory(self, slot: int, gpa: int, ptr: Any, size: int, *,
+                          flags: int = 0) -> MemorySlot:
+        """Back [gpa, gpa+size) with a mapping the caller made (e.g. private
+        anonymous memory registered with userfaultfd).  The VM owns it from
+        here on: :meth:`close` unmaps it, and so does a failure here."""
+        try:
+            self._check_open()
+            hva = int(ffi.cast("uintptr_t", ptr))
+            if size <= 0 or size % PAGE_SIZE or gpa % PAGE_SIZE or hva % PAGE_SIZE:
+                raise MemorySlotError(f"slot {slot}: gpa {gpa:#x}, hva {hva:#x} and size "
+                                      f"{size:#x} must be multiples of the {PAGE_SIZE}-byte page")
+            if slot in self.slots:
+                raise MemorySlotError(f"slot {slot} is already in use ({self.slots[slot]})")
+            for other in self.slots.values():
+                if gpa < other.end and other.gpa < gpa + size:
+                    raise MemorySlotError(f"slot {slot} [{gpa:#x}, {gpa + size:#x}) overlaps "
+                                          f"slot {other.slot}")
+            region = ffi.new("struct kvm_userspace_memory_region *", {
+                "slot": slot, "flags": flags, "guest_phys_addr": gpa,
+                "memory_size": size, "userspace_addr": hva,
+            })
+            self.ioctl(nr.KVM_SET_USER_MEMORY_REGION, region)
+        except BaseException:
+            lib.munmap(ptr, size)
+            raise
+        mem = MemorySlot(slot, gpa, size, hva, flags, ptr)
+        self.slots[slot] = mem
+        return mem
+
     def slot_for(self, gpa: int, length: int = 1) -> MemorySlot:
         for s in self.slots.values():
             if s.contains(gpa, length):
