@@ -1,0 +1,254 @@
+"""scripts/mutants without KVM, QEMU or a kernel source: the patch header format,
+the cells a bisect JSON gives, and the kill-matrix rendering and verdict."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("mutants_lib", SCRIPTS / "mutants_lib.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["mutants_lib"] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ml = _load()
+
+DIFF = """--- a/arch/x86/kvm/x86.c
++++ b/arch/x86/kvm/x86.c
+@@ -1,3 +1,4 @@
+ a
++b
+ c
+ d
+"""
+
+HEADER = """Mutant: demo
+Seed-bug: the 2015 line,
+  described in BACKGROUND.md section 1
+Puts-back: last_steal from the writer
+Must-catch: steal:fresh-vm/main-thread, steal:cross-process
+Note: a note
+
+"""
+
+
+def patch_text(header: str = HEADER, diff: str = DIFF) -> str:
+    return header + diff
+
+
+# ---------------------------------------------------------------- the header format
+
+
+def test_parse_patch_reads_every_field_and_continuation_lines() -> None:
+    m = ml.parse_patch(patch_text(), Path("demo.patch"))
+    assert m.name == "demo"
+    assert m.seed_bug == "the 2015 line, described in BACKGROUND.md section 1"
+    assert m.puts_back == "last_steal from the writer"
+    assert [str(s) for s in m.must_catch] == ["steal:fresh-vm/main-thread", "steal:cross-process"]
+    assert m.note == "a note"
+    assert m.diff == DIFF
+    assert m.files == ["arch/x86/kvm/x86.c"]
+
+
+def test_header_keys_are_case_insensitive_and_comments_skipped() -> None:
+    text = "# a comment\n" + HEADER.replace("Must-catch:", "MUST-CATCH:")
+    assert ml.parse_patch(patch_text(text)).must_catch[0].family == "steal"
+
+
+@pytest.mark.parametrize("header, message", [
+    (HEADER.replace("Mutant: demo\n", ""), "lacks Mutant"),
+    (HEADER.replace("Must-catch: steal:fresh-vm/main-thread, steal:cross-process\n", ""),
+     "lacks Must-catch"),
+    (HEADER.replace("Must-catch: steal:fresh-vm/main-thread, steal:cross-process",
+                    "Must-catch: ,"), "names no scenario"),
+    (HEADER.replace("Must-catch: steal:fresh-vm/main-thread", "Must-catch: Steal time"),
+     "bad Must-catch item"),
+    (HEADER.replace("Note:", "Notes:"), "expected one of"),
+    (HEADER + "Note: again\n", "Note given twice"),
+    ("  orphan continuation\n" + HEADER, "continuation line"),
+    (HEADER.replace("Mutant: demo", "Mutant: control"), "not 'control'"),
+    (HEADER.replace("Mutant: demo", "Mutant: Demo_1"), "lower-case"),
+])
+def test_bad_headers_are_refused_with_the_reason(header: str, message: str) -> None:
+    with pytest.raises(ml.HeaderError, match=message):
+        ml.parse_patch(patch_text(header))
+
+
+def test_name_must_match_the_file_name() -> None:
+    with pytest.raises(ml.HeaderError, match="differs from the file name"):
+        ml.parse_patch(patch_text(), Path("other.patch"))
+
+
+def test_a_header_without_a_diff_is_refused() -> None:
+    with pytest.raises(ml.HeaderError, match="no unified diff"):
+        ml.parse_patch(HEADER)
+    with pytest.raises(ml.HeaderError, match="changes no file"):
+        ml.parse_patch(HEADER + "--- a/arch/x86/kvm/x86.c\n")
+
+
+def test_a_diff_outside_the_copied_directories_is_refused() -> None:
+    with pytest.raises(ml.HeaderError, match="outside arch/x86/kvm and virt/kvm"):
+        ml.parse_patch(patch_text(diff=DIFF.replace("arch/x86/kvm/x86.c", "kernel/sched/core.c")))
+
+
+def test_selectors_match_families_variants_and_prefixes() -> None:
+    fam = ml.Selector.parse("steal")
+    pre = ml.Selector.parse("steal:fresh-vm")
+    exact = ml.Selector.parse("clock:cross-process/main-thread")
+    assert fam.matches("steal:cancelled-save") and not fam.matches("clock:warp")
+    assert pre.matches("steal:fresh-vm/main-thread") and not pre.matches("steal:fresh-vmx")
+    assert exact.matches("clock:cross-process/main-thread")
+    assert not exact.matches("steal:cross-process/main-thread")  # same variant, other family
+
+
+def test_every_shipped_patch_parses_and_names_a_seed_bug() -> None:
+    mutants = ml.load_mutants()
+    assert len(mutants) >= 2
+    assert "steal-last-steal-from-writer" in {m.name for m in mutants}
+    for m in mutants:
+        assert m.seed_bug and m.puts_back and m.must_catch
+        assert all(f.startswith(("arch/x86/kvm/", "virt/kvm/")) for f in m.files)
+
+
+def test_shipped_patches_apply_to_the_kernel_source_if_present(tmp_path: Path) -> None:
+    """Where Debian's linux-source-6.1 is unpacked by scripts/mutants, each patch
+    applies cleanly (a dry run, no build)."""
+    pristine = ml.DEFAULT_WORK / "src" / ml.SOURCE_TOP
+    if not (pristine / "arch/x86/kvm/x86.c").exists():
+        pytest.skip("scripts/mutants has not unpacked linux-source-6.1 here")
+    for m in ml.load_mutants():
+        r = subprocess.run(["patch", "-p1", "--dry-run", "--batch", "-d", str(pristine)],
+                           input=m.diff, capture_output=True, text=True)
+        assert r.returncode == 0, (m.name, r.stdout + r.stderr)
+
+
+# ---------------------------------------------------------------- cells from bisect JSON
+
+
+def bisect_doc(**verdicts: str) -> dict:
+    results = []
+    for key, verdict in verdicts.items():
+        fam, var = key.split("__")
+        results.append({"scenario": fam, "strategy": var.replace("_", "/"), "kind": "promise",
+                        "verdict": verdict, "observed": f"{verdict} seen"})
+    results.append({"scenario": "steal", "strategy": "same-vm/new-thread",
+                    "kind": "characterize", "verdict": "characterized"})
+    return {"results": results}
+
+
+def test_cells_from_bisect_json_for_a_mutant_and_the_control() -> None:
+    doc = bisect_doc(steal__fresh_main="BROKEN", steal__fresh_vcpu="holds",
+                     clock__warp="untestable")
+    m = ml.cells_from_bisect(doc, control=False)
+    assert list(m) == ["steal:fresh/main", "steal:fresh/vcpu", "clock:warp"]  # no characterize
+    assert [c.state for c in m.values()] == [ml.CAUGHT, ml.MISSED, ml.ERROR]
+    c = ml.cells_from_bisect(doc, control=True)
+    assert [x.state for x in c.values()] == [ml.FALSE_ALARM, ml.HOLDS, ml.ERROR]
+    assert ml.cells_from_bisect(None, control=False) == {}
+
+
+def test_several_boots_merge_as_any_catch_counts() -> None:
+    merged = ml.merge_cells([ml.Cell(ml.MISSED, "holds"), ml.Cell(ml.CAUGHT, "BROKEN", hits=1)])
+    assert (merged.state, merged.runs, merged.hits) == (ml.CAUGHT, 2, 1)
+    assert ml.cell_text(merged, must=True) == "caught 1/2*"
+    assert ml.merge_cells([ml.Cell(ml.ERROR), ml.Cell(ml.MISSED)]).state == ml.MISSED
+
+
+# ---------------------------------------------------------------- the matrix
+
+
+def rows():
+    m = ml.parse_patch(patch_text(), Path("demo.patch"))
+    cols = ["steal:fresh-vm/main-thread", "steal:cross-process/main-thread", "steal:cancelled-save"]
+    control = ml.Row("control", {c: ml.Cell(ml.HOLDS, "holds") for c in cols}, [0])
+    caught = ml.Row("demo", {cols[0]: ml.Cell(ml.CAUGHT, "BROKEN", hits=1),
+                             cols[1]: ml.Cell(ml.CAUGHT, "BROKEN", hits=1),
+                             cols[2]: ml.Cell(ml.MISSED, "holds")}, [1], m)
+    return cols, control, caught, m
+
+
+def test_matrix_renders_a_row_per_build_and_a_column_per_scenario() -> None:
+    cols, control, caught, _ = rows()
+    text = ml.render_matrix([control, caught])
+    lines = text.splitlines()
+    assert any(line.startswith("control") and line.count("holds") == 3 and line.rstrip()
+               .endswith("ok") for line in lines)
+    demo = next(line for line in lines if line.startswith("demo"))
+    assert demo.count("caught*") == 2 and " missed " in demo and demo.rstrip().endswith("ok")
+    assert "cancelled-save" in text and "main-thread" in text
+    assert ml.matrix_exit([control, caught]) == ml.EXIT_OK
+
+
+def test_a_missed_must_catch_cell_is_a_gap_and_exit_1() -> None:
+    cols, control, caught, m = rows()
+    missed = ml.Row("demo", dict(caught.cells), [0], m)
+    missed.cells[cols[1]] = ml.Cell(ml.MISSED, "holds")
+    text = ml.render_matrix([control, missed])
+    assert "MISSED*" in text
+    assert "GAP: steal:cross-process/main-thread" in text
+    assert ml.matrix_exit([control, missed]) == ml.EXIT_GAP
+
+
+def test_a_red_control_row_is_not_green() -> None:
+    cols, control, caught, _ = rows()
+    control.cells[cols[2]] = ml.Cell(ml.FALSE_ALARM, "BROKEN", hits=1)
+    assert ml.render_matrix([control, caught]).count("NOT GREEN: steal:cancelled-save") == 1
+    assert ml.matrix_exit([control, caught]) == ml.EXIT_GAP
+
+
+def test_an_error_cell_in_a_must_catch_column_is_a_gap_not_a_kill() -> None:
+    cols, control, caught, m = rows()
+    caught.cells[cols[0]] = ml.Cell(ml.ERROR, "untestable")
+    assert caught.status(cols) == "GAP: steal:fresh-vm/main-thread"
+    assert "error (untestable)*" in ml.render_matrix([control, caught])
+
+
+def test_a_build_without_verdicts_is_exit_3() -> None:
+    cols, control, caught, m = rows()
+    broken = ml.Row("demo", {}, [125], m, error="no verdicts")
+    assert ml.matrix_exit([control, broken]) == ml.EXIT_ERROR
+    assert "error: no verdicts" in ml.render_matrix([control, broken], cols)
+
+
+def test_matrix_json_round_trips_through_render(tmp_path: Path) -> None:
+    cols, control, caught, m = rows()
+    doc = ml.matrix_json([control, caught], {"release": "x"})
+    assert doc["columns"] == cols and doc["exit"] == 0
+    assert doc["rows"][1]["mutant"]["must_catch"] == [str(s) for s in m.must_catch]
+    back = ml.rows_from_json(json.loads(json.dumps(doc)))
+    assert ml.render_matrix(back, doc["columns"]) == ml.render_matrix([control, caught])
+
+
+def test_cli_list_and_bad_patch_dir_need_no_kernel(tmp_path: Path) -> None:
+    bad = tmp_path / "x.patch"
+    bad.write_text("Mutant: x\n" + DIFF)
+    r = subprocess.run([sys.executable, str(SCRIPTS / "mutants_lib.py"), "--patches",
+                        str(tmp_path), "--list"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == ml.EXIT_USAGE and "lacks Seed-bug" in r.stderr
+    r = subprocess.run([sys.executable, str(SCRIPTS / "mutants_lib.py"), "--list"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "steal-last-steal-from-writer" in r.stdout
+
+
+def test_focus_runs_a_mutants_families_and_the_control_their_union() -> None:
+    steal = ml.parse_patch(patch_text(), Path("demo.patch"))
+    clock = ml.parse_patch(patch_text(HEADER.replace(
+        "steal:fresh-vm/main-thread, steal:cross-process", "clock:warp")))
+    assert ml.focus_args(steal, [None, steal, clock], [], full=False) == ["--scenario", "steal"]
+    assert ml.focus_args(None, [None, steal, clock], ["-q"], full=False) == [
+        "-q", "--scenario", "clock,steal"]
+    assert ml.focus_args(steal, [steal], [], full=True) == []
+    assert ml.focus_args(steal, [steal], ["--scenario", "clock"], full=False) == [
+        "--scenario", "clock"]
