@@ -57,7 +57,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(self.usage_exit, f"{self.prog}: error: {message}\n")
 
 
-COMMANDS = ("run", "info", "procstat", "snapshot")
+COMMANDS = ("run", "info", "procstat", "snapshot", "postcopy")
 """Command modules of this package, in --help order (``run`` also registers ``bisect``)."""
 
 

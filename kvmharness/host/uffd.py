@@ -40,7 +40,7 @@ from typing import Any
 import ioctl_opt
 
 from kvmharness import ioctls as nr
-from kvmharness.errors import IoctlError, KvmError
+from kvmharness.errors import IoctlError, KvmError, KvmUnavailable
 from kvmharness.ffi import ffi, lib
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ MSG_SIZE = ffi.sizeof("struct uffd_msg")
 PAGE_SIZE = 4096
 
 
-class UffdUnavailable(KvmError):
+class UffdUnavailable(KvmUnavailable):
     """No usable userfaultfd here (no permission, no kernel support, no thread ids)."""
 
 

@@ -1003,7 +1003,15 @@ def run_scenario(cfg: PostcopyConfig, kvm: Kvm | None = None) -> PostcopyResult:
 
 def run_one(name: str, vcpus: int, options: RunOptions, kvm: Kvm | None = None
             ) -> PostcopyResult:
-    return run_scenario(PostcopyConfig(name, vcpus, budget_s=options.budget_s), kvm)
+    """For ``run`` and ``bisect``: the default latency; a vCPU count this family
+    cannot take is an ERROR row (bad usage, exit 128), not a traceback."""
+    cfg = PostcopyConfig(name, vcpus, budget_s=options.budget_s)
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        return PostcopyResult(cfg, VARIANTS.get(name, VARIANTS[DEFAULT_VARIANTS[0]]),
+                              Verdict.ERROR, f"not run: {exc}", 0.0, [], error=str(exc))
+    return run_scenario(cfg, kvm)
 
 
 def _table(results: Any, width: int) -> str:
