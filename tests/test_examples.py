@@ -105,3 +105,22 @@ def test_a_broken_guest_assertion_fails_with_the_users_file_and_line(user_tree):
         assert f"FAILED {path.parent.name}/" in out
     assert "Traceback (most recent call last)" not in out
     assert os.fspath(EXAMPLES) not in out, "the failure must name the user's copy"
+
+
+@pytest.mark.kvm
+@pytest.mark.timeout(180)
+def test_the_steal_off_example_sees_an_area_kvm_keeps_writing(user_tree):
+    """Detection power: with the guest re-enabling steal time where it should
+    disable it, KVM keeps writing the area and the guest's own assertion fires."""
+    guest = user_tree.path / "steal_off" / "steal_off_guest.c"
+    text = guest.read_text()
+    disable = "    wrmsr(MSR_KVM_STEAL_TIME, 0);\n"
+    assert text.count(disable) == 1
+    guest.write_text(text.replace(
+        disable, "    wrmsr(MSR_KVM_STEAL_TIME, (uint64_t)(uintptr_t)&area | KVM_MSR_ENABLED);\n"))
+    result = user_tree.runpytest_subprocess("steal_off", *QUIET, timeout=120)
+    print(result.stdout.str())
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        f"E   *GuestFailure: vcpu0: guest assertion failed at {guest}:*: "
+        "st->steal == steal_off && st->version == version_off (values *"])
