@@ -394,6 +394,7 @@ class Pager:
         self.touched_count = 0
         self.flush = False
         self.stop = threading.Event()
+        self.abort = threading.Event()  # the run is being torn down: nobody waits any more
         self.counts = {"resolver": 0, "stream": 0, "flush": 0, "eexist": 0, "before": 0,
                        "stranger_pages": 0}
         self.ft_sched = (0, 0)
@@ -646,9 +647,11 @@ def _vcpu_body(gvm: GuestVm, i: int, out: VcpuOutcome, pager: Pager, tsc_hz: lis
                 raise ScenarioFailed(Blame.HARNESS, f"vcpu{i}: expected TOUCHED, got "
                                      f"{uc.describe()}")
             pager.touched()
-            if not pager.all_placed.wait(budget_s):
-                out.stuck = "not every page was placed in time"
-                return
+            deadline = time.monotonic() + budget_s
+            while not pager.all_placed.wait(0.1):
+                if pager.abort.is_set() or time.monotonic() > deadline:
+                    out.stuck = "not every page was placed in time"
+                    return
             pager.phase_verify[i] = True
             uc = gvm.expect(v, lib.UCALL_SYNC)
             if uc.args[:1] != [SYNC_VERIFIED]:
@@ -761,10 +764,14 @@ def run_destination(kvm: Kvm, cfg: PostcopyConfig, variant: PostcopyVariant, lay
         if watchdog is not None:
             watchdog.cancel()
         if pager is not None:
+            info["uffd_closed_with_missing"] = not pager.all_placed.is_set()
+            pager.abort.set()
+            if gvm is not None and not pager.all_placed.is_set():
+                for i in range(len(gvm.vcpus)):  # an unfinished run: stop every vCPU
+                    gvm.stop(i)
             pager.close()
         if uffd is not None:
             # wakes any thread still asleep on a missing page (see host/uffd.py)
-            info["uffd_closed_with_missing"] = bool(pager and not pager.all_placed.is_set())
             if gvm is not None and pager is not None and DATA_SLOT in gvm.vm.slots:
                 info["host_mismatch"] = _compare_memory(gvm, lay, staging, pager)
             uffd.close()

@@ -1,0 +1,193 @@
+"""Postcopy on real KVM: userfaultfd itself, each variant, the judge's negative
+controls, the command's exit codes, and SIGTERM mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from kvmharness.blocktime import BlocktimeAccountant
+from kvmharness.cli import main
+from kvmharness.ffi import ffi
+from kvmharness.host.uffd import PAGE_SIZE, CopyResult, UffdUnavailable, Userfaultfd, map_anonymous
+from kvmharness.scenarios import postcopy as pc
+from kvmharness.scenarios.base import Kind, Verdict, family
+
+pytestmark = [pytest.mark.kvm, pytest.mark.timeout(120)]
+
+FAST = {"latency_us": 1000, "pages_per_vcpu": 6, "budget_s": 30}
+
+
+def _read_through_kernel(addr: int, out: dict) -> None:
+    out["tid"] = threading.get_native_id()
+    r, w = os.pipe()
+    try:
+        os.write(w, ffi.buffer(ffi.cast("char *", addr), 8))
+        out["data"] = os.read(r, 8)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_userfaultfd_names_the_thread_and_copy_reports_eexist():
+    uffd = Userfaultfd()
+    ptr, hva = map_anonymous(2 * PAGE_SIZE)
+    src = ffi.new("char[]", PAGE_SIZE)
+    ffi.buffer(src)[:8] = b"postcopy"
+    try:
+        uffd.register(hva, 2 * PAGE_SIZE)
+        out: dict = {}
+        t = threading.Thread(target=_read_through_kernel, args=(hva + PAGE_SIZE, out))
+        t.start()
+        assert uffd.wait(5.0), "no fault message within 5 s"
+        faults = uffd.read_faults()
+        assert [(f.page, f.tid) for f in faults] == [(hva + PAGE_SIZE, out["tid"])]
+        srca = int(ffi.cast("uintptr_t", src))
+        assert uffd.copy(hva + PAGE_SIZE, srca) is CopyResult.COPIED
+        t.join(5)
+        assert out["data"] == b"postcopy"
+        assert uffd.copy(hva + PAGE_SIZE, srca) is CopyResult.EXISTS
+        # closing the descriptor wakes a thread asleep on a missing page
+        out2: dict = {}
+        t2 = threading.Thread(target=_read_through_kernel, args=(hva, out2))
+        t2.start()
+        assert uffd.wait(5.0)
+        uffd.close()
+        t2.join(5)
+        assert not t2.is_alive() and out2["data"] == bytes(8)
+    finally:
+        uffd.close()
+        from kvmharness.ffi import lib
+        lib.munmap(ptr, 2 * PAGE_SIZE)
+
+
+@pytest.mark.parametrize("variant", pc.DEFAULT_VARIANTS)
+def test_variant_holds_on_this_kernel(kvm, variant, characterize):
+    res = pc.run_scenario(pc.PostcopyConfig(variant, 2, **FAST), kvm)
+    assert res.verdict == Verdict.HOLDS, (res.observed, res.violations)
+    rep = res.report
+    assert sum(rep.faults) >= 2 and rep.outstanding == [0, 0]
+    for o, a in zip(res.outcomes, res.agreement, strict=True):
+        assert a.blocktime_ns <= o.run_end_ns - o.run_start_ns
+        assert o.steal_after - o.steal_before <= o.run_delay_ns
+    if variant == "postcopy/shared-page":
+        # both vCPUs waited on page 0 until it was placed, at least the latency later
+        assert rep.all_blocked_ns >= FAST["latency_us"] * 1000
+        assert sum(1 for f in res.faults if f.page == 0) >= 2
+    if variant == "postcopy/non-vcpu":
+        helper = res.stats["helper"]
+        assert rep.non_vcpu_faults >= 1
+        assert all(f.tid == helper["tid"] for f in res.faults if f.vcpu is None)
+    characterize(f"{variant}: {res.observed}")
+
+
+def test_judge_catches_loss_steal_leak_and_misattribution(kvm):
+    cfg = pc.PostcopyConfig("postcopy/stream", 2, **FAST)
+    variant = pc.VARIANTS[cfg.variant]
+    image = pc.load_program(pc.PROGRAM)
+    lay = pc.make_layout(cfg, variant, image)
+    state, staging = pc._migrate_source(kvm, cfg, lay, image, cfg.budget_s)
+    pager, outcomes, info = pc.run_destination(kvm, cfg, variant, lay, image, state, staging)
+    violations, agreement, harness = pc.judge(cfg, variant, lay, pager, outcomes, info)
+    assert not violations and not harness
+    kinds = lambda vs: {v.kind for v in vs}  # noqa: E731
+    # blocktime counted as steal
+    bad = [replace(o) for o in outcomes]
+    leak = pager.acc.report().blocked_ns[0]
+    bad[0].steal_after = bad[0].steal_before + bad[0].run_delay_ns + leak
+    assert pc.KIND_STEAL in kinds(pc.judge(cfg, variant, lay, pager, bad, info)[0])
+    # a qword lost
+    bad = [replace(o) for o in outcomes]
+    bad[1].bad_gpa = lay.data_gpa + 8
+    assert pc.KIND_LOST in kinds(pc.judge(cfg, variant, lay, pager, bad, info)[0])
+    # a fault named a vCPU that never touches that page
+    f = next(f for f in pager.faults if f.vcpu == 0)
+    pager.faults.append(replace(f, vcpu=1))
+    assert pc.KIND_MISATTRIBUTED in kinds(pc.judge(cfg, variant, lay, pager, outcomes, info)[0])
+    pager.faults.pop()
+    # the guest stalled far longer than any host account of it
+    bad = [replace(o) for o in outcomes]
+    faulted = {f.page for f in pager.faults if f.vcpu == 0}
+    k = next(i for i, p in enumerate(bad[0].plan) if p in faulted)
+    bad[0].stalls_ns = list(bad[0].stalls_ns)
+    bad[0].stalls_ns[k] += 10**10
+    assert pc.KIND_UNDER_GUEST in kinds(pc.judge(cfg, variant, lay, pager, bad, info)[0])
+    # the host's blocktime claims more than the guest was stalled
+    pager.acc = BlocktimeAccountant(2)
+    pager.acc.fault(1, 0, 0)
+    pager.acc.placed(1, 10**9)
+    got = pc.judge(cfg, variant, lay, pager, outcomes, info)[0]
+    assert {pc.KIND_OVER_GUEST, pc.KIND_OVER_WALL} <= kinds(got)
+
+
+def test_family_is_registered_with_promises_for_run_and_bisect():
+    from kvmharness.cli.run import select
+
+    fam = family("postcopy")
+    assert fam.promises() == pc.DEFAULT_VARIANTS
+    assert all(v.kind is Kind.PROMISE for v in fam.variants.values())
+    plan = dict((f.name, vs) for f, vs in select(["postcopy"], bisect=True))
+    assert plan == {"postcopy": pc.DEFAULT_VARIANTS}
+
+
+def test_run_one_refuses_a_count_it_cannot_take_as_an_error_row():
+    from kvmharness.scenarios.base import RunOptions
+
+    res = pc.run_one("postcopy/stream", pc.MAX_VCPUS + 1, RunOptions())
+    assert res.verdict == Verdict.ERROR and "vcpus" in res.observed
+
+
+def test_cli_bad_usage_is_128(capsys):
+    assert main(["postcopy", "--vcpus", "0"]) == 128
+    assert main(["postcopy", "--latency-us", "5"]) == 128
+    assert main(["postcopy", "--variant", "nope"]) == 128
+    assert main(["postcopy", "--bogus"]) == 128
+
+
+def test_cli_without_userfaultfd_permission_is_125(monkeypatch, capsys):
+    import kvmharness.host.uffd as uffd_mod
+
+    def refuse(*a, **k):
+        raise UffdUnavailable("userfaultfd(2) refused (EPERM)")
+
+    monkeypatch.setattr(uffd_mod, "Userfaultfd", refuse)
+    assert main(["postcopy", "--quiet"]) == 125
+    assert "cannot test" in capsys.readouterr().err
+
+
+def test_cli_runs_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "pc.json"
+    code = main(["postcopy", "--vcpus", "1", "--latency-us", "500", "--variant", "stream",
+                 "--pages-per-vcpu", "4", "--quiet", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "blocktime" in text and "latency" in text and "vcpu0" in text
+    data = json.loads(out.read_text())
+    r = data["results"][0]
+    assert data["command"] == "postcopy" and r["verdict"] == "holds"
+    assert r["blocktime"]["faults"][0] >= 1 and len(r["faults"]) >= 1
+
+
+def test_sigterm_mid_run_exits_143_and_leaves_nothing(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvmharness.cli", "postcopy", "--vcpus", "2", "--latency-us",
+         "200000", "--pages-per-vcpu", "20", "--variant", "stream", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/")
+    time.sleep(3.0)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("postcopy did not exit within 30 s of SIGTERM")
+    assert proc.returncode == 143, err
+    assert "terminated" in err
