@@ -88,7 +88,7 @@ struct pvclock_vcpu_time_info {
 /* The kvmclock guest (programs/clock.c): what the host sets before a run,
  * and one reading as the guest stores it for the host to collect. */
 #define MSR_IA32_TSC 0x10
-#define CLOCK_BATCH_MAX 64
+#define CLOCK_BATCH_MAX 16
 #define CLOCK_READ_TRIES 1000
 #define CLOCK_MODE_WARP 1       /* compare each reading with the shared last value */
 #define CLOCK_MODE_VDSO 2       /* also read vCPU 0's area while it has the stable bit */

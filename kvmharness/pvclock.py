@@ -40,19 +40,22 @@ def scale(delta: int, mul: int, shift: int) -> int:
 
 def scale_for_khz(khz: int) -> tuple[int, int]:
     """(mul, shift) that turn ticks of a ``khz`` TSC into ns, as KVM chooses them:
-    the shift that brings the ratio into [0.5, 1), then mul = ratio * 2**32."""
+    halve the tick rate until it is at most twice 1 GHz (shift down), then
+    double it until it exceeds 1 GHz (shift up), so mul = 1e9 / rate * 2**32
+    is below 2**32 and keeps the most bits."""
     if khz <= 0:
         raise ValueError(f"khz must be positive, got {khz}")
-    base_hz, scaled_hz, shift = 1_000_000_000, khz * 1000, 0
-    tps64 = base_hz * 2
-    while scaled_hz > tps64 or scaled_hz >= 1 << 32:  # ratio below 1/2: shift right
-        scaled_hz >>= 1
+    rate, ns_per_s, shift = khz * 1000, 1_000_000_000, 0
+    while rate > 2 * ns_per_s or rate >= 1 << 32:
+        rate >>= 1
         shift -= 1
-    tps32 = scaled_hz
-    while tps32 <= base_hz // 2 or base_hz >= 1 << 32:  # ratio above 1: shift left
-        tps32 <<= 1
+    while rate <= ns_per_s or ns_per_s >= 1 << 32:
+        if ns_per_s >= 1 << 32 or rate & 0x80000000:
+            ns_per_s >>= 1
+        else:
+            rate <<= 1
         shift += 1
-    return (base_hz << 32) // tps32, shift
+    return (ns_per_s << 32) // rate, shift
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,13 @@ def _jump(r: Any) -> str:
     return f"{format_ns(ns)} / {format_ns(max(r.facts.downtime_ns, 0))} down"
 
 
+def _stable(r: Any) -> str:
+    def yn(x: bool | None) -> str:
+        return "-" if x is None else ("yes" if x else "no")
+
+    return yn(r.stable) + ("" if r.stable_after is None else f" -> {yn(r.stable_after)}")
+
+
 def clock_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]:
     rows = []
     for r in results:
@@ -39,7 +46,7 @@ def clock_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]:
         rate = r.reads_per_s()
         rows.append([
             "clock", v.name, str(r.vcpus), str(v.boundary) + (" +CPU hops" if v.hop else ""),
-            str(v.clock), str(v.tsc), "-" if r.stable is None else ("yes" if r.stable else "no"),
+            str(v.clock), str(v.tsc), _stable(r),
             str(r.reads()), "-" if rate is None else f"{rate:.0f}", _warps(r), _jump(r),
             f"{r.wall_s:.2f} s", verdict_text(r, width),
         ])

@@ -52,7 +52,10 @@ static inline uint64_t cmpxchg64(volatile uint64_t *p, uint64_t old, uint64_t ne
 
 uint64_t pvclock_scale(uint64_t delta, uint32_t mul, int8_t shift)
 {
-    if (shift < 0)
+    /* A shift of 64 or more leaves nothing (and would be undefined in C). */
+    if (shift <= -64 || shift >= 64)
+        delta = 0;
+    else if (shift < 0)
         delta >>= -shift;
     else
         delta <<= shift;

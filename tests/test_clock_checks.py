@@ -1,0 +1,149 @@
+"""The kvmclock/TSC checks catch synthetic warps, backward steps, odd versions,
+over-long and short jumps, TSC writes not applied, decode mismatches and
+master-clock disagreement; and the clock judge turns them into verdicts."""
+
+from __future__ import annotations
+
+from kvmharness import checks
+from kvmharness.checks import Sample
+from kvmharness.hostinfo import clock_consistency
+
+
+def test_backward_step_and_wrap_in_a_kvmclock_series():
+    s = [Sample(1, 100, 2), Sample(2, 200, 2), Sample(3, 150, 2), Sample(4, 2**64 - 5, 2)]
+    v = checks.check_monotonic("vcpu0", s, counter="kvmclock")
+    assert [x.kind for x in v] == [checks.KIND_DECREASE, checks.KIND_WRAP]
+    assert v[0].index == 2 and v[0].delta == -50
+
+
+def test_odd_version_only_and_changing_values_are_fine():
+    s = [Sample(1, 100, 2), Sample(2, 200, 2), Sample(3, 300, 5)]
+    v = checks.check_even_versions("vcpu1", s)
+    assert [(x.kind, x.index, x.after) for x in v] == [(checks.KIND_ODD_VERSION, 2, 5)]
+    assert checks.check_even_versions("vcpu1", s[:2]) == []
+
+
+def test_warps_counted_and_largest_named():
+    assert checks.check_warps("all", 0, 0, 100) == []
+    (v,) = checks.check_warps("all", 3, 1500, 100)
+    assert v.kind == checks.KIND_WARP and v.after == 1500
+    assert "3 of 100" in v.detail and "1.5 us" in v.detail
+
+
+def test_jump_bounds_each_way():
+    assert checks.check_jump("v", 1, 1000, 1500, max_ns=600) == []
+    (over,) = checks.check_jump("v", 1, 1000, 1700, max_ns=600, why_max="downtime")
+    assert over.kind == checks.KIND_OVERLONG_JUMP and "downtime" in over.detail
+    (back,) = checks.check_jump("v", 1, 1000, 999, max_ns=600)
+    assert back.kind == checks.KIND_DECREASE
+    (short,) = checks.check_jump("v", 1, 1000, 1100, max_ns=600, min_ns=200)
+    assert short.kind == checks.KIND_SHORT_JUMP
+    (wrap,) = checks.check_jump("v", 1, 10, 2**64 - 1, max_ns=600)
+    assert wrap.kind == checks.KIND_WRAP
+
+
+def test_tsc_applied():
+    assert checks.check_tsc_applied("v", 0, lo=100, hi=200, read=150, written="w") == []
+    (v,) = checks.check_tsc_applied("v", 0, lo=100, hi=200, read=5000, written="wrote 100")
+    assert v.kind == checks.KIND_TSC_NOT_APPLIED and "wrote 100" in v.detail
+    assert "5000" in v.detail and "+4800" in v.detail
+
+
+def test_decode_and_pvti_consistency():
+    assert checks.check_decode("v", 3, 10, 10) == []
+    assert checks.check_decode("v", 3, 10, 11)[0].kind == checks.KIND_DECODE_MISMATCH
+    same = [(2, 100, 200, 1), (4, 100, 200, 1)]
+    assert checks.check_pvti_consistency(same, True) == []
+    differ = [(2, 100, 200, 1), (4, 101, 200, 1)]
+    assert [v.kind for v in checks.check_pvti_consistency(differ, True)] == [
+        checks.KIND_MASTER_CLOCK]
+    flags = [(2, 100, 200, 1), (4, 100, 200, 0)]
+    assert [v.series for v in checks.check_pvti_consistency(flags, False)] == ["vcpu0/pvti"]
+
+
+def test_rate_slack_is_500_ppm_plus_one():
+    assert checks.rate_slack_ns(0) == 1
+    assert checks.rate_slack_ns(1_000_000_000) == 500_001
+    assert checks.rate_slack_ns(1) == 2  # rounded up
+
+
+def test_cpuid_vs_clock_mismatch_is_flagged():
+    assert clock_consistency(True, True, True, True).startswith("consistent")
+    assert clock_consistency(True, True, False, False).startswith("MISMATCH: invariant TSC")
+    assert "PVCLOCK_TSC_STABLE_BIT is 1" in clock_consistency(False, True, False, True)
+    assert clock_consistency(False, True, False, False).startswith("consistent")
+    assert clock_consistency(True, True, None, None).startswith("unknown")
+
+
+# ---- the judge over synthetic records
+
+
+def _run(variant, per_vcpu, *, boundary=None, stable=True, downtime=(0, 0)):
+    from kvmharness.scenarios.clock import Batch, BoundaryFacts, ClockRecord, Run
+
+    recs = []
+    for i, batches in enumerate(per_vcpu):
+        r = ClockRecord(i)
+        for t0, t1, readings, warps in batches:
+            first = len(r.samples)
+            r.samples += [(ns, tsc, 0, 2, 1, 0, 0) for ns, tsc in readings]
+            r.batches.append(Batch(t0, t1, first, len(readings), warps, 7 if warps else 0,
+                                   0, 0, -1, 0))
+        r.boundary = boundary or 0
+        recs.append(r)
+    facts = BoundaryFacts(get_clock_ns=(downtime[0], downtime[0]),
+                          set_clock_ns=(downtime[1], downtime[1]))
+    return Run(recs, stable, facts=facts, khz=1_000_000)
+
+
+def _judge(variant, run, vcpus=1):
+    from kvmharness.scenarios.clock import ClockConfig, judge, untestable_reason
+
+    cfg = ClockConfig(variant, vcpus)
+    v = judge(cfg, run)
+    return v, untestable_reason(cfg, run, v)
+
+
+def test_judge_catches_a_backward_step_and_warps():
+    run = _run("warp", [[(0, 10, [(100, 1), (200, 2)], 0), (20, 30, [(150, 3)], 2)]])
+    v, why = _judge("warp", run)
+    assert {x.kind for x in v} == {checks.KIND_DECREASE, checks.KIND_WARP}
+    assert why is None
+
+
+def test_judge_untestable_not_broken_without_a_stable_clock():
+    run = _run("warp", [[(0, 10, [(100, 1), (200, 2)], 0), (20, 30, [(150, 3)], 2)]],
+               stable=False)
+    v, why = _judge("warp", run)
+    assert v and why and "not stable" in why and "warp" in why
+
+
+def test_judge_restore_jumps_against_the_measured_time():
+    # readings at 100 (KVM_RUN 0..10) and after the boundary (KVM_RUN 1000..1010):
+    # at most 1010 ns of real time passed, so a 5000 ns jump is over-long
+    long = _run("restore/downtime", [[(0, 10, [(100, 1)], 0), (1000, 1010, [(5100, 2)], 0)]],
+                boundary=1, downtime=(20, 900))
+    v, _ = _judge("restore/downtime", long)
+    assert [x.kind for x in v] == [checks.KIND_OVERLONG_JUMP]
+    ok = _run("restore/downtime", [[(0, 10, [(100, 1)], 0), (1000, 1010, [(1000, 2)], 0)]],
+              boundary=1, downtime=(20, 900))
+    assert _judge("restore/downtime", ok)[0] == []
+    # frozen: the 880 ns downtime did not pass for the guest; 900 ns of jump is too much
+    frozen = _run("restore/frozen", [[(0, 10, [(100, 1)], 0), (1000, 1010, [(1000, 2)], 0)]],
+                  boundary=1, downtime=(20, 900))
+    assert [x.kind for x in _judge("restore/frozen", frozen)[0]] == [
+        checks.KIND_OVERLONG_JUMP]
+    # realtime: at least 990 ns passed between the readings; 100 ns is short
+    short = _run("restore/realtime", [[(0, 10, [(100, 1)], 0), (1000, 1010, [(200, 2)], 0)]],
+                 boundary=1, downtime=(20, 900))
+    assert [x.kind for x in _judge("restore/realtime", short)[0]] == [checks.KIND_SHORT_JUMP]
+
+
+def test_judge_tsc_written_but_not_read():
+    from kvmharness.scenarios.clock import TscWrite
+
+    run = _run("tsc/msr", [[(0, 10, [(100, 50)], 0)]])
+    run.records[0].tsc_writes.append(TscWrite(0, 1000, 2000, "MSR_IA32_TSC written 1000"))
+    v, _ = _judge("tsc/msr", run)
+    assert [x.kind for x in v] == [checks.KIND_TSC_NOT_APPLIED]
+    assert "written 1000" in v[0].detail and "read TSC 50" in v[0].detail
