@@ -379,6 +379,8 @@ class Pager:
         self.wakeup = threading.Condition(self.lock)
         self.received = bytearray(lay.pages)
         self.placed_count = 0
+        self.first_place_ns = self.last_place_ns = 0
+        self.fast = (0, 0, 0)  # first, last ns and count of unpaced stream placements
         self.all_placed = threading.Event()
         self.heap: list[tuple[int, int]] = []  # (due ns, page)
         self.requested: set[int] = set()
@@ -499,6 +501,10 @@ class Pager:
     def _mark(self, page: int, t: int, how: str) -> None:
         self.received[page] = 1
         self.placed_count += 1
+        self.first_place_ns = self.first_place_ns or t
+        self.last_place_ns = t
+        if how == "stream" and self.stream_fast:  # the unpaced tail of the stream
+            self.fast = (self.fast[0] or t, t, self.fast[2] + 1)
         self.acc.placed(self.hva + page * PAGE_SIZE, t)
         for rec in self.by_page.get(page, ()):
             if rec.t_placed_ns is None:
@@ -976,7 +982,12 @@ def run_scenario(cfg: PostcopyConfig, kvm: Kvm | None = None) -> PostcopyResult:
                               f"could not run ({blame}): {exc}", time.monotonic() - t0, [],
                               error=str(exc))
     violations, agreement, harness = judge(cfg, variant, lay, pager, outcomes, info)
-    stats = {**pager.counts, "pages": lay.pages, "retried": pager.acc.report().retried,
+    span = pager.last_place_ns - pager.first_place_ns
+    stats = {**pager.counts, "pages": lay.pages,
+             "placed_per_s": (pager.placed_count - 1) * 1e9 / span if span > 0 else None,
+             "stream_unpaced_per_s": (pager.fast[2] - 1) * 1e9 / (pager.fast[1] - pager.fast[0])
+             if pager.fast[2] > 1 and pager.fast[1] > pager.fast[0] else None,
+             "retried": pager.acc.report().retried,
              "non_vcpu_faults": pager.acc.report().non_vcpu_faults,
              "fault_thread_cpu_ns": pager.ft_sched[0],
              "fault_thread_run_delay_ns": pager.ft_sched[1],
