@@ -147,3 +147,22 @@ def test_judge_tsc_written_but_not_read():
     v, _ = _judge("tsc/msr", run)
     assert [x.kind for x in v] == [checks.KIND_TSC_NOT_APPLIED]
     assert "written 1000" in v[0].detail and "read TSC 50" in v[0].detail
+
+
+def test_table_and_plot_of_synthetic_results(tmp_path):
+    pytest = __import__("pytest")
+    pytest.importorskip("matplotlib")
+    from kvmharness.scenarios.base import Verdict
+    from kvmharness.scenarios.clock import VARIANTS, ClockConfig, ClockResult
+    from kvmharness.scenarios.clock_view import clock_table, plot_clock
+
+    run = _run("restore/downtime", [[(0, 10, [(100, 1)], 0), (1000, 1010, [(1000, 2)], 3)]],
+               boundary=1, downtime=(20, 900))
+    res = ClockResult(ClockConfig("restore/downtime", 1), VARIANTS["restore/downtime"],
+                      run.records, [], Verdict.HOLDS, "ok", 0.5, stable=True,
+                      stable_after=False, facts=run.facts)
+    table = clock_table([res])
+    assert "restore/downtime" in table and "yes -> no" in table and "3 (7 ns)" in table
+    path = tmp_path / "c.png"
+    plot_clock([res], str(path))
+    assert path.read_bytes()[:4] == b"\x89PNG"
