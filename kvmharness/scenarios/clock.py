@@ -194,11 +194,11 @@ VARIANTS: dict[str, ClockVariant] = {v.name: v for v in [
                  "as restore/downtime, but the main thread puts every vCPU's state "
                  "(QEMU's pattern)", B.IN_PROCESS, ClockPut.DOWNTIME,
                  writer=Writer.MAIN_THREAD),
-    ClockVariant("cross-process/vcpu-thread", P,
+    ClockVariant("restore/cross-process/vcpu-thread", P,
                  "savevm/loadvm through a snapshot file in a new process, state put by the "
                  "vCPU threads, kvmclock advanced by the downtime",
                  B.CROSS_PROCESS, ClockPut.DOWNTIME, writer=Writer.VCPU_THREAD),
-    ClockVariant("cross-process/main-thread", P,
+    ClockVariant("restore/cross-process/main-thread", P,
                  "savevm/loadvm through a snapshot file, state put by the main thread, "
                  "KVM_CLOCK_REALTIME", B.CROSS_PROCESS, ClockPut.REALTIME,
                  writer=Writer.MAIN_THREAD),
