@@ -18,15 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from kvmharness.guest import build
-
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 #: Plugins a user's run does not need (the hypothesis plugin alone costs ~1.5 s to import).
-#: The suite's guest build cache, read before pytester points HOME elsewhere.
-SUITE_CACHE = build.cache_dir().parent
 QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-rA")
 
 #: (example, guest file, the assertion as shipped, the same assertion broken on purpose)
@@ -59,9 +55,10 @@ def test_every_example_is_run_here_and_imports_only_the_public_api():
 
 @pytest.fixture
 def user_tree(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """A directory outside the package holding a copy of every example; the guest
-    build cache stays the suite's (pytester points HOME at a fresh directory)."""
-    monkeypatch.setenv("KVMHARNESS_CACHE", str(SUITE_CACHE))
+    """A directory outside the package holding a copy of every example, with its own
+    guest build cache (each copy's path is new, so its ELFs would only pile up in
+    the suite's cache)."""
+    monkeypatch.setenv("KVMHARNESS_CACHE", str(pytester.path / ".kvmharness-cache"))
     for name in example_dirs():
         shutil.copytree(EXAMPLES / name, pytester.path / name)
     assert not pytester.path.is_relative_to(ROOT)

@@ -194,9 +194,6 @@ def test_a_compiler_that_cannot_run_is_a_clear_error(private_cache, tmp_path):
 # ---- guest programs from the user's tree
 
 
-#: The suite's guest build cache, read before pytester points HOME elsewhere.
-SUITE_CACHE = build.cache_dir().parent
-
 USER_GUEST = """\
 #include "runtime.h"
 #include "helper.h"
@@ -325,9 +322,8 @@ def test_guest_vm_runs_a_user_file(kvm, user_src, monkeypatch):
 
 @pytest.mark.kvm
 @pytest.mark.timeout(60)
-def test_make_guest_finds_a_source_next_to_the_test_file(pytester, monkeypatch):
+def test_make_guest_finds_a_source_next_to_the_test_file(pytester, private_cache):
     """Run from another directory: the relative name is the test module's neighbour."""
-    monkeypatch.setenv("KVMHARNESS_CACHE", str(SUITE_CACHE))
     sub = pytester.mkdir("suite")
     (sub / "helper.h").write_text("#define HELPER_LIMIT 3\n")
     (sub / "my_guest.c").write_text(USER_GUEST)
