@@ -179,3 +179,32 @@ def test_info_table_without_kvm_does_not_crash(monkeypatch, capsys):
     info = hostinfo.gather(path="/nonexistent/kvm", probe_sched=False)
     assert info.dev_kvm == "missing"
     assert any(k == "/dev/kvm" and v == "missing" for k, v in info.rows())
+
+
+def test_selection_by_family_variant_prefix_and_qualified_name():
+    from kvmharness.cli.run import select
+
+    def names(items, bisect=False):
+        return [(f.name, v) for f, vs in select(items, bisect=bisect) for v in vs]
+
+    assert names(["steal/cross-process"]) == [("steal", "cross-process/vcpu-thread"),
+                                              ("steal", "cross-process/main-thread")]
+    assert ("steal", "fresh-vm/main-thread") in names(["fresh-vm"])
+    bisect_steal = names(["steal"], bisect=True)
+    assert bisect_steal and all(f == "steal" for f, _ in bisect_steal)
+    assert ("steal", "same-vm/new-thread") not in bisect_steal, "bisect runs promises only"
+    with pytest.raises(Exception, match="unknown scenario 'steal/nope'"):
+        select(["steal/nope"], bisect=False)
+
+
+def test_a_vcpu_count_beyond_a_family_is_refused_not_run(monkeypatch):
+    from kvmharness.cli.run import run_matrix
+    from kvmharness.exitcodes import UsageError
+    from kvmharness.scenarios.base import RunOptions, family
+
+    small = family("steal")
+    import dataclasses
+
+    small = dataclasses.replace(small, max_vcpus=4)
+    with pytest.raises(UsageError, match="more than the chosen families support"):
+        run_matrix([(small, ["cancelled-save"])], [8], RunOptions())

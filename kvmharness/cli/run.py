@@ -24,6 +24,7 @@ printed as "known-broken" and left out of the exit code.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -39,6 +40,8 @@ from kvmharness.exitcodes import (
     Untestable,
     UsageError,
 )
+
+log = logging.getLogger(__name__)
 
 #: bisect's quick profile: the promises, each once, at 2 vCPUs.
 BISECT_VCPUS = [2]
@@ -67,7 +70,8 @@ def select(items: list[str] | None, *, bisect: bool) -> list[tuple[Any, list[str
 
     An item is a family name (its default variants; its promises for
     ``bisect``), a variant name, or a prefix of variant names such as
-    ``fresh-vm``; comma lists are allowed.  Nothing chosen is a usage error:
+    ``fresh-vm``, optionally qualified by its family (``steal/fresh-vm``);
+    comma lists are allowed.  Nothing chosen is a usage error:
     an empty shell variable must not read as "good".
     """
     from kvmharness.scenarios.base import families
@@ -79,12 +83,18 @@ def select(items: list[str] | None, *, bisect: bool) -> list[tuple[Any, list[str
     for item in items:
         for name in _csv(item):
             hits = []
+            fam_part, _, rest = name.partition("/")
             for f in fams:
                 if name == f.name:
                     hits += [(f, v) for v in (f.promises() if bisect else f.default)]
-                else:
-                    hits += [(f, v) for v in f.variants
-                             if v == name or v.startswith(name + "/")]
+                    continue
+                # 'steal/cross-process' names a family's variants only; a bare
+                # name or prefix matches in every family that has it
+                for v in f.variants:
+                    if (v == name or v.startswith(name + "/")
+                            or (fam_part == f.name and rest
+                                and (v == rest or v.startswith(rest + "/")))):
+                        hits.append((f, v))
             if not hits:
                 known = ", ".join(f"{f.name} ({', '.join(f.variants)})" for f in fams)
                 raise UsageError(f"unknown scenario {name!r}; known: {known}")
@@ -188,7 +198,17 @@ def run_matrix(plan: list[tuple[Any, list[str]]], vcpus: list[int] | None, optio
     when ``vcpus`` is None), sharing one /dev/kvm handle."""
     from kvmharness.kvm import Kvm
 
-    jobs = [(f, v, n) for f, vs in plan for v in vs for n in (vcpus or f.default_vcpus)]
+    jobs = [(f, v, n) for f, vs in plan for v in vs for n in (vcpus or f.default_vcpus)
+            if n <= f.max_vcpus]
+    for f, _ in plan:
+        too_many = sorted({n for n in (vcpus or []) if n > f.max_vcpus})
+        if too_many:
+            log.warning("%s: not run at %s vCPUs (the family supports at most %d)", f.name,
+                        ",".join(map(str, too_many)), f.max_vcpus)
+    if not jobs:
+        raise UsageError(f"--vcpus {','.join(map(str, vcpus or []))}: more than the chosen "
+                         "families support (" + ", ".join(f"{f.name} {f.max_vcpus}"
+                                                          for f, _ in plan) + ")")
     results = []
     with Kvm() as kvm:
         for i, (f, v, n) in enumerate(jobs):

@@ -126,6 +126,8 @@ class Family:
     table: Callable[[Sequence[ScenarioResult], int], str]
     """``table(results, width)``: the family's table (width 0: no shortening)"""
     plot: Callable[[Sequence[ScenarioResult], str], None] | None = None
+    max_vcpus: int = 1024
+    """The most vCPUs the family's guest program supports."""
 
     def promises(self) -> list[str]:
         return [n for n, v in self.variants.items() if v.kind is Kind.PROMISE]

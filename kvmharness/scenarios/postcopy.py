@@ -1044,4 +1044,5 @@ def _plot(results: Any, path: str) -> None:
     plot_postcopy(results, path)
 
 
-FAMILY = Family("postcopy", dict(VARIANTS), DEFAULT_VARIANTS, [2], run_one, _table, _plot)
+FAMILY = Family("postcopy", dict(VARIANTS), DEFAULT_VARIANTS, [2], run_one, _table, _plot,
+                max_vcpus=MAX_VCPUS)
