@@ -67,6 +67,13 @@ COPIED_DIRS = ("arch/x86/kvm", "virt/kvm")
 #: Bump when the build recipe changes: it is part of every cache key.
 RECIPE = "kbuild-oot-v1"
 
+#: The kernel's own KVM selftests shown beside kvmharness (built from the same
+#: source, run inside the booted kernel after ``kvmharness bisect``).
+SELFTESTS = ("steal_time", "x86_64/kvm_clock_test", "x86_64/tsc_msrs_test",
+             "system_counter_offset_test", "x86_64/kvm_pv_test")
+SELFTEST_TIMEOUT_S = 120
+KSFT_SKIP = 4
+
 CONTROL = "control"
 EXIT_OK, EXIT_GAP, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 
@@ -300,7 +307,22 @@ def cells_from_bisect(doc: dict[str, Any] | None, *, control: bool) -> dict[str,
         cell = Cell(state, verdict, str(r.get("observed") or r.get("error") or ""),
                     hits=int(verdict == "BROKEN"))
         cells[cols[0]] = merge_cells([cells[cols[0]], cell]) if cols[0] in cells else cell
+    for s in doc.get("selftests", []):
+        cells[f"selftest:{s['name']}"] = selftest_cell(s, control=control)
     return cells
+
+
+def selftest_cell(s: dict[str, Any], *, control: bool) -> Cell:
+    """A kernel selftest's cell: exit 0 passes, 4 (KSFT_SKIP) skips, a timeout or a
+    signal is an error, any other exit a failure."""
+    rc = s.get("exit")
+    tail = str(s.get("tail", ""))[-200:]
+    if rc == 0:
+        return Cell(HOLDS if control else MISSED, "pass", tail)
+    if rc is None or rc < 0 or rc == KSFT_SKIP or rc >= 128:
+        what = "skip" if rc == KSFT_SKIP else ("timeout" if rc is None else f"exit {rc}")
+        return Cell(ERROR, what, tail)
+    return Cell(FALSE_ALARM if control else CAUGHT, f"fail ({rc})", tail, hits=1)
 
 
 def merge_cells(cells: Sequence[Cell]) -> Cell:
@@ -602,6 +624,7 @@ def build(mutant: Mutant | None, work: Path, *, jobs: int, timeout: float) -> tu
             tail = log_path.read_text(errors="replace").strip().splitlines()[-8:]
             raise BuildError(f"{name}: make failed (exit {rc}; {log_path}):\n  "
                              + "\n  ".join(tail))
+        (work / "builds").mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=work / "builds"))
         try:
             for ko in ("kvm.ko", "kvm-amd.ko"):
@@ -654,15 +677,19 @@ class Boot:
 
 
 def boot(modules: Path, image: Path, name: str, run_dir: Path, *, timeout: float,
-         bisect_args: Sequence[str], attempt: int) -> Boot:
+         bisect_args: Sequence[str], attempt: int, selftests: Path | None = None) -> Boot:
     tag = f"{name}-{attempt}"
     log_path = run_dir / f"boot-{tag}.log"
     with tempfile.TemporaryDirectory(prefix="mutants-boot-") as d:
         out = Path(d) / "bisect.json"
         timing = Path(d) / "timing.json"
         cmd = [str(ROOT / "scripts" / "bisect-kernel"), str(image), "--modules", str(modules),
-               "--timeout", str(int(timeout)), "--timing-json", str(timing), "--",
-               "--json", str(out), "--quiet", *bisect_args]
+               "--timeout", str(int(timeout)), "--timing-json", str(timing)]
+        if selftests is not None:
+            cmd += ["--inner-cmd", shlex.join([
+                str(ROOT / ".venv/bin/python"), str(Path(__file__).resolve()), "guest-inner",
+                str(selftests), str(ROOT / ".venv/bin/kvmharness")])]
+        cmd += ["--", "--json", str(out), "--quiet", *bisect_args]
         t0 = time.monotonic()
         rc = run_child(cmd, log_path=log_path, timeout=timeout + 120, cwd=Path(d),
                        self_cleaning=True)
@@ -735,6 +762,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="seconds per build (default %(default)s)")
     p.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 2)
     p.add_argument("--patches", metavar="DIR", type=Path, default=PATCH_DIR)
+    p.add_argument("--selftests", action="store_true",
+                   help="also build the kernel's own KVM selftests (" + ", ".join(SELFTESTS)
+                   + ") and run them in each boot as extra columns")
     p.add_argument("--full", action="store_true",
                    help="run every promise on every mutant (default: a mutant runs the "
                    "families its Must-catch names, the control their union)")
@@ -758,8 +788,69 @@ def list_mutants(mutants: Sequence[Mutant]) -> None:
                    maxcolwidths=[None, 40, 70]))
 
 
+def guest_inner(argv: Sequence[str]) -> int:
+    """Inside the booted kernel (bisect-kernel's inner command):
+    ``guest-inner SELFTEST_DIR KVMHARNESS [ARGS]`` runs ``KVMHARNESS bisect ARGS``,
+    then each selftest under a timeout, adds their exits to the ``--json`` file,
+    and exits with kvmharness's code."""
+    sdir, kvmharness, *args = argv
+    r = subprocess.run([kvmharness, "bisect", *args], stdin=subprocess.DEVNULL)
+    code = r.returncode
+    results = []
+    for name in SELFTESTS:
+        exe = Path(sdir) / name
+        t0 = time.monotonic()
+        if not exe.exists():
+            results.append({"name": name, "exit": -1, "wall_s": 0.0, "tail": "not built"})
+            continue
+        proc = subprocess.Popen([str(exe)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=SELFTEST_TIMEOUT_S)
+            rc: int | None = proc.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            rc = None
+        text = out.decode(errors="replace")
+        results.append({"name": name, "exit": rc, "wall_s": time.monotonic() - t0,
+                        "tail": "\n".join(text.strip().splitlines()[-6:])})
+        print(f"selftest {name}: exit {rc} ({time.monotonic() - t0:.1f} s)", file=sys.stderr)
+    if "--json" in args:
+        path = Path(args[args.index("--json") + 1])
+        doc = json.loads(path.read_text()) if path.exists() else {"results": []}
+        doc["selftests"] = results
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+    return code
+
+
+def build_selftests(work: Path, *, jobs: int, timeout: float) -> Path:
+    """The five KVM selftests from the same linux-source-6.1 (full tree: they need
+    ``make headers_install``), built once.  Returns their directory."""
+    top = work / "full" / SOURCE_TOP
+    kdir = top / "tools/testing/selftests/kvm"
+    if all((kdir / n).exists() for n in SELFTESTS):
+        return kdir
+    log_path = work / "logs" / "build-selftests.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    if not (top / "Makefile").exists():
+        log("unpacking the whole linux-source-6.1 for the selftests")
+        (work / "full").mkdir(parents=True, exist_ok=True)
+        subprocess.run(["tar", "-C", str(work / "full"), "-xf", str(SOURCE_TARBALL)], check=True)
+    for cmd in (["make", "-s", "-C", str(top), "headers_install"],
+                ["make", "-C", str(kdir), "EXTRA_CFLAGS=-include linux/stddef.h", f"-j{jobs}",
+                 *[str(kdir / n) for n in SELFTESTS]]):
+        rc = run_child(cmd, log_path=log_path, timeout=timeout)
+        if rc != 0:
+            raise BuildError(f"selftests: {shlex.join(cmd)} failed (exit {rc}; {log_path})")
+    return kdir
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["guest-inner"]:
+        return guest_inner(argv[1:])
+    ns = parse_args(argv)
     try:
         mutants = load_mutants(ns.patches)
     except HeaderError as exc:
@@ -802,12 +893,18 @@ def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None]) -> int:
             d, secs = build(m, work, jobs=ns.jobs, timeout=ns.build_timeout)
             log(f"built {name}: {d} ({'cached' if secs == 0 else f'{secs:.0f} s'})")
             built.append((m, d, secs, ""))
-        except (BuildError, subprocess.CalledProcessError) as exc:
+        except (BuildError, subprocess.CalledProcessError, OSError) as exc:
             log(f"build of {name} failed: {exc}")
             built.append((m, None, None, str(exc)))
     if ns.build_only:
         return EXIT_ERROR if any(e for *_, e in built) else EXIT_OK
     image = find_image(work, ns.kernel)
+    sdir = None
+    if ns.selftests:
+        try:
+            sdir = build_selftests(work, jobs=ns.jobs, timeout=ns.build_timeout)
+        except (BuildError, subprocess.CalledProcessError) as exc:
+            log(f"no selftest columns: {exc}")
     run_dir = work / "runs" / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     log(f"booting {len(built)} build(s) x {ns.runs} in {image}; logs in {run_dir}")
@@ -822,7 +919,7 @@ def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None]) -> int:
         for i in range(ns.runs):
             log(f"boot {name} ({i + 1}/{ns.runs}): kvmharness bisect {shlex.join(args)}")
             b = boot(d, image, name, run_dir, timeout=ns.timeout,
-                     bisect_args=args, attempt=i + 1)
+                     bisect_args=args, attempt=i + 1, selftests=sdir)
             log(f"  {name}: exit {b.exit_code} after {b.step_s:.0f} s "
                 f"(boot {b.boot_s or 0:.0f} s)")
             boots.append(b)

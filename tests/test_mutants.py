@@ -252,3 +252,20 @@ def test_focus_runs_a_mutants_families_and_the_control_their_union() -> None:
     assert ml.focus_args(steal, [steal], [], full=True) == []
     assert ml.focus_args(steal, [steal], ["--scenario", "clock"], full=False) == [
         "--scenario", "clock"]
+
+
+@pytest.mark.parametrize("rc, mutant_state, control_state, verdict", [
+    (0, "missed", "holds", "pass"),
+    (1, "caught", "false alarm", "fail (1)"),
+    (4, "error", "error", "skip"),
+    (None, "error", "error", "timeout"),
+    (-1, "error", "error", "exit -1"),
+    (134, "error", "error", "exit 134"),
+])
+def test_selftest_exits_become_cells(rc, mutant_state, control_state, verdict) -> None:
+    s = {"name": "steal_time", "exit": rc, "tail": "x"}
+    assert (ml.selftest_cell(s, control=False).state, ml.selftest_cell(s, control=False)
+            .verdict) == (mutant_state, verdict)
+    assert ml.selftest_cell(s, control=True).state == control_state
+    cells = ml.cells_from_bisect({"results": [], "selftests": [s]}, control=False)
+    assert list(cells) == ["selftest:steal_time"]
