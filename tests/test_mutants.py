@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -269,3 +271,47 @@ def test_selftest_exits_become_cells(rc, mutant_state, control_state, verdict) -
     assert ml.selftest_cell(s, control=True).state == control_state
     cells = ml.cells_from_bisect({"results": [], "selftests": [s]}, control=False)
     assert list(cells) == ["selftest:steal_time"]
+
+
+def test_run_child_ends_the_whole_group_on_timeout(tmp_path: Path) -> None:
+    """A build or boot past its timeout leaves no process behind (here a shell
+    whose own child would otherwise outlive it)."""
+    pidfile = tmp_path / "pid"
+    rc = ml.run_child(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"],
+                      log_path=tmp_path / "log", timeout=1.0)
+    assert rc == -1
+    assert "timeout after 1 s" in (tmp_path / "log").read_text()
+    pid = int(pidfile.read_text())
+    for _ in range(50):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(")")[1].split()[0] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"sleep {pid} outlived run_child's timeout")
+
+
+def test_sigterm_exits_143_and_ends_the_child(tmp_path: Path) -> None:
+    """SIGTERM while a child runs: scripts/mutants exits 128+15 and the child is gone."""
+    pidfile = tmp_path / "pid"
+    code = (f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import mutants_lib as ml\n"
+            "from pathlib import Path\n"
+            "try:\n"
+            "    with ml.signals_raise():\n"
+            f"        ml.run_child(['sh', '-c', 'echo $$ > {pidfile}; exec sleep 60'],\n"
+            f"                     log_path=Path({str(tmp_path / 'log')!r}), timeout=60)\n"
+            "except ml.Interrupted as exc:\n"
+            "    sys.exit(128 + exc.signum)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    for _ in range(100):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    assert not Path(f"/proc/{child}").exists() or \
+        Path(f"/proc/{child}/stat").read_text().split(")")[1].split()[0] == "Z"
