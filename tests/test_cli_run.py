@@ -208,3 +208,14 @@ def test_a_vcpu_count_beyond_a_family_is_refused_not_run(monkeypatch):
     small = dataclasses.replace(small, max_vcpus=4)
     with pytest.raises(UsageError, match="more than the chosen families support"):
         run_matrix([(small, ["cancelled-save"])], [8], RunOptions())
+
+
+def test_bisect_quick_profiles_are_promises_of_their_family():
+    from kvmharness.cli.run import select
+    from kvmharness.scenarios.base import Kind, families
+
+    for f in families():
+        assert all(f.variants[v].kind is Kind.PROMISE for v in f.quick_profile()), f.name
+    plan = {f.name: vs for f, vs in select(None, bisect=True)}
+    assert "fresh-vm/main-thread" in plan["steal"], "the 2015 bug's scenario is in the profile"
+    assert "same-vm/new-thread" not in plan["steal"]

@@ -78,7 +78,7 @@ def select(items: list[str] | None, *, bisect: bool) -> list[tuple[Any, list[str
 
     fams = families()
     if items is None:
-        return [(f, f.promises() if bisect else list(f.default)) for f in fams]
+        return [(f, f.quick_profile() if bisect else list(f.default)) for f in fams]
     chosen: dict[str, list[str]] = {}
     for item in items:
         for name in _csv(item):

@@ -128,6 +128,13 @@ class Family:
     plot: Callable[[Sequence[ScenarioResult], str], None] | None = None
     max_vcpus: int = 1024
     """The most vCPUs the family's guest program supports."""
+    quick: tuple[str, ...] = ()
+    """bisect's default profile for this family (empty: every promise).  It
+    must keep each promise's kernel mistake catchable, just with fewer
+    scenarios that catch the same thing."""
+
+    def quick_profile(self) -> list[str]:
+        return list(self.quick) or self.promises()
 
     def promises(self) -> list[str]:
         return [n for n, v in self.variants.items() if v.kind is Kind.PROMISE]

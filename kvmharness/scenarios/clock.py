@@ -1173,7 +1173,15 @@ def _plot(results: Any, path: str) -> None:
     plot_clock(results, path)
 
 
-FAMILY = Family("clock", dict(VARIANTS), DEFAULT_VARIANTS, [2], run_one, _table, _plot)
+#: bisect's quick profile: per-vCPU and cross-vCPU reading, the master clock,
+#: an in-process main-thread restore, a cross-process restore with
+#: KVM_CLOCK_REALTIME, and both ways of putting the TSC.  Left out: migrate,
+#: and the restores whose mistakes these already catch.
+QUICK = ("monotonic", "warp", "pvti", "restore/frozen", "restore/main-thread",
+         "restore/cross-process/main-thread", "tsc/msr", "tsc/offset", "frequency")
+
+FAMILY = Family("clock", dict(VARIANTS), DEFAULT_VARIANTS, [2], run_one, _table, _plot,
+                quick=QUICK)
 
 if __name__ == "__main__":
     sys.exit(child_main(sys.argv[1:]))
