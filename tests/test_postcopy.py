@@ -119,7 +119,12 @@ def test_judge_catches_loss_steal_leak_and_misattribution(kvm):
     k = next(i for i, p in enumerate(bad[0].plan) if p in faulted)
     bad[0].stalls_ns = list(bad[0].stalls_ns)
     bad[0].stalls_ns[k] += 10**10
-    assert pc.KIND_UNDER_GUEST in kinds(pc.judge(cfg, variant, lay, pager, bad, info)[0])
+    info2 = dict(info, unexplained=[])
+    got = pc.judge(cfg, variant, lay, pager, bad, info2)[0]
+    # reported, not judged: a thread can sleep in the kernel on what schedstat
+    # does not show (mmap_lock, reclaim), which is load, not a broken promise
+    assert pc.KIND_UNDER_GUEST not in kinds(got)
+    assert pc.KIND_UNDER_GUEST in kinds(info2["unexplained"])
     # the host's blocktime claims more than the guest was stalled
     pager.acc = BlocktimeAccountant(2)
     pager.acc.fault(1, 0, 0)

@@ -91,3 +91,14 @@ def pin_current_thread(cpu: int) -> None:
 def current_tid() -> int:
     return threading.get_native_id()
 
+
+def new_threads(n: int, tag: str) -> list[VcpuThread]:
+    """``n`` vCPU threads, thread ``i`` pinned to :func:`~kvmharness.host.sched.cpu_for` (i)."""
+    from kvmharness.host.sched import cpu_for
+
+    return [VcpuThread(f"{tag}-vcpu{i}", cpu=cpu_for(i)) for i in range(n)]
+
+
+def close_threads(threads: list[VcpuThread]) -> None:
+    for t in threads:
+        t.close()

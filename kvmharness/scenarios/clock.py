@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import struct
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -51,7 +50,8 @@ from kvmharness.checks import Sample, Violation
 from kvmharness.ffi import ffi, lib
 from kvmharness.guest.build import load_program
 from kvmharness.guest.machine import GuestStopped, GuestVm, mem_size_for
-from kvmharness.host.threads import VcpuThread
+from kvmharness.host.sched import SchedStat, Watchdog, cpu_for
+from kvmharness.host.threads import VcpuThread, close_threads, new_threads
 from kvmharness.kvm import ClockData, Kvm, Vcpu, Vm
 from kvmharness.pvclock import Pvti
 from kvmharness.scenarios.base import (
@@ -65,7 +65,12 @@ from kvmharness.scenarios.base import (
     classify,
     verdict_for,
 )
-from kvmharness.scenarios.steal import SchedStat, Watchdog, cpu_for
+from kvmharness.scenarios.child import (
+    child_entry,
+    run_child,
+    snapshot_path,
+    write_snapshot_fd,
+)
 
 log = logging.getLogger(__name__)
 
@@ -503,7 +508,7 @@ def run_phase(gvm: GuestVm, threads: list[VcpuThread], records: list[ClockRecord
               duration_ns: int, budget_s: float, hop: bool = False) -> None:
     """Every vCPU reads on its own thread for ``duration_ns``."""
     cpus = sorted(os.sched_getaffinity(0)) if hop else None
-    with Watchdog(gvm, [r.index for r in records], duration_ns / 1e9 + budget_s):
+    with Watchdog(gvm.stop, [r.index for r in records], duration_ns / 1e9 + budget_s):
         futures = [t.submit(Reader(gvm, gvm.vcpus[r.index], r).run, duration_ns, cpus)
                    for t, r in zip(threads, records, strict=True)]
         for f in futures:
@@ -511,15 +516,6 @@ def run_phase(gvm: GuestVm, threads: list[VcpuThread], records: list[ClockRecord
     if hop:  # back where each thread belongs
         for i, t in enumerate(threads):
             t.call(os.sched_setaffinity, 0, {cpu_for(i)})
-
-
-def new_threads(n: int, tag: str) -> list[VcpuThread]:
-    return [VcpuThread(f"{tag}-vcpu{i}", cpu=cpu_for(i)) for i in range(n)]
-
-
-def close_threads(threads: list[VcpuThread]) -> None:
-    for t in threads:
-        t.close()
 
 
 def set_mode(gvm: GuestVm, mode: int, batch: int = BATCH) -> None:
@@ -838,23 +834,10 @@ def run_in_process(kvm: Kvm, cfg: ClockConfig) -> Run:
 
 def child_main(argv: list[str]) -> int:
     """``python -P -m kvmharness.scenarios.clock save|restore CONFIG SNAP_FD OUT_FD PARENT``."""
-    from kvmharness.host.contention import die_with_parent
-
-    role, cfg_json, snap_fd_s, out_fd_s, parent_s = argv
-    die_with_parent(int(parent_s))
-    try:
-        payload: dict[str, Any] = {"status": "ok", **_child_run(
-            role, ClockConfig(**json.loads(cfg_json)), int(snap_fd_s))}
-    except Exception as exc:
-        log.debug("%s process failed", role, exc_info=True)
-        payload = {"status": str(classify(exc)), "error": f"{type(exc).__name__}: {exc}"}
-    with os.fdopen(int(out_fd_s), "w") as f:
-        json.dump(payload, f)
-    return 0
+    return child_entry(argv, lambda role, cfg, fd: _child_run(role, ClockConfig(**cfg), fd))
 
 
 def _child_run(role: str, cfg: ClockConfig, snap_fd: int) -> dict[str, Any]:
-    from kvmharness.snapshot import dumps
     from kvmharness.snapshot.state import load_state_file
 
     v = VARIANTS[cfg.variant]
@@ -868,14 +851,12 @@ def _child_run(role: str, cfg: ClockConfig, snap_fd: int) -> dict[str, Any]:
                     state = capture(gvm, threads, run.facts)
                     _tsc_extra(gvm, state)
                     state.meta_extra["facts"] = json.loads(json.dumps(asdict(run.facts)))
-                    meta, sections = state.to_snapshot()
-                    with os.fdopen(os.dup(snap_fd), "wb") as f:
-                        f.write(dumps(meta, sections))
+                    write_snapshot_fd(snap_fd, *state.to_snapshot())
             finally:
                 gvm.close()
                 close_threads(threads)
         else:
-            state = load_state_file(f"/proc/self/fd/{snap_fd}")
+            state = load_state_file(snapshot_path(snap_fd))
             f = state.meta_extra["facts"]
             run.facts = BoundaryFacts(tuple(f["get_clock_ns"]), (0, 0), f["saved_clock"],
                                       khz_before=f["khz_before"])
@@ -893,23 +874,8 @@ def _child_run(role: str, cfg: ClockConfig, snap_fd: int) -> dict[str, Any]:
 
 
 def _run_child(role: str, cfg: ClockConfig, snap_fd: int) -> dict[str, Any]:
-    out_fd = os.memfd_create(f"kvmharness-clock-{role}-out", os.MFD_CLOEXEC)
-    try:
-        cmd = [sys.executable, "-P", "-m", "kvmharness.scenarios.clock", role,
-               json.dumps(asdict(cfg)), str(snap_fd), str(out_fd), str(os.getpid())]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/",
-                              timeout=2 * cfg.phase_ms / 1000 + cfg.budget_s + 120,
-                              pass_fds=(snap_fd, out_fd))
-        raw = os.pread(out_fd, os.fstat(out_fd).st_size, 0)
-    finally:
-        os.close(out_fd)
-    if not raw:
-        raise ScenarioFailed(Blame.HARNESS, f"{role} process exited {proc.returncode} without "
-                             f"a result:\n{proc.stderr.strip()[-2000:]}")
-    payload = json.loads(raw)
-    if payload["status"] != "ok":
-        raise ScenarioFailed(payload["status"], f"{role} process: {payload['error']}")
-    return payload
+    return run_child("kvmharness.scenarios.clock", role, asdict(cfg), snap_fd,
+                     2 * cfg.phase_ms / 1000 + cfg.budget_s + 120)
 
 
 def _facts_from(d: dict[str, Any]) -> BoundaryFacts:

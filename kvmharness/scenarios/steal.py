@@ -33,13 +33,10 @@ first ioctl after switching threads could see a performance impact"):
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import math
 import os
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -51,7 +48,8 @@ from kvmharness.ffi import lib
 from kvmharness.guest.build import load_program
 from kvmharness.guest.machine import GuestStopped, GuestVm, mem_size_for
 from kvmharness.host.contention import Stealer
-from kvmharness.host.threads import VcpuThread
+from kvmharness.host.sched import SchedStat, Watchdog, cpu_for
+from kvmharness.host.threads import VcpuThread, close_threads, new_threads
 from kvmharness.kvm import Kvm, Vcpu
 from kvmharness.scenarios.base import (
     Blame,
@@ -63,6 +61,12 @@ from kvmharness.scenarios.base import (
     Verdict,
     classify,
     verdict_for,
+)
+from kvmharness.scenarios.child import (
+    child_entry,
+    run_child,
+    snapshot_path,
+    write_snapshot_fd,
 )
 
 log = logging.getLogger(__name__)
@@ -391,55 +395,9 @@ class StealResult:
 # running phases
 
 
-def cpu_for(index: int) -> int:
-    cpus = sorted(os.sched_getaffinity(0))
-    # vCPU 0 goes to the last CPU, leaving CPU 0 to the main thread where possible
-    return cpus[(len(cpus) - 1 - index) % len(cpus)]
-
-
 def _area_ptr(gvm: GuestVm, index: int) -> Any:
     return gvm.vm.pointer(gvm.symbol("steal_areas") + STEAL_AREA_SIZE * index,
                           "struct kvm_steal_time")
-
-
-class SchedStat:
-    """The calling thread's /proc schedstat, kept open: about 1 us a reading."""
-
-    def __init__(self) -> None:
-        self.tid = threading.get_native_id()
-        self.fd = os.open(f"/proc/self/task/{self.tid}/schedstat", os.O_RDONLY)
-
-    def read(self) -> tuple[int, int]:
-        """(CPU time, run_delay) of the thread in ns."""
-        f = os.pread(self.fd, 128, 0).split()
-        return int(f[0]), int(f[1])
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-class Watchdog:
-    """Stops the vCPUs of a phase that runs past its deadline, from another thread."""
-
-    def __init__(self, gvm: GuestVm, indices: list[int], seconds: float) -> None:
-        self._timer = threading.Timer(seconds, self._fire, args=(gvm, indices))
-        self._timer.daemon = True
-        self.fired = False
-
-    def _fire(self, gvm: GuestVm, indices: list[int]) -> None:
-        self.fired = True
-        for i in indices:
-            log.warning("vcpu%d past its budget: stopping it", i)
-            gvm.stop(i)
-
-    def __enter__(self) -> Watchdog:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
 
 
 def sample_loop(gvm: GuestVm, vcpu: Vcpu, rec: VcpuRecord, duration_ns: int,
@@ -485,7 +443,7 @@ def contended_phase(gvm: GuestVm, threads: list[VcpuThread], records: list[VcpuR
         stealers = [Stealer(c).start() for c in cpus]
         for s in stealers:
             s.spin(duration_ns / 1e9)
-        with Watchdog(gvm, [r.index for r in records], duration_ns / 1e9 + budget_s):
+        with Watchdog(gvm.stop, [r.index for r in records], duration_ns / 1e9 + budget_s):
             futures = [t.submit(sample_loop, gvm, gvm.vcpus[r.index], r, duration_ns, life)
                        for t, r in zip(threads, records, strict=True)]
             for f in futures:
@@ -496,15 +454,6 @@ def contended_phase(gvm: GuestVm, threads: list[VcpuThread], records: list[VcpuR
             if ok:
                 s.wait()
             s.close(kill=not ok)
-
-
-def new_threads(n: int, tag: str) -> list[VcpuThread]:
-    return [VcpuThread(f"{tag}-vcpu{i}", cpu=cpu_for(i)) for i in range(n)]
-
-
-def close_threads(threads: list[VcpuThread]) -> None:
-    for t in threads:
-        t.close()
 
 
 def start_vm(kvm: Kvm, n: int, threads: list[VcpuThread]) -> GuestVm:
@@ -609,25 +558,12 @@ def run_in_process(kvm: Kvm, cfg: StealConfig) -> tuple[list[VcpuRecord], float]
 
 
 def child_main(argv: list[str]) -> int:
-    """``python -P -m kvmharness.scenarios.steal save|restore CONFIG_JSON SNAP_FD OUT_FD``."""
-    from kvmharness.host.contention import die_with_parent
-
-    role, cfg_json, snap_fd_s, out_fd_s, parent_s = argv
-    die_with_parent(int(parent_s))
-    snap_fd, out_fd = int(snap_fd_s), int(out_fd_s)
-    try:
-        payload: dict[str, Any] = {"status": "ok", "records": _child_run(
-            role, StealConfig(**json.loads(cfg_json)), snap_fd)}
-    except Exception as exc:
-        log.debug("%s process failed", role, exc_info=True)
-        payload = {"status": str(classify(exc)), "error": f"{type(exc).__name__}: {exc}"}
-    with os.fdopen(out_fd, "w") as f:
-        json.dump(payload, f)
-    return 0
+    """``python -P -m kvmharness.scenarios.steal save|restore CONFIG SNAP_FD OUT_FD PARENT``."""
+    return child_entry(argv, lambda role, cfg, fd: {
+        "records": _child_run(role, StealConfig(**cfg), fd)})
 
 
 def _child_run(role: str, cfg: StealConfig, snap_fd: int) -> list[dict[str, Any]]:
-    from kvmharness.snapshot import dumps
     from kvmharness.snapshot.state import load_state_file
 
     n, dur = cfg.vcpus, cfg.contend_ms * 1_000_000
@@ -639,14 +575,12 @@ def _child_run(role: str, cfg: StealConfig, snap_fd: int) -> list[dict[str, Any]
             try:
                 contended_phase(gvm, threads, records, dur, 0, cfg.budget_s)
                 if not any(r.stuck for r in records):
-                    meta, sections = _capture(gvm, threads).to_snapshot()
-                    with os.fdopen(os.dup(snap_fd), "wb") as f:
-                        f.write(dumps(meta, sections))
+                    write_snapshot_fd(snap_fd, *_capture(gvm, threads).to_snapshot())
             finally:
                 gvm.close()
                 close_threads(threads)
         else:
-            state = load_state_file(f"/proc/self/fd/{snap_fd}")
+            state = load_state_file(snapshot_path(snap_fd))
             down = time.monotonic_ns() - state.captured_ns  # CLOCK_MONOTONIC is system-wide
             threads = new_threads(n, "b")
             gvm = _restore(kvm, state, threads, records, STRATEGIES[cfg.strategy].writer, down)
@@ -659,24 +593,8 @@ def _child_run(role: str, cfg: StealConfig, snap_fd: int) -> list[dict[str, Any]
 
 
 def _run_child(role: str, cfg: StealConfig, snap_fd: int) -> list[VcpuRecord]:
-    out_fd = os.memfd_create(f"kvmharness-{role}-out", os.MFD_CLOEXEC)
-    try:
-        cmd = [sys.executable, "-P", "-m", "kvmharness.scenarios.steal", role,
-               json.dumps(asdict(cfg)), str(snap_fd), str(out_fd), str(os.getpid())]
-        timeout = 2 * cfg.contend_ms / 1000 + cfg.budget_s + 120
-        # cwd "/" and -P: the child never imports a kvmharness/ folder that
-        # happens to sit in the caller's working directory.
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd="/",
-                              pass_fds=(snap_fd, out_fd))
-        raw = os.pread(out_fd, os.fstat(out_fd).st_size, 0)
-    finally:
-        os.close(out_fd)
-    if not raw:
-        raise ScenarioFailed(Blame.HARNESS, f"{role} process exited {proc.returncode} without a "
-                             f"result:\n{proc.stderr.strip()[-2000:]}")
-    payload = json.loads(raw)
-    if payload["status"] != "ok":
-        raise ScenarioFailed(payload["status"], f"{role} process: {payload['error']}")
+    payload = run_child("kvmharness.scenarios.steal", role, asdict(cfg), snap_fd,
+                        2 * cfg.contend_ms / 1000 + cfg.budget_s + 120)
     return [VcpuRecord.from_json(d) for d in payload["records"]]
 
 

@@ -1,0 +1,76 @@
+"""Save and restore in separate processes, as savevm/loadvm do.
+
+A scenario module runs itself as ``python -P -m MODULE ROLE CONFIG SNAP_FD
+OUT_FD PARENT_PID`` (from ``/``, so a ``kvmharness/`` folder in the caller's
+directory is never imported).  The snapshot and the results travel in memfds
+the parent owns, so nothing is left on disk however the parent dies, and the
+child dies with its parent (PR_SET_PDEATHSIG).  The child writes one JSON
+object to OUT_FD: ``{"status": "ok", ...}`` or ``{"status": BLAME, "error":
+...}``, the blame decided by :func:`~kvmharness.scenarios.base.classify`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from kvmharness.scenarios.base import Blame, ScenarioFailed, classify
+
+log = logging.getLogger(__name__)
+
+
+def child_entry(argv: list[str], body: Callable[[str, dict[str, Any], int], dict[str, Any]]
+                ) -> int:
+    """The child's ``main``: run ``body(role, config, snap_fd)`` and report to OUT_FD."""
+    from kvmharness.host.contention import die_with_parent
+
+    role, cfg_json, snap_fd_s, out_fd_s, parent_s = argv
+    die_with_parent(int(parent_s))
+    try:
+        payload: dict[str, Any] = {"status": "ok",
+                                   **body(role, json.loads(cfg_json), int(snap_fd_s))}
+    except Exception as exc:
+        log.debug("%s process failed", role, exc_info=True)
+        payload = {"status": str(classify(exc)), "error": f"{type(exc).__name__}: {exc}"}
+    with os.fdopen(int(out_fd_s), "w") as f:
+        json.dump(payload, f)
+    return 0
+
+
+def run_child(module: str, role: str, config: dict[str, Any], snap_fd: int,
+              timeout_s: float) -> dict[str, Any]:
+    """Run ``module`` as a child in ``role``; its payload, or ScenarioFailed with its blame."""
+    out_fd = os.memfd_create(f"kvmharness-{role}-out", os.MFD_CLOEXEC)
+    try:
+        cmd = [sys.executable, "-P", "-m", module, role, json.dumps(config), str(snap_fd),
+               str(out_fd), str(os.getpid())]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd="/",
+                              pass_fds=(snap_fd, out_fd))
+        raw = os.pread(out_fd, os.fstat(out_fd).st_size, 0)
+    finally:
+        os.close(out_fd)
+    if not raw:
+        raise ScenarioFailed(Blame.HARNESS, f"{role} process exited {proc.returncode} without "
+                             f"a result:\n{proc.stderr.strip()[-2000:]}")
+    payload = json.loads(raw)
+    if payload["status"] != "ok":
+        raise ScenarioFailed(payload["status"], f"{role} process: {payload['error']}")
+    return payload
+
+
+def write_snapshot_fd(snap_fd: int, meta: dict[str, Any], sections: dict[str, Any]) -> None:
+    """Write a snapshot into the parent's memfd."""
+    from kvmharness.snapshot import dumps
+
+    with os.fdopen(os.dup(snap_fd), "wb") as f:
+        f.write(dumps(meta, sections))
+
+
+def snapshot_path(snap_fd: int) -> str:
+    """A path the restoring child reads the snapshot memfd by."""
+    return f"/proc/self/fd/{snap_fd}"
