@@ -418,25 +418,46 @@ def _tail(text: str, lines: int = 8) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _run(cmd: list[str], timeout: float, **kw: Any) -> tuple[int, str, str]:
-    """Run ``cmd`` in its own process group; on timeout or on our own death
+def _relay(stream: Any, keep: list[str], echo: bool) -> None:
+    for line in iter(stream.readline, ""):
+        keep.append(line)
+        if echo:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+    stream.close()
+
+
+def _run(cmd: list[str], timeout: float, echo: bool = True, **kw: Any) -> tuple[int, str, str]:
+    """Run ``cmd`` in its own process group, its output relayed to our stderr as it
+    comes (the CI log shows progress) and kept; on timeout or on our own death
     (SIGTERM unwinds as an exception) the whole group is killed."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    import threading
+
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, errors="replace",
                             start_new_session=True, **kw)
+    out: list[str] = []
+    err: list[str] = []
+    relays = [threading.Thread(target=_relay, args=(proc.stdout, out, echo), daemon=True),
+              threading.Thread(target=_relay, args=(proc.stderr, err, echo), daemon=True)]
+    for t in relays:
+        t.start()
+    timed_out = False
     try:
-        out, err = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        return EXIT_HARNESS, out, err + f"\nnightly: killed after {timeout:.0f} s\n"
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
+        timed_out = True
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for t in relays:
+            t.join(timeout=5)
+    if timed_out:
+        return EXIT_HARNESS, "".join(out), "".join(err) + f"nightly: killed after {timeout:.0f} s\n"
     rc = proc.returncode
-    return (128 - rc if rc < 0 else rc), out, err
+    return (128 - rc if rc < 0 else rc), "".join(out), "".join(err)
 
 
 def collect(pytest_args: list[str] | None, run_args: list[str], *, root: Path = ROOT,
@@ -506,7 +527,6 @@ def collect_in_kernel(image: str, modules: str | None, pytest_args: list[str] | 
                              bisect_kernel=bisect_kernel)
         log("booting: " + shlex.join(cmd))
         rc, so, se = _run(cmd, KERNEL_TIMEOUT_S + 60)
-        sys.stderr.write(se)
         try:
             with open(inner_json, encoding="utf-8") as f:
                 out = json.load(f)
@@ -542,7 +562,9 @@ def fmt_value(v: Any, unit: str) -> str:
 
 
 def cell_figure(s: dict[str, Any]) -> str:
-    """The key figure a cell shows beside the verdict."""
+    """The key figure a cell shows beside the verdict (none where nothing was measured)."""
+    if s.get("status") in ("untestable", "not supported", "ERROR"):
+        return ""
     f = s.get("figures") or {}
     fam = s.get("family")
     if fam == "steal":
@@ -577,6 +599,10 @@ def move_rule(pct: float = MOVE_PCT) -> str:
 BAD = {"BROKEN", "ERROR"}
 
 
+def shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3].rsplit(" ", 1)[0] + " ..."
+
+
 def changes(prev: dict[str, Any] | None, cur: dict[str, Any], pct: float = MOVE_PCT
             ) -> dict[str, list[str]]:
     """What changed from ``prev`` to ``cur`` (two records of one host)."""
@@ -599,7 +625,8 @@ def changes(prev: dict[str, Any] | None, cur: dict[str, Any], pct: float = MOVE_
         p = prev_s.get(sid)
         before = p["status"] if p else "not run"
         if s["status"] in BAD and before not in BAD:
-            out["new broken"].append(f"{sid}: {before} -> {s['status']}: {s['observed'][:160]}")
+            out["new broken"].append(f"{sid}: {before} -> {s['status']}: "
+                                     + shorten(s["observed"], 200))
         elif s["status"] == "known-broken" and before not in ("known-broken", "not run"):
             out["new known-broken"].append(f"{sid}: {before} -> known-broken")
         elif s["status"] in ("holds", "fixed?") and before in BAD | {"known-broken"}:
@@ -730,53 +757,84 @@ def pytest_line(rec: dict[str, Any]) -> str:
             + (f"; failing: {', '.join(p['failed'][:5])}" if p.get("failed") else ""))
 
 
+def _series(runs: list[dict[str, Any]], fam: str, key: str, unit: str, kind: str
+            ) -> tuple[dict[str, list[float | None]], list[tuple[int, float]]]:
+    """Per scenario of ``fam`` and ``kind``: its figure per run (ms for ns), and the
+    (run, value) points whose verdict was BROKEN or ERROR."""
+    series: dict[str, list[float | None]] = {}
+    bad: list[tuple[int, float]] = []
+    for sid in scenario_rows(runs):
+        if not sid.startswith(fam + "/"):
+            continue
+        vals: list[float | None] = []
+        for i, r in enumerate(runs, 1):
+            s = next((x for x in r["scenarios"] if x["id"] == sid), None)
+            if s is None or (s.get("kind") or "promise") != kind:
+                vals.append(None)
+                continue
+            v = (s.get("figures") or {}).get(key)
+            v = v / 1e6 if unit == "ns" and isinstance(v, int | float) else v
+            vals.append(v)
+            if v is not None and s["status"] in BAD:
+                bad.append((i, v))
+        if any(v is not None for v in vals):
+            series[sid[len(fam) + 1:]] = vals
+    return series, bad
+
+
 def plots(runs: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
-    """PNG trend plots of the key figures over ``runs`` (one host): (title, png)."""
+    """PNG trend plots of the key figures over ``runs`` (one host): (title, png).
+    One plot per family, figure and kind (promises apart from characterizations,
+    whose figures live on other scales), and the wall time per family."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     out = []
     xs = list(range(1, len(runs) + 1))
     labels = [f"#{i}\n{str(r.get('date', ''))[5:10]}" for i, r in zip(xs, runs, strict=True)]
-    wanted = [(fam, key, label, unit) for fam, figs in KEY_FIGURES.items()
-              for key, label, unit in figs]
-    wanted.append(("*", "wall_s", "wall time of the matrix", "s"))
-    for fam, key, label, unit in wanted:
-        series: dict[str, list[float | None]] = {}
-        if fam == "*":
-            series["total"] = [(r.get("run") or {}).get("total_wall_s") for r in runs]
-        else:
-            for sid in scenario_rows(runs):
-                if not sid.startswith(fam + "/"):
-                    continue
-                vals = []
-                for r in runs:
-                    s = next((x for x in r["scenarios"] if x["id"] == sid), None)
-                    v = (s.get("figures") or {}).get(key) if s else None
-                    vals.append(v / 1e6 if unit == "ns" and v is not None else v)
-                if any(v is not None for v in vals):
-                    series[sid[len(fam) + 1:]] = vals
-        if not series or (fam == "clock" and key == "warps"
-                          and not any(v for vs in series.values() for v in vs if v)):
-            continue  # a flat zero line of warps says nothing the table does not
-        fig, ax = plt.subplots(figsize=(9, 3.6), dpi=100)
-        for name, vals in series.items():
+    jobs: list[tuple[str, dict[str, list[float | None]], list[tuple[int, float]], str]] = []
+    for fam, figs in KEY_FIGURES.items():
+        for key, label, unit in figs:
+            for kind, what in (("promise", "promises"), ("characterize", "characterizations")):
+                series, bad = _series(runs, fam, key, unit, kind)
+                if unit == "count" and not any(v for vs in series.values() for v in vs if v):
+                    continue  # a flat zero line of warps says nothing the table does not
+                if series:
+                    jobs.append((f"{fam}: {label}, {what}", series, bad, unit))
+    walls: dict[str, list[float | None]] = {"all": [(r.get("run") or {}).get("total_wall_s")
+                                                     for r in runs]}
+    for fam in KEY_FIGURES:
+        per = [sum((s.get("figures") or {}).get("wall_s") or 0 for s in r["scenarios"]
+                   if s.get("family") == fam) or None for r in runs]
+        if any(per):
+            walls[fam] = per
+    if any(v is not None for v in walls["all"]):
+        jobs.append(("wall time of the matrix, per family", walls, [], "s"))
+    colors = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
+    for title, series, bad, unit in jobs:
+        fig, ax = plt.subplots(figsize=(11, 3.4), dpi=100)
+        for n, (name, vals) in enumerate(series.items()):
             pts = [(x, v) for x, v in zip(xs, vals, strict=True) if v is not None]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=4,
-                    linewidth=1.2, label=name)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="os^Dv"[n // 10 % 5],
+                    markersize=4, linewidth=1.3, color=colors[n % len(colors)], label=name,
+                    linestyle="-" if n < 10 else "--")
+        if bad:
+            ax.scatter([b[0] for b in bad], [b[1] for b in bad], marker="x", s=80,
+                       color="#c00000", linewidths=2, zorder=5, label="BROKEN / ERROR")
+        vals = [v for vs in series.values() for v in vs if v is not None]
+        if vals and min(vals) > 0 and max(vals) / min(vals) > 20:
+            ax.set_yscale("log")  # e.g. cross-process jumps of a second beside 10 ms ones
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xticks(xs, labels, fontsize=8)
         ax.set_xlim(0.5, len(runs) + 0.5)
-        yunit = {"ns": "ms", "s": "s", "count": "count"}[unit]
-        ax.set_ylabel(yunit)
-        title = f"{fam}: {label}" if fam != "*" else label
+        ax.set_ylabel({"ns": "ms", "s": "s", "count": "count"}[unit])
         ax.set_title(title, fontsize=11, loc="left")
         ax.grid(True, alpha=0.3)
-        if len(series) > 1:
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
-                      ncol=1 if len(series) <= 12 else 2)
-        fig.tight_layout()
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        fig.subplots_adjust(left=0.07, right=0.70, top=0.89, bottom=0.17)  # plots align
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         plt.close(fig)
@@ -1117,9 +1175,10 @@ def _main(argv: list[str]) -> int:
     if args.modules and not args.kernel:
         raise Usage("--modules needs --kernel")
     if args.merge:
+        check_places(args)
         return merge_main(args)
 
-    os.makedirs(args.out, exist_ok=True)
+    check_places(args)
     date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     if args.kernel:
         if not os.path.isfile(args.kernel):
@@ -1128,8 +1187,6 @@ def _main(argv: list[str]) -> int:
                                       bisect_kernel=args.bisect_kernel)
     else:
         collected = collect(pytest_args, run_args)
-    if collected.get("run_output"):
-        sys.stderr.write(collected["run_output"])
     scenarios = scenarios_of(collected.get("run_doc") or {})
     forced = break_on_purpose(scenarios, args.break_on_purpose)
     collected["scenarios"] = scenarios
@@ -1152,6 +1209,27 @@ def _main(argv: list[str]) -> int:
                    + "\n")
     render(args, rec_host=host_key(rec))
     return code
+
+
+def check_places(args: argparse.Namespace) -> None:
+    """Refuse, before a run of minutes, a history or report place that cannot be written."""
+    d = os.path.dirname(os.path.abspath(args.history))
+    if not os.path.isdir(d) or not os.access(d, os.W_OK):
+        raise Usage(f"--history {args.history}: directory {d} is missing or not writable")
+    if os.path.isdir(args.history):
+        raise Usage(f"--history {args.history}: is a directory")
+    for what, path in (("--out", args.out), ("--kcidb", args.kcidb)):
+        if path and what == "--out":
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as exc:
+                raise Usage(f"--out {path}: {exc.strerror}") from None
+            if not os.access(path, os.W_OK):
+                raise Usage(f"--out {path}: not writable")
+        elif path:
+            kd = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(kd) or os.path.isdir(path):
+                raise Usage(f"--kcidb {path}: not a file in an existing directory")
 
 
 def _version() -> str:

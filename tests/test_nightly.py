@@ -409,9 +409,10 @@ def test_merge_keys_runs_by_host_and_takes_each_run_once(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a, b, merged = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "m.jsonl"
     for d in ("2025-01-01", "2025-01-03"):
-        nl.append_record(a, record(base_results(), host="alpha", date=d))
-    nl.append_record(b, record(base_results(cancelled="BROKEN"), host="beta",
-                               date="2025-01-02", run_rc=1))
+        nl.append_record(a, record([steal("cancelled-save", 1, 9_000_000)], host="alpha",
+                                   date=d))
+    nl.append_record(b, record([steal("cancelled-save", 1, 9_000_000, verdict="BROKEN")],
+                               host="beta", date="2025-01-02", run_rc=1))
     out = tmp_path / "out"
     for _ in range(2):  # merging twice adds nothing
         assert nl.main(["--merge", str(a), str(b), "--history", str(merged),
@@ -428,10 +429,17 @@ def test_merge_keys_runs_by_host_and_takes_each_run_once(
 
 
 def test_bad_usage_exits_2(tmp_path: Path) -> None:
+    hist = ["--history", str(tmp_path / "h")]
     for argv in (["--merge", str(tmp_path / "missing.jsonl")], ["--last", "0"],
                  ["--run-args", "--json x"], ["--modules", str(tmp_path)],
-                 ["--run-args", "'unclosed"]):
-        assert nl.main(argv + ["--history", str(tmp_path / "h"), "--out", str(tmp_path)]) == 2
+                 ["--run-args", "'unclosed"], ["--kernel", str(tmp_path / "no-such-image")],
+                 ["--no-such-option"]):
+        assert nl.main(argv + hist + ["--out", str(tmp_path)]) == 2, argv
+    # an unwritable history or report place is refused before anything runs
+    assert nl.main(["--history", str(tmp_path / "no" / "h"), "--out", str(tmp_path)]) == 2
+    (tmp_path / "file").write_text("")
+    assert nl.main(hist + ["--out", str(tmp_path / "file")]) == 2
+    assert not (tmp_path / "h").exists()
 
 
 # ---------------------------------------------------------------- the real thing
