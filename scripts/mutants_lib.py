@@ -313,13 +313,14 @@ def cells_from_bisect(doc: dict[str, Any] | None, *, control: bool) -> dict[str,
 
 
 def selftest_cell(s: dict[str, Any], *, control: bool) -> Cell:
-    """A kernel selftest's cell: exit 0 passes, 4 (KSFT_SKIP) skips, a timeout or a
-    signal is an error, any other exit a failure."""
+    """A kernel selftest's cell: exit 0 passes, 4 (KSFT_SKIP) skips, a timeout,
+    a signal (negative) or a missing binary (-1) is an error, any other exit a
+    failure (TEST_ASSERT exits 254)."""
     rc = s.get("exit")
     tail = str(s.get("tail", ""))[-200:]
     if rc == 0:
         return Cell(HOLDS if control else MISSED, "pass", tail)
-    if rc is None or rc < 0 or rc == KSFT_SKIP or rc >= 128:
+    if rc is None or rc < 0 or rc == KSFT_SKIP:
         what = "skip" if rc == KSFT_SKIP else ("timeout" if rc is None else f"exit {rc}")
         return Cell(ERROR, what, tail)
     return Cell(FALSE_ALARM if control else CAUGHT, f"fail ({rc})", tail, hits=1)
@@ -431,6 +432,23 @@ def rows_from_json(doc: dict[str, Any], mutants: Sequence[Mutant] = ()) -> list[
                         list(d.get("boot_s", [])), list(d.get("step_s", [])),
                         d.get("error", "")))
     return rows
+
+
+def rescore(run_dir: Path, rows: Sequence[Row]) -> list[Row]:
+    """Cells computed afresh from the boots' saved ``bisect-NAME-N.json`` where a
+    run directory has them (a rule changed since the run); saved cells otherwise."""
+    out = []
+    for r in rows:
+        docs = [json.loads(p.read_text())
+                for p in sorted(run_dir.glob(f"bisect-{r.name}-*.json"))
+                if re.fullmatch(rf"bisect-{re.escape(r.name)}-\d+\.json", p.name)]
+        if docs:
+            per = [cells_from_bisect(d, control=r.is_control) for d in docs]
+            cols = matrix_columns([Row("", c, []) for c in per])
+            r = dataclasses.replace(r, cells={c: merge_cells([pb[c] for pb in per if c in pb])
+                                              for c in cols})
+        out.append(r)
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -861,7 +879,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if ns.render:
         doc = json.loads(Path(ns.render).read_text())
-        rows = rows_from_json(doc, mutants)
+        rows = rescore(Path(ns.render).parent, rows_from_json(doc, mutants))
         print(render_matrix(rows, doc.get("columns")))
         return matrix_exit(rows, doc.get("columns"))
     if ns.only:

@@ -262,7 +262,8 @@ def test_focus_runs_a_mutants_families_and_the_control_their_union() -> None:
     (4, "error", "error", "skip"),
     (None, "error", "error", "timeout"),
     (-1, "error", "error", "exit -1"),
-    (134, "error", "error", "exit 134"),
+    (-9, "error", "error", "exit -9"),
+    (254, "caught", "false alarm", "fail (254)"),
 ])
 def test_selftest_exits_become_cells(rc, mutant_state, control_state, verdict) -> None:
     s = {"name": "steal_time", "exit": rc, "tail": "x"}
@@ -315,3 +316,14 @@ def test_sigterm_exits_143_and_ends_the_child(tmp_path: Path) -> None:
     assert proc.wait(timeout=30) == 143
     assert not Path(f"/proc/{child}").exists() or \
         Path(f"/proc/{child}/stat").read_text().split(")")[1].split()[0] == "Z"
+
+
+def test_render_rescores_from_the_saved_bisect_json(tmp_path: Path) -> None:
+    cols, control, caught, m = rows()
+    stale = ml.Row("demo", {"selftest:steal_time": ml.Cell(ml.ERROR, "exit 254")}, [1], m)
+    (tmp_path / "bisect-demo-1.json").write_text(json.dumps(
+        {"results": [], "selftests": [{"name": "steal_time", "exit": 254}]}))
+    (tmp_path / "bisect-demo-extra-1.json").write_text("{}")  # another build's file
+    fresh = ml.rescore(tmp_path, [control, stale])
+    assert fresh[0] is control
+    assert fresh[1].cells["selftest:steal_time"].state == ml.CAUGHT
