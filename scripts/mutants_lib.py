@@ -260,10 +260,10 @@ class Row:
         """Must-catch columns this mutant was not caught in (errors included)."""
         if self.mutant is None:
             return []
-        want = [c for c in columns if self.mutant.must(c)]
-        if not want:
-            return [f"{s} (no such column)" for s in self.mutant.must_catch]
-        return [c for c in want if self.cells.get(c, Cell(ERROR)).state != CAUGHT]
+        out = [c for c in columns
+               if self.mutant.must(c) and self.cells.get(c, Cell(ERROR)).state != CAUGHT]
+        return out + [f"{s} (not run)" for s in self.mutant.must_catch
+                      if not any(s.matches(c) for c in columns)]
 
     def status(self, columns: Sequence[str]) -> str:
         """One word for the row: ok, or what is wrong."""

@@ -327,3 +327,10 @@ def test_render_rescores_from_the_saved_bisect_json(tmp_path: Path) -> None:
     fresh = ml.rescore(tmp_path, [control, stale])
     assert fresh[0] is control
     assert fresh[1].cells["selftest:steal_time"].state == ml.CAUGHT
+
+
+def test_a_must_catch_scenario_that_did_not_run_is_a_gap() -> None:
+    cols, control, caught, m = rows()
+    only = {cols[0]: caught.cells[cols[0]]}
+    row = ml.Row("demo", only, [1], m)
+    assert row.status([cols[0]]) == "GAP: steal:cross-process (not run)"
