@@ -339,6 +339,16 @@ def combine(run_rc: int | None, pytest_rc: int | None, *, forced_broken: bool = 
     return EXIT_OK
 
 
+def break_pattern(spec: str, today: dt.date | None = None) -> str:
+    """The SCENARIO of ``SCENARIO:YYYY-MM-DD``; Usage unless the date is today (UTC)."""
+    today = today or dt.datetime.now(dt.UTC).date()
+    pattern, _, day = spec.rpartition(":")
+    if not pattern or day != today.isoformat():
+        raise Usage(f"{BREAK_ON_PURPOSE} takes SCENARIO:{today.isoformat()} (today's UTC date, "
+                    f"so it cannot be left on by accident); got {spec!r}")
+    return pattern
+
+
 def break_on_purpose(scenarios: list[dict[str, Any]], spec: str | None,
                      today: dt.date | None = None) -> list[str]:
     """The test-only switch: ``PATTERN:YYYY-MM-DD`` with today's UTC date turns
@@ -347,11 +357,7 @@ def break_on_purpose(scenarios: list[dict[str, Any]], spec: str | None,
     next day.  Returns the ids changed (each record keeps them)."""
     if spec is None:
         return []
-    today = today or dt.datetime.now(dt.UTC).date()
-    pattern, _, day = spec.rpartition(":")
-    if not pattern or day != today.isoformat():
-        raise Usage(f"{BREAK_ON_PURPOSE} takes SCENARIO:{today.isoformat()} (today's UTC date, "
-                    f"so it cannot be left on by accident); got {spec!r}")
+    pattern = break_pattern(spec, today)
     hit = []
     for s in scenarios:
         if s["id"].startswith(pattern) and s.get("kind") == "promise":
@@ -395,6 +401,7 @@ def make_record(collected: dict[str, Any], *, host_name: str, date: str,
             "cores": host.get("cpus") or collected.get("cores"),
         },
         "kernel_image": kernel_image,
+        "booted_on": collected.get("booted_on"),  # --kernel: the machine QEMU ran on
         "harness": {"revision": revision[0], "dirty": revision[1],
                     "version": doc.get("kvmharness_version") or version},
         "exit_code": exit_code,
@@ -855,10 +862,11 @@ h3 { font-size: 1.05em; margin-top: 1.2em; }
 .banner { background: #8a1111; color: #fff; padding: 0.6em 1em; border-radius: 4px;
           font-weight: 600; }
 table.runs { border-collapse: collapse; font-size: 0.85em; margin-top: 0.5em; }
+div.scroll { overflow-x: auto; }
 table.runs th, table.runs td { border: 1px solid #d6d9de; padding: 0.3em 0.5em;
                                vertical-align: top; }
 table.runs th { background: #f3f4f6; text-align: left; font-weight: 600; }
-table.runs th.run { min-width: 9em; font-weight: normal; }
+table.runs th.run { min-width: 8em; font-weight: normal; white-space: nowrap; }
 table.runs td.sid { font-family: ui-monospace, monospace; white-space: nowrap; }
 td .st { font-weight: 600; } td .fig { color: #444; display: block; white-space: nowrap; }
 td.holds { background: #eef8f0; } td.BROKEN { background: #fbdada; }
@@ -866,7 +874,9 @@ td.ERROR { background: #fde9c8; } td.known-broken { background: #fff2cc; }
 td.fixed\\? { background: #d9ecff; } td.characterized { background: #f6f6f6; }
 td.untestable, td.not-supported { background: #eeeeee; color: #666; }
 td.none { color: #aaa; text-align: center; }
-td.latest { outline: 2px solid #4a6fa5; outline-offset: -2px; }
+td.latest, th.latest { border-left: 3px solid #4a6fa5; }
+th .rc { font-weight: 600; padding: 0 0.3em; border-radius: 3px; }
+td.sid.changed { background: #fff1f1; font-weight: 700; border-left: 3px solid #c00000; }
 ul.changes li { margin: 0.2em 0; } .what { font-weight: 600; }
 .what.new-broken { color: #8a1111; } .what.fixed { color: #135c25; }
 img.plot { max-width: 100%; border: 1px solid #eee; margin: 0.4em 0; }
@@ -945,14 +955,24 @@ def _host_section(host: str, runs: list[dict[str, Any]], pct: float, multi: bool
     if not ids:
         p.append("<p>No scenario ran in these runs.</p>")
     else:
-        p.append("<table class='runs'><thead><tr><th>scenario</th>")
+        p.append("<div class='scroll'><table class='runs'><thead><tr><th>scenario</th>")
         for i, r in enumerate(runs):
-            p.append(f"<th class='run'>#{i + 1} {_e(run_label(r))}<br>"
-                     f"<span class='muted'>{_e(r['host'].get('kernel_release'))}, exit "
-                     f"{_e(r.get('exit_code'))}</span></th>")
+            rc = r.get("exit_code")
+            date = str(r.get("date", ""))[5:16].replace("T", " ")  # the year is in the title
+            hv = r.get("harness") or {}
+            rev = (hv.get("revision") or "?")[:7] + ("+" if hv.get("dirty") else "")
+            latest = " latest" if i == len(runs) - 1 else ""
+            p.append(f"<th class='run{latest}' title='{_e(r.get('date'))}, run "
+                     f"{_e(r.get('run_id'))}'>#{i + 1} &middot; {_e(date)}<br>"
+                     f"<span class='muted'>{_e(r['host'].get('kernel_release'))}<br>"
+                     f"{_e(rev)}</span> <span class='rc v{_e(rc)}'>exit {_e(rc)}</span></th>")
         p.append("</tr></thead><tbody>")
+        prev_s = {x["id"]: x["status"] for x in (prev or {}).get("scenarios", [])}
         for sid in ids:
-            p.append(f"<tr><td class='sid'>{_e(sid)}</td>")
+            now = next((x["status"] for x in cur["scenarios"] if x["id"] == sid), None)
+            changed = prev is not None and now is not None and prev_s.get(sid) not in (None, now)
+            mark = " changed' title='changed since the previous run" if changed else ""
+            p.append(f"<tr><td class='sid{mark}'>{_e(sid)}</td>")
             for i, r in enumerate(runs):
                 s = next((x for x in r["scenarios"] if x["id"] == sid), None)
                 latest = " latest" if i == len(runs) - 1 else ""
@@ -965,7 +985,7 @@ def _host_section(host: str, runs: list[dict[str, Any]], pct: float, multi: bool
                          f"<span class='st'>{_e(st)}</span>"
                          f"<span class='fig'>{_e(cell_figure(s))}</span></td>")
             p.append("</tr>")
-        p.append("</tbody></table>")
+        p.append("</tbody></table></div>")
         p.append("<p class='muted'>Hover a cell for what was observed. A scenario id is "
                  "family/variant@vCPUs.</p>")
     # plots
@@ -1179,12 +1199,16 @@ def _main(argv: list[str]) -> int:
         return merge_main(args)
 
     check_places(args)
+    if args.break_on_purpose is not None:
+        break_pattern(args.break_on_purpose)  # a stale date fails now, not after the run
     date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     if args.kernel:
         if not os.path.isfile(args.kernel):
             raise Usage(f"--kernel {args.kernel}: no such file")
         collected = collect_in_kernel(args.kernel, args.modules, pytest_args, run_args,
                                       bisect_kernel=args.bisect_kernel)
+        collected["booted_on"] = {"cpu_model": cpu_model(), "cores": os.cpu_count(),
+                                  "kernel_release": platform.release()}
     else:
         collected = collect(pytest_args, run_args)
     scenarios = scenarios_of(collected.get("run_doc") or {})

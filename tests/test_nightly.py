@@ -439,7 +439,9 @@ def test_bad_usage_exits_2(tmp_path: Path) -> None:
     assert nl.main(["--history", str(tmp_path / "no" / "h"), "--out", str(tmp_path)]) == 2
     (tmp_path / "file").write_text("")
     assert nl.main(hist + ["--out", str(tmp_path / "file")]) == 2
-    assert not (tmp_path / "h").exists()
+    stale = f"steal/cancelled-save:{dt.date(2000, 1, 1).isoformat()}"
+    assert nl.main(hist + ["--out", str(tmp_path), "--break-on-purpose", stale]) == 2
+    assert not (tmp_path / "h").exists()  # refused before any run
 
 
 # ---------------------------------------------------------------- the real thing
@@ -521,6 +523,7 @@ def test_kernel_mode_runs_itself_inside_and_breaks_on_purpose(tmp_path: Path) ->
     assert len(recs) == 3 and recs[-1]["kernel_image"] == str(image)
     assert recs[-1]["broken_on_purpose"] == ["steal/cancelled-save@1"]
     assert recs[-1]["host"]["kernel_release"] == os.uname().release  # from inside
+    assert recs[-1]["booted_on"]["cores"] == os.cpu_count()
     assert "new broken: steal/cancelled-save@1: holds -> BROKEN" in r.stdout
     assert "TEST SWITCH" in r.stdout
     row = next(x for x in r.stdout.splitlines() if x.startswith("steal/cancelled-save@1"))
