@@ -331,9 +331,11 @@ def test_html_report_is_self_contained_with_table_plots_known_issues_and_changes
     assert len(pngs) >= 3  # steal, clock, postcopy, wall time
     assert all(base64.b64decode(p).startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
     # the table: a row per scenario, a column per run, verdict + key figure per cell
-    rows = re.findall(r"<tr><td class='sid'>(.*?)</td>", page)
+    rows = re.findall(r"<tr><td class='sid[^>]*>(.*?)</td>", page)
     assert rows[:2] == ["steal/fresh-vm/vcpu-thread@1", "steal/cancelled-save@1"]
-    row = page.split("<td class='sid'>steal/cancelled-save@1</td>")[1].split("</tr>")[0]
+    assert re.findall(r"<td class='sid changed'[^>]*>(.*?)</td>", page) == [
+        "steal/cancelled-save@1"]  # the row that changed since the previous run stands out
+    row = page.split(">steal/cancelled-save@1</td>")[1].split("</tr>")[0]
     assert re.findall(r"<span class='st'>(.*?)</span>", row) == ["holds", "holds", "BROKEN"]
     assert "jump 40 ms" in row
     assert "new broken" in page and "steal/cancelled-save@1: holds -&gt; BROKEN" in page
