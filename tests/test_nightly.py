@@ -168,8 +168,8 @@ sys.path.insert(0, {scripts!r})
 import nightly_lib as nl
 w = int(sys.argv[1])
 for i in range({n}):
-    # sizes from 100 B to 200 KiB: far beyond PIPE_BUF, and a few beyond one page cache page
-    pad = "x" * ((i * 7919 + w * 104729) % (200 * 1024) if i % 10 == 0 else 100)
+    # 4 to 68 KiB: beyond PIPE_BUF and a page, so a line written in pieces would interleave
+    pad = "x" * (4096 + (i * 7919 + w * 104729) % (64 * 1024))
     nl.append_record({path!r}, {{"schema": nl.SCHEMA, "run_id": f"{{w}}-{{i}}",
                                 "host": {{"name": f"w{{w}}"}}, "scenarios": [], "pad": pad}})
 """
