@@ -283,9 +283,10 @@ def test_changes_new_broken_fixed_and_known_issue_fixed() -> None:
 
 @pytest.mark.parametrize("new_jump, flagged", [
     (30_000_000, False),
-    (44_000_000, False),  # +47%: under 50%
-    (46_000_000, True),  # +53%: over 50% and over 5 ms
-    (14_000_000, True),  # -53%
+    (59_000_000, False),  # +97% of the smaller value: under 100%
+    (61_000_000, True),  # +103%: more than doubled, and over 10 ms
+    (16_000_000, False),  # 30 -> 16: 88% of 16
+    (14_000_000, True),  # 30 -> 14: 114% of 14, more than halved
 ])
 def test_a_figure_moved_by_more_than_the_stated_threshold(new_jump: int, flagged: bool) -> None:
     ch = nl.changes(record(base_results(30_000_000)),
@@ -294,14 +295,14 @@ def test_a_figure_moved_by_more_than_the_stated_threshold(new_jump: int, flagged
     assert bool(moved) is flagged
     if flagged:
         assert "largest steal jump 30 ms ->" in moved[0]
-    assert "50%" in nl.move_rule() and "5 ms" in nl.move_rule()
+    assert "100% of the smaller" in nl.move_rule() and "10 ms" in nl.move_rule()
 
 
 def test_small_figures_do_not_move_below_the_floor() -> None:
     a = record([steal("cancelled-save", 1, 1_000_000)])
-    b = record([steal("cancelled-save", 1, 4_000_000)], date="2025-01-02")  # x4, but 3 ms
+    b = record([steal("cancelled-save", 1, 9_000_000)], date="2025-01-02")  # x9, but 8 ms
     assert nl.changes(a, b)["figure moved"] == []
-    c = record([steal("cancelled-save", 1, 7_000_000)], date="2025-01-03")
+    c = record([steal("cancelled-save", 1, 12_000_000)], date="2025-01-03")
     assert len(nl.changes(a, c)["figure moved"]) == 1
 
 
@@ -343,7 +344,7 @@ def test_html_report_is_self_contained_with_table_plots_known_issues_and_changes
     assert "35 ms -&gt; 80 ms" in page
     assert "pvm-tsc-not-applied" in page and "TSC writes ignored" in page
     assert "torn" in page  # the skipped line is reported, not fatal
-    assert "more than 50%" in page
+    assert "more than 100% of the smaller" in page
 
 
 def test_text_report_says_the_same_for_the_ci_log(tmp_path: Path) -> None:
