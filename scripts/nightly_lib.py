@@ -803,7 +803,8 @@ def plots(runs: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
 
     out = []
     xs = list(range(1, len(runs) + 1))
-    labels = [f"#{i}\n{str(r.get('date', ''))[5:10]}" for i, r in zip(xs, runs, strict=True)]
+    labels = [f"#{i}\n{str(r.get('date', ''))[5:10]}\n{str(r.get('date', ''))[11:16]}"
+              for i, r in zip(xs, runs, strict=True)]
     jobs: list[tuple[str, dict[str, list[float | None]], list[tuple[int, float]], str]] = []
     for fam, figs in KEY_FIGURES.items():
         for key, label, unit in figs:
@@ -843,7 +844,7 @@ def plots(runs: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
         ax.set_title(title, fontsize=11, loc="left")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-        fig.subplots_adjust(left=0.07, right=0.70, top=0.89, bottom=0.17)  # plots align
+        fig.subplots_adjust(left=0.07, right=0.70, top=0.89, bottom=0.22)  # plots align
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         plt.close(fig)
