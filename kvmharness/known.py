@@ -169,10 +169,16 @@ def classify(results: Sequence[Any], issues: Sequence[KnownIssue], host: Host
     for r in results:
         m = None
         if r.variant.kind is Kind.PROMISE:
-            issue = find(issues, f"{r.family}/{r.variant.name}", host)
+            issue = find(issues, scenario_id(r.family, r.variant.name), host)
             if issue is not None and r.verdict == Verdict.BROKEN:
                 m = Match(Status.KNOWN_BROKEN, issue)
             elif issue is not None and r.verdict == Verdict.HOLDS:
                 m = Match(Status.FIXED, issue)
         out.append(m)
     return out
+
+
+def scenario_id(family: str, variant: str) -> str:
+    """``family/variant``, without doubling a family prefix the variant already has
+    (postcopy's variants are named ``postcopy/stream``)."""
+    return variant if variant.startswith(family + "/") else f"{family}/{variant}"

@@ -47,6 +47,22 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def _stack_dumps() -> None:
+    """``KVMHARNESS_STACKS_AFTER=S``: print every thread's stack to stderr each S
+    seconds, to see where a run inside a booted kernel is waiting."""
+    import faulthandler
+    import os
+
+    after = os.environ.get("KVMHARNESS_STACKS_AFTER")
+    if after:
+        try:
+            seconds = float(after)
+        except ValueError:
+            seconds = 0.0
+        if seconds > 0:
+            faulthandler.dump_traceback_later(seconds, repeat=True)
+
+
 class _Parser(argparse.ArgumentParser):
     usage_exit = EXIT_USAGE
     """Exit code for a bad command line: 2, or 128 for commands a bisect runs
@@ -97,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(getattr(args, "usage_exit", EXIT_USAGE))
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _stack_dumps()
     usage_exit = getattr(args, "usage_exit", EXIT_USAGE)
     on_main = threading.current_thread() is threading.main_thread()
     old_term = signal.getsignal(signal.SIGTERM)

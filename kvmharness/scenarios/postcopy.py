@@ -212,6 +212,7 @@ class FaultRecord:
     t_read_ns: int
     t_placed_ns: int | None = None
     placed_by: str = ""  # "resolver", "stream", "flush", or "before" (already placed)
+    t_copy_ns: int | None = None  # when the UFFDIO_COPY that placed it was issued
     write: bool = False
 
 
@@ -470,6 +471,7 @@ class Pager:
     # ---- the resolver and the stream (one "source" thread)
     def _place(self, page: int, how: str) -> None:
         dst = self.hva + page * PAGE_SIZE
+        t_copy = time.monotonic_ns()
         res = self.uffd.copy(dst, self.staging + page * PAGE_SIZE)
         with self.lock:
             t = time.monotonic_ns()
@@ -477,12 +479,12 @@ class Pager:
                 self.counts["eexist"] += 1
                 if not self.received[page]:
                     self.counts["stranger_pages"] += 1  # present, and nobody here placed it
-                    self._mark(page, t, how)
+                    self._mark(page, t, how, t_copy)
                 return
             self.counts[how] += 1
-            self._mark(page, t, how)
+            self._mark(page, t, how, t_copy)
 
-    def _mark(self, page: int, t: int, how: str) -> None:
+    def _mark(self, page: int, t: int, how: str, t_copy: int | None = None) -> None:
         self.received[page] = 1
         self.placed_count += 1
         self.first_place_ns = self.first_place_ns or t
@@ -492,7 +494,7 @@ class Pager:
         self.acc.placed(self.hva + page * PAGE_SIZE, t)
         for rec in self.by_page.get(page, ()):
             if rec.t_placed_ns is None:
-                rec.t_placed_ns, rec.placed_by = t, how
+                rec.t_placed_ns, rec.placed_by, rec.t_copy_ns = t, how, t_copy
         if self.placed_count == self.lay.pages:
             self.all_placed.set()
 
@@ -892,7 +894,11 @@ def judge(cfg: PostcopyConfig, variant: PostcopyVariant, lay: Layout, pager: Pag
         rate_err = 0.0
         if o.guest_tsc_ns and wall:
             rate_err = max(0.0, o.guest_tsc_ns / wall - 1.0)  # guest interval lies inside
-        tol = int(stalled * (rate_err + 1e-3)) + 1000 * len(mine)
+        # The vCPU wakes during UFFDIO_COPY; the host stamps the placement only
+        # after it returns (and after the lock), so each placement may be late
+        # by that gap, which the host measured itself.
+        late = sum(f.t_placed_ns - f.t_copy_ns for f in mine if f.t_copy_ns is not None)
+        tol = int(stalled * (rate_err + 1e-3)) + 1000 * len(mine) + late
         agreement.append(Agreement(v, bt, stalled, slack, tol, len(mine), floor))
         if bt > stalled + tol:
             out.append(V(KIND_OVER_GUEST, s, 0, stalled, bt,
