@@ -89,11 +89,16 @@ class BlocktimeReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "blocked_ns": self.blocked_ns, "faults": self.faults,
-            "all_blocked_ns": self.all_blocked_ns, "non_vcpu_faults": self.non_vcpu_faults,
-            "non_vcpu_wait_ns": self.non_vcpu_wait_ns, "buckets": self.buckets,
-            "non_vcpu_buckets": self.non_vcpu_buckets, "retried": self.retried,
-            "placements": self.placements, "unwaited_placements": self.unwaited_placements,
+            "blocked_ns": self.blocked_ns,
+            "faults": self.faults,
+            "all_blocked_ns": self.all_blocked_ns,
+            "non_vcpu_faults": self.non_vcpu_faults,
+            "non_vcpu_wait_ns": self.non_vcpu_wait_ns,
+            "buckets": self.buckets,
+            "non_vcpu_buckets": self.non_vcpu_buckets,
+            "retried": self.retried,
+            "placements": self.placements,
+            "unwaited_placements": self.unwaited_placements,
             "outstanding": self.outstanding,
         }
 
@@ -186,9 +191,18 @@ class BlocktimeAccountant:
             if self._down == self.vcpus:
                 all_blocked += now_ns - self._all_since
         return BlocktimeReport(
-            blocked, list(self._faults), all_blocked, self._nv_faults, self._nv_wait,
-            [list(b) for b in self._buckets], list(self._nv_buckets), self._retried,
-            self._placements, self._unwaited, list(self._count))
+            blocked,
+            list(self._faults),
+            all_blocked,
+            self._nv_faults,
+            self._nv_wait,
+            [list(b) for b in self._buckets],
+            list(self._nv_buckets),
+            self._retried,
+            self._placements,
+            self._unwaited,
+            list(self._count),
+        )
 
 
 # --------------------------------------------------------------------------
@@ -252,9 +266,16 @@ class QemuHashModel:
         return len(entries)
 
     def report(self, now_ns: int | None = None) -> BlocktimeReport:
-        return BlocktimeReport(list(self._total), list(self._faults), self._all,
-                               self._nv_faults, self._nv_total, [], list(self._buckets),
-                               outstanding=list(self._current))
+        return BlocktimeReport(
+            list(self._total),
+            list(self._faults),
+            self._all,
+            self._nv_faults,
+            self._nv_total,
+            [],
+            list(self._buckets),
+            outstanding=list(self._current),
+        )
 
 
 class SlotScanModel:
@@ -299,8 +320,13 @@ class SlotScanModel:
         return affected
 
     def report(self, now_ns: int | None = None) -> BlocktimeReport:
-        return BlocktimeReport(list(self._total), list(self._faults), self._all,
-                               self._nv_faults, outstanding=[int(b) for b in self._busy])
+        return BlocktimeReport(
+            list(self._total),
+            list(self._faults),
+            self._all,
+            self._nv_faults,
+            outstanding=[int(b) for b in self._busy],
+        )
 
 
 # --------------------------------------------------------------------------
@@ -333,22 +359,24 @@ def _union_length(intervals: list[tuple[int, int]]) -> int:
     return total
 
 
-def intervals(events: Sequence[Event], vcpus: int,
-              now_ns: int | None = None) -> list[list[tuple[int, int]]]:
+def intervals(
+    events: Sequence[Event], vcpus: int, now_ns: int | None = None
+) -> list[list[tuple[int, int]]]:
     """Each vCPU's blocked intervals: a fault lasts from its time to the first
     later placement of its address (or ``now_ns``; never, without it)."""
     out: list[list[tuple[int, int]]] = [[] for _ in range(vcpus)]
     for i, e in enumerate(events):
         if e[0] != "F" or e[1] is None:
             continue
-        end = next((p[2] for p in events[i + 1:] if p[0] == "P" and p[1] == e[2]), now_ns)
+        end = next((p[2] for p in events[i + 1 :] if p[0] == "P" and p[1] == e[2]), now_ns)
         if end is not None:
             out[e[1]].append((e[3], end))
     return out
 
 
-def brute_force(events: Sequence[Event], vcpus: int,
-                now_ns: int | None = None) -> tuple[list[int], list[int], int]:
+def brute_force(
+    events: Sequence[Event], vcpus: int, now_ns: int | None = None
+) -> tuple[list[int], list[int], int]:
     """Ground truth from the intervals themselves: per-vCPU blocktime (length of
     the union of its fault intervals), fault counts, and the length of the time
     during which every vCPU was inside one of its intervals."""
@@ -373,12 +401,20 @@ class Disagreement:
 
     def describe(self) -> str:
         seq = " ".join(
-            (f"F(v{e[1]},{_addr_name(e[2])},t={e[3]})" if e[1] is not None
-             else f"F(non-vcpu,{_addr_name(e[2])},t={e[3]})") if e[0] == "F"
-            else f"P({_addr_name(e[1])},t={e[2]})" for e in self.events)
+            (
+                f"F(v{e[1]},{_addr_name(e[2])},t={e[3]})"
+                if e[1] is not None
+                else f"F(non-vcpu,{_addr_name(e[2])},t={e[3]})"
+            )
+            if e[0] == "F"
+            else f"P({_addr_name(e[1])},t={e[2]})"
+            for e in self.events
+        )
         (tb, tf, ta), (mb, mf, ma) = self.truth, self.model
-        return (f"{seq}: truth blocktime {tb} faults {tf} all-blocked {ta}; "
-                f"model blocktime {mb} faults {mf} all-blocked {ma}")
+        return (
+            f"{seq}: truth blocktime {tb} faults {tf} all-blocked {ta}; "
+            f"model blocktime {mb} faults {mf} all-blocked {ma}"
+        )
 
 
 def _addr_name(addr: int) -> str:
@@ -406,8 +442,9 @@ def sequences(length: int, vcpus: int, addrs: int) -> Iterable[tuple[Event, ...]
             yield tuple((*k, t) for t, k in enumerate(combo))
 
 
-def smallest_disagreement(factory: Callable[[int], Model], *, max_length: int = 6,
-                          max_vcpus: int = 2, addrs: int = 2) -> Disagreement | None:
+def smallest_disagreement(
+    factory: Callable[[int], Model], *, max_length: int = 6, max_vcpus: int = 2, addrs: int = 2
+) -> Disagreement | None:
     """The shortest sequence (fewest events, then fewest vCPUs) on which the
     model built by ``factory(vcpus)`` differs from :func:`brute_force`."""
     for length in range(1, max_length + 1):

@@ -142,15 +142,33 @@ class RunDelay:
 _AUTO = object()
 
 
-def violation(kind: str, series: str, index: int, before: int | None, after: int | None,
-              detail: str, *, wall_ns: int | None = None, counter: str = "steal",
-              delta: Any = _AUTO) -> Violation:
+def violation(
+    kind: str,
+    series: str,
+    index: int,
+    before: int | None,
+    after: int | None,
+    detail: str,
+    *,
+    wall_ns: int | None = None,
+    counter: str = "steal",
+    delta: Any = _AUTO,
+) -> Violation:
     """The one way to build a :class:`Violation`; ``delta`` defaults to
     ``after - before`` (None when either is unknown)."""
     if delta is _AUTO:
         delta = after - before if before is not None and after is not None else None
-    return Violation(kind=kind, series=series, index=index, before=before, after=after,
-                     delta=delta, wall_ns=wall_ns, detail=detail, counter=counter)
+    return Violation(
+        kind=kind,
+        series=series,
+        index=index,
+        before=before,
+        after=after,
+        delta=delta,
+        wall_ns=wall_ns,
+        detail=detail,
+        counter=counter,
+    )
 
 
 # -- formatting helpers (used in detail sentences) ---------------------------
@@ -306,8 +324,7 @@ def check_monotonic(
                     i,
                     a.value,
                     b.value,
-                    f"{counter} went {_span(a.value, b.value)} {unit}: "
-                    f"down by {-delta}{extra}",
+                    f"{counter} went {_span(a.value, b.value)} {unit}: down by {-delta}{extra}",
                     wall_ns=wall,
                     counter=counter,
                     delta=delta,
@@ -660,17 +677,27 @@ def check_follows_run_delay(
                 p = run_delays[i - 1]
                 stale = p.post_ns - (0 if p.fresh else p.pre_ns)
             allowed = rd.post_ns + stale
-            why = ("the runner thread's whole run_delay, as KVM may start from last_steal 0, "
-                   "plus what the previous reading may have missed")
+            why = (
+                "the runner thread's whole run_delay, as KVM may start from last_steal 0, "
+                "plus what the previous reading may have missed"
+            )
         else:
             allowed = rd.post_ns - run_delays[i - 1].pre_ns
             why = "its thread's run_delay growth around the two readings"
         delta = s.value - prev
         if delta > allowed + slack_ns and not is_wrap_pair(prev, s.value):
-            out.append(violation(
-                KIND_OVER_RUN_DELAY, series, i, prev, s.value,
-                f"steal grew by {format_ns(delta)} but at most {format_ns(allowed)} is "
-                f"possible ({why})", wall_ns=_wall(samples[i - 1], s) if i else None))
+            out.append(
+                violation(
+                    KIND_OVER_RUN_DELAY,
+                    series,
+                    i,
+                    prev,
+                    s.value,
+                    f"steal grew by {format_ns(delta)} but at most {format_ns(allowed)} is "
+                    f"possible ({why})",
+                    wall_ns=_wall(samples[i - 1], s) if i else None,
+                )
+            )
     ends = starts[1:] + [len(samples)]
     for a, end in zip(starts, ends, strict=True):
         b = end - 1
@@ -680,11 +707,19 @@ def check_follows_run_delay(
         grew = samples[b].value - samples[a].value
         need = _exact(alive_fraction) * waited
         if grew < need:
-            out.append(violation(
-                KIND_NOT_ALIVE, series, b, samples[a].value, samples[b].value,
-                f"steal grew by {format_ns(grew)} while its thread waited "
-                f"{format_ns(waited)} on a run queue (samples {a}-{b}); expected at least "
-                f"{alive_fraction:g} of it", wall_ns=_wall(samples[a], samples[b])))
+            out.append(
+                violation(
+                    KIND_NOT_ALIVE,
+                    series,
+                    b,
+                    samples[a].value,
+                    samples[b].value,
+                    f"steal grew by {format_ns(grew)} while its thread waited "
+                    f"{format_ns(waited)} on a run queue (samples {a}-{b}); expected at least "
+                    f"{alive_fraction:g} of it",
+                    wall_ns=_wall(samples[a], samples[b]),
+                )
+            )
     return out
 
 
@@ -725,35 +760,67 @@ def rate_slack_ns(interval_ns: int) -> int:
     return -(-max(interval_ns, 0) * RATE_SLACK_PPM // 1_000_000) + 1
 
 
-def check_even_versions(series: str, samples: Sequence[Sample], *,
-                        counter: str = "kvmclock") -> list[Violation]:
+def check_even_versions(
+    series: str, samples: Sequence[Sample], *, counter: str = "kvmclock"
+) -> list[Violation]:
     """Each reading was taken under an even version: an odd one means the guest
     gave up waiting for an update to finish (the area was left mid-update).
     Unlike :func:`check_versions`, a value that changes under one version is
     fine: kvmclock advances with the TSC between updates."""
-    return [violation(KIND_ODD_VERSION, series, i, None, s.version,
-                      f"{counter} read under odd version {s.version} (value "
-                      f"{format_value(s.value)}): the area stayed mid-update for all the "
-                      "guest's tries", counter="version", delta=None)
-            for i, s in enumerate(samples) if s.version is not None and s.version % 2]
+    return [
+        violation(
+            KIND_ODD_VERSION,
+            series,
+            i,
+            None,
+            s.version,
+            f"{counter} read under odd version {s.version} (value "
+            f"{format_value(s.value)}): the area stayed mid-update for all the "
+            "guest's tries",
+            counter="version",
+            delta=None,
+        )
+        for i, s in enumerate(samples)
+        if s.version is not None and s.version % 2
+    ]
 
 
-def check_warps(series: str, warps: int, largest_ns: int, reads: int, *,
-                what: str = "kvmclock") -> list[Violation]:
+def check_warps(
+    series: str, warps: int, largest_ns: int, reads: int, *, what: str = "kvmclock"
+) -> list[Violation]:
     """Readings across vCPUs that went back: the guest counted ``warps`` of
     ``reads`` below a value another vCPU had published before the reading
     began, the largest by ``largest_ns``."""
     if warps <= 0:
         return []
-    return [violation(KIND_WARP, series, 0, None, largest_ns,
-                      f"{warps} of {reads} {what} readings went back against another vCPU's "
-                      f"earlier reading, by up to {format_ns(largest_ns)}",
-                      counter=what, delta=None)]
+    return [
+        violation(
+            KIND_WARP,
+            series,
+            0,
+            None,
+            largest_ns,
+            f"{warps} of {reads} {what} readings went back against another vCPU's "
+            f"earlier reading, by up to {format_ns(largest_ns)}",
+            counter=what,
+            delta=None,
+        )
+    ]
 
 
-def check_jump(series: str, index: int, before: int, after: int, *, max_ns: int,
-               min_ns: int = 0, what: str = "kvmclock", unit: str = "ns",
-               why_max: str = "", why_min: str = "") -> list[Violation]:
+def check_jump(
+    series: str,
+    index: int,
+    before: int,
+    after: int,
+    *,
+    max_ns: int,
+    min_ns: int = 0,
+    what: str = "kvmclock",
+    unit: str = "ns",
+    why_max: str = "",
+    why_min: str = "",
+) -> list[Violation]:
     """A step ``before -> after`` must lie in ``[min_ns, max_ns]`` (in the
     series' unit; ``unit`` names it): below 0 is :data:`KIND_DECREASE` (or a
     wrap), below ``min_ns`` :data:`KIND_SHORT_JUMP`, above ``max_ns``
@@ -764,30 +831,56 @@ def check_jump(series: str, index: int, before: int, after: int, *, max_ns: int,
     span = f"{what} went {_span(before, after)} {unit} ({delta:+d})"
     if delta < 0 or is_wrap_pair(before, after):
         kind = KIND_WRAP if is_wrap_pair(before, after) else KIND_DECREASE
-        return [violation(kind, series, index, before, after,
-                          f"{span}: went back", counter=what)]
+        return [violation(kind, series, index, before, after, f"{span}: went back", counter=what)]
     if delta > max_ns:
-        return [violation(KIND_OVERLONG_JUMP, series, index, before, after,
-                          f"{span}: more than the {max_ns} {unit} allowed"
-                          + (f" ({why_max})" if why_max else ""), counter=what)]
+        return [
+            violation(
+                KIND_OVERLONG_JUMP,
+                series,
+                index,
+                before,
+                after,
+                f"{span}: more than the {max_ns} {unit} allowed"
+                + (f" ({why_max})" if why_max else ""),
+                counter=what,
+            )
+        ]
     if delta < min_ns:
-        return [violation(KIND_SHORT_JUMP, series, index, before, after,
-                          f"{span}: less than the {min_ns} {unit} that surely passed"
-                          + (f" ({why_min})" if why_min else ""), counter=what)]
+        return [
+            violation(
+                KIND_SHORT_JUMP,
+                series,
+                index,
+                before,
+                after,
+                f"{span}: less than the {min_ns} {unit} that surely passed"
+                + (f" ({why_min})" if why_min else ""),
+                counter=what,
+            )
+        ]
     return []
 
 
-def check_tsc_applied(series: str, index: int, *, lo: int, hi: int, read: int,
-                      written: str) -> list[Violation]:
+def check_tsc_applied(
+    series: str, index: int, *, lo: int, hi: int, read: int, written: str
+) -> list[Violation]:
     """The guest's TSC reading must lie in ``[lo, hi]``: where the value KVM
     was given (``written``, described for the message) puts it by the time
     of the read."""
     if lo <= read <= hi:
         return []
     off = read - (lo if read < lo else hi)
-    return [violation(KIND_TSC_NOT_APPLIED, series, index, lo if read < lo else hi, read,
-                      f"{written}; the guest read TSC {read}, expected {lo}..{hi} "
-                      f"({off:+d} ticks outside)", counter="tsc")]
+    return [
+        violation(
+            KIND_TSC_NOT_APPLIED,
+            series,
+            index,
+            lo if read < lo else hi,
+            read,
+            f"{written}; the guest read TSC {read}, expected {lo}..{hi} ({off:+d} ticks outside)",
+            counter="tsc",
+        )
+    ]
 
 
 def check_decode(series: str, index: int, guest_ns: int, host_ns: int) -> list[Violation]:
@@ -795,13 +888,23 @@ def check_decode(series: str, index: int, guest_ns: int, host_ns: int) -> list[V
     at the same TSC."""
     if guest_ns == host_ns:
         return []
-    return [violation(KIND_DECODE_MISMATCH, series, index, host_ns, guest_ns,
-                      f"guest computed {guest_ns} ns, the host's pvclock arithmetic gives "
-                      f"{host_ns} ns from the same area and TSC", counter="kvmclock")]
+    return [
+        violation(
+            KIND_DECODE_MISMATCH,
+            series,
+            index,
+            host_ns,
+            guest_ns,
+            f"guest computed {guest_ns} ns, the host's pvclock arithmetic gives "
+            f"{host_ns} ns from the same area and TSC",
+            counter="kvmclock",
+        )
+    ]
 
 
-def check_pvti_consistency(areas: Sequence[tuple[int, int, int, int]],
-                           clock_stable: bool) -> list[Violation]:
+def check_pvti_consistency(
+    areas: Sequence[tuple[int, int, int, int]], clock_stable: bool
+) -> list[Violation]:
     """``areas[i]`` = (version, tsc_timestamp, system_time, flags) of vCPU i,
     read with every vCPU stopped.  The stable bit of every area must agree with
     KVM_GET_CLOCK's KVM_CLOCK_TSC_STABLE; when stable (KVM's master clock),
@@ -810,16 +913,32 @@ def check_pvti_consistency(areas: Sequence[tuple[int, int, int, int]],
     for i, (_v, _ts, _st, flags) in enumerate(areas):
         stable = bool(flags & 1)
         if stable != clock_stable:
-            out.append(violation(
-                KIND_PVTI_FLAGS, f"vcpu{i}/pvti", 0, int(clock_stable), int(stable),
-                f"pvti PVCLOCK_TSC_STABLE_BIT is {int(stable)} but KVM_GET_CLOCK says "
-                f"{'' if clock_stable else 'not '}stable", counter="flags"))
+            out.append(
+                violation(
+                    KIND_PVTI_FLAGS,
+                    f"vcpu{i}/pvti",
+                    0,
+                    int(clock_stable),
+                    int(stable),
+                    f"pvti PVCLOCK_TSC_STABLE_BIT is {int(stable)} but KVM_GET_CLOCK says "
+                    f"{'' if clock_stable else 'not '}stable",
+                    counter="flags",
+                )
+            )
     if clock_stable and areas:
         ref = areas[0][1:3]
         for i, a in enumerate(areas[1:], 1):
             if a[1:3] != ref:
-                out.append(violation(
-                    KIND_MASTER_CLOCK, f"vcpu{i}/pvti", 0, ref[1], a[2],
-                    f"(tsc_timestamp, system_time) = {a[1:3]} but vcpu0 has {ref} under a "
-                    "stable master clock", counter="pvti"))
+                out.append(
+                    violation(
+                        KIND_MASTER_CLOCK,
+                        f"vcpu{i}/pvti",
+                        0,
+                        ref[1],
+                        a[2],
+                        f"(tsc_timestamp, system_time) = {a[1:3]} but vcpu0 has {ref} under a "
+                        "stable master clock",
+                        counter="pvti",
+                    )
+                )
     return out

@@ -53,5 +53,3 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
         print(text, end="")
     else:
         atomic_write_text(path, text)
-
-

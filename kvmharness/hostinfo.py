@@ -78,32 +78,48 @@ class HostInfo:
         def yn(v: bool | None) -> str:
             return "unknown" if v is None else ("yes" if v else "no")
 
-        return [
-            ("kernel release", self.kernel_release),
-            ("KVM backend", self.kvm_backend),
-            ("KVM modules", ", ".join(self.kvm_modules) or "-"),
-            ("/dev/kvm", self.dev_kvm),
-            ("KVM API version", str(self.api_version) if self.api_version is not None else "-"),
-        ] + [(f"KVM_CAP_{k}", str(v)) for k, v in self.capabilities.items()] + [
-            ("KVM PV features (CPUID 0x40000001)", ", ".join(self.kvm_features) or "-"),
-            ("steal time", yn(self.steal_time)),
-            ("kvmclock (clocksource2)", yn(self.clocksource2)),
-            ("kvmclock stable bit", yn(self.stable_bit)),
-            ("invariant TSC (CPUID 0x80000007 EDX[8])", yn(self.invariant_tsc)),
-            ("TSC kHz (vCPU default)", str(self.tsc_khz) if self.tsc_khz else "-"),
-            ("KVM_VCPU_TSC_OFFSET attribute", yn(self.tsc_offset_attr)),
-            ("kvmclock stable (KVM_GET_CLOCK TSC_STABLE after a run)", yn(self.kvmclock_stable)),
-            ("kvmclock area PVCLOCK_TSC_STABLE_BIT", yn(self.pvti_stable)),
-            ("CPUID vs kvmclock", clock_consistency(self.invariant_tsc, self.stable_bit,
-                                                    self.kvmclock_stable, self.pvti_stable)),
-            ("sched_info run_delay live", yn(self.sched_info_live)),
-            ("userfaultfd", self.userfaultfd),
-            ("host CPUs", str(self.cpus)),
-        ] + [("note", e) for e in self.errors]
+        return (
+            [
+                ("kernel release", self.kernel_release),
+                ("KVM backend", self.kvm_backend),
+                ("KVM modules", ", ".join(self.kvm_modules) or "-"),
+                ("/dev/kvm", self.dev_kvm),
+                ("KVM API version", str(self.api_version) if self.api_version is not None else "-"),
+            ]
+            + [(f"KVM_CAP_{k}", str(v)) for k, v in self.capabilities.items()]
+            + [
+                ("KVM PV features (CPUID 0x40000001)", ", ".join(self.kvm_features) or "-"),
+                ("steal time", yn(self.steal_time)),
+                ("kvmclock (clocksource2)", yn(self.clocksource2)),
+                ("kvmclock stable bit", yn(self.stable_bit)),
+                ("invariant TSC (CPUID 0x80000007 EDX[8])", yn(self.invariant_tsc)),
+                ("TSC kHz (vCPU default)", str(self.tsc_khz) if self.tsc_khz else "-"),
+                ("KVM_VCPU_TSC_OFFSET attribute", yn(self.tsc_offset_attr)),
+                (
+                    "kvmclock stable (KVM_GET_CLOCK TSC_STABLE after a run)",
+                    yn(self.kvmclock_stable),
+                ),
+                ("kvmclock area PVCLOCK_TSC_STABLE_BIT", yn(self.pvti_stable)),
+                (
+                    "CPUID vs kvmclock",
+                    clock_consistency(
+                        self.invariant_tsc, self.stable_bit, self.kvmclock_stable, self.pvti_stable
+                    ),
+                ),
+                ("sched_info run_delay live", yn(self.sched_info_live)),
+                ("userfaultfd", self.userfaultfd),
+                ("host CPUs", str(self.cpus)),
+            ]
+            + [("note", e) for e in self.errors]
+        )
 
 
-def clock_consistency(invariant_tsc: bool | None, stable_feature: bool | None,
-                      clock_stable: bool | None, pvti_stable: bool | None) -> str:
+def clock_consistency(
+    invariant_tsc: bool | None,
+    stable_feature: bool | None,
+    clock_stable: bool | None,
+    pvti_stable: bool | None,
+) -> str:
     """Whether the CPUID KVM offers matches what its clock really is.
 
     The dangerous mismatch is invariant TSC (CPUID 0x80000007 EDX[8]) offered
@@ -117,16 +133,21 @@ def clock_consistency(invariant_tsc: bool | None, stable_feature: bool | None,
         return "unknown (no vCPU could run to ask KVM_GET_CLOCK)"
     problems = []
     if invariant_tsc and not clock_stable:
-        problems.append("invariant TSC is offered but KVM_GET_CLOCK says kvmclock is not "
-                        "stable (no master clock): guests would trust an unstable TSC, as in "
-                        "the 2012 Xen time jumps")
+        problems.append(
+            "invariant TSC is offered but KVM_GET_CLOCK says kvmclock is not "
+            "stable (no master clock): guests would trust an unstable TSC, as in "
+            "the 2012 Xen time jumps"
+        )
     if stable_feature and pvti_stable is not None and pvti_stable != clock_stable:
-        problems.append(f"the area's PVCLOCK_TSC_STABLE_BIT is {int(pvti_stable)} but "
-                        f"KVM_GET_CLOCK says {'' if clock_stable else 'not '}stable")
+        problems.append(
+            f"the area's PVCLOCK_TSC_STABLE_BIT is {int(pvti_stable)} but "
+            f"KVM_GET_CLOCK says {'' if clock_stable else 'not '}stable"
+        )
     if problems:
         return "MISMATCH: " + "; ".join(problems)
-    return ("consistent: " + ("stable clock" if clock_stable else "unstable clock, and no "
-                              "invariant TSC offered"))
+    return "consistent: " + (
+        "stable clock" if clock_stable else "unstable clock, and no invariant TSC offered"
+    )
 
 
 def probe_kvmclock(kvm: Any) -> tuple[bool, bool]:
@@ -193,8 +214,9 @@ def userfaultfd_state() -> str:
     return userfaultfd_available()
 
 
-def gather(path: str = "/dev/kvm", *, probe_sched: bool = True,
-           probe_clock: bool = False) -> HostInfo:
+def gather(
+    path: str = "/dev/kvm", *, probe_sched: bool = True, probe_clock: bool = False
+) -> HostInfo:
     mods = kvm_modules()
     info = HostInfo(
         kernel_release=platform.release(),

@@ -101,8 +101,10 @@ def parse(text: str, name: str = "<known issues>") -> list[KnownIssue]:
     entries = data.get("issue", [])
     extra = set(data) - {"issue"}
     if extra or not isinstance(entries, list):
-        raise KnownIssuesError(f"{name}: expected only [[issue]] tables, found "
-                               f"{sorted(extra) or type(entries).__name__}")
+        raise KnownIssuesError(
+            f"{name}: expected only [[issue]] tables, found "
+            f"{sorted(extra) or type(entries).__name__}"
+        )
     out, seen = [], set()
     for i, e in enumerate(entries):
         where = f"{name}: issue {i + 1}"
@@ -121,8 +123,9 @@ def parse(text: str, name: str = "<known issues>") -> list[KnownIssue]:
                 try:
                     release_tuple(e[k])
                 except ValueError:
-                    raise KnownIssuesError(f"{where}: {k} {e[k]!r} is not a kernel "
-                                           "release") from None
+                    raise KnownIssuesError(
+                        f"{where}: {k} {e[k]!r} is not a kernel release"
+                    ) from None
         if e["id"] in seen:
             raise KnownIssuesError(f"{where}: duplicate id {e['id']!r}")
         seen.add(e["id"])
@@ -155,12 +158,17 @@ class Match:
     issue: KnownIssue
 
     def to_json(self) -> dict[str, Any]:
-        return {"status": str(self.status), "id": self.issue.id, "reason": self.issue.reason,
-                "link": self.issue.link}
+        return {
+            "status": str(self.status),
+            "id": self.issue.id,
+            "reason": self.issue.reason,
+            "link": self.issue.link,
+        }
 
 
-def classify(results: Sequence[Any], issues: Sequence[KnownIssue], host: Host
-             ) -> list[Match | None]:
+def classify(
+    results: Sequence[Any], issues: Sequence[KnownIssue], host: Host
+) -> list[Match | None]:
     """Per result: known-broken (a promise broke as an entry says), fixed? (a
     promise held where an entry says it breaks), or None."""
     from kvmharness.scenarios.base import Kind, Verdict

@@ -38,7 +38,7 @@ DEV_KVM = "/dev/kvm"
 KICK_SIGNAL = signal.SIGRTMIN + 5
 
 EXIT_NAMES = {
-    getattr(lib, name): name[len("KVM_EXIT_"):]
+    getattr(lib, name): name[len("KVM_EXIT_") :]
     for name in dir(lib)
     if name.startswith("KVM_EXIT_") and name not in ("KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT")
 }
@@ -338,16 +338,29 @@ class Vm(_Fd):
                     f"slot {slot} [{gpa:#x}, {gpa + size:#x}) overlaps slot {other.slot} "
                     f"[{other.gpa:#x}, {other.end:#x})"
                 )
-        ptr = lib.mmap(_NULL, size, lib.PROT_READ | lib.PROT_WRITE,
-                       lib.MAP_SHARED | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE, -1, 0)
+        ptr = lib.mmap(
+            _NULL,
+            size,
+            lib.PROT_READ | lib.PROT_WRITE,
+            lib.MAP_SHARED | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE,
+            -1,
+            0,
+        )
         hva = int(ffi.cast("uintptr_t", ptr))
         if hva == (1 << 64) - 1:
-            raise MemorySlotError(f"slot {slot}: mmap of {size:#x} bytes failed: "
-                                  f"{os.strerror(ffi.errno)}")
-        region = ffi.new("struct kvm_userspace_memory_region *", {
-            "slot": slot, "flags": flags, "guest_phys_addr": gpa,
-            "memory_size": size, "userspace_addr": hva,
-        })
+            raise MemorySlotError(
+                f"slot {slot}: mmap of {size:#x} bytes failed: {os.strerror(ffi.errno)}"
+            )
+        region = ffi.new(
+            "struct kvm_userspace_memory_region *",
+            {
+                "slot": slot,
+                "flags": flags,
+                "guest_phys_addr": gpa,
+                "memory_size": size,
+                "userspace_addr": hva,
+            },
+        )
         try:
             self.ioctl(nr.KVM_SET_USER_MEMORY_REGION, region)
         except IoctlError:
@@ -358,8 +371,9 @@ class Vm(_Fd):
         log.debug("slot %d: gpa %#x size %#x hva %#x", slot, gpa, size, hva)
         return mem
 
-    def add_mapped_memory(self, slot: int, gpa: int, ptr: Any, size: int, *,
-                          flags: int = 0) -> MemorySlot:
+    def add_mapped_memory(
+        self, slot: int, gpa: int, ptr: Any, size: int, *, flags: int = 0
+    ) -> MemorySlot:
         """Back [gpa, gpa+size) with a mapping the caller made (e.g. private
         anonymous memory registered with userfaultfd).  The VM owns it from
         here on: :meth:`close` unmaps it, and so does a failure here."""
@@ -367,18 +381,27 @@ class Vm(_Fd):
             self._check_open()
             hva = int(ffi.cast("uintptr_t", ptr))
             if size <= 0 or size % PAGE_SIZE or gpa % PAGE_SIZE or hva % PAGE_SIZE:
-                raise MemorySlotError(f"slot {slot}: gpa {gpa:#x}, hva {hva:#x} and size "
-                                      f"{size:#x} must be multiples of the {PAGE_SIZE}-byte page")
+                raise MemorySlotError(
+                    f"slot {slot}: gpa {gpa:#x}, hva {hva:#x} and size "
+                    f"{size:#x} must be multiples of the {PAGE_SIZE}-byte page"
+                )
             if slot in self.slots:
                 raise MemorySlotError(f"slot {slot} is already in use ({self.slots[slot]})")
             for other in self.slots.values():
                 if gpa < other.end and other.gpa < gpa + size:
-                    raise MemorySlotError(f"slot {slot} [{gpa:#x}, {gpa + size:#x}) overlaps "
-                                          f"slot {other.slot}")
-            region = ffi.new("struct kvm_userspace_memory_region *", {
-                "slot": slot, "flags": flags, "guest_phys_addr": gpa,
-                "memory_size": size, "userspace_addr": hva,
-            })
+                    raise MemorySlotError(
+                        f"slot {slot} [{gpa:#x}, {gpa + size:#x}) overlaps slot {other.slot}"
+                    )
+            region = ffi.new(
+                "struct kvm_userspace_memory_region *",
+                {
+                    "slot": slot,
+                    "flags": flags,
+                    "guest_phys_addr": gpa,
+                    "memory_size": size,
+                    "userspace_addr": hva,
+                },
+            )
             self.ioctl(nr.KVM_SET_USER_MEMORY_REGION, region)
         except BaseException:
             lib.munmap(ptr, size)
@@ -396,12 +419,12 @@ class Vm(_Fd):
     def read(self, gpa: int, length: int) -> bytes:
         s = self.slot_for(gpa, length)
         off = gpa - s.gpa
-        return ffi.buffer(s._ptr, s.size)[off:off + length]
+        return ffi.buffer(s._ptr, s.size)[off : off + length]
 
     def write(self, gpa: int, data: bytes) -> None:
         s = self.slot_for(gpa, len(data))
         off = gpa - s.gpa
-        ffi.buffer(s._ptr, s.size)[off:off + len(data)] = data
+        ffi.buffer(s._ptr, s.size)[off : off + len(data)] = data
 
     def pointer(self, gpa: int, ctype: str) -> Any:
         """A typed pointer into guest memory (reads and writes go straight to the guest)."""
@@ -425,10 +448,15 @@ class Vm(_Fd):
         return ClockData(data.clock, data.flags, data.realtime, data.host_tsc)
 
     def set_clock(self, clock: ClockData, *, flags: int = 0) -> None:
-        data = ffi.new("struct kvm_clock_data *", {
-            "clock": clock.clock_ns, "flags": flags,
-            "realtime": clock.realtime_ns, "host_tsc": clock.host_tsc,
-        })
+        data = ffi.new(
+            "struct kvm_clock_data *",
+            {
+                "clock": clock.clock_ns,
+                "flags": flags,
+                "realtime": clock.realtime_ns,
+                "host_tsc": clock.host_tsc,
+            },
+        )
         self.ioctl(nr.KVM_SET_CLOCK, data)
 
     def check_extension(self, cap: int) -> int:
@@ -540,15 +568,21 @@ class Vcpu(_Fd):
             ex.io_data = ffi.buffer(base + r.io.data_offset, r.io.size * r.io.count)[:]
         elif reason == lib.KVM_EXIT_MMIO:
             ex.mmio_gpa = r.mmio.phys_addr
-            ex.detail = {"gpa": hex(r.mmio.phys_addr), "len": r.mmio.len,
-                         "is_write": bool(r.mmio.is_write)}
+            ex.detail = {
+                "gpa": hex(r.mmio.phys_addr),
+                "len": r.mmio.len,
+                "is_write": bool(r.mmio.is_write),
+            }
         elif reason == lib.KVM_EXIT_INTERNAL_ERROR:
             n = min(r.internal.ndata, 16)
-            ex.detail = {"suberror": r.internal.suberror,
-                         "data": [hex(r.internal.data[i]) for i in range(n)]}
+            ex.detail = {
+                "suberror": r.internal.suberror,
+                "data": [hex(r.internal.data[i]) for i in range(n)],
+            }
         elif reason == lib.KVM_EXIT_FAIL_ENTRY:
-            ex.detail = {"hardware_entry_failure_reason":
-                         hex(r.fail_entry.hardware_entry_failure_reason)}
+            ex.detail = {
+                "hardware_entry_failure_reason": hex(r.fail_entry.hardware_entry_failure_reason)
+            }
         elif reason == lib.KVM_EXIT_UNKNOWN:
             ex.detail = {"hardware_exit_reason": hex(r.hw.hardware_exit_reason)}
         elif reason == lib.KVM_EXIT_EXCEPTION:
@@ -666,15 +700,19 @@ class Vcpu(_Fd):
 
     def get_attr_u64(self, group: int, attr: int) -> int:
         val = ffi.new("__u64 *")
-        a = ffi.new("struct kvm_device_attr *", {
-            "group": group, "attr": attr, "addr": int(ffi.cast("uintptr_t", val))})
+        a = ffi.new(
+            "struct kvm_device_attr *",
+            {"group": group, "attr": attr, "addr": int(ffi.cast("uintptr_t", val))},
+        )
         self.ioctl(nr.KVM_GET_DEVICE_ATTR, a)
         return val[0]
 
     def set_attr_u64(self, group: int, attr: int, value: int) -> None:
         val = ffi.new("__u64 *", value)
-        a = ffi.new("struct kvm_device_attr *", {
-            "group": group, "attr": attr, "addr": int(ffi.cast("uintptr_t", val))})
+        a = ffi.new(
+            "struct kvm_device_attr *",
+            {"group": group, "attr": attr, "addr": int(ffi.cast("uintptr_t", val))},
+        )
         self.ioctl(nr.KVM_SET_DEVICE_ATTR, a)
 
     def has_tsc_offset_attr(self) -> bool:
@@ -685,4 +723,3 @@ class Vcpu(_Fd):
 
     def set_tsc_offset(self, offset: int) -> None:
         self.set_attr_u64(lib.KVM_VCPU_TSC_CTRL, lib.KVM_VCPU_TSC_OFFSET, offset & (2**64 - 1))
-

@@ -75,20 +75,28 @@ class Pvti:
 
     def ns_at(self, tsc: int) -> int:
         """kvmclock at guest TSC ``tsc`` by this area."""
-        return (self.system_time + scale((tsc - self.tsc_timestamp) & U64_MASK,
-                                         self.mul, self.shift)) & U64_MASK
+        return (
+            self.system_time + scale((tsc - self.tsc_timestamp) & U64_MASK, self.mul, self.shift)
+        ) & U64_MASK
 
     def khz(self) -> float:
         """The TSC frequency this area's scale implies (kHz)."""
         if not self.mul:
             return 0.0
-        return 1e6 * 2.0 ** 32 / self.mul / 2.0 ** self.shift
+        return 1e6 * 2.0**32 / self.mul / 2.0**self.shift
 
     @classmethod
     def from_cdata(cls, p: Any) -> Pvti:
-        return cls(p.version, p.tsc_timestamp, p.system_time, p.tsc_to_system_mul,
-                   p.tsc_shift, p.flags)
+        return cls(
+            p.version, p.tsc_timestamp, p.system_time, p.tsc_to_system_mul, p.tsc_shift, p.flags
+        )
 
     def to_list(self) -> list[int]:
-        return [self.version, self.tsc_timestamp, self.system_time, self.mul, self.shift,
-                self.flags]
+        return [
+            self.version,
+            self.tsc_timestamp,
+            self.system_time,
+            self.mul,
+            self.shift,
+            self.flags,
+        ]

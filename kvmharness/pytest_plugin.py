@@ -42,25 +42,35 @@ def _kvm_problem() -> str | None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--kvmharness-known", metavar="FILE", default=None,
-                     help="kvmharness known-issues file (default: the one the package ships): "
-                          "tests marked kvm_scenario that it says break here are strict xfail")
+    parser.addoption(
+        "--kvmharness-known",
+        metavar="FILE",
+        default=None,
+        help="kvmharness known-issues file (default: the one the package ships): "
+        "tests marked kvm_scenario that it says break here are strict xfail",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "kvm: needs /dev/kvm (skips without it; fails when KVMHARNESS_REQUIRE_KVM=1)")
+        "markers", "kvm: needs /dev/kvm (skips without it; fails when KVMHARNESS_REQUIRE_KVM=1)"
+    )
     config.addinivalue_line(
-        "markers", "kvm_scenario(name): the test asserts promise 'family/variant' holds; "
-                   "strict xfail where a known issue says it breaks on this host")
+        "markers",
+        "kvm_scenario(name): the test asserts promise 'family/variant' holds; "
+        "strict xfail where a known issue says it breaks on this host",
+    )
     config._kvmharness_problem = _kvm_problem()  # type: ignore[attr-defined]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from kvmharness.known import Host, find, load
 
-    marked = [(item, m.args[0]) for item in items
-              if (m := item.get_closest_marker("kvm_scenario")) is not None and m.args]
+    marked = [
+        (item, m.args[0])
+        for item in items
+        if (m := item.get_closest_marker("kvm_scenario")) is not None and m.args
+    ]
     if not marked:
         return
     issues = load(config.getoption("--kvmharness-known", default=None))
@@ -68,9 +78,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item, scenario in marked:
         issue = find(issues, scenario, host)
         if issue is not None:
-            item.add_marker(pytest.mark.xfail(
-                strict=True, reason=f"known-broken on {host.backend} {host.kernel_release}: "
-                                    f"{issue.describe()}"))
+            item.add_marker(
+                pytest.mark.xfail(
+                    strict=True,
+                    reason=f"known-broken on {host.backend} {host.kernel_release}: "
+                    f"{issue.describe()}",
+                )
+            )
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -147,8 +161,9 @@ def make_guest(kvm: Any, request: pytest.FixtureRequest) -> Iterator[Callable[..
 
     made: list[GuestVm] = []
 
-    def factory(program: Any = None, *, source: str | os.PathLike[str] | None = None,
-                **kwargs: Any) -> GuestVm:
+    def factory(
+        program: Any = None, *, source: str | os.PathLike[str] | None = None, **kwargs: Any
+    ) -> GuestVm:
         if source is not None:
             source = resolve_source(source, request.path)
         elif program is None:

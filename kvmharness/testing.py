@@ -82,14 +82,45 @@ from kvmharness.snapshot import write_snapshot
 from kvmharness.snapshot.state import VmState, capture, load_state_file, restore
 
 __all__ = [
-    "ASSERT", "DONE", "EXCEPTION", "SYNC",
-    "GuestBuildError", "GuestError", "GuestFailure", "GuestStopped", "GuestVm", "Kvm",
-    "RunDelay", "Sample", "Stealer", "Ucall", "VcpuThread", "Violation", "VmState",
-    "assert_no_violations", "capture", "check_alive", "check_bounded",
-    "check_follows_run_delay", "check_monotonic", "check_rate", "check_series",
-    "check_versions", "current_tid", "expect_sync", "load_state_file", "pin_current_thread",
-    "read_symbol", "restore", "restore_guest", "run_delay_ns", "run_until_done",
-    "symbol_address", "usable_cpus", "write_snapshot", "write_symbol",
+    "ASSERT",
+    "DONE",
+    "EXCEPTION",
+    "SYNC",
+    "GuestBuildError",
+    "GuestError",
+    "GuestFailure",
+    "GuestStopped",
+    "GuestVm",
+    "Kvm",
+    "RunDelay",
+    "Sample",
+    "Stealer",
+    "Ucall",
+    "VcpuThread",
+    "Violation",
+    "VmState",
+    "assert_no_violations",
+    "capture",
+    "check_alive",
+    "check_bounded",
+    "check_follows_run_delay",
+    "check_monotonic",
+    "check_rate",
+    "check_series",
+    "check_versions",
+    "current_tid",
+    "expect_sync",
+    "load_state_file",
+    "pin_current_thread",
+    "read_symbol",
+    "restore",
+    "restore_guest",
+    "run_delay_ns",
+    "run_until_done",
+    "symbol_address",
+    "usable_cpus",
+    "write_snapshot",
+    "write_symbol",
 ]
 
 #: ``GUEST_SYNC(...)``: the guest reports up to 8 values and waits to be resumed.
@@ -134,9 +165,13 @@ def expect_sync(gvm: GuestVm, vcpu: Vcpu) -> list[int]:
     return gvm.expect(vcpu, SYNC).args
 
 
-def run_until_done(gvm: GuestVm, vcpu: Vcpu, *,
-                   on_sync: Callable[[Ucall], None] | None = None,
-                   max_syncs: int = 100_000) -> list[Ucall]:
+def run_until_done(
+    gvm: GuestVm,
+    vcpu: Vcpu,
+    *,
+    on_sync: Callable[[Ucall], None] | None = None,
+    max_syncs: int = 100_000,
+) -> list[Ucall]:
     """Run ``vcpu`` until its ``guest_main`` returns (DONE) and return its SYNCs.
 
     ``on_sync(ucall)`` is called at each SYNC while the vCPU is stopped (read or
@@ -170,16 +205,18 @@ def usable_cpus() -> list[int]:
 # ---- snapshots
 
 
-def restore_guest(kvm: Kvm, state: VmState, program: str | os.PathLike[str] | ElfImage | None
-                  = None) -> GuestVm:
+def restore_guest(
+    kvm: Kvm, state: VmState, program: str | os.PathLike[str] | ElfImage | None = None
+) -> GuestVm:
     """A new VM from captured ``state`` (memory, vCPUs, kvmclock), wrapped as a
     :class:`GuestVm` so symbols and the ucall loop work on it.  ``program`` names the
     guest program for its symbols; by default the one recorded in the state, so
     ``capture(gvm.vm, program=gvm.program)`` round-trips.  Close it (``with``) when done."""
     prog = program if program is not None else state.program
     if not prog:
-        raise ValueError("the state records no program: capture(vm, program=gvm.program), "
-                         "or pass program=")
+        raise ValueError(
+            "the state records no program: capture(vm, program=gvm.program), or pass program="
+        )
     vm = restore(kvm, state)
     try:
         return GuestVm.adopt(kvm, vm, prog)

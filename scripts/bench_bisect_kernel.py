@@ -25,8 +25,9 @@ SCRIPT = Path(__file__).resolve().parent / "bisect-kernel"
 PHASES = ("boot_s", "kvm_load_s", "inner_s", "total_s")
 
 
-def run_step(image: str, extra: list[str], inner_cmd: str | None,
-             inner_args: list[str]) -> dict[str, float | int | None]:
+def run_step(
+    image: str, extra: list[str], inner_cmd: str | None, inner_args: list[str]
+) -> dict[str, float | int | None]:
     """One bisect-kernel run; its exit code and phase timings (its --timing-json)."""
     with tempfile.TemporaryDirectory(prefix="bench-bisect-kernel-") as d:
         timing = Path(d) / "timing.json"
@@ -53,13 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     inner_args: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, inner_args = argv[:cut], argv[cut + 1:]
+        argv, inner_args = argv[:cut], argv[cut + 1 :]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("image", metavar="IMAGE", help="kernel image (bzImage) to boot")
     p.add_argument("--modules", metavar="DIR", help="passed to bisect-kernel")
     p.add_argument("--timeout", type=float, default=1800.0, help="per step (default 1800)")
-    p.add_argument("--inner-cmd", metavar="CMD",
-                   help="the full step's command instead of `kvmharness bisect`")
+    p.add_argument(
+        "--inner-cmd", metavar="CMD", help="the full step's command instead of `kvmharness bisect`"
+    )
     p.add_argument("--json", metavar="FILE", help="write the figures as JSON ('-' = stdout)")
     args = p.parse_args(argv)
 
@@ -69,14 +71,21 @@ def main(argv: list[str] | None = None) -> int:
     base = run_step(args.image, extra, "true", [])
     full = run_step(args.image, extra, args.inner_cmd, inner_args)
 
-    rows = [[name, r["exit"], *(_s(r.get(k)) for k in PHASES)]
-            for name, r in (("baseline (inner: true)", base), ("full step", full))]
+    rows = [
+        [name, r["exit"], *(_s(r.get(k)) for k in PHASES)]
+        for name, r in (("baseline (inner: true)", base), ("full step", full))
+    ]
     ratio = None
     if base.get("total_s") and full.get("total_s"):
         ratio = float(full["total_s"]) / float(base["total_s"])  # type: ignore[arg-type]
         rows.append(["ratio full/baseline", "", "", "", "", f"{ratio:.2f}"])
-    print(tabulate(rows, headers=["run", "exit", "boot s", "KVM load s", "inner s", "total s"],
-                   tablefmt="simple"))
+    print(
+        tabulate(
+            rows,
+            headers=["run", "exit", "boot s", "KVM load s", "inner s", "total s"],
+            tablefmt="simple",
+        )
+    )
     payload = {
         "benchmark": "scripts/bisect-kernel step",
         "image": args.image,

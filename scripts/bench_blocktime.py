@@ -59,8 +59,11 @@ class NullModel:
         return 0
 
 
-MODELS = {"accountant": BlocktimeAccountant, "qemu-2025 model": QemuHashModel,
-          "per-vCPU scan": SlotScanModel}
+MODELS = {
+    "accountant": BlocktimeAccountant,
+    "qemu-2025 model": QemuHashModel,
+    "per-vCPU scan": SlotScanModel,
+}
 
 
 def time_model(factory: Any, n: int, min_calls: int) -> tuple[float, float]:
@@ -106,8 +109,9 @@ def bench_accounting(repeat: int, min_calls: int) -> list[dict[str, Any]]:
             runs = [time_model(factory, n, min_calls) for _ in range(repeat)]
             f = min(x[0] for x in runs) - base_f
             p = min(x[1] for x in runs) - base_p
-            rows.append({"model": name, "vcpus": n, "fault_ns": round(f, 1),
-                         "placement_ns": round(p, 1)})
+            rows.append(
+                {"model": name, "vcpus": n, "fault_ns": round(f, 1), "placement_ns": round(p, 1)}
+            )
     for name in MODELS:
         first = next(r for r in rows if r["model"] == name and r["vcpus"] == VCPU_COUNTS[0])
         for r in rows:
@@ -149,8 +153,9 @@ def bench_kvm(repeat: int) -> tuple[list[float], list[float], int, list[str]]:
     pages = 0
     with Kvm() as kvm:
         for _ in range(repeat):
-            res = run_scenario(PostcopyConfig("postcopy/stream", 2, latency_us=100,
-                                              pages_per_vcpu=128), kvm)
+            res = run_scenario(
+                PostcopyConfig("postcopy/stream", 2, latency_us=100, pages_per_vcpu=128), kvm
+            )
             verdicts.append(str(res.verdict))
             if res.stats.get("placed_per_s"):
                 rates.append(res.stats["placed_per_s"])
@@ -163,28 +168,54 @@ def bench_kvm(repeat: int) -> tuple[list[float], list[float], int, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--min-calls", type=int, default=20000,
-                    help="calls per model and vCPU count per repeat (default %(default)s)")
+    ap.add_argument(
+        "--min-calls",
+        type=int,
+        default=20000,
+        help="calls per model and vCPU count per repeat (default %(default)s)",
+    )
     ap.add_argument("--no-kvm", action="store_true", help="only the pure accounting part")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args(argv)
 
     acc = bench_accounting(args.repeat, args.min_calls)
-    print(tabulate([[r["model"], r["vcpus"], r["fault_ns"], r["fault_vs_1"], r["placement_ns"],
-                     r["placement_vs_1"]] for r in acc],
-                   headers=["model", "vCPUs", "ns/fault", "x vs 1 vCPU", "ns/placement",
-                            "x vs 1 vCPU"], tablefmt="simple", floatfmt=".1f"))
+    print(
+        tabulate(
+            [
+                [
+                    r["model"],
+                    r["vcpus"],
+                    r["fault_ns"],
+                    r["fault_vs_1"],
+                    r["placement_ns"],
+                    r["placement_vs_1"],
+                ]
+                for r in acc
+            ],
+            headers=["model", "vCPUs", "ns/fault", "x vs 1 vCPU", "ns/placement", "x vs 1 vCPU"],
+            tablefmt="simple",
+            floatfmt=".1f",
+        )
+    )
     mine = [r for r in acc if r["model"] == "accountant"]
     flat = max(r["placement_vs_1"] for r in mine)
     flat_fault = max(r["fault_vs_1"] for r in mine)
-    print(f"\naccountant: placement cost at most {flat:.2f}x its 1-vCPU cost, fault cost at most "
-          f"{flat_fault:.2f}x (target {TARGET_FLAT}x): "
-          + ("flat" if max(flat, flat_fault) <= TARGET_FLAT else "NOT flat"))
-    out: dict[str, Any] = {"host": {"kernel": platform.release(), "python": sys.version.split()[0],
-                                    "cpus": os.cpu_count()},
-                           "accounting": acc, "target_flat": TARGET_FLAT,
-                           "accountant_placement_max_ratio": flat,
-                           "accountant_fault_max_ratio": flat_fault}
+    print(
+        f"\naccountant: placement cost at most {flat:.2f}x its 1-vCPU cost, fault cost at most "
+        f"{flat_fault:.2f}x (target {TARGET_FLAT}x): "
+        + ("flat" if max(flat, flat_fault) <= TARGET_FLAT else "NOT flat")
+    )
+    out: dict[str, Any] = {
+        "host": {
+            "kernel": platform.release(),
+            "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+        },
+        "accounting": acc,
+        "target_flat": TARGET_FLAT,
+        "accountant_placement_max_ratio": flat,
+        "accountant_fault_max_ratio": flat_fault,
+    }
     if not args.no_kvm:
         rates, fast, pages, verdicts = bench_kvm(args.repeat)
         bare = bench_bare_copy(max(pages, 256), args.repeat)
@@ -195,15 +226,30 @@ def main(argv: list[str] | None = None) -> int:
             return [what, f"{rate:,.0f}" if rate else "-", f"{rate / bare:.2f}" if rate else "-"]
 
         print()
-        print(tabulate([row("bare UFFDIO_COPY loop (nobody faulting)", bare),
-                        row("KVM postcopy/stream, whole run (paced: 1 page/latency while "
-                            "touching)", kvm_rate),
-                        row("KVM postcopy/stream, unpaced tail of the stream", fast_rate)],
-                       headers=["pages placed", "pages/s (median)", "x bare"], tablefmt="simple"))
+        print(
+            tabulate(
+                [
+                    row("bare UFFDIO_COPY loop (nobody faulting)", bare),
+                    row(
+                        "KVM postcopy/stream, whole run (paced: 1 page/latency while touching)",
+                        kvm_rate,
+                    ),
+                    row("KVM postcopy/stream, unpaced tail of the stream", fast_rate),
+                ],
+                headers=["pages placed", "pages/s (median)", "x bare"],
+                tablefmt="simple",
+            )
+        )
         print(f"({pages} pages per KVM run, verdicts {', '.join(verdicts)})")
-        out["kvm"] = {"pages": pages, "placed_per_s": rates, "median_placed_per_s": kvm_rate,
-                      "unpaced_per_s": fast, "median_unpaced_per_s": fast_rate,
-                      "bare_copy_per_s": bare, "verdicts": verdicts}
+        out["kvm"] = {
+            "pages": pages,
+            "placed_per_s": rates,
+            "median_placed_per_s": kvm_rate,
+            "unpaced_per_s": fast,
+            "median_unpaced_per_s": fast_rate,
+            "bare_copy_per_s": bare,
+            "verdicts": verdicts,
+        }
     if args.json:
         text = json.dumps(out, indent=2)
         if args.json == "-":

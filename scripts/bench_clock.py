@@ -63,11 +63,16 @@ def guest_costs(kvm: Kvm, rounds: int, batches: int) -> dict[str, Any]:
                     per.append((args[7] - args[6]) / args[1] / (khz / 1e6))
                 out[name].append(statistics.median(per))
     med = {m: statistics.median(v) for m, v in out.items()}
-    return {"tsc_khz": khz, "reads_per_batch": lib.CLOCK_BATCH_MAX, "rounds": rounds,
-            "batches_per_round": batches,
-            "ns_per_read": {m: {"median": med[m], "min": min(out[m]), "max": max(out[m])}
-                            for m in MODES},
-            "ratio_over_raw_tsc": {m: med[m] / med["raw TSC"] for m in MODES}}
+    return {
+        "tsc_khz": khz,
+        "reads_per_batch": lib.CLOCK_BATCH_MAX,
+        "rounds": rounds,
+        "batches_per_round": batches,
+        "ns_per_read": {
+            m: {"median": med[m], "min": min(out[m]), "max": max(out[m])} for m in MODES
+        },
+        "ratio_over_raw_tsc": {m: med[m] / med["raw TSC"] for m in MODES},
+    }
 
 
 def warp_rates(kvm: Kvm, counts: list[int], phase_ms: int) -> list[dict[str, Any]]:
@@ -75,17 +80,25 @@ def warp_rates(kvm: Kvm, counts: list[int], phase_ms: int) -> list[dict[str, Any
     for n in counts:
         res = run_scenario(ClockConfig("warp", n, phase_ms=phase_ms), kvm)
         reads = [len(r.samples) for r in res.records]
-        rows.append({"vcpus": n, "verdict": str(res.verdict), "reads": sum(reads),
-                     "in_guest_reads_per_s_per_vcpu": res.reads_per_s(),
-                     "wall_reads_per_s_per_vcpu": sum(reads) / n / (phase_ms / 1000),
-                     "warps": res.warps()[0], "largest_warp_ns": res.warps()[1],
-                     "vdso_warps": res.warps()[2]})
+        rows.append(
+            {
+                "vcpus": n,
+                "verdict": str(res.verdict),
+                "reads": sum(reads),
+                "in_guest_reads_per_s_per_vcpu": res.reads_per_s(),
+                "wall_reads_per_s_per_vcpu": sum(reads) / n / (phase_ms / 1000),
+                "warps": res.warps()[0],
+                "largest_warp_ns": res.warps()[1],
+                "vdso_warps": res.warps()[2],
+            }
+        )
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batches", type=int, default=10, help="batches per mode per round")
     p.add_argument("--vcpus", default="1,4,16", help="vCPU counts for the warp rate")
@@ -98,23 +111,62 @@ def main(argv: list[str] | None = None) -> int:
     with Kvm() as kvm:
         costs = guest_costs(kvm, args.rounds, args.batches)
         rates = warp_rates(kvm, counts, args.phase_ms)
-    print(f"guest cost per read (TSC {costs['tsc_khz']} kHz, batches of "
-          f"{costs['reads_per_batch']}, median of {args.rounds} rounds)")
-    print(tabulate([[m, f"{f['median']:.0f}", f"{f['min']:.0f}", f"{f['max']:.0f}",
-                     f"{costs['ratio_over_raw_tsc'][m]:.2f}"]
-                    for m, f in costs["ns_per_read"].items()],
-                   headers=["read", "ns/read", "min", "max", "x raw TSC"]))
+    print(
+        f"guest cost per read (TSC {costs['tsc_khz']} kHz, batches of "
+        f"{costs['reads_per_batch']}, median of {args.rounds} rounds)"
+    )
+    print(
+        tabulate(
+            [
+                [
+                    m,
+                    f"{f['median']:.0f}",
+                    f"{f['min']:.0f}",
+                    f"{f['max']:.0f}",
+                    f"{costs['ratio_over_raw_tsc'][m]:.2f}",
+                ]
+                for m, f in costs["ns_per_read"].items()
+            ],
+            headers=["read", "ns/read", "min", "max", "x raw TSC"],
+        )
+    )
     print()
-    print(f"warp scenario, {args.phase_ms} ms phase"
-          + (f" (asked for {capped}: GUEST_MAX_VCPUS is {lib.GUEST_MAX_VCPUS})"
-             if capped else ""))
-    print(tabulate([[r["vcpus"], r["reads"], f"{r['in_guest_reads_per_s_per_vcpu'] or 0:.0f}",
-                     f"{r['wall_reads_per_s_per_vcpu']:.0f}", r["warps"], r["vdso_warps"],
-                     r["verdict"]] for r in rates],
-                   headers=["vCPUs", "reads", "reads/s/vCPU in-guest", "reads/s/vCPU wall",
-                            "warps", "vDSO warps", "verdict"]))
-    result = {"kernel": platform.release(), "guest_cost": costs, "warp": rates,
-              "guest_max_vcpus": lib.GUEST_MAX_VCPUS, "capped": capped}
+    print(
+        f"warp scenario, {args.phase_ms} ms phase"
+        + (f" (asked for {capped}: GUEST_MAX_VCPUS is {lib.GUEST_MAX_VCPUS})" if capped else "")
+    )
+    print(
+        tabulate(
+            [
+                [
+                    r["vcpus"],
+                    r["reads"],
+                    f"{r['in_guest_reads_per_s_per_vcpu'] or 0:.0f}",
+                    f"{r['wall_reads_per_s_per_vcpu']:.0f}",
+                    r["warps"],
+                    r["vdso_warps"],
+                    r["verdict"],
+                ]
+                for r in rates
+            ],
+            headers=[
+                "vCPUs",
+                "reads",
+                "reads/s/vCPU in-guest",
+                "reads/s/vCPU wall",
+                "warps",
+                "vDSO warps",
+                "verdict",
+            ],
+        )
+    )
+    result = {
+        "kernel": platform.release(),
+        "guest_cost": costs,
+        "warp": rates,
+        "guest_max_vcpus": lib.GUEST_MAX_VCPUS,
+        "capped": capped,
+    }
     if args.json == "-":
         print(json.dumps(result, indent=2))
     elif args.json:

@@ -67,15 +67,17 @@ def build_c_loop(cc: str = "gcc") -> Path:
     source = C_SOURCE.read_bytes()
     flags = ["-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror"]
     digest = hashlib.sha256(
-        source + " ".join(flags).encode() + compiler_version(cc).encode()).hexdigest()[:16]
+        source + " ".join(flags).encode() + compiler_version(cc).encode()
+    ).hexdigest()[:16]
     out_dir = cache_dir().parent / "bench"
     out = out_dir / f"kvm_run_loop-{digest}.so"
     if out.is_file():
         return out
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    proc = subprocess.run([cc, *flags, "-o", str(tmp), str(C_SOURCE)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [cc, *flags, "-o", str(tmp), str(C_SOURCE)], capture_output=True, text=True
+    )
     if proc.returncode:
         raise BenchError(f"building {C_SOURCE} failed:\n{proc.stderr}")
     tmp.replace(out)  # atomic: a concurrent run sees the old or the new file, whole
@@ -119,8 +121,7 @@ def python_loop(vcpu: Vcpu, n: int) -> int:
         done += 1
     elapsed = time.perf_counter_ns() - t0
     if done != n:
-        raise BenchError(f"Python loop: unexpected exit after {done} of {n}: "
-                         f"{vcpu.exit_info()}")
+        raise BenchError(f"Python loop: unexpected exit after {done} of {n}: {vcpu.exit_info()}")
     return elapsed
 
 
@@ -158,8 +159,7 @@ def measure(exits: int, rounds: int, warmup: int) -> dict[str, Any]:
                     py_ns.append(python_loop(vcpu, exits) / exits)
         uc = gvm.run_until_ucall(vcpu)
         if uc.cmd != lib.UCALL_DONE:
-            raise BenchError(f"after {total} port writes the guest sent {uc.describe()}, "
-                             "not DONE")
+            raise BenchError(f"after {total} port writes the guest sent {uc.describe()}, not DONE")
         backend = _kvm_backend()
     c_sum, py_sum = summary(c_ns), summary(py_ns)
     ratio = py_sum["median_ns"] / c_sum["median_ns"]
@@ -191,8 +191,7 @@ def measure(exits: int, rounds: int, warmup: int) -> dict[str, Any]:
 def _kvm_backend() -> str:
     """The loaded kvm_* vendor modules (kvm_intel, kvm_amd, kvm_pvm), from /sys/module."""
     try:
-        mods = sorted(p.name for p in Path("/sys/module").iterdir()
-                      if p.name.startswith("kvm_"))
+        mods = sorted(p.name for p in Path("/sys/module").iterdir() if p.name.startswith("kvm_"))
     except OSError:
         mods = []
     return ",".join(mods) or "unknown"
@@ -203,36 +202,51 @@ def render(result: dict[str, Any]) -> str:
     for side in ("c", "python"):
         s = result[side]
         rows.append([side, f"{s['median_ns']:.0f}", f"{s['min_ns']:.0f}", f"{s['max_ns']:.0f}"])
-    table = tabulate(rows, headers=["loop", "median ns/exit", "min", "max"],
-                     colalign=("left", "right", "right", "right"))
+    table = tabulate(
+        rows,
+        headers=["loop", "median ns/exit", "min", "max"],
+        colalign=("left", "right", "right", "right"),
+    )
     verdict = "meets" if result["meets_target"] else "misses"
-    return (f"KVM_RUN + port-I/O exit, {result['rounds']} rounds x "
-            f"{result['exits_per_round']} exits per side "
-            f"(kernel {result['host']['kernel']}, {result['host']['kvm_backend']})\n"
-            f"{table}\n"
-            f"python/C ratio {result['ratio_python_over_c']:.3f} of medians "
-            f"(+{result['overhead_ns_per_exit']:.0f} ns per exit; "
-            f"{result['ratio_of_min']:.3f} of minimums); target "
-            f"{result['target_ratio']:.2f}: {verdict}")
+    return (
+        f"KVM_RUN + port-I/O exit, {result['rounds']} rounds x "
+        f"{result['exits_per_round']} exits per side "
+        f"(kernel {result['host']['kernel']}, {result['host']['kvm_backend']})\n"
+        f"{table}\n"
+        f"python/C ratio {result['ratio_python_over_c']:.3f} of medians "
+        f"(+{result['overhead_ns_per_exit']:.0f} ns per exit; "
+        f"{result['ratio_of_min']:.3f} of minimums); target "
+        f"{result['target_ratio']:.2f}: {verdict}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="The table is always printed. JSON is written only with --json "
-               "(FILE, or - for stdout after the table).",
+        "(FILE, or - for stdout after the table).",
     )
-    parser.add_argument("--exits", type=int, default=20000,
-                        help="KVM_RUN exits per side per round (default 20000)")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="rounds, alternating which side goes first (default 5)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed exits per side before the rounds "
-                             "(default: min(2000, exits))")
-    parser.add_argument("--cpu", type=int, default=None,
-                        help="pin this process (and so the vCPU) to one host CPU")
-    parser.add_argument("--json", metavar="FILE",
-                        help="also write the figures as JSON to FILE (- for stdout)")
+    parser.add_argument(
+        "--exits", type=int, default=20000, help="KVM_RUN exits per side per round (default 20000)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="rounds, alternating which side goes first (default 5)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed exits per side before the rounds (default: min(2000, exits))",
+    )
+    parser.add_argument(
+        "--cpu", type=int, default=None, help="pin this process (and so the vCPU) to one host CPU"
+    )
+    parser.add_argument(
+        "--json", metavar="FILE", help="also write the figures as JSON to FILE (- for stdout)"
+    )
     args = parser.parse_args(argv)
     if args.exits < 1 or args.rounds < 1:
         parser.error("--exits and --rounds must be at least 1")

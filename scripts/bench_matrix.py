@@ -37,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     totals = []
     for i in range(args.repeat):
         t0 = time.monotonic()
-        results = run_matrix(select(None, bisect=False), None,
-                             RunOptions(args.contend_ms, args.downtime_ms))
+        results = run_matrix(
+            select(None, bisect=False), None, RunOptions(args.contend_ms, args.downtime_ms)
+        )
         totals.append(time.monotonic() - t0)
         for r in results:
             per.setdefault((r.variant.name, r.vcpus), []).append(r.wall_s)
@@ -51,16 +52,23 @@ def main(argv: list[str] | None = None) -> int:
     total = statistics.median(totals)
     floor_total = floor_s * len(per)
     rows.append(["TOTAL", "", f"{total:.3f}", f"{floor_total:.3f}", f"{total / floor_total:.2f}"])
-    print(tabulate(rows, headers=["scenario", "vCPUs", "wall s (median)",
-                                  "contended floor s", "ratio"], tablefmt="simple"))
+    print(
+        tabulate(
+            rows,
+            headers=["scenario", "vCPUs", "wall s (median)", "contended floor s", "ratio"],
+            tablefmt="simple",
+        )
+    )
     payload = {
         "benchmark": "kvmharness run (default matrix)",
         "repeat": args.repeat,
         "total_wall_s": total,
         "floor_s": floor_total,
         "ratio": total / floor_total,
-        "scenarios": [{"strategy": k[0], "vcpus": k[1], "wall_s": statistics.median(v),
-                       "floor_s": floor_s} for k, v in per.items()],
+        "scenarios": [
+            {"strategy": k[0], "vcpus": k[1], "wall_s": statistics.median(v), "floor_s": floor_s}
+            for k, v in per.items()
+        ],
     }
     if args.json == "-":
         print(json.dumps(payload, indent=2))

@@ -42,27 +42,53 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{n} vCPUs: {res.verdict}: {res.observed}", file=sys.stderr)
                 walls.append(res.wall_s)
             wall = statistics.median(walls)
-            figures.append({"vcpus": n, "wall_s": wall, "floor_s": floor_s,
-                            "per_vcpu_s": (wall - floor_s) / n})
+            figures.append(
+                {"vcpus": n, "wall_s": wall, "floor_s": floor_s, "per_vcpu_s": (wall - floor_s) / n}
+            )
             print(f"{n} vCPUs: {wall:.3f} s", file=sys.stderr)
     base = figures[0]["per_vcpu_s"]
     prev = None
     for f in figures:
         f["per_vcpu_ratio"] = f["per_vcpu_s"] / base if base > 0 else None
         # marginal cost: what each added vCPU cost since the previous count
-        f["marginal_ms"] = (None if prev is None else
-                            (f["wall_s"] - prev["wall_s"]) / (f["vcpus"] - prev["vcpus"]) * 1e3)
+        f["marginal_ms"] = (
+            None
+            if prev is None
+            else (f["wall_s"] - prev["wall_s"]) / (f["vcpus"] - prev["vcpus"]) * 1e3
+        )
         prev = f
-        rows.append([f["vcpus"], f"{f['wall_s']:.3f}", f"{f['floor_s']:.3f}",
-                     f"{f['per_vcpu_s'] * 1e3:.1f}",
-                     "-" if f["per_vcpu_ratio"] is None else f"{f['per_vcpu_ratio']:.2f}",
-                     "-" if f["marginal_ms"] is None else f"{f['marginal_ms']:.1f}"])
-    print(tabulate(rows, headers=["vCPUs", "wall s (median)", "contended floor s",
-                                  "per-vCPU ms", "per-vCPU ratio vs 1",
-                                  "marginal ms per added vCPU"], tablefmt="simple"))
-    payload = {"benchmark": "steal scenario cost per vCPU", "strategy": args.strategy,
-               "contend_ms": args.contend_ms, "repeat": args.repeat, "figures": figures,
-               "target": "per-vCPU ratio <= 1.5 up to 64 vCPUs"}
+        rows.append(
+            [
+                f["vcpus"],
+                f"{f['wall_s']:.3f}",
+                f"{f['floor_s']:.3f}",
+                f"{f['per_vcpu_s'] * 1e3:.1f}",
+                "-" if f["per_vcpu_ratio"] is None else f"{f['per_vcpu_ratio']:.2f}",
+                "-" if f["marginal_ms"] is None else f"{f['marginal_ms']:.1f}",
+            ]
+        )
+    print(
+        tabulate(
+            rows,
+            headers=[
+                "vCPUs",
+                "wall s (median)",
+                "contended floor s",
+                "per-vCPU ms",
+                "per-vCPU ratio vs 1",
+                "marginal ms per added vCPU",
+            ],
+            tablefmt="simple",
+        )
+    )
+    payload = {
+        "benchmark": "steal scenario cost per vCPU",
+        "strategy": args.strategy,
+        "contend_ms": args.contend_ms,
+        "repeat": args.repeat,
+        "figures": figures,
+        "target": "per-vCPU ratio <= 1.5 up to 64 vCPUs",
+    }
     text = json.dumps(payload, indent=2)
     if args.json == "-":
         print(text)

@@ -75,8 +75,17 @@ MOVE_FLOOR = {"ns": 10_000_000, "count": 1, "s": 2.0}
 #: the test-only switch that turns a scenario's result into BROKEN after the run
 BREAK_ON_PURPOSE = "--break-on-purpose"
 
-STATUS_ORDER = ["BROKEN", "fixed?", "ERROR", "known-broken", "untestable", "not supported",
-                "characterized", "holds", "not run"]
+STATUS_ORDER = [
+    "BROKEN",
+    "fixed?",
+    "ERROR",
+    "known-broken",
+    "untestable",
+    "not supported",
+    "characterized",
+    "holds",
+    "not run",
+]
 
 
 class Usage(Exception):
@@ -132,8 +141,9 @@ class Problem:
         return f"{self.file}:{self.line}: skipped: {self.why}"
 
 
-def parse_history(data: bytes, name: str = "<history>"
-                  ) -> tuple[list[dict[str, Any]], list[Problem]]:
+def parse_history(
+    data: bytes, name: str = "<history>"
+) -> tuple[list[dict[str, Any]], list[Problem]]:
     """The records of a history file's bytes, and the lines skipped (torn,
     garbled, not a record).  Never raises on content."""
     records: list[dict[str, Any]] = []
@@ -149,9 +159,14 @@ def parse_history(data: bytes, name: str = "<history>"
         else:
             records.append(rec)
     if tail.strip():
-        problems.append(Problem(name, len(lines) + 1,
-                                f"torn: the last line has no newline ({len(tail)} bytes; "
-                                "a writer died mid-write or is writing now)"))
+        problems.append(
+            Problem(
+                name,
+                len(lines) + 1,
+                f"torn: the last line has no newline ({len(tail)} bytes; "
+                "a writer died mid-write or is writing now)",
+            )
+        )
     return records, problems
 
 
@@ -223,8 +238,11 @@ def figures_of(r: dict[str, Any]) -> dict[str, Any]:
     elif fam == "clock":
         out["warps"] = r.get("warps")
         out["largest_warp_ns"] = r.get("largest_warp_ns")
-        jumps = [j.get("kvmclock_ns") for j in r.get("boundary_jumps") or []
-                 if isinstance(j.get("kvmclock_ns"), int | float)]
+        jumps = [
+            j.get("kvmclock_ns")
+            for j in r.get("boundary_jumps") or []
+            if isinstance(j.get("kvmclock_ns"), int | float)
+        ]
         out["largest_jump_ns"] = max(jumps, key=abs) if jumps else None
         out["reads"] = r.get("reads")
     elif fam == "postcopy":
@@ -239,8 +257,10 @@ def figures_of(r: dict[str, Any]) -> dict[str, Any]:
 #: per family: the figure each cell shows and the trend plots, (key, label, unit)
 KEY_FIGURES: dict[str, list[tuple[str, str, str]]] = {
     "steal": [("largest_jump_ns", "largest steal jump", "ns")],
-    "clock": [("largest_jump_ns", "largest kvmclock jump at the boundary", "ns"),
-              ("warps", "warps", "count")],
+    "clock": [
+        ("largest_jump_ns", "largest kvmclock jump at the boundary", "ns"),
+        ("warps", "warps", "count"),
+    ],
     "postcopy": [("blocktime_max_ns", "largest blocktime of one vCPU", "ns")],
 }
 
@@ -251,17 +271,25 @@ def scenarios_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
         fam = str(r.get("scenario", "?"))
         var = str(r.get("strategy", "?"))
         if var.startswith(fam + "/"):  # postcopy names its variants postcopy/...
-            var = var[len(fam) + 1:]
+            var = var[len(fam) + 1 :]
         vcpus = (r.get("config") or {}).get("vcpus", "?")
         known = r.get("known") or None
-        out.append({
-            "id": scenario_id(fam, var, vcpus), "family": fam, "variant": var,
-            "vcpus": vcpus, "kind": r.get("kind"), "verdict": r.get("verdict"),
-            "status": status_of(r), "observed": str(r.get("observed") or "")[:300],
-            "known": ({k: known.get(k) for k in ("status", "id", "reason", "link")}
-                      if known else None),
-            "figures": figures_of(r),
-        })
+        out.append(
+            {
+                "id": scenario_id(fam, var, vcpus),
+                "family": fam,
+                "variant": var,
+                "vcpus": vcpus,
+                "kind": r.get("kind"),
+                "verdict": r.get("verdict"),
+                "status": status_of(r),
+                "observed": str(r.get("observed") or "")[:300],
+                "known": (
+                    {k: known.get(k) for k in ("status", "id", "reason", "link")} if known else None
+                ),
+                "figures": figures_of(r),
+            }
+        )
     return out
 
 
@@ -279,11 +307,23 @@ def cpu_model() -> str:
 def git_revision(root: Path = ROOT) -> tuple[str | None, bool]:
     """(HEAD's commit, whether the tree has uncommitted changes)."""
     try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=30).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain",
-                                     "--untracked-files=no"], capture_output=True, text=True,
-                                    timeout=30).stdout.strip())
+        rev = (
+            subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.strip()
+            or None
+        )
+        dirty = bool(
+            subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         return None, False
     return rev, dirty
@@ -292,12 +332,26 @@ def git_revision(root: Path = ROOT) -> tuple[str | None, bool]:
 def junit_summary(xml_text: str | None) -> dict[str, Any]:
     """Counts and failed test ids of a pytest JUnit XML file (None: no file)."""
     if not xml_text:
-        return {"tests": 0, "failures": 0, "errors": 0, "skipped": 0, "time_s": 0.0,
-                "failed": [], "cases": []}
+        return {
+            "tests": 0,
+            "failures": 0,
+            "errors": 0,
+            "skipped": 0,
+            "time_s": 0.0,
+            "failed": [],
+            "cases": [],
+        }
     root = ET.fromstring(xml_text)
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
-    out: dict[str, Any] = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0, "time_s": 0.0,
-                           "failed": [], "cases": []}
+    out: dict[str, Any] = {
+        "tests": 0,
+        "failures": 0,
+        "errors": 0,
+        "skipped": 0,
+        "time_s": 0.0,
+        "failed": [],
+        "cases": [],
+    }
     for s in suites:
         for k in ("tests", "failures", "errors", "skipped"):
             out[k] += int(s.get(k, 0))
@@ -345,13 +399,16 @@ def break_pattern(spec: str, today: dt.date | None = None) -> str:
     today = today or dt.datetime.now(dt.UTC).date()
     pattern, _, day = spec.rpartition(":")
     if not pattern or day != today.isoformat():
-        raise Usage(f"{BREAK_ON_PURPOSE} takes SCENARIO:{today.isoformat()} (today's UTC date, "
-                    f"so it cannot be left on by accident); got {spec!r}")
+        raise Usage(
+            f"{BREAK_ON_PURPOSE} takes SCENARIO:{today.isoformat()} (today's UTC date, "
+            f"so it cannot be left on by accident); got {spec!r}"
+        )
     return pattern
 
 
-def break_on_purpose(scenarios: list[dict[str, Any]], spec: str | None,
-                     today: dt.date | None = None) -> list[str]:
+def break_on_purpose(
+    scenarios: list[dict[str, Any]], spec: str | None, today: dt.date | None = None
+) -> list[str]:
     """The test-only switch: ``PATTERN:YYYY-MM-DD`` with today's UTC date turns
     every promise whose id starts with PATTERN into BROKEN.  Any other date is a
     usage error, so the switch cannot be left on in a cron line: it fails the
@@ -370,11 +427,19 @@ def break_on_purpose(scenarios: list[dict[str, Any]], spec: str | None,
     return hit
 
 
-def make_record(collected: dict[str, Any], *, host_name: str, date: str,
-                run_id: str | None = None, kernel_image: str | None = None,
-                revision: tuple[str | None, bool] = (None, False), version: str = "?",
-                exit_code: int | None = None, note: str = "",
-                forced: Sequence[str] = ()) -> dict[str, Any]:
+def make_record(
+    collected: dict[str, Any],
+    *,
+    host_name: str,
+    date: str,
+    run_id: str | None = None,
+    kernel_image: str | None = None,
+    revision: tuple[str | None, bool] = (None, False),
+    version: str = "?",
+    exit_code: int | None = None,
+    note: str = "",
+    forced: Sequence[str] = (),
+) -> dict[str, Any]:
     """A history record from what :func:`collect` gathered (on this host or in
     a booted kernel)."""
     doc = collected.get("run_doc") or {}
@@ -403,15 +468,24 @@ def make_record(collected: dict[str, Any], *, host_name: str, date: str,
         },
         "kernel_image": kernel_image,
         "booted_on": collected.get("booted_on"),  # --kernel: the machine QEMU ran on
-        "harness": {"revision": revision[0], "dirty": revision[1],
-                    "version": doc.get("kvmharness_version") or version},
+        "harness": {
+            "revision": revision[0],
+            "dirty": revision[1],
+            "version": doc.get("kvmharness_version") or version,
+        },
         "exit_code": exit_code,
         "note": note,
-        "run": {"exit_code": collected.get("run_rc"), "total_wall_s": doc.get("total_wall_s"),
-                "args": collected.get("run_args"), "error": collected.get("run_error")},
-        "pytest": {"exit_code": collected.get("pytest_rc"), "args": collected.get("pytest_args"),
-                   **{k: pyt[k] for k in ("tests", "failures", "errors", "skipped", "time_s",
-                                          "failed")}},
+        "run": {
+            "exit_code": collected.get("run_rc"),
+            "total_wall_s": doc.get("total_wall_s"),
+            "args": collected.get("run_args"),
+            "error": collected.get("run_error"),
+        },
+        "pytest": {
+            "exit_code": collected.get("pytest_rc"),
+            "args": collected.get("pytest_args"),
+            **{k: pyt[k] for k in ("tests", "failures", "errors", "skipped", "time_s", "failed")},
+        },
         "scenarios": scenarios,
         "known_issues": list(known.values()),
         "broken_on_purpose": list(forced),
@@ -441,13 +515,22 @@ def _run(cmd: list[str], timeout: float, echo: bool = True, **kw: Any) -> tuple[
     (SIGTERM unwinds as an exception) the whole group is killed."""
     import threading
 
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, errors="replace",
-                            start_new_session=True, **kw)
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+        **kw,
+    )
     out: list[str] = []
     err: list[str] = []
-    relays = [threading.Thread(target=_relay, args=(proc.stdout, out, echo), daemon=True),
-              threading.Thread(target=_relay, args=(proc.stderr, err, echo), daemon=True)]
+    relays = [
+        threading.Thread(target=_relay, args=(proc.stdout, out, echo), daemon=True),
+        threading.Thread(target=_relay, args=(proc.stderr, err, echo), daemon=True),
+    ]
     for t in relays:
         t.start()
     timed_out = False
@@ -468,21 +551,36 @@ def _run(cmd: list[str], timeout: float, echo: bool = True, **kw: Any) -> tuple[
     return (128 - rc if rc < 0 else rc), "".join(out), "".join(err)
 
 
-def collect(pytest_args: list[str] | None, run_args: list[str], *, root: Path = ROOT,
-            log: Any = None) -> dict[str, Any]:
+def collect(
+    pytest_args: list[str] | None, run_args: list[str], *, root: Path = ROOT, log: Any = None
+) -> dict[str, Any]:
     """Run pytest (unless ``pytest_args`` is None) and ``kvmharness run --json``
     here; everything the record needs, as one JSON-able dict."""
     log = log or (lambda msg: print(f"nightly: {msg}", file=sys.stderr, flush=True))
     bin_dir = Path(sys.executable).parent
-    out: dict[str, Any] = {"kernel_release": platform.release(), "cpu_model": cpu_model(),
-                           "cores": os.cpu_count(), "pytest_args": pytest_args,
-                           "run_args": run_args, "pytest_rc": None, "junit_xml": None}
+    out: dict[str, Any] = {
+        "kernel_release": platform.release(),
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "pytest_args": pytest_args,
+        "run_args": run_args,
+        "pytest_rc": None,
+        "junit_xml": None,
+    }
     env = dict(os.environ, KVMHARNESS_NIGHTLY_INNER="1")
     with tempfile.TemporaryDirectory(prefix="kvmharness-nightly-") as tmp:
         if pytest_args is not None:
             junit = os.path.join(tmp, "junit.xml")
-            cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                   f"--junitxml={junit}", *pytest_args]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                f"--junitxml={junit}",
+                *pytest_args,
+            ]
             log("pytest: " + shlex.join(cmd[1:]))
             rc, so, se = _run(cmd, PYTEST_TIMEOUT_S, cwd=root, env=env)
             out["pytest_rc"] = rc
@@ -492,8 +590,14 @@ def collect(pytest_args: list[str] | None, run_args: list[str], *, root: Path = 
             log(f"pytest exited {rc}: {_tail(so, 1)}")
         doc_path = os.path.join(tmp, "run.json")
         kvmharness = bin_dir / "kvmharness"
-        cmd = [str(kvmharness) if kvmharness.exists() else "kvmharness", "run", "--quiet",
-               "--json", doc_path, *run_args]
+        cmd = [
+            str(kvmharness) if kvmharness.exists() else "kvmharness",
+            "run",
+            "--quiet",
+            "--json",
+            doc_path,
+            *run_args,
+        ]
         log("kvmharness: " + shlex.join(cmd[1:]))
         rc, so, se = _run(cmd, RUN_TIMEOUT_S, cwd=root, env=env)
         out["run_rc"] = rc
@@ -508,31 +612,59 @@ def collect(pytest_args: list[str] | None, run_args: list[str], *, root: Path = 
     return out
 
 
-def kernel_command(image: str, modules: str | None, pytest_args: list[str] | None,
-                   run_args: list[str], inner_json: str, *, root: Path = ROOT,
-                   bisect_kernel: str | None = None, timeout: float = KERNEL_TIMEOUT_S
-                   ) -> list[str]:
+def kernel_command(
+    image: str,
+    modules: str | None,
+    pytest_args: list[str] | None,
+    run_args: list[str],
+    inner_json: str,
+    *,
+    root: Path = ROOT,
+    bisect_kernel: str | None = None,
+    timeout: float = KERNEL_TIMEOUT_S,
+) -> list[str]:
     """scripts/bisect-kernel booting ``image`` and running this script's
     ``--inner`` there; bisect-kernel moves the ``--json`` file back out."""
-    inner = [str(root / ".venv" / "bin" / "python"), str(root / "scripts" / "nightly"),
-             "--inner", "--run-args", shlex.join(run_args)]
-    inner += (["--pytest-args", shlex.join(pytest_args)] if pytest_args is not None
-              else ["--no-pytest"])
-    cmd = [*(shlex.split(bisect_kernel) if bisect_kernel
-             else [str(root / "scripts" / "bisect-kernel")]), image, "--timeout", str(timeout)]
+    inner = [
+        str(root / ".venv" / "bin" / "python"),
+        str(root / "scripts" / "nightly"),
+        "--inner",
+        "--run-args",
+        shlex.join(run_args),
+    ]
+    inner += (
+        ["--pytest-args", shlex.join(pytest_args)] if pytest_args is not None else ["--no-pytest"]
+    )
+    cmd = [
+        *(
+            shlex.split(bisect_kernel)
+            if bisect_kernel
+            else [str(root / "scripts" / "bisect-kernel")]
+        ),
+        image,
+        "--timeout",
+        str(timeout),
+    ]
     if modules:
         cmd += ["--modules", modules]
     return cmd + ["--inner-cmd", shlex.join(inner), "--", "--json", inner_json]
 
 
-def collect_in_kernel(image: str, modules: str | None, pytest_args: list[str] | None,
-                      run_args: list[str], *, bisect_kernel: str | None = None,
-                      log: Any = None) -> dict[str, Any]:
+def collect_in_kernel(
+    image: str,
+    modules: str | None,
+    pytest_args: list[str] | None,
+    run_args: list[str],
+    *,
+    bisect_kernel: str | None = None,
+    log: Any = None,
+) -> dict[str, Any]:
     log = log or (lambda msg: print(f"nightly: {msg}", file=sys.stderr, flush=True))
     with tempfile.TemporaryDirectory(prefix="kvmharness-nightly-") as tmp:
         inner_json = os.path.join(tmp, "inner.json")
-        cmd = kernel_command(image, modules, pytest_args, run_args, inner_json,
-                             bisect_kernel=bisect_kernel)
+        cmd = kernel_command(
+            image, modules, pytest_args, run_args, inner_json, bisect_kernel=bisect_kernel
+        )
         log("booting: " + shlex.join(cmd))
         rc, so, se = _run(cmd, KERNEL_TIMEOUT_S + 60)
         try:
@@ -541,10 +673,17 @@ def collect_in_kernel(image: str, modules: str | None, pytest_args: list[str] | 
         except (OSError, ValueError):
             # the kernel did not boot, KVM did not load, ...: bisect-kernel's code says which
             why = _tail(se, 1) or f"bisect-kernel exited {rc}"
-            return {"run_rc": rc if rc == EXIT_UNTESTABLE or rc > EXIT_HARNESS else EXIT_HARNESS,
-                    "run_doc": None, "run_error": why, "pytest_rc": None,
-                    "pytest_args": pytest_args, "run_args": run_args,
-                    "kernel_release": None, "cpu_model": None, "cores": None}
+            return {
+                "run_rc": rc if rc == EXIT_UNTESTABLE or rc > EXIT_HARNESS else EXIT_HARNESS,
+                "run_doc": None,
+                "run_error": why,
+                "pytest_rc": None,
+                "pytest_args": pytest_args,
+                "run_args": run_args,
+                "kernel_release": None,
+                "cpu_model": None,
+                "cores": None,
+            }
     return out
 
 
@@ -599,10 +738,13 @@ def moved(old: Any, new: Any, unit: str, pct: float = MOVE_PCT) -> bool:
 
 
 def move_rule(pct: float = MOVE_PCT) -> str:
-    return (f"by more than {pct:g}% of the smaller of the two values"
-            + (" (doubled or halved)" if pct == 100 else "") + " and by more than "
-            f"{fmt_value(MOVE_FLOOR['ns'], 'ns')} (counts: more than {MOVE_FLOOR['count']}; "
-            f"the run's wall time: more than {MOVE_FLOOR['s']:g} s)")
+    return (
+        f"by more than {pct:g}% of the smaller of the two values"
+        + (" (doubled or halved)" if pct == 100 else "")
+        + " and by more than "
+        f"{fmt_value(MOVE_FLOOR['ns'], 'ns')} (counts: more than {MOVE_FLOOR['count']}; "
+        f"the run's wall time: more than {MOVE_FLOOR['s']:g} s)"
+    )
 
 
 BAD = {"BROKEN", "ERROR"}
@@ -612,18 +754,27 @@ def shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3].rsplit(" ", 1)[0] + " ..."
 
 
-def changes(prev: dict[str, Any] | None, cur: dict[str, Any], pct: float = MOVE_PCT
-            ) -> dict[str, list[str]]:
+def changes(
+    prev: dict[str, Any] | None, cur: dict[str, Any], pct: float = MOVE_PCT
+) -> dict[str, list[str]]:
     """What changed from ``prev`` to ``cur`` (two records of one host)."""
     out: dict[str, list[str]] = {
-        "new broken": [], "fixed": [], "fixed?": [], "new known-broken": [],
-        "figure moved": [], "new tests failing": [], "no longer run": []}
+        "new broken": [],
+        "fixed": [],
+        "fixed?": [],
+        "new known-broken": [],
+        "figure moved": [],
+        "new tests failing": [],
+        "no longer run": [],
+    }
     cur_s = {s["id"]: s for s in cur["scenarios"]}
     for s in cur["scenarios"]:
         if s["status"] == "fixed?":
             k = s.get("known") or {}
-            out["fixed?"].append(f"{s['id']}: holds, but known issue {k.get('id')} says it "
-                                 "breaks here: update the known-issues file")
+            out["fixed?"].append(
+                f"{s['id']}: holds, but known issue {k.get('id')} says it "
+                "breaks here: update the known-issues file"
+            )
     if prev is None:
         for s in cur["scenarios"]:
             if s["status"] in BAD:
@@ -634,8 +785,9 @@ def changes(prev: dict[str, Any] | None, cur: dict[str, Any], pct: float = MOVE_
         p = prev_s.get(sid)
         before = p["status"] if p else "not run"
         if s["status"] in BAD and before not in BAD:
-            out["new broken"].append(f"{sid}: {before} -> {s['status']}: "
-                                     + shorten(s["observed"], 200))
+            out["new broken"].append(
+                f"{sid}: {before} -> {s['status']}: " + shorten(s["observed"], 200)
+            )
         elif s["status"] == "known-broken" and before not in ("known-broken", "not run"):
             out["new known-broken"].append(f"{sid}: {before} -> known-broken")
         elif s["status"] in ("holds", "fixed?") and before in BAD | {"known-broken"}:
@@ -645,15 +797,18 @@ def changes(prev: dict[str, Any] | None, cur: dict[str, Any], pct: float = MOVE_
         for key, label, unit in KEY_FIGURES.get(s["family"], []):
             a, b = (p.get("figures") or {}).get(key), (s.get("figures") or {}).get(key)
             if moved(a, b, unit, pct):
-                out["figure moved"].append(f"{sid}: {label} {fmt_value(a, unit)} -> "
-                                           f"{fmt_value(b, unit)}")
+                out["figure moved"].append(
+                    f"{sid}: {label} {fmt_value(a, unit)} -> {fmt_value(b, unit)}"
+                )
     a, b = (prev.get("run") or {}).get("total_wall_s"), (cur.get("run") or {}).get("total_wall_s")
     if moved(a, b, "s", pct):
-        out["figure moved"].append(f"total wall time of the matrix {fmt_value(a, 's')} -> "
-                                   f"{fmt_value(b, 's')}")
+        out["figure moved"].append(
+            f"total wall time of the matrix {fmt_value(a, 's')} -> {fmt_value(b, 's')}"
+        )
     was_failing = set((prev.get("pytest") or {}).get("failed") or [])
-    out["new tests failing"] = [t for t in (cur.get("pytest") or {}).get("failed") or []
-                                if t not in was_failing]
+    out["new tests failing"] = [
+        t for t in (cur.get("pytest") or {}).get("failed") or [] if t not in was_failing
+    ]
     out["no longer run"] = sorted(set(prev_s) - set(cur_s)) if cur["scenarios"] else []
     return out
 
@@ -662,8 +817,12 @@ def changes(prev: dict[str, Any] | None, cur: dict[str, Any], pct: float = MOVE_
 # the report: text and HTML
 
 
-EXIT_WORDS = {EXIT_OK: "good", EXIT_BROKEN: "bad: a promise broke or a test failed",
-              EXIT_UNTESTABLE: "cannot test", EXIT_HARNESS: "harness fault"}
+EXIT_WORDS = {
+    EXIT_OK: "good",
+    EXIT_BROKEN: "bad: a promise broke or a test failed",
+    EXIT_UNTESTABLE: "cannot test",
+    EXIT_HARNESS: "harness fault",
+}
 
 
 def exit_word(code: Any) -> str:
@@ -695,8 +854,13 @@ def scenario_rows(runs: list[dict[str, Any]]) -> list[str]:
     return ids
 
 
-def text_report(records: list[dict[str, Any]], problems: list[Problem], last: int,
-                pct: float = MOVE_PCT, html_path: str | None = None) -> str:
+def text_report(
+    records: list[dict[str, Any]],
+    problems: list[Problem],
+    last: int,
+    pct: float = MOVE_PCT,
+    html_path: str | None = None,
+) -> str:
     from tabulate import tabulate
 
     lines: list[str] = []
@@ -705,19 +869,25 @@ def text_report(records: list[dict[str, Any]], problems: list[Problem], last: in
         cur = runs[-1]
         prev = runs[-2] if len(runs) > 1 else None
         h = cur["host"]
-        lines.append(f"== host {host}: {h.get('cpu_model')}, {h.get('cores')} cores, "
-                     f"{h.get('backend')}, kernel {h.get('kernel_release')}")
-        lines.append(f"latest run {run_label(cur)}: exit {cur.get('exit_code')} "
-                     f"({exit_word(cur.get('exit_code'))})"
-                     + (f"; {cur['note']}" if cur.get("note") else ""))
+        lines.append(
+            f"== host {host}: {h.get('cpu_model')}, {h.get('cores')} cores, "
+            f"{h.get('backend')}, kernel {h.get('kernel_release')}"
+        )
+        lines.append(
+            f"latest run {run_label(cur)}: exit {cur.get('exit_code')} "
+            f"({exit_word(cur.get('exit_code'))})" + (f"; {cur['note']}" if cur.get("note") else "")
+        )
         if cur.get("broken_on_purpose"):
-            lines.append("!! TEST SWITCH: broken on purpose: "
-                         + ", ".join(cur["broken_on_purpose"]))
+            lines.append(
+                "!! TEST SWITCH: broken on purpose: " + ", ".join(cur["broken_on_purpose"])
+            )
         lines.append(pytest_line(cur))
         lines.append("")
-        lines.append("changes since the previous run"
-                     + (f" ({run_label(prev)})" if prev else " (no previous run)")
-                     + f"; figures compared {move_rule(pct)}:")
+        lines.append(
+            "changes since the previous run"
+            + (f" ({run_label(prev)})" if prev else " (no previous run)")
+            + f"; figures compared {move_rule(pct)}:"
+        )
         ch = changes(prev, cur, pct)
         any_change = False
         for what, items in ch.items():
@@ -738,15 +908,18 @@ def text_report(records: list[dict[str, Any]], problems: list[Problem], last: in
         headers = ["scenario"] + [f"#{i + 1}" for i in range(len(runs))]
         lines.append(tabulate(table, headers=headers) if table else "(no scenario ran)")
         for i, r in enumerate(runs):
-            lines.append(f"  #{i + 1}: {run_label(r)}, kernel {r['host'].get('kernel_release')}, "
-                         f"exit {r.get('exit_code')}")
+            lines.append(
+                f"  #{i + 1}: {run_label(r)}, kernel {r['host'].get('kernel_release')}, "
+                f"exit {r.get('exit_code')}"
+            )
         known = cur.get("known_issues") or []
         if known:
             lines.append("")
             lines.append("known issues that matched in the latest run:")
             for k in known:
-                lines.append(f"  {k['id']} ({k['status']}): {', '.join(k['scenarios'])}; "
-                             f"{k.get('link')}")
+                lines.append(
+                    f"  {k['id']} ({k['status']}): {', '.join(k['scenarios'])}; {k.get('link')}"
+                )
         lines.append("")
     for p in problems:
         lines.append(f"history: {p}")
@@ -760,14 +933,17 @@ def pytest_line(rec: dict[str, Any]) -> str:
     if p.get("exit_code") is None:
         return "pytest: not run"
     passed = p["tests"] - p["failures"] - p["errors"] - p["skipped"]
-    return (f"pytest {' '.join(p.get('args') or [])}: exit {p['exit_code']}, {passed} passed, "
-            f"{p['failures'] + p['errors']} failed, {p['skipped']} skipped "
-            f"in {p.get('time_s', 0):.0f} s"
-            + (f"; failing: {', '.join(p['failed'][:5])}" if p.get("failed") else ""))
+    return (
+        f"pytest {' '.join(p.get('args') or [])}: exit {p['exit_code']}, {passed} passed, "
+        f"{p['failures'] + p['errors']} failed, {p['skipped']} skipped "
+        f"in {p.get('time_s', 0):.0f} s"
+        + (f"; failing: {', '.join(p['failed'][:5])}" if p.get("failed") else "")
+    )
 
 
-def _series(runs: list[dict[str, Any]], fam: str, key: str, unit: str, kind: str
-            ) -> tuple[dict[str, list[float | None]], list[tuple[int, float]]]:
+def _series(
+    runs: list[dict[str, Any]], fam: str, key: str, unit: str, kind: str
+) -> tuple[dict[str, list[float | None]], list[tuple[int, float]]]:
     """Per scenario of ``fam`` and ``kind``: its figure per run (ms for ns), and the
     (run, value) points whose verdict was BROKEN or ERROR."""
     series: dict[str, list[float | None]] = {}
@@ -787,7 +963,7 @@ def _series(runs: list[dict[str, Any]], fam: str, key: str, unit: str, kind: str
             if v is not None and s["status"] in BAD:
                 bad.append((i, v))
         if any(v is not None for v in vals):
-            series[sid[len(fam) + 1:]] = vals
+            series[sid[len(fam) + 1 :]] = vals
     return series, bad
 
 
@@ -803,8 +979,10 @@ def plots(runs: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
 
     out = []
     xs = list(range(1, len(runs) + 1))
-    labels = [f"#{i}\n{str(r.get('date', ''))[5:10]}\n{str(r.get('date', ''))[11:16]}"
-              for i, r in zip(xs, runs, strict=True)]
+    labels = [
+        f"#{i}\n{str(r.get('date', ''))[5:10]}\n{str(r.get('date', ''))[11:16]}"
+        for i, r in zip(xs, runs, strict=True)
+    ]
     jobs: list[tuple[str, dict[str, list[float | None]], list[tuple[int, float]], str]] = []
     for fam, figs in KEY_FIGURES.items():
         for key, label, unit in figs:
@@ -814,11 +992,19 @@ def plots(runs: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
                     continue  # a flat zero line of warps says nothing the table does not
                 if series:
                     jobs.append((f"{fam}: {label}, {what}", series, bad, unit))
-    walls: dict[str, list[float | None]] = {"all": [(r.get("run") or {}).get("total_wall_s")
-                                                     for r in runs]}
+    walls: dict[str, list[float | None]] = {
+        "all": [(r.get("run") or {}).get("total_wall_s") for r in runs]
+    }
     for fam in KEY_FIGURES:
-        per = [sum((s.get("figures") or {}).get("wall_s") or 0 for s in r["scenarios"]
-                   if s.get("family") == fam) or None for r in runs]
+        per = [
+            sum(
+                (s.get("figures") or {}).get("wall_s") or 0
+                for s in r["scenarios"]
+                if s.get("family") == fam
+            )
+            or None
+            for r in runs
+        ]
         if any(per):
             walls[fam] = per
     if any(v is not None for v in walls["all"]):
@@ -828,12 +1014,27 @@ def plots(runs: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
         fig, ax = plt.subplots(figsize=(11, 3.4), dpi=100)
         for n, (name, vals) in enumerate(series.items()):
             pts = [(x, v) for x, v in zip(xs, vals, strict=True) if v is not None]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="os^Dv"[n // 10 % 5],
-                    markersize=4, linewidth=1.3, color=colors[n % len(colors)], label=name,
-                    linestyle="-" if n < 10 else "--")
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="os^Dv"[n // 10 % 5],
+                markersize=4,
+                linewidth=1.3,
+                color=colors[n % len(colors)],
+                label=name,
+                linestyle="-" if n < 10 else "--",
+            )
         if bad:
-            ax.scatter([b[0] for b in bad], [b[1] for b in bad], marker="x", s=80,
-                       color="#c00000", linewidths=2, zorder=5, label="BROKEN / ERROR")
+            ax.scatter(
+                [b[0] for b in bad],
+                [b[1] for b in bad],
+                marker="x",
+                s=80,
+                color="#c00000",
+                linewidths=2,
+                zorder=5,
+                label="BROKEN / ERROR",
+            )
         vals = [v for vs in series.values() for v in vs if v is not None]
         if vals and min(vals) > 0 and max(vals) / min(vals) > 20:
             ax.set_yscale("log")  # e.g. cross-process jumps of a second beside 10 ms ones
@@ -892,16 +1093,21 @@ def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
-def html_report(records: list[dict[str, Any]], problems: list[Problem], last: int,
-                pct: float = MOVE_PCT) -> str:
+def html_report(
+    records: list[dict[str, Any]], problems: list[Problem], last: int, pct: float = MOVE_PCT
+) -> str:
     hosts = by_host(records)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    parts = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
-             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-             "<title>kvmharness nightly</title>", f"<style>{CSS}</style></head><body>",
-             "<h1>kvmharness nightly</h1>",
-             f"<p class='sub'>{len(records)} runs on {len(hosts)} host(s); "
-             f"the last {last} per host; rendered {now}</p>"]
+    parts = [
+        "<!DOCTYPE html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        "<title>kvmharness nightly</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>kvmharness nightly</h1>",
+        f"<p class='sub'>{len(records)} runs on {len(hosts)} host(s); "
+        f"the last {last} per host; rendered {now}</p>",
+    ]
     if not records:
         parts.append("<p>No run in the history yet.</p>")
     for host, runs in hosts.items():
@@ -911,11 +1117,13 @@ def html_report(records: list[dict[str, Any]], problems: list[Problem], last: in
         parts.append("<h2>History lines skipped</h2><ul>")
         parts += [f"<li><code>{_e(p)}</code></li>" for p in problems]
         parts.append("</ul>")
-    parts.append("<p class='muted'>Verdicts: <b>holds</b> a promise held; <b>BROKEN</b> it "
-                 "broke; <b>known-broken</b> it broke as a known issue says (not counted); "
-                 "<b>fixed?</b> it held where a known issue says it breaks (counted); "
-                 "<b>characterized</b> measured, never fails. Exit codes: 0 good, 1 bad, "
-                 "125 cannot test, 128 harness fault.</p></body></html>")
+    parts.append(
+        "<p class='muted'>Verdicts: <b>holds</b> a promise held; <b>BROKEN</b> it "
+        "broke; <b>known-broken</b> it broke as a known issue says (not counted); "
+        "<b>fixed?</b> it held where a known issue says it breaks (counted); "
+        "<b>characterized</b> measured, never fails. Exit codes: 0 good, 1 bad, "
+        "125 cannot test, 128 harness fault.</p></body></html>"
+    )
     return "\n".join(parts) + "\n"
 
 
@@ -925,33 +1133,47 @@ def _host_section(host: str, runs: list[dict[str, Any]], pct: float, multi: bool
     h = cur["host"]
     code = cur.get("exit_code")
     cls = f"v{code}" if code in (0, 1, 125, 128) else "v128"
-    p = [f"<h2>{'Host ' if multi else ''}{_e(host)}</h2>" if multi else "",
-         f"<p class='sub'>{_e(host)} &middot; {_e(h.get('cpu_model'))} &middot; "
-         f"{_e(h.get('cores'))} cores &middot; KVM backend {_e(h.get('backend'))} &middot; "
-         f"kernel {_e(h.get('kernel_release'))}"
-         + (f" ({_e(cur['kernel_image'])})" if cur.get("kernel_image") else "") + "</p>",
-         f"<p><span class='verdict {cls}'>latest run: exit {_e(code)}, "
-         f"{_e(exit_word(code))}</span> <span class='muted'>{_e(run_label(cur))}"
-         f"{' &middot; ' + _e(cur['note']) if cur.get('note') else ''}</span></p>"]
+    p = [
+        f"<h2>{'Host ' if multi else ''}{_e(host)}</h2>" if multi else "",
+        f"<p class='sub'>{_e(host)} &middot; {_e(h.get('cpu_model'))} &middot; "
+        f"{_e(h.get('cores'))} cores &middot; KVM backend {_e(h.get('backend'))} &middot; "
+        f"kernel {_e(h.get('kernel_release'))}"
+        + (f" ({_e(cur['kernel_image'])})" if cur.get("kernel_image") else "")
+        + "</p>",
+        f"<p><span class='verdict {cls}'>latest run: exit {_e(code)}, "
+        f"{_e(exit_word(code))}</span> <span class='muted'>{_e(run_label(cur))}"
+        f"{' &middot; ' + _e(cur['note']) if cur.get('note') else ''}</span></p>",
+    ]
     if cur.get("broken_on_purpose"):
-        p.append(f"<p class='banner'>Test switch {BREAK_ON_PURPOSE}: these results were "
-                 f"made BROKEN on purpose: {_e(', '.join(cur['broken_on_purpose']))}</p>")
+        p.append(
+            f"<p class='banner'>Test switch {BREAK_ON_PURPOSE}: these results were "
+            f"made BROKEN on purpose: {_e(', '.join(cur['broken_on_purpose']))}</p>"
+        )
     p.append(f"<p>{_e(pytest_line(cur))}</p>")
     # changes
-    p.append("<h3>Changes since the previous run"
-             + (f" <span class='muted'>({_e(run_label(prev))})</span>" if prev else
-                " <span class='muted'>(no previous run)</span>") + "</h3>")
+    p.append(
+        "<h3>Changes since the previous run"
+        + (
+            f" <span class='muted'>({_e(run_label(prev))})</span>"
+            if prev
+            else " <span class='muted'>(no previous run)</span>"
+        )
+        + "</h3>"
+    )
     ch = changes(prev, cur, pct)
     items = [(what, it) for what, its in ch.items() for it in its]
     if items:
         p.append("<ul class='changes'>")
-        p += [f"<li><span class='what {what.replace(' ', '-')}'>{_e(what)}</span>: {_e(it)}"
-              "</li>" for what, it in items]
+        p += [
+            f"<li><span class='what {what.replace(' ', '-')}'>{_e(what)}</span>: {_e(it)}</li>"
+            for what, it in items
+        ]
         p.append("</ul>")
     else:
         p.append("<p>Nothing changed: no new broken, nothing fixed, no figure moved.</p>")
-    p.append(f"<p class='muted'>A figure &ldquo;moved&rdquo; when it changed {_e(move_rule(pct))}."
-             "</p>")
+    p.append(
+        f"<p class='muted'>A figure &ldquo;moved&rdquo; when it changed {_e(move_rule(pct))}.</p>"
+    )
     # table
     p.append(f"<h3>The last {len(runs)} run(s)</h3>")
     ids = scenario_rows(runs)
@@ -965,10 +1187,12 @@ def _host_section(host: str, runs: list[dict[str, Any]], pct: float, multi: bool
             hv = r.get("harness") or {}
             rev = (hv.get("revision") or "?")[:7] + ("+" if hv.get("dirty") else "")
             latest = " latest" if i == len(runs) - 1 else ""
-            p.append(f"<th class='run{latest}' title='{_e(r.get('date'))}, run "
-                     f"{_e(r.get('run_id'))}'>#{i + 1} &middot; {_e(date)}<br>"
-                     f"<span class='muted'>{_e(r['host'].get('kernel_release'))}<br>"
-                     f"{_e(rev)}</span> <span class='rc v{_e(rc)}'>exit {_e(rc)}</span></th>")
+            p.append(
+                f"<th class='run{latest}' title='{_e(r.get('date'))}, run "
+                f"{_e(r.get('run_id'))}'>#{i + 1} &middot; {_e(date)}<br>"
+                f"<span class='muted'>{_e(r['host'].get('kernel_release'))}<br>"
+                f"{_e(rev)}</span> <span class='rc v{_e(rc)}'>exit {_e(rc)}</span></th>"
+            )
         p.append("</tr></thead><tbody>")
         prev_s = {x["id"]: x["status"] for x in (prev or {}).get("scenarios", [])}
         for sid in ids:
@@ -984,13 +1208,17 @@ def _host_section(host: str, runs: list[dict[str, Any]], pct: float, multi: bool
                     continue
                 st = s["status"]
                 title = s["observed"] or st
-                p.append(f"<td class='{_e(st.replace(' ', '-'))}{latest}' title='{_e(title)}'>"
-                         f"<span class='st'>{_e(st)}</span>"
-                         f"<span class='fig'>{_e(cell_figure(s))}</span></td>")
+                p.append(
+                    f"<td class='{_e(st.replace(' ', '-'))}{latest}' title='{_e(title)}'>"
+                    f"<span class='st'>{_e(st)}</span>"
+                    f"<span class='fig'>{_e(cell_figure(s))}</span></td>"
+                )
             p.append("</tr>")
         p.append("</tbody></table></div>")
-        p.append("<p class='muted'>Hover a cell for what was observed. A scenario id is "
-                 "family/variant@vCPUs.</p>")
+        p.append(
+            "<p class='muted'>Hover a cell for what was observed. A scenario id is "
+            "family/variant@vCPUs.</p>"
+        )
     # plots
     pngs = plots(runs)
     if pngs:
@@ -1004,9 +1232,11 @@ def _host_section(host: str, runs: list[dict[str, Any]], pct: float, multi: bool
     if known:
         p.append("<dl class='known'>")
         for k in known:
-            p.append(f"<dt>{_e(k['id'])} &mdash; {_e(k['status'])}</dt>"
-                     f"<dd>{_e(k.get('reason'))}<br><span class='muted'>scenarios: "
-                     f"{_e(', '.join(k['scenarios']))}; link: {_e(k.get('link'))}</span></dd>")
+            p.append(
+                f"<dt>{_e(k['id'])} &mdash; {_e(k['status'])}</dt>"
+                f"<dd>{_e(k.get('reason'))}<br><span class='muted'>scenarios: "
+                f"{_e(', '.join(k['scenarios']))}; link: {_e(k.get('link'))}</span></dd>"
+            )
         p.append("</dl>")
     else:
         p.append("<p>None.</p>")
@@ -1029,9 +1259,16 @@ def _case_levels(name: str) -> list[str]:
 
 
 def kcidb_status(status: str) -> str:
-    return {"holds": "PASS", "BROKEN": "FAIL", "known-broken": "FAIL", "fixed?": "PASS",
-            "characterized": "DONE", "untestable": "SKIP", "not supported": "SKIP",
-            "ERROR": "ERROR"}.get(status, "MISS")
+    return {
+        "holds": "PASS",
+        "BROKEN": "FAIL",
+        "known-broken": "FAIL",
+        "fixed?": "PASS",
+        "characterized": "DONE",
+        "untestable": "SKIP",
+        "not supported": "SKIP",
+        "ERROR": "ERROR",
+    }.get(status, "MISS")
 
 
 def kcidb(rec: dict[str, Any], junit_xml: str | None = None) -> dict[str, Any]:
@@ -1043,23 +1280,36 @@ def kcidb(rec: dict[str, Any], junit_xml: str | None = None) -> dict[str, Any]:
     start = rec["date"]
     checkout_id = f"{ORIGIN}:{h.get('name')}:{h.get('kernel_release')}:{rid}"
     build_id = f"{ORIGIN}:build:{rid}"
-    env = {"comment": f"{h.get('name')}: {h.get('cpu_model')}, {h.get('cores')} cores, "
-                      f"KVM {h.get('backend')}",
-           "misc": {k: v for k, v in h.items() if v is not None}}
-    harness = {"revision": rec["harness"].get("revision"), "dirty": rec["harness"].get("dirty"),
-               "version": rec["harness"].get("version")}
+    env = {
+        "comment": f"{h.get('name')}: {h.get('cpu_model')}, {h.get('cores')} cores, "
+        f"KVM {h.get('backend')}",
+        "misc": {k: v for k, v in h.items() if v is not None},
+    }
+    harness = {
+        "revision": rec["harness"].get("revision"),
+        "dirty": rec["harness"].get("dirty"),
+        "version": rec["harness"].get("version"),
+    }
     tests = []
     for s in rec["scenarios"]:
         t: dict[str, Any] = {
-            "id": f"{ORIGIN}:{rid}:{s['id']}", "build_id": build_id, "origin": ORIGIN,
-            "path": _kcidb_path("kvmharness", s["family"], *s["variant"].split("/"),
-                                f"vcpus_{s['vcpus']}"),
-            "status": kcidb_status(s["status"]), "start_time": start, "environment": env,
+            "id": f"{ORIGIN}:{rid}:{s['id']}",
+            "build_id": build_id,
+            "origin": ORIGIN,
+            "path": _kcidb_path(
+                "kvmharness", s["family"], *s["variant"].split("/"), f"vcpus_{s['vcpus']}"
+            ),
+            "status": kcidb_status(s["status"]),
+            "start_time": start,
+            "environment": env,
             "comment": f"{s['id']}: {s['status']}",
-            "misc": {"verdict": s["status"], "kind": s.get("kind"),
-                     "observed": s.get("observed"), "known_issue": s.get("known"),
-                     "figures": {k: v for k, v in (s.get("figures") or {}).items()
-                                 if v is not None}},
+            "misc": {
+                "verdict": s["status"],
+                "kind": s.get("kind"),
+                "observed": s.get("observed"),
+                "known_issue": s.get("known"),
+                "figures": {k: v for k, v in (s.get("figures") or {}).items() if v is not None},
+            },
         }
         wall = (s.get("figures") or {}).get("wall_s")
         if isinstance(wall, int | float):
@@ -1072,28 +1322,52 @@ def kcidb(rec: dict[str, Any], junit_xml: str | None = None) -> dict[str, Any]:
             t["number"] = {"value": v}
         tests.append(t)
     for name, state, secs in junit_summary(junit_xml)["cases"]:
-        tests.append({"id": f"{ORIGIN}:{rid}:pytest:{name}", "build_id": build_id,
-                      "origin": ORIGIN,
-                      "path": _kcidb_path("kvmharness", "pytest", *_case_levels(name)),
-                      "status": state, "start_time": start, "duration": float(secs),
-                      "environment": env, "comment": name})
+        tests.append(
+            {
+                "id": f"{ORIGIN}:{rid}:pytest:{name}",
+                "build_id": build_id,
+                "origin": ORIGIN,
+                "path": _kcidb_path("kvmharness", "pytest", *_case_levels(name)),
+                "status": state,
+                "start_time": start,
+                "duration": float(secs),
+                "environment": env,
+                "comment": name,
+            }
+        )
     return {
         "version": {"major": 5, "minor": 3},
-        "checkouts": [{
-            "id": checkout_id, "origin": ORIGIN, "start_time": start, "valid": True,
-            "comment": f"kernel {h.get('kernel_release')} on {h.get('name')}",
-            "misc": {"kernel_release": h.get("kernel_release"),
-                     "kernel_image": rec.get("kernel_image"), "harness": harness},
-        }],
-        "builds": [{
-            "id": build_id, "checkout_id": checkout_id, "origin": ORIGIN, "start_time": start,
-            "architecture": re.sub(r"[^a-z0-9_]", "_", platform.machine().lower()),
-            "comment": f"kernel {h.get('kernel_release')}"
-                       + (f" from {rec['kernel_image']}" if rec.get("kernel_image") else
-                          " (the running kernel)"),
-            "status": "PASS" if rec.get("exit_code") != EXIT_UNTESTABLE else "MISS",
-            "misc": {"nightly_exit_code": rec.get("exit_code"), "harness": harness},
-        }],
+        "checkouts": [
+            {
+                "id": checkout_id,
+                "origin": ORIGIN,
+                "start_time": start,
+                "valid": True,
+                "comment": f"kernel {h.get('kernel_release')} on {h.get('name')}",
+                "misc": {
+                    "kernel_release": h.get("kernel_release"),
+                    "kernel_image": rec.get("kernel_image"),
+                    "harness": harness,
+                },
+            }
+        ],
+        "builds": [
+            {
+                "id": build_id,
+                "checkout_id": checkout_id,
+                "origin": ORIGIN,
+                "start_time": start,
+                "architecture": re.sub(r"[^a-z0-9_]", "_", platform.machine().lower()),
+                "comment": f"kernel {h.get('kernel_release')}"
+                + (
+                    f" from {rec['kernel_image']}"
+                    if rec.get("kernel_image")
+                    else " (the running kernel)"
+                ),
+                "status": "PASS" if rec.get("exit_code") != EXIT_UNTESTABLE else "MISS",
+                "misc": {"nightly_exit_code": rec.get("exit_code"), "harness": harness},
+            }
+        ],
         "tests": tests,
     }
 
@@ -1106,38 +1380,71 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scripts/nightly",
         description="Nightly hardware CI: run the KVM tests and the scenario matrix on this "
-                    "host's KVM (or inside --kernel IMAGE), append a record to a JSON-lines "
-                    "history, render the trend report. Exit 0 good, 1 a promise broke that no "
-                    "known issue covers, a known issue looks fixed or a KVM test failed, "
-                    "125 nothing could be tested, 128 harness fault, 2 bad usage.",
+        "host's KVM (or inside --kernel IMAGE), append a record to a JSON-lines "
+        "history, render the trend report. Exit 0 good, 1 a promise broke that no "
+        "known issue covers, a known issue looks fixed or a KVM test failed, "
+        "125 nothing could be tested, 128 harness fault, 2 bad usage.",
         epilog=f"Test-only: {BREAK_ON_PURPOSE} SCENARIO:YYYY-MM-DD (today's UTC date) turns "
-               "the promises whose id starts with SCENARIO (e.g. steal/cancelled-save) into "
-               "BROKEN after the run, marked in the record and on the page; any other date is "
-               "refused, so it cannot stay on in a cron line.")
-    p.add_argument("--history", default="nightly-history.jsonl", metavar="FILE",
-                   help="JSON-lines history to append to and report from (default %(default)s)")
-    p.add_argument("--out", default="nightly-report", metavar="DIR",
-                   help="where index.html, junit.xml and run.json go (default %(default)s)")
-    p.add_argument("--kernel", metavar="IMAGE",
-                   help="run inside this kernel through scripts/bisect-kernel")
+        "the promises whose id starts with SCENARIO (e.g. steal/cancelled-save) into "
+        "BROKEN after the run, marked in the record and on the page; any other date is "
+        "refused, so it cannot stay on in a cron line.",
+    )
+    p.add_argument(
+        "--history",
+        default="nightly-history.jsonl",
+        metavar="FILE",
+        help="JSON-lines history to append to and report from (default %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        default="nightly-report",
+        metavar="DIR",
+        help="where index.html, junit.xml and run.json go (default %(default)s)",
+    )
+    p.add_argument(
+        "--kernel", metavar="IMAGE", help="run inside this kernel through scripts/bisect-kernel"
+    )
     p.add_argument("--modules", metavar="DIR", help="with --kernel: KVM modules to insmod")
     p.add_argument("--kcidb", metavar="FILE", help="also write this run as KCIDB I/O JSON")
-    p.add_argument("--merge", nargs="+", metavar="FILE",
-                   help="no run: merge these histories (keyed by host) into --history and "
-                        "render the report")
-    p.add_argument("--last", type=int, default=10, metavar="N",
-                   help="runs per host in the report (default %(default)s)")
-    p.add_argument("--move-pct", type=float, default=MOVE_PCT, metavar="PCT",
-                   help="a figure moved when it changed since the previous run by more than "
-                        "PCT%% of the smaller of its two values and by more than 10 ms (counts: "
-                        "1; wall time: 2 s) (default %(default)s: doubled or halved)")
-    p.add_argument("--host-name", default=None,
-                   help="the host key of the record (default: this machine's host name)")
-    p.add_argument("--run-args", default="", metavar="ARGS",
-                   help="shell words appended to `kvmharness run` (e.g. '-s steal --vcpus 1')")
-    p.add_argument("--pytest-args", default=None, metavar="ARGS",
-                   help="shell words for pytest instead of the default "
-                        f"'{shlex.join(DEFAULT_PYTEST_ARGS)}'")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="FILE",
+        help="no run: merge these histories (keyed by host) into --history and render the report",
+    )
+    p.add_argument(
+        "--last",
+        type=int,
+        default=10,
+        metavar="N",
+        help="runs per host in the report (default %(default)s)",
+    )
+    p.add_argument(
+        "--move-pct",
+        type=float,
+        default=MOVE_PCT,
+        metavar="PCT",
+        help="a figure moved when it changed since the previous run by more than "
+        "PCT%% of the smaller of its two values and by more than 10 ms (counts: "
+        "1; wall time: 2 s) (default %(default)s: doubled or halved)",
+    )
+    p.add_argument(
+        "--host-name",
+        default=None,
+        help="the host key of the record (default: this machine's host name)",
+    )
+    p.add_argument(
+        "--run-args",
+        default="",
+        metavar="ARGS",
+        help="shell words appended to `kvmharness run` (e.g. '-s steal --vcpus 1')",
+    )
+    p.add_argument(
+        "--pytest-args",
+        default=None,
+        metavar="ARGS",
+        help=f"shell words for pytest instead of the default '{shlex.join(DEFAULT_PYTEST_ARGS)}'",
+    )
     p.add_argument("--no-pytest", action="store_true", help="do not run pytest")
     p.add_argument(BREAK_ON_PURPOSE, metavar="SCENARIO:DATE", help=argparse.SUPPRESS)
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
@@ -1179,15 +1486,20 @@ def _main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _term)  # unwinds: children are killed, temp files removed
     try:
         run_args = shlex.split(args.run_args)
-        pytest_args = (None if args.no_pytest else
-                       shlex.split(args.pytest_args) if args.pytest_args is not None
-                       else list(DEFAULT_PYTEST_ARGS))
+        pytest_args = (
+            None
+            if args.no_pytest
+            else shlex.split(args.pytest_args)
+            if args.pytest_args is not None
+            else list(DEFAULT_PYTEST_ARGS)
+        )
     except ValueError as exc:
         raise Usage(f"--run-args/--pytest-args: {exc}") from None
-    if any(a in ("--json", "-h", "--help", "--list") or a.startswith("--json=")
-           for a in run_args):
-        raise Usage("--run-args: the nightly chooses --json itself; give a selection such as "
-                    "'-s steal --vcpus 1'")
+    if any(a in ("--json", "-h", "--help", "--list") or a.startswith("--json=") for a in run_args):
+        raise Usage(
+            "--run-args: the nightly chooses --json itself; give a selection such as "
+            "'-s steal --vcpus 1'"
+        )
     if args.last < 1:
         raise Usage("--last must be at least 1")
     if args.inner:
@@ -1209,32 +1521,43 @@ def _main(argv: list[str]) -> int:
     if args.kernel:
         if not os.path.isfile(args.kernel):
             raise Usage(f"--kernel {args.kernel}: no such file")
-        collected = collect_in_kernel(args.kernel, args.modules, pytest_args, run_args,
-                                      bisect_kernel=args.bisect_kernel)
-        collected["booted_on"] = {"cpu_model": cpu_model(), "cores": os.cpu_count(),
-                                  "kernel_release": platform.release()}
+        collected = collect_in_kernel(
+            args.kernel, args.modules, pytest_args, run_args, bisect_kernel=args.bisect_kernel
+        )
+        collected["booted_on"] = {
+            "cpu_model": cpu_model(),
+            "cores": os.cpu_count(),
+            "kernel_release": platform.release(),
+        }
     else:
         collected = collect(pytest_args, run_args)
     scenarios = scenarios_of(collected.get("run_doc") or {})
     forced = break_on_purpose(scenarios, args.break_on_purpose)
     collected["scenarios"] = scenarios
-    code = combine(collected.get("run_rc"), collected.get("pytest_rc"),
-                   forced_broken=bool(forced))
+    code = combine(collected.get("run_rc"), collected.get("pytest_rc"), forced_broken=bool(forced))
     note = ""
     if collected.get("run_error"):
         note = f"kvmharness run exited {collected.get('run_rc')}: {collected['run_error']}"
-    rec = make_record(collected, host_name=args.host_name or socket.gethostname(), date=date,
-                      kernel_image=args.kernel, revision=git_revision(), exit_code=code,
-                      version=_version(), note=note, forced=forced)
+    rec = make_record(
+        collected,
+        host_name=args.host_name or socket.gethostname(),
+        date=date,
+        kernel_image=args.kernel,
+        revision=git_revision(),
+        exit_code=code,
+        version=_version(),
+        note=note,
+        forced=forced,
+    )
     append_record(args.history, rec)
     if collected.get("junit_xml"):
         write_text(os.path.join(args.out, "junit.xml"), collected["junit_xml"])
     if collected.get("run_doc"):
-        write_text(os.path.join(args.out, "run.json"),
-                   json.dumps(collected["run_doc"], indent=1) + "\n")
+        write_text(
+            os.path.join(args.out, "run.json"), json.dumps(collected["run_doc"], indent=1) + "\n"
+        )
     if args.kcidb:
-        write_text(args.kcidb, json.dumps(kcidb(rec, collected.get("junit_xml")), indent=1)
-                   + "\n")
+        write_text(args.kcidb, json.dumps(kcidb(rec, collected.get("junit_xml")), indent=1) + "\n")
     render(args, rec_host=host_key(rec))
     return code
 

@@ -21,7 +21,9 @@ def test_bench_kvm_run_smoke(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--exits", "200", "--rounds", "1", "--json", str(out)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "python/C ratio" in proc.stdout  # the table was printed too

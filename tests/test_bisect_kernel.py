@@ -41,7 +41,7 @@ def fake_bzimage(path: Path, release: str = "6.1.0-56-amd64") -> Path:
     data[0x202:0x206] = b"HdrS"
     text = f"{release} (debian-kernel@lists.debian.org) #1 SMP Debian\0".encode()
     struct.pack_into("<H", data, 0x20E, 0x300)  # string at 0x300 + 0x200
-    data[0x500:0x500 + len(text)] = text
+    data[0x500 : 0x500 + len(text)] = text
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bytes(data))
     return path
@@ -51,8 +51,21 @@ def fake_bzimage(path: Path, release: str = "6.1.0-56-amd64") -> Path:
 
 
 def test_parse_args_splits_inner_args_at_double_dash() -> None:
-    o = bk.parse_args(["img", "--modules", "m", "--timeout", "60", "--",
-                       "--scenario", "fresh-vm", "--json", "x.json"], env={})
+    o = bk.parse_args(
+        [
+            "img",
+            "--modules",
+            "m",
+            "--timeout",
+            "60",
+            "--",
+            "--scenario",
+            "fresh-vm",
+            "--json",
+            "x.json",
+        ],
+        env={},
+    )
     assert o.image == Path("img")
     assert o.modules == Path("m")
     assert o.timeout == 60.0
@@ -69,17 +82,20 @@ def test_parse_args_defaults_and_no_inner_args() -> None:
     assert (o.memory, o.cpus) == ("2G", 2)
 
 
-@pytest.mark.parametrize("argv", [
-    [],                                  # no image
-    ["img", "--bogus"],                  # unknown option
-    ["img", "--timeout", "0"],
-    ["img", "--timeout", "soon"],
-    ["img", "--cpus", "0"],
-    ["img", "--accel", "hvf"],
-    ["img", "--inner-cmd", ""],
-    ["img", "--inner-cmd", "'unclosed"],
-    ["img", "extra-positional"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],  # no image
+        ["img", "--bogus"],  # unknown option
+        ["img", "--timeout", "0"],
+        ["img", "--timeout", "soon"],
+        ["img", "--cpus", "0"],
+        ["img", "--accel", "hvf"],
+        ["img", "--inner-cmd", ""],
+        ["img", "--inner-cmd", "'unclosed"],
+        ["img", "extra-positional"],
+    ],
+)
 def test_bad_usage_raises_usage_error(argv: list[str]) -> None:
     with pytest.raises(bk.UsageError):
         bk.parse_args(argv, env={})
@@ -90,23 +106,37 @@ def test_inner_command_default_env_and_option(tmp_path: Path) -> None:
     kvmh = str(root / ".venv" / "bin" / "kvmharness")
     o = bk.parse_args(["img", "--", "-s", "fresh-vm"], env={})
     assert bk.inner_argv(o, root) == [kvmh, "bisect", "-s", "fresh-vm"]
-    o = bk.parse_args(["img", "--", "--vcpus", "1"],
-                      env={"KVMHARNESS_BISECT_INNER": "kvmharness run --strategy fresh-vm"})
+    o = bk.parse_args(
+        ["img", "--", "--vcpus", "1"],
+        env={"KVMHARNESS_BISECT_INNER": "kvmharness run --strategy fresh-vm"},
+    )
     assert bk.inner_argv(o, root) == [kvmh, "run", "--strategy", "fresh-vm", "--vcpus", "1"]
-    o = bk.parse_args(["img", "--inner-cmd", "true"],
-                      env={"KVMHARNESS_BISECT_INNER": "kvmharness run"})
+    o = bk.parse_args(
+        ["img", "--inner-cmd", "true"], env={"KVMHARNESS_BISECT_INNER": "kvmharness run"}
+    )
     assert bk.inner_argv(o, root) == ["true"]  # the option beats the environment
 
 
 # ---------------------------------------------------------------- exit codes
 
 
-@pytest.mark.parametrize(("inner", "step"), [
-    (0, 0), (1, 1), (125, 125),
-    (128, 128), (130, 130), (143, 143), (255, 255),
-    # not a bisect code: never "bad" (1-124/126/127 would blame the commit)
-    (2, 128), (124, 128), (126, 128), (127, 128),
-])
+@pytest.mark.parametrize(
+    ("inner", "step"),
+    [
+        (0, 0),
+        (1, 1),
+        (125, 125),
+        (128, 128),
+        (130, 130),
+        (143, 143),
+        (255, 255),
+        # not a bisect code: never "bad" (1-124/126/127 would blame the commit)
+        (2, 128),
+        (124, 128),
+        (126, 128),
+        (127, 128),
+    ],
+)
 def test_map_inner_exit(inner: int, step: int) -> None:
     assert bk.map_inner_exit(inner)[0] == step
 
@@ -117,23 +147,37 @@ def _state(tmp_path: Path, **files: str) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize(("files", "timed_out", "qemu_started", "code"), [
-    ({"booted": "r", "kvm_loaded": "", "inner_started": "", "inner_rc": "1\n"}, False, True, 1),
-    ({"booted": "r", "kvm_loaded": "", "inner_started": "", "inner_rc": "0\n"}, False, True, 0),
-    ({"booted": "r", "kvm_loaded": "", "inner_started": "", "inner_rc": "2\n"}, False, True, 128),
-    ({"booted": "r", "untestable": "insmod kvm.ko failed"}, False, True, 125),
-    ({"booted": "r", "kvm_loaded": "", "inner_started": ""}, False, True, 125),  # died in test
-    ({"booted": "r", "kvm_loaded": "", "inner_started": ""}, True, True, 128),  # inner hung
-    ({"booted": "r"}, False, True, 125),   # died loading KVM
-    ({}, False, True, 125),                # panic before user space
-    ({}, True, True, 125),                 # boot hang
-    ({}, False, False, 128),               # vng failed before QEMU: a host fault
-])
-def test_judge(tmp_path: Path, files: dict[str, str], timed_out: bool, qemu_started: bool,
-               code: int) -> None:
+@pytest.mark.parametrize(
+    ("files", "timed_out", "qemu_started", "code"),
+    [
+        ({"booted": "r", "kvm_loaded": "", "inner_started": "", "inner_rc": "1\n"}, False, True, 1),
+        ({"booted": "r", "kvm_loaded": "", "inner_started": "", "inner_rc": "0\n"}, False, True, 0),
+        (
+            {"booted": "r", "kvm_loaded": "", "inner_started": "", "inner_rc": "2\n"},
+            False,
+            True,
+            128,
+        ),
+        ({"booted": "r", "untestable": "insmod kvm.ko failed"}, False, True, 125),
+        ({"booted": "r", "kvm_loaded": "", "inner_started": ""}, False, True, 125),  # died in test
+        ({"booted": "r", "kvm_loaded": "", "inner_started": ""}, True, True, 128),  # inner hung
+        ({"booted": "r"}, False, True, 125),  # died loading KVM
+        ({}, False, True, 125),  # panic before user space
+        ({}, True, True, 125),  # boot hang
+        ({}, False, False, 128),  # vng failed before QEMU: a host fault
+    ],
+)
+def test_judge(
+    tmp_path: Path, files: dict[str, str], timed_out: bool, qemu_started: bool, code: int
+) -> None:
     opts = bk.parse_args(["img"], env={})
-    got, why = bk._judge(_state(tmp_path, **files), timed_out=timed_out, rc_vng=1,
-                         qemu_started=qemu_started, opts=opts)
+    got, why = bk._judge(
+        _state(tmp_path, **files),
+        timed_out=timed_out,
+        rc_vng=1,
+        qemu_started=qemu_started,
+        opts=opts,
+    )
     assert got == code, why
 
 
@@ -167,8 +211,7 @@ def test_main_empty_modules_dir_is_125_before_booting(tmp_path: Path) -> None:
 
 def test_script_runs_through_its_sh_prologue() -> None:
     """Executed as a program (the sh prologue finds python3): bad usage is 128."""
-    r = subprocess.run([str(SCRIPT), "--timeout", "5"], capture_output=True, text=True,
-                       timeout=30)
+    r = subprocess.run([str(SCRIPT), "--timeout", "5"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 128, r.stderr
     assert "KERNEL_IMAGE" in r.stderr
 
@@ -254,16 +297,18 @@ def _sysfs(tmp_path: Path, mods: dict[str, str | None]) -> Path:
     return tmp_path / "sys"
 
 
-@pytest.mark.parametrize(("mods", "dev", "accel"), [
-    ({"kvm": None, "kvm_pvm": None}, True, "tcg"),
-    ({"kvm": None, "kvm_amd": "1"}, True, "kvm"),
-    ({"kvm": None, "kvm_intel": "Y"}, True, "kvm"),
-    ({"kvm": None, "kvm_intel": "N"}, True, "tcg"),
-    ({"kvm": None, "kvm_amd": "1"}, False, "tcg"),
-    ({}, True, "tcg"),
-])
-def test_choose_accel(tmp_path: Path, mods: dict[str, str | None], dev: bool,
-                      accel: str) -> None:
+@pytest.mark.parametrize(
+    ("mods", "dev", "accel"),
+    [
+        ({"kvm": None, "kvm_pvm": None}, True, "tcg"),
+        ({"kvm": None, "kvm_amd": "1"}, True, "kvm"),
+        ({"kvm": None, "kvm_intel": "Y"}, True, "kvm"),
+        ({"kvm": None, "kvm_intel": "N"}, True, "tcg"),
+        ({"kvm": None, "kvm_amd": "1"}, False, "tcg"),
+        ({}, True, "tcg"),
+    ],
+)
+def test_choose_accel(tmp_path: Path, mods: dict[str, str | None], dev: bool, accel: str) -> None:
     sysfs = _sysfs(tmp_path, mods)
     dev_kvm = tmp_path / "kvm"
     if dev:
@@ -283,11 +328,19 @@ def test_guest_vendor() -> None:
 def test_rewrite_outputs(tmp_path: Path) -> None:
     args, moves = bk.rewrite_outputs(
         ["-s", "fresh-vm", "--json", "r/out.json", "--plot=/abs/p.png", "--json", "-"],
-        tmp_path, "/run/g")
-    assert args == ["-s", "fresh-vm", "--json", "/run/g/0-out.json",
-                    "--plot=/run/g/1-p.png", "--json", "-"]
-    assert moves == [("0-out.json", tmp_path / "r" / "out.json"),
-                     ("1-p.png", Path("/abs/p.png"))]
+        tmp_path,
+        "/run/g",
+    )
+    assert args == [
+        "-s",
+        "fresh-vm",
+        "--json",
+        "/run/g/0-out.json",
+        "--plot=/run/g/1-p.png",
+        "--json",
+        "-",
+    ]
+    assert moves == [("0-out.json", tmp_path / "r" / "out.json"), ("1-p.png", Path("/abs/p.png"))]
 
 
 @pytest.mark.parametrize("with_modules", [False, True])
@@ -295,9 +348,13 @@ def test_guest_script_is_valid_bash(tmp_path: Path, with_modules: bool) -> None:
     ms = None
     if with_modules:
         ms = bk.ModuleSet(kvm=Path("kvm.ko"), amd=Path("kvm-amd.ko.xz"), intel=None)
-    text = bk.guest_script(vendor="amd", modules=ms, release="6.1.0-56-amd64",
-                           inner=["/x/kvmharness", "bisect", "--json", "it's $HOME"],
-                           cwd="/some dir")
+    text = bk.guest_script(
+        vendor="amd",
+        modules=ms,
+        release="6.1.0-56-amd64",
+        inner=["/x/kvmharness", "bisect", "--json", "it's $HOME"],
+        cwd="/some dir",
+    )
     if with_modules:
         assert "insmod_dir /run/bisect-kernel/mods/kvm.ko" in text
         assert "kvm-amd.ko nested=1" in text
@@ -323,6 +380,10 @@ def test_script_is_ruff_clean() -> None:
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     if not Path(ruff).exists():
         pytest.skip("ruff not installed")
-    r = subprocess.run([ruff, "check", "--no-cache", str(SCRIPT)], capture_output=True,
-                       text=True, cwd=SCRIPT.parent.parent)
+    r = subprocess.run(
+        [ruff, "check", "--no-cache", str(SCRIPT)],
+        capture_output=True,
+        text=True,
+        cwd=SCRIPT.parent.parent,
+    )
     assert r.returncode == 0, r.stdout + r.stderr

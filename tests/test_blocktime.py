@@ -140,8 +140,11 @@ def event_sequences(draw):
     for _ in range(n):
         t += draw(st.integers(0, 5))
         if draw(st.booleans()):
-            v = draw(st.one_of(st.none(), st.integers(0, vcpus - 1))) \
-                if draw(st.integers(0, 9)) == 0 else draw(st.integers(0, vcpus - 1))
+            v = (
+                draw(st.one_of(st.none(), st.integers(0, vcpus - 1)))
+                if draw(st.integers(0, 9)) == 0
+                else draw(st.integers(0, vcpus - 1))
+            )
             events.append(("F", v, draw(st.integers(0, 3)), t))
         else:
             events.append(("P", draw(st.integers(0, 3)), t))
@@ -157,8 +160,11 @@ def test_accountant_equals_brute_force(case):
     assert r.figures() == brute_force(events, vcpus, now)
     # latencies: one per resolved fault, vCPU and non-vCPU alike
     resolved = sum(sum(b) for b in r.buckets) + sum(r.non_vcpu_buckets)
-    assert resolved == sum(1 for i, e in enumerate(events) if e[0] == "F" and any(
-        p[0] == "P" and p[1] == e[2] for p in events[i + 1:]))
+    assert resolved == sum(
+        1
+        for i, e in enumerate(events)
+        if e[0] == "F" and any(p[0] == "P" and p[1] == e[2] for p in events[i + 1 :])
+    )
     # physics: a vCPU is blocked no longer than the run, all-blocked no longer than any vCPU
     assert all(0 <= b <= now for b in r.blocked_ns)
     assert r.all_blocked_ns <= min(r.blocked_ns)
@@ -199,8 +205,15 @@ def test_slot_model_overwrites_a_second_fault():
 
 
 def test_all_models_agree_without_concurrent_faults_per_vcpu():
-    events = [("F", 0, A, 0), ("F", 1, A, 1), ("P", A, 5), ("F", 0, B, 6), ("F", 1, C, 7),
-              ("P", C, 9), ("P", B, 12)]
+    events = [
+        ("F", 0, A, 0),
+        ("F", 1, A, 1),
+        ("P", A, 5),
+        ("F", 0, B, 6),
+        ("F", 1, C, 7),
+        ("P", C, 9),
+        ("P", B, 12),
+    ]
     truth = brute_force(events, 2)
     for model in (BlocktimeAccountant(2), QemuHashModel(2), SlotScanModel(2)):
         assert replay(model, events).figures() == truth

@@ -328,18 +328,19 @@ def _rd(pre, post, fresh=False, start=False):
 def test_run_delay_bounds_hold_for_exact_charging():
     # thread waited 5 ms before reading 1 and 3 ms during run 2: steal follows exactly
     samples = [S(0, 1_000), S(10, 6_000_000), S(20, 9_000_000)]
-    rds = [_rd(1_000, 1_000, fresh=True, start=True), _rd(6_000_000, 6_000_000),
-           _rd(6_000_000, 9_000_000)]
+    rds = [
+        _rd(1_000, 1_000, fresh=True, start=True),
+        _rd(6_000_000, 6_000_000),
+        _rd(6_000_000, 9_000_000),
+    ]
     assert checks.check_follows_run_delay("vcpu0", samples, rds) == []
 
 
 def test_steal_beyond_run_delay_is_named():
     samples = [S(0, 0), S(10, 5_000_000), S(20, 9_000_001)]
-    rds = [_rd(0, 0, fresh=True, start=True), _rd(5_000_000, 5_000_000),
-           _rd(5_000_000, 9_000_000)]
+    rds = [_rd(0, 0, fresh=True, start=True), _rd(5_000_000, 5_000_000), _rd(5_000_000, 9_000_000)]
     out = checks.check_follows_run_delay("vcpu0", samples, rds)
-    assert [(v.kind, v.index, v.delta) for v in out] == [
-        (checks.KIND_OVER_RUN_DELAY, 2, 4_000_001)]
+    assert [(v.kind, v.index, v.delta) for v in out] == [(checks.KIND_OVER_RUN_DELAY, 2, 4_000_001)]
     assert "at most 4 ms" in out[0].detail
 
 
@@ -352,13 +353,18 @@ def test_fresh_reading_may_charge_the_whole_run_delay_and_what_was_missed():
     # one ns more than that is impossible
     samples[1] = S(10, 11_000_001)
     assert [v.kind for v in checks.check_follows_run_delay("vcpu0", samples, rds)] == [
-        checks.KIND_OVER_RUN_DELAY]
+        checks.KIND_OVER_RUN_DELAY
+    ]
 
 
 def test_dead_steal_clock_is_not_alive_but_idle_thread_is_fine():
     flat = [S(i, 0) for i in range(4)]
-    waited = [_rd(0, 0, True, True), _rd(0, 10_000_000), _rd(20_000_000, 20_000_000),
-              _rd(30_000_000, 30_000_000)]
+    waited = [
+        _rd(0, 0, True, True),
+        _rd(0, 10_000_000),
+        _rd(20_000_000, 20_000_000),
+        _rd(30_000_000, 30_000_000),
+    ]
     out = checks.check_follows_run_delay("vcpu0", flat, waited)
     assert [(v.kind, v.index) for v in out] == [(checks.KIND_NOT_ALIVE, 3)]
     assert "waited 30 ms" in out[0].detail
@@ -369,8 +375,12 @@ def test_dead_steal_clock_is_not_alive_but_idle_thread_is_fine():
 def test_alive_is_judged_per_stretch():
     # a new thread starts at reading 2: the waiting before it does not count after it
     samples = [S(0, 0), S(1, 20_000_000), S(2, 20_000_000), S(3, 20_000_000)]
-    rds = [_rd(0, 0, True, True), _rd(20_000_000, 20_000_000),
-           _rd(0, 0, True, True), _rd(0, 1_000_000)]
+    rds = [
+        _rd(0, 0, True, True),
+        _rd(20_000_000, 20_000_000),
+        _rd(0, 0, True, True),
+        _rd(0, 1_000_000),
+    ]
     assert checks.check_follows_run_delay("vcpu0", samples, rds) == []
 
 

@@ -10,21 +10,24 @@ from kvmharness.cli import main
 
 
 @pytest.mark.parametrize("command", ["run", "bisect"])
-@pytest.mark.parametrize("argv, message", [
-    (["--vcpus", "0"], "--vcpus takes a comma list of counts from 1 to"),
-    (["--vcpus", "x"], "--vcpus takes a comma list"),
-    (["-s", "nope"], "unknown scenario 'nope'"),
-    (["-s", ""], "empty selection"),
-    (["-s", " , "], "empty selection"),
-    (["--contend-ms", "0"], "--contend-ms must be 20 to"),
-    (["--contend-ms", "1"], "too little run-queue waiting"),
-    (["--contend-ms", "999999"], "--contend-ms must be 20 to"),
-    (["--downtime-ms", "-1"], "--downtime-ms must be"),
-    (["--budget-s", "nan"], "--budget-s"),
-    (["--json", "/nonexistent-dir/out.json"], "does not exist"),
-    (["--json", "/tmp"], "is a directory"),
-    (["--bogus"], "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--vcpus", "0"], "--vcpus takes a comma list of counts from 1 to"),
+        (["--vcpus", "x"], "--vcpus takes a comma list"),
+        (["-s", "nope"], "unknown scenario 'nope'"),
+        (["-s", ""], "empty selection"),
+        (["-s", " , "], "empty selection"),
+        (["--contend-ms", "0"], "--contend-ms must be 20 to"),
+        (["--contend-ms", "1"], "too little run-queue waiting"),
+        (["--contend-ms", "999999"], "--contend-ms must be 20 to"),
+        (["--downtime-ms", "-1"], "--downtime-ms must be"),
+        (["--budget-s", "nan"], "--budget-s"),
+        (["--json", "/nonexistent-dir/out.json"], "does not exist"),
+        (["--json", "/tmp"], "is a directory"),
+        (["--bogus"], "unrecognized arguments"),
+    ],
+)
 def test_bad_usage_aborts_a_bisect(command, argv, message, capsys):
     """run and bisect are run by `git bisect run`, which reads 2 as "bad commit":
     bad usage exits 128 (abort) with one line naming the problem."""
@@ -44,11 +47,14 @@ def test_bad_usage_of_other_commands_exits_2(capsys):
     assert info.value.code == 2
 
 
-@pytest.mark.parametrize("fault, code, message", [
-    ("untestable", 125, "cannot test"),
-    ("kvm-missing", 125, "cannot test"),
-    ("harness", 128, "harness fault"),
-])
+@pytest.mark.parametrize(
+    "fault, code, message",
+    [
+        ("untestable", 125, "cannot test"),
+        ("kvm-missing", 125, "cannot test"),
+        ("harness", 128, "harness fault"),
+    ],
+)
 def test_environment_faults_are_never_1(monkeypatch, capsys, fault, code, message):
     """Causes simulated where host facts are read and where errors are classified."""
     import kvmharness.cli.run as run_cmd
@@ -114,8 +120,19 @@ def test_list_strategies(capsys):
 @pytest.mark.timeout(120)
 def test_run_prints_table_writes_json_and_exits_0(tmp_path, capsys):
     out_json = tmp_path / "r.json"
-    rc = main(["run", "-s", "cancelled-save,same-vm/new-thread", "--vcpus", "1",
-               "--contend-ms", "80", "--json", str(out_json)])
+    rc = main(
+        [
+            "run",
+            "-s",
+            "cancelled-save,same-vm/new-thread",
+            "--vcpus",
+            "1",
+            "--contend-ms",
+            "80",
+            "--json",
+            str(out_json),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.out
     assert "cancelled-save" in captured.out and "holds" in captured.out
@@ -153,15 +170,17 @@ def test_run_exits_1_when_a_promise_breaks(monkeypatch, capsys):
 @pytest.mark.timeout(120)
 def test_bisect_prints_one_verdict_line_and_json(tmp_path, capsys):
     out_json = tmp_path / "b.json"
-    rc = main(["bisect", "-s", "cancelled-save", "--contend-ms", "60", "-q",
-               "--json", str(out_json)])
+    rc = main(
+        ["bisect", "-s", "cancelled-save", "--contend-ms", "60", "-q", "--json", str(out_json)]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert out.splitlines()[0].startswith("kvmharness bisect: good: every promise held (exit 0")
     data = json.loads(out_json.read_text())
     assert data["command"] == "bisect" and data["exit_code"] == 0
     assert [(r["strategy"], r["config"]["vcpus"]) for r in data["results"]] == [
-        ("cancelled-save", 2)]
+        ("cancelled-save", 2)
+    ]
 
 
 @pytest.mark.kvm
@@ -187,8 +206,10 @@ def test_selection_by_family_variant_prefix_and_qualified_name():
     def names(items, bisect=False):
         return [(f.name, v) for f, vs in select(items, bisect=bisect) for v in vs]
 
-    assert names(["steal/cross-process"]) == [("steal", "cross-process/vcpu-thread"),
-                                              ("steal", "cross-process/main-thread")]
+    assert names(["steal/cross-process"]) == [
+        ("steal", "cross-process/vcpu-thread"),
+        ("steal", "cross-process/main-thread"),
+    ]
     assert ("steal", "fresh-vm/main-thread") in names(["fresh-vm"])
     bisect_steal = names(["steal"], bisect=True)
     assert bisect_steal and all(f == "steal" for f, _ in bisect_steal)

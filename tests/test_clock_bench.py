@@ -15,9 +15,25 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_clock.py"
 @pytest.mark.kvm
 def test_bench_clock_smoke(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--rounds", "1", "--batches", "1",
-                           "--vcpus", "1,2", "--phase-ms", "30", "--json", str(out)],
-                          capture_output=True, text=True, timeout=90)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--rounds",
+            "1",
+            "--batches",
+            "1",
+            "--vcpus",
+            "1,2",
+            "--phase-ms",
+            "30",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "x raw TSC" in proc.stdout and "reads/s/vCPU" in proc.stdout
     data = json.loads(out.read_text())

@@ -56,7 +56,8 @@ def test_decode_and_pvti_consistency():
     assert checks.check_pvti_consistency(same, True) == []
     differ = [(2, 100, 200, 1), (4, 101, 200, 1)]
     assert [v.kind for v in checks.check_pvti_consistency(differ, True)] == [
-        checks.KIND_MASTER_CLOCK]
+        checks.KIND_MASTER_CLOCK
+    ]
     flags = [(2, 100, 200, 1), (4, 100, 200, 0)]
     assert [v.series for v in checks.check_pvti_consistency(flags, False)] == ["vcpu0/pvti"]
 
@@ -87,12 +88,14 @@ def _run(variant, per_vcpu, *, boundary=None, stable=True, downtime=(0, 0)):
         for t0, t1, readings, warps in batches:
             first = len(r.samples)
             r.samples += [(ns, tsc, 0, 2, 1, 0, 0) for ns, tsc in readings]
-            r.batches.append(Batch(t0, t1, first, len(readings), warps, 7 if warps else 0,
-                                   0, 0, -1, 0))
+            r.batches.append(
+                Batch(t0, t1, first, len(readings), warps, 7 if warps else 0, 0, 0, -1, 0)
+            )
         r.boundary = boundary or 0
         recs.append(r)
-    facts = BoundaryFacts(get_clock_ns=(downtime[0], downtime[0]),
-                          set_clock_ns=(downtime[1], downtime[1]))
+    facts = BoundaryFacts(
+        get_clock_ns=(downtime[0], downtime[0]), set_clock_ns=(downtime[1], downtime[1])
+    )
     return Run(recs, stable, facts=facts, khz=1_000_000)
 
 
@@ -112,8 +115,7 @@ def test_judge_catches_a_backward_step_and_warps():
 
 
 def test_judge_untestable_not_broken_without_a_stable_clock():
-    run = _run("warp", [[(0, 10, [(100, 1), (200, 2)], 0), (20, 30, [(150, 3)], 2)]],
-               stable=False)
+    run = _run("warp", [[(0, 10, [(100, 1), (200, 2)], 0), (20, 30, [(150, 3)], 2)]], stable=False)
     v, why = _judge("warp", run)
     assert v and why and "not stable" in why and "warp" in why
 
@@ -121,21 +123,36 @@ def test_judge_untestable_not_broken_without_a_stable_clock():
 def test_judge_restore_jumps_against_the_measured_time():
     # readings at 100 (KVM_RUN 0..10) and after the boundary (KVM_RUN 1000..1010):
     # at most 1010 ns of real time passed, so a 5000 ns jump is over-long
-    long = _run("restore/downtime", [[(0, 10, [(100, 1)], 0), (1000, 1010, [(5100, 2)], 0)]],
-                boundary=1, downtime=(20, 900))
+    long = _run(
+        "restore/downtime",
+        [[(0, 10, [(100, 1)], 0), (1000, 1010, [(5100, 2)], 0)]],
+        boundary=1,
+        downtime=(20, 900),
+    )
     v, _ = _judge("restore/downtime", long)
     assert [x.kind for x in v] == [checks.KIND_OVERLONG_JUMP]
-    ok = _run("restore/downtime", [[(0, 10, [(100, 1)], 0), (1000, 1010, [(1000, 2)], 0)]],
-              boundary=1, downtime=(20, 900))
+    ok = _run(
+        "restore/downtime",
+        [[(0, 10, [(100, 1)], 0), (1000, 1010, [(1000, 2)], 0)]],
+        boundary=1,
+        downtime=(20, 900),
+    )
     assert _judge("restore/downtime", ok)[0] == []
     # frozen: the 880 ns downtime did not pass for the guest; 900 ns of jump is too much
-    frozen = _run("restore/frozen", [[(0, 10, [(100, 1)], 0), (1000, 1010, [(1000, 2)], 0)]],
-                  boundary=1, downtime=(20, 900))
-    assert [x.kind for x in _judge("restore/frozen", frozen)[0]] == [
-        checks.KIND_OVERLONG_JUMP]
+    frozen = _run(
+        "restore/frozen",
+        [[(0, 10, [(100, 1)], 0), (1000, 1010, [(1000, 2)], 0)]],
+        boundary=1,
+        downtime=(20, 900),
+    )
+    assert [x.kind for x in _judge("restore/frozen", frozen)[0]] == [checks.KIND_OVERLONG_JUMP]
     # realtime: at least 990 ns passed between the readings; 100 ns is short
-    short = _run("restore/realtime", [[(0, 10, [(100, 1)], 0), (1000, 1010, [(200, 2)], 0)]],
-                 boundary=1, downtime=(20, 900))
+    short = _run(
+        "restore/realtime",
+        [[(0, 10, [(100, 1)], 0), (1000, 1010, [(200, 2)], 0)]],
+        boundary=1,
+        downtime=(20, 900),
+    )
     assert [x.kind for x in _judge("restore/realtime", short)[0]] == [checks.KIND_SHORT_JUMP]
 
 
@@ -156,11 +173,24 @@ def test_table_and_plot_of_synthetic_results(tmp_path):
     from kvmharness.scenarios.clock import VARIANTS, ClockConfig, ClockResult
     from kvmharness.scenarios.clock_view import clock_table, plot_clock
 
-    run = _run("restore/downtime", [[(0, 10, [(100, 1)], 0), (1000, 1010, [(1000, 2)], 3)]],
-               boundary=1, downtime=(20, 900))
-    res = ClockResult(ClockConfig("restore/downtime", 1), VARIANTS["restore/downtime"],
-                      run.records, [], Verdict.HOLDS, "ok", 0.5, stable=True,
-                      stable_after=False, facts=run.facts)
+    run = _run(
+        "restore/downtime",
+        [[(0, 10, [(100, 1)], 0), (1000, 1010, [(1000, 2)], 3)]],
+        boundary=1,
+        downtime=(20, 900),
+    )
+    res = ClockResult(
+        ClockConfig("restore/downtime", 1),
+        VARIANTS["restore/downtime"],
+        run.records,
+        [],
+        Verdict.HOLDS,
+        "ok",
+        0.5,
+        stable=True,
+        stable_after=False,
+        facts=run.facts,
+    )
     table = clock_table([res])
     assert "restore/downtime" in table and "yes -> no" in table and "3 (7 ns)" in table
     path = tmp_path / "c.png"

@@ -23,8 +23,9 @@ def _explain(res) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.parametrize("variant", [
-    pytest.param(n, marks=pytest.mark.kvm_scenario(f"clock/{n}")) for n in PROMISES])
+@pytest.mark.parametrize(
+    "variant", [pytest.param(n, marks=pytest.mark.kvm_scenario(f"clock/{n}")) for n in PROMISES]
+)
 def test_promise_holds(kvm, variant, characterize):
     res = run_scenario(ClockConfig(variant, 2, phase_ms=80), kvm)
     assert res.verdict == HOLDS, _explain(res)
@@ -37,8 +38,9 @@ def test_promise_holds(kvm, variant, characterize):
 
 
 def _as_run(res):
-    return clock.Run(res.records, res.stable, res.stable_after, res.facts, res.pvti_areas,
-                     res.facts.khz_after)
+    return clock.Run(
+        res.records, res.stable, res.stable_after, res.facts, res.pvti_areas, res.facts.khz_after
+    )
 
 
 def test_frequency_runs_or_says_not_supported(kvm):
@@ -68,8 +70,7 @@ def test_warp_at_many_vcpus(kvm, characterize):
     res = run_scenario(ClockConfig("warp", n, phase_ms=150), kvm)
     assert res.verdict == HOLDS, _explain(res)
     assert all(len(r.samples) for r in res.records)
-    characterize(f"warp at {n} vCPUs: {res.observed}; "
-                 f"{res.reads_per_s():.0f} reads/s per vCPU")
+    characterize(f"warp at {n} vCPUs: {res.observed}; {res.reads_per_s():.0f} reads/s per vCPU")
 
 
 def test_characterization(kvm, characterize):
@@ -135,6 +136,7 @@ def test_clock_set_too_far_ahead_is_an_over_long_jump(kvm, monkeypatch):
 
 def test_realtime_ignored_is_a_short_jump(kvm, monkeypatch):
     """A kernel that ignored KVM_CLOCK_REALTIME would hide the downtime."""
+
     def ignore_realtime(vm, saved, how, get_ns, facts):
         t0 = clock.time.monotonic_ns()
         vm.set_clock(clock.ClockData(saved.clock_ns))
@@ -166,6 +168,7 @@ def test_warps_are_counted_on_real_kvm(kvm, monkeypatch):
 def test_version_stuck_odd_is_reported_not_hung(kvm, monkeypatch):
     """kvmclock left mid-update (odd version, never published again): the guest
     gives up after a bounded number of tries and the reading is judged."""
+
     def make_odd(vm, st):
         for i in range(len(st.vcpus)):
             vm.pointer(_symbol("pvti") + 32 * i, "struct pvclock_vcpu_time_info").version |= 1

@@ -18,15 +18,21 @@ import pytest
 pytestmark = [pytest.mark.kvm, pytest.mark.timeout(120)]
 
 
-def _run(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
-         cmd: tuple[str, ...] = (sys.executable, "-m", "kvmharness.cli")
-         ) -> subprocess.CompletedProcess[str]:
+def _run(
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    cmd: tuple[str, ...] = (sys.executable, "-m", "kvmharness.cli"),
+) -> subprocess.CompletedProcess[str]:
     out = tmp_path / "out.json"
     return subprocess.run(
-        [*cmd, "run", "-q", "--contend-ms", "40",
-         "--vcpus", "1", "--json", str(out), *args],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **(env or {})},
-        timeout=100)
+        [*cmd, "run", "-q", "--contend-ms", "40", "--vcpus", "1", "--json", str(out), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, **(env or {})},
+        timeout=100,
+    )
 
 
 def test_a_kvmharness_folder_in_the_working_directory_is_not_imported(tmp_path):
@@ -71,7 +77,11 @@ def test_missing_compiler_is_a_harness_fault_not_a_verdict(tmp_path):
     """No gcc: exit 128 (aborts a bisect), never 1."""
     empty = tmp_path / "bin"
     empty.mkdir()
-    proc = _run(tmp_path, "-s", "cancelled-save",
-                env={"PATH": str(empty), "KVMHARNESS_CACHE": str(tmp_path / "fresh-cache")})
+    proc = _run(
+        tmp_path,
+        "-s",
+        "cancelled-save",
+        env={"PATH": str(empty), "KVMHARNESS_CACHE": str(tmp_path / "fresh-cache")},
+    )
     assert proc.returncode == 128, proc.stdout + proc.stderr
     assert "gcc" in proc.stdout + proc.stderr

@@ -27,10 +27,16 @@ QUIET = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-rA")
 
 #: (example, guest file, the assertion as shipped, the same assertion broken on purpose)
 BREAKS = {
-    "steal_off": ("steal_off_guest.c", "GUEST_ASSERT(st->steal == steal_off",
-                  "GUEST_ASSERT(st->steal != steal_off"),
-    "snapshot_counter": ("counter_guest.c", "GUEST_ASSERT(ticks == mine,",
-                         "GUEST_ASSERT(ticks == mine + 1,"),
+    "steal_off": (
+        "steal_off_guest.c",
+        "GUEST_ASSERT(st->steal == steal_off",
+        "GUEST_ASSERT(st->steal != steal_off",
+    ),
+    "snapshot_counter": (
+        "counter_guest.c",
+        "GUEST_ASSERT(ticks == mine,",
+        "GUEST_ASSERT(ticks == mine + 1,",
+    ),
 }
 
 
@@ -44,10 +50,10 @@ def test_every_example_is_run_here_and_imports_only_the_public_api():
         for test in (EXAMPLES / name).glob("test_*.py"):
             tree = ast.parse(test.read_text(), str(test))
             mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-            mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import)
-                     for a in n.names}
-            private = sorted(m for m in mods if m and m.startswith("kvmharness")
-                             and m != "kvmharness.testing")
+            mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+            private = sorted(
+                m for m in mods if m and m.startswith("kvmharness") and m != "kvmharness.testing"
+            )
             assert private == [], f"{test} imports {private}: use kvmharness.testing"
         guest, shipped, _ = BREAKS[name]
         assert shipped in (EXAMPLES / name / guest).read_text()
@@ -95,9 +101,12 @@ def test_a_broken_guest_assertion_fails_with_the_users_file_and_line(user_tree):
     for path, line, cond in expected:
         # e.g. "E   kvmharness.guest.machine.GuestFailure: vcpu0: guest assertion failed
         #       at /tmp/.../steal_off/steal_off_guest.c:46: st->steal != steal_off && ..."
-        want = re.compile(r"^E\s+\S*GuestFailure: vcpu0: guest assertion failed at "
-                          + re.escape(f"{path}:{line}: {cond}") + r".*\(values 0x",
-                          re.MULTILINE)
+        want = re.compile(
+            r"^E\s+\S*GuestFailure: vcpu0: guest assertion failed at "
+            + re.escape(f"{path}:{line}: {cond}")
+            + r".*\(values 0x",
+            re.MULTILINE,
+        )
         assert want.search(out), f"no readable failure for {path}:{line} in:\n{out}"
         assert f"FAILED {path.parent.name}/" in out
     assert "Traceback (most recent call last)" not in out
@@ -113,11 +122,18 @@ def test_the_steal_off_example_sees_an_area_kvm_keeps_writing(user_tree):
     text = guest.read_text()
     disable = "    wrmsr(MSR_KVM_STEAL_TIME, 0);\n"
     assert text.count(disable) == 1
-    guest.write_text(text.replace(
-        disable, "    wrmsr(MSR_KVM_STEAL_TIME, (uint64_t)(uintptr_t)&area | KVM_MSR_ENABLED);\n"))
+    guest.write_text(
+        text.replace(
+            disable,
+            "    wrmsr(MSR_KVM_STEAL_TIME, (uint64_t)(uintptr_t)&area | KVM_MSR_ENABLED);\n",
+        )
+    )
     result = user_tree.runpytest_subprocess("steal_off", *QUIET, timeout=120)
     print(result.stdout.str())
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        f"E   *GuestFailure: vcpu0: guest assertion failed at {guest}:*: "
-        "st->steal == steal_off && st->version == version_off (values *"])
+    result.stdout.fnmatch_lines(
+        [
+            f"E   *GuestFailure: vcpu0: guest assertion failed at {guest}:*: "
+            "st->steal == steal_off && st->version == version_off (values *"
+        ]
+    )

@@ -61,7 +61,11 @@ def test_each_of_four_vcpus_reports_its_own_index(make_guest):
     set_mode(gvm, MODE_COMPUTE)
     results = gvm.run_all()
     assert {i: [uc.args[0] for uc in ucs] for i, ucs in results.items()} == {
-        0: [0], 1: [1], 2: [2], 3: [3]}
+        0: [0],
+        1: [1],
+        2: [2],
+        3: [3],
+    }
 
 
 def test_guest_finds_kvm_signature_and_steal_time_feature(guest_vm, vcpu):

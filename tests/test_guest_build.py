@@ -80,8 +80,12 @@ def test_a_corrupt_cache_entry_is_rebuilt(private_cache, caplog, damage):
 
     path = build.build("selftest")
     good = path.read_bytes()
-    bad = {"truncated": good[: len(good) // 2], "garbage": b"\x00garbage" * 100,
-           "empty": b"", "header-only": good[:64]}[damage]
+    bad = {
+        "truncated": good[: len(good) // 2],
+        "garbage": b"\x00garbage" * 100,
+        "empty": b"",
+        "header-only": good[:64],
+    }[damage]
     path.write_bytes(bad)
     with caplog.at_level("WARNING", logger=build.__name__):
         again = build.build("selftest")
@@ -93,7 +97,8 @@ def test_a_corrupt_cache_entry_is_rebuilt(private_cache, caplog, damage):
 
 
 def test_a_cache_path_that_is_a_file_falls_back_to_a_private_dir(
-        private_cache, monkeypatch, tmp_path, caplog):
+    private_cache, monkeypatch, tmp_path, caplog
+):
     not_a_dir = tmp_path / "cache-file"
     not_a_dir.write_text("not a directory\n")
     monkeypatch.setenv("KVMHARNESS_CACHE", str(not_a_dir))
@@ -160,10 +165,14 @@ def test_the_private_dir_is_removed_at_exit(tmp_path):
 
     not_a_dir = tmp_path / "cache-file"
     not_a_dir.write_text("")
-    code = ("from kvmharness.guest import build; p = build.build('selftest'); "
-            "print(p.parent)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "KVMHARNESS_CACHE": str(not_a_dir)}, check=True)
+    code = "from kvmharness.guest import build; p = build.build('selftest'); print(p.parent)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KVMHARNESS_CACHE": str(not_a_dir)},
+        check=True,
+    )
     private = Path(proc.stdout.strip())
     assert private.name.startswith("kvmharness-guest-")
     assert not private.exists()
@@ -246,8 +255,9 @@ def test_a_user_files_hash_covers_it_and_its_headers(user_src, edit):
         sub = user_src.parent.parent / "shared"
         sub.mkdir()
         (sub / "common.h").write_text("#define COMMON 1\n")
-        user_src.write_text(USER_GUEST.replace('"helper.h"', '"helper.h"\n#include '
-                                               '"../shared/common.h"'))
+        user_src.write_text(
+            USER_GUEST.replace('"helper.h"', '"helper.h"\n#include "../shared/common.h"')
+        )
         h1 = build.source_hash(user_src)
         (sub / "common.h").write_text("#define COMMON 2\n")
     assert build.source_hash(user_src) != h1
@@ -280,8 +290,9 @@ def test_names_and_paths_are_told_apart(user_src, monkeypatch):
 
 def test_a_compile_error_names_the_users_file_and_line(user_src):
     broken = user_src.parent / "broken_guest.c"
-    broken.write_text('#include "runtime.h"\n\nvoid guest_main(uint32_t cpu)\n{\n'
-                      "    cpu = oops;\n}\n")
+    broken.write_text(
+        '#include "runtime.h"\n\nvoid guest_main(uint32_t cpu)\n{\n    cpu = oops;\n}\n'
+    )
     with pytest.raises(build.GuestBuildError) as info:
         build.build(broken)
     text = str(info.value)
@@ -337,6 +348,7 @@ def test_make_guest_finds_a_source_next_to_the_test_file(pytester, private_cache
         "    assert read_symbol(gvm, 'ticks') == 3\n"
         "    assert make_guest('my_guest.c').program == gvm.program\n"
         "    with pytest.raises(Exception, match='guest source .*/suite/nope.c not found'):\n"
-        "        make_guest(source='nope.c')\n")
+        "        make_guest(source='nope.c')\n"
+    )
     result = pytester.runpytest_inprocess("suite", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)

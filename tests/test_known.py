@@ -32,35 +32,48 @@ def test_the_shipped_file_loads_and_has_the_pvm_tsc_entry():
     assert find(issues, "clock/restore/downtime", PVM) is None
 
 
-@pytest.mark.parametrize("host, scenario, hit", [
-    (PVM, "clock/tsc/msr", True),
-    (Host("pvm", "6.9.1"), "clock/tsc/msr", False),  # below kernel_min
-    (Host("pvm", "7.0.0"), "clock/tsc/msr", False),  # kernel_below is exclusive
-    (Host("svm", "6.18.1"), "clock/tsc/msr", False),
-    (PVM, "clock/warp", False),
-    (Host("pvm", "weird"), "clock/tsc/msr", False),
-])
+@pytest.mark.parametrize(
+    "host, scenario, hit",
+    [
+        (PVM, "clock/tsc/msr", True),
+        (Host("pvm", "6.9.1"), "clock/tsc/msr", False),  # below kernel_min
+        (Host("pvm", "7.0.0"), "clock/tsc/msr", False),  # kernel_below is exclusive
+        (Host("svm", "6.18.1"), "clock/tsc/msr", False),
+        (PVM, "clock/warp", False),
+        (Host("pvm", "weird"), "clock/tsc/msr", False),
+    ],
+)
 def test_matching(host, scenario, hit):
     (k,) = parse(ENTRY)
     assert k.matches(scenario, host) is hit
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[[issue]]\nid = 'a'\n", "missing scenario, reason, link"),
-    ("nonsense = [", "not TOML"),
-    ("[other]\n", "expected only"),
-    (ENTRY + ENTRY, "duplicate id"),
-    (ENTRY.replace('kernel_min = "6.10"', 'kernel_min = "new"'), "not a kernel release"),
-    (ENTRY.replace('link = "l"', 'link = "l"\nextra = "e"'), "unknown field"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[[issue]]\nid = 'a'\n", "missing scenario, reason, link"),
+        ("nonsense = [", "not TOML"),
+        ("[other]\n", "expected only"),
+        (ENTRY + ENTRY, "duplicate id"),
+        (ENTRY.replace('kernel_min = "6.10"', 'kernel_min = "new"'), "not a kernel release"),
+        (ENTRY.replace('link = "l"', 'link = "l"\nextra = "e"'), "unknown field"),
+    ],
+)
 def test_bad_files_are_named(text, message):
     with pytest.raises(KnownIssuesError, match=message):
         parse(text, "f.toml")
 
 
 def _res(name, verdict, kind=PROMISE, family="clock"):
-    return NS(family=family, variant=NS(name=name, kind=kind), verdict=verdict, vcpus=2,
-              observed="o", violations=[], wall_s=0.1)
+    return NS(
+        family=family,
+        variant=NS(name=name, kind=kind),
+        verdict=verdict,
+        vcpus=2,
+        observed="o",
+        violations=[],
+        wall_s=0.1,
+    )
 
 
 def test_known_broken_is_not_counted_and_fixed_fails():
@@ -77,8 +90,10 @@ def test_known_broken_is_not_counted_and_fixed_fails():
     assert marks[0].status is Status.FIXED
     assert exit_code(fixed, marks) == 1
     # untestable, errors and characterizations match nothing
-    other = [_res("tsc/msr", Verdict.UNTESTABLE), _res("tsc/x", Verdict.CHARACTERIZED,
-                                                       CHARACTERIZE)]
+    other = [
+        _res("tsc/msr", Verdict.UNTESTABLE),
+        _res("tsc/x", Verdict.CHARACTERIZED, CHARACTERIZE),
+    ]
     assert classify(other, issues, PVM) == [None, None]
     # an unrelated broken promise still fails the run
     both = [_res("tsc/msr", Verdict.BROKEN), _res("warp", Verdict.BROKEN)]
@@ -97,8 +112,11 @@ def test_a_variant_kvm_does_not_support_does_not_make_the_run_untestable():
 def _fake_run(monkeypatch, results):
     import kvmharness.cli.run as run_cmd
 
-    monkeypatch.setattr(run_cmd, "precheck", lambda *a: {"kvm_backend": PVM.backend,
-                                                          "kernel_release": PVM.kernel_release})
+    monkeypatch.setattr(
+        run_cmd,
+        "precheck",
+        lambda *a: {"kvm_backend": PVM.backend, "kernel_release": PVM.kernel_release},
+    )
     monkeypatch.setattr(run_cmd, "run_matrix", lambda *a, **k: results)
     monkeypatch.setattr("kvmharness.report.tables", lambda rs, width=90: "<table>")
 

@@ -21,8 +21,7 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def import_graph(root: Path = PKG, extra: dict[str, set[str]] | None = None
-                 ) -> dict[str, set[str]]:
+def import_graph(root: Path = PKG, extra: dict[str, set[str]] | None = None) -> dict[str, set[str]]:
     """module -> kvmharness modules it imports anywhere in its body."""
     modules = {module_name(p): p for p in root.rglob("*.py")}
     graph: dict[str, set[str]] = {m: set() for m in modules}
@@ -60,7 +59,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(m)
         for d in sorted(graph.get(m, ())):
             if state.get(d) == 1:
-                return stack[stack.index(d):] + [d]
+                return stack[stack.index(d) :] + [d]
             if d not in state:
                 found = visit(d)
                 if found:
@@ -96,9 +95,18 @@ def test_the_cycle_test_fails_on_a_back_import():
     assert cycle is not None and "kvmharness.exitcodes" in cycle
 
 
-@pytest.mark.parametrize("low", ["kvmharness.checks", "kvmharness.kvm", "kvmharness.ffi",
-                                 "kvmharness.exitcodes", "kvmharness.files",
-                                 "kvmharness.scenarios.base", "kvmharness.snapshot.state"])
+@pytest.mark.parametrize(
+    "low",
+    [
+        "kvmharness.checks",
+        "kvmharness.kvm",
+        "kvmharness.ffi",
+        "kvmharness.exitcodes",
+        "kvmharness.files",
+        "kvmharness.scenarios.base",
+        "kvmharness.snapshot.state",
+    ],
+)
 def test_low_layers_do_not_import_front_ends(low):
     graph = import_graph()
     seen, todo = set(), [low]
@@ -108,6 +116,9 @@ def test_low_layers_do_not_import_front_ends(low):
             if d not in seen:
                 seen.add(d)
                 todo.append(d)
-    front = sorted(m for m in seen if m.startswith(("kvmharness.cli", "kvmharness.report",
-                                                     "kvmharness.pytest_plugin")))
+    front = sorted(
+        m
+        for m in seen
+        if m.startswith(("kvmharness.cli", "kvmharness.report", "kvmharness.pytest_plugin"))
+    )
     assert front == [], f"{low} reaches front ends: {front}"

@@ -100,8 +100,9 @@ def render_path(path: Path_) -> str:
     return out
 
 
-def cdefs_struct_tags(files: tuple[str, ...] = CHECKED_CDEFS,
-                      texts: dict[str, str] | None = None) -> list[str]:
+def cdefs_struct_tags(
+    files: tuple[str, ...] = CHECKED_CDEFS, texts: dict[str, str] | None = None
+) -> list[str]:
     """``struct NAME`` / ``union NAME`` for each top-level named type in the cdefs files."""
     tags: list[str] = []
     for name in files:
@@ -184,13 +185,16 @@ def c_program(items: list[Item], constants: list[str], ioctl_names: list[str]) -
     lines += [f"#include <{h}>" for h in KERNEL_HEADERS]
     lines += ["", "int main(void)", "{"]
     for item in items:
-        lines.append(f'    printf("%s %llu\\n", "{item.key}", '
-                     f"(unsigned long long){item.c_expr()});")
+        lines.append(
+            f'    printf("%s %llu\\n", "{item.key}", (unsigned long long){item.c_expr()});'
+        )
     for kind, names in (("const", constants), ("ioctl", ioctl_names)):
         for name in names:
-            lines += [f"#ifdef {name}",
-                      f'    printf("{kind} {name} %lld\\n", (long long)({name}));',
-                      "#endif"]
+            lines += [
+                f"#ifdef {name}",
+                f'    printf("{kind} {name} %lld\\n", (long long)({name}));',
+                "#endif",
+            ]
     lines += ["    return 0;", "}", ""]
     return "\n".join(lines)
 
@@ -202,7 +206,7 @@ class KernelLayout:
 
     def named(self, kind: str) -> dict[str, int]:
         prefix = kind + " "
-        return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in self.values.items() if k.startswith(prefix)}
 
 
 @pytest.fixture(scope="module")
@@ -210,17 +214,21 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> KernelLayout:
     if shutil.which("gcc") is None:
         pytest.skip("gcc not found: the layout check compiles against the kernel headers")
     if not Path("/usr/include/linux/kvm.h").is_file():
-        pytest.skip("no kernel uapi headers (/usr/include/linux/kvm.h): apt-get install "
-                    "linux-libc-dev")
+        pytest.skip(
+            "no kernel uapi headers (/usr/include/linux/kvm.h): apt-get install linux-libc-dev"
+        )
     tmp = tmp_path_factory.mktemp("layout")
     src, exe = tmp / "layout.c", tmp / "layout"
     items = layout_items(ffi, cdefs_struct_tags())
     src.write_text(c_program(items, sorted(cdefs_constants()), sorted(ioctl_numbers())))
-    cc = subprocess.run(["gcc", "-std=gnu11", "-Wall", "-o", str(exe), str(src)],
-                        capture_output=True, text=True)
+    cc = subprocess.run(
+        ["gcc", "-std=gnu11", "-Wall", "-o", str(exe), str(src)], capture_output=True, text=True
+    )
     if cc.returncode:
-        pytest.fail(f"the layout program ({src}) does not compile against the kernel headers; "
-                    f"a cdefs field the kernel does not have?\n{cc.stderr}")
+        pytest.fail(
+            f"the layout program ({src}) does not compile against the kernel headers; "
+            f"a cdefs field the kernel does not have?\n{cc.stderr}"
+        )
     out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
     values: dict[str, int] = {}
     for line in out.splitlines():
@@ -241,15 +249,19 @@ def test_struct_layout_matches_kernel(kernel: KernelLayout) -> None:
 def test_every_cdefs_struct_and_nested_field_is_checked(kernel: KernelLayout) -> None:
     tags = cdefs_struct_tags()
     assert {"struct kvm_run", "struct kvm_regs", "struct uffd_msg"} <= set(tags)
-    assert set(tags) == {t.replace(":", " ") for t in
-                         (k.split()[0] for k in kernel.named("size"))}
+    assert set(tags) == {t.replace(":", " ") for t in (k.split()[0] for k in kernel.named("size"))}
     offsets = {" ".join(k.split()[:2]) for k in kernel.named("offset")}
-    for struct, path in [("kvm_run", "io.port"), ("kvm_run", "mmio.phys_addr"),
-                         ("kvm_run", "s.padding"), ("kvm_sregs", "cs.base"),
-                         ("kvm_vcpu_events", "exception.error_code"),
-                         ("kvm_xcrs", "xcrs[0].value"), ("kvm_msrs", "entries"),
-                         ("uffd_msg", "arg.pagefault.address"),
-                         ("uffd_msg", "arg.pagefault.feat.ptid")]:
+    for struct, path in [
+        ("kvm_run", "io.port"),
+        ("kvm_run", "mmio.phys_addr"),
+        ("kvm_run", "s.padding"),
+        ("kvm_sregs", "cs.base"),
+        ("kvm_vcpu_events", "exception.error_code"),
+        ("kvm_xcrs", "xcrs[0].value"),
+        ("kvm_msrs", "entries"),
+        ("uffd_msg", "arg.pagefault.address"),
+        ("uffd_msg", "arg.pagefault.feat.ptid"),
+    ]:
         assert f"struct:{struct} {path}" in offsets
 
 
@@ -258,8 +270,7 @@ def test_constants_match_kernel(kernel: KernelLayout) -> None:
     theirs = kernel.named("const")
     missing = [n for n in REQUIRED_CONSTANTS if n not in theirs]
     assert not missing, f"kernel headers lack {missing}: wrong headers included?"
-    wrong = [f"{n}: cdefs {ours[n]}, kernel {v}" for n, v in sorted(theirs.items())
-             if ours[n] != v]
+    wrong = [f"{n}: cdefs {ours[n]}, kernel {v}" for n, v in sorted(theirs.items()) if ours[n] != v]
     assert not wrong, "cdefs #define values differ from the kernel headers:\n" + "\n".join(wrong)
 
 
@@ -267,26 +278,36 @@ def test_ioctl_numbers_match_kernel(kernel: KernelLayout) -> None:
     ours = ioctl_numbers()
     theirs = kernel.named("ioctl")
     assert "KVM_RUN" in ours and "UFFDIO_COPY" in ours
-    problems = [f"{n}: not defined by the kernel headers" for n in sorted(ours)
-                if n not in theirs]
-    problems += [f"{n}: kvmharness {ours[n]:#x}, kernel {theirs[n] & 0xFFFFFFFF:#x}"
-                 for n in sorted(theirs) if ours[n] != theirs[n] & 0xFFFFFFFF]
+    problems = [f"{n}: not defined by the kernel headers" for n in sorted(ours) if n not in theirs]
+    problems += [
+        f"{n}: kvmharness {ours[n]:#x}, kernel {theirs[n] & 0xFFFFFFFF:#x}"
+        for n in sorted(theirs)
+        if ours[n] != theirs[n] & 0xFFFFFFFF
+    ]
     assert not problems, "ioctl numbers differ from the kernel headers:\n" + "\n".join(problems)
 
 
 # The proof that the comparison catches a moved field: the same cdefs text
 # with two fields swapped, loaded into a second FFI.
 MUTATIONS = {
-    "kvm_regs rax<->rbx": ("kvm.h", "__u64 rax, rbx,", "__u64 rbx, rax,",
-                           "struct kvm_regs: field rax offset: cdefs 8, kernel 0"),
+    "kvm_regs rax<->rbx": (
+        "kvm.h",
+        "__u64 rax, rbx,",
+        "__u64 rbx, rax,",
+        "struct kvm_regs: field rax offset: cdefs 8, kernel 0",
+    ),
     "kvm_run io direction<->size": (
-        "kvm.h", "__u8 direction;\n            __u8 size;",
+        "kvm.h",
+        "__u8 direction;\n            __u8 size;",
         "__u8 size;\n            __u8 direction;",
-        "struct kvm_run: field io.direction offset: cdefs 33, kernel 32"),
+        "struct kvm_run: field io.direction offset: cdefs 33, kernel 32",
+    ),
     "uffd_msg flags<->address": (
-        "userfaultfd.h", "uint64_t flags;\n            uint64_t address;",
+        "userfaultfd.h",
+        "uint64_t flags;\n            uint64_t address;",
         "uint64_t address;\n            uint64_t flags;",
-        "struct uffd_msg: field arg.pagefault.address offset: cdefs 8, kernel 16"),
+        "struct uffd_msg: field arg.pagefault.address offset: cdefs 8, kernel 16",
+    ),
 }
 
 

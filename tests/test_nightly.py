@@ -34,51 +34,97 @@ def _load() -> Any:
 
 nl = _load()
 
-KNOWN = {"status": "known-broken", "id": "pvm-tsc-not-applied", "reason": "TSC writes ignored",
-         "link": "issue 9"}
+KNOWN = {
+    "status": "known-broken",
+    "id": "pvm-tsc-not-applied",
+    "reason": "TSC writes ignored",
+    "link": "issue 9",
+}
 
 
 # ---------------------------------------------------------------- synthetic documents
 
 
-def steal(variant: str, vcpus: int, jump: int, verdict: str = "holds",
-          kind: str = "promise") -> dict[str, Any]:
-    return {"scenario": "steal", "strategy": variant, "kind": kind, "verdict": verdict,
-            "observed": f"{variant} observed", "config": {"vcpus": vcpus}, "wall_s": 0.5,
-            "largest_jump_ns": jump, "steal_before_ns": 100, "steal_after_ns": 100 + jump,
-            "known": None}
+def steal(
+    variant: str, vcpus: int, jump: int, verdict: str = "holds", kind: str = "promise"
+) -> dict[str, Any]:
+    return {
+        "scenario": "steal",
+        "strategy": variant,
+        "kind": kind,
+        "verdict": verdict,
+        "observed": f"{variant} observed",
+        "config": {"vcpus": vcpus},
+        "wall_s": 0.5,
+        "largest_jump_ns": jump,
+        "steal_before_ns": 100,
+        "steal_after_ns": 100 + jump,
+        "known": None,
+    }
 
 
-def clock(variant: str, jumps: list[int], warps: int = 0, verdict: str = "holds",
-          known: dict[str, Any] | None = None, not_supported: bool = False) -> dict[str, Any]:
-    return {"scenario": "clock", "strategy": variant, "kind": "promise", "verdict": verdict,
-            "observed": "", "config": {"vcpus": 2}, "wall_s": 0.3, "warps": warps,
-            "largest_warp_ns": 0, "reads": 100, "not_supported": not_supported,
-            "boundary_jumps": [{"vcpu": i, "kvmclock_ns": j, "tsc_ticks": 0}
-                               for i, j in enumerate(jumps)], "known": known}
+def clock(
+    variant: str,
+    jumps: list[int],
+    warps: int = 0,
+    verdict: str = "holds",
+    known: dict[str, Any] | None = None,
+    not_supported: bool = False,
+) -> dict[str, Any]:
+    return {
+        "scenario": "clock",
+        "strategy": variant,
+        "kind": "promise",
+        "verdict": verdict,
+        "observed": "",
+        "config": {"vcpus": 2},
+        "wall_s": 0.3,
+        "warps": warps,
+        "largest_warp_ns": 0,
+        "reads": 100,
+        "not_supported": not_supported,
+        "boundary_jumps": [
+            {"vcpu": i, "kvmclock_ns": j, "tsc_ticks": 0} for i, j in enumerate(jumps)
+        ],
+        "known": known,
+    }
 
 
 def postcopy(variant: str, blocked: list[int], verdict: str = "holds") -> dict[str, Any]:
-    return {"scenario": "postcopy", "strategy": f"postcopy/{variant}", "kind": "promise",
-            "verdict": verdict, "observed": "", "config": {"vcpus": len(blocked)},
-            "wall_s": 0.2, "blocktime": {"blocked_ns": blocked, "all_blocked_ns": min(blocked)},
-            "known": None}
+    return {
+        "scenario": "postcopy",
+        "strategy": f"postcopy/{variant}",
+        "kind": "promise",
+        "verdict": verdict,
+        "observed": "",
+        "config": {"vcpus": len(blocked)},
+        "wall_s": 0.2,
+        "blocktime": {"blocked_ns": blocked, "all_blocked_ns": min(blocked)},
+        "known": None,
+    }
 
 
 def doc(results: list[dict[str, Any]], code: int = 0, wall: float = 20.0) -> dict[str, Any]:
-    return {"kvmharness_version": "0.1.0", "command": "run", "total_wall_s": wall,
-            "exit_code": code,
-            "host": {"kernel_release": "6.18.44-fc", "kvm_backend": "pvm", "cpus": 2,
-                     "kvm_modules": ["kvm", "kvm_pvm"]},
-            "results": results}
+    return {
+        "kvmharness_version": "0.1.0",
+        "command": "run",
+        "total_wall_s": wall,
+        "exit_code": code,
+        "host": {
+            "kernel_release": "6.18.44-fc",
+            "kvm_backend": "pvm",
+            "cpus": 2,
+            "kvm_modules": ["kvm", "kvm_pvm"],
+        },
+        "results": results,
+    }
 
 
 def base_results(jump: int = 30_000_000, cancelled: str = "holds") -> list[dict[str, Any]]:
     return [
         steal("fresh-vm/vcpu-thread", 1, jump),
         steal("cancelled-save", 1, 40_000_000, verdict=cancelled),
-        steal("same-vm/new-thread", 1, -112_000_000, verdict="characterized",
-              kind="characterize"),
+        steal("same-vm/new-thread", 1, -112_000_000, verdict="characterized", kind="characterize"),
         clock("restore/frozen", [13_000_000, 4_000_000]),
         clock("tsc/msr", [99_000_000], verdict="BROKEN", known=KNOWN),
         clock("frequency", [], verdict="untestable", not_supported=True),
@@ -86,14 +132,31 @@ def base_results(jump: int = 30_000_000, cancelled: str = "holds") -> list[dict[
     ]
 
 
-def record(results: list[dict[str, Any]], *, host: str = "hostA", date: str = "2025-01-01",
-           run_rc: int = 0, pytest_rc: int | None = 0, wall: float = 20.0) -> dict[str, Any]:
-    collected = {"run_doc": doc(results, run_rc, wall), "run_rc": run_rc,
-                 "pytest_rc": pytest_rc, "cpu_model": "Test CPU", "cores": 2,
-                 "pytest_args": ["-m", "kvm"], "run_args": []}
-    return nl.make_record(collected, host_name=host, date=f"{date}T03:00:00Z",
-                          revision=("a" * 40, False),
-                          exit_code=nl.combine(run_rc, pytest_rc))
+def record(
+    results: list[dict[str, Any]],
+    *,
+    host: str = "hostA",
+    date: str = "2025-01-01",
+    run_rc: int = 0,
+    pytest_rc: int | None = 0,
+    wall: float = 20.0,
+) -> dict[str, Any]:
+    collected = {
+        "run_doc": doc(results, run_rc, wall),
+        "run_rc": run_rc,
+        "pytest_rc": pytest_rc,
+        "cpu_model": "Test CPU",
+        "cores": 2,
+        "pytest_args": ["-m", "kvm"],
+        "run_args": [],
+    }
+    return nl.make_record(
+        collected,
+        host_name=host,
+        date=f"{date}T03:00:00Z",
+        revision=("a" * 40, False),
+        exit_code=nl.combine(run_rc, pytest_rc),
+    )
 
 
 # ---------------------------------------------------------------- the history file
@@ -109,13 +172,17 @@ def test_append_writes_one_complete_line_per_record(tmp_path: Path) -> None:
     back, problems = nl.read_history(h)
     assert problems == []
     assert [r["run_id"] for r in back] == [r["run_id"] for r in recs]
-    assert back[0]["host"] == {"name": "hostA", "kernel_release": "6.18.44-fc",
-                               "backend": "pvm", "kvm_modules": ["kvm", "kvm_pvm"],
-                               "cpu_model": "Test CPU", "cores": 2}
+    assert back[0]["host"] == {
+        "name": "hostA",
+        "kernel_release": "6.18.44-fc",
+        "backend": "pvm",
+        "kvm_modules": ["kvm", "kvm_pvm"],
+        "cpu_model": "Test CPU",
+        "cores": 2,
+    }
 
 
-def test_a_torn_line_is_skipped_and_reported_and_the_next_append_is_whole(
-        tmp_path: Path) -> None:
+def test_a_torn_line_is_skipped_and_reported_and_the_next_append_is_whole(tmp_path: Path) -> None:
     h = tmp_path / "h.jsonl"
     first, second = record(base_results()), record(base_results(), date="2025-01-02")
     nl.append_record(h, first)
@@ -151,8 +218,10 @@ def test_a_writer_killed_mid_write_costs_only_its_own_line(tmp_path: Path) -> No
     h = tmp_path / "h.jsonl"
     before = record(base_results())
     nl.append_record(h, before)
-    child = subprocess.run([sys.executable, "-c", CHILD_DIES_MID_WRITE.format(
-        scripts=str(SCRIPTS), path=str(h))], timeout=30)
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD_DIES_MID_WRITE.format(scripts=str(SCRIPTS), path=str(h))],
+        timeout=30,
+    )
     assert child.returncode == -9
     assert not h.read_bytes().endswith(b"\n")  # the crash really left a torn tail
     after = record(base_results(), date="2025-01-02")
@@ -199,8 +268,13 @@ def test_the_reader_reports_interleaved_and_foreign_lines() -> None:
     recs, problems = nl.parse_history(data, "h")
     assert len(recs) == 1
     whys = [p.why.split(":")[0] for p in problems]
-    assert whys == ["garbled", "garbled", "not a kvmharness-nightly/1 record",
-                    "not a kvmharness-nightly/1 record", "torn"]
+    assert whys == [
+        "garbled",
+        "garbled",
+        "not a kvmharness-nightly/1 record",
+        "not a kvmharness-nightly/1 record",
+        "torn",
+    ]
     assert [p.line for p in problems] == [2, 3, 4, 5, 7]
 
 
@@ -210,36 +284,46 @@ def test_the_reader_reports_interleaved_and_foreign_lines() -> None:
 def test_record_holds_each_scenario_with_its_status_and_key_figures() -> None:
     rec = record(base_results())
     by_id = {s["id"]: s for s in rec["scenarios"]}
-    assert list(by_id) == ["steal/fresh-vm/vcpu-thread@1", "steal/cancelled-save@1",
-                           "steal/same-vm/new-thread@1", "clock/restore/frozen@2",
-                           "clock/tsc/msr@2", "clock/frequency@2", "postcopy/stream@2"]
+    assert list(by_id) == [
+        "steal/fresh-vm/vcpu-thread@1",
+        "steal/cancelled-save@1",
+        "steal/same-vm/new-thread@1",
+        "clock/restore/frozen@2",
+        "clock/tsc/msr@2",
+        "clock/frequency@2",
+        "postcopy/stream@2",
+    ]
     assert by_id["steal/fresh-vm/vcpu-thread@1"]["figures"]["largest_jump_ns"] == 30_000_000
     assert by_id["clock/restore/frozen@2"]["figures"]["largest_jump_ns"] == 13_000_000
     assert by_id["clock/restore/frozen@2"]["figures"]["warps"] == 0
     assert by_id["postcopy/stream@2"]["figures"]["blocktime_ns"] == [14_000_000, 15_000_000]
     assert by_id["postcopy/stream@2"]["figures"]["blocktime_max_ns"] == 15_000_000
-    assert [by_id[k]["status"] for k in ("clock/tsc/msr@2", "clock/frequency@2",
-                                         "steal/same-vm/new-thread@1")] == [
-        "known-broken", "not supported", "characterized"]
+    assert [
+        by_id[k]["status"]
+        for k in ("clock/tsc/msr@2", "clock/frequency@2", "steal/same-vm/new-thread@1")
+    ] == ["known-broken", "not supported", "characterized"]
     assert rec["known_issues"] == [{**KNOWN, "scenarios": ["clock/tsc/msr@2"]}]
     assert rec["harness"] == {"revision": "a" * 40, "dirty": False, "version": "0.1.0"}
     assert rec["run"]["total_wall_s"] == 20.0
 
 
-@pytest.mark.parametrize("run_rc, pytest_rc, forced, want", [
-    (0, 0, False, 0),
-    (0, None, False, 0),
-    (1, 0, False, 1),  # a promise broke (or a known issue looks fixed: run says 1)
-    (0, 1, False, 1),  # a KVM test failed
-    (0, 0, True, 1),  # broken on purpose
-    (125, 0, False, 125),  # nothing could be tested
-    (125, 1, False, 1),  # broken beats cannot-test, as in kvmharness run
-    (1, 2, False, 128),  # pytest interrupted/usage: harness fault beats broken
-    (128, 0, False, 128),
-    (143, 0, False, 128),
-    (None, 0, False, 128),  # kvmharness run left no verdict
-    (0, 5, False, 128),  # pytest collected nothing: a wrong selection, not "good"
-])
+@pytest.mark.parametrize(
+    "run_rc, pytest_rc, forced, want",
+    [
+        (0, 0, False, 0),
+        (0, None, False, 0),
+        (1, 0, False, 1),  # a promise broke (or a known issue looks fixed: run says 1)
+        (0, 1, False, 1),  # a KVM test failed
+        (0, 0, True, 1),  # broken on purpose
+        (125, 0, False, 125),  # nothing could be tested
+        (125, 1, False, 1),  # broken beats cannot-test, as in kvmharness run
+        (1, 2, False, 128),  # pytest interrupted/usage: harness fault beats broken
+        (128, 0, False, 128),
+        (143, 0, False, 128),
+        (None, 0, False, 128),  # kvmharness run left no verdict
+        (0, 5, False, 128),  # pytest collected nothing: a wrong selection, not "good"
+    ],
+)
 def test_exit_code(run_rc: int | None, pytest_rc: int | None, forced: bool, want: int) -> None:
     assert nl.combine(run_rc, pytest_rc, forced_broken=forced) == want
 
@@ -266,31 +350,34 @@ def test_break_on_purpose_needs_todays_date_and_marks_what_it_broke() -> None:
 def test_changes_new_broken_fixed_and_known_issue_fixed() -> None:
     prev = record(base_results())
     res = base_results(cancelled="BROKEN")
-    res[4] = clock("tsc/msr", [1_000_000], verdict="holds",
-                   known={**KNOWN, "status": "fixed?"})
+    res[4] = clock("tsc/msr", [1_000_000], verdict="holds", known={**KNOWN, "status": "fixed?"})
     cur = record(res, run_rc=1, date="2025-01-02")
     ch = nl.changes(prev, cur)
     assert [x.split(":")[0] for x in ch["new broken"]] == ["steal/cancelled-save@1"]
     assert "holds -> BROKEN" in ch["new broken"][0]
     assert ch["fixed"] == ["clock/tsc/msr@2: known-broken -> fixed?"]
-    assert ch["fixed?"][0].startswith("clock/tsc/msr@2: holds, but known issue "
-                                      "pvm-tsc-not-applied")
+    assert ch["fixed?"][0].startswith("clock/tsc/msr@2: holds, but known issue pvm-tsc-not-applied")
     back = nl.changes(cur, record(base_results(), date="2025-01-03"))
     assert back["fixed"] == ["steal/cancelled-save@1: BROKEN -> holds"]
     assert back["new broken"] == [] and back["new known-broken"] == [
-        "clock/tsc/msr@2: fixed? -> known-broken"]
+        "clock/tsc/msr@2: fixed? -> known-broken"
+    ]
 
 
-@pytest.mark.parametrize("new_jump, flagged", [
-    (30_000_000, False),
-    (59_000_000, False),  # +97% of the smaller value: under 100%
-    (61_000_000, True),  # +103%: more than doubled, and over 10 ms
-    (16_000_000, False),  # 30 -> 16: 88% of 16
-    (14_000_000, True),  # 30 -> 14: 114% of 14, more than halved
-])
+@pytest.mark.parametrize(
+    "new_jump, flagged",
+    [
+        (30_000_000, False),
+        (59_000_000, False),  # +97% of the smaller value: under 100%
+        (61_000_000, True),  # +103%: more than doubled, and over 10 ms
+        (16_000_000, False),  # 30 -> 16: 88% of 16
+        (14_000_000, True),  # 30 -> 14: 114% of 14, more than halved
+    ],
+)
 def test_a_figure_moved_by_more_than_the_stated_threshold(new_jump: int, flagged: bool) -> None:
-    ch = nl.changes(record(base_results(30_000_000)),
-                    record(base_results(new_jump), date="2025-01-02"))
+    ch = nl.changes(
+        record(base_results(30_000_000)), record(base_results(new_jump), date="2025-01-02")
+    )
     moved = [m for m in ch["figure moved"] if m.startswith("steal/fresh-vm/vcpu-thread@1")]
     assert bool(moved) is flagged
     if flagged:
@@ -313,15 +400,17 @@ def three_runs(tmp_path: Path) -> Path:
     h = tmp_path / "h.jsonl"
     nl.append_record(h, record(base_results(), date="2025-01-01"))
     nl.append_record(h, record(base_results(35_000_000), date="2025-01-02"))
-    nl.append_record(h, record(base_results(80_000_000, cancelled="BROKEN"), run_rc=1,
-                               date="2025-01-03"))
+    nl.append_record(
+        h, record(base_results(80_000_000, cancelled="BROKEN"), run_rc=1, date="2025-01-03")
+    )
     with open(h, "ab") as f:
         f.write(b'{"schema": "kvmharness-nightly/1", "run_id": "to')  # torn on purpose
     return h
 
 
 def test_html_report_is_self_contained_with_table_plots_known_issues_and_changes(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     recs, problems = nl.read_history(three_runs(tmp_path))
     page = nl.html_report(recs, problems, last=10)
     assert page.startswith("<!DOCTYPE html>")
@@ -335,7 +424,8 @@ def test_html_report_is_self_contained_with_table_plots_known_issues_and_changes
     rows = re.findall(r"<tr><td class='sid[^>]*>(.*?)</td>", page)
     assert rows[:2] == ["steal/fresh-vm/vcpu-thread@1", "steal/cancelled-save@1"]
     assert re.findall(r"<td class='sid changed'[^>]*>(.*?)</td>", page) == [
-        "steal/cancelled-save@1"]  # the row that changed since the previous run stands out
+        "steal/cancelled-save@1"
+    ]  # the row that changed since the previous run stands out
     row = page.split(">steal/cancelled-save@1</td>")[1].split("</tr>")[0]
     assert re.findall(r"<span class='st'>(.*?)</span>", row) == ["holds", "holds", "BROKEN"]
     assert "jump 40 ms" in row
@@ -353,17 +443,35 @@ def test_text_report_says_the_same_for_the_ci_log(tmp_path: Path) -> None:
     assert "new broken: steal/cancelled-save@1: holds -> BROKEN" in text
     assert "figure moved: steal/fresh-vm/vcpu-thread@1: largest steal jump 35 ms -> 80 ms" in text
     line = next(x for x in text.splitlines() if x.startswith("steal/cancelled-save@1"))
-    assert line.split() == ["steal/cancelled-save@1", "holds", "jump", "40", "ms",
-                            "BROKEN", "jump", "40", "ms"]  # --last 2: two columns
+    assert line.split() == [
+        "steal/cancelled-save@1",
+        "holds",
+        "jump",
+        "40",
+        "ms",
+        "BROKEN",
+        "jump",
+        "40",
+        "ms",
+    ]  # --last 2: two columns
     assert "pvm-tsc-not-applied (known-broken): clock/tsc/msr@2" in text
     assert "skipped: torn" in text
 
 
 def test_report_of_a_run_that_could_not_test() -> None:
-    collected = {"run_doc": None, "run_rc": 125, "pytest_rc": 0,
-                 "run_error": "cannot test: /dev/kvm is missing"}
-    rec = nl.make_record(collected, host_name="h", date="2025-01-01T00:00:00Z",
-                         exit_code=nl.combine(125, 0), note="kvmharness run exited 125")
+    collected = {
+        "run_doc": None,
+        "run_rc": 125,
+        "pytest_rc": 0,
+        "run_error": "cannot test: /dev/kvm is missing",
+    }
+    rec = nl.make_record(
+        collected,
+        host_name="h",
+        date="2025-01-01T00:00:00Z",
+        exit_code=nl.combine(125, 0),
+        note="kvmharness run exited 125",
+    )
     assert rec["exit_code"] == 125 and rec["scenarios"] == []
     text = nl.text_report([rec], [], last=5)
     assert "exit 125 (cannot test)" in text and "(no scenario ran)" in text
@@ -394,8 +502,10 @@ def test_kcidb_output_passes_kcidb_io_validation() -> None:
     t = tests["kvmharness.steal.cancelled-save.vcpus_1"]
     assert t["status"] == "FAIL" and t["misc"]["figures"]["largest_jump_ns"] == 40_000_000
     assert t["number"] == {"value": 0.04, "unit": "s", "prefix": "metric"}
-    assert tests["kvmharness.clock.tsc.msr.vcpus_2"]["misc"]["known_issue"]["id"] == \
-        "pvm-tsc-not-applied"
+    assert (
+        tests["kvmharness.clock.tsc.msr.vcpus_2"]["misc"]["known_issue"]["id"]
+        == "pvm-tsc-not-applied"
+    )
     assert tests["kvmharness.clock.frequency.vcpus_2"]["status"] == "SKIP"
     assert tests["kvmharness.steal.same-vm.new-thread.vcpus_1"]["status"] == "DONE"
     assert tests["kvmharness.pytest.tests.test_a.test_bad"]["status"] == "FAIL"
@@ -409,17 +519,25 @@ def test_kcidb_output_passes_kcidb_io_validation() -> None:
 
 
 def test_merge_keys_runs_by_host_and_takes_each_run_once(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     a, b, merged = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "m.jsonl"
     for d in ("2025-01-01", "2025-01-03"):
-        nl.append_record(a, record([steal("cancelled-save", 1, 9_000_000)], host="alpha",
-                                   date=d))
-    nl.append_record(b, record([steal("cancelled-save", 1, 9_000_000, verdict="BROKEN")],
-                               host="beta", date="2025-01-02", run_rc=1))
+        nl.append_record(a, record([steal("cancelled-save", 1, 9_000_000)], host="alpha", date=d))
+    nl.append_record(
+        b,
+        record(
+            [steal("cancelled-save", 1, 9_000_000, verdict="BROKEN")],
+            host="beta",
+            date="2025-01-02",
+            run_rc=1,
+        ),
+    )
     out = tmp_path / "out"
     for _ in range(2):  # merging twice adds nothing
-        assert nl.main(["--merge", str(a), str(b), "--history", str(merged),
-                        "--out", str(out)]) == 0
+        assert (
+            nl.main(["--merge", str(a), str(b), "--history", str(merged), "--out", str(out)]) == 0
+        )
     stdout = capsys.readouterr().out
     recs, problems = nl.read_history(merged)
     assert problems == [] and len(recs) == 3
@@ -433,10 +551,15 @@ def test_merge_keys_runs_by_host_and_takes_each_run_once(
 
 def test_bad_usage_exits_2(tmp_path: Path) -> None:
     hist = ["--history", str(tmp_path / "h")]
-    for argv in (["--merge", str(tmp_path / "missing.jsonl")], ["--last", "0"],
-                 ["--run-args", "--json x"], ["--modules", str(tmp_path)],
-                 ["--run-args", "'unclosed"], ["--kernel", str(tmp_path / "no-such-image")],
-                 ["--no-such-option"]):
+    for argv in (
+        ["--merge", str(tmp_path / "missing.jsonl")],
+        ["--last", "0"],
+        ["--run-args", "--json x"],
+        ["--modules", str(tmp_path)],
+        ["--run-args", "'unclosed"],
+        ["--kernel", str(tmp_path / "no-such-image")],
+        ["--no-such-option"],
+    ):
         assert nl.main(argv + hist + ["--out", str(tmp_path)]) == 2, argv
     # an unwritable history or report place is refused before anything runs
     assert nl.main(["--history", str(tmp_path / "no" / "h"), "--out", str(tmp_path)]) == 2
@@ -455,22 +578,39 @@ TINY_RUN = "-s steal/cancelled-save --vcpus 1 --contend-ms 50"
 
 
 def nightly(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPTS / "nightly"), *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / "nightly"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 @pytest.mark.kvm
 def test_end_to_end_on_this_hosts_kvm(tmp_path: Path) -> None:
     hist, out = tmp_path / "h.jsonl", tmp_path / "out"
-    r = nightly("--history", str(hist), "--out", str(out), "--host-name", "e2e",
-                "--kcidb", str(tmp_path / "kcidb.json"),
-                "--pytest-args", TINY_PYTEST, "--run-args", TINY_RUN)
+    r = nightly(
+        "--history",
+        str(hist),
+        "--out",
+        str(out),
+        "--host-name",
+        "e2e",
+        "--kcidb",
+        str(tmp_path / "kcidb.json"),
+        "--pytest-args",
+        TINY_PYTEST,
+        "--run-args",
+        TINY_RUN,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     recs, problems = nl.read_history(hist)
     assert problems == [] and len(recs) == 1
     rec = recs[0]
     assert [(s["id"], s["status"]) for s in rec["scenarios"]] == [
-        ("steal/cancelled-save@1", "holds")]
+        ("steal/cancelled-save@1", "holds")
+    ]
     assert rec["scenarios"][0]["figures"]["largest_jump_ns"] > 0
     assert rec["host"]["kernel_release"] == os.uname().release
     assert rec["host"]["cpu_model"] and rec["host"]["cores"] >= 1 and rec["host"]["backend"]
@@ -514,13 +654,25 @@ def test_kernel_mode_runs_itself_inside_and_breaks_on_purpose(tmp_path: Path) ->
     hist, out = tmp_path / "h.jsonl", tmp_path / "out"
     # two earlier good runs of this host, synthetic
     for d in ("2025-01-01", "2025-01-02"):
-        nl.append_record(hist, record([steal("cancelled-save", 1, 30_000_000)], host="k",
-                                      date=d))
+        nl.append_record(hist, record([steal("cancelled-save", 1, 30_000_000)], host="k", date=d))
     today = dt.datetime.now(dt.UTC).date().isoformat()
-    r = nightly("--history", str(hist), "--out", str(out), "--host-name", "k",
-                "--kernel", str(image), "--bisect-kernel", f"{sys.executable} {fake}",
-                "--no-pytest", "--run-args", TINY_RUN,
-                "--break-on-purpose", f"steal/cancelled-save:{today}")
+    r = nightly(
+        "--history",
+        str(hist),
+        "--out",
+        str(out),
+        "--host-name",
+        "k",
+        "--kernel",
+        str(image),
+        "--bisect-kernel",
+        f"{sys.executable} {fake}",
+        "--no-pytest",
+        "--run-args",
+        TINY_RUN,
+        "--break-on-purpose",
+        f"steal/cancelled-save:{today}",
+    )
     assert r.returncode == 1, r.stdout + r.stderr
     recs, _ = nl.read_history(hist)
     assert len(recs) == 3 and recs[-1]["kernel_image"] == str(image)
@@ -534,22 +686,33 @@ def test_kernel_mode_runs_itself_inside_and_breaks_on_purpose(tmp_path: Path) ->
 
 
 def test_kernel_command_hands_bisect_kernel_the_inner_run() -> None:
-    cmd = nl.kernel_command("/k/bzImage", "/k/mods", ["-m", "kvm"], ["-s", "steal"],
-                            "/tmp/x/inner.json", root=Path("/r"))
+    cmd = nl.kernel_command(
+        "/k/bzImage",
+        "/k/mods",
+        ["-m", "kvm"],
+        ["-s", "steal"],
+        "/tmp/x/inner.json",
+        root=Path("/r"),
+    )
     assert cmd[:2] == ["/r/scripts/bisect-kernel", "/k/bzImage"]
     assert cmd[cmd.index("--modules") + 1] == "/k/mods"
     inner = cmd[cmd.index("--inner-cmd") + 1]
-    assert inner == ("/r/.venv/bin/python /r/scripts/nightly --inner --run-args '-s steal' "
-                     "--pytest-args '-m kvm'")
+    assert inner == (
+        "/r/.venv/bin/python /r/scripts/nightly --inner --run-args '-s steal' "
+        "--pytest-args '-m kvm'"
+    )
     assert cmd[-3:] == ["--", "--json", "/tmp/x/inner.json"]  # the file bisect-kernel moves
 
 
 def test_kernel_mode_without_a_result_file_takes_bisect_kernels_code(tmp_path: Path) -> None:
     fake = tmp_path / "bk"
-    fake.write_text("import sys; print('bisect-kernel: cannot test: no kvm.ko', "
-                    "file=sys.stderr); sys.exit(125)\n")
-    got = nl.collect_in_kernel("/k/bzImage", None, None, [],
-                               bisect_kernel=f"{sys.executable} {fake}", log=lambda m: None)
+    fake.write_text(
+        "import sys; print('bisect-kernel: cannot test: no kvm.ko', "
+        "file=sys.stderr); sys.exit(125)\n"
+    )
+    got = nl.collect_in_kernel(
+        "/k/bzImage", None, None, [], bisect_kernel=f"{sys.executable} {fake}", log=lambda m: None
+    )
     assert got["run_rc"] == 125 and "no kvm.ko" in got["run_error"]
     assert nl.combine(got["run_rc"], got["pytest_rc"]) == 125
 

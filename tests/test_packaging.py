@@ -24,8 +24,11 @@ _JUNK = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "d
 
 
 def _quiet_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYTHON", "PIP_", "KVMHARNESS_CACHE"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTHON", "PIP_", "KVMHARNESS_CACHE"))
+    }
     env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", **extra)
     return env
 
@@ -33,7 +36,8 @@ def _quiet_env(**extra: str) -> dict[str, str]:
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     assert proc.returncode == 0, (
-        f"{' '.join(map(str, cmd))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        f"{' '.join(map(str, cmd))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    )
     return proc
 
 
@@ -53,8 +57,23 @@ def source(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def wheel(source, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-          "--no-index", "-q", "-w", str(out), str(source)], cwd=out, env=_quiet_env())
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(out),
+            str(source),
+        ],
+        cwd=out,
+        env=_quiet_env(),
+    )
     (whl,) = out.glob("kvmharness-*.whl")
     return whl
 
@@ -63,12 +82,19 @@ def test_the_wheel_holds_every_module_guest_source_and_cdef(source, wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     tree = source / "kvmharness"
     modules = {f"kvmharness/{p.relative_to(tree)}" for p in tree.rglob("*.py")}
-    guest = {f"kvmharness/{p.relative_to(tree)}" for p in (tree / "guest" / "src").rglob("*")
-             if p.is_file()}
+    guest = {
+        f"kvmharness/{p.relative_to(tree)}"
+        for p in (tree / "guest" / "src").rglob("*")
+        if p.is_file()
+    }
     cdefs = {f"kvmharness/cdefs/{p.name}" for p in (source / "cdefs").glob("*.h")}
-    assert {"kvmharness/guest/src/guest.ld", "kvmharness/guest/src/runtime.h",
-            "kvmharness/guest/src/entry.S", "kvmharness/guest/src/programs/steal.c",
-            "kvmharness/guest/src/programs/selftest.c"} <= guest
+    assert {
+        "kvmharness/guest/src/guest.ld",
+        "kvmharness/guest/src/runtime.h",
+        "kvmharness/guest/src/entry.S",
+        "kvmharness/guest/src/programs/steal.c",
+        "kvmharness/guest/src/programs/selftest.c",
+    } <= guest
     assert {"kvmharness/cdefs/kvm.h", "kvmharness/cdefs/guest_abi.h"} <= cdefs
     assert not (modules | guest | cdefs) - names, "missing from the wheel"
     assert not [n for n in names if ".data/" in n], "data-files land outside the package"
@@ -86,10 +112,27 @@ def installed(wheel, tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("venv")
     _run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(venv)])
     python = venv / "bin" / "python"
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-          "--no-index", "-q", str(wheel)], env=_quiet_env())
-    site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                     env=_quiet_env()).stdout.strip())
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "-q",
+            str(wheel),
+        ],
+        env=_quiet_env(),
+    )
+    site = Path(
+        _run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            env=_quiet_env(),
+        ).stdout.strip()
+    )
     (site / "zz_kvmharness_test_deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
     return venv
 
@@ -99,19 +142,40 @@ def test_the_installed_wheel_runs_a_steal_scenario_outside_the_checkout(installe
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = _quiet_env(KVMHARNESS_CACHE=str(tmp_path / "cache"))
-    where = _run([str(installed / "bin" / "python"), "-c",
-                  "import sys, kvmharness, kvmharness.ffi as f, kvmharness.guest.build as b\n"
-                  "print(kvmharness.__file__, f.cdefs_dir(), b.SRC_DIR, sep='\\n')\n"
-                  "print(any('__editable__' in m for m in sys.modules))"],
-                 cwd=work, env=env).stdout.split("\n")
+    where = _run(
+        [
+            str(installed / "bin" / "python"),
+            "-c",
+            "import sys, kvmharness, kvmharness.ffi as f, kvmharness.guest.build as b\n"
+            "print(kvmharness.__file__, f.cdefs_dir(), b.SRC_DIR, sep='\\n')\n"
+            "print(any('__editable__' in m for m in sys.modules))",
+        ],
+        cwd=work,
+        env=env,
+    ).stdout.split("\n")
     for path in where[:3]:
         assert Path(path).is_relative_to(installed), f"{path} is not from the installed wheel"
     assert where[3] == "False", "the editable install of the checkout was imported"
 
     proc = subprocess.run(
-        [str(installed / "bin" / "kvmharness"), "run", "--strategy", "fresh-vm/vcpu-thread",
-         "--vcpus", "1", "--contend-ms", "50", "--json", "out.json"],
-        cwd=work, env=env, capture_output=True, text=True, timeout=60)
+        [
+            str(installed / "bin" / "kvmharness"),
+            "run",
+            "--strategy",
+            "fresh-vm/vcpu-thread",
+            "--vcpus",
+            "1",
+            "--contend-ms",
+            "50",
+            "--json",
+            "out.json",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     report = json.loads((work / "out.json").read_text())
     (result,) = report["results"]

@@ -66,6 +66,7 @@ def test_userfaultfd_names_the_thread_and_copy_reports_eexist():
     finally:
         uffd.close()
         from kvmharness.ffi import lib
+
         lib.munmap(ptr, 2 * PAGE_SIZE)
 
 
@@ -170,8 +171,22 @@ def test_cli_without_userfaultfd_permission_is_125(monkeypatch, capsys):
 
 def test_cli_runs_and_writes_json(tmp_path, capsys):
     out = tmp_path / "pc.json"
-    code = main(["postcopy", "--vcpus", "1", "--latency-us", "500", "--variant", "stream",
-                 "--pages-per-vcpu", "4", "--quiet", "--json", str(out)])
+    code = main(
+        [
+            "postcopy",
+            "--vcpus",
+            "1",
+            "--latency-us",
+            "500",
+            "--variant",
+            "stream",
+            "--pages-per-vcpu",
+            "4",
+            "--quiet",
+            "--json",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0, text
     assert "blocktime" in text and "latency" in text and "vcpu0" in text
@@ -184,9 +199,27 @@ def test_cli_runs_and_writes_json(tmp_path, capsys):
 def test_sigterm_mid_run_exits_143_and_leaves_nothing(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kvmharness.cli", "postcopy", "--vcpus", "2", "--latency-us",
-         "200000", "--pages-per-vcpu", "20", "--variant", "stream", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/")
+        [
+            sys.executable,
+            "-m",
+            "kvmharness.cli",
+            "postcopy",
+            "--vcpus",
+            "2",
+            "--latency-us",
+            "200000",
+            "--pages-per-vcpu",
+            "20",
+            "--variant",
+            "stream",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd="/",
+    )
     time.sleep(3.0)
     proc.send_signal(signal.SIGTERM)
     try:

@@ -42,11 +42,14 @@ def test_scale_rejects_values_outside_the_abi():
         scale(1, 1, 128)
 
 
-@pytest.mark.parametrize("khz, expected", [
-    (2596122, (3308756133, -1)),  # seen from KVM on this machine's kvm_pvm
-    (1_000_000, (1 << 31, 1)),  # 1 GHz: ratio 1 = 0.5 * 2**1
-    (2_000_000, (1 << 31, 0)),  # 2 GHz: 0.5 ns per tick
-])
+@pytest.mark.parametrize(
+    "khz, expected",
+    [
+        (2596122, (3308756133, -1)),  # seen from KVM on this machine's kvm_pvm
+        (1_000_000, (1 << 31, 1)),  # 1 GHz: ratio 1 = 0.5 * 2**1
+        (2_000_000, (1 << 31, 0)),  # 2 GHz: 0.5 ns per tick
+    ],
+)
 def test_scale_for_khz(khz, expected):
     assert scale_for_khz(khz) == expected
     mul, shift = expected

@@ -14,10 +14,22 @@ from kvmharness.scenarios.steal_view import plot_steal, steal_table
 
 
 def _result(verdict: str = "holds") -> StealResult:
-    rec = VcpuRecord(0, guest=[Sample(i * 1_000_000, i * 400_000, 2 * i) for i in range(10)],
-                     boundary=5, phases=[(0, 4, 5_000_000), (5, 9, 5_000_000)])
-    return StealResult(StealConfig("fresh-vm/vcpu-thread"), STRATEGIES["fresh-vm/vcpu-thread"],
-                       [rec], [], verdict, "steal monotonic", 0.5, 0.05)
+    rec = VcpuRecord(
+        0,
+        guest=[Sample(i * 1_000_000, i * 400_000, 2 * i) for i in range(10)],
+        boundary=5,
+        phases=[(0, 4, 5_000_000), (5, 9, 5_000_000)],
+    )
+    return StealResult(
+        StealConfig("fresh-vm/vcpu-thread"),
+        STRATEGIES["fresh-vm/vcpu-thread"],
+        [rec],
+        [],
+        verdict,
+        "steal monotonic",
+        0.5,
+        0.05,
+    )
 
 
 def test_table_has_boundary_values_and_verdict():

@@ -39,10 +39,26 @@ def _start(tmp_path: Path, strategy: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     return subprocess.Popen(
-        [sys.executable, "-m", "kvmharness.cli", "run", "-s", strategy, "--vcpus", "2",
-         "--contend-ms", "8000", "--json", str(tmp_path / "out.json")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path,
-        start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "kvmharness.cli",
+            "run",
+            "-s",
+            strategy,
+            "--vcpus",
+            "2",
+            "--contend-ms",
+            "8000",
+            "--json",
+            str(tmp_path / "out.json"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
 
 
 def _wait_for_children(proc: subprocess.Popen[bytes], want: int, timeout: float) -> None:

@@ -499,9 +499,7 @@ def _refused_quickly(path: Path, problem: str, capsys: pytest.CaptureFixture[str
     assert err == f"kvmharness snapshot inspect: error: {path}: {problem}\n"
 
 
-def test_fifo_is_refused_without_blocking(
-    fifo: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_fifo_is_refused_without_blocking(fifo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _refused_quickly(fifo, "not a regular file (a FIFO)", capsys)
 
 

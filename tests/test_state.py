@@ -57,8 +57,9 @@ def test_snapshot_file_restores_in_another_process(make_guest, tmp_path):
     meta, sections = capture(gvm.vm, program="steal").to_snapshot()
     path = tmp_path / "vm.snap"
     write_snapshot(path, meta, sections)
-    proc = subprocess.run([sys.executable, "-c", RESTORE_CHILD, str(path)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", RESTORE_CHILD, str(path)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "7"
 

@@ -47,8 +47,10 @@ def test_characterization_reports_what_it_measured(kvm, strategy, characterize):
     assert before is not None and after is not None
     # The report must match the data it came from.
     assert res.violations == _rejudge(res)
-    characterize(f"{strategy}: steal {checks.format_ns(before)} -> {checks.format_ns(after)} "
-                 f"across the boundary; {res.observed}")
+    characterize(
+        f"{strategy}: steal {checks.format_ns(before)} -> {checks.format_ns(after)} "
+        f"across the boundary; {res.observed}"
+    )
 
 
 def _rejudge(res):
@@ -66,6 +68,7 @@ def test_four_vcpus_fresh_vm_main_thread(kvm):
 def test_broken_restore_is_caught_on_real_kvm(kvm, monkeypatch):
     """Negative control: restore the steal area as zeros (a VMM that loses guest
     memory of the area); the promise check must call the result BROKEN."""
+
     def lose_area(vm, st):
         vm.write(_symbol("steal_areas"), bytes(64 * len(st.vcpus)))
 
@@ -110,6 +113,7 @@ def test_inflated_steal_is_caught_against_run_delay(kvm, monkeypatch):
     """Negative control for the exact upper bound: a restore that adds 50 ms to
     the area's steal.  That is below any wall-time bound (downtime + contention)
     but more than the runner thread's run_delay can explain."""
+
     def inflate(vm, st):
         for i in range(len(st.vcpus)):
             area = vm.pointer(_symbol("steal_areas") + 64 * i, "struct kvm_steal_time")
@@ -134,6 +138,7 @@ def test_dead_steal_clock_is_caught(kvm, monkeypatch):
 def test_version_stuck_odd_is_reported_not_hung(kvm, monkeypatch):
     """A kernel that leaves the area's version odd must not hang the guest's
     seqlock loop: it gives up and the reading is judged."""
+
     def make_odd(vm, st):
         for i in range(len(st.vcpus)):
             area = vm.pointer(_symbol("steal_areas") + 64 * i, "struct kvm_steal_time")
@@ -149,6 +154,7 @@ def test_version_stuck_odd_is_reported_not_hung(kvm, monkeypatch):
 def test_guest_that_never_exits_is_stopped_and_judged(kvm, monkeypatch):
     """A vCPU that never comes back from KVM_RUN is stopped from another thread
     after the budget and reported with its rip: broken, within seconds."""
+
     def hang(vm, st):
         vm.pointer(_symbol("hang_vcpu_plus_one"), "uint32_t")[0] = 1
 

@@ -48,7 +48,8 @@ def test_steal_time_stops_when_the_guest_disables_it(make_guest):
         (steal_start, steal_end, _), waited_on = contended_phase()
         assert waited_on > 1_000_000, "the vCPU thread hardly waited: no contention"
         assert steal_end > steal_start, (
-            f"control: steal did not grow while enabled (thread waited {waited_on} ns)")
+            f"control: steal did not grow while enabled (thread waited {waited_on} ns)"
+        )
 
         off_steal, off_version = runner.call(expect_sync, gvm, vcpu)  # disabled now
         (steal_now, version_now), waited_off = contended_phase()  # GUEST_ASSERT inside

@@ -33,8 +33,16 @@ from kvmharness.exitcodes import (
     signal_exit,
 )
 
-__all__ = ["EXIT_BROKEN", "EXIT_HARNESS", "EXIT_OK", "EXIT_UNTESTABLE", "EXIT_USAGE",
-           "UsageError", "build_parser", "main"]
+__all__ = [
+    "EXIT_BROKEN",
+    "EXIT_HARNESS",
+    "EXIT_OK",
+    "EXIT_UNTESTABLE",
+    "EXIT_USAGE",
+    "UsageError",
+    "build_parser",
+    "main",
+]
 
 
 class Terminated(BaseException):
@@ -95,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Drive /dev/kvm to catch regressions in paravirtual time (steal time, "
         "kvmclock, TSC). Exit codes: 0 ok / every promise held, 1 a promise broke or an "
         "anomaly was found, 125 cannot test here, 128 harness fault (also bad usage of "
-        "run and bisect), 2 bad usage or input of the other commands.")
+        "run and bisect), 2 bad usage or input of the other commands.",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -108,8 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported with the subcommand's usage exit (128 for run and bisect)
-        print(f"kvmharness {args.command}: error: unrecognized arguments: {' '.join(extra)}",
-              file=sys.stderr)
+        print(
+            f"kvmharness {args.command}: error: unrecognized arguments: {' '.join(extra)}",
+            file=sys.stderr,
+        )
         return int(getattr(args, "usage_exit", EXIT_USAGE))
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -146,8 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         # Not the kernel's fault as far as we know: never exit 1 for it.
         traceback.print_exc()
-        print(f"kvmharness {args.command}: harness fault (the traceback above is a bug of "
-              "kvmharness or of its environment, not a verdict on the kernel)", file=sys.stderr)
+        print(
+            f"kvmharness {args.command}: harness fault (the traceback above is a bug of "
+            "kvmharness or of its environment, not a verdict on the kernel)",
+            file=sys.stderr,
+        )
         return EXIT_HARNESS
     finally:
         if on_main:

@@ -24,7 +24,10 @@ def run_cli(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print host facts (kernel, KVM backend, capabilities, ...)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--no-probe", action="store_true",
-                   help="skip the probes: sched_info (briefly pins busy children to one CPU) "
-                        "and kvmclock (runs one vCPU of a guest)")
+    p.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="skip the probes: sched_info (briefly pins busy children to one CPU) "
+        "and kvmclock (runs one vCPU of a guest)",
+    )
     p.set_defaults(func=run_cli)

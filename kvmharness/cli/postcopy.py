@@ -34,8 +34,10 @@ def _variants(text: str | None) -> list[str]:
             continue
         name = item if item in VARIANTS else f"postcopy/{item}"
         if name not in VARIANTS:
-            raise UsageError(f"unknown variant {item!r}; known: "
-                             + ", ".join(v.removeprefix("postcopy/") for v in VARIANTS))
+            raise UsageError(
+                f"unknown variant {item!r}; known: "
+                + ", ".join(v.removeprefix("postcopy/") for v in VARIANTS)
+            )
         if name not in out:
             out.append(name)
     if not out:
@@ -70,11 +72,11 @@ def run_cli(args: Any) -> int:
     if not 1 <= args.vcpus <= limit:
         raise UsageError(f"--vcpus must be 1 to {limit}, got {args.vcpus}")
     if not MIN_LATENCY_US <= args.latency_us <= MAX_LATENCY_US:
-        raise UsageError(f"--latency-us must be {MIN_LATENCY_US} to {MAX_LATENCY_US}, "
-                         f"got {args.latency_us}")
+        raise UsageError(
+            f"--latency-us must be {MIN_LATENCY_US} to {MAX_LATENCY_US}, got {args.latency_us}"
+        )
     if not 2 <= args.pages_per_vcpu <= MAX_TOUCHES:
-        raise UsageError(f"--pages-per-vcpu must be 2 to {MAX_TOUCHES}, "
-                         f"got {args.pages_per_vcpu}")
+        raise UsageError(f"--pages-per-vcpu must be 2 to {MAX_TOUCHES}, got {args.pages_per_vcpu}")
     if not (math.isfinite(args.budget_s) and 0 < args.budget_s <= 3600):
         raise UsageError(f"--budget-s must be in (0, 3600], got {args.budget_s}")
     if args.json:
@@ -94,11 +96,16 @@ def run_cli(args: Any) -> int:
     t0 = time.monotonic()
     with Kvm() as kvm:
         for name in variants:
-            cfg = PostcopyConfig(name, args.vcpus, args.latency_us, args.pages_per_vcpu,
-                                 args.budget_s)
+            cfg = PostcopyConfig(
+                name, args.vcpus, args.latency_us, args.pages_per_vcpu, args.budget_s
+            )
             if not args.quiet:
-                print(f"{name}, {args.vcpus} vCPU(s), latency {args.latency_us} us ...",
-                      end="", file=sys.stderr, flush=True)
+                print(
+                    f"{name}, {args.vcpus} vCPU(s), latency {args.latency_us} us ...",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
             res = run_scenario(cfg, kvm)
             if not args.quiet:
                 print(f" {res.verdict} ({res.wall_s:.2f} s)", file=sys.stderr, flush=True)
@@ -116,9 +123,17 @@ def run_cli(args: Any) -> int:
             print(latency_table(r))
     print(f"\n{len(results)} postcopy scenario(s) in {total:.1f} s, exit {code}")
     if args.json:
-        write_json(args.json, {"kvmharness_version": __version__, "command": "postcopy",
-                               "host": host, "total_wall_s": total, "exit_code": code,
-                               "results": [r.to_json() for r in results]})
+        write_json(
+            args.json,
+            {
+                "kvmharness_version": __version__,
+                "command": "postcopy",
+                "host": host,
+                "total_wall_s": total,
+                "exit_code": code,
+                "results": [r.to_json() for r in results],
+            },
+        )
     if args.plot:
         plot_postcopy(results, args.plot)
     return code if results else EXIT_OK
@@ -132,23 +147,38 @@ def register(sub: Any) -> None:
         DEFAULT_PAGES_PER_VCPU,
     )
 
-    p = sub.add_parser("postcopy", help="simulated postcopy with userfaultfd: nothing lost, "
-                       "exact vCPU blocktime (exit 0 good, 1 broken, 125 cannot test, 128 "
-                       "harness fault or bad usage)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "postcopy",
+        help="simulated postcopy with userfaultfd: nothing lost, "
+        "exact vCPU blocktime (exit 0 good, 1 broken, 125 cannot test, 128 "
+        "harness fault or bad usage)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.usage_exit = EXIT_HARNESS  # type: ignore[attr-defined]
     p.set_defaults(usage_exit=EXIT_HARNESS, func=run_cli)
     p.add_argument("--vcpus", type=int, default=2, help="vCPUs (default %(default)s)")
-    p.add_argument("--latency-us", type=int, default=DEFAULT_LATENCY_US,
-                   help="how long after its request the resolver places a page "
-                        "(default %(default)s)")
-    p.add_argument("--variant", metavar="NAME[,NAME]",
-                   help="stream, shared-page, non-vcpu (default: all)")
-    p.add_argument("--pages-per-vcpu", type=int, default=DEFAULT_PAGES_PER_VCPU,
-                   help="data pages each vCPU owns and touches (default %(default)s)")
-    p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
-                   help="how long the destination may run before its vCPUs are stopped "
-                        "(default %(default)s)")
+    p.add_argument(
+        "--latency-us",
+        type=int,
+        default=DEFAULT_LATENCY_US,
+        help="how long after its request the resolver places a page (default %(default)s)",
+    )
+    p.add_argument(
+        "--variant", metavar="NAME[,NAME]", help="stream, shared-page, non-vcpu (default: all)"
+    )
+    p.add_argument(
+        "--pages-per-vcpu",
+        type=int,
+        default=DEFAULT_PAGES_PER_VCPU,
+        help="data pages each vCPU owns and touches (default %(default)s)",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=DEFAULT_BUDGET_S,
+        help="how long the destination may run before its vCPUs are stopped (default %(default)s)",
+    )
     p.add_argument("--json", metavar="FILE", help="write everything as JSON ('-' for stdout)")
     p.add_argument("--plot", metavar="FILE.png", help="plot each fault over time (matplotlib)")
     p.add_argument("--wide", action="store_true", help="do not shorten the verdict column")

@@ -91,9 +91,11 @@ def select(items: list[str] | None, *, bisect: bool) -> list[tuple[Any, list[str
                 # 'steal/cross-process' names a family's variants only; a bare
                 # name or prefix matches in every family that has it
                 for v in f.variants:
-                    if (v == name or v.startswith(name + "/")
-                            or (fam_part == f.name and rest
-                                and (v == rest or v.startswith(rest + "/")))):
+                    if (
+                        v == name
+                        or v.startswith(name + "/")
+                        or (fam_part == f.name and rest and (v == rest or v.startswith(rest + "/")))
+                    ):
                         hits.append((f, v))
             if not hits:
                 known = ", ".join(f"{f.name} ({', '.join(f.variants)})" for f in fams)
@@ -118,8 +120,7 @@ def parse_vcpus(text: str | None, default: list[int] | None) -> list[int] | None
     except ValueError:
         counts = []
     if not counts or any(not 1 <= v <= limit for v in counts):
-        raise UsageError(f"--vcpus takes a comma list of counts from 1 to {limit}; "
-                         f"got {text!r}")
+        raise UsageError(f"--vcpus takes a comma list of counts from 1 to {limit}; got {text!r}")
     return counts
 
 
@@ -130,12 +131,14 @@ def validate_numbers(args: Any) -> None:
         raise UsageError(
             f"--contend-ms must be {MIN_CONTEND_MS} to {MAX_CONTEND_MS}, got {args.contend_ms}: "
             "shorter gives too little run-queue waiting to tell a live steal clock from a "
-            "dead one")
+            "dead one"
+        )
     if not 0 <= args.downtime_ms <= MAX_DOWNTIME_MS:
         raise UsageError(f"--downtime-ms must be 0 to {MAX_DOWNTIME_MS}, got {args.downtime_ms}")
     if not (math.isfinite(args.budget_s) and 0 < args.budget_s <= 3600):
-        raise UsageError(f"--budget-s must be a number of seconds in (0, 3600], "
-                         f"got {args.budget_s}")
+        raise UsageError(
+            f"--budget-s must be a number of seconds in (0, 3600], got {args.budget_s}"
+        )
 
 
 def precheck(families: frozenset[str] | None = None) -> dict[str, Any]:
@@ -152,11 +155,15 @@ def precheck(families: frozenset[str] | None = None) -> dict[str, Any]:
     if families is not None and "steal" not in families:
         return info.to_dict()
     if not info.steal_time:
-        raise Untestable("this KVM does not offer KVM_FEATURE_STEAL_TIME in its "
-                         "supported CPUID (0x40000001 EAX bit 5)")
+        raise Untestable(
+            "this KVM does not offer KVM_FEATURE_STEAL_TIME in its "
+            "supported CPUID (0x40000001 EAX bit 5)"
+        )
     if info.sched_info_live is False:
-        raise Untestable("run_delay in /proc/self/task/TID/schedstat does not move: the "
-                         "kernel keeps no sched_info, so KVM publishes no steal time")
+        raise Untestable(
+            "run_delay in /proc/self/task/TID/schedstat does not move: the "
+            "kernel keeps no sched_info, so KVM publishes no steal time"
+        )
     return info.to_dict()
 
 
@@ -167,19 +174,26 @@ def exit_code(results: list[Any], known: list[Any] | None = None) -> int:
     from kvmharness.known import Status
     from kvmharness.scenarios.base import Kind, Verdict
 
-    marks = [m.status if m is not None else None
-             for m in (known if known is not None else [None] * len(results))]
+    marks = [
+        m.status if m is not None else None
+        for m in (known if known is not None else [None] * len(results))
+    ]
     if any(r.verdict == Verdict.ERROR for r in results):
         return EXIT_HARNESS
-    if any(r.variant.kind == Kind.PROMISE and r.verdict == Verdict.BROKEN
-           and m is not Status.KNOWN_BROKEN for r, m in zip(results, marks, strict=True)):
+    if any(
+        r.variant.kind == Kind.PROMISE
+        and r.verdict == Verdict.BROKEN
+        and m is not Status.KNOWN_BROKEN
+        for r, m in zip(results, marks, strict=True)
+    ):
         return EXIT_BROKEN
     if any(m is Status.FIXED for m in marks):
         return EXIT_BROKEN
     # A variant this KVM does not support (its capability reported absent) is
     # printed as such, but the others ran: the host is not "untestable".
-    if any(r.verdict == Verdict.UNTESTABLE and not getattr(r, "not_supported", False)
-           for r in results):
+    if any(
+        r.verdict == Verdict.UNTESTABLE and not getattr(r, "not_supported", False) for r in results
+    ):
         return EXIT_UNTESTABLE
     return EXIT_OK
 
@@ -192,23 +206,34 @@ VERDICT_LINES = {
 }
 
 
-def run_matrix(plan: list[tuple[Any, list[str]]], vcpus: list[int] | None, options: Any,
-               progress: Any = None) -> list[Any]:
+def run_matrix(
+    plan: list[tuple[Any, list[str]]], vcpus: list[int] | None, options: Any, progress: Any = None
+) -> list[Any]:
     """Run each chosen variant at each vCPU count (the family's default counts
     when ``vcpus`` is None), sharing one /dev/kvm handle."""
     from kvmharness.kvm import Kvm
 
-    jobs = [(f, v, n) for f, vs in plan for v in vs for n in (vcpus or f.default_vcpus)
-            if n <= f.max_vcpus]
+    jobs = [
+        (f, v, n)
+        for f, vs in plan
+        for v in vs
+        for n in (vcpus or f.default_vcpus)
+        if n <= f.max_vcpus
+    ]
     for f, _ in plan:
         too_many = sorted({n for n in (vcpus or []) if n > f.max_vcpus})
         if too_many:
-            log.warning("%s: not run at %s vCPUs (the family supports at most %d)", f.name,
-                        ",".join(map(str, too_many)), f.max_vcpus)
+            log.warning(
+                "%s: not run at %s vCPUs (the family supports at most %d)",
+                f.name,
+                ",".join(map(str, too_many)),
+                f.max_vcpus,
+            )
     if not jobs:
-        raise UsageError(f"--vcpus {','.join(map(str, vcpus or []))}: more than the chosen "
-                         "families support (" + ", ".join(f"{f.name} {f.max_vcpus}"
-                                                          for f, _ in plan) + ")")
+        raise UsageError(
+            f"--vcpus {','.join(map(str, vcpus or []))}: more than the chosen "
+            "families support (" + ", ".join(f"{f.name} {f.max_vcpus}" for f, _ in plan) + ")"
+        )
     results = []
     with Kvm() as kvm:
         for i, (f, v, n) in enumerate(jobs):
@@ -261,8 +286,10 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
         raise Untestable(str(exc)) from None
     kvm_max = host.get("capabilities", {}).get("MAX_VCPUS") or 0
     if vcpus and kvm_max and max(vcpus) > kvm_max:
-        raise UsageError(f"--vcpus {max(vcpus)}: this KVM allows at most {kvm_max} vCPUs "
-                         "per VM (KVM_CAP_MAX_VCPUS)")
+        raise UsageError(
+            f"--vcpus {max(vcpus)}: this KVM allows at most {kvm_max} vCPUs "
+            "per VM (KVM_CAP_MAX_VCPUS)"
+        )
 
     def progress(i: int, n: int, what: str, res: Any) -> None:
         if args.quiet:
@@ -285,21 +312,30 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
             r.observed = f"known-broken ({m.issue.id}): {r.observed}"
     code = exit_code(results, known)
     if bisect:
-        print(f"kvmharness bisect: {VERDICT_LINES[code]} (exit {code}; "
-              f"{len(results)} scenarios, {total:.1f} s, kernel {host['kernel_release']})")
+        print(
+            f"kvmharness bisect: {VERDICT_LINES[code]} (exit {code}; "
+            f"{len(results)} scenarios, {total:.1f} s, kernel {host['kernel_release']})"
+        )
     print(tables(results, width=0 if args.wide else 90))
     counts = {v: sum(r.verdict == v for r in results) for v in Verdict}
-    print(f"\n{len(results)} scenarios in {total:.1f} s: {counts[Verdict.HOLDS]} hold, "
-          f"{counts[Verdict.BROKEN]} broken, {counts[Verdict.CHARACTERIZED]} characterized"
-          + (f", {counts[Verdict.UNTESTABLE]} untestable" if counts[Verdict.UNTESTABLE] else "")
-          + (f", {counts[Verdict.ERROR]} harness errors" if counts[Verdict.ERROR] else "")
-          + "".join(f", {n} {s}" for s in Status
-                    if (n := sum(m is not None and m.status is s for m in known))))
+    print(
+        f"\n{len(results)} scenarios in {total:.1f} s: {counts[Verdict.HOLDS]} hold, "
+        f"{counts[Verdict.BROKEN]} broken, {counts[Verdict.CHARACTERIZED]} characterized"
+        + (f", {counts[Verdict.UNTESTABLE]} untestable" if counts[Verdict.UNTESTABLE] else "")
+        + (f", {counts[Verdict.ERROR]} harness errors" if counts[Verdict.ERROR] else "")
+        + "".join(
+            f", {n} {s}"
+            for s in Status
+            if (n := sum(m is not None and m.status is s for m in known))
+        )
+    )
     for r, m in zip(results, known, strict=True):
         if m is not None and m.status is Status.FIXED:
-            print(f"fixed? {r.variant.name} ({r.vcpus} vCPUs): the promise held, but "
-                  f"{m.issue.describe()} says it breaks on this host: update the "
-                  "known-issues file")
+            print(
+                f"fixed? {r.variant.name} ({r.vcpus} vCPUs): the promise held, but "
+                f"{m.issue.describe()} says it breaks on this host: update the "
+                "known-issues file"
+            )
         elif r.verdict in (Verdict.BROKEN, Verdict.ERROR, Verdict.UNTESTABLE):
             label = m.status if m is not None else r.verdict
             print(f"{label} {r.variant.name} ({r.vcpus} vCPUs): {r.observed}")
@@ -308,16 +344,21 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
             for v in r.violations[:5]:
                 print(f"  {v.kind} {v.series}[{v.index}]: {v.detail}")
     if args.json:
-        write_json(args.json, {
-            "kvmharness_version": __version__,
-            "command": "bisect" if bisect else "run",
-            "host": host,
-            "total_wall_s": total,
-            "exit_code": code,
-            "known_issues_file": args.known or "(shipped)",
-            "results": [{**r.to_json(), "known": m.to_json() if m else None}
-                        for r, m in zip(results, known, strict=True)],
-        })
+        write_json(
+            args.json,
+            {
+                "kvmharness_version": __version__,
+                "command": "bisect" if bisect else "run",
+                "host": host,
+                "total_wall_s": total,
+                "exit_code": code,
+                "known_issues_file": args.known or "(shipped)",
+                "results": [
+                    {**r.to_json(), "known": m.to_json() if m else None}
+                    for r, m in zip(results, known, strict=True)
+                ],
+            },
+        )
     if plot_path:
         plot(results, plot_path)
     return code
@@ -330,46 +371,79 @@ def _common(p: argparse.ArgumentParser, *, bisect: bool) -> None:
     # A bad command line in a bisect script must abort the bisect, not mark a commit bad.
     p.usage_exit = usage_exit  # type: ignore[attr-defined]
     p.set_defaults(usage_exit=usage_exit)
-    p.add_argument("--scenario", "--strategy", "-s", dest="strategy", action="append",
-                   metavar="NAME[,NAME]",
-                   help="what to run: a family ('steal'), a variant, or a prefix such as "
-                        "'fresh-vm' (default: "
-                        + ("every promise" if bisect else "every family's default") + ")")
-    p.add_argument("--vcpus", metavar="N[,N]",
-                   help="vCPU counts (default " + ("2" if bisect else
-                                                   "the family's: steal 1,2, clock 2") + ")")
-    p.add_argument("--contend-ms", type=int,
-                   default=BISECT_CONTEND_MS if bisect else 150,
-                   help="contended time before and after the boundary (default %(default)s)")
-    p.add_argument("--downtime-ms", type=int, default=50,
-                   help="downtime at the boundary (default %(default)s)")
-    p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
-                   help="how long past its contended time a phase may run before its vCPUs "
-                        "are stopped and judged stuck (default %(default)s)")
-    p.add_argument("--json", metavar="FILE", help="write all results and samples as JSON "
-                   "('-' for stdout)")
+    p.add_argument(
+        "--scenario",
+        "--strategy",
+        "-s",
+        dest="strategy",
+        action="append",
+        metavar="NAME[,NAME]",
+        help="what to run: a family ('steal'), a variant, or a prefix such as "
+        "'fresh-vm' (default: " + ("every promise" if bisect else "every family's default") + ")",
+    )
+    p.add_argument(
+        "--vcpus",
+        metavar="N[,N]",
+        help="vCPU counts (default "
+        + ("2" if bisect else "the family's: steal 1,2, clock 2")
+        + ")",
+    )
+    p.add_argument(
+        "--contend-ms",
+        type=int,
+        default=BISECT_CONTEND_MS if bisect else 150,
+        help="contended time before and after the boundary (default %(default)s)",
+    )
+    p.add_argument(
+        "--downtime-ms", type=int, default=50, help="downtime at the boundary (default %(default)s)"
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=DEFAULT_BUDGET_S,
+        help="how long past its contended time a phase may run before its vCPUs "
+        "are stopped and judged stuck (default %(default)s)",
+    )
+    p.add_argument(
+        "--json", metavar="FILE", help="write all results and samples as JSON ('-' for stdout)"
+    )
     p.add_argument("--list", action="store_true", help="list every family's variants and exit")
-    p.add_argument("--known", metavar="FILE",
-                   help="known-issues file (TOML; default: the one kvmharness ships): a broken "
-                        "promise it matches here is reported known-broken and not counted; "
-                        "one that holds is reported fixed? and fails the run")
+    p.add_argument(
+        "--known",
+        metavar="FILE",
+        help="known-issues file (TOML; default: the one kvmharness ships): a broken "
+        "promise it matches here is reported known-broken and not counted; "
+        "one that holds is reported fixed? and fails the run",
+    )
     p.add_argument("--wide", action="store_true", help="do not shorten the verdict column")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
 
-EXIT_HELP = ("exit 0 good, 1 a promise broke, 125 cannot test here, 128 harness fault or "
-             "bad usage (aborts git bisect run)")
+EXIT_HELP = (
+    "exit 0 good, 1 a promise broke, 125 cannot test here, 128 harness fault or "
+    "bad usage (aborts git bisect run)"
+)
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("run", help="run the scenario matrix (" + EXIT_HELP + ")",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "run",
+        help="run the scenario matrix (" + EXIT_HELP + ")",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(p, bisect=False)
-    p.add_argument("--plot", metavar="FILE.png",
-                   help="plot the first family's results against time (matplotlib)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="plot the first family's results against time (matplotlib)",
+    )
     p.set_defaults(func=run_cli)
-    b = sub.add_parser("bisect", help="quick verdict on this kernel for git bisect run ("
-                       + EXIT_HELP + ")",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b = sub.add_parser(
+        "bisect",
+        help="quick verdict on this kernel for git bisect run (" + EXIT_HELP + ")",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(b, bisect=True)
     b.set_defaults(func=lambda args: run_cli(args, bisect=True))

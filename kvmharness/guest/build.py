@@ -37,12 +37,30 @@ log = logging.getLogger(__name__)
 SRC_DIR = Path(__file__).resolve().parent / "src"
 RUNTIME_SOURCES = ("entry.S", "runtime.c")
 CFLAGS = (
-    "-m64", "-std=gnu11", "-O2", "-g0", "-Wall", "-Wextra", "-Werror",
-    "-ffreestanding", "-fno-builtin", "-nostdlib", "-static",
-    "-fno-pic", "-fno-pie", "-no-pie",
-    "-mno-red-zone", "-mgeneral-regs-only", "-mno-sse", "-mno-mmx",
-    "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-fcf-protection=none",
-    "-Wl,--build-id=none", "-Wl,-z,noexecstack", "-Wl,-z,max-page-size=4096",
+    "-m64",
+    "-std=gnu11",
+    "-O2",
+    "-g0",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-ffreestanding",
+    "-fno-builtin",
+    "-nostdlib",
+    "-static",
+    "-fno-pic",
+    "-fno-pie",
+    "-no-pie",
+    "-mno-red-zone",
+    "-mgeneral-regs-only",
+    "-mno-sse",
+    "-mno-mmx",
+    "-fno-stack-protector",
+    "-fno-asynchronous-unwind-tables",
+    "-fcf-protection=none",
+    "-Wl,--build-id=none",
+    "-Wl,-z,noexecstack",
+    "-Wl,-z,max-page-size=4096",
 )
 
 
@@ -52,7 +70,8 @@ class GuestBuildError(Exception):
 
 def cache_dir() -> Path:
     base = os.environ.get("KVMHARNESS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kvmharness")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kvmharness"
+    )
     return Path(base) / "guest"
 
 
@@ -105,11 +124,14 @@ def _program_file(program: Program) -> Path:
         if not prog.is_file():
             raise GuestBuildError(
                 f"no guest program {program!r} (built-in: {', '.join(programs())}; "
-                f"for your own C file pass a path: source='my_guest.c' or Path(...))")
+                f"for your own C file pass a path: source='my_guest.c' or Path(...))"
+            )
         return prog
     if not path.is_file():
-        raise GuestBuildError(f"guest source {path} not found"
-                              + ("" if path.suffix == ".c" else " (a guest program is a .c file)"))
+        raise GuestBuildError(
+            f"guest source {path} not found"
+            + ("" if path.suffix == ".c" else " (a guest program is a .c file)")
+        )
     return path
 
 
@@ -215,25 +237,37 @@ def _compile(program: Program, cc: str, out: Path) -> None:
     """
     name = program_label(program)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{_cache_stem(program)}-", suffix=".elf",
-                               dir=out.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{_cache_stem(program)}-", suffix=".elf", dir=out.parent)
     os.close(fd)
     try:
-        cmd = [cc, *CFLAGS, f"-ffile-prefix-map={SRC_DIR}/=",
-               "-I", str(SRC_DIR), "-I", str(cdefs_dir()),
-               "-T", str(SRC_DIR / "guest.ld"), "-o", tmp, *map(str, _inputs(program))]
+        cmd = [
+            cc,
+            *CFLAGS,
+            f"-ffile-prefix-map={SRC_DIR}/=",
+            "-I",
+            str(SRC_DIR),
+            "-I",
+            str(cdefs_dir()),
+            "-T",
+            str(SRC_DIR / "guest.ld"),
+            "-o",
+            tmp,
+            *map(str, _inputs(program)),
+        ]
         log.info("building guest program %s: %s", name, " ".join(cmd))
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True)
         except OSError as exc:  # gcc vanished or is not executable
-            raise GuestBuildError(f"building guest program {name!r}: cannot run {cc}: {exc}") \
-                from exc
+            raise GuestBuildError(
+                f"building guest program {name!r}: cannot run {cc}: {exc}"
+            ) from exc
         if proc.returncode != 0:
             raise GuestBuildError(f"building guest program {name!r} failed:\n{proc.stderr}")
         problem = _check_elf(Path(tmp))
         if problem:
-            raise GuestBuildError(f"building guest program {name!r}: {cc} made a bad ELF: "
-                                  f"{problem}")
+            raise GuestBuildError(
+                f"building guest program {name!r}: {cc} made a bad ELF: {problem}"
+            )
         os.replace(tmp, out)
     finally:
         if os.path.lexists(tmp):
@@ -259,9 +293,13 @@ def build(program: Program, cc: str = "gcc") -> Path:
         out = _private_dir() / filename
         if cached.parent not in _warned:
             _warned.add(cached.parent)
-            log.warning("guest build cache %s is unusable (%s); building in %s instead, "
-                        "removed at exit (set KVMHARNESS_CACHE to a writable directory)",
-                        cached.parent, exc, out.parent)
+            log.warning(
+                "guest build cache %s is unusable (%s); building in %s instead, "
+                "removed at exit (set KVMHARNESS_CACHE to a writable directory)",
+                cached.parent,
+                exc,
+                out.parent,
+            )
     if not _valid_cached(out):
         _compile(program, cc, out)
     return out

@@ -51,12 +51,33 @@ CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 <<
 CR4_PAE = 1 << 5
 EFER_LME, EFER_LMA = 1 << 8, 1 << 10
 
-UCALL_NAMES = {lib.UCALL_SYNC: "SYNC", lib.UCALL_DONE: "DONE", lib.UCALL_ASSERT: "ASSERT",
-               lib.UCALL_EXCEPTION: "EXCEPTION"}
+UCALL_NAMES = {
+    lib.UCALL_SYNC: "SYNC",
+    lib.UCALL_DONE: "DONE",
+    lib.UCALL_ASSERT: "ASSERT",
+    lib.UCALL_EXCEPTION: "EXCEPTION",
+}
 
-EXCEPTION_NAMES = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD",
-                   7: "#NM", 8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP",
-                   14: "#PF", 16: "#MF", 17: "#AC", 18: "#MC", 19: "#XM"}
+EXCEPTION_NAMES = {
+    0: "#DE",
+    1: "#DB",
+    2: "NMI",
+    3: "#BP",
+    4: "#OF",
+    5: "#BR",
+    6: "#UD",
+    7: "#NM",
+    8: "#DF",
+    10: "#TS",
+    11: "#NP",
+    12: "#SS",
+    13: "#GP",
+    14: "#PF",
+    16: "#MF",
+    17: "#AC",
+    18: "#MC",
+    19: "#XM",
+}
 
 
 @dataclass
@@ -77,14 +98,18 @@ class Ucall:
     def describe(self) -> str:
         if self.cmd == lib.UCALL_ASSERT:
             vals = ", ".join(hex(a) for a in self.args)
-            return (f"vcpu{self.vcpu}: guest assertion failed at {self.file}:{self.line}: "
-                    f"{self.message}" + (f" (values {vals})" if vals else ""))
+            return (
+                f"vcpu{self.vcpu}: guest assertion failed at {self.file}:{self.line}: "
+                f"{self.message}" + (f" (values {vals})" if vals else "")
+            )
         if self.cmd == lib.UCALL_EXCEPTION:
             vec, err, rip, cr2, rsp = self.args[:5]
             what = EXCEPTION_NAMES.get(vec, "exception")
             extra = f" cr2 {cr2:#x}" if vec == 14 else ""
-            return (f"vcpu{self.vcpu}: unexpected guest exception {what} (vector {vec}) "
-                    f"error code {err:#x} at rip {rip:#x}{extra} rsp {rsp:#x}")
+            return (
+                f"vcpu{self.vcpu}: unexpected guest exception {what} (vector {vec}) "
+                f"error code {err:#x} at rip {rip:#x}{extra} rsp {rsp:#x}"
+            )
         return f"vcpu{self.vcpu}: {self.name} {[hex(a) for a in self.args]}"
 
 
@@ -112,15 +137,22 @@ def mem_size_for(image_end: int, vcpus: int) -> int:
     return max(DEFAULT_MEM_SIZE, -(-need // LARGE_PAGE) * LARGE_PAGE)
 
 
-def guest_cpuid(kvm: Kvm, vcpu_index: int,
-                edit: Callable[[list[CpuidEntry]], list[CpuidEntry]] | None = None
-                ) -> list[CpuidEntry]:
+def guest_cpuid(
+    kvm: Kvm, vcpu_index: int, edit: Callable[[list[CpuidEntry]], list[CpuidEntry]] | None = None
+) -> list[CpuidEntry]:
     """KVM's supported CPUID (KVM signature and feature leaves included), per vCPU APIC id."""
     out = []
     for e in kvm.supported_cpuid():
         if e.function == 1:
-            e = CpuidEntry(e.function, e.index, e.flags, e.eax,
-                           (e.ebx & 0x00FFFFFF) | ((vcpu_index & 0xFF) << 24), e.ecx, e.edx)
+            e = CpuidEntry(
+                e.function,
+                e.index,
+                e.flags,
+                e.eax,
+                (e.ebx & 0x00FFFFFF) | ((vcpu_index & 0xFF) << 24),
+                e.ecx,
+                e.edx,
+            )
         elif e.function in (0xB, 0x1F):
             e = CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, vcpu_index)
         out.append(e)
@@ -133,8 +165,13 @@ def _gdt_bytes() -> bytes:
     data = 0x00CF93000000FFFF  # present, DPL0, read/write, accessed, D/B=1, G=1
     limit = 0x67
     base = TSS_GPA
-    tss_lo = (limit & 0xFFFF) | ((base & 0xFFFFFF) << 16) | (0x8B << 40) | \
-        (((limit >> 16) & 0xF) << 48) | (((base >> 24) & 0xFF) << 56)
+    tss_lo = (
+        (limit & 0xFFFF)
+        | ((base & 0xFFFFFF) << 16)
+        | (0x8B << 40)
+        | (((limit >> 16) & 0xF) << 48)
+        | (((base >> 24) & 0xFF) << 56)
+    )
     tss_hi = base >> 32
     return struct.pack("<QQQQQ", null, code64, data, tss_lo, tss_hi)
 
@@ -171,13 +208,16 @@ def _segment(sreg: Any, selector: int, *, code: bool = False) -> None:
         sreg.db = 1
 
 
-def _image(program: Program | ElfImage | None, source: str | os.PathLike[str] | None
-           ) -> tuple[ElfImage, str]:
+def _image(
+    program: Program | ElfImage | None, source: str | os.PathLike[str] | None
+) -> tuple[ElfImage, str]:
     """The image and label of ``program`` (a built-in name, a C file or an image) or
     of ``source`` (a C file, even one named by a plain str): exactly one of them."""
     if (program is None) == (source is None):
-        raise TypeError("give either a program (a built-in name or an ElfImage) "
-                        "or source=PATH (your guest C file), not both or neither")
+        raise TypeError(
+            "give either a program (a built-in name or an ElfImage) "
+            "or source=PATH (your guest C file), not both or neither"
+        )
     if source is not None:
         source = os.path.abspath(os.fspath(source))
         return load_program(source), program_label(source)
@@ -202,11 +242,17 @@ class GuestVm:
     ``GuestVm.adopt`` and ``snapshot.state.capture(program=...)`` accept it back.
     """
 
-    def __init__(self, kvm: Kvm, program: Program | ElfImage | None = None, *,
-                 source: str | os.PathLike[str] | None = None, vcpus: int = 1,
-                 mem_size: int = DEFAULT_MEM_SIZE, setup_vcpus: bool = True,
-                 cpuid_edit: Callable[[list[CpuidEntry]], list[CpuidEntry]] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        kvm: Kvm,
+        program: Program | ElfImage | None = None,
+        *,
+        source: str | os.PathLike[str] | None = None,
+        vcpus: int = 1,
+        mem_size: int = DEFAULT_MEM_SIZE,
+        setup_vcpus: bool = True,
+        cpuid_edit: Callable[[list[CpuidEntry]], list[CpuidEntry]] | None = None,
+    ) -> None:
         if not 0 <= vcpus <= lib.GUEST_MAX_VCPUS:
             raise ValueError(f"vcpus must be 0..{lib.GUEST_MAX_VCPUS}, got {vcpus}")
         if mem_size % LARGE_PAGE or mem_size > (1 << 30):
@@ -269,8 +315,9 @@ class GuestVm:
         self.vm.write(TSS_GPA, bytes(0x68))
         self.vm.write(PML4_GPA, struct.pack("<Q", PDPT_GPA | 3))
         self.vm.write(PDPT_GPA, struct.pack("<Q", PD_GPA | 3))
-        pd = b"".join(struct.pack("<Q", i * LARGE_PAGE | 0x83)
-                      for i in range(self.mem_size // LARGE_PAGE))
+        pd = b"".join(
+            struct.pack("<Q", i * LARGE_PAGE | 0x83) for i in range(self.mem_size // LARGE_PAGE)
+        )
         self.vm.write(PD_GPA, pd)
 
     def symbol(self, name: str) -> int:
@@ -297,8 +344,10 @@ class GuestVm:
     # ---- vCPUs
     def add_vcpu(self, index: int, *, setup: bool = True) -> Vcpu:
         if self.image.end + (index + 1) * STACK_SIZE > self.mem_size:
-            raise ValueError(f"no room for vcpu{index}'s stack in {self.mem_size:#x} bytes of "
-                             "guest memory; size it with mem_size_for()")
+            raise ValueError(
+                f"no room for vcpu{index}'s stack in {self.mem_size:#x} bytes of "
+                "guest memory; size it with mem_size_for()"
+            )
         vcpu = self.vm.create_vcpu(index)
         if setup:
             self.setup_vcpu(vcpu)
@@ -345,8 +394,9 @@ class GuestVm:
             out.message = self.read_string(uc.msg_gva)
         return out
 
-    def run_until_ucall(self, vcpu: Vcpu, *, check: bool = True,
-                        io_handler: Callable[[Vcpu], bool] | None = None) -> Ucall:
+    def run_until_ucall(
+        self, vcpu: Vcpu, *, check: bool = True, io_handler: Callable[[Vcpu], bool] | None = None
+    ) -> Ucall:
         """KVM_RUN until the guest makes a ucall; raise on failures and odd exits.
 
         ``check`` turns ASSERT and EXCEPTION ucalls into :class:`GuestFailure`.
@@ -369,14 +419,16 @@ class GuestVm:
             if reason == lib.KVM_EXIT_IO and io_handler is not None and io_handler(vcpu):
                 continue
             rip = vcpu.get_regs().rip
-            raise GuestError(f"vcpu{vcpu.index}: unexpected exit {vcpu.exit_info()} "
-                             f"at guest rip {rip:#x}")
+            raise GuestError(
+                f"vcpu{vcpu.index}: unexpected exit {vcpu.exit_info()} at guest rip {rip:#x}"
+            )
 
     def expect(self, vcpu: Vcpu, cmd: int) -> Ucall:
         uc = self.run_until_ucall(vcpu)
         if uc.cmd != cmd:
-            raise GuestError(f"vcpu{vcpu.index}: expected {UCALL_NAMES[cmd]}, "
-                             f"guest sent {uc.describe()}")
+            raise GuestError(
+                f"vcpu{vcpu.index}: expected {UCALL_NAMES[cmd]}, guest sent {uc.describe()}"
+            )
         return uc
 
     def stop(self, index: int) -> None:
@@ -415,4 +467,3 @@ class GuestVm:
             for t in threads:
                 t.close()
         return results
-

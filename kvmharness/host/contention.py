@@ -49,8 +49,10 @@ class Stealer:
 
     def __init__(self, cpu: int, *, duration_s: float | None = None) -> None:
         if cpu not in os.sched_getaffinity(0):
-            raise ValueError(f"CPU {cpu} is not available to this process "
-                             f"(allowed: {sorted(os.sched_getaffinity(0))})")
+            raise ValueError(
+                f"CPU {cpu} is not available to this process "
+                f"(allowed: {sorted(os.sched_getaffinity(0))})"
+            )
         self.cpu = cpu
         self.duration_s = duration_s
         self.proc: subprocess.Popen[str] | None = None
@@ -60,7 +62,12 @@ class Stealer:
         code = _CHILD.replace("MAX_SPIN_S", repr(MAX_SPIN_S))
         self.proc = subprocess.Popen(
             [sys.executable, "-S", "-P", "-c", code, str(self.cpu), str(os.getpid())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, cwd="/")
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            cwd="/",
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if line.strip() != "ready":

@@ -53,8 +53,7 @@ class Watchdog:
     """Calls ``stop(i)`` for each index from another thread once ``seconds`` pass
     (e.g. ``GuestVm.stop``: the vCPU's KVM_RUN returns and its loop raises)."""
 
-    def __init__(self, stop: Callable[[int], None], indices: Iterable[int],
-                 seconds: float) -> None:
+    def __init__(self, stop: Callable[[int], None], indices: Iterable[int], seconds: float) -> None:
         self._stop = stop
         self._indices = list(indices)
         self._timer = threading.Timer(seconds, self._fire)

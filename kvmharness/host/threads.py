@@ -66,8 +66,9 @@ class VcpuThread:
         self._queue.put((fut, fn, args, kwargs))
         return fut
 
-    def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None,
-             **kwargs: Any) -> T:
+    def call(
+        self, fn: Callable[..., T], *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> T:
         """Run ``fn(*args, **kwargs)`` on this thread and return its result."""
         return self.submit(fn, *args, **kwargs).result(timeout)
 

@@ -71,12 +71,14 @@ def _open_fd(flags: int) -> int:
         raise UffdUnavailable(
             f"userfaultfd(2) refused ({errno.errorcode.get(err, err)}: kernel faults need "
             "CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1) and "
-            f"{DEV_USERFAULTFD} is not usable ({exc.strerror})") from None
+            f"{DEV_USERFAULTFD} is not usable ({exc.strerror})"
+        ) from None
     try:
         fd = lib.ioctl(dev, USERFAULTFD_IOC_NEW, ffi.cast("void *", flags))
         if fd < 0:
-            raise UffdUnavailable(f"{DEV_USERFAULTFD}: USERFAULTFD_IOC_NEW failed: "
-                                  f"{os.strerror(ffi.errno)}")
+            raise UffdUnavailable(
+                f"{DEV_USERFAULTFD}: USERFAULTFD_IOC_NEW failed: {os.strerror(ffi.errno)}"
+            )
         return fd
     finally:
         os.close(dev)
@@ -172,22 +174,27 @@ class Userfaultfd:
         if lib.ioctl(self.fd, request, arg) < 0:
             raise IoctlError(nr.name_of(request), self._what(), ffi.errno)
 
-    def register(self, start: int, length: int,
-                 mode: int = lib.UFFDIO_REGISTER_MODE_MISSING) -> int:
+    def register(
+        self, start: int, length: int, mode: int = lib.UFFDIO_REGISTER_MODE_MISSING
+    ) -> int:
         """Register [start, start+length); returns the range ioctls the kernel offers
         (a bit per ``_UFFDIO_*`` number)."""
-        reg = ffi.new("struct uffdio_register *", {
-            "range": {"start": start, "len": length}, "mode": mode})
+        reg = ffi.new(
+            "struct uffdio_register *", {"range": {"start": start, "len": length}, "mode": mode}
+        )
         self._ioctl(nr.UFFDIO_REGISTER, reg)
         self.registered.append((start, length))
         if not reg.ioctls & (1 << lib._UFFDIO_COPY):
-            raise UffdUnavailable(f"range {start:#x}+{length:#x} registered but the kernel "
-                                  "offers no UFFDIO_COPY on it")
+            raise UffdUnavailable(
+                f"range {start:#x}+{length:#x} registered but the kernel "
+                "offers no UFFDIO_COPY on it"
+            )
         return int(reg.ioctls)
 
     def unregister(self, start: int, length: int) -> None:
-        self._ioctl(nr.UFFDIO_UNREGISTER, ffi.new("struct uffdio_range *",
-                                                  {"start": start, "len": length}))
+        self._ioctl(
+            nr.UFFDIO_UNREGISTER, ffi.new("struct uffdio_range *", {"start": start, "len": length})
+        )
 
     def wait(self, timeout_s: float) -> bool:
         """Whether a message is readable within ``timeout_s`` (poll; EINTR retried by Python)."""
@@ -202,8 +209,9 @@ class Userfaultfd:
         except BlockingIOError:
             return []
         if n % MSG_SIZE:
-            raise KvmError(f"{self._what()}: read {n} bytes, not a whole number of "
-                           f"{MSG_SIZE}-byte messages")
+            raise KvmError(
+                f"{self._what()}: read {n} bytes, not a whole number of {MSG_SIZE}-byte messages"
+            )
         out = []
         for i in range(n // MSG_SIZE):
             m = self._msgs[i]
@@ -232,21 +240,27 @@ class Userfaultfd:
             if err == errno.EEXIST:
                 return CopyResult.EXISTS
             if err != errno.EAGAIN:
-                raise IoctlError("UFFDIO_COPY", self._what(), err,
-                                 f"dst {dst:#x} len {length:#x}")
+                raise IoctlError("UFFDIO_COPY", self._what(), err, f"dst {dst:#x} len {length:#x}")
             if c.copy > 0:  # a partial copy: continue after what was placed
                 dst, src, length = dst + c.copy, src + c.copy, length - c.copy
         raise IoctlError("UFFDIO_COPY", self._what(), errno.EAGAIN, "EAGAIN 100 times")
 
     def wake(self, start: int, length: int = PAGE_SIZE) -> None:
-        self._ioctl(nr.UFFDIO_WAKE, ffi.new("struct uffdio_range *",
-                                            {"start": start, "len": length}))
+        self._ioctl(
+            nr.UFFDIO_WAKE, ffi.new("struct uffdio_range *", {"start": start, "len": length})
+        )
 
 
 def map_anonymous(size: int) -> tuple[Any, int]:
     """A private anonymous mapping with no page in it yet: (cdata pointer, address)."""
-    ptr = lib.mmap(ffi.NULL, size, lib.PROT_READ | lib.PROT_WRITE,
-                   lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE, -1, 0)
+    ptr = lib.mmap(
+        ffi.NULL,
+        size,
+        lib.PROT_READ | lib.PROT_WRITE,
+        lib.MAP_PRIVATE | lib.MAP_ANONYMOUS | lib.MAP_NORESERVE,
+        -1,
+        0,
+    )
     addr = int(ffi.cast("uintptr_t", ptr))
     if addr == (1 << 64) - 1:
         raise OSError(ffi.errno, f"mmap of {size:#x} bytes failed: {os.strerror(ffi.errno)}")

@@ -151,8 +151,11 @@ def verdict_text(res: ScenarioResult, width: int = 0) -> str:
     return text[: width - 3] + "..." if width and len(text) > width else text
 
 
-FAMILY_MODULES = {"steal": "kvmharness.scenarios.steal", "clock": "kvmharness.scenarios.clock",
-                  "postcopy": "kvmharness.scenarios.postcopy"}
+FAMILY_MODULES = {
+    "steal": "kvmharness.scenarios.steal",
+    "clock": "kvmharness.scenarios.clock",
+    "postcopy": "kvmharness.scenarios.postcopy",
+}
 
 
 def family(name: str) -> Family:

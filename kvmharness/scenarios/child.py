@@ -24,16 +24,17 @@ from kvmharness.scenarios.base import Blame, ScenarioFailed, classify
 log = logging.getLogger(__name__)
 
 
-def child_entry(argv: list[str], body: Callable[[str, dict[str, Any], int], dict[str, Any]]
-                ) -> int:
+def child_entry(argv: list[str], body: Callable[[str, dict[str, Any], int], dict[str, Any]]) -> int:
     """The child's ``main``: run ``body(role, config, snap_fd)`` and report to OUT_FD."""
     from kvmharness.host.contention import die_with_parent
 
     role, cfg_json, snap_fd_s, out_fd_s, parent_s = argv
     die_with_parent(int(parent_s))
     try:
-        payload: dict[str, Any] = {"status": "ok",
-                                   **body(role, json.loads(cfg_json), int(snap_fd_s))}
+        payload: dict[str, Any] = {
+            "status": "ok",
+            **body(role, json.loads(cfg_json), int(snap_fd_s)),
+        }
     except Exception as exc:
         log.debug("%s process failed", role, exc_info=True)
         payload = {"status": str(classify(exc)), "error": f"{type(exc).__name__}: {exc}"}
@@ -42,21 +43,40 @@ def child_entry(argv: list[str], body: Callable[[str, dict[str, Any], int], dict
     return 0
 
 
-def run_child(module: str, role: str, config: dict[str, Any], snap_fd: int,
-              timeout_s: float) -> dict[str, Any]:
+def run_child(
+    module: str, role: str, config: dict[str, Any], snap_fd: int, timeout_s: float
+) -> dict[str, Any]:
     """Run ``module`` as a child in ``role``; its payload, or ScenarioFailed with its blame."""
     out_fd = os.memfd_create(f"kvmharness-{role}-out", os.MFD_CLOEXEC)
     try:
-        cmd = [sys.executable, "-P", "-m", module, role, json.dumps(config), str(snap_fd),
-               str(out_fd), str(os.getpid())]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd="/",
-                              pass_fds=(snap_fd, out_fd))
+        cmd = [
+            sys.executable,
+            "-P",
+            "-m",
+            module,
+            role,
+            json.dumps(config),
+            str(snap_fd),
+            str(out_fd),
+            str(os.getpid()),
+        ]
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            cwd="/",
+            pass_fds=(snap_fd, out_fd),
+        )
         raw = os.pread(out_fd, os.fstat(out_fd).st_size, 0)
     finally:
         os.close(out_fd)
     if not raw:
-        raise ScenarioFailed(Blame.HARNESS, f"{role} process exited {proc.returncode} without "
-                             f"a result:\n{proc.stderr.strip()[-2000:]}")
+        raise ScenarioFailed(
+            Blame.HARNESS,
+            f"{role} process exited {proc.returncode} without "
+            f"a result:\n{proc.stderr.strip()[-2000:]}",
+        )
     payload = json.loads(raw)
     if payload["status"] != "ok":
         raise ScenarioFailed(payload["status"], f"{role} process: {payload['error']}")

@@ -101,8 +101,7 @@ FREQUENCY_RATIO = 0.9
 STUCK_MIN_CPU_SHARE = 0.1
 
 #: Kinds whose truth depends on a stable TSC (KVM's master clock).
-STABLE_ONLY_KINDS = frozenset({checks.KIND_DECREASE, checks.KIND_WARP,
-                               checks.KIND_MASTER_CLOCK})
+STABLE_ONLY_KINDS = frozenset({checks.KIND_DECREASE, checks.KIND_WARP, checks.KIND_MASTER_CLOCK})
 
 
 class NotSupported(ScenarioFailed):
@@ -166,66 +165,136 @@ class ClockVariant(Variant):
 
 P, C = Kind.PROMISE, Kind.CHARACTERIZE
 B = Boundary
-VARIANTS: dict[str, ClockVariant] = {v.name: v for v in [
-    ClockVariant("monotonic", P,
-                 "with a stable TSC KVM runs one master clock; a vCPU's own readings never "
-                 "go back and are taken under an even version", needs_stable=True,
-                 mode=0),
-    ClockVariant("warp", P,
-                 "with PVCLOCK_TSC_STABLE_BIT guests (the vDSO) read vCPU 0's area from any "
-                 "vCPU: safe only if KVM updates every area in lockstep; no reading may go "
-                 "below one another vCPU published before it began", needs_stable=True),
-    ClockVariant("migrate", P,
-                 "each vCPU thread hops between host CPUs before every KVM_RUN (the 2015 "
-                 "report): KVM must update the vCPU's area, or not need to, so that no "
-                 "reading goes back, per vCPU or across vCPUs", needs_stable=True, hop=True),
-    ClockVariant("pvti", P,
-                 "every area's stable bit agrees with KVM_GET_CLOCK's KVM_CLOCK_TSC_STABLE, "
-                 "and when stable every vCPU holds the same (tsc_timestamp, system_time)",
-                 pvti_check=True),
-    ClockVariant("restore/downtime", P,
-                 "KVM_GET_CLOCK, downtime, KVM_SET_CLOCK(saved + downtime) on a new VM, "
-                 "state put by the vCPU threads: never back, forward at most the real time",
-                 B.IN_PROCESS, ClockPut.DOWNTIME, writer=Writer.VCPU_THREAD),
-    ClockVariant("restore/realtime", P,
-                 "KVM_SET_CLOCK with KVM_CLOCK_REALTIME: KVM itself adds the real time that "
-                 "passed, so the jump is the real time between the readings, no less, no more",
-                 B.IN_PROCESS, ClockPut.REALTIME, writer=Writer.VCPU_THREAD),
-    ClockVariant("restore/frozen", P,
-                 "KVM_SET_CLOCK(saved): the clock stood still, so the jump is about zero "
-                 "(at most the real time outside the downtime)",
-                 B.IN_PROCESS, ClockPut.FROZEN, writer=Writer.VCPU_THREAD),
-    ClockVariant("restore/main-thread", P,
-                 "as restore/downtime, but the main thread puts every vCPU's state "
-                 "(QEMU's pattern)", B.IN_PROCESS, ClockPut.DOWNTIME,
-                 writer=Writer.MAIN_THREAD),
-    ClockVariant("restore/cross-process/vcpu-thread", P,
-                 "savevm/loadvm through a snapshot file in a new process, state put by the "
-                 "vCPU threads, kvmclock advanced by the downtime",
-                 B.CROSS_PROCESS, ClockPut.DOWNTIME, writer=Writer.VCPU_THREAD),
-    ClockVariant("restore/cross-process/main-thread", P,
-                 "savevm/loadvm through a snapshot file, state put by the main thread, "
-                 "KVM_CLOCK_REALTIME", B.CROSS_PROCESS, ClockPut.REALTIME,
-                 writer=Writer.MAIN_THREAD),
-    ClockVariant("tsc/msr", P,
-                 "the TSC written with MSR_IA32_TSC (at the start, and the saved value at a "
-                 "restore) is the TSC the guest reads; it never goes back and stands still "
-                 "over the downtime", B.IN_PROCESS, ClockPut.DOWNTIME, TscPut.MSR,
-                 Writer.VCPU_THREAD),
-    ClockVariant("tsc/offset", P,
-                 "KVM_VCPU_TSC_OFFSET, where KVM_HAS_DEVICE_ATTR offers it, with the "
-                 "api.rst migration recipe: the guest reads host TSC + offset, and its TSC "
-                 "advances by the real downtime", B.IN_PROCESS, ClockPut.REALTIME,
-                 TscPut.OFFSET, Writer.VCPU_THREAD),
-    ClockVariant("frequency", P,
-                 "KVM_SET_TSC_KHZ (KVM_CAP_TSC_CONTROL): restored at another TSC frequency, "
-                 "the area's scale is KVM's for that frequency, the TSC runs at it, and "
-                 "kvmclock stays continuous", B.IN_PROCESS, ClockPut.DOWNTIME,
-                 writer=Writer.VCPU_THREAD, khz_ratio=FREQUENCY_RATIO),
-    ClockVariant("new-vm/start", C,
-                 "where a new VM's TSC and kvmclock start: KVM documents no start value "
-                 "(stock KVM starts the TSC near 0), so it is only measured", mode=0),
-]}
+VARIANTS: dict[str, ClockVariant] = {
+    v.name: v
+    for v in [
+        ClockVariant(
+            "monotonic",
+            P,
+            "with a stable TSC KVM runs one master clock; a vCPU's own readings never "
+            "go back and are taken under an even version",
+            needs_stable=True,
+            mode=0,
+        ),
+        ClockVariant(
+            "warp",
+            P,
+            "with PVCLOCK_TSC_STABLE_BIT guests (the vDSO) read vCPU 0's area from any "
+            "vCPU: safe only if KVM updates every area in lockstep; no reading may go "
+            "below one another vCPU published before it began",
+            needs_stable=True,
+        ),
+        ClockVariant(
+            "migrate",
+            P,
+            "each vCPU thread hops between host CPUs before every KVM_RUN (the 2015 "
+            "report): KVM must update the vCPU's area, or not need to, so that no "
+            "reading goes back, per vCPU or across vCPUs",
+            needs_stable=True,
+            hop=True,
+        ),
+        ClockVariant(
+            "pvti",
+            P,
+            "every area's stable bit agrees with KVM_GET_CLOCK's KVM_CLOCK_TSC_STABLE, "
+            "and when stable every vCPU holds the same (tsc_timestamp, system_time)",
+            pvti_check=True,
+        ),
+        ClockVariant(
+            "restore/downtime",
+            P,
+            "KVM_GET_CLOCK, downtime, KVM_SET_CLOCK(saved + downtime) on a new VM, "
+            "state put by the vCPU threads: never back, forward at most the real time",
+            B.IN_PROCESS,
+            ClockPut.DOWNTIME,
+            writer=Writer.VCPU_THREAD,
+        ),
+        ClockVariant(
+            "restore/realtime",
+            P,
+            "KVM_SET_CLOCK with KVM_CLOCK_REALTIME: KVM itself adds the real time that "
+            "passed, so the jump is the real time between the readings, no less, no more",
+            B.IN_PROCESS,
+            ClockPut.REALTIME,
+            writer=Writer.VCPU_THREAD,
+        ),
+        ClockVariant(
+            "restore/frozen",
+            P,
+            "KVM_SET_CLOCK(saved): the clock stood still, so the jump is about zero "
+            "(at most the real time outside the downtime)",
+            B.IN_PROCESS,
+            ClockPut.FROZEN,
+            writer=Writer.VCPU_THREAD,
+        ),
+        ClockVariant(
+            "restore/main-thread",
+            P,
+            "as restore/downtime, but the main thread puts every vCPU's state (QEMU's pattern)",
+            B.IN_PROCESS,
+            ClockPut.DOWNTIME,
+            writer=Writer.MAIN_THREAD,
+        ),
+        ClockVariant(
+            "restore/cross-process/vcpu-thread",
+            P,
+            "savevm/loadvm through a snapshot file in a new process, state put by the "
+            "vCPU threads, kvmclock advanced by the downtime",
+            B.CROSS_PROCESS,
+            ClockPut.DOWNTIME,
+            writer=Writer.VCPU_THREAD,
+        ),
+        ClockVariant(
+            "restore/cross-process/main-thread",
+            P,
+            "savevm/loadvm through a snapshot file, state put by the main thread, "
+            "KVM_CLOCK_REALTIME",
+            B.CROSS_PROCESS,
+            ClockPut.REALTIME,
+            writer=Writer.MAIN_THREAD,
+        ),
+        ClockVariant(
+            "tsc/msr",
+            P,
+            "the TSC written with MSR_IA32_TSC (at the start, and the saved value at a "
+            "restore) is the TSC the guest reads; it never goes back and stands still "
+            "over the downtime",
+            B.IN_PROCESS,
+            ClockPut.DOWNTIME,
+            TscPut.MSR,
+            Writer.VCPU_THREAD,
+        ),
+        ClockVariant(
+            "tsc/offset",
+            P,
+            "KVM_VCPU_TSC_OFFSET, where KVM_HAS_DEVICE_ATTR offers it, with the "
+            "api.rst migration recipe: the guest reads host TSC + offset, and its TSC "
+            "advances by the real downtime",
+            B.IN_PROCESS,
+            ClockPut.REALTIME,
+            TscPut.OFFSET,
+            Writer.VCPU_THREAD,
+        ),
+        ClockVariant(
+            "frequency",
+            P,
+            "KVM_SET_TSC_KHZ (KVM_CAP_TSC_CONTROL): restored at another TSC frequency, "
+            "the area's scale is KVM's for that frequency, the TSC runs at it, and "
+            "kvmclock stays continuous",
+            B.IN_PROCESS,
+            ClockPut.DOWNTIME,
+            writer=Writer.VCPU_THREAD,
+            khz_ratio=FREQUENCY_RATIO,
+        ),
+        ClockVariant(
+            "new-vm/start",
+            C,
+            "where a new VM's TSC and kvmclock start: KVM documents no start value "
+            "(stock KVM starts the TSC near 0), so it is only measured",
+            mode=0,
+        ),
+    ]
+}
 
 DEFAULT_VARIANTS = list(VARIANTS)
 
@@ -240,16 +309,17 @@ class ClockConfig:
 
     def validate(self) -> None:
         if self.variant not in VARIANTS:
-            raise ValueError(f"unknown clock variant {self.variant!r} "
-                             f"(known: {', '.join(VARIANTS)})")
+            raise ValueError(
+                f"unknown clock variant {self.variant!r} (known: {', '.join(VARIANTS)})"
+            )
         if not 1 <= self.vcpus <= lib.GUEST_MAX_VCPUS:
             raise ValueError(f"vcpus must be 1 to {lib.GUEST_MAX_VCPUS}, got {self.vcpus}")
         if not MIN_PHASE_MS <= self.phase_ms <= MAX_PHASE_MS:
-            raise ValueError(f"phase_ms must be {MIN_PHASE_MS} to {MAX_PHASE_MS}, "
-                             f"got {self.phase_ms}")
+            raise ValueError(
+                f"phase_ms must be {MIN_PHASE_MS} to {MAX_PHASE_MS}, got {self.phase_ms}"
+            )
         if not 0 <= self.downtime_ms <= MAX_DOWNTIME_MS:
-            raise ValueError(f"downtime_ms must be 0 to {MAX_DOWNTIME_MS}, "
-                             f"got {self.downtime_ms}")
+            raise ValueError(f"downtime_ms must be 0 to {MAX_DOWNTIME_MS}, got {self.downtime_ms}")
         if not self.budget_s > 0:
             raise ValueError(f"budget_s must be positive, got {self.budget_s}")
 
@@ -310,25 +380,36 @@ class ClockRecord:
         """kvmclock readings of batches [lo, hi) as Samples (t_ns: the batch's end)."""
         out = []
         for b in self.batches[lo:hi]:
-            for s in self.samples[b.first:b.first + b.n]:
+            for s in self.samples[b.first : b.first + b.n]:
                 if vdso and not s[5]:
                     continue
                 out.append(Sample(b.t1_ns, s[2] if vdso else s[0], None if vdso else s[3]))
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "boundary": self.boundary,
-                "samples": self.samples, "batches": [asdict(b) for b in self.batches],
-                "decode": self.decode, "tsc_writes": [asdict(w) for w in self.tsc_writes],
-                "pvti_after": self.pvti_after,
-                "stuck": asdict(self.stuck) if self.stuck else None}
+        return {
+            "index": self.index,
+            "boundary": self.boundary,
+            "samples": self.samples,
+            "batches": [asdict(b) for b in self.batches],
+            "decode": self.decode,
+            "tsc_writes": [asdict(w) for w in self.tsc_writes],
+            "pvti_after": self.pvti_after,
+            "stuck": asdict(self.stuck) if self.stuck else None,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ClockRecord:
-        return cls(d["index"], [tuple(s) for s in d["samples"]],
-                   [Batch(**b) for b in d["batches"]], d["boundary"],
-                   [tuple(x) for x in d["decode"]], [TscWrite(**w) for w in d["tsc_writes"]],
-                   d["pvti_after"], Stuck(**d["stuck"]) if d.get("stuck") else None)
+        return cls(
+            d["index"],
+            [tuple(s) for s in d["samples"]],
+            [Batch(**b) for b in d["batches"]],
+            d["boundary"],
+            [tuple(x) for x in d["decode"]],
+            [TscWrite(**w) for w in d["tsc_writes"]],
+            d["pvti_after"],
+            Stuck(**d["stuck"]) if d.get("stuck") else None,
+        )
 
     def extend(self, other: ClockRecord) -> None:
         """Append a later process's record (its batches come after the boundary)."""
@@ -337,8 +418,7 @@ class ClockRecord:
         for b in other.batches:
             self.batches.append(Batch(**{**asdict(b), "first": b.first + s0}))
         self.decode += [(i + s0, g, h) for i, g, h in other.decode]
-        self.tsc_writes += [TscWrite(w.batch + b0, w.lo, w.hi, w.what)
-                            for w in other.tsc_writes]
+        self.tsc_writes += [TscWrite(w.batch + b0, w.lo, w.hi, w.what) for w in other.tsc_writes]
         self.pvti_after += other.pvti_after
         self.stuck = self.stuck or other.stuck
 
@@ -395,8 +475,12 @@ class ClockResult:
     def warps(self) -> tuple[int, int, int, int]:
         """(warps, largest ns, vDSO-style warps, largest ns) over every vCPU."""
         bs = [b for r in self.records for b in r.batches]
-        return (sum(b.warps for b in bs), max((b.max_warp_ns for b in bs), default=0),
-                sum(b.vdso_warps for b in bs), max((b.max_vdso_warp_ns for b in bs), default=0))
+        return (
+            sum(b.warps for b in bs),
+            max((b.max_warp_ns for b in bs), default=0),
+            sum(b.vdso_warps for b in bs),
+            max((b.max_vdso_warp_ns for b in bs), default=0),
+        )
 
     def reads_per_s(self) -> float | None:
         """Guest readings per second per vCPU (host time spent in the KVM_RUNs)."""
@@ -422,19 +506,34 @@ class ClockResult:
         w = self.warps()
         v = self.clock_variant
         return {
-            "scenario": "clock", "strategy": v.name, "kind": str(v.kind), "why": v.why,
-            "boundary": str(v.boundary), "clock_put": str(v.clock), "tsc_put": str(v.tsc),
-            "writer": str(v.writer), "hop": v.hop, "config": asdict(self.config),
-            "verdict": str(self.verdict), "observed": self.observed, "error": self.error,
+            "scenario": "clock",
+            "strategy": v.name,
+            "kind": str(v.kind),
+            "why": v.why,
+            "boundary": str(v.boundary),
+            "clock_put": str(v.clock),
+            "tsc_put": str(v.tsc),
+            "writer": str(v.writer),
+            "hop": v.hop,
+            "config": asdict(self.config),
+            "verdict": str(self.verdict),
+            "observed": self.observed,
+            "error": self.error,
             "not_supported": self.not_supported,
-            "wall_s": self.wall_s, "stable": self.stable, "stable_after": self.stable_after,
+            "wall_s": self.wall_s,
+            "stable": self.stable,
+            "stable_after": self.stable_after,
             "reads": self.reads(),
             "reads_per_s_per_vcpu": self.reads_per_s(),
-            "warps": w[0], "largest_warp_ns": w[1], "vdso_warps": w[2],
+            "warps": w[0],
+            "largest_warp_ns": w[1],
+            "vdso_warps": w[2],
             "largest_vdso_warp_ns": w[3],
-            "boundary_jumps": [{"vcpu": i, "kvmclock_ns": c, "tsc_ticks": t}
-                               for i, c, t in self.boundary_jumps()],
-            "facts": asdict(self.facts), "pvti_areas": self.pvti_areas,
+            "boundary_jumps": [
+                {"vcpu": i, "kvmclock_ns": c, "tsc_ticks": t} for i, c, t in self.boundary_jumps()
+            ],
+            "facts": asdict(self.facts),
+            "pvti_areas": self.pvti_areas,
             "violations": [x.to_dict() for x in self.violations],
             "vcpus": [r.to_json() for r in self.records],
         }
@@ -445,8 +544,9 @@ class ClockResult:
 
 
 def pvti_of(gvm: GuestVm, index: int) -> Pvti:
-    return Pvti.from_cdata(gvm.vm.pointer(gvm.symbol("pvti") + PVTI_SIZE * index,
-                                          "struct pvclock_vcpu_time_info"))
+    return Pvti.from_cdata(
+        gvm.vm.pointer(gvm.symbol("pvti") + PVTI_SIZE * index, "struct pvclock_vcpu_time_info")
+    )
 
 
 class Reader:
@@ -458,8 +558,9 @@ class Reader:
         slot = gvm.vm.slot_for(base, lib.CLOCK_BATCH_MAX * SAMPLE_SIZE)
         self._buf = slot.buffer()
         self._off = base - slot.gpa
-        self._area = gvm.vm.pointer(gvm.symbol("pvti") + PVTI_SIZE * vcpu.index,
-                                    "struct pvclock_vcpu_time_info")
+        self._area = gvm.vm.pointer(
+            gvm.symbol("pvti") + PVTI_SIZE * vcpu.index, "struct pvclock_vcpu_time_info"
+        )
 
     def run(self, duration_ns: int, cpus: list[int] | None = None) -> None:
         rec, clock = self.rec, time.monotonic_ns
@@ -492,7 +593,7 @@ class Reader:
         _seq, n, warps, mw, vw, mvw, g0, g1 = args
         n = min(n, lib.CLOCK_BATCH_MAX)
         rec = self.rec
-        raw = self._buf[self._off:self._off + n * SAMPLE_SIZE]
+        raw = self._buf[self._off : self._off + n * SAMPLE_SIZE]
         first = len(rec.samples)
         rec.samples += [tuple(s) for s in struct.iter_unpack(SAMPLE_FMT, raw)]
         rec.batches.append(Batch(t0, t1, first, n, warps, mw, vw, mvw, cpu, g1 - g0))
@@ -504,13 +605,21 @@ class Reader:
                 rec.decode.append((len(rec.samples) - 1, last[0], area.ns_at(last[1])))
 
 
-def run_phase(gvm: GuestVm, threads: list[VcpuThread], records: list[ClockRecord],
-              duration_ns: int, budget_s: float, hop: bool = False) -> None:
+def run_phase(
+    gvm: GuestVm,
+    threads: list[VcpuThread],
+    records: list[ClockRecord],
+    duration_ns: int,
+    budget_s: float,
+    hop: bool = False,
+) -> None:
     """Every vCPU reads on its own thread for ``duration_ns``."""
     cpus = sorted(os.sched_getaffinity(0)) if hop else None
     with Watchdog(gvm.stop, [r.index for r in records], duration_ns / 1e9 + budget_s):
-        futures = [t.submit(Reader(gvm, gvm.vcpus[r.index], r).run, duration_ns, cpus)
-                   for t, r in zip(threads, records, strict=True)]
+        futures = [
+            t.submit(Reader(gvm, gvm.vcpus[r.index], r).run, duration_ns, cpus)
+            for t, r in zip(threads, records, strict=True)
+        ]
         for f in futures:
             f.result()
     if hop:  # back where each thread belongs
@@ -548,18 +657,26 @@ def _khz_ticks(ns: int, khz: int) -> int:
 # ---- putting the TSC
 
 
-def tsc_msr_range(written: int, write_ns: tuple[int, int], run: Batch, khz: int,
-                  sync_ref: tuple[int, tuple[int, int]] | None) -> tuple[int, int]:
+def tsc_msr_range(
+    written: int,
+    write_ns: tuple[int, int],
+    run: Batch,
+    khz: int,
+    sync_ref: tuple[int, tuple[int, int]] | None,
+) -> tuple[int, int]:
     """Where the guest's first TSC reading in ``run`` must lie after ``written``
     was put with MSR_IA32_TSC at host time ``write_ns`` (before, after the ioctl).
     ``sync_ref`` (value, its write times) is the VM's previous write: KVM may
     treat a write within :data:`TSC_SYNC_WINDOW_S` of what it expects as
     "synchronize with it", and the check accepts either outcome."""
+
     def rng(value: int, w: tuple[int, int]) -> tuple[int, int]:
         early = max(run.t0_ns - w[1], 0)
         late = run.t1_ns - w[0]
-        return (value + _khz_ticks(early - checks.rate_slack_ns(early), khz) - 1,
-                value + _khz_ticks(late + checks.rate_slack_ns(late), khz) + 1)
+        return (
+            value + _khz_ticks(early - checks.rate_slack_ns(early), khz) - 1,
+            value + _khz_ticks(late + checks.rate_slack_ns(late), khz) + 1,
+        )
 
     lo, hi = rng(written, write_ns)
     if sync_ref is not None:
@@ -602,14 +719,17 @@ class OffsetWatch:
             h0 = host_tsc(vcpu)
             Reader(gvm, vcpu, r).run(0)
             h1 = host_tsc(vcpu)
-            r.tsc_writes.append(TscWrite(len(r.batches) - 1, h0 + self.offset,
-                                         h1 + self.offset, self.what))
+            r.tsc_writes.append(
+                TscWrite(len(r.batches) - 1, h0 + self.offset, h1 + self.offset, self.what)
+            )
+
         for f in [t.submit(one, i) for i, t in enumerate(threads)]:
             f.result()
 
 
-def start_tsc(gvm: GuestVm, threads: list[VcpuThread], records: list[ClockRecord],
-              how: TscPut, khz: int) -> None:
+def start_tsc(
+    gvm: GuestVm, threads: list[VcpuThread], records: list[ClockRecord], how: TscPut, khz: int
+) -> None:
     """Put every vCPU's TSC an hour ahead of the host's before the first run,
     then run each vCPU once to judge what its guest reads."""
     if how is TscPut.MSR:
@@ -620,26 +740,30 @@ def start_tsc(gvm: GuestVm, threads: list[VcpuThread], records: list[ClockRecord
         for i, t in enumerate(threads):
             r = records[i]
             t.call(Reader(gvm, gvm.vcpus[i], r).run, 0)
-            lo, hi = tsc_msr_range(base, writes[i][1], r.batches[-1], khz,
-                                   writes[0] if i else None)
-            r.tsc_writes.append(TscWrite(len(r.batches) - 1, lo, hi,
-                                         f"MSR_IA32_TSC written {base} at the start"))
+            lo, hi = tsc_msr_range(base, writes[i][1], r.batches[-1], khz, writes[0] if i else None)
+            r.tsc_writes.append(
+                TscWrite(len(r.batches) - 1, lo, hi, f"MSR_IA32_TSC written {base} at the start")
+            )
     elif how is TscPut.OFFSET:
         if not gvm.vcpus[0].has_tsc_offset_attr():
-            raise NotSupported("not supported: KVM_HAS_DEVICE_ATTR says this KVM has no "
-                               "KVM_VCPU_TSC_OFFSET attribute")
+            raise NotSupported(
+                "not supported: KVM_HAS_DEVICE_ATTR says this KVM has no "
+                "KVM_VCPU_TSC_OFFSET attribute"
+            )
         offset = TSC_START_AHEAD_S * khz * 1000 + gvm.vcpus[0].get_tsc_offset()
         for i, t in enumerate(threads):
             t.call(put_tsc_offset, gvm.vcpus[i], offset)
-        OffsetWatch(records, offset,
-                    f"KVM_VCPU_TSC_OFFSET set to {offset} at the start").first_run(gvm, threads)
+        OffsetWatch(records, offset, f"KVM_VCPU_TSC_OFFSET set to {offset} at the start").first_run(
+            gvm, threads
+        )
 
 
 # ---- the boundary
 
 
-def put_clock(vm: Vm, saved: ClockData, how: ClockPut, get_ns: tuple[int, int],
-              facts: BoundaryFacts) -> None:
+def put_clock(
+    vm: Vm, saved: ClockData, how: ClockPut, get_ns: tuple[int, int], facts: BoundaryFacts
+) -> None:
     """KVM_SET_CLOCK as the variant says (the negative control replaces this)."""
     facts.put = str(how)
     t0 = time.monotonic_ns()
@@ -648,12 +772,16 @@ def put_clock(vm: Vm, saved: ClockData, how: ClockPut, get_ns: tuple[int, int],
         vm.set_clock(ClockData(value))
     elif how is ClockPut.REALTIME:
         if not saved.flags & lib.KVM_CLOCK_REALTIME:
-            raise ScenarioFailed(Blame.UNTESTABLE, "KVM_GET_CLOCK returned no realtime "
-                                 "(KVM_CLOCK_REALTIME: the host clock is not TSC-based) to "
-                                 "restore with KVM_CLOCK_REALTIME from")
+            raise ScenarioFailed(
+                Blame.UNTESTABLE,
+                "KVM_GET_CLOCK returned no realtime "
+                "(KVM_CLOCK_REALTIME: the host clock is not TSC-based) to "
+                "restore with KVM_CLOCK_REALTIME from",
+            )
         value = saved.clock_ns
-        vm.set_clock(ClockData(saved.clock_ns, realtime_ns=saved.realtime_ns),
-                     flags=lib.KVM_CLOCK_REALTIME)
+        vm.set_clock(
+            ClockData(saved.clock_ns, realtime_ns=saved.realtime_ns), flags=lib.KVM_CLOCK_REALTIME
+        )
     else:
         value = saved.clock_ns
         vm.set_clock(ClockData(saved.clock_ns))
@@ -675,8 +803,14 @@ def capture(gvm: GuestVm, threads: list[VcpuThread], facts: BoundaryFacts) -> An
     return state
 
 
-def restore(kvm: Kvm, state: Any, v: ClockVariant, threads: list[VcpuThread],
-            records: list[ClockRecord], facts: BoundaryFacts) -> GuestVm:
+def restore(
+    kvm: Kvm,
+    state: Any,
+    v: ClockVariant,
+    threads: list[VcpuThread],
+    records: list[ClockRecord],
+    facts: BoundaryFacts,
+) -> GuestVm:
     """A new VM from ``state``: vCPU state put by the variant's writer, then the
     TSC and kvmclock as it says; each vCPU then runs once so that what it reads
     first is judged against what was put."""
@@ -707,16 +841,16 @@ def restore(kvm: Kvm, state: Any, v: ClockVariant, threads: list[VcpuThread],
                 if main:
                     writes.append((tsc_value, put_tsc_msr(vm.vcpus[i], tsc_value)))
                 else:
-                    writes.append((tsc_value, threads[i].call(put_tsc_msr, vm.vcpus[i],
-                                                              tsc_value)))
+                    writes.append((tsc_value, threads[i].call(put_tsc_msr, vm.vcpus[i], tsc_value)))
         put_clock(vm, saved, v.clock, facts.get_clock_ns, facts)
         if v.tsc is TscPut.OFFSET:
             # api.rst's recipe: offset_dst = offset_src + host_tsc_src - host_tsc_dst
             # + the real time that passed, in ticks (host TSC and realtime read together).
             host_now, real_now = host_tsc(vm.vcpus[0]), time.time_ns()
             elapsed = real_now - state.meta_extra["realtime_ns"]
-            offset = (src_offset + src_host_tsc - host_now
-                      + _khz_ticks(elapsed, khz)) & (checks.U64 - 1)
+            offset = (src_offset + src_host_tsc - host_now + _khz_ticks(elapsed, khz)) & (
+                checks.U64 - 1
+            )
             if offset >= checks.WRAP_THRESHOLD:
                 offset -= checks.U64
             for i in range(len(state.vcpus)):
@@ -724,20 +858,27 @@ def restore(kvm: Kvm, state: Any, v: ClockVariant, threads: list[VcpuThread],
                     put_tsc_offset(vm.vcpus[i], offset)
                 else:
                     threads[i].call(put_tsc_offset, vm.vcpus[i], offset)
-            OffsetWatch(records, offset,
-                        f"KVM_VCPU_TSC_OFFSET set to {offset} at the restore"
-                        ).first_run(gvm, threads)
+            OffsetWatch(
+                records, offset, f"KVM_VCPU_TSC_OFFSET set to {offset} at the restore"
+            ).first_run(gvm, threads)
         elif v.tsc is TscPut.MSR:
             for i, t in enumerate(threads):
                 r = records[i]
                 t.call(Reader(gvm, vm.vcpus[i], r).run, 0)
-                lo, hi = tsc_msr_range(tsc_value, writes[i][1], r.batches[-1], khz,
-                                       writes[0] if i else None)
-                r.tsc_writes.append(TscWrite(
-                    len(r.batches) - 1, lo, hi,
-                    f"MSR_IA32_TSC written {tsc_value} (the largest saved) at the restore"))
-        facts.pvti_scale_after = [[pvti_of(gvm, i).mul, pvti_of(gvm, i).shift]
-                                  for i in range(len(state.vcpus))]
+                lo, hi = tsc_msr_range(
+                    tsc_value, writes[i][1], r.batches[-1], khz, writes[0] if i else None
+                )
+                r.tsc_writes.append(
+                    TscWrite(
+                        len(r.batches) - 1,
+                        lo,
+                        hi,
+                        f"MSR_IA32_TSC written {tsc_value} (the largest saved) at the restore",
+                    )
+                )
+        facts.pvti_scale_after = [
+            [pvti_of(gvm, i).mul, pvti_of(gvm, i).shift] for i in range(len(state.vcpus))
+        ]
         return gvm
     except BaseException:
         vm.close()
@@ -751,8 +892,7 @@ def _tsc_extra(gvm: GuestVm, state: Any) -> None:
     v0 = gvm.vcpus[0]
     if v0.has_tsc_offset_attr():
         off = v0.get_tsc_offset()
-        state.meta_extra["tsc_offset"] = off - checks.U64 if off >= checks.WRAP_THRESHOLD \
-            else off
+        state.meta_extra["tsc_offset"] = off - checks.U64 if off >= checks.WRAP_THRESHOLD else off
         state.meta_extra["host_tsc"] = host_tsc(v0)
         state.meta_extra["realtime_ns"] = time.time_ns()
 
@@ -773,8 +913,9 @@ class Run:
     khz: int = 0
 
 
-def _first_phase(kvm: Kvm, cfg: ClockConfig, v: ClockVariant, threads: list[VcpuThread],
-                 run: Run) -> GuestVm:
+def _first_phase(
+    kvm: Kvm, cfg: ClockConfig, v: ClockVariant, threads: list[VcpuThread], run: Run
+) -> GuestVm:
     gvm = start_vm(kvm, cfg.vcpus, threads, v.mode)
     try:
         run.khz = gvm.vcpus[0].get_tsc_khz()
@@ -790,12 +931,14 @@ def _first_phase(kvm: Kvm, cfg: ClockConfig, v: ClockVariant, threads: list[Vcpu
     return gvm
 
 
-def pvti_snapshot(gvm: GuestVm, threads: list[VcpuThread],
-                  records: list[ClockRecord]) -> list[list[int]]:
+def pvti_snapshot(
+    gvm: GuestVm, threads: list[VcpuThread], records: list[ClockRecord]
+) -> list[list[int]]:
     """Every vCPU runs one more batch (so pending clock updates land), then with
     all of them stopped: each area, and KVM_GET_CLOCK's flags last."""
-    for f in [t.submit(Reader(gvm, gvm.vcpus[i], records[i]).run, 0)
-              for i, t in enumerate(threads)]:
+    for f in [
+        t.submit(Reader(gvm, gvm.vcpus[i], records[i]).run, 0) for i, t in enumerate(threads)
+    ]:
         f.result()
     return [pvti_of(gvm, i).to_list() for i in range(len(threads))]
 
@@ -803,8 +946,10 @@ def pvti_snapshot(gvm: GuestVm, threads: list[VcpuThread],
 def run_in_process(kvm: Kvm, cfg: ClockConfig) -> Run:
     v = VARIANTS[cfg.variant]
     if v.khz_ratio and not kvm.check_extension(lib.KVM_CAP_TSC_CONTROL):
-        raise NotSupported("not supported: KVM_SET_TSC_KHZ needs KVM_CAP_TSC_CONTROL, which "
-                           "is 0 here: no vCPU can run at another TSC frequency")
+        raise NotSupported(
+            "not supported: KVM_SET_TSC_KHZ needs KVM_CAP_TSC_CONTROL, which "
+            "is 0 here: no vCPU can run at another TSC frequency"
+        )
     run = Run([ClockRecord(i) for i in range(cfg.vcpus)])
     threads = new_threads(cfg.vcpus, "a")
     gvm = _first_phase(kvm, cfg, v, threads, run)
@@ -858,8 +1003,9 @@ def _child_run(role: str, cfg: ClockConfig, snap_fd: int) -> dict[str, Any]:
         else:
             state = load_state_file(snapshot_path(snap_fd))
             f = state.meta_extra["facts"]
-            run.facts = BoundaryFacts(tuple(f["get_clock_ns"]), (0, 0), f["saved_clock"],
-                                      khz_before=f["khz_before"])
+            run.facts = BoundaryFacts(
+                tuple(f["get_clock_ns"]), (0, 0), f["saved_clock"], khz_before=f["khz_before"]
+            )
             threads = new_threads(cfg.vcpus, "b")
             gvm = restore(kvm, state, v, threads, run.records, run.facts)
             try:
@@ -868,27 +1014,36 @@ def _child_run(role: str, cfg: ClockConfig, snap_fd: int) -> dict[str, Any]:
             finally:
                 gvm.close()
                 close_threads(threads)
-    return {"records": [r.to_json() for r in run.records], "stable": run.stable,
-            "stable_after": run.stable_after,
-            "facts": asdict(run.facts), "khz": run.khz}
+    return {
+        "records": [r.to_json() for r in run.records],
+        "stable": run.stable,
+        "stable_after": run.stable_after,
+        "facts": asdict(run.facts),
+        "khz": run.khz,
+    }
 
 
 def _run_child(role: str, cfg: ClockConfig, snap_fd: int) -> dict[str, Any]:
-    return run_child("kvmharness.scenarios.clock", role, asdict(cfg), snap_fd,
-                     2 * cfg.phase_ms / 1000 + cfg.budget_s + 120)
+    return run_child(
+        "kvmharness.scenarios.clock",
+        role,
+        asdict(cfg),
+        snap_fd,
+        2 * cfg.phase_ms / 1000 + cfg.budget_s + 120,
+    )
 
 
 def _facts_from(d: dict[str, Any]) -> BoundaryFacts:
-    return BoundaryFacts(**{k: tuple(v) if k.endswith("_ns") and isinstance(v, list) else v
-                            for k, v in d.items()})
+    return BoundaryFacts(
+        **{k: tuple(v) if k.endswith("_ns") and isinstance(v, list) else v for k, v in d.items()}
+    )
 
 
 def run_cross_process(cfg: ClockConfig) -> Run:
     snap_fd = os.memfd_create("kvmharness-clock-snapshot", os.MFD_CLOEXEC)
     try:
         a = _run_child("save", cfg, snap_fd)
-        run = Run([ClockRecord.from_json(d) for d in a["records"]], a["stable"],
-                  khz=a["khz"])
+        run = Run([ClockRecord.from_json(d) for d in a["records"]], a["stable"], khz=a["khz"])
         if any(r.stuck for r in run.records):
             return run
         if not os.fstat(snap_fd).st_size:
@@ -909,8 +1064,9 @@ def run_cross_process(cfg: ClockConfig) -> Run:
 # judging
 
 
-def _jump_bounds(v: ClockVariant, a: Batch, b: Batch, facts: BoundaryFacts
-                 ) -> tuple[int, int, str, str]:
+def _jump_bounds(
+    v: ClockVariant, a: Batch, b: Batch, facts: BoundaryFacts
+) -> tuple[int, int, str, str]:
     """(min, max) kvmclock jump from the last reading before the boundary to the
     first after, with where each bound comes from."""
     e_max = b.t1_ns - a.t0_ns  # the real time between the readings is at most this
@@ -918,16 +1074,20 @@ def _jump_bounds(v: ClockVariant, a: Batch, b: Batch, facts: BoundaryFacts
     down = max(facts.downtime_ns, 0)
     if v.clock is ClockPut.FROZEN:
         hi = e_max - down
-        why = (f"the real time between the readings, {checks.format_ns(e_max)}, less the "
-               f"{checks.format_ns(down)} the clock stood still, + rate slack")
+        why = (
+            f"the real time between the readings, {checks.format_ns(e_max)}, less the "
+            f"{checks.format_ns(down)} the clock stood still, + rate slack"
+        )
     else:
         hi = e_max
         why = f"the real time between the readings, {checks.format_ns(e_max)}, + rate slack"
     lo, why_lo = 0, ""
     if v.clock is ClockPut.REALTIME:
         lo = e_min - checks.rate_slack_ns(e_min)
-        why_lo = (f"KVM_CLOCK_REALTIME adds the real time that passed: at least "
-                  f"{checks.format_ns(e_min)} between the readings, - rate slack")
+        why_lo = (
+            f"KVM_CLOCK_REALTIME adds the real time that passed: at least "
+            f"{checks.format_ns(e_min)} between the readings, - rate slack"
+        )
     return max(lo, 0), hi + checks.rate_slack_ns(hi), why, why_lo
 
 
@@ -941,49 +1101,76 @@ def judge(cfg: ClockConfig, run: Run) -> list[Violation]:
             series = r.series(lo, hi)
             out += checks.check_monotonic(name, series, counter="kvmclock")
             out += checks.check_even_versions(name, series)
-            out += checks.check_monotonic(f"{name}/vdso", r.series(lo, hi, vdso=True),
-                                          counter="kvmclock (vCPU 0's area)")
+            out += checks.check_monotonic(
+                f"{name}/vdso", r.series(lo, hi, vdso=True), counter="kvmclock (vCPU 0's area)"
+            )
         for i, g, h in r.decode:
             out += checks.check_decode(name, i, g, h)
         for w in r.tsc_writes:
             if w.batch < len(r.batches) and r.batches[w.batch].n:
                 read = r.samples[r.batches[w.batch].first][1]
-                out += checks.check_tsc_applied(name, w.batch, lo=w.lo, hi=w.hi, read=read,
-                                                written=w.what)
+                out += checks.check_tsc_applied(
+                    name, w.batch, lo=w.lo, hi=w.hi, read=read, written=w.what
+                )
         if 0 < r.boundary < len(r.batches):
             a, b = r.batches[r.boundary - 1], r.batches[r.boundary]
             if a.n and b.n:
                 sa, sb = r.samples[a.first + a.n - 1], r.samples[b.first]
                 lo_ns, hi_ns, why, why_lo = _jump_bounds(v, a, b, run.facts)
                 # judged whatever the TSC: KVM_SET_CLOCK fixes the clock at the boundary
-                out += checks.check_jump(f"{name}/boundary", r.boundary, sa[0], sb[0],
-                                         max_ns=hi_ns, min_ns=lo_ns, why_max=why,
-                                         why_min=why_lo)
+                out += checks.check_jump(
+                    f"{name}/boundary",
+                    r.boundary,
+                    sa[0],
+                    sb[0],
+                    max_ns=hi_ns,
+                    min_ns=lo_ns,
+                    why_max=why,
+                    why_min=why_lo,
+                )
                 out += _tsc_jump(v, f"{name}/boundary", r.boundary, sa[1], sb[1], a, b, run)
         if r.stuck and r.stuck.cpu_ns >= STUCK_MIN_CPU_SHARE * cfg.budget_s * 1e9:
-            out.append(checks.violation(
-                checks.KIND_STUCK, name, len(r.batches), None, None,
-                f"KVM_RUN did not return in {checks.format_ns(r.stuck.waited_ns)} though its "
-                f"thread ran {checks.format_ns(r.stuck.cpu_ns)}; stopped at rip "
-                f"{r.stuck.rip:#x}", counter="run"))
+            out.append(
+                checks.violation(
+                    checks.KIND_STUCK,
+                    name,
+                    len(r.batches),
+                    None,
+                    None,
+                    f"KVM_RUN did not return in {checks.format_ns(r.stuck.waited_ns)} though its "
+                    f"thread ran {checks.format_ns(r.stuck.cpu_ns)}; stopped at rip "
+                    f"{r.stuck.rip:#x}",
+                    counter="run",
+                )
+            )
     bs = [(r.index, b) for r in run.records for b in r.batches]
     reads = sum(b.n for _, b in bs)
     if v.mode & lib.CLOCK_MODE_WARP:
-        out += checks.check_warps("all vCPUs", sum(b.warps for _, b in bs),
-                                  max((b.max_warp_ns for _, b in bs), default=0), reads)
-        out += checks.check_warps("all vCPUs/vdso", sum(b.vdso_warps for _, b in bs),
-                                  max((b.max_vdso_warp_ns for _, b in bs), default=0), reads,
-                                  what="kvmclock (vCPU 0's area)")
+        out += checks.check_warps(
+            "all vCPUs",
+            sum(b.warps for _, b in bs),
+            max((b.max_warp_ns for _, b in bs), default=0),
+            reads,
+        )
+        out += checks.check_warps(
+            "all vCPUs/vdso",
+            sum(b.vdso_warps for _, b in bs),
+            max((b.max_vdso_warp_ns for _, b in bs), default=0),
+            reads,
+            what="kvmclock (vCPU 0's area)",
+        )
     if v.pvti_check and run.pvti_areas and run.stable is not None:
         out += checks.check_pvti_consistency(
-            [(a[0], a[1], a[2], a[5]) for a in run.pvti_areas], run.stable)
+            [(a[0], a[1], a[2], a[5]) for a in run.pvti_areas], run.stable
+        )
     if v.khz_ratio and run.facts.khz_after:
         out += _frequency(run)
     return out
 
 
-def _tsc_jump(v: ClockVariant, name: str, index: int, before: int, after: int, a: Batch,
-              b: Batch, run: Run) -> list[Violation]:
+def _tsc_jump(
+    v: ClockVariant, name: str, index: int, before: int, after: int, a: Batch, b: Batch, run: Run
+) -> list[Violation]:
     """The TSC across the boundary, for the variants that put it: never back; at
     most the real time (offset recipe) or the real time outside the downtime
     (the saved value written back), in ticks at KVM's frequency."""
@@ -998,8 +1185,9 @@ def _tsc_jump(v: ClockVariant, name: str, index: int, before: int, after: int, a
     else:
         why = "the real time between the readings, in ticks"
     hi = _khz_ticks(e_max + checks.rate_slack_ns(e_max), khz) + 1
-    return checks.check_jump(name, index, before, after, max_ns=hi, what="TSC",
-                             unit="ticks", why_max=why)
+    return checks.check_jump(
+        name, index, before, after, max_ns=hi, what="TSC", unit="ticks", why_max=why
+    )
 
 
 def _frequency(run: Run) -> list[Violation]:
@@ -1012,12 +1200,21 @@ def _frequency(run: Run) -> list[Violation]:
     want = list(scale_for_khz(khz))
     for i, got in enumerate(run.facts.pvti_scale_after):
         if list(got) != want:
-            out.append(checks.violation(
-                checks.KIND_DECODE_MISMATCH, f"vcpu{i}/pvti", 0, None, None,
-                f"after KVM_SET_TSC_KHZ {khz} the area's (mul, shift) is {tuple(got)}, "
-                f"the scale for {khz} kHz is {tuple(want)}", counter="scale", delta=None))
+            out.append(
+                checks.violation(
+                    checks.KIND_DECODE_MISMATCH,
+                    f"vcpu{i}/pvti",
+                    0,
+                    None,
+                    None,
+                    f"after KVM_SET_TSC_KHZ {khz} the area's (mul, shift) is {tuple(got)}, "
+                    f"the scale for {khz} kHz is {tuple(want)}",
+                    counter="scale",
+                    delta=None,
+                )
+            )
     for r in run.records:
-        after = r.samples[r.batches[r.boundary].first:] if r.boundary < len(r.batches) else []
+        after = r.samples[r.batches[r.boundary].first :] if r.boundary < len(r.batches) else []
         if len(after) < 2:
             continue
         d_ns, d_tsc = after[-1][0] - after[0][0], after[-1][1] - after[0][1]
@@ -1026,10 +1223,18 @@ def _frequency(run: Run) -> list[Violation]:
         measured = d_tsc * 1_000_000 // d_ns
         tol = khz * checks.RATE_SLACK_PPM // 1_000_000 + 1_000_000 * 2 // d_ns + 1
         if abs(measured - khz) > tol:
-            out.append(checks.violation(
-                checks.KIND_TSC_NOT_APPLIED, f"vcpu{r.index}", r.boundary, khz, measured,
-                f"the guest's TSC ran at {measured} kHz against kvmclock after "
-                f"KVM_SET_TSC_KHZ {khz}", counter="tsc_khz"))
+            out.append(
+                checks.violation(
+                    checks.KIND_TSC_NOT_APPLIED,
+                    f"vcpu{r.index}",
+                    r.boundary,
+                    khz,
+                    measured,
+                    f"the guest's TSC ran at {measured} kHz against kvmclock after "
+                    f"KVM_SET_TSC_KHZ {khz}",
+                    counter="tsc_khz",
+                )
+            )
     return out
 
 
@@ -1037,18 +1242,28 @@ def untestable_reason(cfg: ClockConfig, run: Run, violations: list[Violation]) -
     v = VARIANTS[cfg.variant]
     for r in run.records:
         if r.stuck and r.stuck.cpu_ns < STUCK_MIN_CPU_SHARE * cfg.budget_s * 1e9:
-            return (f"vcpu{r.index} was stopped after {checks.format_ns(r.stuck.waited_ns)} "
-                    f"in KVM_RUN with only {checks.format_ns(r.stuck.cpu_ns)} of CPU: the "
-                    "host is too loaded to judge")
+            return (
+                f"vcpu{r.index} was stopped after {checks.format_ns(r.stuck.waited_ns)} "
+                f"in KVM_RUN with only {checks.format_ns(r.stuck.cpu_ns)} of CPU: the "
+                "host is too loaded to judge"
+            )
     if run.stable is False or run.stable_after is False:
-        judged = [x for x in violations if x.kind not in STABLE_ONLY_KINDS
-                  or x.series.endswith("/boundary")]
+        judged = [
+            x
+            for x in violations
+            if x.kind not in STABLE_ONLY_KINDS or x.series.endswith("/boundary")
+        ]
         if v.needs_stable or (violations and not judged):
-            return ("the host clock is not stable (KVM_GET_CLOCK without KVM_CLOCK_TSC_STABLE: "
-                    "no master clock), so KVM promises no monotonic kvmclock across updates; "
-                    f"measured: {summary(run, violations)}")
-    if v.clock is ClockPut.REALTIME and run.facts.saved_clock and \
-            not run.facts.saved_clock[1] & lib.KVM_CLOCK_REALTIME:
+            return (
+                "the host clock is not stable (KVM_GET_CLOCK without KVM_CLOCK_TSC_STABLE: "
+                "no master clock), so KVM promises no monotonic kvmclock across updates; "
+                f"measured: {summary(run, violations)}"
+            )
+    if (
+        v.clock is ClockPut.REALTIME
+        and run.facts.saved_clock
+        and not run.facts.saved_clock[1] & lib.KVM_CLOCK_REALTIME
+    ):
         return "KVM_GET_CLOCK returned no realtime (KVM_CLOCK_REALTIME) to restore from"
     return None
 
@@ -1070,18 +1285,25 @@ def summary(run: Run, violations: list[Violation]) -> str:
                 sa, sb = r.samples[a.first + a.n - 1], r.samples[b.first]
                 jumps.append(f"vcpu{r.index} {checks.format_ns(sb[0] - sa[0])}")
     if jumps:
-        text += (f"; jump over {checks.format_ns(max(run.facts.downtime_ns, 0))} downtime: "
-                 + ", ".join(jumps))
+        text += (
+            f"; jump over {checks.format_ns(max(run.facts.downtime_ns, 0))} downtime: "
+            + ", ".join(jumps)
+        )
     firsts = [r.samples[0] for r in run.records if r.samples]
     if firsts and run.khz and not any(r.boundary for r in run.records) and not w:
         tsc = firsts[0][1]
-        text += (f"; first reading: kvmclock {checks.format_ns(firsts[0][0])}, TSC {tsc} "
-                 f"ticks ({checks.format_ns(tsc * 1_000_000 // run.khz)} at KVM's frequency)")
+        text += (
+            f"; first reading: kvmclock {checks.format_ns(firsts[0][0])}, TSC {tsc} "
+            f"ticks ({checks.format_ns(tsc * 1_000_000 // run.khz)} at KVM's frequency)"
+        )
     if violations:
         counts = checks.summarize(violations)
         first = violations[0]
-        text = (", ".join(f"{k} x{n}" for k, n in counts.items())
-                + f"; first: {first.series}[{first.index}] {first.detail}; " + text)
+        text = (
+            ", ".join(f"{k} x{n}" for k, n in counts.items())
+            + f"; first: {first.series}[{first.index}] {first.detail}; "
+            + text
+        )
     return text
 
 
@@ -1105,26 +1327,62 @@ def run_scenario(cfg: ClockConfig, kvm: Kvm | None = None) -> ClockResult:
         blame = classify(exc)
         log.info("clock scenario %s failed to run (%s)", cfg.variant, blame, exc_info=True)
         unsupported = isinstance(exc, NotSupported)
-        return ClockResult(cfg, v, run.records, [], verdict_for(v.kind, blame=blame),
-                           str(exc) if unsupported else f"could not run ({blame}): {exc}",
-                           time.monotonic() - t0, stable=run.stable, facts=run.facts,
-                           error=str(exc), not_supported=unsupported)
+        return ClockResult(
+            cfg,
+            v,
+            run.records,
+            [],
+            verdict_for(v.kind, blame=blame),
+            str(exc) if unsupported else f"could not run ({blame}): {exc}",
+            time.monotonic() - t0,
+            stable=run.stable,
+            facts=run.facts,
+            error=str(exc),
+            not_supported=unsupported,
+        )
     violations = judge(cfg, run)
     why_not = untestable_reason(cfg, run, violations)
     wall = time.monotonic() - t0
     if why_not:
-        return ClockResult(cfg, v, run.records, violations, Verdict.UNTESTABLE, why_not, wall,
-                           stable=run.stable, stable_after=run.stable_after, facts=run.facts,
-                           pvti_areas=run.pvti_areas)
-    return ClockResult(cfg, v, run.records, violations,
-                       verdict_for(v.kind, broken=bool(violations)), summary(run, violations),
-                       wall, stable=run.stable, stable_after=run.stable_after, facts=run.facts,
-                       pvti_areas=run.pvti_areas)
+        return ClockResult(
+            cfg,
+            v,
+            run.records,
+            violations,
+            Verdict.UNTESTABLE,
+            why_not,
+            wall,
+            stable=run.stable,
+            stable_after=run.stable_after,
+            facts=run.facts,
+            pvti_areas=run.pvti_areas,
+        )
+    return ClockResult(
+        cfg,
+        v,
+        run.records,
+        violations,
+        verdict_for(v.kind, broken=bool(violations)),
+        summary(run, violations),
+        wall,
+        stable=run.stable,
+        stable_after=run.stable_after,
+        facts=run.facts,
+        pvti_areas=run.pvti_areas,
+    )
 
 
 def run_one(name: str, vcpus: int, options: RunOptions, kvm: Kvm | None = None) -> ClockResult:
-    return run_scenario(ClockConfig(name, vcpus, max(options.contend_ms, MIN_PHASE_MS),
-                                    options.downtime_ms, options.budget_s), kvm)
+    return run_scenario(
+        ClockConfig(
+            name,
+            vcpus,
+            max(options.contend_ms, MIN_PHASE_MS),
+            options.downtime_ms,
+            options.budget_s,
+        ),
+        kvm,
+    )
 
 
 def _table(results: Any, width: int) -> str:
@@ -1143,11 +1401,19 @@ def _plot(results: Any, path: str) -> None:
 #: an in-process main-thread restore, a cross-process restore with
 #: KVM_CLOCK_REALTIME, and both ways of putting the TSC.  Left out: migrate,
 #: and the restores whose mistakes these already catch.
-QUICK = ("monotonic", "warp", "pvti", "restore/frozen", "restore/main-thread",
-         "restore/cross-process/main-thread", "tsc/msr", "tsc/offset", "frequency")
+QUICK = (
+    "monotonic",
+    "warp",
+    "pvti",
+    "restore/frozen",
+    "restore/main-thread",
+    "restore/cross-process/main-thread",
+    "tsc/msr",
+    "tsc/offset",
+    "frequency",
+)
 
-FAMILY = Family("clock", dict(VARIANTS), DEFAULT_VARIANTS, [2], run_one, _table, _plot,
-                quick=QUICK)
+FAMILY = Family("clock", dict(VARIANTS), DEFAULT_VARIANTS, [2], run_one, _table, _plot, quick=QUICK)
 
 if __name__ == "__main__":
     sys.exit(child_main(sys.argv[1:]))

@@ -12,8 +12,21 @@ from kvmharness.checks import format_ns
 from kvmharness.files import atomic_target
 from kvmharness.scenarios.base import verdict_text
 
-HEADERS = ["scenario", "variant", "vCPUs", "boundary", "kvmclock put", "TSC put", "stable",
-           "reads", "reads/s/vCPU", "warps (largest)", "jump at boundary", "wall", "verdict"]
+HEADERS = [
+    "scenario",
+    "variant",
+    "vCPUs",
+    "boundary",
+    "kvmclock put",
+    "TSC put",
+    "stable",
+    "reads",
+    "reads/s/vCPU",
+    "warps (largest)",
+    "jump at boundary",
+    "wall",
+    "verdict",
+]
 
 
 def _warps(r: Any) -> str:
@@ -44,12 +57,23 @@ def clock_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]:
     for r in results:
         v = r.variant
         rate = r.reads_per_s()
-        rows.append([
-            "clock", v.name, str(r.vcpus), str(v.boundary) + (" +CPU hops" if v.hop else ""),
-            str(v.clock), str(v.tsc), _stable(r),
-            str(r.reads()), "-" if rate is None else f"{rate:.0f}", _warps(r), _jump(r),
-            f"{r.wall_s:.2f} s", verdict_text(r, width),
-        ])
+        rows.append(
+            [
+                "clock",
+                v.name,
+                str(r.vcpus),
+                str(v.boundary) + (" +CPU hops" if v.hop else ""),
+                str(v.clock),
+                str(v.tsc),
+                _stable(r),
+                str(r.reads()),
+                "-" if rate is None else f"{rate:.0f}",
+                _warps(r),
+                _jump(r),
+                f"{r.wall_s:.2f} s",
+                verdict_text(r, width),
+            ]
+        )
     return rows
 
 
@@ -88,8 +112,12 @@ def plot_clock(results: Sequence[Any], path: str) -> None:
             if wx:
                 ax.plot(wx, wy, "x", color="red", markersize=6)
             if 0 < rec.boundary < len(rec.batches):
-                ax.axvline((rec.batches[rec.boundary].t1_ns - t0) / 1e9, color="red",
-                           linestyle="--", linewidth=0.8)
+                ax.axvline(
+                    (rec.batches[rec.boundary].t1_ns - t0) / 1e9,
+                    color="red",
+                    linestyle="--",
+                    linewidth=0.8,
+                )
         ax.set_title(f"{res.variant.name}, {res.vcpus} vCPU(s): {res.verdict}", fontsize=9)
         ax.set_ylabel("guest - host (ms)")
         ax.legend(fontsize=7, loc="upper left")

@@ -103,8 +103,17 @@ SHARED_HOLD_S = 5.0
 
 # the guest's layout (checked against its pc_abi at load)
 PC_ABI = (2, 64, 128, 3, 8, 0xF111, 0x5EED, 0x7007, 0xC4EC)
-(_, MAX_VCPUS, MAX_TOUCHES, TOUCH_WORDS, RESULT_WORDS,
- SYNC_FILLED, SYNC_READY, SYNC_TOUCHED, SYNC_VERIFIED) = PC_ABI
+(
+    _,
+    MAX_VCPUS,
+    MAX_TOUCHES,
+    TOUCH_WORDS,
+    RESULT_WORDS,
+    SYNC_FILLED,
+    SYNC_READY,
+    SYNC_TOUCHED,
+    SYNC_VERIFIED,
+) = PC_ABI
 R_STEAL_BEFORE, R_STEAL_AFTER, R_TSC_START, R_TSC_END, R_CHECKSUM, R_BAD_GPA = range(6)
 
 KIND_LOST = "lost"
@@ -131,8 +140,9 @@ def fill_value(base: int, seed: int) -> int:
 def page_bytes(base: int, seed: int) -> bytes:
     """The pattern of the page at guest-physical ``base`` (as postcopy.c writes it)."""
     heads = [head_value(base + 8 * i, seed) for i in range(HEAD_QWORDS)]
-    return struct.pack(f"<{HEAD_QWORDS}Q", *heads) + \
-        struct.pack("<Q", fill_value(base, seed)) * (512 - HEAD_QWORDS)
+    return struct.pack(f"<{HEAD_QWORDS}Q", *heads) + struct.pack("<Q", fill_value(base, seed)) * (
+        512 - HEAD_QWORDS
+    )
 
 
 def page_checksum(base: int, seed: int) -> int:
@@ -155,22 +165,34 @@ class PostcopyVariant(Variant):
 
 
 P = Kind.PROMISE
-VARIANTS: dict[str, PostcopyVariant] = {v.name: v for v in [
-    PostcopyVariant(
-        "postcopy/stream", P,
-        "vCPUs fault on missing pages, each placed after the latency, while a background "
-        "stream pushes the others in order: nothing lost, blocktime exact and not steal",
-        stream_during=True),
-    PostcopyVariant(
-        "postcopy/shared-page", P,
-        "every vCPU blocks on one page before it is placed: several vCPUs on one address, "
-        "time with all vCPUs blocked measured", stream_during=False, shared_first=True),
-    PostcopyVariant(
-        "postcopy/non-vcpu", P,
-        "a host thread that is no vCPU reads a missing page: the kernel must name that "
-        "thread, and its wait is counted apart from vCPU blocktime",
-        stream_during=True, non_vcpu_touch=True),
-]}
+VARIANTS: dict[str, PostcopyVariant] = {
+    v.name: v
+    for v in [
+        PostcopyVariant(
+            "postcopy/stream",
+            P,
+            "vCPUs fault on missing pages, each placed after the latency, while a background "
+            "stream pushes the others in order: nothing lost, blocktime exact and not steal",
+            stream_during=True,
+        ),
+        PostcopyVariant(
+            "postcopy/shared-page",
+            P,
+            "every vCPU blocks on one page before it is placed: several vCPUs on one address, "
+            "time with all vCPUs blocked measured",
+            stream_during=False,
+            shared_first=True,
+        ),
+        PostcopyVariant(
+            "postcopy/non-vcpu",
+            P,
+            "a host thread that is no vCPU reads a missing page: the kernel must name that "
+            "thread, and its wait is counted apart from vCPU blocktime",
+            stream_during=True,
+            non_vcpu_touch=True,
+        ),
+    ]
+}
 DEFAULT_VARIANTS = list(VARIANTS)
 
 
@@ -185,17 +207,20 @@ class PostcopyConfig:
 
     def validate(self) -> None:
         if self.variant not in VARIANTS:
-            raise ValueError(f"unknown postcopy variant {self.variant!r} "
-                             f"(known: {', '.join(VARIANTS)})")
+            raise ValueError(
+                f"unknown postcopy variant {self.variant!r} (known: {', '.join(VARIANTS)})"
+            )
         limit = min(MAX_VCPUS, lib.GUEST_MAX_VCPUS)
         if not 1 <= self.vcpus <= limit:
             raise ValueError(f"vcpus must be 1 to {limit} for postcopy, got {self.vcpus}")
         if not MIN_LATENCY_US <= self.latency_us <= MAX_LATENCY_US:
-            raise ValueError(f"latency_us must be {MIN_LATENCY_US} to {MAX_LATENCY_US}, "
-                             f"got {self.latency_us}")
+            raise ValueError(
+                f"latency_us must be {MIN_LATENCY_US} to {MAX_LATENCY_US}, got {self.latency_us}"
+            )
         if not 2 <= self.pages_per_vcpu <= MAX_TOUCHES:
-            raise ValueError(f"pages_per_vcpu must be 2 to {MAX_TOUCHES}, "
-                             f"got {self.pages_per_vcpu}")
+            raise ValueError(
+                f"pages_per_vcpu must be 2 to {MAX_TOUCHES}, got {self.pages_per_vcpu}"
+            )
         if not 0 < self.budget_s <= 3600:
             raise ValueError(f"budget_s must be in (0, 3600], got {self.budget_s}")
 
@@ -274,10 +299,15 @@ class PostcopyResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "scenario": "postcopy", "strategy": self.variant.name,
-            "kind": str(self.variant.kind), "why": self.variant.why,
-            "config": asdict(self.config), "verdict": str(self.verdict),
-            "observed": self.observed, "error": self.error, "wall_s": self.wall_s,
+            "scenario": "postcopy",
+            "strategy": self.variant.name,
+            "kind": str(self.variant.kind),
+            "why": self.variant.why,
+            "config": asdict(self.config),
+            "verdict": str(self.verdict),
+            "observed": self.observed,
+            "error": self.error,
+            "wall_s": self.wall_s,
             "violations": [v.to_dict() for v in self.violations],
             "blocktime": self.report.to_json() if self.report else None,
             "agreement": [a.to_json() for a in self.agreement],
@@ -331,11 +361,18 @@ def _configure(gvm: GuestVm, cfg: PostcopyConfig, lay: Layout) -> None:
     abi = gvm.sym("pc_abi", "uint64_t")
     got = tuple(abi[i] for i in range(len(PC_ABI)))
     if got != PC_ABI:
-        raise ScenarioFailed(Blame.HARNESS, f"guest postcopy ABI {got} differs from the "
-                             f"host's {PC_ABI}: rebuild (a stale guest cache?)")
-    for name, value in (("pc_data_gpa", lay.data_gpa), ("pc_pages", lay.pages),
-                        ("pc_seed", cfg.seed), ("pc_vcpus", lay.vcpus),
-                        ("pc_head_qwords", HEAD_QWORDS)):
+        raise ScenarioFailed(
+            Blame.HARNESS,
+            f"guest postcopy ABI {got} differs from the "
+            f"host's {PC_ABI}: rebuild (a stale guest cache?)",
+        )
+    for name, value in (
+        ("pc_data_gpa", lay.data_gpa),
+        ("pc_pages", lay.pages),
+        ("pc_seed", cfg.seed),
+        ("pc_vcpus", lay.vcpus),
+        ("pc_head_qwords", HEAD_QWORDS),
+    ):
         gvm.sym(name, "uint64_t")[0] = value
     plan = gvm.sym("pc_plan", "uint32_t")
     plen = gvm.sym("pc_plan_len", "uint32_t")
@@ -352,8 +389,16 @@ class Pager:
     its waiters under the lock, and a fault injected before that is ended
     by it (QEMU's order)."""
 
-    def __init__(self, uffd: Userfaultfd, hva: int, lay: Layout, staging: Any,
-                 cfg: PostcopyConfig, variant: PostcopyVariant, tids: dict[int, int]) -> None:
+    def __init__(
+        self,
+        uffd: Userfaultfd,
+        hva: int,
+        lay: Layout,
+        staging: Any,
+        cfg: PostcopyConfig,
+        variant: PostcopyVariant,
+        tids: dict[int, int],
+    ) -> None:
         self.uffd, self.hva, self.lay, self.cfg, self.variant = uffd, hva, lay, cfg, variant
         self.staging = int(ffi.cast("uintptr_t", staging))
         self.tids = tids  # tid -> vCPU index
@@ -382,14 +427,24 @@ class Pager:
         self.flush = False
         self.stop = threading.Event()
         self.abort = threading.Event()  # the run is being torn down: nobody waits any more
-        self.counts = {"resolver": 0, "stream": 0, "flush": 0, "eexist": 0, "before": 0,
-                       "stranger_pages": 0}
+        self.counts = {
+            "resolver": 0,
+            "stream": 0,
+            "flush": 0,
+            "eexist": 0,
+            "before": 0,
+            "stranger_pages": 0,
+        }
         self.ft_sched = (0, 0)
         self.errors: list[BaseException] = []
-        self._threads = [threading.Thread(target=self._guard, args=(self._fault_loop,),
-                                          name="pc-fault", daemon=True),
-                         threading.Thread(target=self._guard, args=(self._source_loop,),
-                                          name="pc-source", daemon=True)]
+        self._threads = [
+            threading.Thread(
+                target=self._guard, args=(self._fault_loop,), name="pc-fault", daemon=True
+            ),
+            threading.Thread(
+                target=self._guard, args=(self._source_loop,), name="pc-source", daemon=True
+            ),
+        ]
 
     def start(self) -> None:
         for t in self._threads:
@@ -432,8 +487,9 @@ class Pager:
         finally:
             st.close()
 
-    def _on_fault(self, addr: int, tid: int, write: bool, t: int,
-                  verify_before: list[bool]) -> None:
+    def _on_fault(
+        self, addr: int, tid: int, write: bool, t: int, verify_before: list[bool]
+    ) -> None:
         off = addr - self.hva
         if not 0 <= off < self.lay.data_size:
             self.foreign.append(addr)
@@ -530,13 +586,18 @@ class Pager:
                     job = (missing[0], "flush") if missing else None
                 elif self.heap and self.heap[0][0] <= now:
                     job = (heapq.heappop(self.heap)[1], "resolver")
-                elif self.variant.shared_first and not self.requested and \
-                        self.shared_first_ns and now - self.shared_first_ns > SHARED_HOLD_S * 1e9:
+                elif (
+                    self.variant.shared_first
+                    and not self.requested
+                    and self.shared_first_ns
+                    and now - self.shared_first_ns > SHARED_HOLD_S * 1e9
+                ):
                     self.requested.add(0)  # not every vCPU came: place it anyway
                     job = (0, "resolver")
                 else:
-                    streaming = self.stream_fast or (self.variant.stream_during and
-                                                     now >= next_stream)
+                    streaming = self.stream_fast or (
+                        self.variant.stream_during and now >= next_stream
+                    )
                     p = self._next_stream_page() if streaming else None
                     if p is not None:
                         self.stream_next = p + 1
@@ -562,8 +623,9 @@ class Pager:
             self.wakeup.notify_all()
 
 
-def _migrate_source(kvm: Kvm, cfg: PostcopyConfig, lay: Layout, image: ElfImage,
-                    budget_s: float) -> tuple[Any, Any]:
+def _migrate_source(
+    kvm: Kvm, cfg: PostcopyConfig, lay: Layout, image: ElfImage, budget_s: float
+) -> tuple[Any, Any]:
     """Run the source until every vCPU filled its share; returns (VM state, data bytes)."""
     from kvmharness.snapshot.state import capture, capture_vcpu
 
@@ -610,12 +672,14 @@ def _result(fut: Any, timeout: float) -> Any:
             return fut.result(timeout=0.2)
         except TimeoutError:
             if time.monotonic() > deadline:
-                raise ScenarioFailed(Blame.HARNESS, "a vCPU thread did not finish after its "
-                                     "stop") from None
+                raise ScenarioFailed(
+                    Blame.HARNESS, "a vCPU thread did not finish after its stop"
+                ) from None
 
 
-def _vcpu_body(gvm: GuestVm, i: int, out: VcpuOutcome, pager: Pager, tsc_hz: list[int],
-               budget_s: float) -> None:
+def _vcpu_body(
+    gvm: GuestVm, i: int, out: VcpuOutcome, pager: Pager, tsc_hz: list[int], budget_s: float
+) -> None:
     v = gvm.vcpus[i]
     st = SchedStat()
     out.tid = st.tid
@@ -636,8 +700,9 @@ def _vcpu_body(gvm: GuestVm, i: int, out: VcpuOutcome, pager: Pager, tsc_hz: lis
             c1, r1 = st.read()
             out.cpu_ns, out.run_delay_ns = c1 - c0, r1 - r0
             if uc.args[:1] != [SYNC_TOUCHED]:
-                raise ScenarioFailed(Blame.HARNESS, f"vcpu{i}: expected TOUCHED, got "
-                                     f"{uc.describe()}")
+                raise ScenarioFailed(
+                    Blame.HARNESS, f"vcpu{i}: expected TOUCHED, got {uc.describe()}"
+                )
             pager.touched()
             deadline = time.monotonic() + budget_s
             while not pager.all_placed.wait(0.1):
@@ -647,8 +712,9 @@ def _vcpu_body(gvm: GuestVm, i: int, out: VcpuOutcome, pager: Pager, tsc_hz: lis
             pager.phase_verify[i] = True
             uc = gvm.expect(v, lib.UCALL_SYNC)
             if uc.args[:1] != [SYNC_VERIFIED]:
-                raise ScenarioFailed(Blame.HARNESS, f"vcpu{i}: expected VERIFIED, got "
-                                     f"{uc.describe()}")
+                raise ScenarioFailed(
+                    Blame.HARNESS, f"vcpu{i}: expected VERIFIED, got {uc.describe()}"
+                )
             out.checksum, out.bad_gpa = uc.args[1], uc.args[2]
             gvm.expect(v, lib.UCALL_DONE)
         except GuestStopped as exc:
@@ -677,9 +743,15 @@ def _helper_touch(hva: int, out: dict[str, Any]) -> None:
         os.close(w)
 
 
-def run_destination(kvm: Kvm, cfg: PostcopyConfig, variant: PostcopyVariant, lay: Layout,
-                    image: ElfImage, state: Any, staging: Any) -> tuple[Pager, list[VcpuOutcome],
-                                                                         dict[str, Any]]:
+def run_destination(
+    kvm: Kvm,
+    cfg: PostcopyConfig,
+    variant: PostcopyVariant,
+    lay: Layout,
+    image: ElfImage,
+    state: Any,
+    staging: Any,
+) -> tuple[Pager, list[VcpuOutcome], dict[str, Any]]:
     from kvmharness.snapshot.state import restore
 
     n = lay.vcpus
@@ -710,8 +782,9 @@ def run_destination(kvm: Kvm, cfg: PostcopyConfig, variant: PostcopyVariant, lay
 
         def on_budget() -> None:
             info["watchdog"] = True
-            log.warning("postcopy: past the %.0f s budget: placing every page, stopping vCPUs",
-                        cfg.budget_s)
+            log.warning(
+                "postcopy: past the %.0f s budget: placing every page, stopping vCPUs", cfg.budget_s
+            )
             pager.request_flush()
             for i in range(n):
                 gvm.stop(i)
@@ -720,14 +793,19 @@ def run_destination(kvm: Kvm, cfg: PostcopyConfig, variant: PostcopyVariant, lay
         watchdog.daemon = True
         watchdog.start()
         t0 = time.monotonic_ns()
-        futures = [t.submit(_vcpu_body, gvm, i, outcomes[i], pager, tsc_hz, cfg.budget_s)
-                   for i, t in enumerate(threads)]
+        futures = [
+            t.submit(_vcpu_body, gvm, i, outcomes[i], pager, tsc_hz, cfg.budget_s)
+            for i, t in enumerate(threads)
+        ]
         helper: dict[str, Any] = {}
         helper_thread = None
         if lay.helper_page is not None:
             helper_thread = threading.Thread(
-                target=_helper_touch, args=(hva + lay.helper_page * PAGE_SIZE, helper),
-                name="pc-helper", daemon=True)
+                target=_helper_touch,
+                args=(hva + lay.helper_page * PAGE_SIZE, helper),
+                name="pc-helper",
+                daemon=True,
+            )
             helper_thread.start()
         for f in futures:
             _result(f, cfg.budget_s * 2 + 30)
@@ -782,8 +860,12 @@ def _compare_memory(gvm: GuestVm, lay: Layout, staging: Any, pager: Pager) -> li
     reading a missing page from this thread would block it on the userfaultfd)."""
     dst = gvm.vm.slots[DATA_SLOT].buffer()
     src = ffi.buffer(staging)
-    return [p for p in range(lay.pages) if pager.received[p]
-            and dst[p * PAGE_SIZE:(p + 1) * PAGE_SIZE] != src[p * PAGE_SIZE:(p + 1) * PAGE_SIZE]]
+    return [
+        p
+        for p in range(lay.pages)
+        if pager.received[p]
+        and dst[p * PAGE_SIZE : (p + 1) * PAGE_SIZE] != src[p * PAGE_SIZE : (p + 1) * PAGE_SIZE]
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -798,9 +880,14 @@ def _max_disjoint(intervals: list[tuple[int, int]]) -> int:
     return count
 
 
-def judge(cfg: PostcopyConfig, variant: PostcopyVariant, lay: Layout, pager: Pager,
-          outcomes: list[VcpuOutcome], info: dict[str, Any]
-          ) -> tuple[list[Violation], list[Agreement], list[str]]:
+def judge(
+    cfg: PostcopyConfig,
+    variant: PostcopyVariant,
+    lay: Layout,
+    pager: Pager,
+    outcomes: list[VcpuOutcome],
+    info: dict[str, Any],
+) -> tuple[list[Violation], list[Agreement], list[str]]:
     """Violations (kernel), agreement figures, and harness self-check failures."""
     V = checks.violation
     out: list[Violation] = []
@@ -814,45 +901,120 @@ def judge(cfg: PostcopyConfig, variant: PostcopyVariant, lay: Layout, pager: Pag
             continue
         bad = [p for p, ok in zip(o.plan, o.values_ok, strict=True) if not ok]
         if bad:
-            out.append(V(KIND_LOST, s, 0, None, None, f"first touch of page {bad[0]} read a "
-                         f"wrong value ({len(bad)} page(s))", counter="memory"))
-        want = sum(page_checksum(lay.data_gpa + p * PAGE_SIZE, cfg.seed)
-                   for p in range(o.index, lay.pages, lay.vcpus)) & U64
+            out.append(
+                V(
+                    KIND_LOST,
+                    s,
+                    0,
+                    None,
+                    None,
+                    f"first touch of page {bad[0]} read a wrong value ({len(bad)} page(s))",
+                    counter="memory",
+                )
+            )
+        want = (
+            sum(
+                page_checksum(lay.data_gpa + p * PAGE_SIZE, cfg.seed)
+                for p in range(o.index, lay.pages, lay.vcpus)
+            )
+            & U64
+        )
         if o.bad_gpa or o.checksum != want:
-            out.append(V(KIND_LOST, s, 0, want, o.checksum,
-                         f"guest check: first bad qword at gpa {o.bad_gpa:#x}, checksum "
-                         f"{o.checksum:#x} (host expects {want:#x})", counter="memory",
-                         delta=None))
+            out.append(
+                V(
+                    KIND_LOST,
+                    s,
+                    0,
+                    want,
+                    o.checksum,
+                    f"guest check: first bad qword at gpa {o.bad_gpa:#x}, checksum "
+                    f"{o.checksum:#x} (host expects {want:#x})",
+                    counter="memory",
+                    delta=None,
+                )
+            )
     if info.get("host_mismatch"):
         pg = info["host_mismatch"]
-        out.append(V(KIND_LOST, "host", 0, None, None, f"{len(pg)} placed page(s) differ from "
-                     f"the source, first page {pg[0]}", counter="memory"))
+        out.append(
+            V(
+                KIND_LOST,
+                "host",
+                0,
+                None,
+                None,
+                f"{len(pg)} placed page(s) differ from the source, first page {pg[0]}",
+                counter="memory",
+            )
+        )
     missing = lay.pages - pager.placed_count
     if missing and not any(o.stuck for o in outcomes):
         harness.append(f"{missing} page(s) never placed")
     if pager.counts["stranger_pages"]:
-        out.append(V(KIND_LOST, "host", 0, None, None, f"{pager.counts['stranger_pages']} "
-                     "page(s) were present before anyone placed them (UFFDIO_COPY EEXIST)",
-                     counter="memory"))
+        out.append(
+            V(
+                KIND_LOST,
+                "host",
+                0,
+                None,
+                None,
+                f"{pager.counts['stranger_pages']} "
+                "page(s) were present before anyone placed them (UFFDIO_COPY EEXIST)",
+                counter="memory",
+            )
+        )
     # attribution
     helper_tid = info.get("helper", {}).get("tid", 0)
     for f in pager.faults:
         if f.vcpu is not None and f.page not in lay.plans[f.vcpu]:
-            out.append(V(KIND_MISATTRIBUTED, f"vcpu{f.vcpu}", f.page, None, None,
-                         f"fault on page {f.page} named vcpu{f.vcpu}'s thread {f.tid}, but "
-                         "that vCPU never touches it", counter="fault"))
+            out.append(
+                V(
+                    KIND_MISATTRIBUTED,
+                    f"vcpu{f.vcpu}",
+                    f.page,
+                    None,
+                    None,
+                    f"fault on page {f.page} named vcpu{f.vcpu}'s thread {f.tid}, but "
+                    "that vCPU never touches it",
+                    counter="fault",
+                )
+            )
         if f.vcpu is None and helper_tid and f.page == lay.helper_page and f.tid != helper_tid:
-            out.append(V(KIND_MISATTRIBUTED, "helper", f.page, None, None,
-                         f"the helper thread's fault named thread {f.tid}, not {helper_tid}",
-                         counter="fault"))
+            out.append(
+                V(
+                    KIND_MISATTRIBUTED,
+                    "helper",
+                    f.page,
+                    None,
+                    None,
+                    f"the helper thread's fault named thread {f.tid}, not {helper_tid}",
+                    counter="fault",
+                )
+            )
     for f in pager.spurious:
-        out.append(V(KIND_SPURIOUS, f"vcpu{f.vcpu}", f.page, None, None,
-                     f"fault on page {f.page}, placed before vcpu{f.vcpu} began checking its "
-                     "memory", counter="fault"))
+        out.append(
+            V(
+                KIND_SPURIOUS,
+                f"vcpu{f.vcpu}",
+                f.page,
+                None,
+                None,
+                f"fault on page {f.page}, placed before vcpu{f.vcpu} began checking its memory",
+                counter="fault",
+            )
+        )
     if pager.foreign:
-        out.append(V(KIND_MISATTRIBUTED, "uffd", 0, None, None, f"{len(pager.foreign)} fault(s) "
-                     f"outside the registered range, first {pager.foreign[0]:#x}",
-                     counter="fault"))
+        out.append(
+            V(
+                KIND_MISATTRIBUTED,
+                "uffd",
+                0,
+                None,
+                None,
+                f"{len(pager.foreign)} fault(s) "
+                f"outside the registered range, first {pager.foreign[0]:#x}",
+                counter="fault",
+            )
+        )
     if lay.helper_page is not None:
         h = info.get("helper", {})
         got = [f for f in pager.faults if f.page == lay.helper_page and f.vcpu is None]
@@ -860,12 +1022,30 @@ def judge(cfg: PostcopyConfig, variant: PostcopyVariant, lay: Layout, pager: Pag
             harness.append("the helper thread did not finish its read")
         else:
             if h["value"] != head_value(lay.data_gpa + lay.helper_page * PAGE_SIZE, cfg.seed):
-                out.append(V(KIND_LOST, "helper", lay.helper_page, None, None,
-                             f"the helper read {h['value']:#x} from its page", counter="memory"))
+                out.append(
+                    V(
+                        KIND_LOST,
+                        "helper",
+                        lay.helper_page,
+                        None,
+                        None,
+                        f"the helper read {h['value']:#x} from its page",
+                        counter="memory",
+                    )
+                )
             if not got and h["t1"] - h["t0"] >= lat:
-                out.append(V(KIND_SILENT_STALL, "helper", lay.helper_page, None, None,
-                             f"the helper waited {format_ns(h['t1'] - h['t0'])} on a missing "
-                             "page and no fault message named it", counter="fault"))
+                out.append(
+                    V(
+                        KIND_SILENT_STALL,
+                        "helper",
+                        lay.helper_page,
+                        None,
+                        None,
+                        f"the helper waited {format_ns(h['t1'] - h['t0'])} on a missing "
+                        "page and no fault message named it",
+                        counter="fault",
+                    )
+                )
     # per vCPU: wall, guest agreement, silent stalls, steal
     ft_cpu, ft_rd = pager.ft_sched
     gil = int(SWITCH_INTERVAL_S * 1e9)
@@ -880,8 +1060,18 @@ def judge(cfg: PostcopyConfig, variant: PostcopyVariant, lay: Layout, pager: Pag
         wall = o.run_end_ns - o.run_start_ns
         bt = rep.blocked_ns[v]
         if bt > wall:
-            out.append(V(KIND_OVER_WALL, s, 0, wall, bt, f"blocktime {format_ns(bt)} exceeds the "
-                         f"{format_ns(wall)} its touching KVM_RUN lasted", counter="blocktime"))
+            out.append(
+                V(
+                    KIND_OVER_WALL,
+                    s,
+                    0,
+                    wall,
+                    bt,
+                    f"blocktime {format_ns(bt)} exceeds the "
+                    f"{format_ns(wall)} its touching KVM_RUN lasted",
+                    counter="blocktime",
+                )
+            )
         resolver = [(f.t_read_ns, f.t_placed_ns) for f in mine if f.placed_by == "resolver"]
         floor = lat * _max_disjoint(resolver)  # each lasted at least the latency
         total = sum(f.t_placed_ns - f.t_read_ns for f in mine)
@@ -901,57 +1091,103 @@ def judge(cfg: PostcopyConfig, variant: PostcopyVariant, lay: Layout, pager: Pag
         tol = int(stalled * (rate_err + 1e-3)) + 1000 * len(mine) + late
         agreement.append(Agreement(v, bt, stalled, slack, tol, len(mine), floor))
         if bt > stalled + tol:
-            out.append(V(KIND_OVER_GUEST, s, 0, stalled, bt,
-                         f"host blocktime {format_ns(bt)} exceeds what the guest saw stalled on "
-                         f"the same {len(pages)} page(s), {format_ns(stalled)} (+{format_ns(tol)} "
-                         "conversion)", counter="blocktime"))
+            out.append(
+                V(
+                    KIND_OVER_GUEST,
+                    s,
+                    0,
+                    stalled,
+                    bt,
+                    f"host blocktime {format_ns(bt)} exceeds what the guest saw stalled on "
+                    f"the same {len(pages)} page(s), {format_ns(stalled)} (+{format_ns(tol)} "
+                    "conversion)",
+                    counter="blocktime",
+                )
+            )
         # The guest's stall beyond blocktime + slack is reported, not judged: a
         # vCPU thread can also sleep in the kernel on things schedstat does not
         # show (mmap_lock held by another thread's mmap, reclaim), which is load,
         # not a broken promise.  Seen under load: 10 ms stalls with no fault.
         if stalled > bt + slack:
-            info.setdefault("unexplained", []).append(V(KIND_UNDER_GUEST, s, 0, bt, stalled,
-                         f"the guest stalled {format_ns(stalled)} on {len(pages)} faulted "
-                         f"page(s), more than blocktime {format_ns(bt)} + slack "
-                         f"{format_ns(slack)} (run_delay, CPU time, fault thread, GIL)",
-                         counter="blocktime"))
+            info.setdefault("unexplained", []).append(
+                V(
+                    KIND_UNDER_GUEST,
+                    s,
+                    0,
+                    bt,
+                    stalled,
+                    f"the guest stalled {format_ns(stalled)} on {len(pages)} faulted "
+                    f"page(s), more than blocktime {format_ns(bt)} + slack "
+                    f"{format_ns(slack)} (run_delay, CPU time, fault thread, GIL)",
+                    counter="blocktime",
+                )
+            )
         # a long stall with no message: the vCPU slept on something we never heard of
         quiet_bound = lat + o.run_delay_ns + o.cpu_ns
         for k, (p, st) in enumerate(zip(o.plan, o.stalls_ns, strict=True)):
-            if p not in pages and st > quiet_bound + gil and not any(
-                    f.page == p for f in pager.faults):
-                info.setdefault("unexplained", []).append(V(KIND_SILENT_STALL, s, k, None, st,
-                             f"touch of page {p} stalled {format_ns(st)} (> latency + run_delay "
-                             f"+ CPU time {format_ns(quiet_bound)}) with no fault message",
-                             counter="fault", delta=None))
+            if (
+                p not in pages
+                and st > quiet_bound + gil
+                and not any(f.page == p for f in pager.faults)
+            ):
+                info.setdefault("unexplained", []).append(
+                    V(
+                        KIND_SILENT_STALL,
+                        s,
+                        k,
+                        None,
+                        st,
+                        f"touch of page {p} stalled {format_ns(st)} (> latency + run_delay "
+                        f"+ CPU time {format_ns(quiet_bound)}) with no fault message",
+                        counter="fault",
+                        delta=None,
+                    )
+                )
         d_steal = o.steal_after - o.steal_before
         if o.steal_before != U64 and o.steal_after != U64 and d_steal > o.run_delay_ns:
-            out.append(V(KIND_STEAL, s, 0, o.run_delay_ns, d_steal,
-                         f"steal grew {format_ns(d_steal)} over the touching KVM_RUN, more than "
-                         f"its thread's run_delay {format_ns(o.run_delay_ns)} (blocktime "
-                         f"{format_ns(bt)}): time asleep on a missing page counted as steal?",
-                         counter="steal"))
+            out.append(
+                V(
+                    KIND_STEAL,
+                    s,
+                    0,
+                    o.run_delay_ns,
+                    d_steal,
+                    f"steal grew {format_ns(d_steal)} over the touching KVM_RUN, more than "
+                    f"its thread's run_delay {format_ns(o.run_delay_ns)} (blocktime "
+                    f"{format_ns(bt)}): time asleep on a missing page counted as steal?",
+                    counter="steal",
+                )
+            )
         info.setdefault("clean_touch_max_ns", {})[v] = max(clean, default=0)
     if rep.all_blocked_ns > min(rep.blocked_ns, default=0):
         harness.append("all-blocked time exceeds a vCPU's blocktime")
     return out, agreement, harness
 
 
-def describe(cfg: PostcopyConfig, pager: Pager | None, agreement: list[Agreement],
-             outcomes: list[VcpuOutcome], violations: list[Violation]) -> str:
+def describe(
+    cfg: PostcopyConfig,
+    pager: Pager | None,
+    agreement: list[Agreement],
+    outcomes: list[VcpuOutcome],
+    violations: list[Violation],
+) -> str:
     if violations:
         counts = checks.summarize(violations)
         w = violations[0]
-        return (", ".join(f"{k} x{v}" for k, v in counts.items())
-                + f"; first: {w.series}[{w.index}] {w.detail}")
+        return (
+            ", ".join(f"{k} x{v}" for k, v in counts.items())
+            + f"; first: {w.series}[{w.index}] {w.detail}"
+        )
     if pager is None:
         return "-"
     rep = pager.acc.report()
     faults = sum(rep.faults)
     steal = sum(max(0, o.steal_after - o.steal_before) for o in outcomes)
-    return (f"nothing lost; {faults} vCPU faults, blocktime {format_ns(sum(rep.blocked_ns))}, "
-            f"all-blocked {format_ns(rep.all_blocked_ns)}, guest stall "
-            f"{format_ns(sum(a.guest_stall_ns for a in agreement))}, steal {format_ns(steal)}")
+    return (
+        f"nothing lost; {faults} vCPU faults, blocktime {format_ns(sum(rep.blocked_ns))}, "
+        f"all-blocked {format_ns(rep.all_blocked_ns)}, guest stall "
+        f"{format_ns(sum(a.guest_stall_ns for a in agreement))}, steal {format_ns(steal)}"
+    )
 
 
 def run_scenario(cfg: PostcopyConfig, kvm: Kvm | None = None) -> PostcopyResult:
@@ -972,61 +1208,101 @@ def run_scenario(cfg: PostcopyConfig, kvm: Kvm | None = None) -> PostcopyResult:
     except Exception as exc:
         blame = classify(exc)
         log.info("postcopy %s failed to run (%s)", cfg.variant, blame, exc_info=True)
-        return PostcopyResult(cfg, variant, verdict_for(variant.kind, blame=blame),
-                              f"could not run ({blame}): {exc}", time.monotonic() - t0, [],
-                              error=str(exc))
+        return PostcopyResult(
+            cfg,
+            variant,
+            verdict_for(variant.kind, blame=blame),
+            f"could not run ({blame}): {exc}",
+            time.monotonic() - t0,
+            [],
+            error=str(exc),
+        )
     violations, agreement, harness = judge(cfg, variant, lay, pager, outcomes, info)
     span = pager.last_place_ns - pager.first_place_ns
-    stats = {**pager.counts, "pages": lay.pages,
-             "placed_per_s": (pager.placed_count - 1) * 1e9 / span if span > 0 else None,
-             "stream_unpaced_per_s": (pager.fast[2] - 1) * 1e9 / (pager.fast[1] - pager.fast[0])
-             if pager.fast[2] > 1 and pager.fast[1] > pager.fast[0] else None,
-             "retried": pager.acc.report().retried,
-             "non_vcpu_faults": pager.acc.report().non_vcpu_faults,
-             "fault_thread_cpu_ns": pager.ft_sched[0],
-             "fault_thread_run_delay_ns": pager.ft_sched[1],
-             **{k: v for k, v in info.items() if k != "helper"},
-             "helper": info.get("helper")}
-    res = PostcopyResult(cfg, variant, Verdict.HOLDS, "", 0.0, violations, pager.acc.report(),
-                         outcomes, pager.faults, agreement, stats)
+    stats = {
+        **pager.counts,
+        "pages": lay.pages,
+        "placed_per_s": (pager.placed_count - 1) * 1e9 / span if span > 0 else None,
+        "stream_unpaced_per_s": (pager.fast[2] - 1) * 1e9 / (pager.fast[1] - pager.fast[0])
+        if pager.fast[2] > 1 and pager.fast[1] > pager.fast[0]
+        else None,
+        "retried": pager.acc.report().retried,
+        "non_vcpu_faults": pager.acc.report().non_vcpu_faults,
+        "fault_thread_cpu_ns": pager.ft_sched[0],
+        "fault_thread_run_delay_ns": pager.ft_sched[1],
+        **{k: v for k, v in info.items() if k != "helper"},
+        "helper": info.get("helper"),
+    }
+    res = PostcopyResult(
+        cfg,
+        variant,
+        Verdict.HOLDS,
+        "",
+        0.0,
+        violations,
+        pager.acc.report(),
+        outcomes,
+        pager.faults,
+        agreement,
+        stats,
+    )
     stuck = [o for o in outcomes if o.stuck]
     if harness and not violations:
         res.verdict, res.observed = Verdict.ERROR, "harness self-check: " + "; ".join(harness)
     elif stuck and not violations:
         cpu = min(o.cpu_ns for o in stuck)
         if cpu >= 0.1 * cfg.budget_s * 1e9:
-            res.violations = [checks.violation(
-                checks.KIND_STUCK, f"vcpu{o.index}", 0, None, None,
-                f"did not finish within {cfg.budget_s:.0f} s though its thread ran "
-                f"{format_ns(o.cpu_ns)}: {o.stuck}", counter="run") for o in stuck]
+            res.violations = [
+                checks.violation(
+                    checks.KIND_STUCK,
+                    f"vcpu{o.index}",
+                    0,
+                    None,
+                    None,
+                    f"did not finish within {cfg.budget_s:.0f} s though its thread ran "
+                    f"{format_ns(o.cpu_ns)}: {o.stuck}",
+                    counter="run",
+                )
+                for o in stuck
+            ]
             res.verdict = verdict_for(variant.kind, broken=True)
             res.observed = describe(cfg, pager, agreement, outcomes, res.violations)
         else:
             res.verdict = Verdict.UNTESTABLE
-            res.observed = (f"vcpu{stuck[0].index} did not finish within {cfg.budget_s:.0f} s "
-                            f"and its thread got only {format_ns(cpu)} of CPU: the host is too "
-                            "loaded to judge")
+            res.observed = (
+                f"vcpu{stuck[0].index} did not finish within {cfg.budget_s:.0f} s "
+                f"and its thread got only {format_ns(cpu)} of CPU: the host is too "
+                "loaded to judge"
+            )
     else:
         res.verdict = verdict_for(variant.kind, broken=bool(violations))
         res.observed = describe(cfg, pager, agreement, outcomes, violations)
     unexplained = info.get("unexplained", []) if info else []
     if unexplained:
-        res.observed += (f"; {len(unexplained)} guest stall(s) beyond the host's account, "
-                         f"not judged (first: {unexplained[0].detail})")
+        res.observed += (
+            f"; {len(unexplained)} guest stall(s) beyond the host's account, "
+            f"not judged (first: {unexplained[0].detail})"
+        )
     res.wall_s = time.monotonic() - t0
     return res
 
 
-def run_one(name: str, vcpus: int, options: RunOptions, kvm: Kvm | None = None
-            ) -> PostcopyResult:
+def run_one(name: str, vcpus: int, options: RunOptions, kvm: Kvm | None = None) -> PostcopyResult:
     """For ``run`` and ``bisect``: the default latency; a vCPU count this family
     cannot take is an ERROR row (bad usage, exit 128), not a traceback."""
     cfg = PostcopyConfig(name, vcpus, budget_s=options.budget_s)
     try:
         cfg.validate()
     except ValueError as exc:
-        return PostcopyResult(cfg, VARIANTS.get(name, VARIANTS[DEFAULT_VARIANTS[0]]),
-                              Verdict.ERROR, f"not run: {exc}", 0.0, [], error=str(exc))
+        return PostcopyResult(
+            cfg,
+            VARIANTS.get(name, VARIANTS[DEFAULT_VARIANTS[0]]),
+            Verdict.ERROR,
+            f"not run: {exc}",
+            0.0,
+            [],
+            error=str(exc),
+        )
     return run_scenario(cfg, kvm)
 
 
@@ -1042,5 +1318,6 @@ def _plot(results: Any, path: str) -> None:
     plot_postcopy(results, path)
 
 
-FAMILY = Family("postcopy", dict(VARIANTS), DEFAULT_VARIANTS, [2], run_one, _table, _plot,
-                max_vcpus=MAX_VCPUS)
+FAMILY = Family(
+    "postcopy", dict(VARIANTS), DEFAULT_VARIANTS, [2], run_one, _table, _plot, max_vcpus=MAX_VCPUS
+)

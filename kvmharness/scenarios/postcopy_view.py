@@ -13,8 +13,20 @@ from kvmharness.checks import format_ns
 from kvmharness.files import atomic_target
 from kvmharness.scenarios.base import verdict_text
 
-HEADERS = ["scenario", "variant", "vCPUs", "latency", "faults (vCPU/other)", "blocktime (sum)",
-           "all blocked", "guest stall", "steal", "placed r/s/EEXIST", "wall", "verdict"]
+HEADERS = [
+    "scenario",
+    "variant",
+    "vCPUs",
+    "latency",
+    "faults (vCPU/other)",
+    "blocktime (sum)",
+    "all blocked",
+    "guest stall",
+    "steal",
+    "placed r/s/EEXIST",
+    "wall",
+    "verdict",
+]
 
 
 def _ns(v: int | None) -> str:
@@ -26,19 +38,33 @@ def postcopy_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]
     for r in results:
         rep = r.report
         st = r.stats or {}
-        steal = sum(max(0, o.steal_after - o.steal_before) for o in r.outcomes
-                    if o.steal_after >= o.steal_before) if r.outcomes else None
-        rows.append([
-            "postcopy", r.variant.name.removeprefix("postcopy/"), str(r.config.vcpus),
-            f"{r.config.latency_us} us",
-            f"{sum(rep.faults)}/{rep.non_vcpu_faults}" if rep else "-",
-            _ns(sum(rep.blocked_ns)) if rep else "-",
-            _ns(rep.all_blocked_ns) if rep else "-",
-            _ns(sum(a.guest_stall_ns for a in r.agreement)) if r.agreement else "-",
-            _ns(steal),
-            f"{st.get('resolver', 0)}/{st.get('stream', 0)}/{st.get('eexist', 0)}" if st else "-",
-            f"{r.wall_s:.2f} s", verdict_text(r, width),
-        ])
+        steal = (
+            sum(
+                max(0, o.steal_after - o.steal_before)
+                for o in r.outcomes
+                if o.steal_after >= o.steal_before
+            )
+            if r.outcomes
+            else None
+        )
+        rows.append(
+            [
+                "postcopy",
+                r.variant.name.removeprefix("postcopy/"),
+                str(r.config.vcpus),
+                f"{r.config.latency_us} us",
+                f"{sum(rep.faults)}/{rep.non_vcpu_faults}" if rep else "-",
+                _ns(sum(rep.blocked_ns)) if rep else "-",
+                _ns(rep.all_blocked_ns) if rep else "-",
+                _ns(sum(a.guest_stall_ns for a in r.agreement)) if r.agreement else "-",
+                _ns(steal),
+                f"{st.get('resolver', 0)}/{st.get('stream', 0)}/{st.get('eexist', 0)}"
+                if st
+                else "-",
+                f"{r.wall_s:.2f} s",
+                verdict_text(r, width),
+            ]
+        )
     return rows
 
 
@@ -58,20 +84,64 @@ def vcpu_table(result: Any) -> str:
         v = o.index
         a = agree.get(v)
         d_steal = o.steal_after - o.steal_before
-        rows.append([
-            f"vcpu{v}", rep.faults[v], _ns(rep.faults[v] * lat), _ns(rep.blocked_ns[v]),
-            _ns(a.guest_stall_ns) if a else "-", _ns(a.slack_ns) if a else "-",
-            _ns(d_steal) if d_steal >= 0 else "?", _ns(o.run_delay_ns),
-            _ns(o.run_end_ns - o.run_start_ns) if o.run_end_ns else "-",
-            o.stuck or "",
-        ])
-    rows.append(["non-vCPU", rep.non_vcpu_faults, "", _ns(rep.non_vcpu_wait_ns) + " (wait)",
-                 "", "", "", "", "", ""])
-    rows.append(["all vCPUs", sum(rep.faults), "", f"all blocked {_ns(rep.all_blocked_ns)}",
-                 "", "", "", "", "", ""])
-    return tabulate(rows, headers=["", "faults", "faults x latency", "blocktime", "guest stall",
-                                   "slack", "steal", "run_delay", "touch wall", ""],
-                    tablefmt="simple")
+        rows.append(
+            [
+                f"vcpu{v}",
+                rep.faults[v],
+                _ns(rep.faults[v] * lat),
+                _ns(rep.blocked_ns[v]),
+                _ns(a.guest_stall_ns) if a else "-",
+                _ns(a.slack_ns) if a else "-",
+                _ns(d_steal) if d_steal >= 0 else "?",
+                _ns(o.run_delay_ns),
+                _ns(o.run_end_ns - o.run_start_ns) if o.run_end_ns else "-",
+                o.stuck or "",
+            ]
+        )
+    rows.append(
+        [
+            "non-vCPU",
+            rep.non_vcpu_faults,
+            "",
+            _ns(rep.non_vcpu_wait_ns) + " (wait)",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+        ]
+    )
+    rows.append(
+        [
+            "all vCPUs",
+            sum(rep.faults),
+            "",
+            f"all blocked {_ns(rep.all_blocked_ns)}",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+        ]
+    )
+    return tabulate(
+        rows,
+        headers=[
+            "",
+            "faults",
+            "faults x latency",
+            "blocktime",
+            "guest stall",
+            "slack",
+            "steal",
+            "run_delay",
+            "touch wall",
+            "",
+        ],
+        tablefmt="simple",
+    )
 
 
 def latency_table(result: Any) -> str:
@@ -80,12 +150,18 @@ def latency_table(result: Any) -> str:
     if rep is None or not rep.buckets:
         return ""
     n = len(rep.buckets)
-    used = [i for i in range(len(rep.non_vcpu_buckets))
-            if any(b[i] for b in rep.buckets) or rep.non_vcpu_buckets[i]]
-    rows = [[bucket_label(i)] + [rep.buckets[v][i] for v in range(n)]
-            + [rep.non_vcpu_buckets[i]] for i in used]
-    return tabulate(rows, headers=["latency"] + [f"vcpu{v}" for v in range(n)] + ["non-vCPU"],
-                    tablefmt="simple")
+    used = [
+        i
+        for i in range(len(rep.non_vcpu_buckets))
+        if any(b[i] for b in rep.buckets) or rep.non_vcpu_buckets[i]
+    ]
+    rows = [
+        [bucket_label(i)] + [rep.buckets[v][i] for v in range(n)] + [rep.non_vcpu_buckets[i]]
+        for i in used
+    ]
+    return tabulate(
+        rows, headers=["latency"] + [f"vcpu{v}" for v in range(n)] + ["non-vCPU"], tablefmt="simple"
+    )
 
 
 def plot_postcopy(results: Sequence[Any], path: str) -> None:
@@ -96,20 +172,30 @@ def plot_postcopy(results: Sequence[Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     n = len(results)
-    fig, axes = plt.subplots(n, 1, figsize=(9, 2.2 + 0.3 * max(r.config.vcpus for r in results)
-                                            * n), squeeze=False)
+    fig, axes = plt.subplots(
+        n, 1, figsize=(9, 2.2 + 0.3 * max(r.config.vcpus for r in results) * n), squeeze=False
+    )
     for ax, res in zip(axes[:, 0], results, strict=True):
         t0 = min((f.t_read_ns for f in res.faults), default=0)
         for f in res.faults:
             if f.t_placed_ns is None:
                 continue
             y = f.vcpu if f.vcpu is not None else -1
-            ax.barh(y, (f.t_placed_ns - f.t_read_ns) / 1e6, left=(f.t_read_ns - t0) / 1e6,
-                    height=0.6, color="tab:red" if f.placed_by == "resolver" else "tab:blue")
-        ax.set_yticks(range(-1, res.config.vcpus),
-                      ["other"] + [f"vcpu{i}" for i in range(res.config.vcpus)])
-        ax.set_title(f"{res.variant.name}, {res.config.vcpus} vCPU(s), latency "
-                     f"{res.config.latency_us} us: {res.verdict}", fontsize=9)
+            ax.barh(
+                y,
+                (f.t_placed_ns - f.t_read_ns) / 1e6,
+                left=(f.t_read_ns - t0) / 1e6,
+                height=0.6,
+                color="tab:red" if f.placed_by == "resolver" else "tab:blue",
+            )
+        ax.set_yticks(
+            range(-1, res.config.vcpus), ["other"] + [f"vcpu{i}" for i in range(res.config.vcpus)]
+        )
+        ax.set_title(
+            f"{res.variant.name}, {res.config.vcpus} vCPU(s), latency "
+            f"{res.config.latency_us} us: {res.verdict}",
+            fontsize=9,
+        )
     axes[-1, 0].set_xlabel("ms since the first fault (red: resolver, blue: stream)")
     fig.tight_layout()
     try:

@@ -136,8 +136,9 @@ def fresh_vm(b: Boundary) -> None:
     b.sleep_out_downtime()
     if b.strategy.runner is Runner.NEW_THREAD:
         b.threads = new_threads(len(b.records), "b")
-    b.gvm = _restore(b.kvm, state, b.threads, b.records, b.strategy.writer,
-                     time.monotonic_ns() - b.start_ns)
+    b.gvm = _restore(
+        b.kvm, state, b.threads, b.records, b.strategy.writer, time.monotonic_ns() - b.start_ns
+    )
     b.life += 1
 
 
@@ -170,37 +171,78 @@ def rewrite_msr_from_main(b: Boundary) -> None:
 
 
 P, C = Kind.PROMISE, Kind.CHARACTERIZE
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
-    Strategy("fresh-vm/vcpu-thread", P,
-             "new VM restored by the threads that run it: the API's rules, steal must "
-             "stay monotonic and follow the runner's run_delay",
-             Writer.VCPU_THREAD, Runner.NEW_THREAD, fresh_vm),
-    Strategy("fresh-vm/main-thread", P,
-             "QEMU's 2015 restore pattern; since the fix, KVM_SET_MSRS samples no "
-             "thread's run_delay, so steal must stay monotonic",
-             Writer.MAIN_THREAD, Runner.NEW_THREAD, fresh_vm),
-    Strategy("cross-process/vcpu-thread", P,
-             "savevm/loadvm through a snapshot file, state put by the vCPU threads",
-             Writer.VCPU_THREAD, Runner.NEW_PROCESS),
-    Strategy("cross-process/main-thread", P,
-             "savevm/loadvm through a snapshot file, state put by the main thread",
-             Writer.MAIN_THREAD, Runner.NEW_PROCESS),
-    Strategy("cancelled-save", P,
-             "state captured and put back, the VM resumes: nothing may count twice",
-             Writer.VCPU_THREAD, Runner.SAME_THREAD, cancelled_save),
-    Strategy("same-vm/new-thread", C,
-             "KVM_RUN of a live vCPU moves to another thread; api.rst asks for one "
-             "thread per vCPU, so KVM promises nothing here",
-             Writer.NONE, Runner.NEW_THREAD, move_to_new_threads),
-    Strategy("fresh-vm/reused-thread", C,
-             "new VM restored onto the threads that ran the old one: a new vCPU starts "
-             "from last_steal 0, so its thread's whole run_delay is charged again",
-             Writer.VCPU_THREAD, Runner.SAME_THREAD, fresh_vm),
-    Strategy("same-vm/msr-rewrite", C,
-             "another thread rewrites a live vCPU's steal-time MSR: a vCPU ioctl off "
-             "its thread, outside the API's rules",
-             Writer.MAIN_THREAD, Runner.SAME_THREAD, rewrite_msr_from_main),
-]}
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in [
+        Strategy(
+            "fresh-vm/vcpu-thread",
+            P,
+            "new VM restored by the threads that run it: the API's rules, steal must "
+            "stay monotonic and follow the runner's run_delay",
+            Writer.VCPU_THREAD,
+            Runner.NEW_THREAD,
+            fresh_vm,
+        ),
+        Strategy(
+            "fresh-vm/main-thread",
+            P,
+            "QEMU's 2015 restore pattern; since the fix, KVM_SET_MSRS samples no "
+            "thread's run_delay, so steal must stay monotonic",
+            Writer.MAIN_THREAD,
+            Runner.NEW_THREAD,
+            fresh_vm,
+        ),
+        Strategy(
+            "cross-process/vcpu-thread",
+            P,
+            "savevm/loadvm through a snapshot file, state put by the vCPU threads",
+            Writer.VCPU_THREAD,
+            Runner.NEW_PROCESS,
+        ),
+        Strategy(
+            "cross-process/main-thread",
+            P,
+            "savevm/loadvm through a snapshot file, state put by the main thread",
+            Writer.MAIN_THREAD,
+            Runner.NEW_PROCESS,
+        ),
+        Strategy(
+            "cancelled-save",
+            P,
+            "state captured and put back, the VM resumes: nothing may count twice",
+            Writer.VCPU_THREAD,
+            Runner.SAME_THREAD,
+            cancelled_save,
+        ),
+        Strategy(
+            "same-vm/new-thread",
+            C,
+            "KVM_RUN of a live vCPU moves to another thread; api.rst asks for one "
+            "thread per vCPU, so KVM promises nothing here",
+            Writer.NONE,
+            Runner.NEW_THREAD,
+            move_to_new_threads,
+        ),
+        Strategy(
+            "fresh-vm/reused-thread",
+            C,
+            "new VM restored onto the threads that ran the old one: a new vCPU starts "
+            "from last_steal 0, so its thread's whole run_delay is charged again",
+            Writer.VCPU_THREAD,
+            Runner.SAME_THREAD,
+            fresh_vm,
+        ),
+        Strategy(
+            "same-vm/msr-rewrite",
+            C,
+            "another thread rewrites a live vCPU's steal-time MSR: a vCPU ioctl off "
+            "its thread, outside the API's rules",
+            Writer.MAIN_THREAD,
+            Runner.SAME_THREAD,
+            rewrite_msr_from_main,
+        ),
+    ]
+}
 
 DEFAULT_STRATEGIES = list(STRATEGIES)
 
@@ -226,22 +268,25 @@ class StealConfig:
     def validate(self) -> None:
         """One place for the rules; ValueError names the bad field."""
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r} "
-                             f"(known: {', '.join(STRATEGIES)})")
+            raise ValueError(f"unknown strategy {self.strategy!r} (known: {', '.join(STRATEGIES)})")
         if not 1 <= self.vcpus <= lib.GUEST_MAX_VCPUS:
             raise ValueError(f"vcpus must be 1 to {lib.GUEST_MAX_VCPUS}, got {self.vcpus}")
         if not MIN_CONTEND_MS <= self.contend_ms <= MAX_CONTEND_MS:
             raise ValueError(
                 f"contend_ms must be {MIN_CONTEND_MS} to {MAX_CONTEND_MS}, got {self.contend_ms}: "
                 "shorter gives too little run-queue waiting to tell a live steal clock "
-                "from a dead one")
+                "from a dead one"
+            )
         if not 0 <= self.downtime_ms <= MAX_DOWNTIME_MS:
-            raise ValueError(f"downtime_ms must be 0 to {MAX_DOWNTIME_MS}, "
-                             f"got {self.downtime_ms}")
-        if not (isinstance(self.budget_s, int | float) and math.isfinite(self.budget_s)
-                and self.budget_s > 0):
-            raise ValueError(f"budget_s must be a positive number of seconds, "
-                             f"got {self.budget_s!r}")
+            raise ValueError(f"downtime_ms must be 0 to {MAX_DOWNTIME_MS}, got {self.downtime_ms}")
+        if not (
+            isinstance(self.budget_s, int | float)
+            and math.isfinite(self.budget_s)
+            and self.budget_s > 0
+        ):
+            raise ValueError(
+                f"budget_s must be a positive number of seconds, got {self.budget_s!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -280,23 +325,31 @@ class VcpuRecord:
     """run_delay of the thread that wrote MSR_KVM_STEAL_TIME at the boundary"""
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "boundary": self.boundary, "max_run_ns": self.max_run_ns,
-                "phases": self.phases,
-                "stuck": asdict(self.stuck) if self.stuck else None,
-                "writer_run_delay_ns": self.writer_run_delay_ns,
-                "guest": [[s.t_ns, s.value, s.version] for s in self.guest],
-                "host": [[s.t_ns, s.value, s.version] for s in self.host],
-                "ctx": [[c.tid, c.life, c.pre_ns, c.post_ns] for c in self.ctx]}
+        return {
+            "index": self.index,
+            "boundary": self.boundary,
+            "max_run_ns": self.max_run_ns,
+            "phases": self.phases,
+            "stuck": asdict(self.stuck) if self.stuck else None,
+            "writer_run_delay_ns": self.writer_run_delay_ns,
+            "guest": [[s.t_ns, s.value, s.version] for s in self.guest],
+            "host": [[s.t_ns, s.value, s.version] for s in self.host],
+            "ctx": [[c.tid, c.life, c.pre_ns, c.post_ns] for c in self.ctx],
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> VcpuRecord:
-        return cls(index=d["index"], boundary=d["boundary"], max_run_ns=d["max_run_ns"],
-                   phases=[tuple(p) for p in d["phases"]],
-                   stuck=Stuck(**d["stuck"]) if d.get("stuck") else None,
-                   writer_run_delay_ns=d.get("writer_run_delay_ns"),
-                   guest=[Sample(*s) for s in d["guest"]],
-                   host=[Sample(*s) for s in d["host"]],
-                   ctx=[RunCtx(*c) for c in d["ctx"]])
+        return cls(
+            index=d["index"],
+            boundary=d["boundary"],
+            max_run_ns=d["max_run_ns"],
+            phases=[tuple(p) for p in d["phases"]],
+            stuck=Stuck(**d["stuck"]) if d.get("stuck") else None,
+            writer_run_delay_ns=d.get("writer_run_delay_ns"),
+            guest=[Sample(*s) for s in d["guest"]],
+            host=[Sample(*s) for s in d["host"]],
+            ctx=[RunCtx(*c) for c in d["ctx"]],
+        )
 
     def extend(self, other: VcpuRecord) -> None:
         """Append a later process's record; its vCPU is a new life."""
@@ -329,9 +382,14 @@ class VcpuRecord:
             start = p is None or p.life != c.life or p.tid != c.tid
             if start:
                 v0 = self.host[i - 1].version if i else 0
-                end = next((j for j in range(i, len(self.ctx))
-                            if self.ctx[j].life != c.life or self.ctx[j].tid != c.tid),
-                           len(self.ctx))
+                end = next(
+                    (
+                        j
+                        for j in range(i, len(self.ctx))
+                        if self.ctx[j].life != c.life or self.ctx[j].tid != c.tid
+                    ),
+                    len(self.ctx),
+                )
                 first = next((j for j in range(i, end) if self.host[j].version != v0), end)
                 fresh_until = min(first + 1, end - 1)
             out.append(checks.RunDelay(c.pre_ns, c.post_ns, i <= fresh_until, start))
@@ -371,20 +429,30 @@ class StealResult:
         return before, after
 
     def largest_jump_ns(self) -> int | None:
-        jumps = [b.value - a.value for r in self.records
-                 for a, b in zip(r.guest, r.guest[1:], strict=False)]
+        jumps = [
+            b.value - a.value
+            for r in self.records
+            for a, b in zip(r.guest, r.guest[1:], strict=False)
+        ]
         return max(jumps, key=abs) if jumps else None
 
     def to_json(self) -> dict[str, Any]:
         before, after = self.steal_at_boundary()
         return {
-            "scenario": "steal", "strategy": self.strategy.name,
-            "kind": str(self.strategy.kind), "why": self.strategy.why,
-            "msr_writer": str(self.strategy.writer), "runner": str(self.strategy.runner),
-            "config": asdict(self.config), "verdict": str(self.verdict),
-            "observed": self.observed, "error": self.error,
-            "wall_s": self.wall_s, "boundary_s": self.boundary_s,
-            "steal_before_ns": before, "steal_after_ns": after,
+            "scenario": "steal",
+            "strategy": self.strategy.name,
+            "kind": str(self.strategy.kind),
+            "why": self.strategy.why,
+            "msr_writer": str(self.strategy.writer),
+            "runner": str(self.strategy.runner),
+            "config": asdict(self.config),
+            "verdict": str(self.verdict),
+            "observed": self.observed,
+            "error": self.error,
+            "wall_s": self.wall_s,
+            "boundary_s": self.boundary_s,
+            "steal_before_ns": before,
+            "steal_after_ns": after,
             "largest_jump_ns": self.largest_jump_ns(),
             "violations": [v.to_dict() for v in self.violations],
             "vcpus": [r.to_json() for r in self.records],
@@ -396,12 +464,12 @@ class StealResult:
 
 
 def _area_ptr(gvm: GuestVm, index: int) -> Any:
-    return gvm.vm.pointer(gvm.symbol("steal_areas") + STEAL_AREA_SIZE * index,
-                          "struct kvm_steal_time")
+    return gvm.vm.pointer(
+        gvm.symbol("steal_areas") + STEAL_AREA_SIZE * index, "struct kvm_steal_time"
+    )
 
 
-def sample_loop(gvm: GuestVm, vcpu: Vcpu, rec: VcpuRecord, duration_ns: int,
-                life: int) -> None:
+def sample_loop(gvm: GuestVm, vcpu: Vcpu, rec: VcpuRecord, duration_ns: int, life: int) -> None:
     """Run ``vcpu`` on the calling thread for ``duration_ns``, recording each SYNC
     with the thread's run_delay just before and just after its KVM_RUN."""
     area = _area_ptr(gvm, vcpu.index)
@@ -433,8 +501,14 @@ def sample_loop(gvm: GuestVm, vcpu: Vcpu, rec: VcpuRecord, duration_ns: int,
         st.close()
 
 
-def contended_phase(gvm: GuestVm, threads: list[VcpuThread], records: list[VcpuRecord],
-                    duration_ns: int, life: int, budget_s: float) -> None:
+def contended_phase(
+    gvm: GuestVm,
+    threads: list[VcpuThread],
+    records: list[VcpuRecord],
+    duration_ns: int,
+    life: int,
+    budget_s: float,
+) -> None:
     """All vCPUs sample on their threads while a busy process shares each vCPU's CPU."""
     cpus = sorted({cpu_for(r.index) for r in records})
     stealers: list[Stealer] = []
@@ -444,8 +518,10 @@ def contended_phase(gvm: GuestVm, threads: list[VcpuThread], records: list[VcpuR
         for s in stealers:
             s.spin(duration_ns / 1e9)
         with Watchdog(gvm.stop, [r.index for r in records], duration_ns / 1e9 + budget_s):
-            futures = [t.submit(sample_loop, gvm, gvm.vcpus[r.index], r, duration_ns, life)
-                       for t, r in zip(threads, records, strict=True)]
+            futures = [
+                t.submit(sample_loop, gvm, gvm.vcpus[r.index], r, duration_ns, life)
+                for t, r in zip(threads, records, strict=True)
+            ]
             for f in futures:
                 f.result()
         ok = True
@@ -506,16 +582,26 @@ def _capture(gvm: GuestVm, threads: list[VcpuThread]) -> Any:
     return capture(gvm.vm, states, program=PROGRAM)
 
 
-def _restore(kvm: Kvm, state: Any, threads: list[VcpuThread], records: list[VcpuRecord],
-             writer: Writer, downtime_ns: int) -> GuestVm:
+def _restore(
+    kvm: Kvm,
+    state: Any,
+    threads: list[VcpuThread],
+    records: list[VcpuRecord],
+    writer: Writer,
+    downtime_ns: int,
+) -> GuestVm:
     from kvmharness.snapshot.state import restore
 
     if writer is Writer.MAIN_THREAD:
         rd = accumulate_run_delay(WRITER_RUN_DELAY_NS)
         for r in records:
             r.writer_run_delay_ns = rd
-    vm = restore(kvm, state, downtime_ns=downtime_ns,
-                 vcpu_threads=None if writer is Writer.MAIN_THREAD else threads)
+    vm = restore(
+        kvm,
+        state,
+        downtime_ns=downtime_ns,
+        vcpu_threads=None if writer is Writer.MAIN_THREAD else threads,
+    )
     return GuestVm.adopt(kvm, vm, PROGRAM)
 
 
@@ -559,8 +645,9 @@ def run_in_process(kvm: Kvm, cfg: StealConfig) -> tuple[list[VcpuRecord], float]
 
 def child_main(argv: list[str]) -> int:
     """``python -P -m kvmharness.scenarios.steal save|restore CONFIG SNAP_FD OUT_FD PARENT``."""
-    return child_entry(argv, lambda role, cfg, fd: {
-        "records": _child_run(role, StealConfig(**cfg), fd)})
+    return child_entry(
+        argv, lambda role, cfg, fd: {"records": _child_run(role, StealConfig(**cfg), fd)}
+    )
 
 
 def _child_run(role: str, cfg: StealConfig, snap_fd: int) -> list[dict[str, Any]]:
@@ -593,8 +680,13 @@ def _child_run(role: str, cfg: StealConfig, snap_fd: int) -> list[dict[str, Any]
 
 
 def _run_child(role: str, cfg: StealConfig, snap_fd: int) -> list[VcpuRecord]:
-    payload = run_child("kvmharness.scenarios.steal", role, asdict(cfg), snap_fd,
-                        2 * cfg.contend_ms / 1000 + cfg.budget_s + 120)
+    payload = run_child(
+        "kvmharness.scenarios.steal",
+        role,
+        asdict(cfg),
+        snap_fd,
+        2 * cfg.contend_ms / 1000 + cfg.budget_s + 120,
+    )
     return [VcpuRecord.from_json(d) for d in payload["records"]]
 
 
@@ -614,8 +706,11 @@ def run_cross_process(cfg: StealConfig) -> tuple[list[VcpuRecord], float]:
     for r, b in zip(records, later, strict=True):
         r.boundary = len(r.guest)
         r.extend(b)
-    gaps = [(r.guest[r.boundary].t_ns - r.guest[r.boundary - 1].t_ns) / 1e9
-            for r in records if 0 < r.boundary < len(r.guest)]
+    gaps = [
+        (r.guest[r.boundary].t_ns - r.guest[r.boundary - 1].t_ns) / 1e9
+        for r in records
+        if 0 < r.boundary < len(r.guest)
+    ]
     return records, max(gaps, default=0.0)
 
 
@@ -638,11 +733,19 @@ def judge(cfg: StealConfig, records: list[VcpuRecord]) -> list[Violation]:
             out += checks.check_versions(name, series)
             out += checks.check_follows_run_delay(name, series, rds)
         if r.stuck and r.stuck.cpu_ns >= STUCK_MIN_CPU_SHARE * cfg.budget_s * 1e9:
-            out.append(checks.violation(
-                checks.KIND_STUCK, f"vcpu{r.index}", len(r.guest), None, None,
-                f"KVM_RUN did not return in {checks.format_ns(r.stuck.waited_ns)} though its "
-                f"thread ran {checks.format_ns(r.stuck.cpu_ns)} meanwhile; stopped at guest "
-                f"rip {r.stuck.rip:#x}", counter="run"))
+            out.append(
+                checks.violation(
+                    checks.KIND_STUCK,
+                    f"vcpu{r.index}",
+                    len(r.guest),
+                    None,
+                    None,
+                    f"KVM_RUN did not return in {checks.format_ns(r.stuck.waited_ns)} though its "
+                    f"thread ran {checks.format_ns(r.stuck.cpu_ns)} meanwhile; stopped at guest "
+                    f"rip {r.stuck.rip:#x}",
+                    counter="run",
+                )
+            )
     return out
 
 
@@ -650,9 +753,11 @@ def untestable_reason(cfg: StealConfig, records: list[VcpuRecord]) -> str | None
     """Why a run that was stopped cannot be judged (the host starved the vCPU thread)."""
     for r in records:
         if r.stuck and r.stuck.cpu_ns < STUCK_MIN_CPU_SHARE * cfg.budget_s * 1e9:
-            return (f"vcpu{r.index} was stopped after {checks.format_ns(r.stuck.waited_ns)} in "
-                    f"KVM_RUN, but its thread got only {checks.format_ns(r.stuck.cpu_ns)} of "
-                    "CPU meanwhile: the host is too loaded to judge")
+            return (
+                f"vcpu{r.index} was stopped after {checks.format_ns(r.stuck.waited_ns)} in "
+                f"KVM_RUN, but its thread got only {checks.format_ns(r.stuck.cpu_ns)} of "
+                "CPU meanwhile: the host is too loaded to judge"
+            )
     return None
 
 
@@ -663,14 +768,17 @@ def describe(records: list[VcpuRecord], violations: list[Violation]) -> str:
             if r.guest and 0 < r.boundary < len(r.guest):
                 a, b = r.guest[r.boundary - 1].value, r.guest[r.boundary].value
                 rd = r.ctx[r.boundary].post_ns if len(r.ctx) > r.boundary else None
-                parts.append(f"vcpu{r.index} {checks.format_ns(a)}->{checks.format_ns(b)}"
-                             + (f" (runner's run_delay {checks.format_ns(rd)})"
-                                if rd is not None else ""))
+                parts.append(
+                    f"vcpu{r.index} {checks.format_ns(a)}->{checks.format_ns(b)}"
+                    + (f" (runner's run_delay {checks.format_ns(rd)})" if rd is not None else "")
+                )
         return "steal monotonic and within run_delay; " + ", ".join(parts)
     counts = checks.summarize(violations)
     worst = violations[0]
-    return (", ".join(f"{k} x{v}" for k, v in counts.items())
-            + f"; first: {worst.series}[{worst.index}] {worst.detail}")
+    return (
+        ", ".join(f"{k} x{v}" for k, v in counts.items())
+        + f"; first: {worst.series}[{worst.index}] {worst.detail}"
+    )
 
 
 def run_scenario(cfg: StealConfig, kvm: Kvm | None = None) -> StealResult:
@@ -693,22 +801,39 @@ def run_scenario(cfg: StealConfig, kvm: Kvm | None = None) -> StealResult:
     except Exception as exc:
         blame = classify(exc)
         log.info("steal scenario %s failed to run (%s)", cfg.strategy, blame, exc_info=True)
-        return StealResult(cfg, strat, records, [], verdict_for(strat.kind, blame=blame),
-                           f"could not run ({blame}): {exc}", time.monotonic() - t0, boundary_s,
-                           error=str(exc))
+        return StealResult(
+            cfg,
+            strat,
+            records,
+            [],
+            verdict_for(strat.kind, blame=blame),
+            f"could not run ({blame}): {exc}",
+            time.monotonic() - t0,
+            boundary_s,
+            error=str(exc),
+        )
     violations = judge(cfg, records)
     why_not = untestable_reason(cfg, records)
     if why_not and not violations:
-        return StealResult(cfg, strat, records, [], Verdict.UNTESTABLE, why_not,
-                           time.monotonic() - t0, boundary_s)
-    return StealResult(cfg, strat, records, violations,
-                       verdict_for(strat.kind, broken=bool(violations)),
-                       describe(records, violations), time.monotonic() - t0, boundary_s)
+        return StealResult(
+            cfg, strat, records, [], Verdict.UNTESTABLE, why_not, time.monotonic() - t0, boundary_s
+        )
+    return StealResult(
+        cfg,
+        strat,
+        records,
+        violations,
+        verdict_for(strat.kind, broken=bool(violations)),
+        describe(records, violations),
+        time.monotonic() - t0,
+        boundary_s,
+    )
 
 
 def run_one(name: str, vcpus: int, options: RunOptions, kvm: Kvm | None = None) -> StealResult:
-    return run_scenario(StealConfig(name, vcpus, options.contend_ms, options.downtime_ms,
-                                    options.budget_s), kvm)
+    return run_scenario(
+        StealConfig(name, vcpus, options.contend_ms, options.downtime_ms, options.budget_s), kvm
+    )
 
 
 def _table(results: Any, width: int) -> str:
@@ -725,11 +850,16 @@ def _plot(results: Any, path: str) -> None:
 
 #: bisect's quick profile: the 2015 bug shows in both main-thread restores;
 #: cross-process/vcpu-thread adds nothing they and fresh-vm/vcpu-thread miss.
-QUICK = ("fresh-vm/vcpu-thread", "fresh-vm/main-thread", "cross-process/main-thread",
-         "cancelled-save")
+QUICK = (
+    "fresh-vm/vcpu-thread",
+    "fresh-vm/main-thread",
+    "cross-process/main-thread",
+    "cancelled-save",
+)
 
-FAMILY = Family("steal", dict(STRATEGIES), DEFAULT_STRATEGIES, [1, 2], run_one, _table, _plot,
-                quick=QUICK)
+FAMILY = Family(
+    "steal", dict(STRATEGIES), DEFAULT_STRATEGIES, [1, 2], run_one, _table, _plot, quick=QUICK
+)
 
 
 if __name__ == "__main__":

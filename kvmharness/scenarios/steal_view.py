@@ -11,8 +11,19 @@ from kvmharness.checks import format_ns
 from kvmharness.files import atomic_target
 from kvmharness.scenarios.base import verdict_text
 
-HEADERS = ["scenario", "strategy", "vCPUs", "MSR written by", "vCPU run by", "contention",
-           "steal before (sum)", "steal after (sum)", "largest jump", "wall", "verdict"]
+HEADERS = [
+    "scenario",
+    "strategy",
+    "vCPUs",
+    "MSR written by",
+    "vCPU run by",
+    "contention",
+    "steal before (sum)",
+    "steal after (sum)",
+    "largest jump",
+    "wall",
+    "verdict",
+]
 
 
 def _ns(v: int | None) -> str:
@@ -23,11 +34,21 @@ def steal_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]:
     rows = []
     for r in results:
         before, after = r.steal_at_boundary()
-        rows.append([
-            "steal", r.strategy.name, str(r.config.vcpus), str(r.strategy.writer),
-            str(r.strategy.runner), f"{r.config.contend_ms} ms x2", _ns(before), _ns(after),
-            _ns(r.largest_jump_ns()), f"{r.wall_s:.2f} s", verdict_text(r, width),
-        ])
+        rows.append(
+            [
+                "steal",
+                r.strategy.name,
+                str(r.config.vcpus),
+                str(r.strategy.writer),
+                str(r.strategy.runner),
+                f"{r.config.contend_ms} ms x2",
+                _ns(before),
+                _ns(after),
+                _ns(r.largest_jump_ns()),
+                f"{r.wall_s:.2f} s",
+                verdict_text(r, width),
+            ]
+        )
     return rows
 
 
@@ -55,14 +76,23 @@ def plot_steal(results: Sequence[Any], path: str) -> None:
                     continue
                 xs = [(s.t_ns - t0) / 1e9 for s in part]
                 ys = [s.value / 1e6 for s in part]
-                (line,) = ax.plot(xs, ys, drawstyle="steps-post", linewidth=1, color=color,
-                                  label=None if color else f"vcpu{rec.index}")
+                (line,) = ax.plot(
+                    xs,
+                    ys,
+                    drawstyle="steps-post",
+                    linewidth=1,
+                    color=color,
+                    label=None if color else f"vcpu{rec.index}",
+                )
                 color = line.get_color()
             if 0 < rec.boundary < len(rec.guest):
-                ax.axvline((rec.guest[rec.boundary].t_ns - t0) / 1e9, color="red",
-                           linestyle="--", linewidth=0.8)
-        ax.set_title(f"{res.strategy.name}, {res.config.vcpus} vCPU(s): {res.verdict}",
-                     fontsize=9)
+                ax.axvline(
+                    (rec.guest[rec.boundary].t_ns - t0) / 1e9,
+                    color="red",
+                    linestyle="--",
+                    linewidth=0.8,
+                )
+        ax.set_title(f"{res.strategy.name}, {res.config.vcpus} vCPU(s): {res.verdict}", fontsize=9)
         ax.set_ylabel("steal (ms)")
         ax.legend(fontsize=7, loc="upper left")
     axes[-1, 0].set_xlabel("time (s); red dashes: restore boundary")
