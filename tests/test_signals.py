@@ -92,7 +92,9 @@ def test_sigterm_unwinds_and_exits_143(tmp_path, strategy):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 128 + signal.SIGTERM, err.decode()
-        assert time.monotonic() - t0 < 10, "SIGTERM must not wait out an 8 s phase"
+        assert time.monotonic() - t0 < 7, (
+            "SIGTERM stops the vCPUs; it must not wait out the 8 s phase"
+        )
         assert b"Traceback" not in err, err.decode()
         _assert_nothing_left(proc.pid, tmp_path)
     finally:

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +73,28 @@ class Watchdog:
 
     def __exit__(self, *exc: object) -> None:
         self._timer.cancel()
+
+
+def wait_or_stop(
+    futures: Iterable[Any],
+    stop: Callable[[int], None],
+    indices: Iterable[int],
+    grace_s: float = 10.0,
+) -> None:
+    """Wait for every vCPU thread's future.  If the wait itself is cut short (an
+    error, or SIGTERM unwinding the main thread), stop the vCPUs at once, so
+    their loops end now rather than at the end of their phase, give them
+    ``grace_s`` to finish, and re-raise."""
+    futures = list(futures)
+    try:
+        for f in futures:
+            f.result()
+    except BaseException:
+        for i in indices:
+            stop(i)
+        for f in futures:
+            try:
+                f.exception(timeout=grace_s)
+            except BaseException:  # noqa: S110 - already unwinding; the first error wins
+                pass
+        raise

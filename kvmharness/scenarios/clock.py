@@ -50,7 +50,7 @@ from kvmharness.checks import Sample, Violation
 from kvmharness.ffi import ffi, lib
 from kvmharness.guest.build import load_program
 from kvmharness.guest.machine import GuestStopped, GuestVm, mem_size_for
-from kvmharness.host.sched import SchedStat, Watchdog, cpu_for
+from kvmharness.host.sched import SchedStat, Watchdog, cpu_for, wait_or_stop
 from kvmharness.host.threads import VcpuThread, close_threads, new_threads
 from kvmharness.kvm import ClockData, Kvm, Vcpu, Vm
 from kvmharness.pvclock import Pvti
@@ -620,8 +620,7 @@ def run_phase(
             t.submit(Reader(gvm, gvm.vcpus[r.index], r).run, duration_ns, cpus)
             for t, r in zip(threads, records, strict=True)
         ]
-        for f in futures:
-            f.result()
+        wait_or_stop(futures, gvm.stop, [r.index for r in records])
     if hop:  # back where each thread belongs
         for i, t in enumerate(threads):
             t.call(os.sched_setaffinity, 0, {cpu_for(i)})

@@ -48,7 +48,7 @@ from kvmharness.ffi import lib
 from kvmharness.guest.build import load_program
 from kvmharness.guest.machine import GuestStopped, GuestVm, mem_size_for
 from kvmharness.host.contention import Stealer
-from kvmharness.host.sched import SchedStat, Watchdog, cpu_for
+from kvmharness.host.sched import SchedStat, Watchdog, cpu_for, wait_or_stop
 from kvmharness.host.threads import VcpuThread, close_threads, new_threads
 from kvmharness.kvm import Kvm, Vcpu
 from kvmharness.scenarios.base import (
@@ -522,8 +522,7 @@ def contended_phase(
                 t.submit(sample_loop, gvm, gvm.vcpus[r.index], r, duration_ns, life)
                 for t, r in zip(threads, records, strict=True)
             ]
-            for f in futures:
-                f.result()
+            wait_or_stop(futures, gvm.stop, [r.index for r in records])
         ok = True
     finally:
         for s in stealers:
