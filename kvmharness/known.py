@@ -9,6 +9,7 @@ A known-issues file is TOML (read with :mod:`tomllib`)::
     backend = "pvm"                 # vmx, svm, pvm or "*" (default "*")
     kernel_min = "6.0"              # inclusive, optional
     kernel_below = "7.0"            # exclusive, optional
+    cpu_model = "QEMU TCG"          # substring of /proc/cpuinfo's model name, optional
     reason = "what is broken, with the measurement"
     link = "where it is tracked"
 
@@ -33,7 +34,7 @@ from importlib import resources
 from typing import Any
 
 DEFAULT_FILE = "known_issues.toml"
-_FIELDS = {"id", "scenario", "backend", "kernel_min", "kernel_below", "reason", "link"}
+_FIELDS = {"id", "scenario", "backend", "kernel_min", "kernel_below", "cpu_model", "reason", "link"}
 
 
 class KnownIssuesError(ValueError):
@@ -53,16 +54,29 @@ def release_tuple(release: str) -> tuple[int, ...]:
     return tuple(int(x) for x in m.group(1).split("."))
 
 
+def cpu_model_name() -> str:
+    """The first ``model name`` of /proc/cpuinfo ("" if unreadable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
 @dataclass(frozen=True)
 class Host:
     backend: str  # vmx, svm, pvm, ...
     kernel_release: str
+    cpu_model: str = ""
 
     @classmethod
     def this(cls) -> Host:
         from kvmharness.hostinfo import kvm_backend, kvm_modules
 
-        return cls(kvm_backend(kvm_modules()), platform.release())
+        return cls(kvm_backend(kvm_modules()), platform.release(), cpu_model_name())
 
 
 @dataclass(frozen=True)
@@ -74,10 +88,13 @@ class KnownIssue:
     backend: str = "*"
     kernel_min: str | None = None
     kernel_below: str | None = None
+    cpu_model: str | None = None
 
     def matches(self, scenario: str, host: Host) -> bool:
         """Whether this entry covers ``scenario`` ("family/variant") on ``host``."""
         if not fnmatch.fnmatchcase(scenario, self.scenario):
+            return False
+        if self.cpu_model is not None and self.cpu_model not in host.cpu_model:
             return False
         if self.backend != "*" and self.backend != host.backend:
             return False

@@ -146,3 +146,28 @@ def test_cli_bad_known_file_aborts_a_bisect(tmp_path, capsys):
         raise SystemExit(main(["bisect", "--known", str(bad)]))
     assert info.value.code == 128
     assert "--known" in capsys.readouterr().err
+
+
+def test_an_entry_can_be_scoped_to_a_cpu_model_such_as_qemu_tcg():
+    from kvmharness.known import Host, parse
+
+    (issue,) = parse(
+        '[[issue]]\nid = "x"\nscenario = "clock/restore/*"\nbackend = "svm"\n'
+        'cpu_model = "QEMU TCG"\nreason = "r"\nlink = "l"\n'
+    )
+    tcg = Host("svm", "6.1.0-56-amd64", "QEMU TCG CPU version 2.5+")
+    metal = Host("svm", "6.1.0-56-amd64", "AMD EPYC 7B13 64-Core Processor")
+    assert issue.matches("clock/restore/frozen", tcg)
+    assert not issue.matches("clock/restore/frozen", metal), "real hardware is judged in full"
+    assert not issue.matches("clock/restore/frozen", Host("svm", "6.1.0-56-amd64"))
+
+
+def test_the_shipped_tcg_entries_cover_only_tcg():
+    from kvmharness.known import Host, load
+
+    shipped = load(None)
+    tcg = Host("svm", "6.12.117+deb12-amd64", "QEMU TCG CPU version 2.5+")
+    metal = Host("svm", "6.12.117+deb12-amd64", "AMD EPYC")
+    assert any(i.matches("clock/restore/frozen", tcg) for i in shipped)
+    assert not any(i.matches("clock/restore/frozen", metal) for i in shipped)
+    assert not any(i.matches("steal/fresh-vm/main-thread", tcg) for i in shipped)
