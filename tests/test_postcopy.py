@@ -193,7 +193,10 @@ def test_cli_runs_and_writes_json(tmp_path, capsys):
     data = json.loads(out.read_text())
     r = data["results"][0]
     assert data["command"] == "postcopy" and r["verdict"] == "holds"
-    assert r["blocktime"]["faults"][0] >= 1 and len(r["faults"]) >= 1
+    # Under load the background stream may place every page before the vCPU
+    # touches it, so the count can be 0; what must hold is that the summary
+    # counts exactly the faults the JSON lists for that vCPU.
+    assert r["blocktime"]["faults"][0] == sum(1 for f in r["faults"] if f.get("vcpu") == 0)
 
 
 def test_sigterm_mid_run_exits_143_and_leaves_nothing(tmp_path):
