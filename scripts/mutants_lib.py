@@ -256,23 +256,25 @@ class Row:
     def is_control(self) -> bool:
         return self.mutant is None
 
-    def gaps(self, columns: Sequence[str]) -> list[str]:
-        """Must-catch columns this mutant was not caught in (errors included)."""
+    def gaps(self, columns: Sequence[str], red: Sequence[str] = ()) -> list[str]:
+        """Must-catch columns this mutant was not caught in (errors included); a
+        catch where the control is not green proves nothing and is a gap too."""
         if self.mutant is None:
             return []
-        out = [c for c in columns
-               if self.mutant.must(c) and self.cells.get(c, Cell(ERROR)).state != CAUGHT]
+        out = [c + (" (control not green)" if c in red else "") for c in columns
+               if self.mutant.must(c) and (c in red or
+                                           self.cells.get(c, Cell(ERROR)).state != CAUGHT)]
         return out + [f"{s} (not run)" for s in self.mutant.must_catch
                       if not any(s.matches(c) for c in columns)]
 
-    def status(self, columns: Sequence[str]) -> str:
+    def status(self, columns: Sequence[str], red: Sequence[str] = ()) -> str:
         """One word for the row: ok, or what is wrong."""
         if self.error and not self.cells:
             return f"error: {self.error}"
         if self.is_control:
             bad = [c for c in columns if self.cells.get(c, Cell(ERROR)).state != HOLDS]
             return "ok" if not bad else f"NOT GREEN: {', '.join(bad)}"
-        gaps = self.gaps(columns)
+        gaps = self.gaps(columns, red)
         return "ok" if not gaps else f"GAP: {', '.join(gaps)}"
 
 
@@ -339,10 +341,20 @@ def merge_cells(cells: Sequence[Cell]) -> Cell:
     return Cell(ERROR, cells[0].verdict, cells[0].observed, runs, hits)
 
 
-def cell_text(cell: Cell | None, must: bool) -> str:
+def red_columns(rows: Sequence[Row], columns: Sequence[str]) -> list[str]:
+    """Columns where the control row (if any) did not hold: nothing there is a kill."""
+    ctl = next((r for r in rows if r.is_control), None)
+    if ctl is None:
+        return []
+    return [c for c in columns if ctl.cells.get(c, Cell(ERROR)).state != HOLDS]
+
+
+def cell_text(cell: Cell | None, must: bool, red: bool = False) -> str:
     if cell is None:
         return "-"
     text = cell.state
+    if red and cell.state == CAUGHT:
+        text = "caught (ctl red)"
     if cell.state == MISSED and must:
         text = "MISSED"
     elif cell.state == ERROR and cell.verdict:
@@ -365,18 +377,21 @@ def render_matrix(rows: Sequence[Row], columns: Sequence[str] | None = None,
     from tabulate import tabulate
 
     cols = list(columns) if columns is not None else matrix_columns(rows)
+    red = red_columns(rows, cols)
     body = []
     for r in rows:
         line = [r.name]
         for c in cols:
-            line.append(cell_text(r.cells.get(c), bool(r.mutant and r.mutant.must(c))))
+            line.append(cell_text(r.cells.get(c), bool(r.mutant and r.mutant.must(c)),
+                                  red=r.mutant is not None and c in red))
         line.append(",".join(str(e) for e in r.exit_codes) or "-")
-        line.append(r.status(cols))
+        line.append(r.status(cols, red))
         body.append(line)
     headers = ["build", *[_column_header(c) for c in cols], "exit", "status"]
     legend = ("caught: a promise broke on the mutant; missed: it held; holds: the control "
               "kept it;\n* the mutant's header says this scenario must catch it "
-              "(MISSED: it did not)")
+              "(MISSED: it did not);\ncaught (ctl red): the control broke there too, so it "
+              "proves nothing")
     return tabulate(body, headers=headers, tablefmt=tablefmt) + "\n" + legend
 
 
@@ -393,7 +408,8 @@ def matrix_exit(rows: Sequence[Row], columns: Sequence[str] | None = None) -> in
     cols = list(columns) if columns is not None else matrix_columns(rows)
     if any(r.error and not r.cells for r in rows):
         return EXIT_ERROR
-    if any(r.status(cols) != "ok" for r in rows):
+    red = red_columns(rows, cols)
+    if any(r.status(cols, red) != "ok" for r in rows):
         return EXIT_GAP
     return EXIT_OK
 
@@ -407,7 +423,7 @@ def matrix_json(rows: Sequence[Row], meta: dict[str, Any]) -> dict[str, Any]:
         "rows": [{
             "build": r.name,
             "mutant": r.mutant.header() if r.mutant else None,
-            "status": r.status(cols),
+            "status": r.status(cols, red_columns(rows, cols)),
             "exit_codes": r.exit_codes,
             "build_s": r.build_s, "boot_s": r.boot_s, "step_s": r.step_s,
             "error": r.error,

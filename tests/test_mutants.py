@@ -334,3 +334,14 @@ def test_a_must_catch_scenario_that_did_not_run_is_a_gap() -> None:
     only = {cols[0]: caught.cells[cols[0]]}
     row = ml.Row("demo", only, [1], m)
     assert row.status([cols[0]]) == "GAP: steal:cross-process (not run)"
+
+
+def test_a_catch_where_the_control_broke_too_is_no_kill() -> None:
+    cols, control, caught, _ = rows()
+    control.cells[cols[0]] = ml.Cell(ml.FALSE_ALARM, "BROKEN", hits=1)
+    text = ml.render_matrix([control, caught])
+    demo = next(line for line in text.splitlines() if line.startswith("demo"))
+    assert "caught (ctl red)*" in demo
+    assert caught.status(cols, ml.red_columns([control, caught], cols)) == \
+        "GAP: steal:fresh-vm/main-thread (control not green)"
+    assert ml.red_columns([caught], cols) == []  # no control row: nothing to compare
