@@ -186,3 +186,25 @@ def test_bad_config_is_refused():
         StealConfig("cancelled-save", 1, contend_ms=1).validate()
     with pytest.raises(ValueError, match="budget_s"):
         StealConfig("cancelled-save", 1, budget_s=float("nan")).validate()
+
+
+def test_a_stretch_too_short_to_judge_alive_is_untestable_not_a_pass():
+    """A dead steal clock looks like a live one when the thread never waited:
+    such a stretch makes the run untestable (found by the steal-not-accounted
+    kernel mutant, which cross-process runs under TCG once passed)."""
+    from kvmharness.checks import Sample
+    from kvmharness.scenarios.steal import RunCtx, VcpuRecord, untestable_reason
+
+    def rec(waits):
+        r = VcpuRecord(0)
+        for i, (pre, post) in enumerate(waits):
+            r.guest.append(Sample(i, 0, 2))
+            r.host.append(Sample(i, 0, 2))
+            r.ctx.append(RunCtx(7, 0, pre, post))
+        return r
+
+    cfg = StealConfig("cancelled-save", 1)
+    idle = rec([(0, 0), (0, 10_000), (10_000, 20_000)])
+    assert "waited only" in untestable_reason(cfg, [idle])
+    busy = rec([(0, 0), (0, 3_000_000), (9_000_000, 9_000_000)])
+    assert untestable_reason(cfg, [busy]) is None

@@ -256,7 +256,7 @@ def list_variants() -> None:
 
 def run_cli(args: Any, *, bisect: bool = False) -> int:
     from kvmharness.errors import KvmUnavailable
-    from kvmharness.known import Host, KnownIssuesError, Status, classify, load
+    from kvmharness.known import Host, KnownIssuesError, Status, classify, cpu_model_name, load
     from kvmharness.report import plot, plot_available, tables, write_json
     from kvmharness.scenarios.base import RunOptions, Verdict
 
@@ -306,11 +306,30 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
     except KvmUnavailable as exc:
         raise Untestable(str(exc)) from None
     total = time.monotonic() - t0
-    known = classify(results, issues, Host(host["kvm_backend"], host["kernel_release"]))
+    known = classify(
+        results, issues, Host(host["kvm_backend"], host["kernel_release"], cpu_model_name())
+    )
     for r, m in zip(results, known, strict=True):
         if m is not None and m.status is Status.KNOWN_BROKEN:
             r.observed = f"known-broken ({m.issue.id}): {r.observed}"
     code = exit_code(results, known)
+    # the JSON first: a fault while rendering must not lose the results
+    if args.json:
+        write_json(
+            args.json,
+            {
+                "kvmharness_version": __version__,
+                "command": "bisect" if bisect else "run",
+                "host": host,
+                "total_wall_s": total,
+                "exit_code": code,
+                "known_issues_file": args.known or "(shipped)",
+                "results": [
+                    {**r.to_json(), "known": m.to_json() if m else None}
+                    for r, m in zip(results, known, strict=True)
+                ],
+            },
+        )
     if bisect:
         print(
             f"kvmharness bisect: {VERDICT_LINES[code]} (exit {code}; "
@@ -343,22 +362,6 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
                 print(f"  {m.issue.describe()}")
             for v in r.violations[:5]:
                 print(f"  {v.kind} {v.series}[{v.index}]: {v.detail}")
-    if args.json:
-        write_json(
-            args.json,
-            {
-                "kvmharness_version": __version__,
-                "command": "bisect" if bisect else "run",
-                "host": host,
-                "total_wall_s": total,
-                "exit_code": code,
-                "known_issues_file": args.known or "(shipped)",
-                "results": [
-                    {**r.to_json(), "known": m.to_json() if m else None}
-                    for r, m in zip(results, known, strict=True)
-                ],
-            },
-        )
     if plot_path:
         plot(results, plot_path)
     return code

@@ -719,7 +719,14 @@ class OffsetWatch:
             Reader(gvm, vcpu, r).run(0)
             h1 = host_tsc(vcpu)
             r.tsc_writes.append(
-                TscWrite(len(r.batches) - 1, h0 + self.offset, h1 + self.offset, self.what)
+                # the guest TSC is host TSC + offset modulo 2^64 (a negative
+                # offset is stored as a large u64)
+                TscWrite(
+                    len(r.batches) - 1,
+                    (h0 + self.offset) % checks.U64,
+                    (h1 + self.offset) % checks.U64,
+                    self.what,
+                )
             )
 
         for f in [t.submit(one, i) for i, t in enumerate(threads)]:

@@ -469,15 +469,27 @@ def _area_ptr(gvm: GuestVm, index: int) -> Any:
     )
 
 
+#: A phase goes on past its contended time until the runner thread has waited
+#: this long on a run queue (by its own schedstat), so "alive" can be judged:
+#: twice what the check needs, since the first reading's own wait does not count.
+PHASE_MIN_WAIT_NS = 2 * checks.ALIVE_MIN_RUN_DELAY_NS
+#: ... but for at most this much longer; a stretch still short of it makes the
+#: run untestable (never a pass).
+PHASE_EXTEND_MAX_NS = 5_000_000_000
+
+
 def sample_loop(gvm: GuestVm, vcpu: Vcpu, rec: VcpuRecord, duration_ns: int, life: int) -> None:
     """Run ``vcpu`` on the calling thread for ``duration_ns``, recording each SYNC
-    with the thread's run_delay just before and just after its KVM_RUN."""
+    with the thread's run_delay just before and just after its KVM_RUN; then on
+    until the thread has waited :data:`PHASE_MIN_WAIT_NS` since the first reading."""
     area = _area_ptr(gvm, vcpu.index)
     clock = time.monotonic_ns
     st = SchedStat()
     try:
         end = clock() + duration_ns
+        hard_end = end + PHASE_EXTEND_MAX_NS
         first = len(rec.guest)
+        first_post: int | None = None
         while True:
             cpu0, pre = st.read()
             t0 = clock()
@@ -493,7 +505,10 @@ def sample_loop(gvm: GuestVm, vcpu: Vcpu, rec: VcpuRecord, duration_ns: int, lif
             rec.guest.append(Sample(t1, uc.args[1], uc.args[2]))
             rec.host.append(Sample(t1, area.steal, area.version))
             rec.ctx.append(RunCtx(st.tid, life, pre, post))
-            if t1 >= end:
+            if first_post is None:
+                first_post = post
+            waited = pre - first_post
+            if t1 >= hard_end or (t1 >= end and waited >= PHASE_MIN_WAIT_NS):
                 break
         if len(rec.guest) > first:
             rec.phases.append((first, len(rec.guest) - 1, duration_ns))
@@ -512,23 +527,19 @@ def contended_phase(
     """All vCPUs sample on their threads while a busy process shares each vCPU's CPU."""
     cpus = sorted({cpu_for(r.index) for r in records})
     stealers: list[Stealer] = []
-    ok = False
     try:
         stealers = [Stealer(c).start() for c in cpus]
-        for s in stealers:
-            s.spin(duration_ns / 1e9)
+        for s in stealers:  # killed as soon as every vCPU is done
+            s.spin((duration_ns + PHASE_EXTEND_MAX_NS) / 1e9)
         with Watchdog(gvm.stop, [r.index for r in records], duration_ns / 1e9 + budget_s):
             futures = [
                 t.submit(sample_loop, gvm, gvm.vcpus[r.index], r, duration_ns, life)
                 for t, r in zip(threads, records, strict=True)
             ]
             wait_or_stop(futures, gvm.stop, [r.index for r in records])
-        ok = True
     finally:
         for s in stealers:
-            if ok:
-                s.wait()
-            s.close(kill=not ok)
+            s.close(kill=True)
 
 
 def start_vm(kvm: Kvm, n: int, threads: list[VcpuThread]) -> GuestVm:
@@ -749,7 +760,23 @@ def judge(cfg: StealConfig, records: list[VcpuRecord]) -> list[Violation]:
 
 
 def untestable_reason(cfg: StealConfig, records: list[VcpuRecord]) -> str | None:
-    """Why a run that was stopped cannot be judged (the host starved the vCPU thread)."""
+    """Why a run cannot be judged: the host starved a vCPU thread that was
+    stopped, or a stretch's thread never waited long enough on a run queue to
+    tell a live steal clock from a dead one."""
+    for r in records:
+        if r.stuck:
+            continue
+        rds = r.run_delays()
+        starts = [i for i, x in enumerate(rds) if i == 0 or x.start] + [len(rds)]
+        for a, b in zip(starts, starts[1:], strict=False):
+            waited = rds[b - 1].pre_ns - rds[a].post_ns if b - 1 > a else 0
+            if waited < checks.ALIVE_MIN_RUN_DELAY_NS:
+                return (
+                    f"vcpu{r.index}'s thread waited only {checks.format_ns(waited)} on a "
+                    f"run queue over readings {a}-{b - 1} (at least "
+                    f"{checks.format_ns(checks.ALIVE_MIN_RUN_DELAY_NS)} is needed to tell a "
+                    "live steal clock from a dead one)"
+                )
     for r in records:
         if r.stuck and r.stuck.cpu_ns < STUCK_MIN_CPU_SHARE * cfg.budget_s * 1e9:
             return (
@@ -813,7 +840,7 @@ def run_scenario(cfg: StealConfig, kvm: Kvm | None = None) -> StealResult:
         )
     violations = judge(cfg, records)
     why_not = untestable_reason(cfg, records)
-    if why_not and not violations:
+    if why_not and not violations and strat.kind is Kind.PROMISE:
         return StealResult(
             cfg, strat, records, [], Verdict.UNTESTABLE, why_not, time.monotonic() - t0, boundary_s
         )
