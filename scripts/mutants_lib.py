@@ -60,17 +60,35 @@ SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 SOURCE_TOP = "linux-source-6.1"
 HEADERS = Path(f"/usr/src/linux-headers-{KREL}")
 IMAGE_PKG = f"linux-image-{KREL}"
-APT_PACKAGES = [SOURCE_PKG, f"linux-headers-{KREL}", "linux-headers-6.1.0-56-common",
-                "linux-kbuild-6.1", "gcc-12", "make", "patch", "xz-utils", "binutils", "kmod",
-                "bc", "flex", "bison", "libelf-dev"]
+APT_PACKAGES = [
+    SOURCE_PKG,
+    f"linux-headers-{KREL}",
+    "linux-headers-6.1.0-56-common",
+    "linux-kbuild-6.1",
+    "gcc-12",
+    "make",
+    "patch",
+    "xz-utils",
+    "binutils",
+    "kmod",
+    "bc",
+    "flex",
+    "bison",
+    "libelf-dev",
+]
 COPIED_DIRS = ("arch/x86/kvm", "virt/kvm")
 #: Bump when the build recipe changes: it is part of every cache key.
 RECIPE = "kbuild-oot-v1"
 
 #: The kernel's own KVM selftests shown beside kvmharness (built from the same
 #: source, run inside the booted kernel after ``kvmharness bisect``).
-SELFTESTS = ("steal_time", "x86_64/kvm_clock_test", "x86_64/tsc_msrs_test",
-             "system_counter_offset_test", "x86_64/kvm_pv_test")
+SELFTESTS = (
+    "steal_time",
+    "x86_64/kvm_clock_test",
+    "x86_64/tsc_msrs_test",
+    "system_counter_offset_test",
+    "x86_64/kvm_pv_test",
+)
 SELFTEST_TIMEOUT_S = 120
 KSFT_SKIP = 4
 
@@ -106,8 +124,10 @@ class Selector:
     def parse(cls, text: str) -> Selector:
         text = text.strip()
         if not _SELECTOR_RE.match(text):
-            raise HeaderError(f"bad Must-catch item {text!r}: write FAMILY or FAMILY:VARIANT "
-                              "(e.g. steal:fresh-vm/main-thread)")
+            raise HeaderError(
+                f"bad Must-catch item {text!r}: write FAMILY or FAMILY:VARIANT "
+                "(e.g. steal:fresh-vm/main-thread)"
+            )
         fam, _, var = text.partition(":")
         return cls(fam, var or None)
 
@@ -141,11 +161,17 @@ class Mutant:
         return any(s.matches(column) for s in self.must_catch)
 
     def header(self) -> dict[str, Any]:
-        return {"mutant": self.name, "seed_bug": self.seed_bug, "puts_back": self.puts_back,
-                "must_catch": [str(s) for s in self.must_catch], "note": self.note,
-                "files": self.files,
-                "patch": str(self.path.relative_to(ROOT)) if self.path and
-                self.path.is_relative_to(ROOT) else (str(self.path) if self.path else None)}
+        return {
+            "mutant": self.name,
+            "seed_bug": self.seed_bug,
+            "puts_back": self.puts_back,
+            "must_catch": [str(s) for s in self.must_catch],
+            "note": self.note,
+            "files": self.files,
+            "patch": str(self.path.relative_to(ROOT))
+            if self.path and self.path.is_relative_to(ROOT)
+            else (str(self.path) if self.path else None),
+        }
 
 
 def _split_header(text: str) -> tuple[list[str], str]:
@@ -183,9 +209,11 @@ def parse_patch(text: str, path: Path | None = None) -> Mutant:
         k, sep, v = line.partition(":")
         canon = {x.lower(): x for x in REQUIRED_KEYS + OPTIONAL_KEYS}.get(k.strip().lower())
         if not sep or canon is None:
-            raise HeaderError(f"header line {n}: expected one of "
-                              f"{', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)} then ':', "
-                              f"got {line!r}")
+            raise HeaderError(
+                f"header line {n}: expected one of "
+                f"{', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)} then ':', "
+                f"got {line!r}"
+            )
         if canon in fields:
             raise HeaderError(f"header line {n}: {canon} given twice")
         key = canon
@@ -195,8 +223,9 @@ def parse_patch(text: str, path: Path | None = None) -> Mutant:
         raise HeaderError(f"header lacks {', '.join(missing)}")
     name = fields["Mutant"]
     if not _NAME_RE.match(name) or name == CONTROL:
-        raise HeaderError(f"Mutant name {name!r}: lower-case letters, digits and '-', "
-                          f"not {CONTROL!r}")
+        raise HeaderError(
+            f"Mutant name {name!r}: lower-case letters, digits and '-', not {CONTROL!r}"
+        )
     if path is not None and path.stem != name:
         raise HeaderError(f"Mutant name {name!r} differs from the file name {path.name!r}")
     items = [s for s in fields["Must-catch"].split(",") if s.strip()]
@@ -208,10 +237,13 @@ def parse_patch(text: str, path: Path | None = None) -> Mutant:
         raise HeaderError("the diff changes no file (no '+++ b/...' and '@@' hunk)")
     for f in files:
         if not any(f.startswith(d + "/") for d in COPIED_DIRS):
-            raise HeaderError(f"the diff changes {f}, outside {' and '.join(COPIED_DIRS)} "
-                              "(the only directories the out-of-tree build copies)")
-    return Mutant(name, fields["Seed-bug"], fields["Puts-back"], selectors,
-                  fields.get("Note", ""), diff, path)
+            raise HeaderError(
+                f"the diff changes {f}, outside {' and '.join(COPIED_DIRS)} "
+                "(the only directories the out-of-tree build copies)"
+            )
+    return Mutant(
+        name, fields["Seed-bug"], fields["Puts-back"], selectors, fields.get("Note", ""), diff, path
+    )
 
 
 def load_mutants(patch_dir: Path = PATCH_DIR) -> list[Mutant]:
@@ -261,11 +293,16 @@ class Row:
         catch where the control is not green proves nothing and is a gap too."""
         if self.mutant is None:
             return []
-        out = [c + (" (control not green)" if c in red else "") for c in columns
-               if self.mutant.must(c) and (c in red or
-                                           self.cells.get(c, Cell(ERROR)).state != CAUGHT)]
-        return out + [f"{s} (not run)" for s in self.mutant.must_catch
-                      if not any(s.matches(c) for c in columns)]
+        out = [
+            c + (" (control not green)" if c in red else "")
+            for c in columns
+            if self.mutant.must(c) and (c in red or self.cells.get(c, Cell(ERROR)).state != CAUGHT)
+        ]
+        return out + [
+            f"{s} (not run)"
+            for s in self.mutant.must_catch
+            if not any(s.matches(c) for c in columns)
+        ]
 
     def status(self, columns: Sequence[str], red: Sequence[str] = ()) -> str:
         """One word for the row: ok, or what is wrong."""
@@ -306,8 +343,12 @@ def cells_from_bisect(doc: dict[str, Any] | None, *, control: bool) -> dict[str,
             state = HOLDS if control else MISSED
         else:
             state = ERROR
-        cell = Cell(state, verdict, str(r.get("observed") or r.get("error") or ""),
-                    hits=int(verdict == "BROKEN"))
+        cell = Cell(
+            state,
+            verdict,
+            str(r.get("observed") or r.get("error") or ""),
+            hits=int(verdict == "BROKEN"),
+        )
         cells[cols[0]] = merge_cells([cells[cols[0]], cell]) if cols[0] in cells else cell
     for s in doc.get("selftests", []):
         cells[f"selftest:{s['name']}"] = selftest_cell(s, control=control)
@@ -370,8 +411,9 @@ def _column_header(col: str) -> str:
     return fam + "\n" + "/\n".join(parts)
 
 
-def render_matrix(rows: Sequence[Row], columns: Sequence[str] | None = None,
-                  tablefmt: str = "simple") -> str:
+def render_matrix(
+    rows: Sequence[Row], columns: Sequence[str] | None = None, tablefmt: str = "simple"
+) -> str:
     """The kill matrix as text: a row per build, a column per scenario, plus
     the bisect exit codes and the row's status.  ``*`` marks Must-catch cells."""
     from tabulate import tabulate
@@ -382,16 +424,23 @@ def render_matrix(rows: Sequence[Row], columns: Sequence[str] | None = None,
     for r in rows:
         line = [r.name]
         for c in cols:
-            line.append(cell_text(r.cells.get(c), bool(r.mutant and r.mutant.must(c)),
-                                  red=r.mutant is not None and c in red))
+            line.append(
+                cell_text(
+                    r.cells.get(c),
+                    bool(r.mutant and r.mutant.must(c)),
+                    red=r.mutant is not None and c in red,
+                )
+            )
         line.append(",".join(str(e) for e in r.exit_codes) or "-")
         line.append(r.status(cols, red))
         body.append(line)
     headers = ["build", *[_column_header(c) for c in cols], "exit", "status"]
-    legend = ("caught: a promise broke on the mutant; missed: it held; holds: the control "
-              "kept it;\n* the mutant's header says this scenario must catch it "
-              "(MISSED: it did not);\ncaught (ctl red): the control broke there too, so it "
-              "proves nothing")
+    legend = (
+        "caught: a promise broke on the mutant; missed: it held; holds: the control "
+        "kept it;\n* the mutant's header says this scenario must catch it "
+        "(MISSED: it did not);\ncaught (ctl red): the control broke there too, so it "
+        "proves nothing"
+    )
     return tabulate(body, headers=headers, tablefmt=tablefmt) + "\n" + legend
 
 
@@ -420,15 +469,20 @@ def matrix_json(rows: Sequence[Row], meta: dict[str, Any]) -> dict[str, Any]:
         **meta,
         "columns": cols,
         "exit": matrix_exit(rows, cols),
-        "rows": [{
-            "build": r.name,
-            "mutant": r.mutant.header() if r.mutant else None,
-            "status": r.status(cols, red_columns(rows, cols)),
-            "exit_codes": r.exit_codes,
-            "build_s": r.build_s, "boot_s": r.boot_s, "step_s": r.step_s,
-            "error": r.error,
-            "cells": {c: dataclasses.asdict(v) for c, v in r.cells.items()},
-        } for r in rows],
+        "rows": [
+            {
+                "build": r.name,
+                "mutant": r.mutant.header() if r.mutant else None,
+                "status": r.status(cols, red_columns(rows, cols)),
+                "exit_codes": r.exit_codes,
+                "build_s": r.build_s,
+                "boot_s": r.boot_s,
+                "step_s": r.step_s,
+                "error": r.error,
+                "cells": {c: dataclasses.asdict(v) for c, v in r.cells.items()},
+            }
+            for r in rows
+        ],
     }
 
 
@@ -441,12 +495,24 @@ def rows_from_json(doc: dict[str, Any], mutants: Sequence[Mutant] = ()) -> list[
         if d.get("mutant"):
             h = d["mutant"]
             m = by_name.get(d["build"]) or Mutant(
-                d["build"], h.get("seed_bug", ""), h.get("puts_back", ""),
-                tuple(Selector.parse(s) for s in h.get("must_catch", [])), h.get("note", ""))
-        rows.append(Row(d["build"], {c: Cell(**v) for c, v in d["cells"].items()},
-                        list(d.get("exit_codes", [])), m, d.get("build_s"),
-                        list(d.get("boot_s", [])), list(d.get("step_s", [])),
-                        d.get("error", "")))
+                d["build"],
+                h.get("seed_bug", ""),
+                h.get("puts_back", ""),
+                tuple(Selector.parse(s) for s in h.get("must_catch", [])),
+                h.get("note", ""),
+            )
+        rows.append(
+            Row(
+                d["build"],
+                {c: Cell(**v) for c, v in d["cells"].items()},
+                list(d.get("exit_codes", [])),
+                m,
+                d.get("build_s"),
+                list(d.get("boot_s", [])),
+                list(d.get("step_s", [])),
+                d.get("error", ""),
+            )
+        )
     return rows
 
 
@@ -455,14 +521,17 @@ def rescore(run_dir: Path, rows: Sequence[Row]) -> list[Row]:
     run directory has them (a rule changed since the run); saved cells otherwise."""
     out = []
     for r in rows:
-        docs = [json.loads(p.read_text())
-                for p in sorted(run_dir.glob(f"bisect-{r.name}-*.json"))
-                if re.fullmatch(rf"bisect-{re.escape(r.name)}-\d+\.json", p.name)]
+        docs = [
+            json.loads(p.read_text())
+            for p in sorted(run_dir.glob(f"bisect-{r.name}-*.json"))
+            if re.fullmatch(rf"bisect-{re.escape(r.name)}-\d+\.json", p.name)
+        ]
         if docs:
             per = [cells_from_bisect(d, control=r.is_control) for d in docs]
             cols = matrix_columns([Row("", c, []) for c in per])
-            r = dataclasses.replace(r, cells={c: merge_cells([pb[c] for pb in per if c in pb])
-                                              for c in cols})
+            r = dataclasses.replace(
+                r, cells={c: merge_cells([pb[c] for pb in per if c in pb]) for c in cols}
+            )
         out.append(r)
     return out
 
@@ -513,8 +582,15 @@ def _end(proc: subprocess.Popen[Any], *, grace: float, group: bool) -> None:
         proc.wait(timeout=5)
 
 
-def run_child(cmd: Sequence[str], *, log_path: Path, timeout: float, cwd: Path | None = None,
-              env: dict[str, str] | None = None, self_cleaning: bool = False) -> int:
+def run_child(
+    cmd: Sequence[str],
+    *,
+    log_path: Path,
+    timeout: float,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    self_cleaning: bool = False,
+) -> int:
     """Run cmd in its own session with output to log_path; end it (and its group)
     on timeout or when we are interrupted.  Returns its exit status, or -1 on timeout.
 
@@ -524,9 +600,15 @@ def run_child(cmd: Sequence[str], *, log_path: Path, timeout: float, cwd: Path |
     with open(log_path, "ab") as out:
         out.write(f"\n$ {shlex.join(cmd)}\n".encode())
         out.flush()
-        proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, cwd=cwd, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            list(cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -544,8 +626,9 @@ def ensure_packages() -> None:
     """apt-get what the build needs, as root, once."""
     need_src = not SOURCE_TARBALL.exists()
     need_hdr = not (HEADERS / "Makefile").exists()
-    need_tools = any(shutil.which(t) is None
-                     for t in ("make", "patch", "gcc-12", "strip", "xz", "modinfo"))
+    need_tools = any(
+        shutil.which(t) is None for t in ("make", "patch", "gcc-12", "strip", "xz", "modinfo")
+    )
     if not (need_src or need_hdr or need_tools):
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
@@ -558,8 +641,9 @@ def ensure_packages() -> None:
 
 
 def source_version() -> str:
-    r = subprocess.run(["dpkg-query", "-W", "-f=${Version}", SOURCE_PKG],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", SOURCE_PKG], capture_output=True, text=True
+    )
     return r.stdout.strip() or "unknown"
 
 
@@ -573,8 +657,17 @@ def unpack_source(work: Path) -> Path:
     shutil.rmtree(work / "src", ignore_errors=True)
     (work / "src").mkdir(parents=True)
     log(f"unpacking {SOURCE_TARBALL} ({', '.join(COPIED_DIRS)})")
-    subprocess.run(["tar", "-C", str(work / "src"), "-xf", str(SOURCE_TARBALL),
-                    *[f"{SOURCE_TOP}/{d}" for d in COPIED_DIRS]], check=True)
+    subprocess.run(
+        [
+            "tar",
+            "-C",
+            str(work / "src"),
+            "-xf",
+            str(SOURCE_TARBALL),
+            *[f"{SOURCE_TOP}/{d}" for d in COPIED_DIRS],
+        ],
+        check=True,
+    )
     stamp.write_text(ver)
     return pristine
 
@@ -585,8 +678,9 @@ def kbuild_text(tree: Path, makefile: str) -> str:
     resolves."""
     text = makefile.replace("$(srctree)/arch/x86/kvm", f"{tree}/arch/x86/kvm")
     text = text.replace("$(srctree)/virt/kvm", f"{tree}/virt/kvm")
-    return (text + "\n# kvmharness mutants: out-of-tree build\n"
-            f"ccflags-y += -I {tree}/include/trace\n")
+    return (
+        text + f"\n# kvmharness mutants: out-of-tree build\nccflags-y += -I {tree}/include/trace\n"
+    )
 
 
 def sync_tree(pristine: Path, tree: Path) -> list[str]:
@@ -643,30 +737,74 @@ def build(mutant: Mutant | None, work: Path, *, jobs: int, timeout: float) -> tu
         if mutant is not None:
             pf = work / "logs" / f"{name}.patch"
             pf.write_text(mutant.diff)
-            r = subprocess.run(["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch",
-                                "-d", str(tree), "-i", str(pf)], capture_output=True, text=True)
+            r = subprocess.run(
+                [
+                    "patch",
+                    "-p1",
+                    "--forward",
+                    "--batch",
+                    "--no-backup-if-mismatch",
+                    "-d",
+                    str(tree),
+                    "-i",
+                    str(pf),
+                ],
+                capture_output=True,
+                text=True,
+            )
             with open(log_path, "a") as f:
                 f.write(r.stdout + r.stderr)
             if r.returncode != 0:
                 sync_tree(pristine, tree)
-                raise BuildError(f"{name}: the patch does not apply to {SOURCE_PKG} {srcver}: "
-                                 f"{(r.stdout + r.stderr).strip()[-300:]}")
-        rc = run_child(["make", "-C", str(HEADERS), f"M={tree}/arch/x86/kvm",
-                        "CONFIG_KVM_INTEL=", f"-j{jobs}", "modules"],
-                       log_path=log_path, timeout=timeout)
+                raise BuildError(
+                    f"{name}: the patch does not apply to {SOURCE_PKG} {srcver}: "
+                    f"{(r.stdout + r.stderr).strip()[-300:]}"
+                )
+        rc = run_child(
+            [
+                "make",
+                "-C",
+                str(HEADERS),
+                f"M={tree}/arch/x86/kvm",
+                "CONFIG_KVM_INTEL=",
+                f"-j{jobs}",
+                "modules",
+            ],
+            log_path=log_path,
+            timeout=timeout,
+        )
         if rc != 0:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-8:]
-            raise BuildError(f"{name}: make failed (exit {rc}; {log_path}):\n  "
-                             + "\n  ".join(tail))
+            raise BuildError(
+                f"{name}: make failed (exit {rc}; {log_path}):\n  " + "\n  ".join(tail)
+            )
         (work / "builds").mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=work / "builds"))
         try:
             for ko in ("kvm.ko", "kvm-amd.ko"):
-                subprocess.run(["strip", "--strip-debug", "-o", str(tmp / ko),
-                                str(tree / "arch/x86/kvm" / ko)], check=True)
-            (tmp / "build.json").write_text(json.dumps({
-                "build": name, "source": f"{SOURCE_PKG} {srcver}", "release": KREL,
-                "recipe": RECIPE, "patch": mutant.diff if mutant else None}, indent=2) + "\n")
+                subprocess.run(
+                    [
+                        "strip",
+                        "--strip-debug",
+                        "-o",
+                        str(tmp / ko),
+                        str(tree / "arch/x86/kvm" / ko),
+                    ],
+                    check=True,
+                )
+            (tmp / "build.json").write_text(
+                json.dumps(
+                    {
+                        "build": name,
+                        "source": f"{SOURCE_PKG} {srcver}",
+                        "release": KREL,
+                        "recipe": RECIPE,
+                        "patch": mutant.diff if mutant else None,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
             shutil.rmtree(out, ignore_errors=True)
             tmp.rename(out)
         finally:
@@ -694,8 +832,7 @@ def find_image(work: Path, given: Path | None) -> Path:
         return image
     log(f"downloading {IMAGE_PKG} (apt-get download) and extracting it to {tree}")
     with tempfile.TemporaryDirectory(prefix="mutants-image-") as d:
-        subprocess.run(["apt-get", "download", IMAGE_PKG], cwd=d, check=True,
-                       stdout=sys.stderr)
+        subprocess.run(["apt-get", "download", IMAGE_PKG], cwd=d, check=True, stdout=sys.stderr)
         debs = list(Path(d).glob("*.deb"))
         subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(tree)], check=True)
     return image
@@ -710,23 +847,50 @@ class Boot:
     log: Path
 
 
-def boot(modules: Path, image: Path, name: str, run_dir: Path, *, timeout: float,
-         bisect_args: Sequence[str], attempt: int, selftests: Path | None = None) -> Boot:
+def boot(
+    modules: Path,
+    image: Path,
+    name: str,
+    run_dir: Path,
+    *,
+    timeout: float,
+    bisect_args: Sequence[str],
+    attempt: int,
+    selftests: Path | None = None,
+) -> Boot:
     tag = f"{name}-{attempt}"
     log_path = run_dir / f"boot-{tag}.log"
     with tempfile.TemporaryDirectory(prefix="mutants-boot-") as d:
         out = Path(d) / "bisect.json"
         timing = Path(d) / "timing.json"
-        cmd = [str(ROOT / "scripts" / "bisect-kernel"), str(image), "--modules", str(modules),
-               "--timeout", str(int(timeout)), "--timing-json", str(timing)]
+        cmd = [
+            str(ROOT / "scripts" / "bisect-kernel"),
+            str(image),
+            "--modules",
+            str(modules),
+            "--timeout",
+            str(int(timeout)),
+            "--timing-json",
+            str(timing),
+        ]
         if selftests is not None:
-            cmd += ["--inner-cmd", shlex.join([
-                str(ROOT / ".venv/bin/python"), str(Path(__file__).resolve()), "guest-inner",
-                str(selftests), str(ROOT / ".venv/bin/kvmharness")])]
+            cmd += [
+                "--inner-cmd",
+                shlex.join(
+                    [
+                        str(ROOT / ".venv/bin/python"),
+                        str(Path(__file__).resolve()),
+                        "guest-inner",
+                        str(selftests),
+                        str(ROOT / ".venv/bin/kvmharness"),
+                    ]
+                ),
+            ]
         cmd += ["--", "--json", str(out), "--quiet", *bisect_args]
         t0 = time.monotonic()
-        rc = run_child(cmd, log_path=log_path, timeout=timeout + 120, cwd=Path(d),
-                       self_cleaning=True)
+        rc = run_child(
+            cmd, log_path=log_path, timeout=timeout + 120, cwd=Path(d), self_cleaning=True
+        )
         step = time.monotonic() - t0
         doc = json.loads(out.read_text()) if out.exists() else None
         if doc is not None:
@@ -737,22 +901,29 @@ def boot(modules: Path, image: Path, name: str, run_dir: Path, *, timeout: float
     return Boot(rc, doc, boot_s, step, log_path)
 
 
-def focus_args(mutant: Mutant | None, builds: Sequence[Mutant | None],
-               bisect_args: Sequence[str], *, full: bool) -> list[str]:
+def focus_args(
+    mutant: Mutant | None,
+    builds: Sequence[Mutant | None],
+    bisect_args: Sequence[str],
+    *,
+    full: bool,
+) -> list[str]:
     """``kvmharness bisect`` arguments for one build: unless --full or the user chose
     scenarios, a mutant runs the families its Must-catch names, and the control
     the union over the mutants being run (so every column has its control)."""
     args = list(bisect_args)
-    if full or any(a == "--scenario" or a.startswith(("--scenario=", "--strategy", "-s"))
-                   for a in args):
+    if full or any(
+        a == "--scenario" or a.startswith(("--scenario=", "--strategy", "-s")) for a in args
+    ):
         return args
     chosen = [mutant] if mutant is not None else [b for b in builds if b is not None]
     fams = sorted({s.family for m in chosen for s in m.must_catch})
     return args + ["--scenario", ",".join(fams)] if fams else args
 
 
-def row_from_boots(name: str, mutant: Mutant | None, boots: Sequence[Boot],
-                   build_s: float | None) -> Row:
+def row_from_boots(
+    name: str, mutant: Mutant | None, boots: Sequence[Boot], build_s: float | None
+) -> Row:
     per_boot = [cells_from_bisect(b.doc, control=mutant is None) for b in boots]
     cols = matrix_columns([Row("", c, []) for c in per_boot])
     cells = {c: merge_cells([pb[c] for pb in per_boot if c in pb]) for c in cols}
@@ -760,9 +931,16 @@ def row_from_boots(name: str, mutant: Mutant | None, boots: Sequence[Boot],
     if not cells:
         codes = ", ".join(str(b.exit_code) for b in boots)
         err = f"no verdicts (bisect-kernel exit {codes}; see {boots[-1].log})"
-    return Row(name, cells, [b.exit_code for b in boots], mutant, build_s,
-               [b.boot_s for b in boots if b.boot_s is not None], [b.step_s for b in boots],
-               err)
+    return Row(
+        name,
+        cells,
+        [b.exit_code for b in boots],
+        mutant,
+        build_s,
+        [b.boot_s for b in boots if b.boot_s is not None],
+        [b.step_s for b in boots],
+        err,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -778,35 +956,60 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         epilog="exit: 0 the control held everywhere and every mutant was caught where its "
         "header says it must be; 1 a gap or a false alarm; 2 bad usage or a bad patch "
         "header; 3 a build or boot gave no verdict; 128+N killed by signal N.  "
-        "ARGS after -- go to `kvmharness bisect` (e.g. --scenario steal).")
+        "ARGS after -- go to `kvmharness bisect` (e.g. --scenario steal).",
+    )
     p.add_argument("--only", metavar="NAME[,NAME]", help="these mutants (the control always runs)")
     p.add_argument("--no-control", action="store_true", help="skip the control row")
     p.add_argument("--list", action="store_true", help="list the mutants and their headers")
     p.add_argument("--build-only", action="store_true", help="build, do not boot")
     p.add_argument("--render", metavar="FILE", help="print the matrix of a saved --json")
     p.add_argument("--json", metavar="FILE", help="write the matrix as JSON")
-    p.add_argument("--work", metavar="DIR", type=Path, default=DEFAULT_WORK,
-                   help="build cache and logs (default %(default)s)")
-    p.add_argument("--kernel", metavar="IMAGE", type=Path,
-                   help=f"kernel to boot (default Debian's {KREL}, fetched into WORK)")
+    p.add_argument(
+        "--work",
+        metavar="DIR",
+        type=Path,
+        default=DEFAULT_WORK,
+        help="build cache and logs (default %(default)s)",
+    )
+    p.add_argument(
+        "--kernel",
+        metavar="IMAGE",
+        type=Path,
+        help=f"kernel to boot (default Debian's {KREL}, fetched into WORK)",
+    )
     p.add_argument("--runs", type=int, default=1, help="boots per build (default 1)")
-    p.add_argument("--timeout", type=float, default=1200.0,
-                   help="seconds per boot, passed to bisect-kernel (default %(default)s)")
-    p.add_argument("--build-timeout", type=float, default=1800.0,
-                   help="seconds per build (default %(default)s)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=1200.0,
+        help="seconds per boot, passed to bisect-kernel (default %(default)s)",
+    )
+    p.add_argument(
+        "--build-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds per build (default %(default)s)",
+    )
     p.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 2)
     p.add_argument("--patches", metavar="DIR", type=Path, default=PATCH_DIR)
-    p.add_argument("--selftests", action="store_true",
-                   help="also build the kernel's own KVM selftests (" + ", ".join(SELFTESTS)
-                   + ") and run them in each boot as extra columns")
-    p.add_argument("--full", action="store_true",
-                   help="run every promise on every mutant (default: a mutant runs the "
-                   "families its Must-catch names, the control their union)")
+    p.add_argument(
+        "--selftests",
+        action="store_true",
+        help="also build the kernel's own KVM selftests ("
+        + ", ".join(SELFTESTS)
+        + ") and run them in each boot as extra columns",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="run every promise on every mutant (default: a mutant runs the "
+        "families its Must-catch names, the control their union)",
+    )
     argv = list(argv)
     rest: list[str] = []
     if "--" in argv:
         i = argv.index("--")
-        argv, rest = argv[:i], argv[i + 1:]
+        argv, rest = argv[:i], argv[i + 1 :]
     ns = p.parse_args(argv)
     ns.bisect_args = rest
     if ns.runs < 1 or ns.timeout <= 0 or ns.build_timeout <= 0 or ns.jobs < 1:
@@ -817,9 +1020,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def list_mutants(mutants: Sequence[Mutant]) -> None:
     from tabulate import tabulate
 
-    print(tabulate([[m.name, ", ".join(str(s) for s in m.must_catch), m.seed_bug]
-                    for m in mutants], headers=["mutant", "must catch", "seed bug"],
-                   maxcolwidths=[None, 40, 70]))
+    print(
+        tabulate(
+            [[m.name, ", ".join(str(s) for s in m.must_catch), m.seed_bug] for m in mutants],
+            headers=["mutant", "must catch", "seed bug"],
+            maxcolwidths=[None, 40, 70],
+        )
+    )
 
 
 def guest_inner(argv: Sequence[str]) -> int:
@@ -837,8 +1044,13 @@ def guest_inner(argv: Sequence[str]) -> int:
         if not exe.exists():
             results.append({"name": name, "exit": -1, "wall_s": 0.0, "tail": "not built"})
             continue
-        proc = subprocess.Popen([str(exe)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(exe)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             out, _ = proc.communicate(timeout=SELFTEST_TIMEOUT_S)
             rc: int | None = proc.returncode
@@ -847,8 +1059,14 @@ def guest_inner(argv: Sequence[str]) -> int:
             out, _ = proc.communicate()
             rc = None
         text = out.decode(errors="replace")
-        results.append({"name": name, "exit": rc, "wall_s": time.monotonic() - t0,
-                        "tail": "\n".join(text.strip().splitlines()[-6:])})
+        results.append(
+            {
+                "name": name,
+                "exit": rc,
+                "wall_s": time.monotonic() - t0,
+                "tail": "\n".join(text.strip().splitlines()[-6:]),
+            }
+        )
         print(f"selftest {name}: exit {rc} ({time.monotonic() - t0:.1f} s)", file=sys.stderr)
     if "--json" in args:
         path = Path(args[args.index("--json") + 1])
@@ -871,9 +1089,17 @@ def build_selftests(work: Path, *, jobs: int, timeout: float) -> Path:
         log("unpacking the whole linux-source-6.1 for the selftests")
         (work / "full").mkdir(parents=True, exist_ok=True)
         subprocess.run(["tar", "-C", str(work / "full"), "-xf", str(SOURCE_TARBALL)], check=True)
-    for cmd in (["make", "-s", "-C", str(top), "headers_install"],
-                ["make", "-C", str(kdir), "EXTRA_CFLAGS=-include linux/stddef.h", f"-j{jobs}",
-                 *[str(kdir / n) for n in SELFTESTS]]):
+    for cmd in (
+        ["make", "-s", "-C", str(top), "headers_install"],
+        [
+            "make",
+            "-C",
+            str(kdir),
+            "EXTRA_CFLAGS=-include linux/stddef.h",
+            f"-j{jobs}",
+            *[str(kdir / n) for n in SELFTESTS],
+        ],
+    ):
         rc = run_child(cmd, log_path=log_path, timeout=timeout)
         if rc != 0:
             raise BuildError(f"selftests: {shlex.join(cmd)} failed (exit {rc}; {log_path})")
@@ -902,8 +1128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         want = [n.strip() for n in ns.only.split(",") if n.strip()]
         unknown = [n for n in want if n not in {m.name for m in mutants}]
         if unknown:
-            log(f"unknown mutant(s) {', '.join(unknown)}; known: "
-                f"{', '.join(m.name for m in mutants)}")
+            log(
+                f"unknown mutant(s) {', '.join(unknown)}; known: "
+                f"{', '.join(m.name for m in mutants)}"
+            )
             return EXIT_USAGE
         mutants = [m for m in mutants if m.name in want]
     builds: list[Mutant | None] = ([] if ns.no_control else [None]) + list(mutants)
@@ -952,10 +1180,17 @@ def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None]) -> int:
         args = focus_args(m, [x for x, *_ in built], ns.bisect_args, full=ns.full)
         for i in range(ns.runs):
             log(f"boot {name} ({i + 1}/{ns.runs}): kvmharness bisect {shlex.join(args)}")
-            b = boot(d, image, name, run_dir, timeout=ns.timeout,
-                     bisect_args=args, attempt=i + 1, selftests=sdir)
-            log(f"  {name}: exit {b.exit_code} after {b.step_s:.0f} s "
-                f"(boot {b.boot_s or 0:.0f} s)")
+            b = boot(
+                d,
+                image,
+                name,
+                run_dir,
+                timeout=ns.timeout,
+                bisect_args=args,
+                attempt=i + 1,
+                selftests=sdir,
+            )
+            log(f"  {name}: exit {b.exit_code} after {b.step_s:.0f} s (boot {b.boot_s or 0:.0f} s)")
             boots.append(b)
         rows.append(row_from_boots(name, m, boots, secs))
         _save(ns, rows, run_dir, image, t_all, partial=True)
@@ -967,12 +1202,27 @@ def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None]) -> int:
     return matrix_exit(rows)
 
 
-def _save(ns: argparse.Namespace, rows: Sequence[Row], run_dir: Path, image: Path,
-          t0: float, *, partial: bool) -> None:
-    doc = matrix_json(rows, {
-        "kernel_image": str(image), "release": KREL,
-        "source": f"{SOURCE_PKG} {source_version()}", "bisect_args": ns.bisect_args,
-        "runs": ns.runs, "total_s": time.monotonic() - t0, "partial": partial})
+def _save(
+    ns: argparse.Namespace,
+    rows: Sequence[Row],
+    run_dir: Path,
+    image: Path,
+    t0: float,
+    *,
+    partial: bool,
+) -> None:
+    doc = matrix_json(
+        rows,
+        {
+            "kernel_image": str(image),
+            "release": KREL,
+            "source": f"{SOURCE_PKG} {source_version()}",
+            "bisect_args": ns.bisect_args,
+            "runs": ns.runs,
+            "total_s": time.monotonic() - t0,
+            "partial": partial,
+        },
+    )
     text = json.dumps(doc, indent=2) + "\n"
     (run_dir / "matrix.json").write_text(text)
     if ns.json and not partial:

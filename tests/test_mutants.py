@@ -69,20 +69,31 @@ def test_header_keys_are_case_insensitive_and_comments_skipped() -> None:
     assert ml.parse_patch(patch_text(text)).must_catch[0].family == "steal"
 
 
-@pytest.mark.parametrize("header, message", [
-    (HEADER.replace("Mutant: demo\n", ""), "lacks Mutant"),
-    (HEADER.replace("Must-catch: steal:fresh-vm/main-thread, steal:cross-process\n", ""),
-     "lacks Must-catch"),
-    (HEADER.replace("Must-catch: steal:fresh-vm/main-thread, steal:cross-process",
-                    "Must-catch: ,"), "names no scenario"),
-    (HEADER.replace("Must-catch: steal:fresh-vm/main-thread", "Must-catch: Steal time"),
-     "bad Must-catch item"),
-    (HEADER.replace("Note:", "Notes:"), "expected one of"),
-    (HEADER + "Note: again\n", "Note given twice"),
-    ("  orphan continuation\n" + HEADER, "continuation line"),
-    (HEADER.replace("Mutant: demo", "Mutant: control"), "not 'control'"),
-    (HEADER.replace("Mutant: demo", "Mutant: Demo_1"), "lower-case"),
-])
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        (HEADER.replace("Mutant: demo\n", ""), "lacks Mutant"),
+        (
+            HEADER.replace("Must-catch: steal:fresh-vm/main-thread, steal:cross-process\n", ""),
+            "lacks Must-catch",
+        ),
+        (
+            HEADER.replace(
+                "Must-catch: steal:fresh-vm/main-thread, steal:cross-process", "Must-catch: ,"
+            ),
+            "names no scenario",
+        ),
+        (
+            HEADER.replace("Must-catch: steal:fresh-vm/main-thread", "Must-catch: Steal time"),
+            "bad Must-catch item",
+        ),
+        (HEADER.replace("Note:", "Notes:"), "expected one of"),
+        (HEADER + "Note: again\n", "Note given twice"),
+        ("  orphan continuation\n" + HEADER, "continuation line"),
+        (HEADER.replace("Mutant: demo", "Mutant: control"), "not 'control'"),
+        (HEADER.replace("Mutant: demo", "Mutant: Demo_1"), "lower-case"),
+    ],
+)
 def test_bad_headers_are_refused_with_the_reason(header: str, message: str) -> None:
     with pytest.raises(ml.HeaderError, match=message):
         ml.parse_patch(patch_text(header))
@@ -131,8 +142,12 @@ def test_shipped_patches_apply_to_the_kernel_source_if_present(tmp_path: Path) -
     if not (pristine / "arch/x86/kvm/x86.c").exists():
         pytest.skip("scripts/mutants has not unpacked linux-source-6.1 here")
     for m in ml.load_mutants():
-        r = subprocess.run(["patch", "-p1", "--dry-run", "--batch", "-d", str(pristine)],
-                           input=m.diff, capture_output=True, text=True)
+        r = subprocess.run(
+            ["patch", "-p1", "--dry-run", "--batch", "-d", str(pristine)],
+            input=m.diff,
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, (m.name, r.stdout + r.stderr)
 
 
@@ -143,16 +158,30 @@ def bisect_doc(**verdicts: str) -> dict:
     results = []
     for key, verdict in verdicts.items():
         fam, var = key.split("__")
-        results.append({"scenario": fam, "strategy": var.replace("_", "/"), "kind": "promise",
-                        "verdict": verdict, "observed": f"{verdict} seen"})
-    results.append({"scenario": "steal", "strategy": "same-vm/new-thread",
-                    "kind": "characterize", "verdict": "characterized"})
+        results.append(
+            {
+                "scenario": fam,
+                "strategy": var.replace("_", "/"),
+                "kind": "promise",
+                "verdict": verdict,
+                "observed": f"{verdict} seen",
+            }
+        )
+    results.append(
+        {
+            "scenario": "steal",
+            "strategy": "same-vm/new-thread",
+            "kind": "characterize",
+            "verdict": "characterized",
+        }
+    )
     return {"results": results}
 
 
 def test_cells_from_bisect_json_for_a_mutant_and_the_control() -> None:
-    doc = bisect_doc(steal__fresh_main="BROKEN", steal__fresh_vcpu="holds",
-                     clock__warp="untestable")
+    doc = bisect_doc(
+        steal__fresh_main="BROKEN", steal__fresh_vcpu="holds", clock__warp="untestable"
+    )
     m = ml.cells_from_bisect(doc, control=False)
     assert list(m) == ["steal:fresh/main", "steal:fresh/vcpu", "clock:warp"]  # no characterize
     assert [c.state for c in m.values()] == [ml.CAUGHT, ml.MISSED, ml.ERROR]
@@ -175,9 +204,16 @@ def rows():
     m = ml.parse_patch(patch_text(), Path("demo.patch"))
     cols = ["steal:fresh-vm/main-thread", "steal:cross-process/main-thread", "steal:cancelled-save"]
     control = ml.Row("control", {c: ml.Cell(ml.HOLDS, "holds") for c in cols}, [0])
-    caught = ml.Row("demo", {cols[0]: ml.Cell(ml.CAUGHT, "BROKEN", hits=1),
-                             cols[1]: ml.Cell(ml.CAUGHT, "BROKEN", hits=1),
-                             cols[2]: ml.Cell(ml.MISSED, "holds")}, [1], m)
+    caught = ml.Row(
+        "demo",
+        {
+            cols[0]: ml.Cell(ml.CAUGHT, "BROKEN", hits=1),
+            cols[1]: ml.Cell(ml.CAUGHT, "BROKEN", hits=1),
+            cols[2]: ml.Cell(ml.MISSED, "holds"),
+        },
+        [1],
+        m,
+    )
     return cols, control, caught, m
 
 
@@ -185,8 +221,10 @@ def test_matrix_renders_a_row_per_build_and_a_column_per_scenario() -> None:
     cols, control, caught, _ = rows()
     text = ml.render_matrix([control, caught])
     lines = text.splitlines()
-    assert any(line.startswith("control") and line.count("holds") == 3 and line.rstrip()
-               .endswith("ok") for line in lines)
+    assert any(
+        line.startswith("control") and line.count("holds") == 3 and line.rstrip().endswith("ok")
+        for line in lines
+    )
     demo = next(line for line in lines if line.startswith("demo"))
     assert demo.count("caught*") == 2 and " missed " in demo and demo.rstrip().endswith("ok")
     assert "cancelled-save" in text and "main-thread" in text
@@ -236,39 +274,58 @@ def test_matrix_json_round_trips_through_render(tmp_path: Path) -> None:
 def test_cli_list_and_bad_patch_dir_need_no_kernel(tmp_path: Path) -> None:
     bad = tmp_path / "x.patch"
     bad.write_text("Mutant: x\n" + DIFF)
-    r = subprocess.run([sys.executable, str(SCRIPTS / "mutants_lib.py"), "--patches",
-                        str(tmp_path), "--list"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, str(SCRIPTS / "mutants_lib.py"), "--patches", str(tmp_path), "--list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == ml.EXIT_USAGE and "lacks Seed-bug" in r.stderr
-    r = subprocess.run([sys.executable, str(SCRIPTS / "mutants_lib.py"), "--list"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, str(SCRIPTS / "mutants_lib.py"), "--list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and "steal-last-steal-from-writer" in r.stdout
 
 
 def test_focus_runs_a_mutants_families_and_the_control_their_union() -> None:
     steal = ml.parse_patch(patch_text(), Path("demo.patch"))
-    clock = ml.parse_patch(patch_text(HEADER.replace(
-        "steal:fresh-vm/main-thread, steal:cross-process", "clock:warp")))
+    clock = ml.parse_patch(
+        patch_text(HEADER.replace("steal:fresh-vm/main-thread, steal:cross-process", "clock:warp"))
+    )
     assert ml.focus_args(steal, [None, steal, clock], [], full=False) == ["--scenario", "steal"]
     assert ml.focus_args(None, [None, steal, clock], ["-q"], full=False) == [
-        "-q", "--scenario", "clock,steal"]
+        "-q",
+        "--scenario",
+        "clock,steal",
+    ]
     assert ml.focus_args(steal, [steal], [], full=True) == []
     assert ml.focus_args(steal, [steal], ["--scenario", "clock"], full=False) == [
-        "--scenario", "clock"]
+        "--scenario",
+        "clock",
+    ]
 
 
-@pytest.mark.parametrize("rc, mutant_state, control_state, verdict", [
-    (0, "missed", "holds", "pass"),
-    (1, "caught", "false alarm", "fail (1)"),
-    (4, "error", "error", "skip"),
-    (None, "error", "error", "timeout"),
-    (-1, "error", "error", "exit -1"),
-    (-9, "error", "error", "exit -9"),
-    (254, "caught", "false alarm", "fail (254)"),
-])
+@pytest.mark.parametrize(
+    "rc, mutant_state, control_state, verdict",
+    [
+        (0, "missed", "holds", "pass"),
+        (1, "caught", "false alarm", "fail (1)"),
+        (4, "error", "error", "skip"),
+        (None, "error", "error", "timeout"),
+        (-1, "error", "error", "exit -1"),
+        (-9, "error", "error", "exit -9"),
+        (254, "caught", "false alarm", "fail (254)"),
+    ],
+)
 def test_selftest_exits_become_cells(rc, mutant_state, control_state, verdict) -> None:
     s = {"name": "steal_time", "exit": rc, "tail": "x"}
-    assert (ml.selftest_cell(s, control=False).state, ml.selftest_cell(s, control=False)
-            .verdict) == (mutant_state, verdict)
+    assert (
+        ml.selftest_cell(s, control=False).state,
+        ml.selftest_cell(s, control=False).verdict,
+    ) == (mutant_state, verdict)
     assert ml.selftest_cell(s, control=True).state == control_state
     cells = ml.cells_from_bisect({"results": [], "selftests": [s]}, control=False)
     assert list(cells) == ["selftest:steal_time"]
@@ -278,8 +335,11 @@ def test_run_child_ends_the_whole_group_on_timeout(tmp_path: Path) -> None:
     """A build or boot past its timeout leaves no process behind (here a shell
     whose own child would otherwise outlive it)."""
     pidfile = tmp_path / "pid"
-    rc = ml.run_child(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"],
-                      log_path=tmp_path / "log", timeout=1.0)
+    rc = ml.run_child(
+        ["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"],
+        log_path=tmp_path / "log",
+        timeout=1.0,
+    )
     assert rc == -1
     assert "timeout after 1 s" in (tmp_path / "log").read_text()
     pid = int(pidfile.read_text())
@@ -298,14 +358,16 @@ def test_run_child_ends_the_whole_group_on_timeout(tmp_path: Path) -> None:
 def test_sigterm_exits_143_and_ends_the_child(tmp_path: Path) -> None:
     """SIGTERM while a child runs: scripts/mutants exits 128+15 and the child is gone."""
     pidfile = tmp_path / "pid"
-    code = (f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import mutants_lib as ml\n"
-            "from pathlib import Path\n"
-            "try:\n"
-            "    with ml.signals_raise():\n"
-            f"        ml.run_child(['sh', '-c', 'echo $$ > {pidfile}; exec sleep 60'],\n"
-            f"                     log_path=Path({str(tmp_path / 'log')!r}), timeout=60)\n"
-            "except ml.Interrupted as exc:\n"
-            "    sys.exit(128 + exc.signum)\n")
+    code = (
+        f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import mutants_lib as ml\n"
+        "from pathlib import Path\n"
+        "try:\n"
+        "    with ml.signals_raise():\n"
+        f"        ml.run_child(['sh', '-c', 'echo $$ > {pidfile}; exec sleep 60'],\n"
+        f"                     log_path=Path({str(tmp_path / 'log')!r}), timeout=60)\n"
+        "except ml.Interrupted as exc:\n"
+        "    sys.exit(128 + exc.signum)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code])
     for _ in range(100):
         if pidfile.exists() and pidfile.read_text().strip():
@@ -314,15 +376,18 @@ def test_sigterm_exits_143_and_ends_the_child(tmp_path: Path) -> None:
     child = int(pidfile.read_text())
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 143
-    assert not Path(f"/proc/{child}").exists() or \
-        Path(f"/proc/{child}/stat").read_text().split(")")[1].split()[0] == "Z"
+    assert (
+        not Path(f"/proc/{child}").exists()
+        or Path(f"/proc/{child}/stat").read_text().split(")")[1].split()[0] == "Z"
+    )
 
 
 def test_render_rescores_from_the_saved_bisect_json(tmp_path: Path) -> None:
     cols, control, caught, m = rows()
     stale = ml.Row("demo", {"selftest:steal_time": ml.Cell(ml.ERROR, "exit 254")}, [1], m)
-    (tmp_path / "bisect-demo-1.json").write_text(json.dumps(
-        {"results": [], "selftests": [{"name": "steal_time", "exit": 254}]}))
+    (tmp_path / "bisect-demo-1.json").write_text(
+        json.dumps({"results": [], "selftests": [{"name": "steal_time", "exit": 254}]})
+    )
     (tmp_path / "bisect-demo-extra-1.json").write_text("{}")  # another build's file
     fresh = ml.rescore(tmp_path, [control, stale])
     assert fresh[0] is control
@@ -342,6 +407,8 @@ def test_a_catch_where_the_control_broke_too_is_no_kill() -> None:
     text = ml.render_matrix([control, caught])
     demo = next(line for line in text.splitlines() if line.startswith("demo"))
     assert "caught (ctl red)*" in demo
-    assert caught.status(cols, ml.red_columns([control, caught], cols)) == \
-        "GAP: steal:fresh-vm/main-thread (control not green)"
+    assert (
+        caught.status(cols, ml.red_columns([control, caught], cols))
+        == "GAP: steal:fresh-vm/main-thread (control not green)"
+    )
     assert ml.red_columns([caught], cols) == []  # no control row: nothing to compare
