@@ -331,9 +331,12 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
             },
         )
     if bisect:
+        n_known = sum(m is not None and m.status is Status.KNOWN_BROKEN for m in known)
         print(
-            f"kvmharness bisect: {VERDICT_LINES[code]} (exit {code}; "
-            f"{len(results)} scenarios, {total:.1f} s, kernel {host['kernel_release']})"
+            f"kvmharness bisect: {VERDICT_LINES[code]}"
+            + (f", {n_known} known-broken" if n_known else "")
+            + f" (exit {code}; {len(results)} scenarios, {total:.1f} s, "
+            f"kernel {host['kernel_release']})"
         )
     print(tables(results, width=0 if args.wide else 90))
     counts = {v: sum(r.verdict == v for r in results) for v in Verdict}
