@@ -98,7 +98,7 @@ def test_judge_catches_loss_steal_leak_and_misattribution(kvm):
     state, staging = pc._migrate_source(kvm, cfg, lay, image, cfg.budget_s)
     pager, outcomes, info = pc.run_destination(kvm, cfg, variant, lay, image, state, staging)
     violations, agreement, harness = pc.judge(cfg, variant, lay, pager, outcomes, info)
-    assert not violations and not harness
+    assert not violations and not harness, ([v.detail for v in violations], harness)
     kinds = lambda vs: {v.kind for v in vs}  # noqa: E731
     # blocktime counted as steal
     bad = [replace(o) for o in outcomes]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from kvmharness import checks
-from kvmharness.scenarios.base import BROKEN, CHARACTERIZED, HOLDS, PROMISE
+from kvmharness.scenarios.base import BROKEN, CHARACTERIZED, HOLDS, PROMISE, UNTESTABLE
 from kvmharness.scenarios.steal import (
     MSR_KVM_STEAL_TIME,
     STRATEGIES,
@@ -153,18 +153,25 @@ def test_version_stuck_odd_is_reported_not_hung(kvm, monkeypatch):
 
 def test_guest_that_never_exits_is_stopped_and_judged(kvm, monkeypatch):
     """A vCPU that never comes back from KVM_RUN is stopped from another thread
-    after the budget and reported with its rip: broken, within seconds."""
+    after the budget and reported with its rip: broken, within seconds.  Where
+    the host is so loaded that the spinning vCPU's thread got under a tenth of
+    the budget as CPU time, the same run is untestable, never a pass."""
 
     def hang(vm, st):
         vm.pointer(_symbol("hang_vcpu_plus_one"), "uint32_t")[0] = 1
 
     _patch_restore(monkeypatch, hang)
-    res = run_scenario(StealConfig("fresh-vm/vcpu-thread", 1, contend_ms=40, budget_s=1.0), kvm)
-    assert res.verdict == BROKEN, _explain(res)
-    stuck = [v for v in res.violations if v.kind == checks.KIND_STUCK]
-    assert stuck and "rip 0x" in stuck[0].detail
-    assert res.records[0].stuck.cpu_ns > 0.1e9
-    assert res.wall_s < 15
+    cfg = StealConfig("fresh-vm/vcpu-thread", 1, contend_ms=40, budget_s=2.0)
+    res = run_scenario(cfg, kvm)
+    stuck = res.records[0].stuck
+    assert stuck is not None, _explain(res)
+    assert res.wall_s < 20
+    if stuck.cpu_ns >= 0.1 * cfg.budget_s * 1e9:
+        assert res.verdict == BROKEN, _explain(res)
+        found = [v for v in res.violations if v.kind == checks.KIND_STUCK]
+        assert found and "rip 0x" in found[0].detail
+    else:
+        assert res.verdict == UNTESTABLE and "too loaded" in res.observed, _explain(res)
 
 
 def test_writer_waited_longer_than_runner(kvm):
