@@ -1120,7 +1120,7 @@ def judge(
                     f"page(s), more than blocktime {format_ns(bt)} + slack "
                     f"{format_ns(slack)} (run_delay, CPU time, fault thread, GIL)",
                     counter="blocktime",
-                )
+                ).to_dict()  # kept in info, which goes into the JSON
             )
         # a long stall with no message: the vCPU slept on something we never heard of
         quiet_bound = lat + o.run_delay_ns + o.cpu_ns
@@ -1141,7 +1141,7 @@ def judge(
                         f"+ CPU time {format_ns(quiet_bound)}) with no fault message",
                         counter="fault",
                         delta=None,
-                    )
+                    ).to_dict()
                 )
         d_steal = o.steal_after - o.steal_before
         if o.steal_before != U64 and o.steal_after != U64 and d_steal > o.run_delay_ns:
@@ -1281,7 +1281,7 @@ def run_scenario(cfg: PostcopyConfig, kvm: Kvm | None = None) -> PostcopyResult:
     if unexplained:
         res.observed += (
             f"; {len(unexplained)} guest stall(s) beyond the host's account, "
-            f"not judged (first: {unexplained[0].detail})"
+            f"not judged (first: {unexplained[0]['detail']})"
         )
     res.wall_s = time.monotonic() - t0
     return res
