@@ -200,6 +200,11 @@ def format_ns(ns: int | float | Fraction) -> str:
     return f"{sign}{x / (86400e9 * 365.25):.4g} years"
 
 
+def ns_or_dash(ns: int | None) -> str:
+    """:func:`format_ns`, or ``-`` for a figure that was not measured (table cells)."""
+    return "-" if ns is None else format_ns(ns)
+
+
 def _span(before: int | None, after: int | None) -> str:
     return f"from {format_value(before)} to {format_value(after)}"
 

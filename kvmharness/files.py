@@ -53,3 +53,15 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
         print(text, end="")
     else:
         atomic_write_text(path, text)
+
+
+def save_figure(fig: Any, path: str) -> None:
+    """Write a matplotlib figure as PNG through :func:`atomic_target`, then close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.tight_layout()
+        with atomic_target(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)

@@ -24,12 +24,10 @@ def tables(results: Sequence[ScenarioResult], *, width: int = DEFAULT_WIDTH) -> 
 
 
 def plot(results: Sequence[ScenarioResult], path: str) -> None:
-    """The first family's plot that has one (one PNG per run)."""
+    """The first family's plot (one PNG per run)."""
     for name, rs in by_family(results).items():
-        fam = family(name)
-        if fam.plot is not None:
-            fam.plot(rs, path)
-            return
+        family(name).plot(rs, path)
+        return
     raise ValueError("no scenario family in this run has a plot")
 
 

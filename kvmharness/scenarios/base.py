@@ -123,9 +123,10 @@ class Family:
     default_vcpus: list[int]
     run_one: Callable[..., ScenarioResult]
     """``run_one(variant_name, vcpus, options, kvm)`` -> result"""
-    table: Callable[[Sequence[ScenarioResult], int], str]
-    """``table(results, width)``: the family's table (width 0: no shortening)"""
-    plot: Callable[[Sequence[ScenarioResult], str], None] | None = None
+    view: str
+    """The module that shows results: ``table(results, width)`` and ``plot(results,
+    path)``.  Imported only when results are shown (it pulls in tabulate and
+    matplotlib), never by a run."""
     max_vcpus: int = 1024
     """The most vCPUs the family's guest program supports."""
     quick: tuple[str, ...] = ()
@@ -138,6 +139,13 @@ class Family:
 
     def promises(self) -> list[str]:
         return [n for n, v in self.variants.items() if v.kind is Kind.PROMISE]
+
+    def table(self, results: Sequence[ScenarioResult], width: int) -> str:
+        """The family's table (width 0: no shortening)."""
+        return str(importlib.import_module(self.view).table(results, width))
+
+    def plot(self, results: Sequence[ScenarioResult], path: str) -> None:
+        importlib.import_module(self.view).plot(results, path)
 
 
 def verdict_text(res: ScenarioResult, width: int = 0) -> str:

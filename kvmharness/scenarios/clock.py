@@ -1391,18 +1391,6 @@ def run_one(name: str, vcpus: int, options: RunOptions, kvm: Kvm | None = None) 
     )
 
 
-def _table(results: Any, width: int) -> str:
-    from kvmharness.scenarios.clock_view import clock_table
-
-    return clock_table(results, width)
-
-
-def _plot(results: Any, path: str) -> None:
-    from kvmharness.scenarios.clock_view import plot_clock
-
-    plot_clock(results, path)
-
-
 #: bisect's quick profile: per-vCPU and cross-vCPU reading, the master clock,
 #: an in-process main-thread restore, a cross-process restore with
 #: KVM_CLOCK_REALTIME, and both ways of putting the TSC.  Left out: migrate,
@@ -1419,7 +1407,15 @@ QUICK = (
     "frequency",
 )
 
-FAMILY = Family("clock", dict(VARIANTS), DEFAULT_VARIANTS, [2], run_one, _table, _plot, quick=QUICK)
+FAMILY = Family(
+    "clock",
+    dict(VARIANTS),
+    DEFAULT_VARIANTS,
+    [2],
+    run_one,
+    "kvmharness.scenarios.clock_view",
+    quick=QUICK,
+)
 
 if __name__ == "__main__":
     sys.exit(child_main(sys.argv[1:]))

@@ -9,7 +9,7 @@ from typing import Any
 from tabulate import tabulate
 
 from kvmharness.checks import format_ns
-from kvmharness.files import atomic_target
+from kvmharness.files import save_figure
 from kvmharness.scenarios.base import verdict_text
 
 HEADERS = [
@@ -122,9 +122,9 @@ def plot_clock(results: Sequence[Any], path: str) -> None:
         ax.set_ylabel("guest - host (ms)")
         ax.legend(fontsize=7, loc="upper left")
     axes[-1, 0].set_xlabel("host time (s); red dashes: boundary; red x: batch with warps")
-    fig.tight_layout()
-    try:
-        with atomic_target(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
+
+
+# what Family.table and Family.plot call
+table = clock_table
+plot = plot_clock

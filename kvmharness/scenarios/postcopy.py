@@ -1306,18 +1306,12 @@ def run_one(name: str, vcpus: int, options: RunOptions, kvm: Kvm | None = None) 
     return run_scenario(cfg, kvm)
 
 
-def _table(results: Any, width: int) -> str:
-    from kvmharness.scenarios.postcopy_view import postcopy_table
-
-    return postcopy_table(results, width)
-
-
-def _plot(results: Any, path: str) -> None:
-    from kvmharness.scenarios.postcopy_view import plot_postcopy
-
-    plot_postcopy(results, path)
-
-
 FAMILY = Family(
-    "postcopy", dict(VARIANTS), DEFAULT_VARIANTS, [2], run_one, _table, _plot, max_vcpus=MAX_VCPUS
+    "postcopy",
+    dict(VARIANTS),
+    DEFAULT_VARIANTS,
+    [2],
+    run_one,
+    "kvmharness.scenarios.postcopy_view",
+    max_vcpus=MAX_VCPUS,
 )

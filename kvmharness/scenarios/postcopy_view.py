@@ -9,8 +9,8 @@ from typing import Any
 from tabulate import tabulate
 
 from kvmharness.blocktime import bucket_label
-from kvmharness.checks import format_ns
-from kvmharness.files import atomic_target
+from kvmharness.checks import ns_or_dash
+from kvmharness.files import save_figure
 from kvmharness.scenarios.base import verdict_text
 
 HEADERS = [
@@ -27,10 +27,6 @@ HEADERS = [
     "wall",
     "verdict",
 ]
-
-
-def _ns(v: int | None) -> str:
-    return "-" if v is None else format_ns(v)
 
 
 def postcopy_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]:
@@ -54,10 +50,10 @@ def postcopy_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]
                 str(r.config.vcpus),
                 f"{r.config.latency_us} us",
                 f"{sum(rep.faults)}/{rep.non_vcpu_faults}" if rep else "-",
-                _ns(sum(rep.blocked_ns)) if rep else "-",
-                _ns(rep.all_blocked_ns) if rep else "-",
-                _ns(sum(a.guest_stall_ns for a in r.agreement)) if r.agreement else "-",
-                _ns(steal),
+                ns_or_dash(sum(rep.blocked_ns)) if rep else "-",
+                ns_or_dash(rep.all_blocked_ns) if rep else "-",
+                ns_or_dash(sum(a.guest_stall_ns for a in r.agreement)) if r.agreement else "-",
+                ns_or_dash(steal),
                 f"{st.get('resolver', 0)}/{st.get('stream', 0)}/{st.get('eexist', 0)}"
                 if st
                 else "-",
@@ -88,13 +84,13 @@ def vcpu_table(result: Any) -> str:
             [
                 f"vcpu{v}",
                 rep.faults[v],
-                _ns(rep.faults[v] * lat),
-                _ns(rep.blocked_ns[v]),
-                _ns(a.guest_stall_ns) if a else "-",
-                _ns(a.slack_ns) if a else "-",
-                _ns(d_steal) if d_steal >= 0 else "?",
-                _ns(o.run_delay_ns),
-                _ns(o.run_end_ns - o.run_start_ns) if o.run_end_ns else "-",
+                ns_or_dash(rep.faults[v] * lat),
+                ns_or_dash(rep.blocked_ns[v]),
+                ns_or_dash(a.guest_stall_ns) if a else "-",
+                ns_or_dash(a.slack_ns) if a else "-",
+                ns_or_dash(d_steal) if d_steal >= 0 else "?",
+                ns_or_dash(o.run_delay_ns),
+                ns_or_dash(o.run_end_ns - o.run_start_ns) if o.run_end_ns else "-",
                 o.stuck or "",
             ]
         )
@@ -103,7 +99,7 @@ def vcpu_table(result: Any) -> str:
             "non-vCPU",
             rep.non_vcpu_faults,
             "",
-            _ns(rep.non_vcpu_wait_ns) + " (wait)",
+            ns_or_dash(rep.non_vcpu_wait_ns) + " (wait)",
             "",
             "",
             "",
@@ -117,7 +113,7 @@ def vcpu_table(result: Any) -> str:
             "all vCPUs",
             sum(rep.faults),
             "",
-            f"all blocked {_ns(rep.all_blocked_ns)}",
+            f"all blocked {ns_or_dash(rep.all_blocked_ns)}",
             "",
             "",
             "",
@@ -197,9 +193,9 @@ def plot_postcopy(results: Sequence[Any], path: str) -> None:
             fontsize=9,
         )
     axes[-1, 0].set_xlabel("ms since the first fault (red: resolver, blue: stream)")
-    fig.tight_layout()
-    try:
-        with atomic_target(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
+
+
+# what Family.table and Family.plot call
+table = postcopy_table
+plot = plot_postcopy

@@ -862,18 +862,6 @@ def run_one(name: str, vcpus: int, options: RunOptions, kvm: Kvm | None = None) 
     )
 
 
-def _table(results: Any, width: int) -> str:
-    from kvmharness.scenarios.steal_view import steal_table
-
-    return steal_table(results, width)
-
-
-def _plot(results: Any, path: str) -> None:
-    from kvmharness.scenarios.steal_view import plot_steal
-
-    plot_steal(results, path)
-
-
 #: bisect's quick profile: the 2015 bug shows in both main-thread restores;
 #: cross-process/vcpu-thread adds nothing they and fresh-vm/vcpu-thread miss.
 QUICK = (
@@ -884,7 +872,13 @@ QUICK = (
 )
 
 FAMILY = Family(
-    "steal", dict(STRATEGIES), DEFAULT_STRATEGIES, [1, 2], run_one, _table, _plot, quick=QUICK
+    "steal",
+    dict(STRATEGIES),
+    DEFAULT_STRATEGIES,
+    [1, 2],
+    run_one,
+    "kvmharness.scenarios.steal_view",
+    quick=QUICK,
 )
 
 

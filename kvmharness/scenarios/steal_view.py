@@ -7,8 +7,8 @@ from typing import Any
 
 from tabulate import tabulate
 
-from kvmharness.checks import format_ns
-from kvmharness.files import atomic_target
+from kvmharness.checks import ns_or_dash
+from kvmharness.files import save_figure
 from kvmharness.scenarios.base import verdict_text
 
 HEADERS = [
@@ -26,10 +26,6 @@ HEADERS = [
 ]
 
 
-def _ns(v: int | None) -> str:
-    return "-" if v is None else format_ns(v)
-
-
 def steal_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]:
     rows = []
     for r in results:
@@ -42,9 +38,9 @@ def steal_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]:
                 str(r.strategy.writer),
                 str(r.strategy.runner),
                 f"{r.config.contend_ms} ms x2",
-                _ns(before),
-                _ns(after),
-                _ns(r.largest_jump_ns()),
+                ns_or_dash(before),
+                ns_or_dash(after),
+                ns_or_dash(r.largest_jump_ns()),
                 f"{r.wall_s:.2f} s",
                 verdict_text(r, width),
             ]
@@ -96,9 +92,9 @@ def plot_steal(results: Sequence[Any], path: str) -> None:
         ax.set_ylabel("steal (ms)")
         ax.legend(fontsize=7, loc="upper left")
     axes[-1, 0].set_xlabel("time (s); red dashes: restore boundary")
-    fig.tight_layout()
-    try:
-        with atomic_target(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
+
+
+# what Family.table and Family.plot call
+table = steal_table
+plot = plot_steal
