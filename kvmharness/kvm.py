@@ -541,6 +541,23 @@ class Vcpu(_Fd):
             self._in_run_ident = None
         return self.run_struct.exit_reason
 
+    def finish_exit(self) -> None:
+        """Let KVM finish the emulation of the last exit, so that the state read
+        next is consistent.  After KVM_EXIT_IO or KVM_EXIT_MMIO, KVM completes
+        the access (and moves rip past the instruction) only when KVM_RUN is
+        entered again (api.rst, the note on those exits); a KVM_RUN with
+        immediate_exit set does that and returns -EINTR without entering the
+        guest.  Without it, state saved after a port write restores with rip
+        on the OUT, and the restored guest repeats its last report."""
+        run = self.run_struct
+        if run is None:
+            raise KvmError(f"{self.what} is closed")
+        run.immediate_exit = 1
+        try:
+            self.run()
+        finally:
+            run.immediate_exit = 0
+
     def kick(self) -> None:
         """Make KVM_RUN return (now, or at its next call) from any thread."""
         run = self.run_struct

@@ -196,3 +196,74 @@ def test_table_and_plot_of_synthetic_results(tmp_path):
     path = tmp_path / "c.png"
     plot_clock([res], str(path))
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def _batch(t0_ns: int, t1_ns: int):
+    from kvmharness.scenarios.clock import Batch
+
+    return Batch(t0_ns, t1_ns, 0, 1, 0, 0, 0, 0, -1, 0)
+
+
+def test_tsc_write_window_follows_the_time_since_the_write():
+    from kvmharness.scenarios.clock import tsc_msr_range
+
+    khz = 1_000_000  # 1 tick per ns
+    lo, hi = tsc_msr_range(10**12, (1_000, 2_000), _batch(5_000, 6_000), khz)
+    assert lo <= 10**12 + 3_000 and hi >= 10**12 + 5_000
+    assert hi < 10**12 + 5_100  # 500 ppm + 1 ns of slack, no more
+
+
+def test_tsc_write_synced_by_kvm_with_an_earlier_write_of_the_vm():
+    """KVM keeps the offset of an earlier write it judges the new one to
+    synchronize with (a write within a second of what it expects): the state
+    load's write of the same value, 2 ms before, counts from its own time."""
+    from kvmharness.scenarios.clock import tsc_msr_range
+
+    khz, value = 1_000_000, 10**12
+    load = (value, (0, 1_000))
+    write, run = (2_000_000, 2_001_000), _batch(3_000_000, 3_001_000)
+    alone = tsc_msr_range(value, write, run, khz)
+    synced_read = value + 3_000_500  # counted from the load's write
+    assert not alone[0] <= synced_read <= alone[1]
+    lo, hi = tsc_msr_range(value, write, run, khz, [load])
+    assert lo <= synced_read <= hi
+    # a write far from what KVM expects is never synced: the window stays the write's own
+    far = (value + 5 * 10**9, (0, 1_000))
+    assert tsc_msr_range(value, write, run, khz, [far]) == alone
+
+
+def test_capture_completes_the_pending_exit_before_reading_state():
+    """State read right after a port-I/O exit has rip on the OUT (stock KVM
+    finishes it at the next KVM_RUN): capture_vcpu must finish it first."""
+    from kvmharness.snapshot import state as st
+
+    calls: list[str] = []
+
+    class FakeVcpu:
+        index = 0
+
+        def finish_exit(self) -> None:
+            calls.append("finish_exit")
+
+        def get_msrs(self, indices):
+            calls.append("get_msrs")
+            return {}
+
+    class Part:
+        def __init__(self, name):
+            self.name = name
+
+        def get(self, vcpu):
+            calls.append(self.name)
+            return None
+
+    orig = st.VCPU_STATE, st.readable_msrs
+    st.VCPU_STATE = tuple(Part(n) for n in ("regs", "mp_state", "cpuid", "tsc_khz"))
+    st.readable_msrs = lambda kvm, vcpu: []
+    try:
+        st.capture_vcpu(None, FakeVcpu())
+    except Exception:
+        pass  # only the order of the calls matters here
+    finally:
+        st.VCPU_STATE, st.readable_msrs = orig
+    assert calls and calls[0] == "finish_exit", calls

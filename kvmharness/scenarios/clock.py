@@ -42,6 +42,7 @@ import os
 import struct
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -661,13 +662,18 @@ def tsc_msr_range(
     write_ns: tuple[int, int],
     run: Batch,
     khz: int,
-    sync_ref: tuple[int, tuple[int, int]] | None,
+    earlier: Sequence[tuple[int, tuple[int, int]]] = (),
 ) -> tuple[int, int]:
     """Where the guest's first TSC reading in ``run`` must lie after ``written``
     was put with MSR_IA32_TSC at host time ``write_ns`` (before, after the ioctl).
-    ``sync_ref`` (value, its write times) is the VM's previous write: KVM may
-    treat a write within :data:`TSC_SYNC_WINDOW_S` of what it expects as
-    "synchronize with it", and the check accepts either outcome."""
+
+    ``earlier`` holds the VM's earlier TSC writes (value, its write times),
+    including the one a state load makes.  KVM treats a write within
+    :data:`TSC_SYNC_WINDOW_S` of what it expects from the VM's last write as
+    "synchronize with it" and keeps the offset of the write that began the
+    run of matching writes, so the guest may read that write's value plus the
+    time since it; the check accepts either outcome for each earlier write the
+    new one is that close to."""
 
     def rng(value: int, w: tuple[int, int]) -> tuple[int, int]:
         early = max(run.t0_ns - w[1], 0)
@@ -678,8 +684,7 @@ def tsc_msr_range(
         )
 
     lo, hi = rng(written, write_ns)
-    if sync_ref is not None:
-        ref, ref_ns = sync_ref
+    for ref, ref_ns in earlier:
         expected = ref + _khz_ticks(write_ns[0] - ref_ns[1], khz)
         if abs(written - expected) < TSC_SYNC_WINDOW_S * khz * 1000:
             slo, shi = rng(ref, ref_ns)
@@ -746,7 +751,7 @@ def start_tsc(
         for i, t in enumerate(threads):
             r = records[i]
             t.call(Reader(gvm, gvm.vcpus[i], r).run, 0)
-            lo, hi = tsc_msr_range(base, writes[i][1], r.batches[-1], khz, writes[0] if i else None)
+            lo, hi = tsc_msr_range(base, writes[i][1], r.batches[-1], khz, writes[:i])
             r.tsc_writes.append(
                 TscWrite(len(r.batches) - 1, lo, hi, f"MSR_IA32_TSC written {base} at the start")
             )
@@ -833,11 +838,17 @@ def restore(
     vm = restore_vm(kvm, state)
     try:
         main = v.writer is Writer.MAIN_THREAD
-        for i in range(len(state.vcpus)):
+        # the state load writes each vCPU's saved MSR_IA32_TSC: KVM may sync
+        # the restore's own write with these (see tsc_msr_range)
+        loads: list[tuple[int, tuple[int, int]]] = []
+        for i, vs in enumerate(state.vcpus):
+            t0 = time.monotonic_ns()
             if main:
                 restore_vcpu(vm, state, i)
             else:
                 threads[i].call(restore_vcpu, vm, state, i)
+            if MSR_IA32_TSC in vs.msrs:
+                loads.append((vs.msrs[MSR_IA32_TSC], (t0, time.monotonic_ns())))
         gvm = GuestVm.adopt(kvm, vm, PROGRAM)
         khz = vm.vcpus[0].get_tsc_khz()
         facts.khz_after = khz
@@ -872,7 +883,7 @@ def restore(
                 r = records[i]
                 t.call(Reader(gvm, vm.vcpus[i], r).run, 0)
                 lo, hi = tsc_msr_range(
-                    tsc_value, writes[i][1], r.batches[-1], khz, writes[0] if i else None
+                    tsc_value, writes[i][1], r.batches[-1], khz, loads + writes[:i]
                 )
                 r.tsc_writes.append(
                     TscWrite(

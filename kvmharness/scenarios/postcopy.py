@@ -641,11 +641,7 @@ def _migrate_source(
             uc = gvm.expect(v, lib.UCALL_SYNC)
             if uc.args[:1] != [SYNC_FILLED]:
                 raise ScenarioFailed(Blame.HARNESS, f"source vcpu{i}: {uc.describe()}")
-            # complete the pending port I/O (KVM finishes it at the next KVM_RUN),
-            # as a VMM does before saving: immediate_exit makes that KVM_RUN return
-            v.run_struct.immediate_exit = 1
-            v.run()
-            return capture_vcpu(kvm, v)
+            return capture_vcpu(kvm, v)  # completes the pending port I/O first
 
         futures = [t.submit(fill, i) for i, t in enumerate(threads)]
         timer = threading.Timer(budget_s, lambda: [gvm.stop(i) for i in range(len(gvm.vcpus))])

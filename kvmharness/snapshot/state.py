@@ -284,6 +284,10 @@ class VmState:
 
 
 def capture_vcpu(kvm: Kvm, vcpu: Vcpu) -> VcpuState:
+    """The state of a stopped vCPU, as a VMM saves it: first the last exit's
+    port or MMIO access is completed (:meth:`Vcpu.finish_exit`), or the state
+    would put rip back on the instruction that made it."""
+    vcpu.finish_exit()
     got = {p.name: p.get(vcpu) for p in VCPU_STATE if p.name != "msrs"}
     return VcpuState(
         index=vcpu.index,
