@@ -156,6 +156,29 @@ def test_judge_restore_jumps_against_the_measured_time():
     assert [x.kind for x in _judge("restore/realtime", short)[0]] == [checks.KIND_SHORT_JUMP]
 
 
+def test_judge_msr_restored_tsc_stands_still_only_until_its_first_write():
+    """The TSC is read before KVM_GET_CLOCK (at 20) and written back by the state
+    load (at 500): from there it may count, even if the restore's own write
+    came later (KVM synchronizes the two).  Readings at 0..10 and 1000..1010
+    leave at most 1010 - 480 = 530 ticks of jump at 1 tick per ns."""
+
+    def run(tsc_after):
+        r = _run(
+            "tsc/msr",
+            [[(0, 10, [(100, 1000)], 0), (1000, 1010, [(200, tsc_after)], 0)]],
+            boundary=1,
+            downtime=(20, 900),
+        )
+        r.facts.tsc_write_ns = 500
+        return r
+
+    assert _judge("tsc/msr", run(1000 + 520))[0] == []  # counted from the load at 500
+    over = _judge("tsc/msr", run(1000 + 600))[0]
+    assert [x.kind for x in over] == [checks.KIND_OVERLONG_JUMP]
+    back = _judge("tsc/msr", run(999))[0]
+    assert [x.kind for x in back] == [checks.KIND_DECREASE]
+
+
 def test_judge_tsc_written_but_not_read():
     from kvmharness.scenarios.clock import TscWrite
 

@@ -433,6 +433,9 @@ class BoundaryFacts:
     saved_clock: list[int] = field(default_factory=list)  # clock_ns, flags, realtime, host_tsc
     put: str = "-"
     set_value_ns: int | None = None
+    # when the destination's first MSR_IA32_TSC write began (the state load's,
+    # or 0 when none): from then on the restored TSC may count (see tsc_msr_range)
+    tsc_write_ns: int = 0
     khz_before: int = 0
     khz_after: int = 0
     pvti_scale_after: list[list[int]] = field(default_factory=list)  # (mul, shift) per vCPU
@@ -852,6 +855,8 @@ def restore(
         gvm = GuestVm.adopt(kvm, vm, PROGRAM)
         khz = vm.vcpus[0].get_tsc_khz()
         facts.khz_after = khz
+        if loads:
+            facts.tsc_write_ns = min(w[0] for _, w in loads)
         writes: list[tuple[int, tuple[int, int]]] = []
         if v.tsc is TscPut.MSR:
             for i in range(len(state.vcpus)):
@@ -859,6 +864,8 @@ def restore(
                     writes.append((tsc_value, put_tsc_msr(vm.vcpus[i], tsc_value)))
                 else:
                     writes.append((tsc_value, threads[i].call(put_tsc_msr, vm.vcpus[i], tsc_value)))
+            if not facts.tsc_write_ns:
+                facts.tsc_write_ns = min(w[0] for _, w in writes)
         put_clock(vm, saved, v.clock, facts.get_clock_ns, facts)
         if v.tsc is TscPut.OFFSET:
             # api.rst's recipe: offset_dst = offset_src + host_tsc_src - host_tsc_dst
@@ -1189,16 +1196,23 @@ def _tsc_jump(
     v: ClockVariant, name: str, index: int, before: int, after: int, a: Batch, b: Batch, run: Run
 ) -> list[Violation]:
     """The TSC across the boundary, for the variants that put it: never back; at
-    most the real time (offset recipe) or the real time outside the downtime
-    (the saved value written back), in ticks at KVM's frequency."""
+    most the real time (offset recipe) or the real time outside the time it
+    stood still (the saved value written back), in ticks at KVM's frequency.
+
+    Written back, the TSC stands still from its reading (before KVM_GET_CLOCK
+    began) to the destination's first write of it: KVM may keep counting from
+    that write, the state load's, when the next write synchronizes with it."""
     if v.tsc is TscPut.STATE:
         return []
-    khz = run.facts.khz_after or run.khz
+    facts = run.facts
+    khz = facts.khz_after or run.khz
     e_max = b.t1_ns - a.t0_ns
     if v.tsc is TscPut.MSR:
-        e_max -= max(run.facts.get_clock_ns[0] - a.t1_ns, 0)  # the TSC was saved after a
-        e_max = max(e_max - max(run.facts.downtime_ns, 0), 0)
-        why = "the real time between the readings outside the downtime, in ticks"
+        still = (
+            facts.tsc_write_ns - facts.get_clock_ns[0] if facts.tsc_write_ns else facts.downtime_ns
+        )
+        e_max = max(e_max - max(still, 0), 0)
+        why = "the real time between the readings less the time the TSC stood still, in ticks"
     else:
         why = "the real time between the readings, in ticks"
     hi = _khz_ticks(e_max + checks.rate_slack_ns(e_max), khz) + 1
