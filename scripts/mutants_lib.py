@@ -261,6 +261,9 @@ def load_mutants(patch_dir: Path = PATCH_DIR) -> list[Mutant]:
 
 
 CAUGHT, MISSED, ERROR, HOLDS, FALSE_ALARM = "caught", "missed", "error", "holds", "false alarm"
+# the promise cannot be tested on this platform (e.g. frequency without
+# KVM_CAP_TSC_CONTROL): no verdict either way, and no false alarm of the control
+UNTESTABLE = "untestable"
 GREEN = {CAUGHT, HOLDS}
 
 
@@ -309,7 +312,11 @@ class Row:
         if self.error and not self.cells:
             return f"error: {self.error}"
         if self.is_control:
-            bad = [c for c in columns if self.cells.get(c, Cell(ERROR)).state != HOLDS]
+            bad = [
+                c
+                for c in columns
+                if self.cells.get(c, Cell(ERROR)).state not in (HOLDS, UNTESTABLE)
+            ]
             return "ok" if not bad else f"NOT GREEN: {', '.join(bad)}"
         gaps = self.gaps(columns, red)
         return "ok" if not gaps else f"GAP: {', '.join(gaps)}"
@@ -341,6 +348,8 @@ def cells_from_bisect(doc: dict[str, Any] | None, *, control: bool) -> dict[str,
             state = FALSE_ALARM if control else CAUGHT
         elif verdict == "holds":
             state = HOLDS if control else MISSED
+        elif verdict == "untestable":
+            state = UNTESTABLE
         else:
             state = ERROR
         cell = Cell(
@@ -375,7 +384,7 @@ def merge_cells(cells: Sequence[Cell]) -> Cell:
     runs = sum(c.runs for c in cells)
     hits = sum(c.hits for c in cells)
     states = [c.state for c in cells]
-    for want in (CAUGHT, FALSE_ALARM, MISSED, HOLDS):
+    for want in (CAUGHT, FALSE_ALARM, MISSED, HOLDS, UNTESTABLE):
         if want in states:
             first = next(c for c in cells if c.state == want)
             return Cell(want, first.verdict, first.observed, runs, hits)

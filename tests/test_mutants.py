@@ -184,9 +184,9 @@ def test_cells_from_bisect_json_for_a_mutant_and_the_control() -> None:
     )
     m = ml.cells_from_bisect(doc, control=False)
     assert list(m) == ["steal:fresh/main", "steal:fresh/vcpu", "clock:warp"]  # no characterize
-    assert [c.state for c in m.values()] == [ml.CAUGHT, ml.MISSED, ml.ERROR]
+    assert [c.state for c in m.values()] == [ml.CAUGHT, ml.MISSED, ml.UNTESTABLE]
     c = ml.cells_from_bisect(doc, control=True)
-    assert [x.state for x in c.values()] == [ml.FALSE_ALARM, ml.HOLDS, ml.ERROR]
+    assert [x.state for x in c.values()] == [ml.FALSE_ALARM, ml.HOLDS, ml.UNTESTABLE]
     assert ml.cells_from_bisect(None, control=False) == {}
 
 
@@ -246,6 +246,20 @@ def test_a_red_control_row_is_not_green() -> None:
     control.cells[cols[2]] = ml.Cell(ml.FALSE_ALARM, "BROKEN", hits=1)
     assert ml.render_matrix([control, caught]).count("NOT GREEN: steal:cancelled-save") == 1
     assert ml.matrix_exit([control, caught]) == ml.EXIT_GAP
+
+
+def test_an_untestable_control_cell_is_no_false_alarm_but_no_kill_either() -> None:
+    """frequency needs KVM_CAP_TSC_CONTROL, which TCG's SVM lacks: the control
+    is green without it, and a mutant that must be caught there is a gap."""
+    cols, control, caught, m = rows()
+    control.cells[cols[2]] = ml.Cell(ml.UNTESTABLE, "untestable")
+    assert control.status(cols) == "ok"
+    assert cols[2] in ml.red_columns([control, caught], cols)
+    caught.cells[cols[0]] = ml.Cell(ml.UNTESTABLE, "untestable")
+    assert caught.status(cols).startswith("GAP: steal:fresh-vm/main-thread")
+    assert ml.matrix_exit([control, caught]) == ml.EXIT_GAP
+    caught.cells[cols[0]] = ml.Cell(ml.CAUGHT, "BROKEN", hits=1)
+    assert ml.matrix_exit([control, caught]) == ml.EXIT_OK
 
 
 def test_an_error_cell_in_a_must_catch_column_is_a_gap_not_a_kill() -> None:
