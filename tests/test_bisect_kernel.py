@@ -387,3 +387,39 @@ def test_script_is_ruff_clean() -> None:
         cwd=SCRIPT.parent.parent,
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_frozen_for_counts_from_the_last_heartbeat(tmp_path: Path) -> None:
+    import os
+
+    state = _state(tmp_path, booted="r", kvm_loaded="")
+    assert bk.frozen_for(state, 1e9) is None  # the inner command has not started
+    (state / "inner-started").write_text("")
+    os.utime(state / "inner-started", (1000, 1000))
+    assert bk.frozen_for(state, 1050) == 50
+    (state / "heartbeat").write_text("1")
+    os.utime(state / "heartbeat", (1040, 1040))
+    assert bk.frozen_for(state, 1050) == 10
+    (state / "inner-rc").write_text("0")
+    assert bk.frozen_for(state, 5000) is None  # it ended: nothing to watch
+
+
+@pytest.mark.parametrize(("on_crash", "code"), [("skip", 125), ("bad", 1), ("abort", 128)])
+def test_judge_kernel_freeze_during_the_test(tmp_path: Path, on_crash: str, code: int) -> None:
+    opts = bk.parse_args(["img", "--on-crash", on_crash], env={})
+    state = _state(tmp_path, booted="r", kvm_loaded="", inner_started="")
+    got, why = bk._judge(
+        state, timed_out=False, rc_vng=-9, qemu_started=True, opts=opts, frozen=True
+    )
+    assert got == code and "froze" in why, why
+
+
+def test_the_guest_script_keeps_a_heartbeat() -> None:
+    script = bk.guest_script(vendor="amd", modules=None, release="r", inner=["true"], cwd="/")
+    assert f'> "$S/heartbeat"; sleep {bk.HEARTBEAT_S}' in script
+
+
+def test_retries_is_bounded() -> None:
+    assert bk.parse_args(["img"], env={}).retries == 1
+    with pytest.raises(bk.UsageError):
+        bk.parse_args(["img", "--retries", "99"], env={})
