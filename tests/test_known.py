@@ -131,6 +131,7 @@ def test_cli_known_broken_and_fixed(monkeypatch, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "known-broken tsc/msr" in out and "known issue x: r (l)" in out
     assert "1 known-broken" in out
+    assert "0 broken" in out, "a known-broken promise is not counted twice"
 
     _fake_run(monkeypatch, [_res("tsc/msr", Verdict.HOLDS)])
     assert main(["run", "-s", "clock", "-q", "--known", str(known)]) == 1

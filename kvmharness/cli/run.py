@@ -340,6 +340,8 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
         )
     print(tables(results, width=0 if args.wide else 90))
     counts = {v: sum(r.verdict == v for r in results) for v in Verdict}
+    # a known-broken promise is counted once, as known-broken, not also as broken
+    counts[Verdict.BROKEN] -= sum(m is not None and m.status is Status.KNOWN_BROKEN for m in known)
     print(
         f"\n{len(results)} scenarios in {total:.1f} s: {counts[Verdict.HOLDS]} hold, "
         f"{counts[Verdict.BROKEN]} broken, {counts[Verdict.CHARACTERIZED]} characterized"
