@@ -204,3 +204,12 @@ def test_pvti_disagreeing_with_get_clock_is_caught(kvm, monkeypatch):
     kinds = {v.kind for v in res.violations}
     assert checks.KIND_PVTI_FLAGS in kinds, _explain(res)
     assert res.verdict in (BROKEN, UNTESTABLE)
+
+
+@pytest.mark.parametrize("variant", ["restore/main-thread", "restore/frozen", "tsc/offset"])
+def test_after_a_restore_vcpu0_enters_before_any_other_vcpu(kvm, variant):
+    """Until vCPU 0 enters, its area in guest memory is the source's, and a
+    vDSO-style reader on another vCPU would judge KVM by stale data."""
+    run = clock.run_in_process(kvm, ClockConfig(variant, 2, phase_ms=40))
+    first = [r.batches[r.boundary] for r in run.records]
+    assert first[0].t1_ns <= first[1].t0_ns, (first[0], first[1])
