@@ -423,3 +423,20 @@ def test_retries_is_bounded() -> None:
     assert bk.parse_args(["img"], env={}).retries == 1
     with pytest.raises(bk.UsageError):
         bk.parse_args(["img", "--retries", "99"], env={})
+
+
+def test_qemu_wrapper_adds_single_threaded_tcg(tmp_path: Path) -> None:
+    import subprocess
+
+    started = tmp_path / "started"
+    fake = tmp_path / "qemu"
+    fake.write_text('#!/bin/sh\necho "$@"\n')
+    fake.chmod(0o755)
+    w = tmp_path / "wrapper"
+    w.write_text(bk.qemu_wrapper(str(fake), started, bk.TCG_SINGLE_ARGS))
+    w.chmod(0o755)
+    out = subprocess.run([str(w), "-kernel", "k"], capture_output=True, text=True).stdout
+    assert out.split() == ["-accel", "tcg,thread=single", "-kernel", "k"]
+    assert started.exists()
+    assert bk.parse_args(["img"], env={}).tcg_threads == "single"
+    assert bk.parse_args(["img", "--tcg-threads", "multi"], env={}).tcg_threads == "multi"

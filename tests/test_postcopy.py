@@ -133,6 +133,18 @@ def test_judge_catches_loss_steal_leak_and_misattribution(kvm):
     pager.acc.placed(1, 10**9)
     got = pc.judge(cfg, variant, lay, pager, outcomes, info)[0]
     assert {pc.KIND_OVER_GUEST, pc.KIND_OVER_WALL} <= kinds(got)
+    # ... but not what was stamped after its copy began: the vCPU woke during it
+    o0 = outcomes[0]
+    wall = o0.run_end_ns - o0.run_start_ns
+    pager.acc = BlocktimeAccountant(2)
+    pager.acc.fault(1, 0, 0)
+    pager.acc.placed(1, wall + 1000)
+    mine = [f for f in pager.faults if f.vcpu == 0 and f.t_placed_ns is not None]
+    saved = [(f.t_copy_ns, f.t_placed_ns) for f in mine]
+    mine[0].t_copy_ns = mine[0].t_placed_ns - 5000
+    assert pc.KIND_OVER_WALL not in kinds(pc.judge(cfg, variant, lay, pager, outcomes, info)[0])
+    for f, (c, pl) in zip(mine, saved, strict=True):
+        f.t_copy_ns, f.t_placed_ns = c, pl
 
 
 def test_family_is_registered_with_promises_for_run_and_bisect():
