@@ -440,3 +440,16 @@ def test_qemu_wrapper_adds_single_threaded_tcg(tmp_path: Path) -> None:
     assert started.exists()
     assert bk.parse_args(["img"], env={}).tcg_threads == "single"
     assert bk.parse_args(["img", "--tcg-threads", "multi"], env={}).tcg_threads == "multi"
+
+
+def test_crash_kind_only_while_the_inner_command_ran(tmp_path: Path) -> None:
+    for d in "abc":
+        (tmp_path / d).mkdir()
+    running = _state(tmp_path / "a", booted="r", kvm_loaded="", inner_started="")
+    assert bk.crash_kind(running, timed_out=False, frozen=False) == "died"
+    assert bk.crash_kind(running, timed_out=False, frozen=True) == "froze"
+    assert bk.crash_kind(running, timed_out=True, frozen=False) == ""  # a timeout is 128
+    done = _state(tmp_path / "b", booted="r", kvm_loaded="", inner_started="", inner_rc="0\n")
+    assert bk.crash_kind(done, timed_out=False, frozen=False) == ""
+    booting = _state(tmp_path / "c", booted="r")
+    assert bk.crash_kind(booting, timed_out=False, frozen=False) == ""

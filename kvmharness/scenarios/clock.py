@@ -856,8 +856,6 @@ def restore(
         gvm = GuestVm.adopt(kvm, vm, PROGRAM)
         khz = vm.vcpus[0].get_tsc_khz()
         facts.khz_after = khz
-        if loads:
-            facts.tsc_write_ns = min(w[0] for _, w in loads)
         writes: list[tuple[int, tuple[int, int]]] = []
         if v.tsc is TscPut.MSR:
             for i in range(len(state.vcpus)):
@@ -865,8 +863,8 @@ def restore(
                     writes.append((tsc_value, put_tsc_msr(vm.vcpus[i], tsc_value)))
                 else:
                     writes.append((tsc_value, threads[i].call(put_tsc_msr, vm.vcpus[i], tsc_value)))
-            if not facts.tsc_write_ns:
-                facts.tsc_write_ns = min(w[0] for _, w in writes)
+        if loads or writes:
+            facts.tsc_write_ns = min(w[0] for _, w in loads + writes)
         put_clock(vm, saved, v.clock, facts.get_clock_ns, facts)
         if v.tsc is TscPut.OFFSET:
             # api.rst's recipe: offset_dst = offset_src + host_tsc_src - host_tsc_dst
@@ -925,8 +923,8 @@ def first_entry_of_vcpu0(
     under single-threaded QEMU TCG (vCPU 1 scheduled first): 'warps' of up to
     the downtime, and a reading of 2^64 ticks scaled when the stale
     tsc_timestamp was ahead.  That is the restoring VMM's order, not a promise
-    of KVM's, so the restore lets vCPU 0 in first, as the TSC variants did
-    already."""
+    of KVM's, so every restore lets vCPU 0 in first (the MSR variant's first
+    runs go in vCPU order, OffsetWatch runs vCPU 0 before the rest)."""
     threads[0].call(Reader(gvm, gvm.vcpus[0], records[0]).run, 0)
 
 
