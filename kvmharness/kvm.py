@@ -330,14 +330,7 @@ class Vm(_Fd):
                 f"slot {slot}: gpa {gpa:#x} and size {size:#x} must be positive multiples "
                 f"of the {PAGE_SIZE}-byte page"
             )
-        if slot in self.slots:
-            raise MemorySlotError(f"slot {slot} is already in use ({self.slots[slot]})")
-        for other in self.slots.values():
-            if gpa < other.end and other.gpa < gpa + size:
-                raise MemorySlotError(
-                    f"slot {slot} [{gpa:#x}, {gpa + size:#x}) overlaps slot {other.slot} "
-                    f"[{other.gpa:#x}, {other.end:#x})"
-                )
+        self._check_free(slot, gpa, size)
         ptr = lib.mmap(
             _NULL,
             size,
@@ -346,30 +339,11 @@ class Vm(_Fd):
             -1,
             0,
         )
-        hva = int(ffi.cast("uintptr_t", ptr))
-        if hva == (1 << 64) - 1:
+        if int(ffi.cast("uintptr_t", ptr)) == (1 << 64) - 1:
             raise MemorySlotError(
                 f"slot {slot}: mmap of {size:#x} bytes failed: {os.strerror(ffi.errno)}"
             )
-        region = ffi.new(
-            "struct kvm_userspace_memory_region *",
-            {
-                "slot": slot,
-                "flags": flags,
-                "guest_phys_addr": gpa,
-                "memory_size": size,
-                "userspace_addr": hva,
-            },
-        )
-        try:
-            self.ioctl(nr.KVM_SET_USER_MEMORY_REGION, region)
-        except IoctlError:
-            lib.munmap(ptr, size)
-            raise
-        mem = MemorySlot(slot, gpa, size, hva, flags, ptr)
-        self.slots[slot] = mem
-        log.debug("slot %d: gpa %#x size %#x hva %#x", slot, gpa, size, hva)
-        return mem
+        return self._register(slot, gpa, size, ptr, flags)
 
     def add_mapped_memory(
         self, slot: int, gpa: int, ptr: Any, size: int, *, flags: int = 0
@@ -385,29 +359,45 @@ class Vm(_Fd):
                     f"slot {slot}: gpa {gpa:#x}, hva {hva:#x} and size "
                     f"{size:#x} must be multiples of the {PAGE_SIZE}-byte page"
                 )
-            if slot in self.slots:
-                raise MemorySlotError(f"slot {slot} is already in use ({self.slots[slot]})")
-            for other in self.slots.values():
-                if gpa < other.end and other.gpa < gpa + size:
-                    raise MemorySlotError(
-                        f"slot {slot} [{gpa:#x}, {gpa + size:#x}) overlaps slot {other.slot}"
-                    )
-            region = ffi.new(
-                "struct kvm_userspace_memory_region *",
-                {
-                    "slot": slot,
-                    "flags": flags,
-                    "guest_phys_addr": gpa,
-                    "memory_size": size,
-                    "userspace_addr": hva,
-                },
-            )
+            self._check_free(slot, gpa, size)
+        except BaseException:
+            lib.munmap(ptr, size)
+            raise
+        return self._register(slot, gpa, size, ptr, flags)
+
+    def _check_free(self, slot: int, gpa: int, size: int) -> None:
+        """MemorySlotError unless ``slot`` is unused and [gpa, gpa+size) overlaps no slot."""
+        if slot in self.slots:
+            raise MemorySlotError(f"slot {slot} is already in use ({self.slots[slot]})")
+        for other in self.slots.values():
+            if gpa < other.end and other.gpa < gpa + size:
+                raise MemorySlotError(
+                    f"slot {slot} [{gpa:#x}, {gpa + size:#x}) overlaps slot {other.slot} "
+                    f"[{other.gpa:#x}, {other.end:#x})"
+                )
+
+    def _register(self, slot: int, gpa: int, size: int, ptr: Any, flags: int) -> MemorySlot:
+        """KVM_SET_USER_MEMORY_REGION for the mapping at ``ptr``, which the VM
+        owns from here on (unmapped here if KVM refuses it)."""
+        hva = int(ffi.cast("uintptr_t", ptr))
+        region = ffi.new(
+            "struct kvm_userspace_memory_region *",
+            {
+                "slot": slot,
+                "flags": flags,
+                "guest_phys_addr": gpa,
+                "memory_size": size,
+                "userspace_addr": hva,
+            },
+        )
+        try:
             self.ioctl(nr.KVM_SET_USER_MEMORY_REGION, region)
         except BaseException:
             lib.munmap(ptr, size)
             raise
         mem = MemorySlot(slot, gpa, size, hva, flags, ptr)
         self.slots[slot] = mem
+        log.debug("slot %d: gpa %#x size %#x hva %#x", slot, gpa, size, hva)
         return mem
 
     def slot_for(self, gpa: int, length: int = 1) -> MemorySlot:
