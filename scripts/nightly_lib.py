@@ -329,21 +329,8 @@ def git_revision(root: Path = ROOT) -> tuple[str | None, bool]:
     return rev, dirty
 
 
-def junit_summary(xml_text: str | None) -> dict[str, Any]:
-    """Counts and failed test ids of a pytest JUnit XML file (None: no file)."""
-    if not xml_text:
-        return {
-            "tests": 0,
-            "failures": 0,
-            "errors": 0,
-            "skipped": 0,
-            "time_s": 0.0,
-            "failed": [],
-            "cases": [],
-        }
-    root = ET.fromstring(xml_text)
-    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
-    out: dict[str, Any] = {
+def _empty_junit_summary() -> dict[str, Any]:
+    return {
         "tests": 0,
         "failures": 0,
         "errors": 0,
@@ -352,6 +339,15 @@ def junit_summary(xml_text: str | None) -> dict[str, Any]:
         "failed": [],
         "cases": [],
     }
+
+
+def junit_summary(xml_text: str | None) -> dict[str, Any]:
+    """Counts and failed test ids of a pytest JUnit XML file (None: no file)."""
+    if not xml_text:
+        return _empty_junit_summary()
+    root = ET.fromstring(xml_text)
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    out = _empty_junit_summary()
     for s in suites:
         for k in ("tests", "failures", "errors", "skipped"):
             out[k] += int(s.get(k, 0))
