@@ -32,7 +32,11 @@ class Verdict(enum.StrEnum):
     ERROR = "ERROR"
     """The harness or its environment failed: no verdict on the kernel."""
     UNTESTABLE = "untestable"
-    """This host cannot run the scenario (or was too loaded to judge it)."""
+    """This run could not judge the scenario (e.g. the host was too loaded)."""
+    NOT_SUPPORTED = "not supported"
+    """A lasting property of this host or kernel rules the scenario out (a
+    capability absent, no master clock): shown, left out of the verdict
+    unless the user named the scenario explicitly."""
 
 
 # Module-level names kept for callers that predate the enums.
@@ -45,7 +49,8 @@ class Blame(enum.StrEnum):
     """Whose fault a scenario that could not finish is."""
 
     KERNEL = "kernel"  # KVM failed on the path under test
-    UNTESTABLE = "untestable"  # this host cannot run it
+    UNTESTABLE = "untestable"  # this run cannot judge it
+    NOT_SUPPORTED = "not supported"  # a lasting property of the host rules it out
     HARNESS = "harness"  # a bug or a broken environment
 
 
@@ -76,6 +81,8 @@ def verdict_for(kind: Kind, *, broken: bool = False, blame: Blame | None = None)
         return Verdict.ERROR
     if blame is Blame.UNTESTABLE:
         return Verdict.UNTESTABLE
+    if blame is Blame.NOT_SUPPORTED:
+        return Verdict.NOT_SUPPORTED
     if kind is Kind.CHARACTERIZE:
         return Verdict.CHARACTERIZED
     return Verdict.BROKEN if broken or blame is Blame.KERNEL else Verdict.HOLDS
