@@ -373,7 +373,7 @@ def print_report(
         if m is not None and m.status is Status.FIXED:
             print(f"fixed? {what}: {m.explain()}")
         elif r.verdict == Verdict.NOT_SUPPORTED:
-            print(f"not supported {what}: {r.observed}")
+            print(f"not supported {what}: {r.observed.removeprefix('not supported: ')}")
         elif r.verdict in (Verdict.BROKEN, Verdict.ERROR, Verdict.UNTESTABLE):
             label = m.status if m is not None and m.excused else r.verdict
             print(f"{label} {what}: {r.observed}")
