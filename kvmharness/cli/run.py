@@ -1,14 +1,20 @@
 """``kvmharness run`` and ``kvmharness bisect``: the scenario matrix, judged.
 
-Both exit by the ``git bisect run`` convention (:mod:`kvmharness.exitcodes`):
+Both exit by the ``git bisect run`` convention (:mod:`kvmharness.exitcodes`,
+and :func:`verdict_of` for the order):
 
-* 0  every promise held (or broke as a known issue says it does here);
+* 0  every promise tested held (or broke as a known issue excuses: every
+  violation of a kind its entry lists);
 * 1  a promise broke on this kernel (a KVM ioctl failing on a promised
   path included), or a known issue looks fixed ("fixed?": the promise
   held where the known-issues file says it breaks); characterizations
   never change the exit code;
 * 125  cannot test here: no usable /dev/kvm, KVM without steal time,
-  run_delay not kept (sched_info off), or the host was too loaded to judge;
+  run_delay not kept (sched_info off); a promise this run could not judge
+  (untestable: e.g. the host too loaded); a scenario named with
+  ``--scenario`` that is not supported or untestable here; nothing selected
+  could be tested.  A scenario *not supported* on this host (a capability
+  absent, no master clock) that was not named is shown and left out;
 * 128  a harness fault (a bug or broken environment: no verdict on the
   kernel), and bad usage, so a bisect script with a typo aborts rather than
   marking commits bad.
@@ -17,8 +23,10 @@ Both exit by the ``git bisect run`` convention (:mod:`kvmharness.exitcodes`):
 before the table; ``--scenario`` chooses what "bad" means for this bisect.
 
 Known issues (``--known FILE``, default the file the package ships; see
-:mod:`kvmharness.known`): a broken promise an entry matches on this host is
-printed as "known-broken" and left out of the exit code.
+:mod:`kvmharness.known`): a broken promise an entry matches on this host,
+with every violation of a kind the entry lists, is printed as
+"known-broken" and left out of the exit code; any other kind stays BROKEN.
+``kvmharness judge RUN.json`` re-judges the JSON of a run.
 """
 
 from __future__ import annotations
