@@ -297,3 +297,28 @@ def test_a_decode_bug_under_a_known_issue_fails_the_bisect(monkeypatch, capsys):
     assert "decode-mismatch" in out, out
     assert rc == 1, out
     assert out.splitlines()[0].startswith("kvmharness bisect: bad"), out
+
+
+def test_a_known_broken_promise_is_never_called_broken_on_screen(monkeypatch, capsys, tmp_path):
+    """Progress line, table and summary use one word: known-broken, not BROKEN,
+    for a promise a known issue excuses (the run exits 0)."""
+    import kvmharness.cli.run as run_cmd
+    from kvmharness.cli import main
+    from kvmharness.scenarios.base import verdict_text
+
+    known = tmp_path / "k.toml"
+    known.write_text(ENTRY)
+    res = _res("tsc/msr", Verdict.BROKEN)
+
+    def matrix(plan, vcpus, options, progress=None):
+        progress(0, 1, "tsc/msr, 2 vCPU(s)", None)
+        progress(0, 1, "tsc/msr, 2 vCPU(s)", res)
+        return [res]
+
+    _fake_run(monkeypatch, [])
+    monkeypatch.setattr(run_cmd, "run_matrix", matrix)
+    assert main(["run", "-s", "clock/tsc/msr", "--known", str(known)]) == 0
+    captured = capsys.readouterr()
+    assert "[1/1] tsc/msr, 2 vCPU(s) ... known-broken (0.10 s)" in captured.err
+    assert "BROKEN" not in captured.err
+    assert verdict_text(res) == "known-broken (x): o"
