@@ -1161,7 +1161,7 @@ td.latest, th.latest { border-left: 3px solid #4a6fa5; }
 th .rc { font-weight: 600; padding: 0 0.3em; border-radius: 3px; }
 td.sid.changed { background: #fff1f1; font-weight: 700; border-left: 3px solid #c00000; }
 ul.changes li { margin: 0.2em 0; } .what { font-weight: 600; }
-.what.new-broken { color: #8a1111; } .what.fixed { color: #135c25; }
+.what.new-broken, .what.capability-lost { color: #8a1111; } .what.fixed { color: #135c25; }
 img.plot { max-width: 100%; border: 1px solid #eee; margin: 0.4em 0; }
 .muted { color: #777; } code { font-size: 0.95em; }
 dl.known dt { font-weight: 600; margin-top: 0.5em; } dl.known dd { margin-left: 1.2em; }
