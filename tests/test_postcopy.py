@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ import pytest
 from kvmharness.cli import main
 from kvmharness.ffi import ffi
 from kvmharness.host.uffd import PAGE_SIZE, CopyResult, UffdUnavailable, Userfaultfd, map_anonymous
+from kvmharness.judges import postcopy as pj
 from kvmharness.judges.postcopy import PostcopyRecord, replay
 from kvmharness.scenarios import postcopy as pc
 from kvmharness.scenarios.base import Kind, Verdict, family
@@ -98,6 +100,29 @@ def test_variant_holds_on_this_kernel(kvm, variant, characterize):
     # the record is what --json writes, and small
     assert len(json.dumps(res.to_json())) < 8000
     characterize(f"{variant}: {res.observed}")
+
+
+def test_the_guest_checksum_covers_every_byte(kvm):
+    """One byte flipped in the middle of a page on its way: the guest's
+    checksum is that of the bytes it really holds (not of the pattern it
+    expects), and the judge calls the page lost."""
+    cfg = pc.PostcopyConfig("postcopy/stream", 2, **FAST)
+    variant = pc.VARIANTS[cfg.variant]
+    image = pc.load_program(pc.PROGRAM)
+    lay = pc.make_layout(cfg, variant, image)
+    state, staging = pc._migrate_source(kvm, cfg, lay, image, cfg.budget_s)
+    page, off = 3, 8 * 300 + 5  # vcpu1's page, a fill qword
+    buf = ffi.buffer(staging)
+    buf[page * PAGE_SIZE + off] = bytes([buf[page * PAGE_SIZE + off][0] ^ 0x40])
+    dst = pc.run_destination(kvm, cfg, variant, lay, image, state, staging)
+    rec = pc.build_record(cfg, variant, lay, dst)
+    share = pj.share_of(1, lay.vcpus, lay.pages)
+    held = [q for p in share for q in struct.unpack_from("<512Q", buf, p * PAGE_SIZE)]
+    real = pj.sums(held)
+    assert (rec.vcpu[1].checksum, rec.vcpu[1].checksum2) == real
+    assert real != pj.expected_sums(1, lay.vcpus, lay.pages, lay.data_gpa, cfg.seed)
+    j = pj.judge(rec.to_dict())
+    assert j.verdict == Verdict.BROKEN and pj.KIND_LOST in {v.kind for v in j.violations}
 
 
 def test_family_is_registered_with_promises_for_run_and_bisect():

@@ -40,19 +40,32 @@ class PagerPlan:
     shared_hold_s: float = 5.0  # how long page 0 waits for every vCPU
 
 
-def process_sched(exclude_tid: int) -> int:
-    """CPU time + run_delay summed over every thread of this process but one."""
-    total = 0
+def thread_cpu_ns(tid: int) -> int:
+    """A thread of this process's CPU time, to the ns and including the slice it
+    is running now (schedstat's figure lags a running thread by up to a tick):
+    its CLOCK_THREAD_CPUTIME clock, MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)."""
+    return time.clock_gettime_ns(((~tid) << 3) | 6)
+
+
+def process_sched() -> dict[int, int]:
+    """CPU time + run_delay of every thread of this process, by thread id."""
+    out = {}
     for name in os.listdir("/proc/self/task"):
-        if int(name) == exclude_tid:
-            continue
+        tid = int(name)
         try:
             with open(f"/proc/self/task/{name}/schedstat", "rb") as f:
-                cpu, rd = f.read().split()[:2]
-        except (FileNotFoundError, ProcessLookupError, ValueError):
+                rd = int(f.read().split()[1])
+            out[tid] = thread_cpu_ns(tid) + rd
+        except (OSError, ValueError, IndexError):
             continue  # the thread ended meanwhile
-        total += int(cpu) + int(rd)
-    return total
+    return out
+
+
+def others_since(before: dict[int, int], exclude_tid: int) -> int:
+    """CPU time + run_delay the other threads got since ``before`` (a thread
+    born since counts whole; one that ended since is lost, a few us at most)."""
+    now = process_sched()
+    return sum(v - before.get(t, 0) for t, v in now.items() if t != exclude_tid)
 
 
 class Pager:

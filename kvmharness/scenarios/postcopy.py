@@ -8,46 +8,52 @@ data region of the destination is private anonymous memory with no page in
 it, registered with userfaultfd in MISSING mode with UFFD_FEATURE_THREAD_ID.
 The destination's vCPUs then touch the pages of their plans:
 
-* the **fault thread** reads the userfaultfd messages, maps each thread id
-  to a vCPU (any other thread is a non-vCPU fault), feeds the blocktime
-  accountant (:mod:`kvmharness.blocktime`) and requests the page;
+* the **fault thread** (:class:`kvmharness.host.pager.Pager`) reads the
+  userfaultfd messages, records each (time, page, the thread id the kernel
+  named) and requests the page;
 * the **resolver** places a requested page ``latency_us`` after its request
   with UFFDIO_COPY, EEXIST meaning the stream was first;
 * the **background stream** pushes the other pages in address order, one per
   latency while the vCPUs touch, then all the rest;
-* each vCPU waits at TOUCHED until every page is in place, then checks its
-  whole share against the pattern and reports the checksum.
+* each vCPU waits at TOUCHED until every page is in place, then checksums
+  every byte of its share and checks it against the pattern.
 
-What the kernel promises here, each judged from measured quantities only
-(the real latency applied, wall time, the threads' run_delay and CPU time
-from /proc/self/task/TID/schedstat, the guest's rdtsc):
+The run builds a record of what the kernel and the guest reported and
+judges it with :func:`kvmharness.judges.postcopy.judge`, the function
+``kvmharness judge RUN.json`` runs.  What the kernel promises, each judged
+from measured quantities only (the latency applied, wall time, the threads'
+run_delay from /proc/self/task/TID/schedstat and CPU time from their thread
+CPU clocks, the guest's rdtsc):
 
 * **nothing lost**: every qword the guest reads equals the pattern, its
-  checksum equals the host's, and the destination memory equals the source
-  byte for byte;
-* **faults attributed**: a vCPU's faults are on pages of its own plan, a
-  non-vCPU thread's fault names that thread, no fault comes from a page
-  already in place once the vCPU is past it, and a vCPU that waited longer
-  than the latency plus every measured delay did so with a fault message;
-* **blocktime consistent**: per vCPU, blocktime never exceeds the wall time
-  of the KVM_RUN that touched, and it agrees with the guest's own stall
-  measurements: never more than the guest saw (the host interval, from
-  reading the message to placing the page, lies inside the guest's, from
-  before the access to after it) beyond the TSC conversion error, and never
-  less by more than the slack ``run_delay + CPU time of the vCPU thread
-  during that KVM_RUN + run_delay + CPU time of the fault thread + faults x
-  the GIL switch interval``: the only ways a vCPU can be stalled without the
-  host's interval covering it are waiting on a run queue, doing the fault's
-  work on a CPU, and the fault thread waking, working or waiting for the GIL;
+  checksum of every byte (s1 += q, s2 += s1 over its share) equals the
+  host's, and the destination memory equals the source byte for byte;
+* **faults attributed**: every fault names the thread that took it: a vCPU
+  fault names that vCPU's thread (a fault under any thread id that is no
+  vCPU's, nor the helper thread's, is misattributed), on a page of its own
+  plan; no fault comes from a page already in place once the vCPU checks
+  its memory;
+* **blocktime and the guest's stalls agree, both ways**: per vCPU, blocktime
+  (replayed exactly from the recorded messages and placements) never
+  exceeds the wall time of the KVM_RUN that touched, nor what the guest saw
+  stalled on the same pages (the host interval, message read to page
+  placed, lies inside the guest's) beyond the TSC conversion error; and the
+  guest's stall over all its touches never exceeds blocktime by more than
+  everything else that can stall it, each measured over that KVM_RUN: the
+  vCPU thread's run_delay and CPU time, the CPU time and run_delay of every
+  other thread of the process (the fault thread waking and taking the GIL,
+  a lock holder preempted), and two wake-ups per fault that schedstat does
+  not see.  A vCPU asleep on a page nobody heard of (messages lost, or sent
+  under the wrong thread) is so caught;
 * **blocktime is not steal**: a thread asleep on a missing page is not
   runnable, so the guest's steal over the touching KVM_RUN grows by at most
-  that thread's run_delay over it (exact: KVM adds run_delay deltas).  If
-  blocktime leaked into steal, steal would exceed run_delay by about the
-  blocktime.
+  that thread's run_delay over it (exact: KVM adds run_delay deltas);
+* **no vCPU hangs**: a vCPU the watchdog stops in KVM_RUN is judged by
+  :func:`kvmharness.judges.stopped.judge_stopped`: asleep there (neither
+  running nor queued) is a hang, BROKEN; only run-queue wait is load.
 
-A few things are deliberately not promises: how the kernel retries a fault
-(duplicate messages are counted and shown), and faults from threads that
-are not vCPUs beyond the one a variant creates.
+How the kernel retries a fault is not a promise (duplicate messages are
+counted and shown).
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ from kvmharness.ffi import ffi, lib
 from kvmharness.guest.build import load_program
 from kvmharness.guest.elf import ElfImage
 from kvmharness.guest.machine import LARGE_PAGE, PD_GPA, GuestStopped, GuestVm, mem_size_for
-from kvmharness.host.pager import Pager, PagerPlan, process_sched
+from kvmharness.host.pager import Pager, PagerPlan, others_since, process_sched, thread_cpu_ns
 from kvmharness.host.sched import SchedStat
 from kvmharness.host.threads import VcpuThread
 from kvmharness.host.uffd import PAGE_SIZE, Userfaultfd, map_anonymous
@@ -118,7 +124,7 @@ SWITCH_INTERVAL_S = 0.0002
 SHARED_HOLD_S = 5.0
 
 # the guest's layout (checked against its pc_abi at load)
-PC_ABI = (2, 64, 128, 3, 8, 0xF111, 0x5EED, 0x7007, 0xC4EC)
+PC_ABI = (3, 64, 128, 3, 8, 0xF111, 0x5EED, 0x7007, 0xC4EC)
 (
     _,
     MAX_VCPUS,
@@ -130,7 +136,7 @@ PC_ABI = (2, 64, 128, 3, 8, 0xF111, 0x5EED, 0x7007, 0xC4EC)
     SYNC_TOUCHED,
     SYNC_VERIFIED,
 ) = PC_ABI
-R_STEAL_BEFORE, R_STEAL_AFTER, R_TSC_START, R_TSC_END, R_CHECKSUM, R_BAD_GPA = range(6)
+R_STEAL_BEFORE, R_STEAL_AFTER, R_TSC_START, R_TSC_END, R_CHECKSUM, R_BAD_GPA, R_CHECKSUM2 = range(7)
 
 
 def page_bytes(base: int, seed: int) -> bytes:
@@ -401,9 +407,12 @@ def _vcpu_body(
     v = gvm.vcpus[i]
     st = SchedStat()
     out.tid = st.tid
-    c0 = r0 = o0 = 0
+    c0 = r0 = run_t0 = 0
+    o0: dict[int, int] = {}
     try:
         try:
+            c0, r0 = thread_cpu_ns(st.tid), st.read()[1]
+            run_t0 = time.monotonic_ns()
             uc = gvm.expect(v, lib.UCALL_SYNC)
             if uc.args[:1] == [SYNC_FILLED]:  # the source's pending OUT was not completed
                 uc = gvm.expect(v, lib.UCALL_SYNC)
@@ -411,13 +420,13 @@ def _vcpu_body(
                 raise ScenarioFailed(Blame.HARNESS, f"vcpu{i}: expected READY, got {uc.describe()}")
             if i == 0:
                 tsc_hz[0] = v.get_tsc_khz() * 1000
-            o0 = process_sched(st.tid)
-            c0, r0 = st.read()
-            out.run_start_ns = time.monotonic_ns()
+            o0 = process_sched()
+            c0, r0 = thread_cpu_ns(st.tid), st.read()[1]
+            out.run_start_ns = run_t0 = time.monotonic_ns()
             uc = gvm.expect(v, lib.UCALL_SYNC)
             out.run_end_ns = time.monotonic_ns()
-            c1, r1 = st.read()
-            out.others_ns = process_sched(st.tid) - o0
+            c1, r1 = thread_cpu_ns(st.tid), st.read()[1]
+            out.others_ns = others_since(o0, st.tid)
             out.cpu_ns, out.run_delay_ns = c1 - c0, r1 - r0
             if uc.args[:1] != [SYNC_TOUCHED]:
                 raise ScenarioFailed(
@@ -429,7 +438,8 @@ def _vcpu_body(
                 if pager.abort.is_set() or time.monotonic() > deadline:
                     out.state = "unplaced"
                     return
-            verify_ns[i] = time.monotonic_ns()
+            c0, r0 = thread_cpu_ns(st.tid), st.read()[1]
+            verify_ns[i] = run_t0 = time.monotonic_ns()
             uc = gvm.expect(v, lib.UCALL_SYNC)
             if uc.args[:1] != [SYNC_VERIFIED]:
                 raise ScenarioFailed(
@@ -439,16 +449,15 @@ def _vcpu_body(
             gvm.expect(v, lib.UCALL_DONE)
             out.state = "done"
         except GuestStopped as exc:
+            # stopped in KVM_RUN (the touching one or the checking one): where, and
+            # how its thread spent the wait (ran, queued, or slept)
+            t1 = time.monotonic_ns()
+            c1, r1 = thread_cpu_ns(st.tid), st.read()[1]
             out.state = "stopped"
-            if out.run_start_ns and not out.run_end_ns:  # stopped in the touching KVM_RUN
-                out.run_end_ns = time.monotonic_ns()
-                c1, r1 = st.read()
+            out.stopped = StoppedRun(exc.rip, t1 - run_t0, c1 - c0, r1 - r0)
+            if out.run_start_ns and not out.run_end_ns:
+                out.run_end_ns = t1
                 out.cpu_ns, out.run_delay_ns = c1 - c0, r1 - r0
-                out.stopped = StoppedRun(
-                    exc.rip, out.run_end_ns - out.run_start_ns, out.cpu_ns, out.run_delay_ns
-                )
-            else:
-                out.stopped = StoppedRun(exc.rip, 0, 0, None)
     finally:
         st.close()
 
@@ -575,6 +584,8 @@ def run_destination(
             o.steal_before, o.steal_after = res[r + R_STEAL_BEFORE], res[r + R_STEAL_AFTER]
             o.guest_tsc_ns = ((res[r + R_TSC_END] - res[r + R_TSC_START]) & U64) * 10**9 // hz
             o.verify_ns = verify_ns[i]
+            if o.state == "done":
+                o.checksum2 = res[r + R_CHECKSUM2]
     finally:
         if watchdog is not None:
             watchdog.cancel()
