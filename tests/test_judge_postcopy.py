@@ -220,3 +220,64 @@ def test_a_wrong_schema_is_refused():
     rec["schema"] = 1
     with pytest.raises(pj.RecordError):
         judge_record(rec)
+
+
+# ---- QEMU's blocktime designs over the recorded events
+
+
+def insert_fault(rec: dict[str, Any], i: int, dt_ns: int) -> None:
+    """A second message for fault ``i``'s page from the same thread, ``dt_ns``
+    later, before the page is placed (a kernel that retries the fault)."""
+    f = rec["faults"]
+    t = pj._undelta(f["t_ns"])
+    t.insert(i + 1, t[i] + dt_ns)
+    f["t_ns"] = pj.delta(t)
+    for k in ("page", "tid", "after"):
+        f[k].insert(i + 1, f[k][i])
+
+
+def test_the_qemu_models_run_over_every_record_and_agree_on_single_faults():
+    for name in RECORDS:
+        j = judge_record(load(name))
+        models = j.notes["models"]
+        assert set(models) == {"qemu-hash", "slot-scan"}
+        exact = j.notes["blocktime"]["blocked_ns"]
+        for m in models.values():
+            # one outstanding fault per vCPU thread: both designs are exact here
+            assert m["blocked_ns"] == exact and not m["differs"], (name, m["summary"])
+
+
+def test_a_retried_fault_shows_where_the_slot_model_disagrees():
+    rec = load("stream")
+    rp = pj.replay(pj.PostcopyRecord.from_dict(rec))
+    i = next(
+        k
+        for k, (v, by, at) in enumerate(zip(rp.vcpu_of, rp.placed_by, rp.placed_at, strict=True))
+        if v == 0 and by == "r" and at - pj.PostcopyRecord.from_dict(rec).faults[k].t_ns > 1_000_000
+    )
+    insert_fault(rec, i, 500_000)
+    j = judge_record(rec)
+    assert j.verdict == Verdict.HOLDS, j.observed  # a retry is not a broken promise
+    slot, hashed = j.notes["models"]["slot-scan"], j.notes["models"]["qemu-hash"]
+    assert hashed["delta_ns"] == [0, 0] and not hashed["differs"]
+    assert slot["differs"] and slot["delta_ns"][0] == -500_000 and slot["delta_ns"][1] == 0
+    assert slot["first_divergence"]["page"] == rec["faults"]["page"][i]
+    assert j.notes["blocktime"]["retried"] == 1
+
+    from types import SimpleNamespace
+
+    from kvmharness.scenarios import postcopy as pc
+    from kvmharness.scenarios.postcopy_view import postcopy_table, vcpu_table
+
+    res = SimpleNamespace(
+        record=rec,
+        notes=j.notes,
+        variant=pc.VARIANTS["postcopy/stream"],
+        config=pc.PostcopyConfig(),
+        wall_s=0.1,
+        verdict=j.verdict,
+        observed=j.observed,
+    )
+    table = postcopy_table([res], width=0)
+    assert "slot-scan: vcpu0 -500 us" in table
+    assert "QEMU" in vcpu_table(res)

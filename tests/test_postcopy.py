@@ -125,6 +125,31 @@ def test_the_guest_checksum_covers_every_byte(kvm):
     assert j.verdict == Verdict.BROKEN and pj.KIND_LOST in {v.kind for v in j.violations}
 
 
+@pytest.mark.parametrize("variant", pc.DEFAULT_VARIANTS)
+def test_vcpu_fault_messages_lost_are_broken_live(kvm, monkeypatch, variant):
+    """A kernel that puts the vCPUs to sleep on missing pages and loses their
+    messages (simulated: the pager reads and ignores them).  Where the stream
+    places the pages the guest stalls with no blocktime; where nothing comes
+    (shared-page) the vCPUs sleep in KVM_RUN until the watchdog: hung, not
+    'host too loaded' (it was untestable: 'got only 400.6 us of CPU')."""
+    from kvmharness.host.pager import Pager
+
+    orig = Pager._on_fault
+
+    def lose_vcpu_messages(self, addr, tid, t):
+        if tid not in self.tids:
+            orig(self, addr, tid, t)
+
+    monkeypatch.setattr(Pager, "_on_fault", lose_vcpu_messages)
+    res = pc.run_scenario(pc.PostcopyConfig(variant, 2, **dict(FAST, budget_s=3)), kvm)
+    assert res.verdict == Verdict.BROKEN, res.observed
+    kinds = {v.kind for v in res.violations}
+    if variant == "postcopy/shared-page":
+        assert "hung" in kinds, res.observed
+    else:
+        assert kinds & {pc.KIND_SILENT_STALL, pc.KIND_UNDER_GUEST}, res.observed
+
+
 def test_family_is_registered_with_promises_for_run_and_bisect():
     from kvmharness.cli.run import select
 

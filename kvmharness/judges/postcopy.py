@@ -346,6 +346,8 @@ class Replay:
     placed_at: list[int | None]  # per fault: when its page was placed (None: never)
     placed_by: list[str]  # per fault: HOW key, or "before" (placed before it was read)
     copy_late: list[int]  # per fault: t_placed - copy start (0 for "before")
+    diverged: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per model: the first placement after which its figures left the accountant's."""
 
 
 def replay(r: PostcopyRecord) -> Replay:
@@ -365,6 +367,16 @@ def replay(r: PostcopyRecord) -> Replay:
     copy_late = [0] * n
     done = 0
 
+    diverged: dict[str, dict[str, Any]] = {}
+
+    def compare(page: int, t: int, what: str) -> None:
+        if len(diverged) == len(models):
+            return
+        truth = acc.report().figures()
+        for name, m in models.items():
+            if name not in diverged and m.report().figures() != truth:
+                diverged[name] = {"after": what, "page": page, "t_ns": t}
+
     def place(p: Placement) -> None:
         if p.page in received:
             return
@@ -373,6 +385,7 @@ def replay(r: PostcopyRecord) -> Replay:
             s.placed(p.page, p.t_ns)
         for i in waiting.pop(p.page, []):
             placed_at[i], placed_by[i], copy_late[i] = p.t_ns, p.how, p.copy_ns
+        compare(p.page, p.t_ns, f"placement by {HOW.get(p.how, p.how)}")
 
     for i, f in enumerate(r.faults):
         while done < min(f.after, len(r.placements)):
@@ -386,6 +399,7 @@ def replay(r: PostcopyRecord) -> Replay:
             for s in sinks:
                 s.placed(f.page, f.t_ns)
             placed_at[i], placed_by[i] = f.t_ns, "before"
+            compare(f.page, f.t_ns, "a message read after its page was placed")
         else:
             waiting.setdefault(f.page, []).append(i)
     for p in r.placements[done:]:
@@ -397,6 +411,7 @@ def replay(r: PostcopyRecord) -> Replay:
         placed_at,
         placed_by,
         copy_late,
+        diverged,
     )
 
 
@@ -433,6 +448,7 @@ def judge(record: dict[str, Any]) -> Judgement:
     rp = replay(r)
     out, harness, notes = _judge(r, rp)
     notes["blocktime"] = rp.report.to_json()
+    notes["models"] = models_against_accountant(rp)
     untestable: list[str] = []
     for i, o in enumerate(r.vcpu):
         if o.state == "stopped":
@@ -458,6 +474,37 @@ def judge(record: dict[str, Any]) -> Judgement:
     if untestable:
         return Judgement(Verdict.UNTESTABLE, untestable[0], out, notes)
     return Judgement(verdict_for(r.kind), describe(r, rp, out, notes), out, notes)
+
+
+def models_against_accountant(rp: Replay) -> dict[str, dict[str, Any]]:
+    """What QEMU's two designs report from this run's events, and where they
+    differ from the exact accountant (information: QEMU is not under test)."""
+    truth = rp.report
+    out = {}
+    for name, m in rp.models.items():
+        d_v = [a - b for a, b in zip(m.blocked_ns, truth.blocked_ns, strict=True)]
+        d_all = m.all_blocked_ns - truth.all_blocked_ns
+        parts = [
+            f"vcpu{v} {'+' if d > 0 else '-'}{format_ns(abs(d))}" for v, d in enumerate(d_v) if d
+        ]
+        if d_all:
+            parts.append(f"all-blocked {'+' if d_all > 0 else '-'}{format_ns(abs(d_all))}")
+        if m.faults != truth.faults:
+            parts.append(f"faults {m.faults} (exact {truth.faults})")
+        first = rp.diverged.get(name)
+        if first and parts:
+            parts.append(f"from the {first['after']} of page {first['page']}")
+        out[name] = {
+            "blocked_ns": m.blocked_ns,
+            "all_blocked_ns": m.all_blocked_ns,
+            "faults": m.faults,
+            "delta_ns": d_v,
+            "all_blocked_delta_ns": d_all,
+            "differs": bool(parts),
+            "summary": ", ".join(parts) if parts else "same as the accountant",
+            "first_divergence": first,
+        }
+    return out
 
 
 def describe(
