@@ -237,7 +237,7 @@ def insert_fault(rec: dict[str, Any], i: int, dt_ns: int) -> None:
 
 
 def test_the_qemu_models_run_over_every_record_and_agree_on_single_faults():
-    for name in RECORDS:
+    for name in set(RECORDS) - {"stream-woke-in-copy"}:
         j = judge_record(load(name))
         models = j.notes["models"]
         assert set(models) == {"qemu-hash", "slot-scan"}
@@ -245,6 +245,20 @@ def test_the_qemu_models_run_over_every_record_and_agree_on_single_faults():
         for m in models.values():
             # one outstanding fault per vCPU thread: both designs are exact here
             assert m["blocked_ns"] == exact and not m["differs"], (name, m["summary"])
+
+
+def test_a_vcpu_faulting_again_before_its_placement_is_stamped_fools_qemus_designs():
+    """Recorded here: vcpu0 woke during the UFFDIO_COPY of page 20 (placed
+    3.25 ms after its message: the source thread was late) and its next fault,
+    on page 18, was read before page 20's placement was stamped.  The exact
+    accountant keeps the union; QEMU's designs add only the latency of the
+    entry that freed the vCPU, and lose page 20's wait."""
+    j = judge_record(load("stream-woke-in-copy"))
+    assert j.verdict == Verdict.HOLDS
+    for name in ("qemu-hash", "slot-scan"):
+        m = j.notes["models"][name]
+        assert m["differs"] and m["delta_ns"][0] < -3_000_000 and m["delta_ns"][1] == 0
+    assert j.notes["models"]["qemu-hash"]["first_divergence"]["page"] == 18
 
 
 def test_a_retried_fault_shows_where_the_slot_model_disagrees():
@@ -279,5 +293,5 @@ def test_a_retried_fault_shows_where_the_slot_model_disagrees():
         observed=j.observed,
     )
     table = postcopy_table([res], width=0)
-    assert "slot-scan: vcpu0 -500 us" in table
+    assert "scan -500 us" in table and "hash" not in table.split("QEMU models")[1]
     assert "QEMU" in vcpu_table(res)

@@ -45,15 +45,26 @@ def _steal(rec: PostcopyRecord) -> int:
     )
 
 
+def _signed(ns: int) -> str:
+    return ("+" if ns > 0 else "-") + format_ns(abs(ns))
+
+
 def models_text(notes: dict[str, Any]) -> str:
-    """'=' when both QEMU models report what the accountant does, else where they differ."""
+    """'= exact' when both QEMU models report what the accountant does, else
+    how far off each is (blocktime summed over vCPUs, all-blocked); the JSON's
+    notes.models says per vCPU and from which event."""
     models = notes.get("models")
     if not models:
         return "-"
     parts = []
     for name, m in models.items():
-        if m.get("differs"):
-            parts.append(f"{name}: {m['summary']}")
+        if not m.get("differs"):
+            continue
+        short = name.split("-")[-1]
+        bits = [_signed(sum(m["delta_ns"]))] if any(m["delta_ns"]) else []
+        if m.get("all_blocked_delta_ns"):
+            bits.append(f"all {_signed(m['all_blocked_delta_ns'])}")
+        parts.append(f"{short} {' '.join(bits) or 'faults differ'}")
     return "; ".join(parts) if parts else "= exact"
 
 
