@@ -197,3 +197,47 @@ def test_missing_file_and_bad_known_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["judge"])
     assert info.value.code == 2
+
+
+# ---------------------------------------------------------------- real runs
+
+
+def _no_vcpu_named_the_faults(record):
+    """postcopy: the kernel names a thread that is no vCPU's in every fault."""
+    record["faults"]["tid"] = [1] * len(record["faults"]["tid"])
+
+
+SIMULATED_BUGS = {
+    "postcopy": ("postcopy/stream", _no_vcpu_named_the_faults),
+}
+
+
+@pytest.mark.kvm
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("family", sorted(SIMULATED_BUGS))
+def test_judge_a_real_run_as_it_ran_and_with_a_simulated_bug(family, tmp_path, capsys):
+    """A real `kvmharness run -s FAMILY --json` judged again gives the run's
+    verdicts and exit code; the same file with one kernel behaviour changed in
+    one record (a simulated bug) exits 1, and that record is BROKEN."""
+    variant, simulate = SIMULATED_BUGS[family]
+    run_json = tmp_path / "run.json"
+    rc = main(["run", "-s", family, "-q", "--json", str(run_json)])
+    ran = capsys.readouterr().out
+    assert rc == 0, ran
+    doc = json.loads(run_json.read_text())
+    judged = tmp_path / "judged.json"
+    assert main(["judge", str(run_json), "--json", str(judged)]) == rc
+    out = capsys.readouterr().out
+    assert "differ from the ones recorded" not in out, out
+    again = json.loads(judged.read_text())
+    assert [r["verdict"] for r in again["results"]] == [r["verdict"] for r in doc["results"]]
+
+    target = next(r for r in doc["results"] if r["variant"] == variant)
+    simulate(target)
+    bugged = tmp_path / "bugged.json"
+    bugged.write_text(json.dumps(doc))
+    assert main(["judge", str(bugged), "--json", str(judged)]) == 1
+    out = capsys.readouterr().out
+    assert f"{variant}@{target['vcpus']}: recorded holds, today BROKEN" in out, out
+    verdicts = {r["variant"]: r["verdict"] for r in json.loads(judged.read_text())["results"]}
+    assert verdicts[variant] == "BROKEN"
