@@ -687,6 +687,7 @@ def run_scenario(cfg: PostcopyConfig, kvm: Kvm | None = None) -> PostcopyResult:
     pager = dst.pager
     span = pager.last_place_ns - pager.first_place_ns
     stats = {
+        "pages": lay.pages,
         "placed_per_s": (pager.placed_count - 1) * 1e9 / span if span > 0 else None,
         "stream_unpaced_per_s": (pager.fast[2] - 1) * 1e9 / (pager.fast[1] - pager.fast[0])
         if pager.fast[2] > 1 and pager.fast[1] > pager.fast[0]
