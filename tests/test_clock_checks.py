@@ -120,7 +120,11 @@ def _judge(variant, run, vcpus=1):
         khz=run.khz,
     )
     j = judge_record(json.loads(json.dumps(res.record())))
-    why = j.observed if j.verdict in (Verdict.UNTESTABLE, Verdict.NOT_SUPPORTED) else None
+    why = (
+        f"{j.verdict}: {j.observed}"
+        if j.verdict in (Verdict.UNTESTABLE, Verdict.NOT_SUPPORTED)
+        else None
+    )
     return j.violations, why
 
 

@@ -21,10 +21,11 @@ A clock that loses stability at a restore is reported in ``notes`` (and the
 table); a promise whose point is the master clock on a host that never had
 one is NOT_SUPPORTED (a lasting host property), never UNTESTABLE.
 
-TSC bounds use the TSC rate measured in the run (the guest's TSC read by the
-host around each phase against CLOCK_MONOTONIC, with the uncertainty of those
-readings), never only KVM's tsc_khz, a calibration that can be off: under
-QEMU TCG a nested kernel's tsc_khz was seen 0.76% below the rate its TSC ran.
+TSC bounds use the fastest of KVM's tsc_khz and the TSC rate measured in the
+run (the guest's TSC read by the host around each phase against
+CLOCK_MONOTONIC, with the uncertainty of those readings): tsc_khz is a
+calibration, and where the host's clocks do not come from the TSC (hpet) the
+TSC may run at another rate than it says.
 """
 
 from __future__ import annotations
@@ -675,7 +676,7 @@ def judge(record: dict[str, Any]) -> Judgement:
     if cfg.needs_stable and not any(stable):
         return Judgement(
             Verdict.NOT_SUPPORTED,
-            "not supported: the host clock is never stable (KVM_GET_CLOCK without "
+            "the host clock is never stable (KVM_GET_CLOCK without "
             "KVM_CLOCK_TSC_STABLE, areas without PVCLOCK_TSC_STABLE_BIT: no master "
             f"clock, e.g. a host clocksource other than tsc); measured: {text}",
             violations,

@@ -686,8 +686,7 @@ def start_tsc(
     elif how is TscPut.OFFSET:
         if not gvm.vcpus[0].has_tsc_offset_attr():
             raise NotSupported(
-                "not supported: KVM_HAS_DEVICE_ATTR says this KVM has no "
-                "KVM_VCPU_TSC_OFFSET attribute"
+                "KVM_HAS_DEVICE_ATTR says this KVM has no KVM_VCPU_TSC_OFFSET attribute"
             )
         offset = TSC_START_AHEAD_S * khz * 1000 + gvm.vcpus[0].get_tsc_offset()
         for i, t in enumerate(threads):
@@ -712,7 +711,7 @@ def put_clock(
     elif how is ClockPut.REALTIME:
         if not saved.flags & lib.KVM_CLOCK_REALTIME:
             raise NotSupported(
-                "not supported: KVM_GET_CLOCK returned no realtime "
+                "KVM_GET_CLOCK returned no realtime "
                 "(KVM_CLOCK_REALTIME: the host clock is not TSC-based) to "
                 "restore with KVM_CLOCK_REALTIME from"
             )
@@ -790,15 +789,15 @@ def restore(
             facts.tsc_write_ns = min(w[0] for _, w in loads + writes)
         put_clock(vm, saved, v.clock, facts.get_clock_ns, facts)
         if v.tsc is TscPut.OFFSET:
-            # api.rst's recipe: offset_dst = offset_src + host_tsc_src - host_tsc_dst
-            # + the real time that passed, in ticks (host TSC and realtime read together).
-            host_now, real_now = host_tsc(vm.vcpus[0]), time.time_ns()
-            elapsed = real_now - state.meta_extra["realtime_ns"]
-            offset = (src_offset + src_host_tsc - host_now + _khz_ticks(elapsed, khz)) & (
-                checks.U64 - 1
+            real_before, host_now, _ = host_tsc_and_realtime(vm.vcpus[0])
+            offset = tsc_offset_recipe(
+                src_offset,
+                src_host_tsc,
+                state.meta_extra["realtime_ns"],
+                host_now,
+                real_before,
+                khz,
             )
-            if offset >= checks.WRAP_THRESHOLD:
-                offset -= checks.U64
             for i in range(len(state.vcpus)):
                 if main:
                     put_tsc_offset(vm.vcpus[i], offset)
@@ -862,8 +861,37 @@ def _tsc_extra(gvm: GuestVm, state: Any) -> None:
     if v0.has_tsc_offset_attr():
         off = v0.get_tsc_offset()
         state.meta_extra["tsc_offset"] = off - checks.U64 if off >= checks.WRAP_THRESHOLD else off
-        state.meta_extra["host_tsc"] = host_tsc(v0)
-        state.meta_extra["realtime_ns"] = time.time_ns()
+        _, state.meta_extra["host_tsc"], state.meta_extra["realtime_ns"] = host_tsc_and_realtime(v0)
+
+
+def host_tsc_and_realtime(vcpu: Vcpu) -> tuple[int, int, int]:
+    """(realtime before, host TSC, realtime after): the host TSC between two
+    CLOCK_REALTIME readings (the new VM has no master clock yet, so no
+    KVM_GET_CLOCK pair)."""
+    r0 = time.time_ns()
+    h = host_tsc(vcpu)
+    return r0, h, time.time_ns()
+
+
+def tsc_offset_recipe(
+    src_offset: int,
+    src_host_tsc: int,
+    src_real_after: int,
+    dst_host_tsc: int,
+    dst_real_before: int,
+    khz: int,
+) -> int:
+    """api.rst's recipe, offset_dst = offset_src + host_tsc_src - host_tsc_dst +
+    the real time that passed in ticks, with each host TSC paired with a
+    realtime reading that can only shorten that time: the one after it at the
+    source, the one before it at the destination.  Paired the other way, a
+    thread delayed between the two reads (ms under TCG) puts the guest's TSC
+    ahead of the real time by the delay: the Debian 6.1.0-47 tsc/offset red."""
+    elapsed = max(dst_real_before - src_real_after, 0)
+    offset = (src_offset + src_host_tsc - dst_host_tsc + _khz_ticks(elapsed, khz)) & (
+        checks.U64 - 1
+    )
+    return offset - checks.U64 if offset >= checks.WRAP_THRESHOLD else offset
 
 
 def _sleep_until(deadline_ns: int) -> None:
@@ -952,6 +980,13 @@ def rate_probe(vcpu: Vcpu) -> RateProbe:
     return RateProbe((r0, raw(time.CLOCK_MONOTONIC_RAW)), (m0, m1), tsc)
 
 
+def narrowest_probe(vcpu: Vcpu, tries: int = 3) -> RateProbe:
+    """The probe with the narrowest bracket of ``tries``: a thread preempted
+    mid-probe only widens the uncertainty of the rate, and one of a few is
+    rarely preempted."""
+    return min((rate_probe(vcpu) for _ in range(tries)), key=lambda p: p.mono_ns[1] - p.mono_ns[0])
+
+
 def measured_phase(
     gvm: GuestVm,
     threads: list[VcpuThread],
@@ -963,7 +998,7 @@ def measured_phase(
 ) -> None:
     """:func:`run_phase`, with vCPU 0's TSC probed before and after it: the
     TSC rate the phase ran at, which the judge's TSC bounds rest on."""
-    probes = [threads[0].call(rate_probe, gvm.vcpus[0])]
+    probes = [threads[0].call(narrowest_probe, gvm.vcpus[0])]
     run.probes.append(probes)
     if storm:
         with ClockStorm(gvm.vm) as st:
@@ -972,7 +1007,7 @@ def measured_phase(
             raise st.error
         if not st.sets and st.gets_without_realtime:
             raise NotSupported(
-                "not supported: KVM_GET_CLOCK returned no realtime (KVM_CLOCK_REALTIME: "
+                "KVM_GET_CLOCK returned no realtime (KVM_CLOCK_REALTIME: "
                 "the host clock is not TSC-based) to force continuous kvmclock updates with"
             )
         run.storm.append(
@@ -986,7 +1021,7 @@ def measured_phase(
     else:
         run_phase(gvm, threads, run.records, duration_ns, budget_s, hop)
     if not any(r.stuck for r in run.records):
-        probes.append(threads[0].call(rate_probe, gvm.vcpus[0]))
+        probes.append(threads[0].call(narrowest_probe, gvm.vcpus[0]))
 
 
 def _first_phase(
@@ -1026,7 +1061,7 @@ def run_in_process(kvm: Kvm, cfg: ClockConfig) -> Run:
     v = VARIANTS[cfg.variant]
     if v.khz_ratio and not kvm.check_extension(lib.KVM_CAP_TSC_CONTROL):
         raise NotSupported(
-            "not supported: KVM_SET_TSC_KHZ needs KVM_CAP_TSC_CONTROL, which "
+            "KVM_SET_TSC_KHZ needs KVM_CAP_TSC_CONTROL, which "
             "is 0 here: no vCPU can run at another TSC frequency"
         )
     run = Run([ClockRecord(i) for i in range(cfg.vcpus)])
