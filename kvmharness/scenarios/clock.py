@@ -387,6 +387,7 @@ class ClockResult:
             "schema": SCHEMA_VERSION,
             "family": "clock",
             "variant": v.name,
+            "kind": str(v.kind),
             "vcpus": self.config.vcpus,
             "config": {
                 "phase_ms": self.config.phase_ms,
@@ -1229,6 +1230,13 @@ def run_scenario(cfg: ClockConfig, kvm: Kvm | None = None) -> ClockResult:
     )
     res.apply(judge(res.record()))
     res.wall_s = time.monotonic() - t0
+    return res
+
+
+def from_record(record: dict[str, Any], judgement: Any) -> ClockResult:
+    """``kvmharness judge``'s hook: the result a record shows, with today's judgement."""
+    res = ClockResult.from_json(record)
+    res.apply(judgement)
     return res
 
 
