@@ -295,3 +295,91 @@ def test_a_retried_fault_shows_where_the_slot_model_disagrees():
     table = postcopy_table([res], width=0)
     assert "scan -500 us" in table and "hash" not in table.split("QEMU models")[1]
     assert "QEMU" in vcpu_table(res)
+
+
+# ---- the other rules, one control each
+
+
+def test_a_bad_qword_the_guest_found_is_broken():
+    rec = load("stream")
+    rec["vcpu"]["bad_gpa"][0] = rec["config"]["data_gpa"] + 8 * 100
+    j = judge_record(rec)
+    assert j.verdict == Verdict.BROKEN and pj.KIND_LOST in kinds(j)
+
+
+def test_destination_memory_unlike_the_source_is_broken():
+    rec = load("shared-page")
+    rec["host"]["mismatch"] = [5]
+    j = judge_record(rec)
+    assert j.verdict == Verdict.BROKEN and pj.KIND_LOST in kinds(j)
+
+
+def test_a_fault_outside_the_registered_range_is_broken():
+    rec = load("stream")
+    rec["faults"]["page"][0] = rec["config"]["pages"] + 7
+    j = judge_record(rec)
+    assert j.verdict == Verdict.BROKEN and pj.KIND_MISATTRIBUTED in kinds(j)
+
+
+def test_a_fault_on_a_placed_page_while_the_vcpu_checks_its_memory_is_spurious():
+    rec = load("stream")
+    f, vc = rec["faults"], rec["vcpu"]
+    t = pj._undelta(f["t_ns"])
+    # vcpu0's thread faults on its first page once it is checking its memory
+    t.append(vc["verify_ns"][0] + 50_000)
+    f["t_ns"] = pj.delta(t)
+    f["page"].append(rec["config"]["plans"][0][0])
+    f["tid"].append(vc["tid"][0])
+    f["after"].append(len(rec["placements"]["page"]))
+    j = judge_record(rec)
+    assert j.verdict == Verdict.BROKEN and pj.KIND_SPURIOUS in kinds(j), j.observed
+
+
+def test_the_helper_reading_a_wrong_value_is_broken():
+    rec = load("non-vcpu")
+    rec["helper"]["value"] ^= 1
+    j = judge_record(rec)
+    assert j.verdict == Verdict.BROKEN and pj.KIND_LOST in kinds(j)
+
+
+def test_the_helper_waiting_with_no_message_is_broken():
+    rec = load("non-vcpu")
+    h = rec["helper"]["tid"]
+    drop_faults(rec, [i for i, t in enumerate(rec["faults"]["tid"]) if t == h])
+    rec["helper"]["t1"] = rec["helper"]["t0"] + 50_000_000
+    j = judge_record(rec)
+    assert j.verdict == Verdict.BROKEN and pj.KIND_SILENT_STALL in kinds(j), j.observed
+
+
+def test_blocktime_longer_than_the_touching_kvm_run_is_broken():
+    rec = load("stream")
+    vc = rec["vcpu"]
+    vc["run_end_ns"][1] = vc["run_start_ns"][1] + 1_000_000  # a KVM_RUN of 1 ms
+    j = judge_record(rec)
+    assert j.verdict == Verdict.BROKEN and pj.KIND_OVER_WALL in kinds(j), j.observed
+
+
+def test_a_run_that_never_ran_keeps_its_verdict():
+    j = judge_record(
+        {
+            "schema": pj.SCHEMA_VERSION,
+            "family": "postcopy",
+            "variant": "postcopy/stream",
+            "verdict": "untestable",
+            "observed": "could not run (untestable): no userfaultfd",
+            "error": "no userfaultfd",
+        }
+    )
+    assert j.verdict == Verdict.UNTESTABLE
+
+
+def test_a_page_never_placed_is_a_harness_error_not_green():
+    rec = load("stream")
+    p = rec["placements"]
+    t = pj._undelta(p["t_ns"])[:-1]
+    p["t_ns"] = pj.delta(t)
+    for k in ("page", "copy_ns"):
+        p[k] = p[k][:-1]
+    p["how"] = p["how"][:-1]
+    j = judge_record(rec)
+    assert j.verdict == Verdict.ERROR, j.observed
