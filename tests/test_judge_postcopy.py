@@ -415,7 +415,10 @@ def test_the_guest_stall_bound_is_blocktime_plus_measured_delays(name, past):
     vc = rec["vcpu"]
     bt, _, faults = _vcpu_figures(rec, v)
     slack = vc["run_delay_ns"][v] + vc["cpu_ns"][v] + vc["others_ns"][v] + 2 * faults * pj.WAKE_NS
-    room = bt + slack - sum(vc["stall_ns"][v])
+    wall = vc["run_end_ns"][v] - vc["run_start_ns"][v]
+    e = max(0.0, vc["guest_tsc_ns"][v] / wall - 1.0) + 1e-3
+    # broken when S > bt + slack + S*e (the TSC conversion): S > (bt + slack) / (1 - e)
+    room = int((bt + slack) / (1 - e)) - sum(vc["stall_ns"][v])
     assert room > 2 * MS
     vc["stall_ns"][v][-1] += room + (MS if past else -MS)
     j = judge_record(rec)
