@@ -1223,39 +1223,59 @@ def record_boot(dest: Path, build: str, attempt: int, runs: int, b: Boot) -> Pat
 
 
 def write_record_index(
-    dest: Path, rows: Sequence[Row], kset: KernelSet, image: Path, bisect_args: Sequence[str]
+    dest: Path,
+    rows: Sequence[Row],
+    kset: KernelSet,
+    image: Path,
+    args_of: dict[str, list[str]],
 ) -> None:
     """DIR/index.json: the kernel the records were taken on and, per build, its
-    mutant header (Must-catch), exit codes, status and record files."""
+    mutant header (Must-catch), the ``kvmharness bisect`` arguments, exit codes,
+    status and record files.  Builds of an earlier run on the same kernel that
+    this run did not boot are kept (a corpus refreshed a few builds at a time);
+    an index of another kernel is replaced."""
+    kernel = {
+        "series": kset.series.name,
+        "version": kset.version,
+        "release": kset.release,
+        "image": str(image),
+    }
     cols = matrix_columns(rows)
     red = red_columns(rows, cols)
-    doc = {
-        "kernel": {
-            "series": kset.series.name,
-            "version": kset.version,
-            "release": kset.release,
-            "image": str(image),
-        },
-        "bisect_args": list(bisect_args),
-        "builds": [
-            {
-                "build": r.name,
-                "mutant": r.mutant.header() if r.mutant else None,
-                "exit_codes": r.exit_codes,
-                "status": r.status(cols, red),
-                "records": [
-                    n
-                    for i in range(1, len(r.exit_codes) + 1)
-                    if (dest / (n := record_name(r.name, i, len(r.exit_codes)))).exists()
-                ],
-            }
-            for r in rows
-        ],
+    fresh = {
+        r.name: {
+            "build": r.name,
+            "mutant": r.mutant.header() if r.mutant else None,
+            "bisect_args": args_of.get(r.name, []),
+            "harness_commit": _git_head(),
+            "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "exit_codes": r.exit_codes,
+            "status": r.status(cols, red),
+            "records": [
+                n
+                for i in range(1, len(r.exit_codes) + 1)
+                if (dest / (n := record_name(r.name, i, len(r.exit_codes)))).exists()
+            ],
+        }
+        for r in rows
     }
+    builds: list[dict[str, Any]] = []
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        old = json.loads((dest / "index.json").read_text())
+        if old["kernel"] == kernel:
+            builds = [b for b in old["builds"] if b["build"] not in fresh]
+    doc = {"kernel": kernel, "builds": builds + list(fresh.values())}
     dest.mkdir(parents=True, exist_ok=True)
     tmp = dest / "index.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(dest / "index.json")
+
+
+def _git_head() -> str | None:
+    r = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    return r.stdout.strip() or None
 
 
 def focus_args(
@@ -1556,6 +1576,7 @@ def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None], kset: KernelSe
     run_dir.mkdir(parents=True, exist_ok=True)
     log(f"booting {len(built)} build(s) x {ns.runs} in {image}; logs in {run_dir}")
     rows: list[Row] = []
+    args_of: dict[str, list[str]] = {}
     for m, d, secs, err in built:
         name = m.name if m else CONTROL
         if d is None:
@@ -1563,6 +1584,7 @@ def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None], kset: KernelSe
             continue
         boots = []
         args = focus_args(m, [x for x, *_ in built], ns.bisect_args, full=ns.full)
+        args_of[name] = args
         for i in range(ns.runs):
             log(f"boot {name} ({i + 1}/{ns.runs}): kvmharness bisect {shlex.join(args)}")
             b = boot(
@@ -1581,7 +1603,7 @@ def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None], kset: KernelSe
                 record_boot(ns.record, name, i + 1, ns.runs, b)
         rows.append(row_from_boots(name, m, boots, secs))
         if ns.record is not None:
-            write_record_index(ns.record, rows, kset, image, ns.bisect_args)
+            write_record_index(ns.record, rows, kset, image, args_of)
         _save(ns, rows, run_dir, image, kset, t_all, partial=True)
     text = render_matrix(rows)
     print(text)

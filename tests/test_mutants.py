@@ -625,7 +625,7 @@ def test_record_writes_each_boots_bisect_json_gzipped_and_an_index(tmp_path: Pat
     assert ml.record_boot(dest, "demo", 2, 2, boots[1]) is None
     assert not (dest / "demo-2.json.gz").exists()
     row = ml.row_from_boots("demo", m, boots, 12.0)
-    ml.write_record_index(dest, [row], KSET, Path("/img"), ["--scenario", "steal"])
+    ml.write_record_index(dest, [row], KSET, Path("/img"), {"demo": ["--scenario", "steal"]})
     index = json.loads((dest / "index.json").read_text())
     assert index["kernel"] == {
         "series": "6.1",
@@ -636,4 +636,22 @@ def test_record_writes_each_boots_bisect_json_gzipped_and_an_index(tmp_path: Pat
     (b,) = index["builds"]
     assert b["records"] == ["demo-1.json.gz"]
     assert b["exit_codes"] == [1, 125]
+    assert b["bisect_args"] == ["--scenario", "steal"]
     assert b["mutant"]["must_catch"] == ["steal:fresh-vm/main-thread", "steal:cross-process"]
+    # a later run of another build on the same kernel keeps this one; of the same
+    # build replaces it; on another kernel starts a new index
+    ctl = ml.row_from_boots(ml.CONTROL, None, [boots[0]], 1.0)
+    ml.write_record_index(dest, [ctl], KSET, Path("/img"), {})
+    assert [b["build"] for b in json.loads((dest / "index.json").read_text())["builds"]] == [
+        "demo",
+        ml.CONTROL,
+    ]
+    row2 = ml.row_from_boots("demo", m, [boots[0]], 12.0)
+    ml.write_record_index(dest, [row2], KSET, Path("/img"), {})
+    builds = json.loads((dest / "index.json").read_text())["builds"]
+    assert [(b["build"], b["exit_codes"]) for b in builds] == [(ml.CONTROL, [1]), ("demo", [1])]
+    other = ml.KernelSet(ml.SERIES["6.1"], "6.1.192-4", "6.1.0-58-amd64")
+    ml.write_record_index(dest, [ctl], other, Path("/img"), {})
+    assert [b["build"] for b in json.loads((dest / "index.json").read_text())["builds"]] == [
+        ml.CONTROL
+    ]
