@@ -207,8 +207,19 @@ def _no_vcpu_named_the_faults(record):
     record["faults"]["tid"] = [1] * len(record["faults"]["tid"])
 
 
+def _host_decode_one_ns_off(record):
+    """clock: the host's pvclock arithmetic 1 ns away from the guest's on every
+    reading both decoded (the measured hole: 150 decode-mismatch on tsc/msr)."""
+    n = 0
+    for v in record["vcpu_records"]:
+        v["decode"] = [[i, g, h + 1] for i, g, h in v["decode"]]
+        n += len(v["decode"])
+    assert n, "the record holds decoded readings to change"
+
+
 SIMULATED_BUGS = {
     "postcopy": ("postcopy/stream", _no_vcpu_named_the_faults),
+    "clock": ("monotonic", _host_decode_one_ns_off),
 }
 
 
@@ -241,3 +252,26 @@ def test_judge_a_real_run_as_it_ran_and_with_a_simulated_bug(family, tmp_path, c
     assert f"{variant}@{target['vcpus']}: recorded holds, today BROKEN" in out, out
     verdicts = {r["variant"]: r["verdict"] for r in json.loads(judged.read_text())["results"]}
     assert verdicts[variant] == "BROKEN"
+
+
+@pytest.mark.kvm
+@pytest.mark.timeout(120)
+def test_a_decode_bug_under_the_pvm_known_issue_is_broken_when_judged(tmp_path, capsys):
+    """The measured control through judge: the decode 1 ns off in a real
+    clock/tsc/msr record.  On kvm_pvm the shipped entry matches tsc/msr and
+    excuses its TSC kinds, never decode-mismatch; elsewhere tsc/msr holds and
+    the bug breaks it.  Either way: exit 1."""
+    run_json = tmp_path / "run.json"
+    rc = main(["bisect", "-s", "clock/tsc/msr", "-q", "--json", str(run_json)])
+    assert rc == 0, capsys.readouterr().out
+    capsys.readouterr()
+    doc = json.loads(run_json.read_text())
+    _host_decode_one_ns_off(doc["results"][0])
+    bugged = tmp_path / "bugged.json"
+    bugged.write_text(json.dumps(doc))
+    assert main(["judge", str(bugged)]) == 1
+    out = capsys.readouterr().out
+    assert "decode-mismatch" in out
+    if doc["results"][0]["known"]:  # the pvm entry matched the real run
+        assert "not excused: decode-mismatch (known issue pvm-tsc-msr-not-applied" in out
+        assert "clock/tsc/msr@2: recorded known-broken, today BROKEN" in out

@@ -195,6 +195,18 @@ def judge_run(doc: dict[str, Any], path: str = "<run>") -> list[Any]:
     return out
 
 
+def _word(r: Any, m: Any) -> str:
+    """The state a row is in: its verdict, or known-broken where an entry excused it."""
+    return str(m.status) if m is not None and m.excused else str(r.verdict)
+
+
+def _recorded_word(record: dict[str, Any]) -> str:
+    k = record.get("known")
+    if isinstance(k, dict) and k.get("status") == "known-broken":
+        return "known-broken"
+    return str(record.get("verdict"))
+
+
 def _named(doc: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
     sel = doc.get("selection") or []
     try:
@@ -253,10 +265,9 @@ def judge_cli(args: Any) -> int:
     )
     print_report(results, known, wide=args.wide, total_s=None)
     changed = [
-        f"  {scenario_id(r.family, r.variant.name)}@{r.vcpus}: recorded "
-        f"{rec.get('verdict')}, today {r.verdict}"
-        for r, rec in zip(results, doc["results"], strict=True)
-        if str(rec.get("verdict")) != str(r.verdict)
+        f"  {scenario_id(r.family, r.variant.name)}@{r.vcpus}: recorded {was}, today {now}"
+        for r, m, rec in zip(results, known, doc["results"], strict=True)
+        if (was := _recorded_word(rec)) != (now := _word(r, m))
     ]
     if changed:
         print(f"{len(changed)} verdict(s) differ from the ones recorded:")
