@@ -295,3 +295,183 @@ def test_a_retried_fault_shows_where_the_slot_model_disagrees():
     table = postcopy_table([res], width=0)
     assert "scan -500 us" in table and "hash" not in table.split("QEMU models")[1]
     assert "QEMU" in vcpu_table(res)
+
+
+# ---- the other rules, one control each
+
+
+def test_a_bad_qword_the_guest_found_is_broken():
+    rec = load("stream")
+    rec["vcpu"]["bad_gpa"][0] = rec["config"]["data_gpa"] + 8 * 100
+    j = judge_record(rec)
+    assert j.verdict == Verdict.BROKEN and pj.KIND_LOST in kinds(j)
+
+
+def test_destination_memory_unlike_the_source_is_broken():
+    rec = load("shared-page")
+    rec["host"]["mismatch"] = [5]
+    j = judge_record(rec)
+    assert j.verdict == Verdict.BROKEN and pj.KIND_LOST in kinds(j)
+
+
+def test_a_fault_outside_the_registered_range_is_broken():
+    rec = load("stream")
+    rec["faults"]["page"][0] = rec["config"]["pages"] + 7
+    j = judge_record(rec)
+    assert j.verdict == Verdict.BROKEN and pj.KIND_MISATTRIBUTED in kinds(j)
+
+
+def test_a_fault_on_a_placed_page_while_the_vcpu_checks_its_memory_is_spurious():
+    rec = load("stream")
+    f, vc = rec["faults"], rec["vcpu"]
+    t = pj._undelta(f["t_ns"])
+    # vcpu0's thread faults on its first page once it is checking its memory
+    t.append(vc["verify_ns"][0] + 50_000)
+    f["t_ns"] = pj.delta(t)
+    f["page"].append(rec["config"]["plans"][0][0])
+    f["tid"].append(vc["tid"][0])
+    f["after"].append(len(rec["placements"]["page"]))
+    j = judge_record(rec)
+    assert j.verdict == Verdict.BROKEN and pj.KIND_SPURIOUS in kinds(j), j.observed
+
+
+def test_the_helper_reading_a_wrong_value_is_broken():
+    rec = load("non-vcpu")
+    rec["helper"]["value"] ^= 1
+    j = judge_record(rec)
+    assert j.verdict == Verdict.BROKEN and pj.KIND_LOST in kinds(j)
+
+
+def test_the_helper_waiting_with_no_message_is_broken():
+    rec = load("non-vcpu")
+    h = rec["helper"]["tid"]
+    drop_faults(rec, [i for i, t in enumerate(rec["faults"]["tid"]) if t == h])
+    rec["helper"]["t1"] = rec["helper"]["t0"] + 50_000_000
+    j = judge_record(rec)
+    assert j.verdict == Verdict.BROKEN and pj.KIND_SILENT_STALL in kinds(j), j.observed
+
+
+def test_blocktime_longer_than_the_touching_kvm_run_is_broken():
+    rec = load("stream")
+    vc = rec["vcpu"]
+    vc["run_end_ns"][1] = vc["run_start_ns"][1] + 1_000_000  # a KVM_RUN of 1 ms
+    j = judge_record(rec)
+    assert j.verdict == Verdict.BROKEN and pj.KIND_OVER_WALL in kinds(j), j.observed
+
+
+def test_a_run_that_never_ran_keeps_its_verdict():
+    j = judge_record(
+        {
+            "schema": pj.SCHEMA_VERSION,
+            "family": "postcopy",
+            "variant": "postcopy/stream",
+            "verdict": "untestable",
+            "observed": "could not run (untestable): no userfaultfd",
+            "error": "no userfaultfd",
+        }
+    )
+    assert j.verdict == Verdict.UNTESTABLE
+
+
+def test_a_page_never_placed_is_a_harness_error_not_green():
+    rec = load("stream")
+    p = rec["placements"]
+    t = pj._undelta(p["t_ns"])[:-1]
+    p["t_ns"] = pj.delta(t)
+    for k in ("page", "copy_ns"):
+        p[k] = p[k][:-1]
+    p["how"] = p["how"][:-1]
+    j = judge_record(rec)
+    assert j.verdict == Verdict.ERROR, j.observed
+
+
+# ---- each bound where README puts it: just past it BROKEN, just inside it holds
+
+
+MS = 1_000_000
+
+
+def _vcpu_figures(rec: dict[str, Any], v: int) -> tuple[int, list[int], int]:
+    """(blocktime, indices of touches on pages vCPU v faulted on, its faults)."""
+    j = judge_record(copy.deepcopy(rec))
+    tid = rec["vcpu"]["tid"][v]
+    pages = {
+        p for p, t in zip(rec["faults"]["page"], rec["faults"]["tid"], strict=True) if t == tid
+    }
+    faults = sum(1 for t in rec["faults"]["tid"] if t == tid)
+    plan = rec["config"]["plans"][v]
+    return (
+        j.notes["blocktime"]["blocked_ns"][v],
+        [k for k, p in enumerate(plan) if p in pages],
+        faults,
+    )
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("past", [True, False])
+def test_the_guest_stall_bound_is_blocktime_plus_measured_delays(name, past):
+    rec = load(name)
+    v = 1
+    vc = rec["vcpu"]
+    bt, _, faults = _vcpu_figures(rec, v)
+    slack = vc["run_delay_ns"][v] + vc["cpu_ns"][v] + vc["others_ns"][v] + 2 * faults * pj.WAKE_NS
+    wall = vc["run_end_ns"][v] - vc["run_start_ns"][v]
+    e = max(0.0, vc["guest_tsc_ns"][v] / wall - 1.0) + 1e-3
+    # broken when S > bt + slack + S*e (the TSC conversion): S > (bt + slack) / (1 - e)
+    room = int((bt + slack) / (1 - e)) - sum(vc["stall_ns"][v])
+    assert room > 2 * MS
+    vc["stall_ns"][v][-1] += room + (MS if past else -MS)
+    j = judge_record(rec)
+    assert (j.verdict == Verdict.BROKEN) is past, j.observed
+    if past:
+        assert pj.KIND_UNDER_GUEST in kinds(j)
+
+
+@pytest.mark.parametrize("past", [True, False])
+def test_the_steal_bound_is_the_vcpu_threads_run_delay(past):
+    rec = load("stream")
+    vc = rec["vcpu"]
+    vc["steal_after"][0] = vc["steal_before"][0] + vc["run_delay_ns"][0] + (1 if past else 0)
+    j = judge_record(rec)
+    assert (j.verdict == Verdict.BROKEN) is past, j.observed
+
+
+@pytest.mark.parametrize("past", [True, False])
+def test_the_wall_bound_is_the_touching_kvm_run_plus_the_copies_stamped_late(past):
+    rec = load("stream")
+    v, vc = 0, rec["vcpu"]
+    bt, _, _ = _vcpu_figures(rec, v)
+    r = pj.PostcopyRecord.from_dict(rec)
+    rp = pj.replay(r)
+    late = sum(
+        c
+        for c, fv, at in zip(rp.copy_late, rp.vcpu_of, rp.placed_at, strict=True)
+        if fv == v and at
+    )
+    vc["run_end_ns"][v] = vc["run_start_ns"][v] + bt - late + (-MS if past else MS)
+    j = judge_record(rec)
+    assert (pj.KIND_OVER_WALL in kinds(j)) is past, j.observed
+
+
+@pytest.mark.parametrize("past", [True, False])
+def test_the_blocktime_bound_is_the_guest_stall_on_the_same_pages(past):
+    rec = load("stream")
+    v, vc = 0, rec["vcpu"]
+    bt, touches, _ = _vcpu_figures(rec, v)
+    r = pj.PostcopyRecord.from_dict(rec)
+    rp = pj.replay(r)
+    mine = [i for i, fv in enumerate(rp.vcpu_of) if fv == v and rp.placed_at[i] is not None]
+    late = sum(rp.copy_late[i] for i in mine)
+    o = r.vcpu[v]
+    e = max(0.0, o.guest_tsc_ns / (o.run_end_ns - o.run_start_ns) - 1.0) + 1e-3
+    c = 1000 * len(mine) + late
+    # the guest's stall on those pages S: broken when bt > S + S*e + c
+    margin = 50_000  # less than the late stamps (~20 us a copy here), more than rounding
+    target = int((bt - c) / (1 + e)) + (-margin if past else margin)
+    stalls = vc["stall_ns"][v]
+    now = sum(stalls[k] for k in touches)
+    for k in touches:
+        stalls[k] = stalls[k] * target // now
+    stalls[touches[0]] += target - sum(stalls[k] for k in touches)
+    j = judge_record(rec)
+    assert (pj.KIND_OVER_GUEST in kinds(j)) is past, j.observed

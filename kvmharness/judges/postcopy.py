@@ -768,11 +768,15 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
         # waking, reading, taking the GIL; a lock holder preempted), each
         # measured over this very KVM_RUN, plus the two wake-ups per fault
         # that schedstat does not see (an idle CPU's IPI and exit).
-        wakes = WAKE_NS * 2 * len(mine)
-        slack = o.run_delay_ns + o.cpu_ns + o.others_ns + wakes
+        # The guest's ns come from its TSC at KVM's tsc_khz: off by as much as
+        # its interval over the touches exceeds the host's around them (it lies
+        # inside), plus the conversion's rounding.
         rate_err = 0.0
         if o.guest_tsc_ns and wall:
-            rate_err = max(0.0, o.guest_tsc_ns / wall - 1.0)  # guest interval lies inside
+            rate_err = max(0.0, o.guest_tsc_ns / wall - 1.0)
+        wakes = WAKE_NS * 2 * len(mine)
+        conv = int(stall_all * (rate_err + 1e-3))
+        slack = o.run_delay_ns + o.cpu_ns + o.others_ns + wakes + conv
         tol = int(stalled * (rate_err + 1e-3)) + 1000 * len(mine) + late
         agreement.append(Agreement(v, bt, stalled, slack, tol, len(mine), floor, stall_all))
         if bt > stalled + tol:
@@ -803,7 +807,8 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
                     f"more than blocktime {format_ns(bt)} + everything else that can "
                     f"stall it, {format_ns(slack)} (its thread's run_delay "
                     f"{format_ns(o.run_delay_ns)} and CPU {format_ns(o.cpu_ns)}, the other "
-                    f"threads' {format_ns(o.others_ns)}, wake-ups {format_ns(wakes)}); "
+                    f"threads' {format_ns(o.others_ns)}, wake-ups {format_ns(wakes)}, TSC "
+                    f"conversion {format_ns(conv)}); "
                     f"longest: touch {k} of page {plan[k]}, {format_ns(o.stall_ns[k])}, "
                     f"{heard} fault message from its thread",
                     counter="blocktime",

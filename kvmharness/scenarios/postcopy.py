@@ -42,9 +42,9 @@ CPU clocks, the guest's rdtsc):
   everything else that can stall it, each measured over that KVM_RUN: the
   vCPU thread's run_delay and CPU time, the CPU time and run_delay of every
   other thread of the process (the fault thread waking and taking the GIL,
-  a lock holder preempted), and two wake-ups per fault that schedstat does
-  not see.  A vCPU asleep on a page nobody heard of (messages lost, or sent
-  under the wrong thread) is so caught;
+  a lock holder preempted), two wake-ups per fault that schedstat does
+  not see, and the TSC conversion error.  A vCPU asleep on a page nobody
+  heard of (messages lost, or sent under the wrong thread) is so caught;
 * **blocktime is not steal**: a thread asleep on a missing page is not
   runnable, so the guest's steal over the touching KVM_RUN grows by at most
   that thread's run_delay over it (exact: KVM adds run_delay deltas);
