@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -429,7 +430,7 @@ def test_steal_that_counts_part_of_run_delay_is_not_alive(fraction):
     """KVM charges every ns of run_delay: between two readings whose KVM_RUN did
     not wait, steal grows by exactly pre[b] - post[a].  A kernel that counts 70%
     is not alive (the pre-fix bound, half, let 70% and 50% through)."""
-    waits = [0, 5 * MS, 5 * MS, 12 * MS, 20 * MS, 20 * MS]
+    waits = [0, 5 * MS, 5 * MS, 12 * MS, 20 * MS, 26 * MS]
     rds = [_rd(0, 0, True, True)] + [_rd(w, w) for w in waits[1:]]
     exact = [S(i, w) for i, w in enumerate(waits)]
     assert checks.check_follows_run_delay("vcpu0", exact, rds) == []
@@ -453,7 +454,7 @@ def test_alive_is_judged_per_phase():
     stops = [S(0, 0), S(1, 1 * MS), S(2, 40 * MS), S(3, 41 * MS), S(4, 41 * MS), S(5, 41 * MS)]
     out = checks.check_follows_run_delay("vcpu0", stops, rds)
     assert [(v.kind, v.index) for v in out] == [(checks.KIND_NOT_ALIVE, 5)]
-    assert checks.alive_segments(rds) == [(1, 2), (3, 5)]
+    assert [s[:2] for s in checks.alive_segments(rds)] == [(1, 2), (3, 5)]
 
 
 def test_alive_ends_at_readings_whose_kvm_run_did_not_wait():
@@ -465,7 +466,7 @@ def test_alive_ends_at_readings_whose_kvm_run_did_not_wait():
         _rd(10 * MS, 10 * MS),
         _rd(10 * MS, 40 * MS),  # waited 30 ms inside this KVM_RUN, before entry
     ]
-    assert checks.alive_segments(rds) == [(1, 2)]
+    assert [s[:2] for s in checks.alive_segments(rds)] == [(1, 2)]
     half = [S(0, 0), S(1, 0), S(2, 5 * MS), S(3, 20 * MS)]
     assert [v.kind for v in checks.check_follows_run_delay("vcpu0", half, rds)] == [
         checks.KIND_NOT_ALIVE
@@ -491,8 +492,33 @@ def test_a_stretch_with_no_update_at_all_is_judged_whole():
     fresh: the stretch is judged from its first reading, not skipped (which
     would make a dead clock untestable)."""
     rds = [_rd(0, 0, True, True)] + [_rd(w, w, fresh=True) for w in (0, 5 * MS, 10 * MS)]
-    assert checks.alive_segments(rds) == [(0, 3)]
+    assert [s[:2] for s in checks.alive_segments(rds)] == [(0, 3)]
     flat = [S(i, 0) for i in range(4)]
     assert [v.kind for v in checks.check_follows_run_delay("vcpu0", flat, rds)] == [
         checks.KIND_NOT_ALIVE
     ]
+
+
+def test_a_new_vcpu_owes_its_threads_whole_run_delay():
+    """Under load a thread waits inside its KVM_RUNs, not between them, so no
+    pair of readings brackets the waiting.  A new vCPU starts from last_steal
+    0, though: by reading b KVM has charged at least pre[b] on top of the
+    area's value before it, and a kernel that counts 70% falls short."""
+    rds = [
+        _rd(30 * MS, 30 * MS, True, True, base=7 * MS),
+        _rd(30 * MS, 60 * MS, True),
+        _rd(60 * MS, 90 * MS),
+        _rd(90 * MS, 91 * MS),
+    ]
+    rds = [replace(rds[0], zero_start=True), *rds[1:]]
+    good = [S(0, 37 * MS), S(1, 67 * MS), S(2, 97 * MS), S(3, 97 * MS)]
+    assert checks.check_follows_run_delay("vcpu0", good, rds) == []
+    span = checks.alive_segments(rds, checks.ALIVE_MIN_RUN_DELAY_NS)[0]
+    assert (span.last, span.base, span.waited(rds)) == (3, 7 * MS, 90 * MS)
+    part = [S(0, 28 * MS), S(1, 49 * MS), S(2, 70 * MS), S(3, 70 * MS)]
+    assert [v.kind for v in checks.check_follows_run_delay("vcpu0", part, rds)] == [
+        checks.KIND_NOT_ALIVE
+    ]
+    # without zero_start (a thread change, last_steal unknown) nothing brackets it
+    moved = [replace(rds[0], zero_start=False), *rds[1:]]
+    assert checks.check_follows_run_delay("vcpu0", part, moved) == []

@@ -294,13 +294,14 @@ class VcpuRecord:
                     start,
                     base=base,
                     phase_start=i in phase_starts,
+                    zero_start=p is None or p.life != c.life,
                 )
             )
         return out
 
-    def segments(self) -> list[tuple[int, int]]:
-        """(first, last) reading of each stretch "alive" is judged over."""
-        return checks.alive_segments(self.run_delays())
+    def segments(self) -> list[checks.AliveSpan]:
+        """What "alive" is judged over, stretch by stretch."""
+        return checks.alive_segments(self.run_delays(), checks.ALIVE_MIN_RUN_DELAY_NS)
 
 
 # ---------------------------------------------------------------------------
@@ -359,8 +360,10 @@ def _too_short(records: list[VcpuRecord]) -> str | None:
     for r in records:
         if r.stuck:
             continue
-        for a, b in r.segments():
-            waited = r.ctx[b].pre_ns - r.ctx[a].post_ns if b > a else 0
+        rds = r.run_delays()
+        for span in r.segments():
+            a, b = span.first, span.last
+            waited = span.waited(rds) if b > a or span.base is not None else 0
             if waited < checks.ALIVE_MIN_RUN_DELAY_NS:
                 return (
                     f"vcpu{r.index}'s thread waited only {checks.format_ns(waited)} on a "
