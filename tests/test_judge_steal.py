@@ -90,7 +90,7 @@ def _second_update(r: js.VcpuRecord) -> int:
 @pytest.mark.parametrize("record", FRESH, ids=_id)
 def test_run_delay_charged_again_at_the_second_update_is_caught(record):
     """A kernel that charges the runner's whole run_delay again at the second
-    update after the boundary (before the fix, 16 of 16 such records held)."""
+    update after the boundary (main's rules before the fix let every one through)."""
 
     def recharge(r: js.VcpuRecord) -> None:
         j = _second_update(r)
