@@ -21,12 +21,8 @@ from kvmharness.scenarios.base import Kind, Verdict
 CORPUS = Path(__file__).parent / "data" / "steal" / "kvm_pvm-6.18.json.gz"
 
 
-def _load() -> list[dict]:
-    doc = json.loads(gzip.open(CORPUS).read())
-    return [r for run in doc["runs"] for r in run["results"]]
-
-
-RECORDS = _load()
+DOC = json.loads(gzip.open(CORPUS).read())
+RECORDS = [r for run in DOC["runs"] for r in run["results"]]
 PROMISES = [r for r in RECORDS if js.KINDS[r["variant"]] is Kind.PROMISE]
 # runs whose runner starts a new vCPU life after the boundary
 FRESH = [r for r in PROMISES if r["variant"] != "cancelled-save"]
@@ -225,6 +221,23 @@ def test_table_prints_from_a_saved_record():
     assert all(x.records and x.records[0].guest for x in res)
     before, after = res[0].steal_at_boundary()
     assert (before, after) == (RECORDS[0]["steal_before_ns"], RECORDS[0]["steal_after_ns"])
+
+
+def test_kvmharness_judge_rebuilds_steal_results(tmp_path, capsys):
+    """``kvmharness judge`` on a saved steal run: the family's own table, today's
+    verdicts, and the exit code; a record edited as a broken kernel is 1."""
+    from kvmharness.cli import main
+
+    run = {"schema": 2, "host": DOC["runs"][0]["host"], "results": copy.deepcopy(RECORDS[:16])}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    assert main(["judge", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "MSR written by" in out and "cancelled-save" in out
+    run["results"][0] = _edit(run["results"][0], _scale(0.7))
+    path.write_text(json.dumps(run))
+    assert main(["judge", str(path)]) == 1
+    assert "not-alive" in capsys.readouterr().out
 
 
 def test_unreadable_records_are_refused():

@@ -375,9 +375,14 @@ class StealResult:
         return replace(self, violations=j.violations, verdict=j.verdict, observed=j.observed)
 
 
-def from_record(record: dict[str, Any]) -> StealResult:
-    """What the table and plot need, from a saved record."""
-    return StealResult.from_json(record)
+def from_record(record: dict[str, Any], judgement: Any) -> StealResult:
+    """``kvmharness judge``'s hook: the result a saved record shows, with today's judgement."""
+    return replace(
+        StealResult.from_json(record),
+        violations=list(judgement.violations),
+        verdict=judgement.verdict,
+        observed=judgement.observed,
+    )
 
 
 # --------------------------------------------------------------------------
