@@ -413,3 +413,13 @@ def test_offset_recipe_pairs_tsc_and_realtime_so_a_delay_cannot_put_it_ahead():
     # read before it (now): the delay only shortens the time added
     new = tsc_offset_recipe(src_off, src_tsc, real_src, dst_tsc, real_src + true_ns - delay, khz)
     assert allowed - jc._ticks(delay, khz) - 2 <= advance(new) <= allowed
+
+
+def test_a_hung_vcpu_is_broken_on_a_host_without_a_master_clock():
+    """Was swallowed as untestable in monotonic/warp/migrate without a stable clock."""
+    res = result_of(load("warp"))
+    _unstable(res)
+    res.records[0].stuck = Stuck(0x1234, 40_000_000_000, 1_000_000, 1_000_000)
+    j = rejudge(res)
+    assert j.verdict == Verdict.BROKEN, j.observed
+    assert [v.kind for v in j.violations] == ["hung"]
