@@ -964,7 +964,7 @@ class ClockStorm:
                     continue
                 margin = STORM_MARGIN_NS + int(STORM_MARGIN_SHARE * last)
                 self.vm.set_clock(
-                    ClockData(c.clock_ns + margin, realtime_ns=c.realtime_ns),
+                    ClockData(max(c.clock_ns + margin, 0), realtime_ns=c.realtime_ns),
                     flags=lib.KVM_CLOCK_REALTIME,
                 )
                 last = time.monotonic_ns() - t0
