@@ -223,7 +223,7 @@ def test_run_prints_table_writes_json_and_exits_0(tmp_path, capsys):
     data = json.loads(out_json.read_text())
     assert data["exit_code"] == 0
     assert [r["strategy"] for r in data["results"]] == ["cancelled-save", "same-vm/new-thread"]
-    assert data["results"][0]["vcpus"][0]["guest"], "samples are in the JSON"
+    assert data["results"][0]["records"][0]["events"]["t_ns"], "samples are in the JSON"
     assert data["host"]["kvm_backend"] in ("vmx", "svm", "pvm", "unknown")
 
 

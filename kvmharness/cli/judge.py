@@ -16,9 +16,11 @@ taken on, and the same tables, summary line and exit code as ``run`` follow:
 A record of a scenario that did not run to its end (it carries ``error``)
 has nothing to re-judge when its family's judge refuses it: its recorded
 verdict stands and is marked so.  Rows whose verdict differs from the one
-recorded in the file are listed after the summary.  A family that cannot
-rebuild its own result from a record (no ``from_record(record, judgement)``
-in its scenario module yet) has its rows shown in a generic table.
+recorded in the file are listed after the summary.  A family rebuilds its
+own result for its table with ``from_record(record[, judgement])`` in its
+scenario module (today's verdict, observed text and violations are set on
+it); one that has no such hook, or whose hook fails on a record, has its
+rows shown in a generic table.
 ``--json OUT`` writes the re-judged run, itself a run file ``judge`` reads.
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import importlib
+import inspect
 import json
 import logging
 from typing import Any
@@ -130,7 +133,12 @@ def rebuild(record: dict[str, Any], judgement: Any) -> Any:
         try:
             hook = getattr(importlib.import_module(FAMILY_MODULES[fam]), "from_record", None)
             if hook is not None:
-                res = hook(record, judgement)
+                takes_judgement = len(inspect.signature(hook).parameters) >= 2
+                res = hook(record, judgement) if takes_judgement else hook(record)
+                # today's judgement, whatever the record says it was given
+                res.verdict = judgement.verdict
+                res.observed = judgement.observed
+                res.violations = list(judgement.violations)
                 family(fam).table([res], 0)  # it must show, or the generic row does
                 return res
         except Exception as exc:  # a family that cannot show it: the generic row
@@ -195,6 +203,18 @@ def judge_run(doc: dict[str, Any], path: str = "<run>") -> list[Any]:
     return out
 
 
+def _word(r: Any, m: Any) -> str:
+    """The state a row is in: its verdict, or known-broken where an entry excused it."""
+    return str(m.status) if m is not None and m.excused else str(r.verdict)
+
+
+def _recorded_word(record: dict[str, Any]) -> str:
+    k = record.get("known")
+    if isinstance(k, dict) and k.get("status") == "known-broken":
+        return "known-broken"
+    return str(record.get("verdict"))
+
+
 def _named(doc: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
     sel = doc.get("selection") or []
     try:
@@ -253,10 +273,9 @@ def judge_cli(args: Any) -> int:
     )
     print_report(results, known, wide=args.wide, total_s=None)
     changed = [
-        f"  {scenario_id(r.family, r.variant.name)}@{r.vcpus}: recorded "
-        f"{rec.get('verdict')}, today {r.verdict}"
-        for r, rec in zip(results, doc["results"], strict=True)
-        if str(rec.get("verdict")) != str(r.verdict)
+        f"  {scenario_id(r.family, r.variant.name)}@{r.vcpus}: recorded {was}, today {now}"
+        for r, m, rec in zip(results, known, doc["results"], strict=True)
+        if (was := _recorded_word(rec)) != (now := _word(r, m))
     ]
     if changed:
         print(f"{len(changed)} verdict(s) differ from the ones recorded:")

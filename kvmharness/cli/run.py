@@ -300,20 +300,10 @@ def run_matrix(
             if progress:
                 progress(i, len(jobs), f"{v}, {n} vCPU(s)", None)
             res = f.run_one(v, n, options, kvm)
-            _not_supported_verdict(res)
             results.append(res)
             if progress:
                 progress(i, len(jobs), f"{v}, {n} vCPU(s)", res)
     return results
-
-
-def _not_supported_verdict(res: Any) -> None:
-    """Until every family returns Verdict.NOT_SUPPORTED itself: a result that
-    flags ``not_supported`` (clock's, before its judge moved) gets that verdict."""
-    from kvmharness.scenarios.base import Verdict
-
-    if res.verdict == Verdict.UNTESTABLE and getattr(res, "not_supported", False) is True:
-        res.verdict = Verdict.NOT_SUPPORTED
 
 
 def list_variants() -> None:
