@@ -1528,8 +1528,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.render:
         doc = json.loads(Path(ns.render).read_text())
         rows = rescore(Path(ns.render).parent, rows_from_json(doc, mutants))
-        print(render_matrix(rows, doc.get("columns")))
-        return matrix_exit(rows, doc.get("columns"))
+        cols = matrix_columns(rows)  # from the cells: a rescore may name them anew
+        print(render_matrix(rows, cols))
+        return matrix_exit(rows, cols)
     if ns.only:
         want = [n.strip() for n in ns.only.split(",") if n.strip()]
         unknown = [n for n in want if n not in {m.name for m in mutants}]
