@@ -512,7 +512,12 @@ def render_matrix(
         line.append(",".join(str(e) for e in r.exit_codes) or "-")
         line.append(r.status(cols, red))
         body.append(line)
-    headers = ["build", *[_column_header(c) for c in cols], "exit", "status"]
+    if tablefmt == "github":  # one header line: the variant, its family where they differ
+        fams = {c.partition(":")[0] for c in cols}
+        heads = [(c if len(fams) > 1 else c.partition(":")[2]).replace("/", "/ ") for c in cols]
+    else:
+        heads = [_column_header(c) for c in cols]
+    headers = ["build", *heads, "exit", "status"]
     legend = (
         "caught: a promise broke on the mutant; missed: it held; holds: the control "
         "kept it;\n* the mutant's header says this scenario must catch it "
@@ -1348,6 +1353,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--list", action="store_true", help="list the mutants and their headers")
     p.add_argument("--build-only", action="store_true", help="build, do not boot")
     p.add_argument("--render", metavar="FILE", help="print the matrix of a saved --json")
+    p.add_argument(
+        "--markdown", action="store_true", help="with --render: a Markdown table (for README)"
+    )
     p.add_argument("--json", metavar="FILE", help="write the matrix as JSON")
     p.add_argument(
         "--work",
@@ -1529,7 +1537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         doc = json.loads(Path(ns.render).read_text())
         rows = rescore(Path(ns.render).parent, rows_from_json(doc, mutants))
         cols = matrix_columns(rows)  # from the cells: a rescore may name them anew
-        print(render_matrix(rows, cols))
+        print(render_matrix(rows, cols, "github" if ns.markdown else "simple"))
         return matrix_exit(rows, cols)
     if ns.only:
         want = [n.strip() for n in ns.only.split(",") if n.strip()]
