@@ -1403,8 +1403,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--record",
         metavar="DIR",
         type=Path,
-        help="write each boot's `kvmharness bisect --json` record to DIR/BUILD.json.gz "
-        "(BUILD-N.json.gz with --runs N>1) and DIR/index.json (builds, headers, kernel)",
+        help="write each boot's `kvmharness bisect --json` record to "
+        "DIR/BUILD.FAMILIES.json.gz (BUILD.FAMILIES-N.json.gz with --runs N>1) and "
+        "DIR/index.json (kernel; per build and run: header, arguments, exits, files)",
     )
     p.add_argument("--runs", type=int, default=1, help="boots per build (default 1)")
     p.add_argument(
