@@ -217,7 +217,23 @@ def _host_decode_one_ns_off(record):
     assert n, "the record holds decoded readings to change"
 
 
+def _steal_lost_at_the_restore(record):
+    """steal: the restore gives back 1 ms less steal than was saved (every
+    reading from the boundary on, as the guest and the host read the area)."""
+    from dataclasses import replace
+
+    from kvmharness.judges import steal as js
+
+    recs = js.records_of(record)
+    for r in recs:
+        b = r.boundary
+        r.guest[b:] = [replace(x, value=x.value - 1_000_000) for x in r.guest[b:]]
+        r.host[b:] = [replace(x, value=x.value - 1_000_000) for x in r.host[b:]]
+    record["records"] = [r.to_json() for r in recs]
+
+
 SIMULATED_BUGS = {
+    "steal": ("fresh-vm/main-thread", _steal_lost_at_the_restore),
     "postcopy": ("postcopy/stream", _no_vcpu_named_the_faults),
     "clock": ("monotonic", _host_decode_one_ns_off),
 }
@@ -250,8 +266,13 @@ def test_judge_a_real_run_as_it_ran_and_with_a_simulated_bug(family, tmp_path, c
     assert main(["judge", str(bugged), "--json", str(judged)]) == 1
     out = capsys.readouterr().out
     assert f"{variant}@{target['vcpus']}: recorded holds, today BROKEN" in out, out
-    verdicts = {r["variant"]: r["verdict"] for r in json.loads(judged.read_text())["results"]}
-    assert verdicts[variant] == "BROKEN"
+    today = [r["verdict"] for r in json.loads(judged.read_text())["results"]]
+    changed = [
+        (r["variant"], r["vcpus"], v)
+        for r, v in zip(doc["results"], today, strict=True)
+        if v != r["verdict"]
+    ]
+    assert changed == [(variant, target["vcpus"], "BROKEN")], "only the edited record broke"
 
 
 @pytest.mark.kvm
@@ -275,3 +296,54 @@ def test_a_decode_bug_under_the_pvm_known_issue_is_broken_when_judged(tmp_path, 
     if doc["results"][0]["known"]:  # the pvm entry matched the real run
         assert "not excused: decode-mismatch (known issue pvm-tsc-msr-not-applied" in out
         assert "clock/tsc/msr@2: recorded known-broken, today BROKEN" in out
+
+
+@pytest.fixture
+def toy_family(toy, monkeypatch):
+    """The toy family declared with a view and a from_record hook."""
+    from types import SimpleNamespace as NS
+
+    from kvmharness.scenarios import base
+
+    mod = types.ModuleType("toy_family_for_judge")
+    mod.FAMILY = base.Family(
+        "toy",
+        {"mono": base.Variant("mono", base.Kind.PROMISE, "never decreases")},
+        ["mono"],
+        [2],
+        run_one=None,
+        view="toy_family_for_judge",
+    )
+    mod.table = lambda results, width: "\n".join(f"TOYTABLE {r.verdict}" for r in results)
+
+    def from_record(record):  # the one-argument form: the record's own verdict
+        return NS(
+            family="toy",
+            variant=mod.FAMILY.variants[record["variant"]],
+            vcpus=record["vcpus"],
+            verdict=Verdict(record["verdict"]),
+            observed=record.get("observed", ""),
+            violations=[],
+            wall_s=record["wall_s"],
+        )
+
+    mod.from_record = from_record
+    monkeypatch.setitem(sys.modules, "toy_family_for_judge", mod)
+    monkeypatch.setitem(base.FAMILY_MODULES, "toy", "toy_family_for_judge")
+    return mod
+
+
+def test_a_familys_own_table_shows_todays_verdict(toy_family, tmp_path, capsys):
+    run = _write(tmp_path, _run(_record(value=(2, 1))))  # recorded "holds"
+    assert main(["judge", run]) == 1
+    out = capsys.readouterr().out
+    assert "TOYTABLE BROKEN" in out and "TOYTABLE holds" not in out
+    assert "decrease vcpu0[1]: went back" in out
+
+    def broken_hook(record):
+        raise KeyError("a field this family's record lacked then")
+
+    toy_family.from_record = broken_hook
+    assert main(["judge", run]) == 1
+    out = capsys.readouterr().out
+    assert "TOYTABLE" not in out and "decrease x1" in out, "the generic row instead"

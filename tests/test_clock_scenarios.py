@@ -238,11 +238,12 @@ def test_updates_forces_kvmclock_updates_that_readers_race(kvm):
     """The updates scenario really rewrites the areas while vCPUs read vCPU 0's:
     many KVM_SET_CLOCKs, every vCPU's readings from area 0 under changing
     versions, and host decodes of area 0 taken under the version protocol."""
-    res = _supported(run_scenario(ClockConfig("updates", 3, phase_ms=100), kvm))
+    res = _supported(run_scenario(ClockConfig("updates", 3, phase_ms=200), kvm))
     assert res.verdict == HOLDS, _explain(res)
-    assert res.storm and res.storm[0]["sets"] >= 20, res.storm
+    assert res.storm and res.storm[0]["sets"] >= 10, res.storm
     for rec in res.records:
-        assert len({s[3] for s in rec.samples}) >= 5, "area 0 rewritten while this vCPU read it"
+        versions = {s[3] for s in rec.samples}
+        assert len(versions) >= 3, f"vcpu{rec.index}: area 0 rewritten while it read: {versions}"
     assert res.notes["forced_updates"] == res.storm
 
 
@@ -251,6 +252,6 @@ def test_updates_catches_an_update_that_steps_the_clock_back(kvm, monkeypatch):
     back (what a torn or stale area shows the readers) come out BROKEN."""
     monkeypatch.setattr(clock, "STORM_MARGIN_NS", -1_000_000)
     monkeypatch.setattr(clock, "STORM_MARGIN_SHARE", 0.0)
-    res = _supported(run_scenario(ClockConfig("updates", 2, phase_ms=80), kvm))
-    assert res.verdict == BROKEN, _explain(res)
+    res = _supported(run_scenario(ClockConfig("updates", 2, phase_ms=150), kvm))
+    assert res.verdict == BROKEN, _explain(res) + f"\n  forced updates: {res.storm}"
     assert {v.kind for v in res.violations} & {checks.KIND_DECREASE, checks.KIND_WARP}

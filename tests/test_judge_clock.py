@@ -234,16 +234,16 @@ def test_stopped_vcpu_is_judged_by_the_shared_rule(stuck, verdict, kind):
 # ---- the TSC bound rests on the rate measured in the run
 
 
-def _tsc_record(khz: int, before: int, after: int, e_max: int, probes: list) -> dict:
+def _tsc_record(
+    khz: int, before: int, after: int, e_max: int, probes: list, jump_ns: int | None = None
+) -> dict:
     """A one-vCPU tsc/offset record whose TSC went before -> after across a
     boundary, the readings ``e_max`` ns apart at most."""
     from kvmharness.scenarios.clock import VARIANTS, ClockConfig, ClockResult
 
     r = ClockRecord(0)
-    r.samples = [
-        (1_000_000, before, 0, 2, 1, 0, 0),
-        (1_000_000 + e_max - 1_500, after, 0, 2, 1, 0, 0),
-    ]
+    jump = e_max - 1_500 if jump_ns is None else jump_ns
+    r.samples = [(1_000_000, before, 0, 2, 1, 0, 0), (1_000_000 + jump, after, 0, 2, 1, 0, 0)]
     r.batches = [Batch(0, 1_000, 0, 1), Batch(e_max - 1_000, e_max, 1, 1)]
     r.boundary = 1
     facts = BoundaryFacts((2_000, 3_000), (e_max - 5_000, e_max - 4_000), [0, 14, 0, 0])
@@ -423,3 +423,15 @@ def test_a_hung_vcpu_is_broken_on_a_host_without_a_master_clock():
     j = rejudge(res)
     assert j.verdict == Verdict.BROKEN, j.observed
     assert [v.kind for v in j.violations] == ["hung"]
+
+
+def test_kvmclock_bounds_follow_how_it_was_really_put():
+    """tsc/offset puts kvmclock with KVM_CLOCK_REALTIME, or as saved + downtime
+    where the host gives no realtime (hpet): the judge takes the put recorded."""
+    e_max = 400_000_000
+    # a kvmclock jump far short of the real time between the readings
+    rec = _tsc_record(TCG_KHZ, 10**12, 10**12 + 1000, e_max, [], jump_ns=e_max // 4)
+    rec["facts"]["put"] = "KVM_CLOCK_REALTIME"
+    assert checks.KIND_SHORT_JUMP in {v.kind for v in judge_record(rec).violations}
+    rec["facts"]["put"] = "saved + downtime"
+    assert judge_record(rec).verdict == Verdict.HOLDS

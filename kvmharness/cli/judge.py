@@ -16,9 +16,11 @@ taken on, and the same tables, summary line and exit code as ``run`` follow:
 A record of a scenario that did not run to its end (it carries ``error``)
 has nothing to re-judge when its family's judge refuses it: its recorded
 verdict stands and is marked so.  Rows whose verdict differs from the one
-recorded in the file are listed after the summary.  A family that cannot
-rebuild its own result from a record (no ``from_record(record, judgement)``
-in its scenario module yet) has its rows shown in a generic table.
+recorded in the file are listed after the summary.  A family rebuilds its
+own result for its table with ``from_record(record[, judgement])`` in its
+scenario module (today's verdict, observed text and violations are set on
+it); one that has no such hook, or whose hook fails on a record, has its
+rows shown in a generic table.
 ``--json OUT`` writes the re-judged run, itself a run file ``judge`` reads.
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import importlib
+import inspect
 import json
 import logging
 from typing import Any
@@ -130,7 +133,12 @@ def rebuild(record: dict[str, Any], judgement: Any) -> Any:
         try:
             hook = getattr(importlib.import_module(FAMILY_MODULES[fam]), "from_record", None)
             if hook is not None:
-                res = hook(record, judgement)
+                takes_judgement = len(inspect.signature(hook).parameters) >= 2
+                res = hook(record, judgement) if takes_judgement else hook(record)
+                # today's judgement, whatever the record says it was given
+                res.verdict = judgement.verdict
+                res.observed = judgement.observed
+                res.violations = list(judgement.violations)
                 family(fam).table([res], 0)  # it must show, or the generic row does
                 return res
         except Exception as exc:  # a family that cannot show it: the generic row

@@ -253,7 +253,9 @@ def _jump_bounds(
     e_max = b.t1_ns - a.t0_ns  # the real time between the readings is at most this
     e_min = max(b.t0_ns - a.t1_ns, 0)  # ... and at least this
     down = max(facts.downtime_ns, 0)
-    if cfg.clock_put is ClockPut.FROZEN:
+    # how kvmclock was really put (tsc/offset falls back without KVM_CLOCK_REALTIME)
+    put = ClockPut(facts.put) if facts.put in set(ClockPut) - {ClockPut.NONE} else cfg.clock_put
+    if put is ClockPut.FROZEN:
         hi = e_max - down
         why = (
             f"the real time between the readings, {checks.format_ns(e_max)}, less the "
@@ -263,7 +265,7 @@ def _jump_bounds(
         hi = e_max
         why = f"the real time between the readings, {checks.format_ns(e_max)}, + rate slack"
     lo, why_lo = 0, ""
-    if cfg.clock_put is ClockPut.REALTIME:
+    if put is ClockPut.REALTIME:
         lo = e_min - checks.rate_slack_ns(e_min)
         why_lo = (
             f"KVM_CLOCK_REALTIME adds the real time that passed: at least "

@@ -788,7 +788,12 @@ def restore(
                     writes.append((tsc_value, threads[i].call(put_tsc_msr, vm.vcpus[i], tsc_value)))
         if loads or writes:
             facts.tsc_write_ns = min(w[0] for _, w in loads + writes)
-        put_clock(vm, saved, v.clock, facts.get_clock_ns, facts)
+        how = v.clock
+        if v.tsc is TscPut.OFFSET and not saved.flags & lib.KVM_CLOCK_REALTIME:
+            # the TSC is the point here: without KVM_CLOCK_REALTIME (a host clock
+            # that is not the TSC) kvmclock is put as saved + downtime instead
+            how = ClockPut.DOWNTIME
+        put_clock(vm, saved, how, facts.get_clock_ns, facts)
         if v.tsc is TscPut.OFFSET:
             real_before, host_now, _ = host_tsc_and_realtime(vm.vcpus[0])
             offset = tsc_offset_recipe(
@@ -959,7 +964,7 @@ class ClockStorm:
                     continue
                 margin = STORM_MARGIN_NS + int(STORM_MARGIN_SHARE * last)
                 self.vm.set_clock(
-                    ClockData(c.clock_ns + margin, realtime_ns=c.realtime_ns),
+                    ClockData(max(c.clock_ns + margin, 0), realtime_ns=c.realtime_ns),
                     flags=lib.KVM_CLOCK_REALTIME,
                 )
                 last = time.monotonic_ns() - t0
