@@ -94,6 +94,7 @@ struct pvclock_vcpu_time_info {
 #define CLOCK_MODE_VDSO 2       /* also read vCPU 0's area while it has the stable bit */
 #define CLOCK_MODE_RAW_TSC 4    /* benchmark: read only the TSC */
 #define CLOCK_MODE_SELFTEST 8   /* one SYNC of instruction and arithmetic self-tests */
+#define CLOCK_MODE_AREA0 16     /* every vCPU reads vCPU 0's area as its own (the vDSO's way) */
 
 /* One kvmclock reading.  version is the area's version the fields were
  * read under; an odd one means the guest gave up after CLOCK_READ_TRIES. */

@@ -4,16 +4,19 @@ The codes follow ``git bisect run``, because ``kvmharness run`` and
 ``kvmharness bisect`` are run by it:
 
 ==========  =================================================================
-0           good: every promise held (or the command did its job)
+0           good: every promise tested held (or the command did its job)
 1           bad: a promise broke on this kernel (a KVM ioctl failing on a
             promised path included); for ``procstat``, an anomaly was found
-125         cannot test: no /dev/kvm, no KVM module, sched_info off, a needed
-            KVM feature missing.  ``git bisect run`` skips the commit.
+125         cannot test: no /dev/kvm, no KVM module, sched_info off, a
+            promise this run could not judge, a scenario the user named not
+            supported here, nothing selected testable.  ``git bisect run``
+            skips the commit.  (A scenario *not supported* here that the user
+            did not name is shown and left out.)
 128         a harness fault (a bug of kvmharness, a broken environment such as
             a missing compiler), or bad usage of ``run``/``bisect``: ``git
             bisect run`` aborts instead of blaming the kernel
 2           bad usage or bad input, for the commands no bisect runs
-            (``info``, ``procstat``, ``snapshot``)
+            (``judge``, ``info``, ``procstat``, ``snapshot``)
 128+N       killed by signal N (SIGTERM: 143, SIGINT: 130)
 ==========  =================================================================
 """

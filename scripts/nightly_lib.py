@@ -223,9 +223,81 @@ def status_of(r: dict[str, Any]) -> str:
     if known.get("status") in ("known-broken", "fixed?"):
         return str(known["status"])
     verdict = str(r.get("verdict", "ERROR"))
-    if verdict == "untestable" and r.get("not_supported"):
+    if verdict == "untestable" and r.get("not_supported"):  # runs before Verdict.NOT_SUPPORTED
         return "not supported"
     return verdict
+
+
+#: KVM_CAP_ADJUST_CLOCK is a mask of the KVM_CLOCK_* flags KVM_GET_CLOCK can report
+ADJUST_CLOCK_BITS = {"KVM_CLOCK_TSC_STABLE": 2, "KVM_CLOCK_REALTIME": 4, "KVM_CLOCK_HOST_TSC": 8}
+
+
+def host_facts(host: dict[str, Any] | None) -> dict[str, bool] | None:
+    """What this host's KVM offers, as ``{capability: present}``, from the host
+    facts of ``kvmharness info --json`` or of a run document.  A fact the host
+    could not tell (not probed, the probe failed) is left out: unknown is not
+    absent.  None when there are no facts at all."""
+    if not isinstance(host, dict) or not host:
+        return None
+    out: dict[str, bool] = {}
+    if isinstance(host.get("dev_kvm"), str):
+        out["/dev/kvm usable"] = host["dev_kvm"] == "present"
+    caps = host.get("capabilities")
+    if isinstance(caps, dict):
+        for name, value in caps.items():
+            if name == "MAX_VCPUS" or not isinstance(value, int):
+                continue  # a number, not a capability
+            out[f"KVM_CAP_{name}"] = value != 0
+            if name == "ADJUST_CLOCK":
+                for flag, bit in ADJUST_CLOCK_BITS.items():
+                    out[f"KVM_CAP_ADJUST_CLOCK {flag}"] = bool(value & bit)
+    feats = host.get("kvm_features")
+    if isinstance(feats, list) and (feats or host.get("steal_time") is not None):
+        for f in feats:
+            out[f"KVM PV feature {f}"] = True
+        out["KVM PV feature steal_time"] = "steal_time" in feats
+        out["KVM PV feature clocksource2"] = "clocksource2" in feats
+    for key, label in (
+        ("tsc_offset_attr", "KVM_VCPU_TSC_OFFSET attribute"),
+        ("invariant_tsc", "invariant TSC"),
+        ("sched_info_live", "run_delay kept (sched_info)"),
+        ("kvmclock_stable", "master clock (KVM_CLOCK_TSC_STABLE once a vCPU ran)"),
+        ("pvti_stable", "PVCLOCK_TSC_STABLE_BIT in kvmclock"),
+    ):
+        if isinstance(host.get(key), bool):
+            out[label] = host[key]
+    uffd = host.get("userfaultfd")
+    if isinstance(uffd, str) and not uffd.startswith("unknown"):
+        out["userfaultfd usable"] = uffd.startswith("usable")
+        if out["userfaultfd usable"]:
+            out["UFFD_FEATURE_THREAD_ID"] = "THREAD_ID" in uffd
+    return out or None
+
+
+#: the statuses that say a scenario was judged on the host
+JUDGED = {"holds", "BROKEN", "known-broken", "fixed?", "characterized"}
+
+
+def capabilities_lost(prev: dict[str, Any] | None, cur: dict[str, Any]) -> list[str]:
+    """What the host had in its previous run and has no longer (two records of
+    one host): a capability its facts say is now absent, or a scenario that
+    went from a verdict to "not supported"."""
+    if prev is None:
+        return []
+    out = []
+    before = (prev.get("host") or {}).get("facts") or {}
+    now = (cur.get("host") or {}).get("facts") or {}
+    for name, had in before.items():
+        if had is True and now.get(name) is False:
+            out.append(f"{name}: present in the previous run, absent now")
+    prev_s = {s["id"]: s for s in prev.get("scenarios") or []}
+    for s in cur.get("scenarios") or []:
+        p = prev_s.get(s["id"])
+        if p and p.get("status") in JUDGED and s.get("status") == "not supported":
+            out.append(
+                f"{s['id']}: {p['status']} -> not supported: " + shorten(s.get("observed", ""), 200)
+            )
+    return out
 
 
 def figures_of(r: dict[str, Any]) -> dict[str, Any]:
@@ -461,6 +533,7 @@ def make_record(
             "kvm_modules": host.get("kvm_modules"),
             "cpu_model": collected.get("cpu_model"),
             "cores": host.get("cpus") or collected.get("cores"),
+            "facts": host_facts({**host, **(collected.get("host_info") or {})}),
         },
         "kernel_image": kernel_image,
         "booted_on": collected.get("booted_on"),  # --kernel: the machine QEMU ran on
@@ -605,6 +678,15 @@ def collect(
             out["run_doc"] = None
             out["run_error"] = _tail(se or so, 3) or f"kvmharness run exited {rc}, no JSON"
         log(f"kvmharness run exited {rc}")
+        # the host's facts, probes included (master clock), even when run could not test
+        cmd = [cmd[0], "info", "--json"]
+        rc, so, se = _run(cmd, RUN_TIMEOUT_S, echo=False, cwd=root, env=env)
+        try:
+            out["host_info"] = json.loads(so) if rc == 0 else None
+        except ValueError:
+            out["host_info"] = None
+        if out["host_info"] is None:
+            log(f"kvmharness info exited {rc}: {_tail(se or so, 1)}")
     return out
 
 
@@ -756,6 +838,7 @@ def changes(
     """What changed from ``prev`` to ``cur`` (two records of one host)."""
     out: dict[str, list[str]] = {
         "new broken": [],
+        "capability lost": capabilities_lost(prev, cur),
         "fixed": [],
         "fixed?": [],
         "new known-broken": [],
@@ -1078,7 +1161,7 @@ td.latest, th.latest { border-left: 3px solid #4a6fa5; }
 th .rc { font-weight: 600; padding: 0 0.3em; border-radius: 3px; }
 td.sid.changed { background: #fff1f1; font-weight: 700; border-left: 3px solid #c00000; }
 ul.changes li { margin: 0.2em 0; } .what { font-weight: 600; }
-.what.new-broken { color: #8a1111; } .what.fixed { color: #135c25; }
+.what.new-broken, .what.capability-lost { color: #8a1111; } .what.fixed { color: #135c25; }
 img.plot { max-width: 100%; border: 1px solid #eee; margin: 0.4em 0; }
 .muted { color: #777; } code { font-size: 0.95em; }
 dl.known dt { font-weight: 600; margin-top: 0.5em; } dl.known dd { margin-left: 1.2em; }
@@ -1545,6 +1628,14 @@ def _main(argv: list[str]) -> int:
         note=note,
         forced=forced,
     )
+    lost = capabilities_lost(previous_of(args.history, host_key(rec)), rec)
+    if lost:
+        rec["exit_code"] = code = fail_for_lost(code)
+        rec["note"] = "; ".join(
+            filter(None, [note, f"{len(lost)} capability(ies) of the previous run lost"])
+        )
+        for what in lost:
+            print(f"nightly: capability lost since the previous run: {what}", file=sys.stderr)
     append_record(args.history, rec)
     if collected.get("junit_xml"):
         write_text(os.path.join(args.out, "junit.xml"), collected["junit_xml"])
@@ -1556,6 +1647,19 @@ def _main(argv: list[str]) -> int:
         write_text(args.kcidb, json.dumps(kcidb(rec, collected.get("junit_xml")), indent=1) + "\n")
     render(args, rec_host=host_key(rec))
     return code
+
+
+def previous_of(history: str, host: str) -> dict[str, Any] | None:
+    """The latest record of ``host`` in the history (None: its first run)."""
+    records, _ = read_history(history)
+    mine = [r for r in records if host_key(r) == host]
+    return mine[-1] if mine else None
+
+
+def fail_for_lost(code: int) -> int:
+    """A capability the host had in its previous run is gone: a change of the
+    kernel that fails the night (1), unless the night is already a harness fault."""
+    return code if code == EXIT_HARNESS or code > EXIT_HARNESS else EXIT_BROKEN
 
 
 def check_places(args: argparse.Namespace) -> None:

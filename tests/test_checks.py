@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -321,8 +322,8 @@ def test_property_negative_delta_stored_as_u64_is_a_wrap(before, neg):
 # -- steal against run_delay ----------------------------------------------------
 
 
-def _rd(pre, post, fresh=False, start=False):
-    return checks.RunDelay(pre, post, fresh, start)
+def _rd(pre, post, fresh=False, start=False, base=None, phase_start=False):
+    return checks.RunDelay(pre, post, fresh, start, base=base, phase_start=phase_start)
 
 
 def test_run_delay_bounds_hold_for_exact_charging():
@@ -367,7 +368,8 @@ def test_dead_steal_clock_is_not_alive_but_idle_thread_is_fine():
     ]
     out = checks.check_follows_run_delay("vcpu0", flat, waited)
     assert [(v.kind, v.index) for v in out] == [(checks.KIND_NOT_ALIVE, 3)]
-    assert "waited 30 ms" in out[0].detail
+    # judged between the tight readings 2 and 3 (no wait inside their KVM_RUN)
+    assert "waited 10 ms" in out[0].detail
     idle = [_rd(5, 5, True, True)] + [_rd(5, 5)] * 3  # no run-queue wait: nothing to judge
     assert checks.check_follows_run_delay("vcpu0", flat, idle) == []
 
@@ -384,6 +386,93 @@ def test_alive_is_judged_per_stretch():
     assert checks.check_follows_run_delay("vcpu0", samples, rds) == []
 
 
+MS = 1_000_000
+
+
+def test_whole_run_delay_is_charged_once_per_stretch():
+    """After a restore the area held 10 ms; the new thread's first update charges
+    its whole run_delay (1 ms) from last_steal 0.  A second update that charges
+    the whole run_delay (1.2 ms) again is impossible, although each step alone
+    is within the thread's whole run_delay (the pre-fix rule let it through)."""
+    rds = [
+        _rd(40 * MS, 40 * MS),
+        _rd(1 * MS, 1 * MS, fresh=True, start=True, base=10 * MS),
+        _rd(1 * MS, 1_200_000, fresh=True),
+        _rd(1_200_000, 1_200_000),
+    ]
+    good = [S(0, 10 * MS), S(1, 11 * MS), S(2, 11_200_000), S(3, 11_200_000)]
+    assert checks.check_follows_run_delay("vcpu0", good, rds, alive_min_ns=0) == []
+    twice = [S(0, 10 * MS), S(1, 11 * MS), S(2, 12_200_000), S(3, 12_200_000)]
+    out = checks.check_follows_run_delay("vcpu0", twice, rds, alive_min_ns=0)
+    assert [(v.kind, v.index, v.before) for v in out] == [(checks.KIND_OVER_RUN_DELAY, 2, 10 * MS)]
+    assert "charged once" in out[0].detail
+
+
+def test_the_stretch_base_is_the_hosts_reading_not_the_guests():
+    """The guest's last reading before the boundary may lag the area (an update
+    after its read); the host's reading after that KVM_RUN is the exact base,
+    so the guest's lag is no room for an extra charge."""
+    rds = [_rd(40 * MS, 42 * MS), _rd(1 * MS, 1 * MS, fresh=True, start=True, base=10 * MS)]
+    ok = [S(0, 9_500_000), S(1, 11 * MS)]
+    assert checks.check_follows_run_delay("vcpu0", ok, rds) == []
+    # 1 ms over base + run_delay; without the base, within what the guest's
+    # last reading "may have missed" (its KVM_RUN's 2 ms)
+    over = [S(0, 9_500_000), S(1, 12 * MS)]
+    assert [v.kind for v in checks.check_follows_run_delay("vcpu0", over, rds)] == [
+        checks.KIND_OVER_RUN_DELAY
+    ]
+    no_base = [rds[0], _rd(1 * MS, 1 * MS, fresh=True, start=True)]
+    assert checks.check_follows_run_delay("vcpu0", over, no_base) == []
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.7])
+def test_steal_that_counts_part_of_run_delay_is_not_alive(fraction):
+    """KVM charges every ns of run_delay: between two readings whose KVM_RUN did
+    not wait, steal grows by exactly pre[b] - post[a].  A kernel that counts 70%
+    is not alive (the pre-fix bound, half, let 70% and 50% through)."""
+    waits = [0, 5 * MS, 5 * MS, 12 * MS, 20 * MS, 26 * MS]
+    rds = [_rd(0, 0, True, True)] + [_rd(w, w) for w in waits[1:]]
+    exact = [S(i, w) for i, w in enumerate(waits)]
+    assert checks.check_follows_run_delay("vcpu0", exact, rds) == []
+    part = [S(i, int(w * fraction)) for i, w in enumerate(waits)]
+    out = checks.check_follows_run_delay("vcpu0", part, rds)
+    assert [(v.kind, v.index) for v in out] == [(checks.KIND_NOT_ALIVE, 5)]
+    assert checks.ALIVE_FRACTION > 0.7
+
+
+def test_alive_is_judged_per_phase():
+    """Steal that stops at a boundary inside one stretch (a cancelled save): the
+    phase after it is judged alone, however much the phase before it grew."""
+    rds = [
+        _rd(0, 0, True, True),
+        _rd(1 * MS, 1 * MS),
+        _rd(40 * MS, 40 * MS),
+        _rd(41 * MS, 41 * MS, phase_start=True),
+        _rd(42 * MS, 42 * MS),
+        _rd(50 * MS, 50 * MS),
+    ]
+    stops = [S(0, 0), S(1, 1 * MS), S(2, 40 * MS), S(3, 41 * MS), S(4, 41 * MS), S(5, 41 * MS)]
+    out = checks.check_follows_run_delay("vcpu0", stops, rds)
+    assert [(v.kind, v.index) for v in out] == [(checks.KIND_NOT_ALIVE, 5)]
+    assert [s[:2] for s in checks.alive_segments(rds)] == [(1, 2), (3, 5)]
+
+
+def test_alive_ends_at_readings_whose_kvm_run_did_not_wait():
+    """A KVM_RUN that waited before entering the guest hands its reading more than
+    pre: a stretch ending there would credit a partial clock with that wait."""
+    rds = [
+        _rd(0, 0, True, True),
+        _rd(0, 0),
+        _rd(10 * MS, 10 * MS),
+        _rd(10 * MS, 40 * MS),  # waited 30 ms inside this KVM_RUN, before entry
+    ]
+    assert [s[:2] for s in checks.alive_segments(rds)] == [(1, 2)]
+    half = [S(0, 0), S(1, 0), S(2, 5 * MS), S(3, 20 * MS)]
+    assert [v.kind for v in checks.check_follows_run_delay("vcpu0", half, rds)] == [
+        checks.KIND_NOT_ALIVE
+    ]
+
+
 def test_wraps_are_left_to_monotonic():
     samples = [S(0, 5), S(1, (1 << 64) - 100)]
     rds = [_rd(0, 5, True, True), _rd(5, 5)]
@@ -396,3 +485,40 @@ def test_run_delay_check_refuses_bad_parameters():
         checks.check_follows_run_delay("x", [S(0, 0)], [])
     with pytest.raises(ValueError):
         checks.check_follows_run_delay("x", [S(0, 0)], [_rd(0, 0)], alive_fraction=2)
+
+
+def test_a_stretch_with_no_update_at_all_is_judged_whole():
+    """A dead steal clock never updates, so every reading of its stretch is
+    fresh: the stretch is judged from its first reading, not skipped (which
+    would make a dead clock untestable)."""
+    rds = [_rd(0, 0, True, True)] + [_rd(w, w, fresh=True) for w in (0, 5 * MS, 10 * MS)]
+    assert [s[:2] for s in checks.alive_segments(rds)] == [(0, 3)]
+    flat = [S(i, 0) for i in range(4)]
+    assert [v.kind for v in checks.check_follows_run_delay("vcpu0", flat, rds)] == [
+        checks.KIND_NOT_ALIVE
+    ]
+
+
+def test_a_new_vcpu_owes_its_threads_whole_run_delay():
+    """Under load a thread waits inside its KVM_RUNs, not between them, so no
+    pair of readings brackets the waiting.  A new vCPU starts from last_steal
+    0, though: by reading b KVM has charged at least pre[b] on top of the
+    area's value before it, and a kernel that counts 70% falls short."""
+    rds = [
+        _rd(30 * MS, 30 * MS, True, True, base=7 * MS),
+        _rd(30 * MS, 60 * MS, True),
+        _rd(60 * MS, 90 * MS),
+        _rd(90 * MS, 91 * MS),
+    ]
+    rds = [replace(rds[0], zero_start=True), *rds[1:]]
+    good = [S(0, 37 * MS), S(1, 67 * MS), S(2, 97 * MS), S(3, 97 * MS)]
+    assert checks.check_follows_run_delay("vcpu0", good, rds) == []
+    span = checks.alive_segments(rds, checks.ALIVE_MIN_RUN_DELAY_NS)[0]
+    assert (span.last, span.base, span.waited(rds)) == (3, 7 * MS, 90 * MS)
+    part = [S(0, 28 * MS), S(1, 49 * MS), S(2, 70 * MS), S(3, 70 * MS)]
+    assert [v.kind for v in checks.check_follows_run_delay("vcpu0", part, rds)] == [
+        checks.KIND_NOT_ALIVE
+    ]
+    # without zero_start (a thread change, last_steal unknown) nothing brackets it
+    moved = [replace(rds[0], zero_start=False), *rds[1:]]
+    assert checks.check_follows_run_delay("vcpu0", part, moved) == []

@@ -97,6 +97,88 @@ def test_exit_code_classification():
     assert exit_code([r(PROMISE, BROKEN), r(PROMISE, ERROR)]) == 128
 
 
+def _r(family, name, verdict, kind=None):
+    from types import SimpleNamespace as NS
+
+    from kvmharness.scenarios.base import Kind
+
+    return NS(family=family, variant=NS(name=name, kind=kind or Kind.PROMISE), verdict=verdict)
+
+
+def test_not_supported_is_left_out_unless_named_or_alone():
+    """A host without a master clock (every clock promise not supported) must
+    not make a steal bisect skip every commit; what the user named, or a run
+    where nothing could be tested, is 125."""
+    from kvmharness.cli.run import exit_code, verdict_of
+    from kvmharness.scenarios.base import Kind, Verdict
+
+    ns, held, broke = Verdict.NOT_SUPPORTED, Verdict.HOLDS, Verdict.BROKEN
+    no_master_clock = [
+        _r("steal", "fresh-vm/main-thread", held),
+        _r("postcopy", "postcopy/stream", held),
+        _r("clock", "warp", ns),
+        _r("clock", "restore/downtime", ns),
+    ]
+    assert exit_code(no_master_clock) == 0
+    no_master_clock[0].verdict = broke
+    assert exit_code(no_master_clock) == 1, "a broken steal promise still fails"
+    # nothing tested at all
+    assert exit_code([_r("clock", "warp", ns), _r("clock", "tsc/offset", ns)]) == 125
+    # only characterizations ran while every promise was unsupported: no verdict
+    only_char = [
+        _r("clock", "warp", ns),
+        _r("clock", "new-vm/start", Verdict.CHARACTERIZED, Kind.CHARACTERIZE),
+    ]
+    assert exit_code(only_char) == 125
+    # named explicitly: bisect --scenario clock/tsc/offset where it is not supported
+    offset = [_r("clock", "tsc/offset", ns), _r("clock", "tsc/msr", held)]
+    named = [("clock/tsc/offset", [("clock", "tsc/offset")])]
+    code, why = verdict_of(offset, None, named)
+    assert code == 125 and "'clock/tsc/offset', which you named, is not supported" in why
+    # a family named: what of it can be tested is judged, the rest is shown
+    assert (
+        exit_code(offset, None, [("clock", [("clock", "tsc/offset"), ("clock", "tsc/msr")])]) == 0
+    )
+    # a name whose scenarios never ran (e.g. beyond the family's vCPUs)
+    assert exit_code(offset, None, [("postcopy", [("postcopy", "postcopy/stream")])]) == 125
+
+
+def test_an_untestable_characterization_does_not_skip_the_commit():
+    from kvmharness.cli.run import exit_code
+    from kvmharness.scenarios.base import Kind, Verdict
+
+    rs = [
+        _r("steal", "fresh-vm/main-thread", Verdict.HOLDS),
+        _r("steal", "same-vm/new-thread", Verdict.UNTESTABLE, Kind.CHARACTERIZE),
+    ]
+    assert exit_code(rs) == 0
+    named = [("same-vm/new-thread", [("steal", "same-vm/new-thread")])]
+    assert exit_code(rs, None, named) == 125, "unless the user named it"
+
+
+def test_summary_line_counts_each_result_once():
+    from types import SimpleNamespace as NS
+
+    from kvmharness.cli.run import summary_line
+    from kvmharness.known import Status
+    from kvmharness.scenarios.base import Kind, Verdict
+
+    rs = [
+        _r("clock", "warp", Verdict.HOLDS),
+        _r("clock", "tsc/msr", Verdict.BROKEN),
+        _r("clock", "tsc/offset", Verdict.BROKEN),
+        _r("clock", "monotonic", Verdict.HOLDS),
+        _r("clock", "new-vm/start", Verdict.CHARACTERIZED, Kind.CHARACTERIZE),
+        _r("clock", "restore/frozen", Verdict.UNTESTABLE),
+        _r("clock", "frequency", Verdict.NOT_SUPPORTED),
+    ]
+    known = [None, NS(status=Status.KNOWN_BROKEN), None, NS(status=Status.FIXED), None, None, None]
+    assert summary_line(rs, known, 1.25) == (
+        "7 scenarios in 1.2 s: 1 hold, 1 broken, 1 characterized, 1 untestable, "
+        "1 not supported, 1 known-broken, 1 fixed?"
+    )
+
+
 def test_scenario_errors_are_classified():
     from kvmharness.errors import GuestError, IoctlError, KvmUnavailable
     from kvmharness.guest.build import GuestBuildError
@@ -141,7 +223,7 @@ def test_run_prints_table_writes_json_and_exits_0(tmp_path, capsys):
     data = json.loads(out_json.read_text())
     assert data["exit_code"] == 0
     assert [r["strategy"] for r in data["results"]] == ["cancelled-save", "same-vm/new-thread"]
-    assert data["results"][0]["vcpus"][0]["guest"], "samples are in the JSON"
+    assert data["results"][0]["records"][0]["events"]["t_ns"], "samples are in the JSON"
     assert data["host"]["kvm_backend"] in ("vmx", "svm", "pvm", "unknown")
 
 
@@ -240,3 +322,77 @@ def test_bisect_quick_profiles_are_promises_of_their_family():
     plan = {f.name: vs for f, vs in select(None, bisect=True)}
     assert "fresh-vm/main-thread" in plan["steal"], "the 2015 bug's scenario is in the profile"
     assert "same-vm/new-thread" not in plan["steal"]
+
+
+def _fake_run(monkeypatch, results):
+    import kvmharness.cli.run as run_cmd
+
+    monkeypatch.setattr(
+        run_cmd,
+        "precheck",
+        lambda *a: {"kvm_backend": "svm", "kernel_release": "6.1.0-57-amd64", "cpu_model": "x"},
+    )
+    monkeypatch.setattr(run_cmd, "run_matrix", lambda *a, **k: results)
+    monkeypatch.setattr("kvmharness.report.tables", lambda rs, width=90: "<table>")
+
+
+def _result(family, name, verdict):
+    from types import SimpleNamespace as NS
+
+    from kvmharness.scenarios.base import Kind
+
+    return NS(
+        family=family,
+        variant=NS(name=name, kind=Kind.PROMISE),
+        verdict=verdict,
+        vcpus=2,
+        observed="not supported: KVM_HAS_DEVICE_ATTR says no KVM_VCPU_TSC_OFFSET",
+        violations=[],
+        wall_s=0.0,
+        to_json=lambda: {"family": family, "variant": name, "verdict": str(verdict)},
+    )
+
+
+def test_a_named_scenario_that_is_not_supported_cannot_be_tested(monkeypatch, capsys, tmp_path):
+    from kvmharness.judges import SCHEMA_VERSION
+    from kvmharness.scenarios.base import Verdict
+
+    _fake_run(monkeypatch, [_result("clock", "tsc/offset", Verdict.NOT_SUPPORTED)])
+    out_json = tmp_path / "b.json"
+    rc = main(["bisect", "--scenario", "clock/tsc/offset", "-q", "--json", str(out_json)])
+    out = capsys.readouterr().out
+    assert rc == 125, out
+    assert out.startswith("kvmharness bisect: cannot test: 'clock/tsc/offset', which you named")
+    assert "1 not supported" in out and "not supported tsc/offset (2 vCPUs)" in out
+    doc = json.loads(out_json.read_text())
+    assert doc["schema"] == SCHEMA_VERSION and doc["exit_code"] == 125
+    assert doc["selection"] == [
+        {"item": "clock/tsc/offset", "scenarios": [["clock", "tsc/offset"]]}
+    ]
+    # the same result beside a tested promise, not named: shown, left out
+    _fake_run(
+        monkeypatch,
+        [
+            _result("clock", "tsc/offset", Verdict.NOT_SUPPORTED),
+            _result("steal", "fresh-vm/main-thread", Verdict.HOLDS),
+        ],
+    )
+    assert main(["bisect", "-q"]) == 0
+
+
+@pytest.mark.kvm
+@pytest.mark.timeout(120)
+def test_run_names_frequency_explicitly(capsys):
+    """clock/frequency needs KVM_CAP_TSC_CONTROL: named alone where it is not
+    supported (kvm_pvm) the run cannot test; where it is, it is judged."""
+    from kvmharness.ffi import lib
+    from kvmharness.kvm import Kvm
+
+    with Kvm() as kvm:
+        supported = bool(kvm.check_extension(lib.KVM_CAP_TSC_CONTROL))
+    rc = main(["run", "-s", "clock/frequency", "-q"])
+    out = capsys.readouterr().out
+    if supported:
+        assert rc in (0, 1) and "not supported" not in out, out
+    else:
+        assert rc == 125 and "1 not supported" in out, out

@@ -179,6 +179,7 @@ def test_append_writes_one_complete_line_per_record(tmp_path: Path) -> None:
         "kvm_modules": ["kvm", "kvm_pvm"],
         "cpu_model": "Test CPU",
         "cores": 2,
+        "facts": None,  # a document without capabilities: nothing known, nothing lost
     }
 
 
@@ -476,6 +477,120 @@ def test_report_of_a_run_that_could_not_test() -> None:
     text = nl.text_report([rec], [], last=5)
     assert "exit 125 (cannot test)" in text and "(no scenario ran)" in text
     assert "No scenario ran" in nl.html_report([rec], [], last=5)
+
+
+# ---------------------------------------------------------------- capabilities lost
+
+#: the host facts of `kvmharness info --json` on kvm_pvm (6.18.44)
+PVM_INFO = {
+    "kernel_release": "6.18.44-fc",
+    "kvm_backend": "pvm",
+    "dev_kvm": "present",
+    "capabilities": {"ADJUST_CLOCK": 14, "TSC_CONTROL": 0, "VCPU_ATTRIBUTES": 1, "MAX_VCPUS": 1024},
+    "kvm_features": ["clocksource", "clocksource2", "steal_time", "clocksource_stable_bit"],
+    "steal_time": True,
+    "invariant_tsc": True,
+    "tsc_offset_attr": True,
+    "sched_info_live": True,
+    "kvmclock_stable": True,
+    "pvti_stable": True,
+    "userfaultfd": "usable (with UFFD_FEATURE_THREAD_ID, features 0x1ffff)",
+}
+
+
+def test_host_facts_say_present_absent_or_nothing() -> None:
+    facts = nl.host_facts(PVM_INFO)
+    assert facts["KVM_CAP_TSC_CONTROL"] is False and facts["KVM_CAP_VCPU_ATTRIBUTES"] is True
+    assert facts["KVM_CAP_ADJUST_CLOCK KVM_CLOCK_REALTIME"] is True
+    assert facts["KVM_CAP_ADJUST_CLOCK KVM_CLOCK_HOST_TSC"] is True
+    assert not any("MAX_VCPUS" in k for k in facts), "a number, not a capability"
+    assert facts["KVM_VCPU_TSC_OFFSET attribute"] is True
+    assert facts["master clock (KVM_CLOCK_TSC_STABLE once a vCPU ran)"] is True
+    assert facts["KVM PV feature steal_time"] is True
+    assert facts["UFFD_FEATURE_THREAD_ID"] is True
+    unprobed = nl.host_facts({**PVM_INFO, "kvmclock_stable": None, "userfaultfd": "unknown (x)"})
+    assert "master clock (KVM_CLOCK_TSC_STABLE once a vCPU ran)" not in unprobed
+    assert "userfaultfd usable" not in unprobed
+    assert nl.host_facts(None) is None and nl.host_facts({}) is None
+
+
+def _with_facts(results: list[dict[str, Any]], info: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    rec = record(results, **kw)
+    rec["host"]["facts"] = nl.host_facts(info)
+    return rec
+
+
+@pytest.mark.parametrize(
+    "change, lost",
+    [
+        ({"tsc_offset_attr": False}, "KVM_VCPU_TSC_OFFSET attribute: present in the previous"),
+        ({"capabilities": {**PVM_INFO["capabilities"], "VCPU_ATTRIBUTES": 0}}, "VCPU_ATTRIBUTES"),
+        ({"capabilities": {**PVM_INFO["capabilities"], "ADJUST_CLOCK": 10}}, "KVM_CLOCK_REALTIME"),
+        ({"kvmclock_stable": False}, "master clock"),
+        ({"kvm_features": ["clocksource2"], "steal_time": False}, "feature steal_time"),
+        ({"userfaultfd": "usable (features 0x1)"}, "UFFD_FEATURE_THREAD_ID"),
+        ({"sched_info_live": False}, "run_delay kept"),
+    ],
+)
+def test_a_capability_the_host_had_is_a_change(change: dict[str, Any], lost: str) -> None:
+    prev = _with_facts(base_results(), PVM_INFO, date="2025-01-01")
+    cur = _with_facts(base_results(), {**PVM_INFO, **change}, date="2025-01-02")
+    got = nl.capabilities_lost(prev, cur)
+    assert len(got) == 1 and lost in got[0], got
+    assert nl.changes(prev, cur)["capability lost"] == got
+    # gained, unchanged or unknown now: no change
+    assert nl.capabilities_lost(cur, prev) == [], "a capability gained is no loss"
+    assert nl.capabilities_lost(prev, prev) == []
+    unknown = _with_facts(base_results(), {**PVM_INFO, "tsc_offset_attr": None}, date="2025-01-03")
+    assert nl.capabilities_lost(prev, unknown) == []
+
+
+def test_a_scenario_that_went_from_a_verdict_to_not_supported_is_a_change() -> None:
+    prev = record(base_results(), date="2025-01-01")
+    res = base_results()
+    res[4] = clock("tsc/msr", [], verdict="not supported")  # was known-broken
+    res[3] = clock("restore/frozen", [], verdict="untestable")  # load: not a capability
+    cur = record(res, date="2025-01-02")
+    assert nl.capabilities_lost(prev, cur) == ["clock/tsc/msr@2: known-broken -> not supported: "]
+    # frequency was not supported before and still is: nothing lost
+    assert not any("frequency" in x for x in nl.capabilities_lost(prev, cur))
+    assert "capability lost: clock/tsc/msr@2" in nl.text_report([prev, cur], [], last=5)
+
+
+def test_a_lost_capability_fails_the_night(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hist, out = tmp_path / "h.jsonl", tmp_path / "out"
+    nl.append_record(hist, _with_facts(base_results(), PVM_INFO, host="n", date="2025-01-01"))
+    nl.append_record(hist, _with_facts(base_results(), PVM_INFO, host="other", date="2025-01-01"))
+
+    def collected(info: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "run_doc": doc(base_results()),
+            "run_rc": 0,
+            "pytest_rc": None,
+            "host_info": info,
+            "cpu_model": "Test CPU",
+            "cores": 2,
+        }
+
+    argv = ["--history", str(hist), "--out", str(out), "--host-name", "n", "--no-pytest"]
+    monkeypatch.setattr(nl, "collect", lambda *a, **k: collected(PVM_INFO))
+    assert nl.main(argv) == 0, capsys.readouterr()
+    monkeypatch.setattr(
+        nl, "collect", lambda *a, **k: collected({**PVM_INFO, "tsc_offset_attr": False})
+    )
+    assert nl.main(argv) == 1
+    captured = capsys.readouterr()
+    assert (
+        "nightly: capability lost since the previous run: KVM_VCPU_TSC_OFFSET attribute"
+        in captured.err
+    )
+    assert "capability lost: KVM_VCPU_TSC_OFFSET attribute" in captured.out
+    recs, _ = nl.read_history(hist)
+    assert recs[-1]["exit_code"] == 1 and "capability(ies)" in recs[-1]["note"]
+    # the next night on the same (reduced) host is no change
+    assert nl.main(argv) == 0
 
 
 # ---------------------------------------------------------------- KCIDB and merging

@@ -6,18 +6,19 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
 
 import pytest
 
-from kvmharness.blocktime import BlocktimeAccountant
 from kvmharness.cli import main
 from kvmharness.ffi import ffi
 from kvmharness.host.uffd import PAGE_SIZE, CopyResult, UffdUnavailable, Userfaultfd, map_anonymous
+from kvmharness.judges import postcopy as pj
+from kvmharness.judges.postcopy import PostcopyRecord, replay
 from kvmharness.scenarios import postcopy as pc
 from kvmharness.scenarios.base import Kind, Verdict, family
 
@@ -74,84 +75,79 @@ def test_userfaultfd_names_the_thread_and_copy_reports_eexist():
 def test_variant_holds_on_this_kernel(kvm, variant, characterize):
     res = pc.run_scenario(pc.PostcopyConfig(variant, 2, **FAST), kvm)
     assert res.verdict == Verdict.HOLDS, (res.observed, res.violations)
-    rep = res.report
-    assert sum(rep.faults) >= 2 and rep.outstanding == [0, 0]
-    for o, a in zip(res.outcomes, res.agreement, strict=True):
+    rep = res.notes["blocktime"]
+    assert sum(rep["faults"]) >= 2 and rep["outstanding"] == [0, 0]
+    rec = PostcopyRecord.from_dict(res.record)
+    rp = replay(rec)
+    assert all(o.state == "done" and o.tid for o in rec.vcpu)
+    for v, o in enumerate(rec.vcpu):
         # blocktime lies inside the touching KVM_RUN, but for what was stamped
         # after each UFFDIO_COPY began (the vCPU wakes during it): the judge's bound
-        late = sum(
-            f.t_placed_ns - f.t_copy_ns
-            for f in res.faults
-            if f.vcpu == o.index and f.t_placed_ns is not None and f.t_copy_ns is not None
-        )
-        assert a.blocktime_ns <= o.run_end_ns - o.run_start_ns + late
+        late = sum(c for c, fv in zip(rp.copy_late, rp.vcpu_of, strict=True) if fv == v)
+        assert rep["blocked_ns"][v] <= o.run_end_ns - o.run_start_ns + late
         assert o.steal_after - o.steal_before <= o.run_delay_ns
+        # every fault named a vCPU's thread came while that vCPU was touching
+        mine = [f for f, fv in zip(rec.faults, rp.vcpu_of, strict=True) if fv == v]
+        assert all(o.run_start_ns <= f.t_ns for f in mine)
     if variant == "postcopy/shared-page":
         # both vCPUs waited on page 0 until it was placed, at least the latency later
-        assert rep.all_blocked_ns >= FAST["latency_us"] * 1000
-        assert sum(1 for f in res.faults if f.page == 0) >= 2
+        assert rep["all_blocked_ns"] >= FAST["latency_us"] * 1000
+        assert sum(1 for f in rec.faults if f.page == 0) >= 2
     if variant == "postcopy/non-vcpu":
-        helper = res.stats["helper"]
-        assert rep.non_vcpu_faults >= 1
-        assert all(f.tid == helper["tid"] for f in res.faults if f.vcpu is None)
+        assert rep["non_vcpu_faults"] >= 1
+        tids = {o.tid for o in rec.vcpu}
+        assert all(f.tid == rec.helper["tid"] for f in rec.faults if f.tid not in tids)
+    # the record is what --json writes, and small
+    assert len(json.dumps(res.to_json())) < 8000
     characterize(f"{variant}: {res.observed}")
 
 
-def test_judge_catches_loss_steal_leak_and_misattribution(kvm):
+def test_the_guest_checksum_covers_every_byte(kvm):
+    """One byte flipped in the middle of a page on its way: the guest's
+    checksum is that of the bytes it really holds (not of the pattern it
+    expects), and the judge calls the page lost."""
     cfg = pc.PostcopyConfig("postcopy/stream", 2, **FAST)
     variant = pc.VARIANTS[cfg.variant]
     image = pc.load_program(pc.PROGRAM)
     lay = pc.make_layout(cfg, variant, image)
     state, staging = pc._migrate_source(kvm, cfg, lay, image, cfg.budget_s)
-    pager, outcomes, info = pc.run_destination(kvm, cfg, variant, lay, image, state, staging)
-    violations, agreement, harness = pc.judge(cfg, variant, lay, pager, outcomes, info)
-    assert not violations and not harness, ([v.detail for v in violations], harness)
-    kinds = lambda vs: {v.kind for v in vs}  # noqa: E731
-    # blocktime counted as steal
-    bad = [replace(o) for o in outcomes]
-    leak = pager.acc.report().blocked_ns[0]
-    bad[0].steal_after = bad[0].steal_before + bad[0].run_delay_ns + leak
-    assert pc.KIND_STEAL in kinds(pc.judge(cfg, variant, lay, pager, bad, info)[0])
-    # a qword lost
-    bad = [replace(o) for o in outcomes]
-    bad[1].bad_gpa = lay.data_gpa + 8
-    assert pc.KIND_LOST in kinds(pc.judge(cfg, variant, lay, pager, bad, info)[0])
-    # a fault named a vCPU that never touches that page
-    f = next(f for f in pager.faults if f.vcpu == 0)
-    pager.faults.append(replace(f, vcpu=1))
-    assert pc.KIND_MISATTRIBUTED in kinds(pc.judge(cfg, variant, lay, pager, outcomes, info)[0])
-    pager.faults.pop()
-    # the guest stalled far longer than any host account of it
-    bad = [replace(o) for o in outcomes]
-    faulted = {f.page for f in pager.faults if f.vcpu == 0}
-    k = next(i for i, p in enumerate(bad[0].plan) if p in faulted)
-    bad[0].stalls_ns = list(bad[0].stalls_ns)
-    bad[0].stalls_ns[k] += 10**10
-    info2 = dict(info, unexplained=[])
-    got = pc.judge(cfg, variant, lay, pager, bad, info2)[0]
-    # reported, not judged: a thread can sleep in the kernel on what schedstat
-    # does not show (mmap_lock, reclaim), which is load, not a broken promise
-    assert pc.KIND_UNDER_GUEST not in kinds(got)
-    assert pc.KIND_UNDER_GUEST in {u["kind"] for u in info2["unexplained"]}
-    json.dumps(info2["unexplained"])  # info goes into the JSON report
-    # the host's blocktime claims more than the guest was stalled
-    pager.acc = BlocktimeAccountant(2)
-    pager.acc.fault(1, 0, 0)
-    pager.acc.placed(1, 10**9)
-    got = pc.judge(cfg, variant, lay, pager, outcomes, info)[0]
-    assert {pc.KIND_OVER_GUEST, pc.KIND_OVER_WALL} <= kinds(got)
-    # ... but not what was stamped after its copy began: the vCPU woke during it
-    o0 = outcomes[0]
-    wall = o0.run_end_ns - o0.run_start_ns
-    pager.acc = BlocktimeAccountant(2)
-    pager.acc.fault(1, 0, 0)
-    pager.acc.placed(1, wall + 1000)
-    mine = [f for f in pager.faults if f.vcpu == 0 and f.t_placed_ns is not None]
-    saved = [(f.t_copy_ns, f.t_placed_ns) for f in mine]
-    mine[0].t_copy_ns = mine[0].t_placed_ns - 5000
-    assert pc.KIND_OVER_WALL not in kinds(pc.judge(cfg, variant, lay, pager, outcomes, info)[0])
-    for f, (c, pl) in zip(mine, saved, strict=True):
-        f.t_copy_ns, f.t_placed_ns = c, pl
+    page, off = 3, 8 * 300 + 5  # vcpu1's page, a fill qword
+    buf = ffi.buffer(staging)
+    buf[page * PAGE_SIZE + off] = bytes([buf[page * PAGE_SIZE + off][0] ^ 0x40])
+    dst = pc.run_destination(kvm, cfg, variant, lay, image, state, staging)
+    rec = pc.build_record(cfg, variant, lay, dst)
+    share = pj.share_of(1, lay.vcpus, lay.pages)
+    held = [q for p in share for q in struct.unpack_from("<512Q", buf, p * PAGE_SIZE)]
+    real = pj.sums(held)
+    assert (rec.vcpu[1].checksum, rec.vcpu[1].checksum2) == real
+    assert real != pj.expected_sums(1, lay.vcpus, lay.pages, lay.data_gpa, cfg.seed)
+    j = pj.judge(rec.to_dict())
+    assert j.verdict == Verdict.BROKEN and pj.KIND_LOST in {v.kind for v in j.violations}
+
+
+@pytest.mark.parametrize("variant", pc.DEFAULT_VARIANTS)
+def test_vcpu_fault_messages_lost_are_broken_live(kvm, monkeypatch, variant):
+    """A kernel that puts the vCPUs to sleep on missing pages and loses their
+    messages (simulated: the pager reads and ignores them).  Where the stream
+    places the pages the guest stalls with no blocktime; where nothing comes
+    (shared-page) the vCPUs sleep in KVM_RUN until the watchdog: hung, not
+    'host too loaded' (it was untestable: 'got only 400.6 us of CPU')."""
+    from kvmharness.host.pager import Pager
+
+    orig = Pager._on_fault
+
+    def lose_vcpu_messages(self, addr, tid, t):
+        if tid not in self.tids:
+            orig(self, addr, tid, t)
+
+    monkeypatch.setattr(Pager, "_on_fault", lose_vcpu_messages)
+    res = pc.run_scenario(pc.PostcopyConfig(variant, 2, **dict(FAST, budget_s=3)), kvm)
+    assert res.verdict == Verdict.BROKEN, res.observed
+    kinds = {v.kind for v in res.violations}
+    if variant == "postcopy/shared-page":
+        assert "hung" in kinds, res.observed
+    else:
+        assert kinds & {pc.KIND_SILENT_STALL, pc.KIND_UNDER_GUEST}, res.observed
 
 
 def test_family_is_registered_with_promises_for_run_and_bisect():
@@ -216,7 +212,9 @@ def test_cli_runs_and_writes_json(tmp_path, capsys):
     # Under load the background stream may place every page before the vCPU
     # touches it, so the count can be 0; what must hold is that the summary
     # counts exactly the faults the JSON lists for that vCPU.
-    assert r["blocktime"]["faults"][0] == sum(1 for f in r["faults"] if f.get("vcpu") == 0)
+    assert r["blocktime"]["faults"][0] == sum(
+        1 for t in r["faults"]["tid"] if t == r["vcpu"]["tid"][0]
+    )
 
 
 def test_sigterm_mid_run_exits_143_and_leaves_nothing(tmp_path):

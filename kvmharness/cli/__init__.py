@@ -81,7 +81,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(self.usage_exit, f"{self.prog}: error: {message}\n")
 
 
-COMMANDS = ("run", "info", "procstat", "snapshot", "postcopy")
+COMMANDS = ("run", "judge", "info", "procstat", "snapshot", "postcopy")
 """Command modules of this package, in --help order (``run`` also registers ``bisect``)."""
 
 
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Drive /dev/kvm to catch regressions in paravirtual time (steal time, "
         "kvmclock, TSC). Exit codes: 0 ok / every promise held, 1 a promise broke or an "
         "anomaly was found, 125 cannot test here, 128 harness fault (also bad usage of "
-        "run and bisect), 2 bad usage or input of the other commands.",
+        "run and bisect), 2 bad usage or input of the other commands (judge included).",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -1,14 +1,20 @@
 """``kvmharness run`` and ``kvmharness bisect``: the scenario matrix, judged.
 
-Both exit by the ``git bisect run`` convention (:mod:`kvmharness.exitcodes`):
+Both exit by the ``git bisect run`` convention (:mod:`kvmharness.exitcodes`,
+and :func:`verdict_of` for the order):
 
-* 0  every promise held (or broke as a known issue says it does here);
+* 0  every promise tested held (or broke as a known issue excuses: every
+  violation of a kind its entry lists);
 * 1  a promise broke on this kernel (a KVM ioctl failing on a promised
   path included), or a known issue looks fixed ("fixed?": the promise
   held where the known-issues file says it breaks); characterizations
   never change the exit code;
 * 125  cannot test here: no usable /dev/kvm, KVM without steal time,
-  run_delay not kept (sched_info off), or the host was too loaded to judge;
+  run_delay not kept (sched_info off); a promise this run could not judge
+  (untestable: e.g. the host too loaded); a scenario named with
+  ``--scenario`` that is not supported or untestable here; nothing selected
+  could be tested.  A scenario *not supported* on this host (a capability
+  absent, no master clock) that was not named is shown and left out;
 * 128  a harness fault (a bug or broken environment: no verdict on the
   kernel), and bad usage, so a bisect script with a typo aborts rather than
   marking commits bad.
@@ -17,8 +23,10 @@ Both exit by the ``git bisect run`` convention (:mod:`kvmharness.exitcodes`):
 before the table; ``--scenario`` chooses what "bad" means for this bisect.
 
 Known issues (``--known FILE``, default the file the package ships; see
-:mod:`kvmharness.known`): a broken promise an entry matches on this host is
-printed as "known-broken" and left out of the exit code.
+:mod:`kvmharness.known`): a broken promise an entry matches on this host,
+with every violation of a kind the entry lists, is printed as
+"known-broken" and left out of the exit code; any other kind stays BROKEN.
+``kvmharness judge RUN.json`` re-judges the JSON of a run.
 """
 
 from __future__ import annotations
@@ -65,6 +73,10 @@ def check_output_path(path: str, what: str) -> None:
         raise UsageError(f"{what} {path}: directory {d} is not writable")
 
 
+Named = list[tuple[str, list[tuple[str, str]]]]
+"""What the user named: per ``--scenario`` item, the (family, variant) it chose."""
+
+
 def select(items: list[str] | None, *, bisect: bool) -> list[tuple[Any, list[str]]]:
     """(family, variant names) chosen by ``--scenario``/``--strategy`` items.
 
@@ -74,12 +86,20 @@ def select(items: list[str] | None, *, bisect: bool) -> list[tuple[Any, list[str
     comma lists are allowed.  Nothing chosen is a usage error:
     an empty shell variable must not read as "good".
     """
+    return select_named(items, bisect=bisect)[0]
+
+
+def select_named(
+    items: list[str] | None, *, bisect: bool
+) -> tuple[list[tuple[Any, list[str]]], Named]:
+    """:func:`select`, and what each item named (empty without ``--scenario``)."""
     from kvmharness.scenarios.base import families
 
     fams = families()
     if items is None:
-        return [(f, f.quick_profile() if bisect else list(f.default)) for f in fams]
+        return [(f, f.quick_profile() if bisect else list(f.default)) for f in fams], []
     chosen: dict[str, list[str]] = {}
+    named: Named = []
     for item in items:
         for name in _csv(item):
             hits = []
@@ -100,13 +120,14 @@ def select(items: list[str] | None, *, bisect: bool) -> list[tuple[Any, list[str
             if not hits:
                 known = ", ".join(f"{f.name} ({', '.join(f.variants)})" for f in fams)
                 raise UsageError(f"unknown scenario {name!r}; known: {known}")
+            named.append((name, [(f.name, v) for f, v in hits]))
             for f, v in hits:
                 if v not in chosen.setdefault(f.name, []):
                     chosen[f.name].append(v)
     if not any(chosen.values()):
         raise UsageError(f"empty selection {items!r}: name at least one scenario (see --list)")
     by_name = {f.name: f for f in fams}
-    return [(by_name[n], vs) for n, vs in chosen.items()]
+    return [(by_name[n], vs) for n, vs in chosen.items()], named
 
 
 def parse_vcpus(text: str | None, default: list[int] | None) -> list[int] | None:
@@ -167,43 +188,82 @@ def precheck(families: frozenset[str] | None = None) -> dict[str, Any]:
     return info.to_dict()
 
 
-def exit_code(results: list[Any], known: list[Any] | None = None) -> int:
-    """One verdict for the run: harness fault, then broken, then untestable.
-    ``known[i]`` (a :class:`kvmharness.known.Match` or None) marks result i
-    known-broken (not counted) or fixed? (counted as broken)."""
-    from kvmharness.known import Status
+def verdict_of(
+    results: list[Any], known: list[Any] | None = None, named: Named | None = None
+) -> tuple[int, str]:
+    """One verdict for the run, and why: the exit code and a line saying so.
+
+    In this order:
+
+    * 128 when a scenario errored (the harness or its environment failed);
+    * 1 when a promise broke and no known issue excuses it (a violation kind
+      the matching entry does not list, or an entry past its re-check date,
+      excuse nothing), or when a known issue looks fixed;
+    * 125 when a promise was asked for and this run could not judge it
+      (``untestable``: e.g. the host too loaded to judge a stopped vCPU).  A
+      bisect must not call a kernel good when a promise it asked for went
+      unjudged; a run under less load tells;
+    * 125 when an item the user named (``--scenario``) tested nothing: every
+      scenario it chose was untestable or not supported here;
+    * 125 when nothing was tested at all: no promise held or broke (or, for a
+      selection of characterizations only, none was characterized);
+    * 0 otherwise.  A scenario *not supported* here (a lasting property of the
+      host: a capability absent, no master clock) is shown and left out, as
+      long as the user did not name it and something else was tested; an
+      untestable characterization is shown and left out (it carries no verdict).
+
+    ``known[i]`` (a :class:`kvmharness.known.Match` or None) marks result i.
+    ``named``: per ``--scenario`` item, the (family, variant) it chose.
+    """
+    from kvmharness.known import Status, scenario_id
     from kvmharness.scenarios.base import Kind, Verdict
 
-    marks = [
-        m.status if m is not None else None
-        for m in (known if known is not None else [None] * len(results))
-    ]
-    if any(r.verdict == Verdict.ERROR for r in results):
-        return EXIT_HARNESS
-    if any(
-        r.variant.kind == Kind.PROMISE
+    marks = known if known is not None else [None] * len(results)
+    pairs = list(zip(results, marks, strict=True))
+    tested = {Verdict.HOLDS, Verdict.BROKEN, Verdict.CHARACTERIZED}
+
+    def sid(r: Any) -> str:
+        return scenario_id(r.family, r.variant.name) if hasattr(r, "family") else "?"
+
+    errors = [r for r in results if r.verdict == Verdict.ERROR]
+    if errors:
+        return EXIT_HARNESS, f"harness fault: no verdict on this kernel ({sid(errors[0])} errored)"
+    broken = [
+        r
+        for r, m in pairs
+        if r.variant.kind == Kind.PROMISE
         and r.verdict == Verdict.BROKEN
-        and m is not Status.KNOWN_BROKEN
-        for r, m in zip(results, marks, strict=True)
-    ):
-        return EXIT_BROKEN
-    if any(m is Status.FIXED for m in marks):
-        return EXIT_BROKEN
-    # A variant this KVM does not support (its capability reported absent) is
-    # printed as such, but the others ran: the host is not "untestable".
-    if any(
-        r.verdict == Verdict.UNTESTABLE and not getattr(r, "not_supported", False) for r in results
-    ):
-        return EXIT_UNTESTABLE
-    return EXIT_OK
+        and not (m is not None and m.status is Status.KNOWN_BROKEN)
+    ]
+    if broken:
+        return EXIT_BROKEN, f"bad: a promise broke on this kernel ({sid(broken[0])})"
+    fixed = [r for r, m in pairs if m is not None and m.status is Status.FIXED]
+    if fixed:
+        return EXIT_BROKEN, f"bad: a known issue looks fixed ({sid(fixed[0])} held)"
+    untestable = [
+        r for r in results if r.variant.kind == Kind.PROMISE and r.verdict == Verdict.UNTESTABLE
+    ]
+    if untestable:
+        return EXIT_UNTESTABLE, (
+            f"cannot test: this run could not judge {sid(untestable[0])} (see the untestable rows)"
+        )
+    for item, chose in named or []:
+        mine = [r for r in results if (r.family, r.variant.name) in set(chose)]
+        if not any(r.verdict in tested for r in mine):
+            why = f"is {mine[0].verdict} here" if mine else "did not run (see the warnings)"
+            return EXIT_UNTESTABLE, f"cannot test: {item!r}, which you named, {why}"
+    promises = [r for r in results if r.variant.kind == Kind.PROMISE]
+    judged = [r for r in (promises or results) if r.verdict in tested]
+    if not judged:
+        return EXIT_UNTESTABLE, "cannot test: nothing selected could be tested here"
+    return EXIT_OK, "good: every promise held"
 
 
-VERDICT_LINES = {
-    EXIT_OK: "good: every promise held",
-    EXIT_BROKEN: "bad: a promise broke on this kernel",
-    EXIT_UNTESTABLE: "cannot test: see the untestable rows",
-    EXIT_HARNESS: "harness fault: no verdict on this kernel (see the ERROR rows)",
-}
+def exit_code(
+    results: list[Any], known: list[Any] | None = None, named: Named | None = None
+) -> int:
+    """The exit code of :func:`verdict_of`."""
+    return verdict_of(results, known, named)[0]
 
 
 def run_matrix(
@@ -254,11 +314,79 @@ def list_variants() -> None:
             print(f"{f.name:8} {v.name:28} {v.kind:12} {v.why}")
 
 
+def mark_known(results: list[Any], known: list[Any]) -> None:
+    """Say in each result's observed text what a known issue did to it."""
+    from kvmharness.known import Status
+
+    for r, m in zip(results, known, strict=True):
+        if m is None:
+            continue
+        if m.status is Status.KNOWN_BROKEN:
+            r.observed = f"known-broken ({m.issue.id}): {r.observed}"
+        elif m.status in (Status.NOT_EXCUSED, Status.OVERDUE):
+            r.observed = f"{m.explain()}; {r.observed}"
+
+
+def summary_line(results: list[Any], known: list[Any], total_s: float | None) -> str:
+    """``N scenarios [in S s]: N hold, N broken, N characterized[, N untestable]
+    [, N not supported][, N harness errors][, N known-broken][, N fixed?]``: every
+    result counted once (a known-broken promise as known-broken, not as broken)."""
+    from kvmharness.known import Status
+    from kvmharness.scenarios.base import Verdict
+
+    counts = {v: sum(r.verdict == v for r in results) for v in Verdict}
+    statuses = {s: sum(m is not None and m.status is s for m in known) for s in Status}
+    counts[Verdict.BROKEN] -= statuses[Status.KNOWN_BROKEN]
+    counts[Verdict.HOLDS] -= statuses[Status.FIXED]
+    when = f" in {total_s:.1f} s" if total_s is not None else ""
+    return (
+        f"{len(results)} scenarios{when}: {counts[Verdict.HOLDS]} hold, "
+        f"{counts[Verdict.BROKEN]} broken, {counts[Verdict.CHARACTERIZED]} characterized"
+        + (f", {counts[Verdict.UNTESTABLE]} untestable" if counts[Verdict.UNTESTABLE] else "")
+        + (
+            f", {counts[Verdict.NOT_SUPPORTED]} not supported"
+            if counts[Verdict.NOT_SUPPORTED]
+            else ""
+        )
+        + (f", {counts[Verdict.ERROR]} harness errors" if counts[Verdict.ERROR] else "")
+        + "".join(
+            f", {statuses[s]} {s}" for s in (Status.KNOWN_BROKEN, Status.FIXED) if statuses[s]
+        )
+    )
+
+
+def print_report(
+    results: list[Any], known: list[Any], *, wide: bool, total_s: float | None
+) -> None:
+    """The tables, the summary line, and a few lines on every result that did
+    not simply hold: what ``run`` and ``judge`` print on stdout."""
+    from kvmharness.known import Status
+    from kvmharness.report import tables
+    from kvmharness.scenarios.base import Verdict
+
+    print(tables(results, width=0 if wide else 90))
+    print("\n" + summary_line(results, known, total_s))
+    for r, m in zip(results, known, strict=True):
+        what = f"{r.variant.name} ({r.vcpus} vCPUs)"
+        if m is not None and m.status is Status.FIXED:
+            print(f"fixed? {what}: {m.explain()}")
+        elif r.verdict == Verdict.NOT_SUPPORTED:
+            print(f"not supported {what}: {r.observed.removeprefix('not supported: ')}")
+        elif r.verdict in (Verdict.BROKEN, Verdict.ERROR, Verdict.UNTESTABLE):
+            label = m.status if m is not None and m.excused else r.verdict
+            print(f"{label} {what}: {r.observed}")
+            if m is not None and m.excused:
+                print(f"  {m.issue.describe()}")
+            for v in r.violations[:5]:
+                print(f"  {v.kind} {v.series}[{v.index}]: {v.detail}")
+
+
 def run_cli(args: Any, *, bisect: bool = False) -> int:
     from kvmharness.errors import KvmUnavailable
+    from kvmharness.judges import SCHEMA_VERSION
     from kvmharness.known import Host, KnownIssuesError, Status, classify, cpu_model_name, load
-    from kvmharness.report import plot, plot_available, tables, write_json
-    from kvmharness.scenarios.base import RunOptions, Verdict
+    from kvmharness.report import plot, plot_available, write_json
+    from kvmharness.scenarios.base import RunOptions
 
     if args.list:
         list_variants()
@@ -267,7 +395,7 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
         issues = load(args.known)
     except KnownIssuesError as exc:
         raise UsageError(f"--known: {exc}") from None
-    plan = select(args.strategy, bisect=bisect)
+    plan, named = select_named(args.strategy, bisect=bisect)
     vcpus = parse_vcpus(args.vcpus, BISECT_VCPUS if bisect else None)
     validate_numbers(args)
     if args.json:
@@ -284,6 +412,7 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
         host = precheck() if "steal" in names else precheck(names)
     except KvmUnavailable as exc:
         raise Untestable(str(exc)) from None
+    host.setdefault("cpu_model", cpu_model_name())
     kvm_max = host.get("capabilities", {}).get("MAX_VCPUS") or 0
     if vcpus and kvm_max and max(vcpus) > kvm_max:
         raise UsageError(
@@ -291,13 +420,18 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
             "per VM (KVM_CAP_MAX_VCPUS)"
         )
 
+    this_host = Host(host["kvm_backend"], host["kernel_release"], host["cpu_model"])
+
     def progress(i: int, n: int, what: str, res: Any) -> None:
         if args.quiet:
             return
         if res is None:
             print(f"[{i + 1}/{n}] {what} ...", end="", file=sys.stderr, flush=True)
         else:
-            print(f" {res.verdict} ({res.wall_s:.2f} s)", file=sys.stderr, flush=True)
+            # the word the table and the summary will use: known-broken is not BROKEN
+            (m,) = classify([res], issues, this_host)
+            word = m.status if m is not None and m.excused else res.verdict
+            print(f" {word} ({res.wall_s:.2f} s)", file=sys.stderr, flush=True)
 
     options = RunOptions(args.contend_ms, args.downtime_ms, args.budget_s)
     t0 = time.monotonic()
@@ -306,23 +440,26 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
     except KvmUnavailable as exc:
         raise Untestable(str(exc)) from None
     total = time.monotonic() - t0
-    known = classify(
-        results, issues, Host(host["kvm_backend"], host["kernel_release"], cpu_model_name())
-    )
-    for r, m in zip(results, known, strict=True):
-        if m is not None and m.status is Status.KNOWN_BROKEN:
-            r.observed = f"known-broken ({m.issue.id}): {r.observed}"
-    code = exit_code(results, known)
+    known = classify(results, issues, this_host)
+    mark_known(results, known)
+    code, why = verdict_of(results, known, named)
     # the JSON first: a fault while rendering must not lose the results
     if args.json:
         write_json(
             args.json,
             {
+                "schema": SCHEMA_VERSION,
                 "kvmharness_version": __version__,
                 "command": "bisect" if bisect else "run",
                 "host": host,
+                "selection": [
+                    {"item": item, "scenarios": [list(fv) for fv in chose]} for item, chose in named
+                ]
+                if args.strategy is not None
+                else None,
                 "total_wall_s": total,
                 "exit_code": code,
+                "verdict": why,
                 "known_issues_file": args.known or "(shipped)",
                 "results": [
                     {**r.to_json(), "known": m.to_json() if m else None}
@@ -333,40 +470,14 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
     if bisect:
         n_known = sum(m is not None and m.status is Status.KNOWN_BROKEN for m in known)
         print(
-            f"kvmharness bisect: {VERDICT_LINES[code]}"
+            f"kvmharness bisect: {why}"
             + (f", {n_known} known-broken" if n_known else "")
             + f" (exit {code}; {len(results)} scenarios, {total:.1f} s, "
             f"kernel {host['kernel_release']})"
         )
-    print(tables(results, width=0 if args.wide else 90))
-    counts = {v: sum(r.verdict == v for r in results) for v in Verdict}
-    # a known-broken promise is counted once, as known-broken, not also as broken
-    counts[Verdict.BROKEN] -= sum(m is not None and m.status is Status.KNOWN_BROKEN for m in known)
-    print(
-        f"\n{len(results)} scenarios in {total:.1f} s: {counts[Verdict.HOLDS]} hold, "
-        f"{counts[Verdict.BROKEN]} broken, {counts[Verdict.CHARACTERIZED]} characterized"
-        + (f", {counts[Verdict.UNTESTABLE]} untestable" if counts[Verdict.UNTESTABLE] else "")
-        + (f", {counts[Verdict.ERROR]} harness errors" if counts[Verdict.ERROR] else "")
-        + "".join(
-            f", {n} {s}"
-            for s in Status
-            if (n := sum(m is not None and m.status is s for m in known))
-        )
-    )
-    for r, m in zip(results, known, strict=True):
-        if m is not None and m.status is Status.FIXED:
-            print(
-                f"fixed? {r.variant.name} ({r.vcpus} vCPUs): the promise held, but "
-                f"{m.issue.describe()} says it breaks on this host: update the "
-                "known-issues file"
-            )
-        elif r.verdict in (Verdict.BROKEN, Verdict.ERROR, Verdict.UNTESTABLE):
-            label = m.status if m is not None else r.verdict
-            print(f"{label} {r.variant.name} ({r.vcpus} vCPUs): {r.observed}")
-            if m is not None:
-                print(f"  {m.issue.describe()}")
-            for v in r.violations[:5]:
-                print(f"  {v.kind} {v.series}[{v.index}]: {v.detail}")
+    print_report(results, known, wide=args.wide, total_s=total)
+    if not bisect and code != EXIT_OK:
+        print(f"exit {code}: {why}")
     if plot_path:
         plot(results, plot_path)
     return code

@@ -161,6 +161,8 @@ def verdict_text(res: ScenarioResult, width: int = 0) -> str:
         text = str(Verdict.HOLDS)
     elif res.verdict == Verdict.CHARACTERIZED:
         text = f"characterized: {res.observed}"
+    elif res.observed.startswith((f"{res.verdict}:", "known-broken (")):
+        text = res.observed  # it says its state already: "not supported: ...", known-broken
     else:
         text = f"{res.verdict}: {res.observed}"
     return text[: width - 3] + "..." if width and len(text) > width else text

@@ -35,24 +35,24 @@ UNTESTABLE with the figures measured, never BROKEN.
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import os
 import struct
 import sys
+import threading
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kvmharness import checks
-from kvmharness.checks import Sample, Violation
+from kvmharness.checks import Violation
 from kvmharness.ffi import ffi, lib
 from kvmharness.guest.build import load_program
 from kvmharness.guest.machine import GuestStopped, GuestVm, mem_size_for
 from kvmharness.host.sched import SchedStat, Watchdog, cpu_for, wait_or_stop
 from kvmharness.host.threads import VcpuThread, close_threads, new_threads
+from kvmharness.judges import clock as clock_judge
 from kvmharness.kvm import ClockData, Kvm, Vcpu, Vm
 from kvmharness.pvclock import Pvti
 from kvmharness.scenarios.base import (
@@ -64,13 +64,24 @@ from kvmharness.scenarios.base import (
     Variant,
     Verdict,
     classify,
-    verdict_for,
 )
 from kvmharness.scenarios.child import (
     child_entry,
     run_child,
     snapshot_path,
     write_snapshot_fd,
+)
+from kvmharness.scenarios.clock_record import (
+    Batch,
+    Boundary,
+    BoundaryFacts,
+    ClockPut,
+    ClockRecord,
+    RateProbe,
+    Stuck,
+    TscPut,
+    TscWrite,
+    Writer,
 )
 
 log = logging.getLogger(__name__)
@@ -97,55 +108,15 @@ MAX_PHASE_MS = 10_000
 MAX_DOWNTIME_MS = 60_000
 #: The frequency the frequency variant moves a vCPU to, relative to KVM's default.
 FREQUENCY_RATIO = 0.9
-#: A vCPU stopped by the watchdog is the kernel's fault only if its thread got
-#: this share of the budget as CPU time meanwhile (as in the steal family).
-STUCK_MIN_CPU_SHARE = 0.1
-
-#: Kinds whose truth depends on a stable TSC (KVM's master clock).
-STABLE_ONLY_KINDS = frozenset({checks.KIND_DECREASE, checks.KIND_WARP, checks.KIND_MASTER_CLOCK})
 
 
 class NotSupported(ScenarioFailed):
     """This KVM does not offer what the variant is about (a capability or an
-    attribute it reports absent): untestable, and said so, but no reason to
-    call the whole run untestable."""
+    attribute it reports absent, no TSC-based host clock): a lasting property
+    of the host, verdict NOT_SUPPORTED."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(Blame.UNTESTABLE, message)
-
-
-class ClockPut(enum.StrEnum):
-    """How kvmclock is put at a restore (KVM_SET_CLOCK)."""
-
-    NONE = "-"
-    DOWNTIME = "saved + downtime"
-    """clock = saved + the host-measured downtime: the guest sees the real time pass"""
-    REALTIME = "KVM_CLOCK_REALTIME"
-    """clock = saved, realtime = saved realtime: KVM adds the real time that passed"""
-    FROZEN = "saved"
-    """clock = saved: the downtime is hidden from the guest (the clock stood still)"""
-
-
-class TscPut(enum.StrEnum):
-    """How the TSC is put at the start and at a restore."""
-
-    STATE = "as captured"  # the saved MSRs, MSR_IA32_TSC among them (not judged)
-    MSR = "MSR_IA32_TSC"
-    OFFSET = "KVM_VCPU_TSC_OFFSET"
-
-
-class Writer(enum.StrEnum):
-    """Which host thread puts the vCPU state at a restore."""
-
-    VCPU_THREAD = "vcpu thread"
-    MAIN_THREAD = "main thread"
-    NONE = "-"
-
-
-class Boundary(enum.StrEnum):
-    NONE = "-"
-    IN_PROCESS = "new VM, same process"
-    CROSS_PROCESS = "new process"
+        super().__init__(Blame.NOT_SUPPORTED, message)
 
 
 @dataclass(frozen=True)
@@ -162,6 +133,8 @@ class ClockVariant(Variant):
     pvti_check: bool = False
     khz_ratio: float | None = None
     """Restore at this multiple of KVM's TSC frequency (KVM_SET_TSC_KHZ)."""
+    storm: bool = False
+    """The main thread forces kvmclock updates (KVM_SET_CLOCK) while the vCPUs read."""
 
 
 P, C = Kind.PROMISE, Kind.CHARACTERIZE
@@ -193,6 +166,17 @@ VARIANTS: dict[str, ClockVariant] = {
             "reading goes back, per vCPU or across vCPUs",
             needs_stable=True,
             hop=True,
+        ),
+        ClockVariant(
+            "updates",
+            P,
+            "the main thread forces kvmclock updates (KVM_SET_CLOCK with "
+            "KVM_CLOCK_REALTIME, every vCPU's area rewritten) while vCPUs read vCPU 0's "
+            "area vDSO-style: KVM must keep the version odd while it writes, so no "
+            "reading is torn (a step back or a warp under an even version)",
+            needs_stable=True,
+            storm=True,
+            mode=lib.CLOCK_MODE_WARP | lib.CLOCK_MODE_AREA0,
         ),
         ClockVariant(
             "pvti",
@@ -325,124 +309,7 @@ class ClockConfig:
             raise ValueError(f"budget_s must be positive, got {self.budget_s}")
 
 
-# --------------------------------------------------------------------------
-# records
-
-
-@dataclass
-class Batch:
-    """One KVM_RUN that ended in a batch's SYNC."""
-
-    t0_ns: int  # host CLOCK_MONOTONIC just before KVM_RUN
-    t1_ns: int  # just after it returned
-    first: int  # index of its first sample in the record
-    n: int
-    warps: int
-    max_warp_ns: int
-    vdso_warps: int
-    max_vdso_warp_ns: int
-    cpu: int  # host CPU the thread was allowed on (-1: not pinned by the scenario)
-    guest_ticks: int  # guest TSC from the batch's first to its last reading
-
-
-@dataclass
-class Stuck:
-    rip: int
-    waited_ns: int
-    cpu_ns: int
-
-
-@dataclass
-class TscWrite:
-    """A TSC put into a vCPU, and where the guest's next reading must lie."""
-
-    batch: int  # the first batch after the write
-    lo: int
-    hi: int
-    what: str
-
-
-@dataclass
-class ClockRecord:
-    """What one vCPU saw."""
-
-    index: int
-    samples: list[tuple[int, int, int, int, int, int, int]] = field(default_factory=list)
-    """(ns, tsc, vdso_ns, version, flags, vdso_used, tries) per reading"""
-    batches: list[Batch] = field(default_factory=list)
-    boundary: int = 0  # index of the first batch after the boundary (0: none)
-    decode: list[tuple[int, int, int]] = field(default_factory=list)
-    """(sample index, guest ns, host ns) where the host decoded the same area and TSC"""
-    tsc_writes: list[TscWrite] = field(default_factory=list)
-    pvti_after: list[list[int]] = field(default_factory=list)  # last area seen per phase
-    stuck: Stuck | None = None
-
-    def series(self, lo: int = 0, hi: int | None = None, *, vdso: bool = False) -> list[Sample]:
-        """kvmclock readings of batches [lo, hi) as Samples (t_ns: the batch's end)."""
-        out = []
-        for b in self.batches[lo:hi]:
-            for s in self.samples[b.first : b.first + b.n]:
-                if vdso and not s[5]:
-                    continue
-                out.append(Sample(b.t1_ns, s[2] if vdso else s[0], None if vdso else s[3]))
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "boundary": self.boundary,
-            "samples": self.samples,
-            "batches": [asdict(b) for b in self.batches],
-            "decode": self.decode,
-            "tsc_writes": [asdict(w) for w in self.tsc_writes],
-            "pvti_after": self.pvti_after,
-            "stuck": asdict(self.stuck) if self.stuck else None,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ClockRecord:
-        return cls(
-            d["index"],
-            [tuple(s) for s in d["samples"]],
-            [Batch(**b) for b in d["batches"]],
-            d["boundary"],
-            [tuple(x) for x in d["decode"]],
-            [TscWrite(**w) for w in d["tsc_writes"]],
-            d["pvti_after"],
-            Stuck(**d["stuck"]) if d.get("stuck") else None,
-        )
-
-    def extend(self, other: ClockRecord) -> None:
-        """Append a later process's record (its batches come after the boundary)."""
-        s0, b0 = len(self.samples), len(self.batches)
-        self.samples += other.samples
-        for b in other.batches:
-            self.batches.append(Batch(**{**asdict(b), "first": b.first + s0}))
-        self.decode += [(i + s0, g, h) for i, g, h in other.decode]
-        self.tsc_writes += [TscWrite(w.batch + b0, w.lo, w.hi, w.what) for w in other.tsc_writes]
-        self.pvti_after += other.pvti_after
-        self.stuck = self.stuck or other.stuck
-
-
-@dataclass
-class BoundaryFacts:
-    """What the host measured at the boundary (all times CLOCK_MONOTONIC ns)."""
-
-    get_clock_ns: tuple[int, int] = (0, 0)  # around KVM_GET_CLOCK
-    set_clock_ns: tuple[int, int] = (0, 0)  # around KVM_SET_CLOCK
-    saved_clock: list[int] = field(default_factory=list)  # clock_ns, flags, realtime, host_tsc
-    put: str = "-"
-    set_value_ns: int | None = None
-    # when the destination's first MSR_IA32_TSC write began (the state load's,
-    # or 0 when none): from then on the restored TSC may count (see tsc_msr_range)
-    tsc_write_ns: int = 0
-    khz_before: int = 0
-    khz_after: int = 0
-    pvti_scale_after: list[list[int]] = field(default_factory=list)  # (mul, shift) per vCPU
-
-    @property
-    def downtime_ns(self) -> int:
-        return self.set_clock_ns[0] - self.get_clock_ns[1]
+# ---- records: kvmharness.scenarios.clock_record
 
 
 @dataclass
@@ -460,8 +327,12 @@ class ClockResult:
     pvti_areas: list[list[int]] = field(default_factory=list)
     error: str | None = None
     not_supported: bool = False
-    """UNTESTABLE because this KVM lacks what the variant is about: reported,
-    but it does not make the run "cannot test" (the other variants ran)."""
+    """a lasting property of this host rules the variant out (verdict NOT_SUPPORTED)"""
+    khz: int = 0
+    probes: list[list[RateProbe]] = field(default_factory=list)
+    storm: list[dict[str, int]] = field(default_factory=list)
+    failure: dict[str, str] | None = None  # blame and text when the run could not finish
+    notes: dict[str, Any] = field(default_factory=dict)
 
     family = "clock"
 
@@ -502,45 +373,118 @@ class ClockResult:
             if 0 < r.boundary < len(r.batches):
                 a = r.batches[r.boundary - 1]
                 b = r.batches[r.boundary]
-                sa, sb = r.samples[a.first + a.n - 1], r.samples[b.first]
-                out.append((r.index, sb[0] - sa[0], sb[1] - sa[1]))
+                if a.n and b.n:
+                    sa, sb = r.samples[a.first + a.n - 1], r.samples[b.first]
+                    out.append((r.index, sb[0] - sa[0], sb[1] - sa[1]))
         return out
+
+    def record(self) -> dict[str, Any]:
+        """What the judge reads (the record without the verdict)."""
+        from kvmharness.judges import SCHEMA_VERSION
+
+        v = self.clock_variant
+        return {
+            "schema": SCHEMA_VERSION,
+            "family": "clock",
+            "variant": v.name,
+            "kind": str(v.kind),
+            "vcpus": self.config.vcpus,
+            "config": {
+                "phase_ms": self.config.phase_ms,
+                "downtime_ms": self.config.downtime_ms,
+                "budget_s": self.config.budget_s,
+                "kind": str(v.kind),
+                "boundary": str(v.boundary),
+                "clock_put": str(v.clock),
+                "tsc_put": str(v.tsc),
+                "writer": str(v.writer),
+                "hop": v.hop,
+                "needs_stable": v.needs_stable,
+                "warp": bool(v.mode & lib.CLOCK_MODE_WARP),
+                "vdso": bool(v.mode & lib.CLOCK_MODE_VDSO),
+                "area0": bool(v.mode & lib.CLOCK_MODE_AREA0),
+                "pvti_check": v.pvti_check,
+                "khz_ratio": v.khz_ratio,
+                "storm": v.storm,
+            },
+            "failure": self.failure,
+            "stable": {"before": self.stable, "after": self.stable_after},
+            "tsc_khz": self.khz,
+            "rate_probes": [
+                [[*p.raw_ns, *p.mono_ns, p.tsc] for p in phase] for phase in self.probes
+            ],
+            "facts": asdict(self.facts),
+            "pvti_areas": self.pvti_areas,
+            "storm": self.storm,
+            "vcpu_records": [r.to_record(self.khz) for r in self.records],
+        }
 
     def to_json(self) -> dict[str, Any]:
         w = self.warps()
-        v = self.clock_variant
         return {
-            "scenario": "clock",
-            "strategy": v.name,
-            "kind": str(v.kind),
-            "why": v.why,
-            "boundary": str(v.boundary),
-            "clock_put": str(v.clock),
-            "tsc_put": str(v.tsc),
-            "writer": str(v.writer),
-            "hop": v.hop,
-            "config": asdict(self.config),
+            **self.record(),
+            "why": self.clock_variant.why,
             "verdict": str(self.verdict),
             "observed": self.observed,
             "error": self.error,
             "not_supported": self.not_supported,
             "wall_s": self.wall_s,
-            "stable": self.stable,
-            "stable_after": self.stable_after,
             "reads": self.reads(),
-            "reads_per_s_per_vcpu": self.reads_per_s(),
             "warps": w[0],
             "largest_warp_ns": w[1],
             "vdso_warps": w[2],
             "largest_vdso_warp_ns": w[3],
-            "boundary_jumps": [
-                {"vcpu": i, "kvmclock_ns": c, "tsc_ticks": t} for i, c, t in self.boundary_jumps()
-            ],
-            "facts": asdict(self.facts),
-            "pvti_areas": self.pvti_areas,
             "violations": [x.to_dict() for x in self.violations],
-            "vcpus": [r.to_json() for r in self.records],
+            "notes": self.notes,
         }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ClockResult:
+        """A result rebuilt from its record (the view needs nothing else); the
+        verdict is the one recorded, or today's judge's when there is none."""
+        from kvmharness.judges.clock import judge, run_of
+
+        c = d["config"]
+        cfg = ClockConfig(d["variant"], d["vcpus"], c["phase_ms"], c["downtime_ms"], c["budget_s"])
+        v = VARIANTS.get(d["variant"]) or ClockVariant(
+            d["variant"], Kind(c["kind"]), d.get("why", "")
+        )
+        run = run_of(d)
+        res = cls(
+            cfg,
+            v,
+            run.records,
+            [],
+            Verdict(d.get("verdict", Verdict.ERROR)),
+            d.get("observed", ""),
+            d.get("wall_s", 0.0),
+            stable=run.stable,
+            stable_after=run.stable_after,
+            facts=run.facts,
+            pvti_areas=run.pvti_areas,
+            error=d.get("error"),
+            not_supported=d.get("not_supported", False),
+            khz=run.khz,
+            probes=run.probes,
+            storm=run.storm,
+            failure=d.get("failure"),
+            notes=d.get("notes", {}),
+        )
+        if "verdict" not in d:
+            res.apply(judge(d))
+        else:
+            res.violations = [checks.Violation(**x) for x in d.get("violations", [])]
+        return res
+
+    def apply(self, j: Any) -> None:
+        """Take a judgement's verdict, text, violations and notes."""
+        self.verdict, self.observed, self.violations, self.notes = (
+            j.verdict,
+            j.observed,
+            j.violations,
+            j.notes,
+        )
+        self.not_supported = j.verdict is Verdict.NOT_SUPPORTED
 
 
 # --------------------------------------------------------------------------
@@ -562,8 +506,11 @@ class Reader:
         slot = gvm.vm.slot_for(base, lib.CLOCK_BATCH_MAX * SAMPLE_SIZE)
         self._buf = slot.buffer()
         self._off = base - slot.gpa
+        # the area its readings use: its own, or vCPU 0's (CLOCK_MODE_AREA0)
+        area0 = gvm.sym("clock_mode", "uint32_t")[0] & lib.CLOCK_MODE_AREA0
         self._area = gvm.vm.pointer(
-            gvm.symbol("pvti") + PVTI_SIZE * vcpu.index, "struct pvclock_vcpu_time_info"
+            gvm.symbol("pvti") + PVTI_SIZE * (0 if area0 else vcpu.index),
+            "struct pvclock_vcpu_time_info",
         )
 
     def run(self, duration_ns: int, cpus: list[int] | None = None) -> None:
@@ -578,12 +525,13 @@ class Reader:
                     cpu = cpus[(hop + self.vcpu.index) % len(cpus)]
                     hop += 1
                     os.sched_setaffinity(0, {cpu})
-                cpu0 = st.read()[0]
+                cpu0, delay0 = st.read()
                 t0 = clock()
                 try:
                     uc = self.gvm.expect(self.vcpu, lib.UCALL_SYNC)
                 except GuestStopped as exc:
-                    rec.stuck = Stuck(exc.rip, clock() - t0, st.read()[0] - cpu0)
+                    cpu1, delay1 = st.read()
+                    rec.stuck = Stuck(exc.rip, clock() - t0, cpu1 - cpu0, delay1 - delay0)
                     return
                 t1 = clock()
                 self._collect(uc.args, t0, t1, cpu)
@@ -591,21 +539,22 @@ class Reader:
                     break
         finally:
             st.close()
-        rec.pvti_after.append(Pvti.from_cdata(self._area).to_list())
 
     def _collect(self, args: list[int], t0: int, t1: int, cpu: int) -> None:
-        _seq, n, warps, mw, vw, mvw, g0, g1 = args
+        _seq, n, warps, mw, vw, mvw, _g0, _g1 = args
         n = min(n, lib.CLOCK_BATCH_MAX)
         rec = self.rec
         raw = self._buf[self._off : self._off + n * SAMPLE_SIZE]
         first = len(rec.samples)
         rec.samples += [tuple(s) for s in struct.iter_unpack(SAMPLE_FMT, raw)]
-        rec.batches.append(Batch(t0, t1, first, n, warps, mw, vw, mvw, cpu, g1 - g0))
+        rec.batches.append(Batch(t0, t1, first, n, warps, mw, vw, mvw, cpu))
         if n:
             # The host decodes the area the last reading used, if it is unchanged.
             last = rec.samples[-1]
+            # Another vCPU's thread may be rewriting the area (CLOCK_MODE_AREA0):
+            # the host takes it with the version protocol too.
             area = Pvti.from_cdata(self._area)
-            if area.version == last[3] and not area.version % 2:
+            if area.version == last[3] == self._area.version and not area.version % 2:
                 rec.decode.append((len(rec.samples) - 1, last[0], area.ns_at(last[1])))
 
 
@@ -660,39 +609,7 @@ def _khz_ticks(ns: int, khz: int) -> int:
 # ---- putting the TSC
 
 
-def tsc_msr_range(
-    written: int,
-    write_ns: tuple[int, int],
-    run: Batch,
-    khz: int,
-    earlier: Sequence[tuple[int, tuple[int, int]]] = (),
-) -> tuple[int, int]:
-    """Where the guest's first TSC reading in ``run`` must lie after ``written``
-    was put with MSR_IA32_TSC at host time ``write_ns`` (before, after the ioctl).
-
-    ``earlier`` holds the VM's earlier TSC writes (value, its write times),
-    including the one a state load makes.  KVM treats a write within
-    :data:`TSC_SYNC_WINDOW_S` of what it expects from the VM's last write as
-    "synchronize with it" and keeps the offset of the write that began the
-    run of matching writes, so the guest may read that write's value plus the
-    time since it; the check accepts either outcome for each earlier write the
-    new one is that close to."""
-
-    def rng(value: int, w: tuple[int, int]) -> tuple[int, int]:
-        early = max(run.t0_ns - w[1], 0)
-        late = run.t1_ns - w[0]
-        return (
-            value + _khz_ticks(early - checks.rate_slack_ns(early), khz) - 1,
-            value + _khz_ticks(late + checks.rate_slack_ns(late), khz) + 1,
-        )
-
-    lo, hi = rng(written, write_ns)
-    for ref, ref_ns in earlier:
-        expected = ref + _khz_ticks(write_ns[0] - ref_ns[1], khz)
-        if abs(written - expected) < TSC_SYNC_WINDOW_S * khz * 1000:
-            slo, shi = rng(ref, ref_ns)
-            lo, hi = min(lo, slo), max(hi, shi)
-    return lo, hi
+tsc_msr_range = clock_judge.tsc_msr_range
 
 
 def put_tsc_msr(vcpu: Vcpu, value: int) -> tuple[int, int]:
@@ -757,13 +674,20 @@ def start_tsc(
             t.call(Reader(gvm, gvm.vcpus[i], r).run, 0)
             lo, hi = tsc_msr_range(base, writes[i][1], r.batches[-1], khz, writes[:i])
             r.tsc_writes.append(
-                TscWrite(len(r.batches) - 1, lo, hi, f"MSR_IA32_TSC written {base} at the start")
+                TscWrite(
+                    len(r.batches) - 1,
+                    lo,
+                    hi,
+                    f"MSR_IA32_TSC written {base} at the start",
+                    base,
+                    writes[i][1],
+                    writes[:i],
+                )
             )
     elif how is TscPut.OFFSET:
         if not gvm.vcpus[0].has_tsc_offset_attr():
             raise NotSupported(
-                "not supported: KVM_HAS_DEVICE_ATTR says this KVM has no "
-                "KVM_VCPU_TSC_OFFSET attribute"
+                "KVM_HAS_DEVICE_ATTR says this KVM has no KVM_VCPU_TSC_OFFSET attribute"
             )
         offset = TSC_START_AHEAD_S * khz * 1000 + gvm.vcpus[0].get_tsc_offset()
         for i, t in enumerate(threads):
@@ -787,11 +711,10 @@ def put_clock(
         vm.set_clock(ClockData(value))
     elif how is ClockPut.REALTIME:
         if not saved.flags & lib.KVM_CLOCK_REALTIME:
-            raise ScenarioFailed(
-                Blame.UNTESTABLE,
+            raise NotSupported(
                 "KVM_GET_CLOCK returned no realtime "
                 "(KVM_CLOCK_REALTIME: the host clock is not TSC-based) to "
-                "restore with KVM_CLOCK_REALTIME from",
+                "restore with KVM_CLOCK_REALTIME from"
             )
         value = saved.clock_ns
         vm.set_clock(
@@ -865,17 +788,22 @@ def restore(
                     writes.append((tsc_value, threads[i].call(put_tsc_msr, vm.vcpus[i], tsc_value)))
         if loads or writes:
             facts.tsc_write_ns = min(w[0] for _, w in loads + writes)
-        put_clock(vm, saved, v.clock, facts.get_clock_ns, facts)
+        how = v.clock
+        if v.tsc is TscPut.OFFSET and not saved.flags & lib.KVM_CLOCK_REALTIME:
+            # the TSC is the point here: without KVM_CLOCK_REALTIME (a host clock
+            # that is not the TSC) kvmclock is put as saved + downtime instead
+            how = ClockPut.DOWNTIME
+        put_clock(vm, saved, how, facts.get_clock_ns, facts)
         if v.tsc is TscPut.OFFSET:
-            # api.rst's recipe: offset_dst = offset_src + host_tsc_src - host_tsc_dst
-            # + the real time that passed, in ticks (host TSC and realtime read together).
-            host_now, real_now = host_tsc(vm.vcpus[0]), time.time_ns()
-            elapsed = real_now - state.meta_extra["realtime_ns"]
-            offset = (src_offset + src_host_tsc - host_now + _khz_ticks(elapsed, khz)) & (
-                checks.U64 - 1
+            real_before, host_now, _ = host_tsc_and_realtime(vm.vcpus[0])
+            offset = tsc_offset_recipe(
+                src_offset,
+                src_host_tsc,
+                state.meta_extra["realtime_ns"],
+                host_now,
+                real_before,
+                khz,
             )
-            if offset >= checks.WRAP_THRESHOLD:
-                offset -= checks.U64
             for i in range(len(state.vcpus)):
                 if main:
                     put_tsc_offset(vm.vcpus[i], offset)
@@ -899,6 +827,9 @@ def restore(
                         lo,
                         hi,
                         f"MSR_IA32_TSC written {tsc_value} (the largest saved) at the restore",
+                        tsc_value,
+                        writes[i][1],
+                        loads + writes[:i],
                     )
                 )
         facts.pvti_scale_after = [
@@ -936,8 +867,37 @@ def _tsc_extra(gvm: GuestVm, state: Any) -> None:
     if v0.has_tsc_offset_attr():
         off = v0.get_tsc_offset()
         state.meta_extra["tsc_offset"] = off - checks.U64 if off >= checks.WRAP_THRESHOLD else off
-        state.meta_extra["host_tsc"] = host_tsc(v0)
-        state.meta_extra["realtime_ns"] = time.time_ns()
+        _, state.meta_extra["host_tsc"], state.meta_extra["realtime_ns"] = host_tsc_and_realtime(v0)
+
+
+def host_tsc_and_realtime(vcpu: Vcpu) -> tuple[int, int, int]:
+    """(realtime before, host TSC, realtime after): the host TSC between two
+    CLOCK_REALTIME readings (the new VM has no master clock yet, so no
+    KVM_GET_CLOCK pair)."""
+    r0 = time.time_ns()
+    h = host_tsc(vcpu)
+    return r0, h, time.time_ns()
+
+
+def tsc_offset_recipe(
+    src_offset: int,
+    src_host_tsc: int,
+    src_real_after: int,
+    dst_host_tsc: int,
+    dst_real_before: int,
+    khz: int,
+) -> int:
+    """api.rst's recipe, offset_dst = offset_src + host_tsc_src - host_tsc_dst +
+    the real time that passed in ticks, with each host TSC paired with a
+    realtime reading that can only shorten that time: the one after it at the
+    source, the one before it at the destination.  Paired the other way, a
+    thread delayed between the two reads (ms under TCG) puts the guest's TSC
+    ahead of the real time by the delay: the Debian 6.1.0-47 tsc/offset red."""
+    elapsed = max(dst_real_before - src_real_after, 0)
+    offset = (src_offset + src_host_tsc - dst_host_tsc + _khz_ticks(elapsed, khz)) & (
+        checks.U64 - 1
+    )
+    return offset - checks.U64 if offset >= checks.WRAP_THRESHOLD else offset
 
 
 def _sleep_until(deadline_ns: int) -> None:
@@ -954,6 +914,120 @@ class Run:
     facts: BoundaryFacts = field(default_factory=BoundaryFacts)
     pvti_areas: list[list[int]] = field(default_factory=list)
     khz: int = 0
+    probes: list[list[RateProbe]] = field(default_factory=list)
+    storm: list[dict[str, int]] = field(default_factory=list)
+    """per phase of an "updates" run: KVM_SET_CLOCKs issued and the ns they added"""
+
+
+#: Pause between two forced kvmclock updates: the vCPUs get the CPU between them.
+STORM_PAUSE_S = 0.0005
+#: Each forced update puts kvmclock this share of the last update's duration
+#: ahead (plus STORM_MARGIN_NS), so that a TSC whose KVM scale is off (0.76%
+#: seen under TCG) never makes our own KVM_SET_CLOCK step the clock back.
+STORM_MARGIN_SHARE = 0.05
+STORM_MARGIN_NS = 2_000
+
+
+class ClockStorm:
+    """KVM_GET_CLOCK then KVM_SET_CLOCK(clock + margin, KVM_CLOCK_REALTIME) in a
+    loop on its own thread: each set makes every vCPU rewrite its area (KVM's
+    pvclock update), with the clock continuous (KVM adds the real time since
+    the get) and a little ahead, never back."""
+
+    def __init__(self, vm: Vm) -> None:
+        self.vm = vm
+        self.sets = 0
+        self.added_ns = 0
+        self.max_set_ns = 0
+        self.gets_without_realtime = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="clock-storm", daemon=True)
+
+    def __enter__(self) -> ClockStorm:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        last = 0
+        try:
+            while not self._stop.wait(STORM_PAUSE_S):
+                t0 = time.monotonic_ns()
+                c = self.vm.get_clock()
+                if not c.flags & lib.KVM_CLOCK_REALTIME:
+                    # no master clock (yet: a new VM has one once its vCPUs ran)
+                    self.gets_without_realtime += 1
+                    continue
+                margin = STORM_MARGIN_NS + int(STORM_MARGIN_SHARE * last)
+                self.vm.set_clock(
+                    ClockData(max(c.clock_ns + margin, 0), realtime_ns=c.realtime_ns),
+                    flags=lib.KVM_CLOCK_REALTIME,
+                )
+                last = time.monotonic_ns() - t0
+                self.sets += 1
+                self.added_ns += margin
+                self.max_set_ns = max(self.max_set_ns, last)
+        except BaseException as exc:  # reported by the phase
+            self.error = exc
+
+
+def rate_probe(vcpu: Vcpu) -> RateProbe:
+    """The guest's TSC (KVM_GET_MSRS) between readings of CLOCK_MONOTONIC_RAW
+    and CLOCK_MONOTONIC (the clock the batches are timed with)."""
+    raw, mono = time.clock_gettime_ns, time.monotonic_ns
+    r0 = raw(time.CLOCK_MONOTONIC_RAW)
+    m0 = mono()
+    tsc = vcpu.get_msr(MSR_IA32_TSC)
+    m1 = mono()
+    return RateProbe((r0, raw(time.CLOCK_MONOTONIC_RAW)), (m0, m1), tsc)
+
+
+def narrowest_probe(vcpu: Vcpu, tries: int = 3) -> RateProbe:
+    """The probe with the narrowest bracket of ``tries``: a thread preempted
+    mid-probe only widens the uncertainty of the rate, and one of a few is
+    rarely preempted."""
+    return min((rate_probe(vcpu) for _ in range(tries)), key=lambda p: p.mono_ns[1] - p.mono_ns[0])
+
+
+def measured_phase(
+    gvm: GuestVm,
+    threads: list[VcpuThread],
+    run: Run,
+    duration_ns: int,
+    budget_s: float,
+    hop: bool = False,
+    storm: bool = False,
+) -> None:
+    """:func:`run_phase`, with vCPU 0's TSC probed before and after it: the
+    TSC rate the phase ran at, which the judge's TSC bounds rest on."""
+    probes = [threads[0].call(narrowest_probe, gvm.vcpus[0])]
+    run.probes.append(probes)
+    if storm:
+        with ClockStorm(gvm.vm) as st:
+            run_phase(gvm, threads, run.records, duration_ns, budget_s, hop)
+        if st.error:
+            raise st.error
+        if not st.sets and st.gets_without_realtime:
+            raise NotSupported(
+                "KVM_GET_CLOCK returned no realtime (KVM_CLOCK_REALTIME: "
+                "the host clock is not TSC-based) to force continuous kvmclock updates with"
+            )
+        run.storm.append(
+            {
+                "sets": st.sets,
+                "added_ns": st.added_ns,
+                "max_set_ns": st.max_set_ns,
+                "gets_without_realtime": st.gets_without_realtime,
+            }
+        )
+    else:
+        run_phase(gvm, threads, run.records, duration_ns, budget_s, hop)
+    if not any(r.stuck for r in run.records):
+        probes.append(threads[0].call(narrowest_probe, gvm.vcpus[0]))
 
 
 def _first_phase(
@@ -964,7 +1038,10 @@ def _first_phase(
         run.khz = gvm.vcpus[0].get_tsc_khz()
         if v.tsc is not TscPut.STATE:
             start_tsc(gvm, threads, run.records, v.tsc, run.khz)
-        run_phase(gvm, threads, run.records, cfg.phase_ms * 1_000_000, cfg.budget_s, v.hop)
+        if v.mode & lib.CLOCK_MODE_AREA0:
+            # vCPU 0 enables its area before any vCPU reads it
+            first_entry_of_vcpu0(gvm, threads, run.records)
+        measured_phase(gvm, threads, run, cfg.phase_ms * 1_000_000, cfg.budget_s, v.hop, v.storm)
         if v.pvti_check and not any(r.stuck for r in run.records):
             run.pvti_areas = pvti_snapshot(gvm, threads, run.records)
         run.stable = clock_stable(gvm.vm)[0]
@@ -990,7 +1067,7 @@ def run_in_process(kvm: Kvm, cfg: ClockConfig) -> Run:
     v = VARIANTS[cfg.variant]
     if v.khz_ratio and not kvm.check_extension(lib.KVM_CAP_TSC_CONTROL):
         raise NotSupported(
-            "not supported: KVM_SET_TSC_KHZ needs KVM_CAP_TSC_CONTROL, which "
+            "KVM_SET_TSC_KHZ needs KVM_CAP_TSC_CONTROL, which "
             "is 0 here: no vCPU can run at another TSC frequency"
         )
     run = Run([ClockRecord(i) for i in range(cfg.vcpus)])
@@ -1008,7 +1085,7 @@ def run_in_process(kvm: Kvm, cfg: ClockConfig) -> Run:
         _sleep_until(run.facts.get_clock_ns[1] + cfg.downtime_ms * 1_000_000)
         threads = new_threads(cfg.vcpus, "b")
         gvm = restore(kvm, state, v, threads, run.records, run.facts)
-        run_phase(gvm, threads, run.records, cfg.phase_ms * 1_000_000, cfg.budget_s, v.hop)
+        measured_phase(gvm, threads, run, cfg.phase_ms * 1_000_000, cfg.budget_s, v.hop)
         run.stable_after = clock_stable(gvm.vm)[0]
         return run
     finally:
@@ -1052,7 +1129,7 @@ def _child_run(role: str, cfg: ClockConfig, snap_fd: int) -> dict[str, Any]:
             threads = new_threads(cfg.vcpus, "b")
             gvm = restore(kvm, state, v, threads, run.records, run.facts)
             try:
-                run_phase(gvm, threads, run.records, cfg.phase_ms * 1_000_000, cfg.budget_s)
+                measured_phase(gvm, threads, run, cfg.phase_ms * 1_000_000, cfg.budget_s)
                 run.stable_after = clock_stable(gvm.vm)[0]
             finally:
                 gvm.close()
@@ -1063,6 +1140,7 @@ def _child_run(role: str, cfg: ClockConfig, snap_fd: int) -> dict[str, Any]:
         "stable_after": run.stable_after,
         "facts": asdict(run.facts),
         "khz": run.khz,
+        "probes": [[asdict(p) for p in phase] for phase in run.probes],
     }
 
 
@@ -1076,10 +1154,11 @@ def _run_child(role: str, cfg: ClockConfig, snap_fd: int) -> dict[str, Any]:
     )
 
 
-def _facts_from(d: dict[str, Any]) -> BoundaryFacts:
-    return BoundaryFacts(
-        **{k: tuple(v) if k.endswith("_ns") and isinstance(v, list) else v for k, v in d.items()}
-    )
+def _probes_from(d: dict[str, Any]) -> list[list[RateProbe]]:
+    return [
+        [RateProbe(tuple(p["raw_ns"]), tuple(p["mono_ns"]), p["tsc"]) for p in phase]
+        for phase in d["probes"]
+    ]
 
 
 def run_cross_process(cfg: ClockConfig) -> Run:
@@ -1087,281 +1166,38 @@ def run_cross_process(cfg: ClockConfig) -> Run:
     try:
         a = _run_child("save", cfg, snap_fd)
         run = Run([ClockRecord.from_json(d) for d in a["records"]], a["stable"], khz=a["khz"])
+        run.probes = _probes_from(a)
         if any(r.stuck for r in run.records):
             return run
         if not os.fstat(snap_fd).st_size:
             raise ScenarioFailed(Blame.HARNESS, "save process wrote no snapshot")
-        _sleep_until(_facts_from(a["facts"]).get_clock_ns[1] + cfg.downtime_ms * 1_000_000)
+        _sleep_until(
+            BoundaryFacts.from_json(a["facts"]).get_clock_ns[1] + cfg.downtime_ms * 1_000_000
+        )
         b = _run_child("restore", cfg, snap_fd)
     finally:
         os.close(snap_fd)
-    run.facts = _facts_from(b["facts"])
+    run.facts = BoundaryFacts.from_json(b["facts"])
     run.stable_after = b["stable_after"]
+    run.probes += _probes_from(b)
     for r, d in zip(run.records, b["records"], strict=True):
         r.boundary = len(r.batches)
         r.extend(ClockRecord.from_json(d))
     return run
 
 
-# --------------------------------------------------------------------------
-# judging
-
-
-def _jump_bounds(
-    v: ClockVariant, a: Batch, b: Batch, facts: BoundaryFacts
-) -> tuple[int, int, str, str]:
-    """(min, max) kvmclock jump from the last reading before the boundary to the
-    first after, with where each bound comes from."""
-    e_max = b.t1_ns - a.t0_ns  # the real time between the readings is at most this
-    e_min = max(b.t0_ns - a.t1_ns, 0)  # ... and at least this
-    down = max(facts.downtime_ns, 0)
-    if v.clock is ClockPut.FROZEN:
-        hi = e_max - down
-        why = (
-            f"the real time between the readings, {checks.format_ns(e_max)}, less the "
-            f"{checks.format_ns(down)} the clock stood still, + rate slack"
-        )
-    else:
-        hi = e_max
-        why = f"the real time between the readings, {checks.format_ns(e_max)}, + rate slack"
-    lo, why_lo = 0, ""
-    if v.clock is ClockPut.REALTIME:
-        lo = e_min - checks.rate_slack_ns(e_min)
-        why_lo = (
-            f"KVM_CLOCK_REALTIME adds the real time that passed: at least "
-            f"{checks.format_ns(e_min)} between the readings, - rate slack"
-        )
-    return max(lo, 0), hi + checks.rate_slack_ns(hi), why, why_lo
-
-
-def judge(cfg: ClockConfig, run: Run) -> list[Violation]:
-    v = VARIANTS[cfg.variant]
-    out: list[Violation] = []
-    for r in run.records:
-        name = f"vcpu{r.index}"
-        cut = r.boundary if 0 < r.boundary < len(r.batches) else len(r.batches)
-        for lo, hi in ((0, cut), (cut, len(r.batches))):
-            series = r.series(lo, hi)
-            out += checks.check_monotonic(name, series, counter="kvmclock")
-            out += checks.check_even_versions(name, series)
-            out += checks.check_monotonic(
-                f"{name}/vdso", r.series(lo, hi, vdso=True), counter="kvmclock (vCPU 0's area)"
-            )
-        for i, g, h in r.decode:
-            out += checks.check_decode(name, i, g, h)
-        for w in r.tsc_writes:
-            if w.batch < len(r.batches) and r.batches[w.batch].n:
-                read = r.samples[r.batches[w.batch].first][1]
-                out += checks.check_tsc_applied(
-                    name, w.batch, lo=w.lo, hi=w.hi, read=read, written=w.what
-                )
-        if 0 < r.boundary < len(r.batches):
-            a, b = r.batches[r.boundary - 1], r.batches[r.boundary]
-            if a.n and b.n:
-                sa, sb = r.samples[a.first + a.n - 1], r.samples[b.first]
-                lo_ns, hi_ns, why, why_lo = _jump_bounds(v, a, b, run.facts)
-                # judged whatever the TSC: KVM_SET_CLOCK fixes the clock at the boundary
-                out += checks.check_jump(
-                    f"{name}/boundary",
-                    r.boundary,
-                    sa[0],
-                    sb[0],
-                    max_ns=hi_ns,
-                    min_ns=lo_ns,
-                    why_max=why,
-                    why_min=why_lo,
-                )
-                out += _tsc_jump(v, f"{name}/boundary", r.boundary, sa[1], sb[1], a, b, run)
-        if r.stuck and r.stuck.cpu_ns >= STUCK_MIN_CPU_SHARE * cfg.budget_s * 1e9:
-            out.append(
-                checks.violation(
-                    checks.KIND_STUCK,
-                    name,
-                    len(r.batches),
-                    None,
-                    None,
-                    f"KVM_RUN did not return in {checks.format_ns(r.stuck.waited_ns)} though its "
-                    f"thread ran {checks.format_ns(r.stuck.cpu_ns)}; stopped at rip "
-                    f"{r.stuck.rip:#x}",
-                    counter="run",
-                )
-            )
-    bs = [(r.index, b) for r in run.records for b in r.batches]
-    reads = sum(b.n for _, b in bs)
-    if v.mode & lib.CLOCK_MODE_WARP:
-        out += checks.check_warps(
-            "all vCPUs",
-            sum(b.warps for _, b in bs),
-            max((b.max_warp_ns for _, b in bs), default=0),
-            reads,
-        )
-        out += checks.check_warps(
-            "all vCPUs/vdso",
-            sum(b.vdso_warps for _, b in bs),
-            max((b.max_vdso_warp_ns for _, b in bs), default=0),
-            reads,
-            what="kvmclock (vCPU 0's area)",
-        )
-    if v.pvti_check and run.pvti_areas and run.stable is not None:
-        out += checks.check_pvti_consistency(
-            [(a[0], a[1], a[2], a[5]) for a in run.pvti_areas], run.stable
-        )
-    if v.khz_ratio and run.facts.khz_after:
-        out += _frequency(run)
-    return out
-
-
-def _tsc_jump(
-    v: ClockVariant, name: str, index: int, before: int, after: int, a: Batch, b: Batch, run: Run
-) -> list[Violation]:
-    """The TSC across the boundary, for the variants that put it: never back; at
-    most the real time (offset recipe) or the real time outside the time it
-    stood still (the saved value written back), in ticks at KVM's frequency.
-
-    Written back, the TSC stands still from its reading (before KVM_GET_CLOCK
-    began) to the destination's first write of it: KVM may keep counting from
-    that write, the state load's, when the next write synchronizes with it."""
-    if v.tsc is TscPut.STATE:
-        return []
-    facts = run.facts
-    khz = facts.khz_after or run.khz
-    e_max = b.t1_ns - a.t0_ns
-    if v.tsc is TscPut.MSR:
-        still = (
-            facts.tsc_write_ns - facts.get_clock_ns[0] if facts.tsc_write_ns else facts.downtime_ns
-        )
-        e_max = max(e_max - max(still, 0), 0)
-        why = "the real time between the readings less the time the TSC stood still, in ticks"
-    else:
-        why = "the real time between the readings, in ticks"
-    hi = _khz_ticks(e_max + checks.rate_slack_ns(e_max), khz) + 1
-    return checks.check_jump(
-        name, index, before, after, max_ns=hi, what="TSC", unit="ticks", why_max=why
-    )
-
-
-def _frequency(run: Run) -> list[Violation]:
-    """At the new frequency: each area's scale is KVM's for it, and the guest's
-    TSC runs at it against kvmclock (after the boundary)."""
-    from kvmharness.pvclock import scale_for_khz
-
-    out: list[Violation] = []
-    khz = run.facts.khz_after
-    want = list(scale_for_khz(khz))
-    for i, got in enumerate(run.facts.pvti_scale_after):
-        if list(got) != want:
-            out.append(
-                checks.violation(
-                    checks.KIND_DECODE_MISMATCH,
-                    f"vcpu{i}/pvti",
-                    0,
-                    None,
-                    None,
-                    f"after KVM_SET_TSC_KHZ {khz} the area's (mul, shift) is {tuple(got)}, "
-                    f"the scale for {khz} kHz is {tuple(want)}",
-                    counter="scale",
-                    delta=None,
-                )
-            )
-    for r in run.records:
-        after = r.samples[r.batches[r.boundary].first :] if r.boundary < len(r.batches) else []
-        if len(after) < 2:
-            continue
-        d_ns, d_tsc = after[-1][0] - after[0][0], after[-1][1] - after[0][1]
-        if d_ns <= 0:
-            continue
-        measured = d_tsc * 1_000_000 // d_ns
-        tol = khz * checks.RATE_SLACK_PPM // 1_000_000 + 1_000_000 * 2 // d_ns + 1
-        if abs(measured - khz) > tol:
-            out.append(
-                checks.violation(
-                    checks.KIND_TSC_NOT_APPLIED,
-                    f"vcpu{r.index}",
-                    r.boundary,
-                    khz,
-                    measured,
-                    f"the guest's TSC ran at {measured} kHz against kvmclock after "
-                    f"KVM_SET_TSC_KHZ {khz}",
-                    counter="tsc_khz",
-                )
-            )
-    return out
-
-
-def untestable_reason(cfg: ClockConfig, run: Run, violations: list[Violation]) -> str | None:
-    v = VARIANTS[cfg.variant]
-    for r in run.records:
-        if r.stuck and r.stuck.cpu_ns < STUCK_MIN_CPU_SHARE * cfg.budget_s * 1e9:
-            return (
-                f"vcpu{r.index} was stopped after {checks.format_ns(r.stuck.waited_ns)} "
-                f"in KVM_RUN with only {checks.format_ns(r.stuck.cpu_ns)} of CPU: the "
-                "host is too loaded to judge"
-            )
-    if run.stable is False or run.stable_after is False:
-        judged = [
-            x
-            for x in violations
-            if x.kind not in STABLE_ONLY_KINDS or x.series.endswith("/boundary")
-        ]
-        if v.needs_stable or (violations and not judged):
-            return (
-                "the host clock is not stable (KVM_GET_CLOCK without KVM_CLOCK_TSC_STABLE: "
-                "no master clock), so KVM promises no monotonic kvmclock across updates; "
-                f"measured: {summary(run, violations)}"
-            )
-    if (
-        v.clock is ClockPut.REALTIME
-        and run.facts.saved_clock
-        and not run.facts.saved_clock[1] & lib.KVM_CLOCK_REALTIME
-    ):
-        return "KVM_GET_CLOCK returned no realtime (KVM_CLOCK_REALTIME) to restore from"
-    return None
-
-
-def summary(run: Run, violations: list[Violation]) -> str:
-    bs = [b for r in run.records for b in r.batches]
-    reads = sum(b.n for b in bs)
-    w = sum(b.warps for b in bs)
-    mw = max((b.max_warp_ns for b in bs), default=0)
-    vw = sum(b.vdso_warps for b in bs)
-    text = f"{reads} reads, {w} warps" + (f" (largest {checks.format_ns(mw)})" if w else "")
-    if vw:
-        text += f", {vw} vDSO-style warps"
-    jumps = []
-    for r in run.records:
-        if 0 < r.boundary < len(r.batches):
-            a, b = r.batches[r.boundary - 1], r.batches[r.boundary]
-            if a.n and b.n:
-                sa, sb = r.samples[a.first + a.n - 1], r.samples[b.first]
-                jumps.append(f"vcpu{r.index} {checks.format_ns(sb[0] - sa[0])}")
-    if jumps:
-        text += (
-            f"; jump over {checks.format_ns(max(run.facts.downtime_ns, 0))} downtime: "
-            + ", ".join(jumps)
-        )
-    firsts = [r.samples[0] for r in run.records if r.samples]
-    if firsts and run.khz and not any(r.boundary for r in run.records) and not w:
-        tsc = firsts[0][1]
-        text += (
-            f"; first reading: kvmclock {checks.format_ns(firsts[0][0])}, TSC {tsc} "
-            f"ticks ({checks.format_ns(tsc * 1_000_000 // run.khz)} at KVM's frequency)"
-        )
-    if violations:
-        counts = checks.summarize(violations)
-        first = violations[0]
-        text = (
-            ", ".join(f"{k} x{n}" for k, n in counts.items())
-            + f"; first: {first.series}[{first.index}] {first.detail}; "
-            + text
-        )
-    return text
-
-
 def run_scenario(cfg: ClockConfig, kvm: Kvm | None = None) -> ClockResult:
+    """Run one variant, build its record, and judge the record
+    (:func:`kvmharness.judges.clock.judge`, the same code ``kvmharness judge``
+    runs on a saved record)."""
+    from kvmharness.judges.clock import judge
+
     cfg.validate()
     v = VARIANTS[cfg.variant]
     t0 = time.monotonic()
     run = Run([])
+    failure = None
+    error = None
     try:
         if v.boundary is Boundary.CROSS_PROCESS:
             run = run_cross_process(cfg)
@@ -1374,52 +1210,39 @@ def run_scenario(cfg: ClockConfig, kvm: Kvm | None = None) -> ClockResult:
                 if own:
                     k.close()
     except Exception as exc:
-        blame = classify(exc)
+        blame = Blame.NOT_SUPPORTED if isinstance(exc, NotSupported) else classify(exc)
         log.info("clock scenario %s failed to run (%s)", cfg.variant, blame, exc_info=True)
-        unsupported = isinstance(exc, NotSupported)
-        return ClockResult(
-            cfg,
-            v,
-            run.records,
-            [],
-            verdict_for(v.kind, blame=blame),
-            str(exc) if unsupported else f"could not run ({blame}): {exc}",
-            time.monotonic() - t0,
-            stable=run.stable,
-            facts=run.facts,
-            error=str(exc),
-            not_supported=unsupported,
-        )
-    violations = judge(cfg, run)
-    why_not = untestable_reason(cfg, run, violations)
-    wall = time.monotonic() - t0
-    if why_not:
-        return ClockResult(
-            cfg,
-            v,
-            run.records,
-            violations,
-            Verdict.UNTESTABLE,
-            why_not,
-            wall,
-            stable=run.stable,
-            stable_after=run.stable_after,
-            facts=run.facts,
-            pvti_areas=run.pvti_areas,
-        )
-    return ClockResult(
+        text = str(exc) if blame is Blame.NOT_SUPPORTED else f"could not run ({blame}): {exc}"
+        failure = {"blame": str(blame), "observed": text}
+        error = str(exc)
+    res = ClockResult(
         cfg,
         v,
         run.records,
-        violations,
-        verdict_for(v.kind, broken=bool(violations)),
-        summary(run, violations),
-        wall,
+        [],
+        Verdict.ERROR,
+        "",
+        0.0,
         stable=run.stable,
         stable_after=run.stable_after,
         facts=run.facts,
         pvti_areas=run.pvti_areas,
+        error=error,
+        khz=run.khz,
+        probes=run.probes,
+        storm=run.storm,
+        failure=failure,
     )
+    res.apply(judge(res.record()))
+    res.wall_s = time.monotonic() - t0
+    return res
+
+
+def from_record(record: dict[str, Any], judgement: Any) -> ClockResult:
+    """``kvmharness judge``'s hook: the result a record shows, with today's judgement."""
+    res = ClockResult.from_json(record)
+    res.apply(judgement)
+    return res
 
 
 def run_one(name: str, vcpus: int, options: RunOptions, kvm: Kvm | None = None) -> ClockResult:
@@ -1435,13 +1258,16 @@ def run_one(name: str, vcpus: int, options: RunOptions, kvm: Kvm | None = None) 
     )
 
 
-#: bisect's quick profile: per-vCPU and cross-vCPU reading, the master clock,
+#: bisect's quick profile: per-vCPU and cross-vCPU reading, reading vCPU 0's
+#: area while kvmclock updates are forced (a version left even while KVM
+#: writes), the master clock,
 #: an in-process main-thread restore, a cross-process restore with
 #: KVM_CLOCK_REALTIME, and both ways of putting the TSC.  Left out: migrate,
 #: and the restores whose mistakes these already catch.
 QUICK = (
     "monotonic",
     "warp",
+    "updates",
     "pvti",
     "restore/frozen",
     "restore/main-thread",

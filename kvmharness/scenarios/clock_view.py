@@ -49,7 +49,9 @@ def _stable(r: Any) -> str:
     def yn(x: bool | None) -> str:
         return "-" if x is None else ("yes" if x else "no")
 
-    return yn(r.stable) + ("" if r.stable_after is None else f" -> {yn(r.stable_after)}")
+    text = yn(r.stable) + ("" if r.stable_after is None else f" -> {yn(r.stable_after)}")
+    lost = (getattr(r, "notes", None) or {}).get("stability", {}).get("lost_at_boundary")
+    return text + (" (lost)" if lost else "")
 
 
 def clock_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]:

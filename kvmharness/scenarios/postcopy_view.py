@@ -1,5 +1,7 @@
 """How postcopy results look: the family table, per-vCPU detail, the latency
-histogram, and the plot (each vCPU's faults as bars over time)."""
+histogram, the QEMU models against the exact accountant, and the plot (each
+vCPU's faults as bars over time).  Everything comes from the run record and
+the judge's notes."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ from typing import Any
 from tabulate import tabulate
 
 from kvmharness.blocktime import bucket_label
-from kvmharness.checks import ns_or_dash
+from kvmharness.checks import format_ns, ns_or_dash
 from kvmharness.files import save_figure
+from kvmharness.judges.postcopy import U64, PostcopyRecord, replay
 from kvmharness.scenarios.base import verdict_text
 
 HEADERS = [
@@ -24,39 +27,69 @@ HEADERS = [
     "guest stall",
     "steal",
     "placed r/s/EEXIST",
+    "QEMU models",
     "wall",
     "verdict",
 ]
 
 
+def _record(r: Any) -> PostcopyRecord | None:
+    return PostcopyRecord.from_dict(r.record) if getattr(r, "record", None) else None
+
+
+def _steal(rec: PostcopyRecord) -> int:
+    return sum(
+        max(0, o.steal_after - o.steal_before)
+        for o in rec.vcpu
+        if o.steal_before != U64 and o.steal_after != U64
+    )
+
+
+def _signed(ns: int) -> str:
+    return ("+" if ns > 0 else "-") + format_ns(abs(ns))
+
+
+def models_text(notes: dict[str, Any]) -> str:
+    """'= exact' when both QEMU models report what the accountant does, else
+    how far off each is (blocktime summed over vCPUs, all-blocked); the JSON's
+    notes.models says per vCPU and from which event."""
+    models = notes.get("models")
+    if not models:
+        return "-"
+    parts = []
+    for name, m in models.items():
+        if not m.get("differs"):
+            continue
+        short = name.split("-")[-1]
+        bits = [_signed(sum(m["delta_ns"]))] if any(m["delta_ns"]) else []
+        if m.get("all_blocked_delta_ns"):
+            bits.append(f"all {_signed(m['all_blocked_delta_ns'])}")
+        parts.append(f"{short} {' '.join(bits) or 'faults differ'}")
+    return "; ".join(parts) if parts else "= exact"
+
+
 def postcopy_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]:
     rows = []
     for r in results:
-        rep = r.report
-        st = r.stats or {}
-        steal = (
-            sum(
-                max(0, o.steal_after - o.steal_before)
-                for o in r.outcomes
-                if o.steal_after >= o.steal_before
-            )
-            if r.outcomes
-            else None
-        )
+        rec = _record(r)
+        rep = (r.notes or {}).get("blocktime")
+        stall = sum(a["guest_stall_ns"] for a in (r.notes or {}).get("agreement", []))
+        how = rec and "".join(p.how for p in rec.placements)
         rows.append(
             [
                 "postcopy",
                 r.variant.name.removeprefix("postcopy/"),
                 str(r.config.vcpus),
                 f"{r.config.latency_us} us",
-                f"{sum(rep.faults)}/{rep.non_vcpu_faults}" if rep else "-",
-                ns_or_dash(sum(rep.blocked_ns)) if rep else "-",
-                ns_or_dash(rep.all_blocked_ns) if rep else "-",
-                ns_or_dash(sum(a.guest_stall_ns for a in r.agreement)) if r.agreement else "-",
-                ns_or_dash(steal),
-                f"{st.get('resolver', 0)}/{st.get('stream', 0)}/{st.get('eexist', 0)}"
-                if st
+                f"{sum(rep['faults'])}/{rep['non_vcpu_faults']}" if rep else "-",
+                ns_or_dash(sum(rep["blocked_ns"])) if rep else "-",
+                ns_or_dash(rep["all_blocked_ns"]) if rep else "-",
+                ns_or_dash(stall) if rep else "-",
+                ns_or_dash(_steal(rec)) if rec else "-",
+                f"{how.count('r')}/{how.count('s')}/{rec.eexist}"
+                if rec and how is not None
                 else "-",
+                models_text(r.notes or {}),
                 f"{r.wall_s:.2f} s",
                 verdict_text(r, width),
             ]
@@ -70,36 +103,44 @@ def postcopy_table(results: Sequence[Any], width: int = 90) -> str:
 
 def vcpu_table(result: Any) -> str:
     """Per vCPU: faults, blocktime, guest stall and the slack it is judged with, steal."""
-    rep = result.report
-    if rep is None:
+    rec = _record(result)
+    rep = (result.notes or {}).get("blocktime")
+    if rec is None or rep is None:
         return "(no blocktime: the scenario did not run)"
-    agree = {a.vcpu: a for a in result.agreement}
+    agree = {a["vcpu"]: a for a in result.notes.get("agreement", [])}
+    models = result.notes.get("models") or {}
     rows = []
-    lat = result.config.latency_us * 1000
-    for o in result.outcomes:
-        v = o.index
+    lat = rec.latency_us * 1000
+    for v, o in enumerate(rec.vcpu):
         a = agree.get(v)
         d_steal = o.steal_after - o.steal_before
         rows.append(
             [
                 f"vcpu{v}",
-                rep.faults[v],
-                ns_or_dash(rep.faults[v] * lat),
-                ns_or_dash(rep.blocked_ns[v]),
-                ns_or_dash(a.guest_stall_ns) if a else "-",
-                ns_or_dash(a.slack_ns) if a else "-",
-                ns_or_dash(d_steal) if d_steal >= 0 else "?",
+                rep["faults"][v],
+                ns_or_dash(rep["faults"][v] * lat),
+                ns_or_dash(rep["blocked_ns"][v]),
+                " ".join(
+                    f"{format_ns(m['blocked_ns'][v])}"
+                    for m in models.values()
+                    if m.get("blocked_ns")
+                )
+                or "-",
+                ns_or_dash(a["guest_stall_ns"]) if a else "-",
+                ns_or_dash(a["slack_ns"]) if a else "-",
+                ns_or_dash(d_steal) if 0 <= d_steal < U64 // 2 else "?",
                 ns_or_dash(o.run_delay_ns),
                 ns_or_dash(o.run_end_ns - o.run_start_ns) if o.run_end_ns else "-",
-                o.stuck or "",
+                "" if o.state == "done" else o.state,
             ]
         )
     rows.append(
         [
             "non-vCPU",
-            rep.non_vcpu_faults,
+            rep["non_vcpu_faults"],
             "",
-            ns_or_dash(rep.non_vcpu_wait_ns) + " (wait)",
+            ns_or_dash(rep["non_vcpu_wait_ns"]) + " (wait)",
+            "",
             "",
             "",
             "",
@@ -111,9 +152,12 @@ def vcpu_table(result: Any) -> str:
     rows.append(
         [
             "all vCPUs",
-            sum(rep.faults),
+            sum(rep["faults"]),
             "",
-            f"all blocked {ns_or_dash(rep.all_blocked_ns)}",
+            f"all blocked {ns_or_dash(rep['all_blocked_ns'])}",
+            " ".join(
+                format_ns(m["all_blocked_ns"]) for m in models.values() if "all_blocked_ns" in m
+            ),
             "",
             "",
             "",
@@ -129,6 +173,7 @@ def vcpu_table(result: Any) -> str:
             "faults",
             "faults x latency",
             "blocktime",
+            "QEMU hash / slot",
             "guest stall",
             "slack",
             "steal",
@@ -142,19 +187,13 @@ def vcpu_table(result: Any) -> str:
 
 def latency_table(result: Any) -> str:
     """The log2 latency histogram, one column per vCPU (non-empty buckets only)."""
-    rep = result.report
-    if rep is None or not rep.buckets:
+    rep = (result.notes or {}).get("blocktime")
+    if not rep or not rep["buckets"]:
         return ""
-    n = len(rep.buckets)
-    used = [
-        i
-        for i in range(len(rep.non_vcpu_buckets))
-        if any(b[i] for b in rep.buckets) or rep.non_vcpu_buckets[i]
-    ]
-    rows = [
-        [bucket_label(i)] + [rep.buckets[v][i] for v in range(n)] + [rep.non_vcpu_buckets[i]]
-        for i in used
-    ]
+    buckets, nv = rep["buckets"], rep["non_vcpu_buckets"]
+    n = len(buckets)
+    used = [i for i in range(len(nv)) if any(b[i] for b in buckets) or nv[i]]
+    rows = [[bucket_label(i)] + [buckets[v][i] for v in range(n)] + [nv[i]] for i in used]
     return tabulate(
         rows, headers=["latency"] + [f"vcpu{v}" for v in range(n)] + ["non-vCPU"], tablefmt="simple"
     )
@@ -172,18 +211,22 @@ def plot_postcopy(results: Sequence[Any], path: str) -> None:
         n, 1, figsize=(9, 2.2 + 0.3 * max(r.config.vcpus for r in results) * n), squeeze=False
     )
     for ax, res in zip(axes[:, 0], results, strict=True):
-        t0 = min((f.t_read_ns for f in res.faults), default=0)
-        for f in res.faults:
-            if f.t_placed_ns is None:
-                continue
-            y = f.vcpu if f.vcpu is not None else -1
-            ax.barh(
-                y,
-                (f.t_placed_ns - f.t_read_ns) / 1e6,
-                left=(f.t_read_ns - t0) / 1e6,
-                height=0.6,
-                color="tab:red" if f.placed_by == "resolver" else "tab:blue",
-            )
+        rec = _record(res)
+        if rec is not None:
+            rp = replay(rec)
+            t0 = min((f.t_ns for f in rec.faults), default=0)
+            for i, f in enumerate(rec.faults):
+                end = rp.placed_at[i]
+                if end is None:
+                    continue
+                y = rp.vcpu_of[i] if rp.vcpu_of[i] is not None else -1
+                ax.barh(
+                    y,
+                    (end - f.t_ns) / 1e6,
+                    left=(f.t_ns - t0) / 1e6,
+                    height=0.6,
+                    color="tab:red" if rp.placed_by[i] == "r" else "tab:blue",
+                )
         ax.set_yticks(
             range(-1, res.config.vcpus), ["other"] + [f"vcpu{i}" for i in range(res.config.vcpus)]
         )

@@ -33,13 +33,14 @@ first ioctl after switching threads could see a performance impact"):
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import math
 import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from kvmharness import checks
@@ -50,6 +51,9 @@ from kvmharness.guest.machine import GuestStopped, GuestVm, mem_size_for
 from kvmharness.host.contention import Stealer
 from kvmharness.host.sched import SchedStat, Watchdog, cpu_for, wait_or_stop
 from kvmharness.host.threads import VcpuThread, close_threads, new_threads
+from kvmharness.judges import SCHEMA_VERSION
+from kvmharness.judges import steal as steal_judge
+from kvmharness.judges.steal import RunCtx, Stuck, VcpuRecord
 from kvmharness.kvm import Kvm, Vcpu
 from kvmharness.scenarios.base import (
     Blame,
@@ -60,7 +64,6 @@ from kvmharness.scenarios.base import (
     Variant,
     Verdict,
     classify,
-    verdict_for,
 )
 from kvmharness.scenarios.child import (
     child_entry,
@@ -289,113 +292,6 @@ class StealConfig:
             )
 
 
-@dataclass(frozen=True)
-class RunCtx:
-    """Which thread ran the vCPU for a reading, and its run_delay around that KVM_RUN."""
-
-    tid: int
-    life: int  # which vCPU instance: a restore into a new vCPU starts a new life
-    pre_ns: int
-    post_ns: int
-
-
-@dataclass
-class Stuck:
-    """A vCPU that did not come back from KVM_RUN within the budget."""
-
-    rip: int
-    waited_ns: int  # wall time since KVM_RUN was issued
-    cpu_ns: int  # CPU time its thread got meanwhile (guest time included)
-
-
-@dataclass
-class VcpuRecord:
-    """What one vCPU saw: guest readings and host readings of its area."""
-
-    index: int
-    guest: list[Sample] = field(default_factory=list)
-    host: list[Sample] = field(default_factory=list)
-    ctx: list[RunCtx] = field(default_factory=list)  # one per reading
-    boundary: int = 0  # index of the first sample after the boundary
-    max_run_ns: int = 0  # longest single KVM_RUN (staleness of a reading)
-    phases: list[tuple[int, int, int]] = field(default_factory=list)
-    """(first sample index, last sample index, contended ns) per contended phase"""
-    stuck: Stuck | None = None
-    writer_run_delay_ns: int | None = None
-    """run_delay of the thread that wrote MSR_KVM_STEAL_TIME at the boundary"""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "boundary": self.boundary,
-            "max_run_ns": self.max_run_ns,
-            "phases": self.phases,
-            "stuck": asdict(self.stuck) if self.stuck else None,
-            "writer_run_delay_ns": self.writer_run_delay_ns,
-            "guest": [[s.t_ns, s.value, s.version] for s in self.guest],
-            "host": [[s.t_ns, s.value, s.version] for s in self.host],
-            "ctx": [[c.tid, c.life, c.pre_ns, c.post_ns] for c in self.ctx],
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> VcpuRecord:
-        return cls(
-            index=d["index"],
-            boundary=d["boundary"],
-            max_run_ns=d["max_run_ns"],
-            phases=[tuple(p) for p in d["phases"]],
-            stuck=Stuck(**d["stuck"]) if d.get("stuck") else None,
-            writer_run_delay_ns=d.get("writer_run_delay_ns"),
-            guest=[Sample(*s) for s in d["guest"]],
-            host=[Sample(*s) for s in d["host"]],
-            ctx=[RunCtx(*c) for c in d["ctx"]],
-        )
-
-    def extend(self, other: VcpuRecord) -> None:
-        """Append a later process's record; its vCPU is a new life."""
-        offset = len(self.guest)
-        lives = max((c.life for c in self.ctx), default=-1) + 1
-        self.guest += other.guest
-        self.host += other.host
-        self.ctx += [replace(c, life=c.life + lives) for c in other.ctx]
-        self.max_run_ns = max(self.max_run_ns, other.max_run_ns)
-        self.phases += [(a + offset, b + offset, c) for a, b, c in other.phases]
-        self.stuck = self.stuck or other.stuck
-        if other.writer_run_delay_ns is not None:
-            self.writer_run_delay_ns = other.writer_run_delay_ns
-
-    def run_delays(self) -> list[checks.RunDelay]:
-        """The readings' run_delay context for :func:`checks.check_follows_run_delay`.
-
-        A stretch starts with each new vCPU life or runner thread.  Until KVM's
-        first update in it, last_steal may be 0 (new vCPU) or another thread's,
-        so that update may charge the thread's whole run_delay.  It is found
-        from the host readings (taken after each KVM_RUN, so they see every
-        update): the first whose version differs from the area's version
-        before the stretch.  The guest may read that update one reading later
-        (an update on a re-entry after its read), so one more reading is fresh.
-        """
-        out = []
-        fresh_until = -1
-        for i, c in enumerate(self.ctx):
-            p = self.ctx[i - 1] if i else None
-            start = p is None or p.life != c.life or p.tid != c.tid
-            if start:
-                v0 = self.host[i - 1].version if i else 0
-                end = next(
-                    (
-                        j
-                        for j in range(i, len(self.ctx))
-                        if self.ctx[j].life != c.life or self.ctx[j].tid != c.tid
-                    ),
-                    len(self.ctx),
-                )
-                first = next((j for j in range(i, end) if self.host[j].version != v0), end)
-                fresh_until = min(first + 1, end - 1)
-            out.append(checks.RunDelay(c.pre_ns, c.post_ns, i <= fresh_until, start))
-        return out
-
-
 @dataclass
 class StealResult:
     config: StealConfig
@@ -407,6 +303,7 @@ class StealResult:
     wall_s: float
     boundary_s: float
     error: str | None = None
+    blame: Blame | None = None
 
     family = "steal"
 
@@ -420,43 +317,72 @@ class StealResult:
 
     def steal_at_boundary(self) -> tuple[int | None, int | None]:
         """Sum over vCPUs of steal just before and just after the boundary (guest view)."""
-        before = after = 0
-        for r in self.records:
-            if not r.guest or r.boundary <= 0 or r.boundary >= len(r.guest):
-                return None, None
-            before += r.guest[r.boundary - 1].value
-            after += r.guest[r.boundary].value
-        return before, after
+        return steal_judge.steal_at_boundary(self.records)
 
     def largest_jump_ns(self) -> int | None:
-        jumps = [
-            b.value - a.value
-            for r in self.records
-            for a, b in zip(r.guest, r.guest[1:], strict=False)
-        ]
-        return max(jumps, key=abs) if jumps else None
+        return steal_judge.largest_jump_ns(self.records)
 
     def to_json(self) -> dict[str, Any]:
+        """The run record (what :func:`kvmharness.judges.steal.judge` reads),
+        with the verdict it was given and the figures the nightly keeps."""
         before, after = self.steal_at_boundary()
         return {
+            "schema": SCHEMA_VERSION,
+            "family": self.family,
+            "variant": self.strategy.name,
+            "vcpus": self.config.vcpus,
+            "config": asdict(self.config),
             "scenario": "steal",
             "strategy": self.strategy.name,
             "kind": str(self.strategy.kind),
             "why": self.strategy.why,
             "msr_writer": str(self.strategy.writer),
             "runner": str(self.strategy.runner),
-            "config": asdict(self.config),
             "verdict": str(self.verdict),
             "observed": self.observed,
             "error": self.error,
+            "blame": str(self.blame) if self.blame else None,
             "wall_s": self.wall_s,
             "boundary_s": self.boundary_s,
             "steal_before_ns": before,
             "steal_after_ns": after,
             "largest_jump_ns": self.largest_jump_ns(),
             "violations": [v.to_dict() for v in self.violations],
-            "vcpus": [r.to_json() for r in self.records],
+            "records": [r.to_json() for r in self.records],
         }
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> StealResult:
+        """A result rebuilt from its record (a saved run), as it was recorded;
+        re-judge it with :func:`rejudged`."""
+        cfg = StealConfig(**record["config"])
+        return cls(
+            cfg,
+            STRATEGIES[record["variant"]],
+            steal_judge.records_of(record),
+            [Violation(**v) for v in record.get("violations") or []],
+            Verdict(record["verdict"]),
+            record.get("observed", ""),
+            float(record.get("wall_s", 0.0)),
+            float(record.get("boundary_s", 0.0)),
+            error=record.get("error"),
+            blame=Blame(record["blame"]) if record.get("blame") else None,
+        )
+
+    def rejudged(self) -> StealResult:
+        """This result with the verdict today's judge gives its record."""
+        j = steal_judge.judge(json.loads(json.dumps(self.to_json())))
+        return replace(self, violations=j.violations, verdict=j.verdict, observed=j.observed)
+
+
+def from_record(record: dict[str, Any], judgement: Any) -> StealResult:
+    """``kvmharness judge``'s hook: the result a saved record shows, with today's judgement."""
+    return replace(
+        StealResult.from_json(record),
+        violations=list(judgement.violations),
+        verdict=judgement.verdict,
+        observed=judgement.observed,
+    )
 
 
 # --------------------------------------------------------------------------
@@ -478,7 +404,14 @@ PHASE_MIN_WAIT_NS = 2 * checks.ALIVE_MIN_RUN_DELAY_NS
 PHASE_EXTEND_MAX_NS = 5_000_000_000
 
 
-def sample_loop(gvm: GuestVm, vcpu: Vcpu, rec: VcpuRecord, duration_ns: int, life: int) -> None:
+def sample_loop(
+    gvm: GuestVm,
+    vcpu: Vcpu,
+    rec: VcpuRecord,
+    duration_ns: int,
+    life: int,
+    extend_max_ns: int = PHASE_EXTEND_MAX_NS,
+) -> None:
     """Run ``vcpu`` on the calling thread for ``duration_ns``, recording each SYNC
     with the thread's run_delay just before and just after its KVM_RUN; then on
     until the thread has waited :data:`PHASE_MIN_WAIT_NS` since the first reading."""
@@ -487,7 +420,7 @@ def sample_loop(gvm: GuestVm, vcpu: Vcpu, rec: VcpuRecord, duration_ns: int, lif
     st = SchedStat()
     try:
         end = clock() + duration_ns
-        hard_end = end + PHASE_EXTEND_MAX_NS
+        hard_end = end + extend_max_ns
         first = len(rec.guest)
         first_post: int | None = None
         while True:
@@ -496,8 +429,8 @@ def sample_loop(gvm: GuestVm, vcpu: Vcpu, rec: VcpuRecord, duration_ns: int, lif
             try:
                 uc = gvm.expect(vcpu, lib.UCALL_SYNC)
             except GuestStopped as exc:
-                cpu1, _ = st.read()
-                rec.stuck = Stuck(exc.rip, clock() - t0, cpu1 - cpu0)
+                cpu1, rd1 = st.read()
+                rec.stuck = Stuck(exc.rip, clock() - t0, cpu1 - cpu0, rd1 - pre)
                 break
             t1 = clock()
             post = st.read()[1]
@@ -526,14 +459,17 @@ def contended_phase(
 ) -> None:
     """All vCPUs sample on their threads while a busy process shares each vCPU's CPU."""
     cpus = sorted({cpu_for(r.index) for r in records})
+    # A healthy vCPU ends its phase well before the watchdog fires, so a vCPU
+    # the watchdog stops was in one KVM_RUN for most of the budget.
+    extend_ns = min(PHASE_EXTEND_MAX_NS, int(budget_s * 1e9) // 2)
     stealers: list[Stealer] = []
     try:
         stealers = [Stealer(c).start() for c in cpus]
         for s in stealers:  # killed as soon as every vCPU is done
-            s.spin((duration_ns + PHASE_EXTEND_MAX_NS) / 1e9)
+            s.spin((duration_ns + extend_ns) / 1e9)
         with Watchdog(gvm.stop, [r.index for r in records], duration_ns / 1e9 + budget_s):
             futures = [
-                t.submit(sample_loop, gvm, gvm.vcpus[r.index], r, duration_ns, life)
+                t.submit(sample_loop, gvm, gvm.vcpus[r.index], r, duration_ns, life, extend_ns)
                 for t, r in zip(threads, records, strict=True)
             ]
             wait_or_stop(futures, gvm.stop, [r.index for r in records])
@@ -724,95 +660,15 @@ def run_cross_process(cfg: StealConfig) -> tuple[list[VcpuRecord], float]:
     return records, max(gaps, default=0.0)
 
 
-# --------------------------------------------------------------------------
-# judging
-
-#: A vCPU stopped by the watchdog is judged stuck (the kernel's fault) only if
-#: its thread got this share of the budget as CPU time while in KVM_RUN; with
-#: less, the host was too loaded to tell, and the run cannot test.
-STUCK_MIN_CPU_SHARE = 0.1
-
-
-def judge(cfg: StealConfig, records: list[VcpuRecord]) -> list[Violation]:
-    """Run the checks over each vCPU's guest and host series."""
-    out: list[Violation] = []
-    for r in records:
-        rds = r.run_delays()
-        for name, series in ((f"vcpu{r.index}", r.guest), (f"vcpu{r.index}/host", r.host)):
-            out += checks.check_monotonic(name, series)
-            out += checks.check_versions(name, series)
-            out += checks.check_follows_run_delay(name, series, rds)
-        if r.stuck and r.stuck.cpu_ns >= STUCK_MIN_CPU_SHARE * cfg.budget_s * 1e9:
-            out.append(
-                checks.violation(
-                    checks.KIND_STUCK,
-                    f"vcpu{r.index}",
-                    len(r.guest),
-                    None,
-                    None,
-                    f"KVM_RUN did not return in {checks.format_ns(r.stuck.waited_ns)} though its "
-                    f"thread ran {checks.format_ns(r.stuck.cpu_ns)} meanwhile; stopped at guest "
-                    f"rip {r.stuck.rip:#x}",
-                    counter="run",
-                )
-            )
-    return out
-
-
-def untestable_reason(cfg: StealConfig, records: list[VcpuRecord]) -> str | None:
-    """Why a run cannot be judged: the host starved a vCPU thread that was
-    stopped, or a stretch's thread never waited long enough on a run queue to
-    tell a live steal clock from a dead one."""
-    for r in records:
-        if r.stuck:
-            continue
-        rds = r.run_delays()
-        starts = [i for i, x in enumerate(rds) if i == 0 or x.start] + [len(rds)]
-        for a, b in zip(starts, starts[1:], strict=False):
-            waited = rds[b - 1].pre_ns - rds[a].post_ns if b - 1 > a else 0
-            if waited < checks.ALIVE_MIN_RUN_DELAY_NS:
-                return (
-                    f"vcpu{r.index}'s thread waited only {checks.format_ns(waited)} on a "
-                    f"run queue over readings {a}-{b - 1} (at least "
-                    f"{checks.format_ns(checks.ALIVE_MIN_RUN_DELAY_NS)} is needed to tell a "
-                    "live steal clock from a dead one)"
-                )
-    for r in records:
-        if r.stuck and r.stuck.cpu_ns < STUCK_MIN_CPU_SHARE * cfg.budget_s * 1e9:
-            return (
-                f"vcpu{r.index} was stopped after {checks.format_ns(r.stuck.waited_ns)} in "
-                f"KVM_RUN, but its thread got only {checks.format_ns(r.stuck.cpu_ns)} of "
-                "CPU meanwhile: the host is too loaded to judge"
-            )
-    return None
-
-
-def describe(records: list[VcpuRecord], violations: list[Violation]) -> str:
-    if not violations:
-        parts = []
-        for r in records:
-            if r.guest and 0 < r.boundary < len(r.guest):
-                a, b = r.guest[r.boundary - 1].value, r.guest[r.boundary].value
-                rd = r.ctx[r.boundary].post_ns if len(r.ctx) > r.boundary else None
-                parts.append(
-                    f"vcpu{r.index} {checks.format_ns(a)}->{checks.format_ns(b)}"
-                    + (f" (runner's run_delay {checks.format_ns(rd)})" if rd is not None else "")
-                )
-        return "steal monotonic and within run_delay; " + ", ".join(parts)
-    counts = checks.summarize(violations)
-    worst = violations[0]
-    return (
-        ", ".join(f"{k} x{v}" for k, v in counts.items())
-        + f"; first: {worst.series}[{worst.index}] {worst.detail}"
-    )
-
-
 def run_scenario(cfg: StealConfig, kvm: Kvm | None = None) -> StealResult:
+    """Run one variant, then judge the record it wrote with the family's judge."""
     cfg.validate()
     strat = STRATEGIES[cfg.strategy]
     t0 = time.monotonic()
     records: list[VcpuRecord] = []
     boundary_s = 0.0
+    error: str | None = None
+    blame: Blame | None = None
     try:
         if strat.cross_process:
             records, boundary_s = run_cross_process(cfg)
@@ -826,34 +682,21 @@ def run_scenario(cfg: StealConfig, kvm: Kvm | None = None) -> StealResult:
                     k.close()
     except Exception as exc:
         blame = classify(exc)
+        error = str(exc)
         log.info("steal scenario %s failed to run (%s)", cfg.strategy, blame, exc_info=True)
-        return StealResult(
-            cfg,
-            strat,
-            records,
-            [],
-            verdict_for(strat.kind, blame=blame),
-            f"could not run ({blame}): {exc}",
-            time.monotonic() - t0,
-            boundary_s,
-            error=str(exc),
-        )
-    violations = judge(cfg, records)
-    why_not = untestable_reason(cfg, records)
-    if why_not and not violations and strat.kind is Kind.PROMISE:
-        return StealResult(
-            cfg, strat, records, [], Verdict.UNTESTABLE, why_not, time.monotonic() - t0, boundary_s
-        )
-    return StealResult(
+    res = StealResult(
         cfg,
         strat,
         records,
-        violations,
-        verdict_for(strat.kind, broken=bool(violations)),
-        describe(records, violations),
+        [],
+        Verdict.ERROR,
+        "",
         time.monotonic() - t0,
         boundary_s,
+        error=error,
+        blame=blame,
     )
+    return res.rejudged()
 
 
 def run_one(name: str, vcpus: int, options: RunOptions, kvm: Kvm | None = None) -> StealResult:

@@ -11,7 +11,9 @@
  * advanced with lock cmpxchg): a reading below it is a warp.  With
  * CLOCK_MODE_VDSO the guest also reads vCPU 0's area while that area has
  * PVCLOCK_TSC_STABLE_BIT, as the Linux vDSO does, against a second shared
- * value.  One SYNC per batch carries the counts; the host collects the
+ * value.  With CLOCK_MODE_AREA0 every vCPU reads vCPU 0's area instead of
+ * its own (each still enables its own, so KVM updates it): readers racing
+ * vCPU 0's updates, as vDSO readers do.  One SYNC per batch carries the counts; the host collects the
  * samples from guest memory, so the guest loop stays short.
  *
  * Every loop is bounded: a version stuck odd is reported as odd after
@@ -147,7 +149,8 @@ void guest_main(uint32_t cpu)
             uint64_t ns, tsc, vns = 0, vtsc;
             uint32_t version, vversion;
             uint8_t flags, vflags = 0;
-            s->tries = (uint16_t)pvclock_read(&pvti[cpu], &ns, &tsc, &version, &flags);
+            s->tries = (uint16_t)pvclock_read((mode & CLOCK_MODE_AREA0) ? &pvti[0] : &pvti[cpu],
+                                              &ns, &tsc, &version, &flags);
             s->vdso_used = 0;
             if ((mode & CLOCK_MODE_VDSO) && (pvti[0].flags & PVCLOCK_TSC_STABLE_BIT)) {
                 pvclock_read(&pvti[0], &vns, &vtsc, &vversion, &vflags);

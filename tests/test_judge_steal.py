@@ -1,0 +1,258 @@
+"""The steal judge over real recorded runs (kvm_pvm, idle and under two busy
+processes): every record holds, and a record edited the way a broken kernel
+would have written it is BROKEN, never untestable.  No KVM needed."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from kvmharness import checks
+from kvmharness.judges import RecordError, judge_record
+from kvmharness.judges import steal as js
+from kvmharness.judges.stopped import KIND_HUNG
+from kvmharness.scenarios.base import Kind, Verdict
+
+CORPUS = Path(__file__).parent / "data" / "steal" / "kvm_pvm-6.18.json.gz"
+
+
+DOC = json.loads(gzip.open(CORPUS).read())
+RECORDS = [r for run in DOC["runs"] for r in run["results"]]
+PROMISES = [r for r in RECORDS if js.KINDS[r["variant"]] is Kind.PROMISE]
+# runs whose runner starts a new vCPU life after the boundary
+FRESH = [r for r in PROMISES if r["variant"] != "cancelled-save"]
+CANCELLED = [r for r in PROMISES if r["variant"] == "cancelled-save"]
+
+
+def _id(r: dict) -> str:
+    return f"{r['variant']}x{r['vcpus']}"
+
+
+def _edit(record: dict, change) -> dict:
+    """The record with ``change(VcpuRecord)`` applied to each vCPU, rewritten."""
+    out = copy.deepcopy(record)
+    recs = js.records_of(out)
+    for r in recs:
+        change(r)
+    out["records"] = [r.to_json() for r in recs]
+    return json.loads(json.dumps(out))
+
+
+def _add_from(r: js.VcpuRecord, j: int, extra: int) -> None:
+    """From reading ``j`` on, the area holds ``extra`` ns more (guest and host saw it)."""
+    r.guest[j:] = [replace(s, value=s.value + extra) for s in r.guest[j:]]
+    r.host[j:] = [replace(s, value=s.value + extra) for s in r.host[j:]]
+
+
+def _kinds(j) -> set[str]:
+    return {v.kind for v in j.violations}
+
+
+def test_corpus_is_real_and_compact():
+    assert len(PROMISES) >= 40 and len(CANCELLED) >= 8
+    for r in RECORDS:
+        assert r["schema"] == 2 and r["family"] == "steal"
+        assert len(json.dumps(r, separators=(",", ":"))) <= 15_000, _id(r)
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=_id)
+def test_recorded_runs_are_judged_as_they_were(record):
+    j = judge_record(record)
+    assert j.verdict == Verdict(record["verdict"]), j.observed
+    assert j.verdict in (Verdict.HOLDS, Verdict.CHARACTERIZED)
+
+
+def test_record_round_trip_is_exact():
+    """Rebuilding a vCPU's readings and writing them again gives the same record."""
+    for record in RECORDS[:16]:
+        for d in record["records"]:
+            assert js.VcpuRecord.from_json(d).to_json() == d
+
+
+# -- the whole run_delay, charged once per vCPU life and runner thread ----------
+
+
+def _second_update(r: js.VcpuRecord) -> int:
+    s = r.boundary
+    changed = [j for j in range(s, len(r.host)) if r.host[j].version != r.host[j - 1].version]
+    return changed[1]
+
+
+@pytest.mark.parametrize("record", FRESH, ids=_id)
+def test_run_delay_charged_again_at_the_second_update_is_caught(record):
+    """A kernel that charges the runner's whole run_delay again at the second
+    update after the boundary (main's rules before the fix let every one through)."""
+
+    def recharge(r: js.VcpuRecord) -> None:
+        j = _second_update(r)
+        _add_from(r, j, r.ctx[j].pre_ns)
+
+    j = js.judge(_edit(record, recharge))
+    assert j.verdict is Verdict.BROKEN, j.observed
+    assert checks.KIND_OVER_RUN_DELAY in _kinds(j)
+
+
+# -- alive: steal follows all of run_delay --------------------------------------
+
+
+def _scale(fraction: float):
+    """A kernel that accounts only ``fraction`` of each charge."""
+
+    def change(r: js.VcpuRecord) -> None:
+        for series in (r.guest, r.host):
+            acc = prev = 0
+            out = []
+            for s in series:
+                d, prev = s.value - prev, s.value
+                acc += int(d * fraction) if d > 0 else d
+                out.append(replace(s, value=acc))
+            series[:] = out
+
+    return change
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.7])
+def test_partial_loss_of_steal_is_caught_in_every_promise(fraction):
+    missed = []
+    for record in PROMISES:
+        j = js.judge(_edit(record, _scale(fraction)))
+        if j.verdict is not Verdict.BROKEN or checks.KIND_NOT_ALIVE not in _kinds(j):
+            missed.append(f"{_id(record)}: {j.verdict}: {j.observed}")
+    assert not missed, "\n".join(missed)
+
+
+def _stop_at_boundary(r: js.VcpuRecord) -> None:
+    v = r.host[r.boundary - 1].value
+    for series in (r.guest, r.host):
+        series[r.boundary :] = [replace(s, value=v) for s in series[r.boundary :]]
+
+
+def _drop(r: js.VcpuRecord, lo: int, hi: int) -> None:
+    """Readings lo..hi-1 removed (a shorter phase); indices after them shift."""
+    n = hi - lo
+    del r.guest[lo:hi], r.host[lo:hi], r.ctx[lo:hi]
+
+    def at(i: int) -> int:
+        return i - n if i >= hi else i
+
+    r.boundary = at(r.boundary)
+    r.phases = [(at(a), at(b), c) for a, b, c in r.phases]
+
+
+@pytest.mark.parametrize("shape", ["as recorded", "phase A longer", "phase B longer"])
+@pytest.mark.parametrize("record", CANCELLED, ids=_id)
+def test_cancelled_save_steal_that_stops_at_the_boundary_is_caught(record, shape):
+    """Judged per phase, whatever the phases' lengths (one stretch over both
+    phases let it through when the second phase waited less than the first)."""
+
+    def change(r: js.VcpuRecord) -> None:
+        (a0, a1, _), (b0, b1, _) = r.phases
+        if shape == "phase A longer":  # keep the last third of phase B
+            _drop(r, b0 + 1, b1 - (b1 - b0) // 3)
+        elif shape == "phase B longer":
+            _drop(r, a0 + 1, a1 - (a1 - a0) // 3)
+        _stop_at_boundary(r)
+
+    edited = _edit(record, change)
+    for d in edited["records"]:
+        r = js.VcpuRecord.from_json(d)
+        (a0, a1, _), (b0, b1, _) = r.phases
+        assert r.boundary == b0 and a1 == b0 - 1
+    j = js.judge(edited)
+    assert j.verdict is Verdict.BROKEN, j.observed
+    assert checks.KIND_NOT_ALIVE in _kinds(j)
+
+
+# -- a vCPU stopped in KVM_RUN ---------------------------------------------------
+
+
+def _stopped_in_phase_b(cpu_ns: int, queued_ns: int):
+    def change(r: js.VcpuRecord) -> None:
+        b0 = r.phases[1][0]
+        _drop(r, b0 + 3, len(r.guest))
+        r.phases[1] = (b0, b0 + 2, r.phases[1][2])
+        r.stuck = js.Stuck(rip=0x1234, waited_ns=2_000_000_000, cpu_ns=cpu_ns, queued_ns=queued_ns)
+
+    return change
+
+
+def test_a_vcpu_that_slept_in_kvm_run_is_hung_not_untestable():
+    record = dict(CANCELLED[0], config={**CANCELLED[0]["config"], "budget_s": 2.0})
+    j = js.judge(_edit(record, _stopped_in_phase_b(cpu_ns=300_000, queued_ns=100_000)))
+    assert j.verdict is Verdict.BROKEN, j.observed
+    assert KIND_HUNG in _kinds(j)
+    assert "rip 0x1234" in j.violations[-1].detail
+
+
+def test_a_vcpu_that_spun_in_kvm_run_is_stuck():
+    record = dict(CANCELLED[0], config={**CANCELLED[0]["config"], "budget_s": 2.0})
+    j = js.judge(_edit(record, _stopped_in_phase_b(cpu_ns=1_900_000_000, queued_ns=50_000_000)))
+    assert j.verdict is Verdict.BROKEN and checks.KIND_STUCK in _kinds(j), j.observed
+
+
+def test_a_vcpu_starved_on_a_run_queue_is_untestable():
+    record = dict(CANCELLED[0], config={**CANCELLED[0]["config"], "budget_s": 2.0})
+    j = js.judge(_edit(record, _stopped_in_phase_b(cpu_ns=100_000_000, queued_ns=1_800_000_000)))
+    assert j.verdict is Verdict.UNTESTABLE and "too loaded" in j.observed, j.observed
+
+
+# -- the record --------------------------------------------------------------------
+
+
+def test_kinds_match_the_runner():
+    from kvmharness.scenarios.steal import STRATEGIES
+
+    assert {n: s.kind for n, s in STRATEGIES.items()} == js.KINDS
+
+
+def test_table_prints_from_a_saved_record():
+    from kvmharness.scenarios.steal import StealResult
+    from kvmharness.scenarios.steal_view import steal_table
+
+    res = [StealResult.from_json(r) for r in RECORDS[:16]]
+    text = steal_table(res, 0)
+    for r in RECORDS[:16]:
+        assert r["variant"] in text
+    assert all(x.records and x.records[0].guest for x in res)
+    before, after = res[0].steal_at_boundary()
+    assert (before, after) == (RECORDS[0]["steal_before_ns"], RECORDS[0]["steal_after_ns"])
+
+
+def test_kvmharness_judge_rebuilds_steal_results(tmp_path, capsys):
+    """``kvmharness judge`` on a saved steal run: the family's own table, today's
+    verdicts, and the exit code; a record edited as a broken kernel is 1."""
+    from kvmharness.cli import main
+
+    run = {"schema": 2, "host": DOC["runs"][0]["host"], "results": copy.deepcopy(RECORDS[:16])}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    assert main(["judge", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "MSR written by" in out and "cancelled-save" in out
+    run["results"][0] = _edit(run["results"][0], _scale(0.7))
+    path.write_text(json.dumps(run))
+    assert main(["judge", str(path)]) == 1
+    assert "not-alive" in capsys.readouterr().out
+
+
+def test_unreadable_records_are_refused():
+    record = copy.deepcopy(PROMISES[0])
+    with pytest.raises(RecordError):
+        judge_record({**record, "schema": 1})
+    with pytest.raises(RecordError):
+        js.judge({**record, "variant": "no-such-variant"})
+    del record["records"][0]["events"]["t_ns"]
+    with pytest.raises(RecordError):
+        js.judge(record)
+
+
+def test_an_error_record_keeps_its_blame():
+    record = {**PROMISES[0], "error": "KVM_SET_MSRS failed", "blame": "kernel", "records": []}
+    assert js.judge(record).verdict is Verdict.BROKEN
+    record["blame"] = "harness"
+    assert js.judge(record).verdict is Verdict.ERROR
