@@ -287,6 +287,22 @@ class VcpuRecord:
         """What "alive" is judged over, stretch by stretch."""
         return checks.alive_segments(self.run_delays(), checks.ALIVE_MIN_RUN_DELAY_NS)
 
+    def alive_judgeable(self, first: int) -> bool:
+        """Whether "alive" could be judged over the readings from ``first`` on,
+        taken as one phase (the one being recorded): every stretch in it saw
+        :data:`~kvmharness.checks.ALIVE_MIN_RUN_DELAY_NS` of waiting where the
+        judge looks.  The runner goes on sampling until it is, so that a phase
+        cut short by a slow or loaded host is not "untestable"."""
+        if first >= len(self.guest):
+            return False
+        view = replace(self, phases=[*self.phases, (first, len(self.guest) - 1, 0)])
+        rds = view.run_delays()
+        return all(
+            span.waited(rds) >= checks.ALIVE_MIN_RUN_DELAY_NS
+            for span in view.segments()
+            if span.last >= first
+        )
+
 
 # ---------------------------------------------------------------------------
 # judging
