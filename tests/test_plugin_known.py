@@ -192,3 +192,48 @@ def test_only_excused_kinds_xfail_and_the_report_says_why_not(session):
     # the failure itself keeps the scenario, its kinds and its violations
     assert "toy/mono BROKEN: what was seen" in out
     assert "kinds: decode-mismatch" in out and "decode-mismatch vcpu0[3] went wrong" in out
+
+
+CLOCK_TESTS = """
+import pytest
+
+from kvmharness.pvclock import Pvti
+from kvmharness.scenarios.clock import ClockConfig, run_scenario
+from kvmharness.testing import assert_holds
+
+
+@pytest.mark.kvm
+@pytest.mark.kvm_scenario("clock/tsc/msr")
+def test_tsc_msr(kvm):
+    assert_holds(run_scenario(ClockConfig("tsc/msr", 2, phase_ms=60), kvm))
+
+
+@pytest.mark.kvm
+@pytest.mark.kvm_scenario("clock/tsc/msr")
+def test_tsc_msr_host_decode_one_ns_off(kvm, monkeypatch):
+    real = Pvti.ns_at
+    monkeypatch.setattr(Pvti, "ns_at", lambda self, tsc: real(self, tsc) + 1)
+    assert_holds(run_scenario(ClockConfig("tsc/msr", 2, phase_ms=60), kvm))
+"""
+
+
+@pytest.mark.kvm
+@pytest.mark.timeout(300)
+def test_a_real_decode_bug_under_the_shipped_tsc_entry_fails(pytester):
+    """Real KVM, the shipped known-issues file: clock/tsc/msr as it runs here
+    (xfail where the pvm entry covers it, else a pass), and with the host's
+    pvclock decode 1 ns off (the measured hole: decode-mismatch, a kind the
+    entry does not excuse), FAILED everywhere."""
+    from kvmharness.known import Host, find, load
+
+    pytester.makepyfile(test_clock_toy=CLOCK_TESTS)
+    res = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-rA", timeout=240
+    )
+    out = res.stdout.str()
+    covered = find(load(), "clock/tsc/msr", Host.this()) is not None
+    assert ("XFAIL" if covered else "PASSED") + " test_clock_toy.py::test_tsc_msr " in out, out
+    assert "FAILED test_clock_toy.py::test_tsc_msr_host_decode_one_ns_off" in out, out
+    assert "decode-mismatch" in out
+    if covered:
+        assert "not excused: decode-mismatch (known issue pvm-tsc-msr-not-applied" in out, out
