@@ -257,6 +257,9 @@ def test_judge_a_real_run_as_it_ran_and_with_a_simulated_bug(family, tmp_path, c
     assert main(["judge", str(run_json), "--json", str(judged)]) == rc
     out = capsys.readouterr().out
     assert "differ from the ones recorded" not in out, out
+    # the family's own table, row for row as `run` printed it
+    table = [line for line in ran.splitlines() if line.startswith(f"{family} ")]
+    assert table and table == [line for line in out.splitlines() if line.startswith(f"{family} ")]
     again = json.loads(judged.read_text())
     assert [r["verdict"] for r in again["results"]] == [r["verdict"] for r in doc["results"]]
 
