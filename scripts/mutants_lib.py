@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import fcntl
 import filecmp
+import gzip
 import hashlib
 import json
 import os
@@ -54,17 +55,8 @@ DEFAULT_WORK = Path(os.environ.get("KVMHARNESS_MUTANTS_WORK", "/var/lib/kvmharne
 #: Not under /var/cache, /var/tmp or /tmp: the booted guest shares the host's
 #: root file system but mounts tmpfs over some of those.
 
-KREL = "6.1.0-56-amd64"
-SOURCE_PKG = "linux-source-6.1"
-SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
-SOURCE_TOP = "linux-source-6.1"
-HEADERS = Path(f"/usr/src/linux-headers-{KREL}")
-IMAGE_PKG = f"linux-image-{KREL}"
-APT_PACKAGES = [
-    SOURCE_PKG,
-    f"linux-headers-{KREL}",
-    "linux-headers-6.1.0-56-common",
-    "linux-kbuild-6.1",
+#: Tools the build needs besides the kernel packages (which :class:`KernelSet` names).
+BUILD_TOOLS = [
     "gcc-12",
     "make",
     "patch",
@@ -76,6 +68,76 @@ APT_PACKAGES = [
     "bison",
     "libelf-dev",
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+    """A Debian kernel source series the mutants can be built from: its
+    ``linux-source-NAME`` package and the pattern of its headers packages'
+    names (group 1 is the kernel release, ``uname -r`` of the matching image)."""
+
+    name: str
+    headers_re: str
+
+    @property
+    def source_pkg(self) -> str:
+        return f"linux-source-{self.name}"
+
+    @property
+    def tarball(self) -> Path:
+        return Path(f"/usr/src/linux-source-{self.name}.tar.xz")
+
+    @property
+    def top(self) -> str:
+        return f"linux-source-{self.name}"
+
+
+SERIES = {
+    "6.1": Series("6.1", r"linux-headers-(6\.1\.0-[0-9]+-amd64)"),
+    "6.12": Series("6.12", r"linux-headers-(6\.12\.[0-9]+\+deb[0-9]+-amd64)"),
+}
+DEFAULT_SERIES = "6.1"
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSet:
+    """One Debian kernel build: the source, the headers the modules are built
+    against and the image they are booted in, all of one package version
+    (``6.1.192-3``), whose kernel release is ``release`` (``6.1.0-57-amd64``)."""
+
+    series: Series
+    version: str
+    release: str
+    usr_src: Path = Path("/usr/src")  # where the headers package puts its tree
+
+    @property
+    def headers_pkg(self) -> str:
+        return f"linux-headers-{self.release}"
+
+    @property
+    def image_pkg(self) -> str:
+        return f"linux-image-{self.release}"
+
+    @property
+    def headers(self) -> Path:
+        return self.usr_src / f"linux-headers-{self.release}"
+
+    @property
+    def upstream(self) -> str:
+        """``6.1.192`` of ``6.1.192-3``: what the source's Makefile says."""
+        return self.version.split("-")[0]
+
+    def apt_packages(self) -> list[str]:
+        return [
+            f"{self.series.source_pkg}={self.version}",
+            f"{self.headers_pkg}={self.version}",
+            *BUILD_TOOLS,
+        ]
+
+    def describe(self) -> str:
+        return f"Debian {self.version} ({self.release}, {self.series.source_pkg})"
+
+
 COPIED_DIRS = ("arch/x86/kvm", "virt/kvm")
 #: Bump when the build recipe changes: it is part of every cache key.
 RECIPE = "kbuild-oot-v1"
@@ -628,56 +690,263 @@ def run_child(
 
 
 # ---------------------------------------------------------------------------
+# one Debian kernel version for the source, the headers and the image
+
+
+class VersionError(Exception):
+    """The source, headers and image are not of one Debian kernel version, or
+    no such version can be found."""
+
+
+def parse_policy(text: str) -> tuple[str | None, str | None]:
+    """(installed, candidate) from ``apt-cache policy PKG``; None for (none)."""
+    got: dict[str, str | None] = {"Installed": None, "Candidate": None}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition(":")
+        if sep and key in got and got[key] is None:
+            v = value.strip()
+            got[key] = None if v in ("", "(none)") else v
+    return got["Installed"], got["Candidate"]
+
+
+def parse_versions(text: str) -> dict[str, set[str]]:
+    """package -> versions, from ``apt-cache madison`` lines (``pkg | ver | src``)
+    or ``dpkg-query -W`` lines (``pkg ver``)."""
+    out: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        parts = [x.strip() for x in line.split("|")] if "|" in line else line.split()
+        if len(parts) >= 2 and parts[0] and parts[1]:
+            out.setdefault(parts[0], set()).add(parts[1])
+    return out
+
+
+def release_for(series: Series, version: str, versions: dict[str, set[str]]) -> str:
+    """The kernel release whose headers package (of ``series``) has ``version``."""
+    found = sorted(
+        m.group(1)
+        for pkg, vers in versions.items()
+        if (m := re.fullmatch(series.headers_re, pkg)) and version in vers
+    )
+    if not found:
+        near = sorted(
+            f"{pkg} {v}"
+            for pkg, vers in versions.items()
+            if re.fullmatch(series.headers_re, pkg)
+            for v in vers
+        )
+        raise VersionError(
+            f"no headers package of version {version} for {series.source_pkg}: the "
+            f"mirror and dpkg have {', '.join(near[-4:]) or 'none'}; "
+            "apt-get update, or choose one with --kernel-version"
+        )
+    if len(found) > 1:
+        raise VersionError(f"version {version} names several releases: {', '.join(found)}")
+    return found[0]
+
+
+class Apt:
+    """The package queries :func:`find_kernel_set` makes (a fake in the tests)."""
+
+    def _out(self, *cmd: str) -> str:
+        try:
+            r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return r.stdout if r.returncode == 0 else ""
+
+    def policy(self, pkg: str) -> tuple[str | None, str | None]:
+        return parse_policy(self._out("apt-cache", "policy", pkg))
+
+    def versions(self, prefix: str) -> dict[str, set[str]]:
+        """Every version the mirror (madison) or dpkg has of packages named PREFIX*."""
+        names = [n for n in self._out("apt-cache", "pkgnames", prefix).split() if n]
+        out = parse_versions(self._out("apt-cache", "madison", *names)) if names else {}
+        for pkg, vers in parse_versions(
+            self._out("dpkg-query", "-W", "-f=${Package} ${Version}\n", prefix + "*")
+        ).items():
+            out.setdefault(pkg, set()).update(vers)
+        return out
+
+
+def find_kernel_set(
+    series: Series, version: str | None = None, apt: Apt | None = None
+) -> KernelSet:
+    """The Debian kernel build to use: ``version`` if given, else the version of
+    ``linux-source-SERIES`` the package lists offer (the installed one without
+    lists), and the release (ABI) whose headers package has that same version."""
+    apt = apt or Apt()
+    if version is None:
+        installed, candidate = apt.policy(series.source_pkg)
+        version = candidate or installed
+        if not version:
+            raise VersionError(
+                f"{series.source_pkg} is neither installed nor in the package lists "
+                "(apt-get update?)"
+            )
+    return KernelSet(
+        series, version, release_for(series, version, apt.versions(f"linux-headers-{series.name}."))
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """What one part (source, headers, image) turned out to be."""
+
+    what: str
+    version: str | None
+    release: str | None = None  # None: the part names no release
+
+
+def check_kernel_set(kset: KernelSet, found: Sequence[Found]) -> None:
+    """Refuse (VersionError) unless every part is of ``kset``'s Debian version
+    and, where it names one, of its release: modules built against other
+    headers do not load, or load into a kernel they were not built for."""
+    bad = [f for f in found if f.version != kset.version or f.release not in (None, kset.release)]
+    if not bad:
+        return
+    lines = [
+        f"  {f.what}: {f.release or '-'}, Debian {f.version or '(unknown)'}"
+        + ("  <- differs" if f in bad else "")
+        for f in found
+    ]
+    raise VersionError(
+        f"refusing to build or boot: the kernel source, headers and image must be of one "
+        f"Debian kernel version, here {kset.describe()}:\n"
+        + "\n".join(lines)
+        + f"\nfix: apt-get install {kset.series.source_pkg}={kset.version} "
+        f"{kset.headers_pkg}={kset.version}, or pick another with --kernel-version"
+    )
+
+
+def image_version(path: Path) -> tuple[str | None, str | None]:
+    """(release, Debian version) from a bzImage's kernel_version string (setup
+    header ``HdrS``, pointer at 0x20e), e.g. ``6.1.0-57-amd64 (...) #1 SMP
+    PREEMPT_DYNAMIC Debian 6.1.192-3 (2026-11-26)``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(0x10000)
+    except OSError:
+        return None, None
+    if head[0x202:0x206] != b"HdrS" or len(head) < 0x210:
+        return None, None
+    off = int.from_bytes(head[0x20E:0x210], "little") + 0x200
+    text = head[off : off + 256].split(b"\0")[0].decode(errors="replace")
+    m = re.search(r"\bDebian (\S+)", text)
+    return (text.split()[0] if text.strip() else None), (m.group(1) if m else None)
+
+
+def headers_version(headers: Path) -> tuple[str | None, str | None]:
+    """(release, Debian version) of a headers tree, from its generated
+    utsrelease.h and package.h (``LINUX_PACKAGE_ID " Debian 6.1.192-3"``)."""
+    gen = headers / "include" / "generated"
+    rel = ver = None
+    with contextlib.suppress(OSError):
+        m = re.search(r'UTS_RELEASE\s+"([^"]+)"', (gen / "utsrelease.h").read_text())
+        rel = m.group(1) if m else None
+    with contextlib.suppress(OSError):
+        m = re.search(r'LINUX_PACKAGE_ID\s+"\s*Debian\s+([^"\s]+)', (gen / "package.h").read_text())
+        ver = m.group(1) if m else None
+    return rel, ver
+
+
+def source_makefile_version(makefile: str) -> str | None:
+    """``6.1.192`` from a kernel Makefile's VERSION, PATCHLEVEL and SUBLEVEL."""
+    vals = {
+        k: m.group(1)
+        for k in ("VERSION", "PATCHLEVEL", "SUBLEVEL")
+        if (m := re.search(rf"^{k}\s*=\s*(\d+)", makefile, re.M))
+    }
+    if len(vals) < 3:
+        return None
+    return f"{vals['VERSION']}.{vals['PATCHLEVEL']}.{vals['SUBLEVEL']}"
+
+
+# ---------------------------------------------------------------------------
 # building
 
 
-def ensure_packages() -> None:
-    """apt-get what the build needs, as root, once."""
-    need_src = not SOURCE_TARBALL.exists()
-    need_hdr = not (HEADERS / "Makefile").exists()
+def ensure_packages(kset: KernelSet) -> None:
+    """apt-get the source and headers of ``kset``'s version and the build tools, as
+    root, where they are missing or of another version."""
+    src_ver = installed_version(kset.series.source_pkg)
+    hdr_ver = installed_version(kset.headers_pkg)
     need_tools = any(
         shutil.which(t) is None for t in ("make", "patch", "gcc-12", "strip", "xz", "modinfo")
     )
-    if not (need_src or need_hdr or need_tools):
+    if not (
+        need_tools
+        or src_ver != kset.version
+        or hdr_ver != kset.version
+        or not kset.series.tarball.exists()
+        or not (kset.headers / "Makefile").exists()
+    ):
         return
+    pkgs = kset.apt_packages()
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise BuildError(f"need {', '.join(APT_PACKAGES)} installed (apt-get, as root)")
-    log(f"installing {' '.join(APT_PACKAGES)} (apt-get)")
+        raise BuildError(f"need {', '.join(pkgs)} installed (apt-get, as root)")
+    log(f"installing {' '.join(pkgs)} (apt-get)")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *APT_PACKAGES]):
+    for cmd in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *pkgs],
+    ):
         if subprocess.run(cmd, stdout=sys.stderr, env=env).returncode != 0:
             raise BuildError(f"{shlex.join(cmd)} failed")
 
 
-def source_version() -> str:
+def installed_version(pkg: str) -> str | None:
     r = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Version}", SOURCE_PKG], capture_output=True, text=True
+        ["dpkg-query", "-W", "-f=${Status} ${Version}", pkg], capture_output=True, text=True
     )
-    return r.stdout.strip() or "unknown"
+    words = r.stdout.split()
+    if r.returncode != 0 or "installed" not in words[:3] or len(words) < 4:
+        return None
+    return words[-1]
 
 
-def unpack_source(work: Path) -> Path:
-    """The pristine copy of the two KVM directories (13 s once)."""
-    pristine = work / "src" / SOURCE_TOP
-    stamp = work / "src" / ".unpacked"
-    ver = source_version()
-    if stamp.exists() and stamp.read_text() == ver:
+def check_build_parts(kset: KernelSet) -> None:
+    """Refuse unless the installed source and headers are of ``kset``."""
+    rel, ver = headers_version(kset.headers)
+    check_kernel_set(
+        kset,
+        [
+            Found(f"source {kset.series.source_pkg}", installed_version(kset.series.source_pkg)),
+            Found(f"headers package {kset.headers_pkg}", installed_version(kset.headers_pkg)),
+            Found(f"headers tree {kset.headers}", ver, rel),
+        ],
+    )
+
+
+def unpack_source(work: Path, kset: KernelSet) -> Path:
+    """The pristine copy of the two KVM directories (13 s once), checked against
+    the version's upstream release (the source Makefile)."""
+    base = work / kset.series.name
+    pristine = base / "src" / kset.series.top
+    stamp = base / "src" / ".unpacked"
+    if stamp.exists() and stamp.read_text() == kset.version:
         return pristine
-    shutil.rmtree(work / "src", ignore_errors=True)
-    (work / "src").mkdir(parents=True)
-    log(f"unpacking {SOURCE_TARBALL} ({', '.join(COPIED_DIRS)})")
+    shutil.rmtree(base / "src", ignore_errors=True)
+    (base / "src").mkdir(parents=True)
+    log(f"unpacking {kset.series.tarball} ({', '.join(COPIED_DIRS)})")
+    top = kset.series.top
     subprocess.run(
         [
             "tar",
             "-C",
-            str(work / "src"),
+            str(base / "src"),
             "-xf",
-            str(SOURCE_TARBALL),
-            *[f"{SOURCE_TOP}/{d}" for d in COPIED_DIRS],
+            str(kset.series.tarball),
+            f"{top}/Makefile",
+            *[f"{top}/{d}" for d in COPIED_DIRS],
         ],
         check=True,
     )
-    stamp.write_text(ver)
+    up = source_makefile_version((pristine / "Makefile").read_text())
+    if up != kset.upstream:
+        raise VersionError(
+            f"{kset.series.tarball} is Linux {up}, but {kset.describe()} is {kset.upstream}"
+        )
+    stamp.write_text(kset.version)
     return pristine
 
 
@@ -716,23 +985,24 @@ def sync_tree(pristine: Path, tree: Path) -> list[str]:
     return restored
 
 
-def cache_key(mutant: Mutant | None, srcver: str) -> str:
-    h = hashlib.sha256(f"{RECIPE}\0{KREL}\0{srcver}\0".encode())
+def cache_key(mutant: Mutant | None, kset: KernelSet) -> str:
+    h = hashlib.sha256(f"{RECIPE}\0{kset.series.name}\0{kset.release}\0{kset.version}\0".encode())
     h.update((mutant.diff if mutant else "").encode())
     return h.hexdigest()[:12]
 
 
-def build(mutant: Mutant | None, work: Path, *, jobs: int, timeout: float) -> tuple[Path, float]:
+def build(
+    mutant: Mutant | None, work: Path, kset: KernelSet, *, jobs: int, timeout: float
+) -> tuple[Path, float]:
     """kvm.ko and kvm-amd.ko for the control (None) or a mutant, stripped, in a
     cache directory named by the patch's content.  Returns (dir, build seconds;
     0 for a cache hit)."""
     name = mutant.name if mutant else CONTROL
-    srcver = source_version()
-    out = work / "builds" / f"{name}-{cache_key(mutant, srcver)}"
+    out = work / "builds" / f"{name}-{cache_key(mutant, kset)}"
     if (out / "kvm.ko").exists() and (out / "kvm-amd.ko").exists():
         return out, 0.0
-    pristine = unpack_source(work)
-    tree = work / "tree"
+    pristine = unpack_source(work, kset)
+    tree = work / kset.series.name / "tree"
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"build-{name}.log"
@@ -766,14 +1036,14 @@ def build(mutant: Mutant | None, work: Path, *, jobs: int, timeout: float) -> tu
             if r.returncode != 0:
                 sync_tree(pristine, tree)
                 raise BuildError(
-                    f"{name}: the patch does not apply to {SOURCE_PKG} {srcver}: "
+                    f"{name}: the patch does not apply to {kset.describe()}: "
                     f"{(r.stdout + r.stderr).strip()[-300:]}"
                 )
         rc = run_child(
             [
                 "make",
                 "-C",
-                str(HEADERS),
+                str(kset.headers),
                 f"M={tree}/arch/x86/kvm",
                 "CONFIG_KVM_INTEL=",
                 f"-j{jobs}",
@@ -805,8 +1075,9 @@ def build(mutant: Mutant | None, work: Path, *, jobs: int, timeout: float) -> tu
                 json.dumps(
                     {
                         "build": name,
-                        "source": f"{SOURCE_PKG} {srcver}",
-                        "release": KREL,
+                        "source": f"{kset.series.source_pkg} {kset.version}",
+                        "release": kset.release,
+                        "version": kset.version,
                         "recipe": RECIPE,
                         "patch": mutant.diff if mutant else None,
                     },
@@ -825,25 +1096,43 @@ def build(mutant: Mutant | None, work: Path, *, jobs: int, timeout: float) -> tu
 # booting
 
 
-def find_image(work: Path, given: Path | None) -> Path:
-    """The kernel image to boot the modules in: --kernel, else Debian's 6.1.0-56
-    extracted under WORK (hard links from /var/cache/kvmharness-kernels where
-    scripts/bisect-kernel's user left it, else apt-get download)."""
-    if given is not None:
-        return given
-    tree = work / IMAGE_PKG
-    image = tree / "boot" / f"vmlinuz-{KREL}"
-    if image.exists():
+def find_image(work: Path, given: Path | None, kset: KernelSet) -> Path:
+    """The kernel image to boot the modules in: --kernel, else Debian's image of
+    ``kset``'s version extracted under WORK (hard links from
+    /var/cache/kvmharness-kernels where scripts/bisect-kernel's user left it,
+    else apt-get download).  Refused (VersionError) unless its kernel_version
+    string names ``kset``'s release and Debian version."""
+    image = given if given is not None else _fetch_image(work, kset)
+    rel, ver = image_version(image)
+    check_kernel_set(kset, [Found(f"image {image}", ver, rel or "(not a bzImage)")])
+    return image
+
+
+def _fetch_image(work: Path, kset: KernelSet) -> Path:
+    tree = work / "images" / f"{kset.image_pkg}_{kset.version}"
+    image = tree / "boot" / f"vmlinuz-{kset.release}"
+    if image.exists() and image_version(image) == (kset.release, kset.version):
         return image
-    cached = Path("/var/cache/kvmharness-kernels") / IMAGE_PKG
-    if (cached / "boot" / f"vmlinuz-{KREL}").exists():
+    cached = Path("/var/cache/kvmharness-kernels") / kset.image_pkg
+    cimage = cached / "boot" / f"vmlinuz-{kset.release}"
+    if image_version(cimage) == (kset.release, kset.version):
+        shutil.rmtree(tree, ignore_errors=True)
+        tree.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cp", "-al", str(cached), str(tree)], check=True)
         return image
-    log(f"downloading {IMAGE_PKG} (apt-get download) and extracting it to {tree}")
-    with tempfile.TemporaryDirectory(prefix="mutants-image-") as d:
-        subprocess.run(["apt-get", "download", IMAGE_PKG], cwd=d, check=True, stdout=sys.stderr)
+    log(f"downloading {kset.image_pkg}={kset.version} (apt-get download) into {tree}")
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mutants-image-", dir=tree.parent) as d:
+        subprocess.run(
+            ["apt-get", "download", f"{kset.image_pkg}={kset.version}"],
+            cwd=d,
+            check=True,
+            stdout=sys.stderr,
+        )
         debs = list(Path(d).glob("*.deb"))
-        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(tree)], check=True)
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(Path(d) / "x")], check=True)
+        (Path(d) / "x").rename(tree)
     return image
 
 
@@ -910,6 +1199,85 @@ def boot(
     return Boot(rc, doc, boot_s, step, log_path)
 
 
+def record_name(build: str, attempt: int, runs: int) -> str:
+    """The corpus file of one boot: BUILD.json.gz, or BUILD-N.json.gz when a
+    build boots more than once."""
+    return f"{build}.json.gz" if runs == 1 else f"{build}-{attempt}.json.gz"
+
+
+def record_boot(dest: Path, build: str, attempt: int, runs: int, b: Boot) -> Path | None:
+    """Write one boot's ``kvmharness bisect --json`` record, unchanged, gzipped
+    (mtime 0: the same record gives the same bytes).  None when the boot gave
+    no record (its exit code goes in the index)."""
+    path = dest / record_name(build, attempt, runs)
+    if b.doc is None:
+        path.unlink(missing_ok=True)
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(b.doc, separators=(",", ":"), sort_keys=True).encode()
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+        gz.write(data)
+    tmp.replace(path)
+    return path
+
+
+def write_record_index(
+    dest: Path,
+    rows: Sequence[Row],
+    kset: KernelSet,
+    image: Path,
+    args_of: dict[str, list[str]],
+) -> None:
+    """DIR/index.json: the kernel the records were taken on and, per build, its
+    mutant header (Must-catch), the ``kvmharness bisect`` arguments, exit codes,
+    status and record files.  Builds of an earlier run on the same kernel that
+    this run did not boot are kept (a corpus refreshed a few builds at a time);
+    an index of another kernel is replaced."""
+    kernel = {
+        "series": kset.series.name,
+        "version": kset.version,
+        "release": kset.release,
+        "image": str(image),
+    }
+    cols = matrix_columns(rows)
+    red = red_columns(rows, cols)
+    fresh = {
+        r.name: {
+            "build": r.name,
+            "mutant": r.mutant.header() if r.mutant else None,
+            "bisect_args": args_of.get(r.name, []),
+            "harness_commit": _git_head(),
+            "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "exit_codes": r.exit_codes,
+            "status": r.status(cols, red),
+            "records": [
+                n
+                for i in range(1, len(r.exit_codes) + 1)
+                if (dest / (n := record_name(r.name, i, len(r.exit_codes)))).exists()
+            ],
+        }
+        for r in rows
+    }
+    builds: list[dict[str, Any]] = []
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        old = json.loads((dest / "index.json").read_text())
+        if old["kernel"] == kernel:
+            builds = [b for b in old["builds"] if b["build"] not in fresh]
+    doc = {"kernel": kernel, "builds": builds + list(fresh.values())}
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest / "index.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(dest / "index.json")
+
+
+def _git_head() -> str | None:
+    r = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    return r.stdout.strip() or None
+
+
 def focus_args(
     mutant: Mutant | None,
     builds: Sequence[Mutant | None],
@@ -960,7 +1328,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="scripts/mutants",
         description="Build KVM module variants (tests/mutants/*.patch) from Debian's "
-        f"{SOURCE_PKG}, boot each through scripts/bisect-kernel --modules with "
+        "linux-source-SERIES, against the headers of the same Debian version, boot "
+        "each in the image of that version through scripts/bisect-kernel --modules with "
         "`kvmharness bisect` inside, and print the kill matrix.",
         epilog="exit: 0 the control held everywhere and every mutant was caught where its "
         "header says it must be; 1 a gap or a false alarm; 2 bad usage or a bad patch "
@@ -984,7 +1353,27 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--kernel",
         metavar="IMAGE",
         type=Path,
-        help=f"kernel to boot (default Debian's {KREL}, fetched into WORK)",
+        help="kernel to boot (default: Debian's image of the source's version, "
+        "fetched into WORK); it must be of that release and Debian version",
+    )
+    p.add_argument(
+        "--source",
+        choices=sorted(SERIES),
+        default=DEFAULT_SERIES,
+        help="Debian kernel source series to build from (default %(default)s)",
+    )
+    p.add_argument(
+        "--kernel-version",
+        metavar="VERSION",
+        help="Debian package version of source, headers and image (e.g. 6.1.192-3; "
+        "default: the version of linux-source-SERIES the package lists offer)",
+    )
+    p.add_argument(
+        "--record",
+        metavar="DIR",
+        type=Path,
+        help="write each boot's `kvmharness bisect --json` record to DIR/BUILD.json.gz "
+        "(BUILD-N.json.gz with --runs N>1) and DIR/index.json (builds, headers, kernel)",
     )
     p.add_argument("--runs", type=int, default=1, help="boots per build (default 1)")
     p.add_argument(
@@ -1085,19 +1474,20 @@ def guest_inner(argv: Sequence[str]) -> int:
     return code
 
 
-def build_selftests(work: Path, *, jobs: int, timeout: float) -> Path:
-    """The five KVM selftests from the same linux-source-6.1 (full tree: they need
-    ``make headers_install``), built once.  Returns their directory."""
-    top = work / "full" / SOURCE_TOP
+def build_selftests(work: Path, kset: KernelSet, *, jobs: int, timeout: float) -> Path:
+    """The five KVM selftests from the same kernel source (full tree: they need
+    ``make headers_install``), built once per version.  Returns their directory."""
+    full = work / kset.series.name / f"full-{kset.version}"
+    top = full / kset.series.top
     kdir = top / "tools/testing/selftests/kvm"
     if all((kdir / n).exists() for n in SELFTESTS):
         return kdir
     log_path = work / "logs" / "build-selftests.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     if not (top / "Makefile").exists():
-        log("unpacking the whole linux-source-6.1 for the selftests")
-        (work / "full").mkdir(parents=True, exist_ok=True)
-        subprocess.run(["tar", "-C", str(work / "full"), "-xf", str(SOURCE_TARBALL)], check=True)
+        log(f"unpacking the whole {kset.series.tarball} for the selftests")
+        full.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["tar", "-C", str(full), "-xf", str(kset.series.tarball)], check=True)
     for cmd in (
         ["make", "-s", "-C", str(top), "headers_install"],
         [
@@ -1146,22 +1536,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     builds: list[Mutant | None] = ([] if ns.no_control else [None]) + list(mutants)
     try:
         with signals_raise():
-            return _run(ns, builds)
+            kset = find_kernel_set(SERIES[ns.source], ns.kernel_version)
+            log(f"kernel: {kset.describe()}")
+            return _run(ns, builds, kset)
+    except VersionError as exc:
+        log(str(exc))
+        return EXIT_ERROR
     except Interrupted as exc:
         log(f"interrupted by signal {exc.signum}: builds and VMs ended")
         return 128 + exc.signum
 
 
-def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None]) -> int:
+def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None], kset: KernelSet) -> int:
     work: Path = ns.work
     work.mkdir(parents=True, exist_ok=True)
     t_all = time.monotonic()
-    ensure_packages()
+    ensure_packages(kset)
+    check_build_parts(kset)
     built: list[tuple[Mutant | None, Path | None, float | None, str]] = []
     for m in builds:
         name = m.name if m else CONTROL
         try:
-            d, secs = build(m, work, jobs=ns.jobs, timeout=ns.build_timeout)
+            d, secs = build(m, work, kset, jobs=ns.jobs, timeout=ns.build_timeout)
             log(f"built {name}: {d} ({'cached' if secs == 0 else f'{secs:.0f} s'})")
             built.append((m, d, secs, ""))
         except (BuildError, subprocess.CalledProcessError, OSError) as exc:
@@ -1169,17 +1565,18 @@ def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None]) -> int:
             built.append((m, None, None, str(exc)))
     if ns.build_only:
         return EXIT_ERROR if any(e for *_, e in built) else EXIT_OK
-    image = find_image(work, ns.kernel)
+    image = find_image(work, ns.kernel, kset)
     sdir = None
     if ns.selftests:
         try:
-            sdir = build_selftests(work, jobs=ns.jobs, timeout=ns.build_timeout)
+            sdir = build_selftests(work, kset, jobs=ns.jobs, timeout=ns.build_timeout)
         except (BuildError, subprocess.CalledProcessError) as exc:
             log(f"no selftest columns: {exc}")
     run_dir = work / "runs" / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     log(f"booting {len(built)} build(s) x {ns.runs} in {image}; logs in {run_dir}")
     rows: list[Row] = []
+    args_of: dict[str, list[str]] = {}
     for m, d, secs, err in built:
         name = m.name if m else CONTROL
         if d is None:
@@ -1187,6 +1584,7 @@ def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None]) -> int:
             continue
         boots = []
         args = focus_args(m, [x for x, *_ in built], ns.bisect_args, full=ns.full)
+        args_of[name] = args
         for i in range(ns.runs):
             log(f"boot {name} ({i + 1}/{ns.runs}): kvmharness bisect {shlex.join(args)}")
             b = boot(
@@ -1201,12 +1599,16 @@ def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None]) -> int:
             )
             log(f"  {name}: exit {b.exit_code} after {b.step_s:.0f} s (boot {b.boot_s or 0:.0f} s)")
             boots.append(b)
+            if ns.record is not None:
+                record_boot(ns.record, name, i + 1, ns.runs, b)
         rows.append(row_from_boots(name, m, boots, secs))
-        _save(ns, rows, run_dir, image, t_all, partial=True)
+        if ns.record is not None:
+            write_record_index(ns.record, rows, kset, image, args_of)
+        _save(ns, rows, run_dir, image, kset, t_all, partial=True)
     text = render_matrix(rows)
     print(text)
     (run_dir / "matrix.txt").write_text(text + "\n")
-    _save(ns, rows, run_dir, image, t_all, partial=False)
+    _save(ns, rows, run_dir, image, kset, t_all, partial=False)
     log(f"{len(rows)} build(s) in {time.monotonic() - t_all:.0f} s; matrix in {run_dir}")
     return matrix_exit(rows)
 
@@ -1216,6 +1618,7 @@ def _save(
     rows: Sequence[Row],
     run_dir: Path,
     image: Path,
+    kset: KernelSet,
     t0: float,
     *,
     partial: bool,
@@ -1224,8 +1627,9 @@ def _save(
         rows,
         {
             "kernel_image": str(image),
-            "release": KREL,
-            "source": f"{SOURCE_PKG} {source_version()}",
+            "release": kset.release,
+            "version": kset.version,
+            "source": f"{kset.series.source_pkg} {kset.version}",
             "bisect_args": ns.bisect_args,
             "runs": ns.runs,
             "total_s": time.monotonic() - t0,

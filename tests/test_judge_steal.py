@@ -388,3 +388,61 @@ def test_a_one_reading_stretch_is_reported_as_no_waiting():
         "vcpu0's thread waited only 0 ns on a run queue over readings 5-5 (at least 4 ms is "
         "needed to tell a live steal clock from a dead one)"
     )
+
+
+# vCPU 0 of fresh-vm/vcpu-thread on stock Debian 6.1.0-57 (kvm_amd nested under
+# QEMU TCG, two helpers' TCG guests and a mutmut run beside it): its first phase
+# ended after three readings, all waiting inside their own KVM_RUN and the first
+# two fresh, so the judge had nothing to judge "alive" over and the run came out
+# untestable (exit 125: a bisect would have skipped a good kernel).
+SLOW_HOST_VCPU0 = {
+    "index": 0,
+    "readings": 7,
+    "boundary": 3,
+    "max_run_ns": 344511005,
+    "phases": [[0, 2, 100000000], [3, 6, 100000000]],
+    "stuck": None,
+    "writer_run_delay_ns": None,
+    "runs": [[0, 272, 0], [3, 284, 1]],
+    "events": {
+        "quiet_before": [0, 0, 0, 0, 0, 0, 0],
+        "t_ns": [84681211979, 110362671, 88102517, 10541670724, 1029380, 27141728, 7535353],
+        "since_previous_ns": [0, 110362671, 88102517, 10541670724, 1029380, 27141728, 7535353],
+        "guest_value": [154941169, 27581767, 72622835, 18442773, 7305082, 0, 15271619],
+        "guest_version": [2, 2, 4, 2, 2, 2, 2],
+        "host_minus_guest_value": [0, 0, 0, 0, 0, 0, 0],
+        "host_minus_guest_version": [0, 0, 0, 0, 0, 0, 0],
+        "run_delay_before_ns": [143176599, 7162267, 314667, -260931702, 0, 0, 0],
+        "run_delay_during_ns": [32184070, 48698298, 47838574, 7305082, 0, 15271619, 13201700],
+    },
+}
+
+
+def test_a_phase_too_short_to_judge_alive_is_not_over_yet():
+    """The runner ends a phase only where the judge can judge "alive" over it
+    (before, it stopped once the thread had waited 8 ms in all, and the phase
+    above was untestable).  Two more readings that did not wait inside their
+    KVM_RUN, 10 ms apart on the run queue, make it judgeable."""
+    r = js.VcpuRecord.from_json(copy.deepcopy(SLOW_HOST_VCPU0))
+    assert js.judge_records([r], 30.0)[1] is not None, "the record as taken is untestable"
+    head = js.VcpuRecord(
+        r.index, r.guest[:3], r.host[:3], r.ctx[:3], boundary=0, max_run_ns=r.max_run_ns
+    )
+    assert not head.alive_judgeable(0)
+    last_g, last_h, last_c = head.guest[-1], head.host[-1], head.ctx[-1]
+    for k in (1, 2):
+        value = last_g.value + 10_000_000 * k
+        head.guest.append(
+            checks.Sample(last_g.t_ns + 20_000_000 * k, value, last_g.version + 2 * k)
+        )
+        head.host.append(checks.Sample(last_h.t_ns + 20_000_000 * k, value, last_h.version + 2 * k))
+        rd = last_c.post_ns + 10_000_000 * k
+        head.ctx.append(js.RunCtx(last_c.tid, last_c.life, rd, rd))
+    assert head.alive_judgeable(0)
+    # ... and judged, a steal clock that stopped there is caught, not untestable
+    dead = js.VcpuRecord(**{**head.__dict__})
+    dead.guest = head.guest[:3] + [replace(s, value=head.guest[2].value) for s in head.guest[3:]]
+    dead.host = head.host[:3] + [replace(s, value=head.host[2].value) for s in head.host[3:]]
+    dead.phases = [(0, len(dead.guest) - 1, 100_000_000)]
+    violations, why_not = js.judge_records([dead], 30.0)
+    assert checks.KIND_NOT_ALIVE in {v.kind for v in violations}, (violations, why_not)

@@ -138,7 +138,8 @@ def test_every_shipped_patch_parses_and_names_a_seed_bug() -> None:
 def test_shipped_patches_apply_to_the_kernel_source_if_present(tmp_path: Path) -> None:
     """Where Debian's linux-source-6.1 is unpacked by scripts/mutants, each patch
     applies cleanly (a dry run, no build)."""
-    pristine = ml.DEFAULT_WORK / "src" / ml.SOURCE_TOP
+    series = ml.SERIES["6.1"]
+    pristine = ml.DEFAULT_WORK / series.name / "src" / series.top
     if not (pristine / "arch/x86/kvm/x86.c").exists():
         pytest.skip("scripts/mutants has not unpacked linux-source-6.1 here")
     for m in ml.load_mutants():
@@ -426,3 +427,231 @@ def test_a_catch_where_the_control_broke_too_is_no_kill() -> None:
         == "GAP: steal:fresh-vm/main-thread (control not green)"
     )
     assert ml.red_columns([caught], cols) == []  # no control row: nothing to compare
+
+
+# ---------------------------------------------------------------- one Debian kernel version
+
+POLICY = """linux-source-6.1:
+  Installed: 6.1.192-2
+  Candidate: 6.1.192-3
+  Version table:
+     6.1.192-3 500
+        500 http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
+ *** 6.1.192-2 100
+        100 /var/lib/dpkg/status
+"""
+
+MADISON = """linux-headers-6.1.0-56-amd64 |  6.1.192-2 | http://deb.debian.org/debian-security x
+linux-headers-6.1.0-57-amd64 |  6.1.192-3 | http://deb.debian.org/debian-security x
+linux-headers-6.1.0-57-cloud-amd64 |  6.1.192-3 | http://deb.debian.org/debian-security x
+linux-headers-6.1.0-57-common |  6.1.192-3 | http://deb.debian.org/debian-security x
+"""
+
+
+class FakeApt(ml.Apt):
+    def __init__(self, policy: str = POLICY, madison: str = MADISON) -> None:
+        self.policy_text, self.madison_text = policy, madison
+
+    def policy(self, pkg: str) -> tuple[str | None, str | None]:
+        assert pkg == "linux-source-6.1"
+        return ml.parse_policy(self.policy_text)
+
+    def versions(self, prefix: str) -> dict[str, set[str]]:
+        assert prefix == "linux-headers-6.1."
+        return ml.parse_versions(self.madison_text)
+
+
+def test_policy_gives_installed_and_candidate() -> None:
+    assert ml.parse_policy(POLICY) == ("6.1.192-2", "6.1.192-3")
+    assert ml.parse_policy("x:\n  Installed: (none)\n  Candidate: (none)\n") == (None, None)
+
+
+def test_the_version_is_the_sources_candidate_and_the_release_its_headers() -> None:
+    """The mirror's source is 6.1.192-3, so the headers (and image) are 6.1.0-57's,
+    not the -56 that an older source went with, and not the cloud flavour."""
+    k = ml.find_kernel_set(ml.SERIES["6.1"], apt=FakeApt())
+    assert (k.version, k.release) == ("6.1.192-3", "6.1.0-57-amd64")
+    assert k.headers_pkg == "linux-headers-6.1.0-57-amd64"
+    assert k.image_pkg == "linux-image-6.1.0-57-amd64"
+    assert "linux-source-6.1=6.1.192-3" in k.apt_packages()
+    assert "linux-headers-6.1.0-57-amd64=6.1.192-3" in k.apt_packages()
+    older = ml.find_kernel_set(ml.SERIES["6.1"], "6.1.192-2", apt=FakeApt())
+    assert older.release == "6.1.0-56-amd64"
+
+
+def test_a_source_version_without_its_headers_is_refused() -> None:
+    """The mirror moved the source on (-4) before the headers: no guess of an ABI."""
+    apt = FakeApt(policy=POLICY.replace("Candidate: 6.1.192-3", "Candidate: 6.1.192-4"))
+    with pytest.raises(ml.VersionError, match="no headers package of version 6.1.192-4"):
+        ml.find_kernel_set(ml.SERIES["6.1"], apt=apt)
+    with pytest.raises(ml.VersionError, match="neither installed nor"):
+        ml.find_kernel_set(ml.SERIES["6.1"], apt=FakeApt(policy="linux-source-6.1:\n"))
+
+
+def test_the_6_12_series_finds_its_own_release() -> None:
+    madison = (
+        "linux-headers-6.12.117+deb12-amd64 | 6.12.117-1~deb12u1 | x\n"
+        "linux-headers-6.12.118+deb12-amd64 | 6.12.118-1~deb12u1 | x\n"
+    )
+    versions = ml.parse_versions(madison)
+    assert (
+        ml.release_for(ml.SERIES["6.12"], "6.12.118-1~deb12u1", versions) == "6.12.118+deb12-amd64"
+    )
+    with pytest.raises(ml.VersionError):
+        ml.release_for(ml.SERIES["6.1"], "6.12.118-1~deb12u1", versions)
+
+
+KSET = ml.KernelSet(ml.SERIES["6.1"], "6.1.192-3", "6.1.0-57-amd64")
+
+
+def test_parts_of_one_version_pass_and_a_mismatch_is_refused_naming_it() -> None:
+    good = [
+        ml.Found("source linux-source-6.1", "6.1.192-3"),
+        ml.Found("headers tree", "6.1.192-3", "6.1.0-57-amd64"),
+        ml.Found("image", "6.1.192-3", "6.1.0-57-amd64"),
+    ]
+    ml.check_kernel_set(KSET, good)
+    # the case this replaces: 6.1.192-3 source built against 6.1.192-2 (-56) headers
+    bad = [good[0], ml.Found("headers tree", "6.1.192-2", "6.1.0-56-amd64"), good[2]]
+    with pytest.raises(ml.VersionError) as exc:
+        ml.check_kernel_set(KSET, bad)
+    text = str(exc.value)
+    assert "headers tree: 6.1.0-56-amd64, Debian 6.1.192-2  <- differs" in text
+    assert "image: 6.1.0-57-amd64, Debian 6.1.192-3\n" in text + "\n"
+    assert "apt-get install linux-source-6.1=6.1.192-3" in text
+    # same Debian version, other release; and an unknown version
+    with pytest.raises(ml.VersionError):
+        ml.check_kernel_set(KSET, [ml.Found("image", "6.1.192-3", "6.1.0-57-cloud-amd64")])
+    with pytest.raises(ml.VersionError, match="unknown"):
+        ml.check_kernel_set(KSET, [ml.Found("source", None)])
+
+
+def fake_bzimage(path: Path, version: str) -> Path:
+    data = bytearray(0x4000)
+    data[0x202:0x206] = b"HdrS"
+    off = 0x3000
+    data[0x20E:0x210] = (off - 0x200).to_bytes(2, "little")
+    data[off : off + len(version) + 1] = version.encode() + b"\0"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_an_images_release_and_debian_version_come_from_its_setup_header(
+    tmp_path: Path,
+) -> None:
+    img = fake_bzimage(
+        tmp_path / "vmlinuz",
+        "6.1.0-57-amd64 (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC "
+        "Debian 6.1.192-3 (2026-11-26)",
+    )
+    assert ml.image_version(img) == ("6.1.0-57-amd64", "6.1.192-3")
+    own = fake_bzimage(tmp_path / "own", "6.1.0-57-amd64 (me@host) #2 SMP")
+    assert ml.image_version(own) == ("6.1.0-57-amd64", None)
+    (tmp_path / "junk").write_bytes(b"\0" * 0x1000)
+    assert ml.image_version(tmp_path / "junk") == (None, None)
+    # find_image refuses an image of another version than the headers
+    with pytest.raises(ml.VersionError, match="<- differs"):
+        ml.find_image(tmp_path, own, KSET)
+    assert ml.find_image(tmp_path, img, KSET) == img
+
+
+def test_headers_tree_version_and_the_installed_parts_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kset = ml.KernelSet(ml.SERIES["6.1"], "6.1.192-3", "6.1.0-57-amd64", usr_src=tmp_path)
+    gen = kset.headers / "include" / "generated"
+    gen.mkdir(parents=True)
+    (gen / "utsrelease.h").write_text('#define UTS_RELEASE "6.1.0-57-amd64"\n')
+    (gen / "package.h").write_text('#define LINUX_PACKAGE_ID " Debian 6.1.192-3"\n')
+    assert ml.headers_version(kset.headers) == ("6.1.0-57-amd64", "6.1.192-3")
+    versions = {"linux-source-6.1": "6.1.192-3", "linux-headers-6.1.0-57-amd64": "6.1.192-3"}
+    monkeypatch.setattr(ml, "installed_version", versions.get)
+    ml.check_build_parts(kset)
+    versions["linux-source-6.1"] = "6.1.192-2"  # the source floated, the headers did not
+    with pytest.raises(ml.VersionError, match="source linux-source-6.1: -, Debian 6.1.192-2"):
+        ml.check_build_parts(kset)
+    versions["linux-source-6.1"] = "6.1.192-3"
+    (gen / "package.h").write_text('#define LINUX_PACKAGE_ID " Debian 6.1.192-2"\n')
+    with pytest.raises(ml.VersionError, match="headers tree"):
+        ml.check_build_parts(kset)
+
+
+def test_source_makefile_version() -> None:
+    mk = "VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 192\nEXTRAVERSION =\n"
+    assert ml.source_makefile_version(mk) == "6.1.192"
+    assert ml.source_makefile_version("VERSION = 6\n") is None
+    assert KSET.upstream == "6.1.192"
+
+
+def test_main_refuses_a_mismatch_with_exit_3_before_building(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(ml, "Apt", FakeApt)
+    monkeypatch.setattr(ml, "ensure_packages", lambda kset: None)
+    monkeypatch.setattr(
+        ml,
+        "installed_version",
+        {"linux-source-6.1": "6.1.192-3", "linux-headers-6.1.0-57-amd64": "6.1.192-2"}.get,
+    )
+    built = []
+    monkeypatch.setattr(ml, "build", lambda *a, **k: built.append(a))
+    rc = ml.main(["--build-only", "--work", str(tmp_path)])
+    assert rc == ml.EXIT_ERROR
+    assert not built
+    err = capsys.readouterr().err
+    assert "refusing to build or boot" in err and "linux-headers-6.1.0-57-amd64" in err
+
+
+# ---------------------------------------------------------------- --record
+
+
+def test_record_writes_each_boots_bisect_json_gzipped_and_an_index(tmp_path: Path) -> None:
+    import gzip
+
+    doc = bisect_doc(steal__fresh_vm_main_thread="BROKEN")
+    m = ml.parse_patch(patch_text(), Path("demo.patch"))
+    boots = [
+        ml.Boot(1, doc, 30.0, 80.0, tmp_path / "log"),
+        ml.Boot(125, None, None, 10.0, tmp_path / "log"),
+    ]
+    dest = tmp_path / "corpus"
+    assert ml.record_name("demo", 1, 1) == "demo.json.gz"
+    p1 = ml.record_boot(dest, "demo", 1, 2, boots[0])
+    assert p1 == dest / "demo-1.json.gz"
+    assert json.loads(gzip.decompress(p1.read_bytes())) == doc
+    first = p1.read_bytes()
+    ml.record_boot(dest, "demo", 1, 2, boots[0])
+    assert p1.read_bytes() == first  # the same record gives the same bytes
+    assert ml.record_boot(dest, "demo", 2, 2, boots[1]) is None
+    assert not (dest / "demo-2.json.gz").exists()
+    row = ml.row_from_boots("demo", m, boots, 12.0)
+    ml.write_record_index(dest, [row], KSET, Path("/img"), {"demo": ["--scenario", "steal"]})
+    index = json.loads((dest / "index.json").read_text())
+    assert index["kernel"] == {
+        "series": "6.1",
+        "version": "6.1.192-3",
+        "release": "6.1.0-57-amd64",
+        "image": "/img",
+    }
+    (b,) = index["builds"]
+    assert b["records"] == ["demo-1.json.gz"]
+    assert b["exit_codes"] == [1, 125]
+    assert b["bisect_args"] == ["--scenario", "steal"]
+    assert b["mutant"]["must_catch"] == ["steal:fresh-vm/main-thread", "steal:cross-process"]
+    # a later run of another build on the same kernel keeps this one; of the same
+    # build replaces it; on another kernel starts a new index
+    ctl = ml.row_from_boots(ml.CONTROL, None, [boots[0]], 1.0)
+    ml.write_record_index(dest, [ctl], KSET, Path("/img"), {})
+    assert [b["build"] for b in json.loads((dest / "index.json").read_text())["builds"]] == [
+        "demo",
+        ml.CONTROL,
+    ]
+    row2 = ml.row_from_boots("demo", m, [boots[0]], 12.0)
+    ml.write_record_index(dest, [row2], KSET, Path("/img"), {})
+    builds = json.loads((dest / "index.json").read_text())["builds"]
+    assert [(b["build"], b["exit_codes"]) for b in builds] == [(ml.CONTROL, [1]), ("demo", [1])]
+    other = ml.KernelSet(ml.SERIES["6.1"], "6.1.192-4", "6.1.0-58-amd64")
+    ml.write_record_index(dest, [ctl], other, Path("/img"), {})
+    assert [b["build"] for b in json.loads((dest / "index.json").read_text())["builds"]] == [
+        ml.CONTROL
+    ]
