@@ -446,3 +446,24 @@ def test_a_phase_too_short_to_judge_alive_is_not_over_yet():
     dead.phases = [(0, len(dead.guest) - 1, 100_000_000)]
     violations, why_not = js.judge_records([dead], 30.0)
     assert checks.KIND_NOT_ALIVE in {v.kind for v in violations}, (violations, why_not)
+
+
+@pytest.mark.parametrize("last_pre_ms, judged", [(4, True), (3.999999, False)])
+def test_four_ms_of_waiting_is_enough_to_judge_alive(last_pre_ms, judged):
+    ms = 1_000_000
+    r = _following([(0, 0), (0, 0), (1 * ms, 1 * ms), (int(last_pre_ms * ms),) * 2])
+    violations, why = js.judge_records([r], 30.0)
+    assert violations == []
+    assert (why is None) is judged, why
+
+
+def test_what_held_names_each_vcpu_s_steal_across_the_boundary():
+    with_boundary = _quiet_vcpu(3, 1, index=0)
+    with_boundary.guest[1:] = [replace(s, value=2_000_000) for s in with_boundary.guest[1:]]
+    with_boundary.ctx[1] = js.RunCtx(10, 0, 0, 1_500_000)
+    no_boundary = _quiet_vcpu(3, 0, index=1)
+    past_the_end = _quiet_vcpu(3, 3, index=2)
+    text = js.describe([with_boundary, no_boundary, past_the_end], [])
+    assert text == (
+        "steal monotonic and within run_delay; vcpu0 5 us->2 ms (runner's run_delay 1.5 ms)"
+    )
