@@ -463,7 +463,9 @@ def test_what_held_names_each_vcpu_s_steal_across_the_boundary():
     with_boundary.ctx[1] = js.RunCtx(10, 0, 0, 1_500_000)
     no_boundary = _quiet_vcpu(3, 0, index=1)
     past_the_end = _quiet_vcpu(3, 3, index=2)
-    text = js.describe([with_boundary, no_boundary, past_the_end], [])
+    last = _quiet_vcpu(3, 2, index=3)
+    text = js.describe([with_boundary, no_boundary, past_the_end, last], [])
     assert text == (
-        "steal monotonic and within run_delay; vcpu0 5 us->2 ms (runner's run_delay 1.5 ms)"
+        "steal monotonic and within run_delay; vcpu0 5 us->2 ms (runner's run_delay 1.5 ms), "
+        "vcpu3 5 us->5 us (runner's run_delay 0 ns)"
     )
