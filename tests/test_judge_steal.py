@@ -469,3 +469,31 @@ def test_what_held_names_each_vcpu_s_steal_across_the_boundary():
         "steal monotonic and within run_delay; vcpu0 5 us->2 ms (runner's run_delay 1.5 ms), "
         "vcpu3 5 us->5 us (runner's run_delay 0 ns)"
     )
+
+
+def test_a_new_runner_thread_s_whole_run_delay_may_reach_the_guest_one_reading_late():
+    """KVM_RUN moves to thread 8 at reading 4; KVM's first update under it comes
+    in reading 5's KVM_RUN and charges thread 8's whole run_delay (50 ms); the
+    guest reads it at reading 6.  A good kernel: no violation.  (Fresh readings
+    run until one after the first update that differs from the area before the
+    new thread, not from the new thread's first reading.)"""
+    ms = 1_000_000
+    r = js.VcpuRecord(index=0, boundary=1, max_run_ns=1_000)
+    rows = [
+        # tid, pre, post, guest (value, version), host (value, version)
+        (7, 0, 0, (0, 2), (0, 2)),
+        (7, 5 * ms, 5 * ms, (5 * ms, 4), (5 * ms, 4)),
+        (7, 10 * ms, 10 * ms, (10 * ms, 6), (10 * ms, 6)),
+        (7, 15 * ms, 15 * ms, (15 * ms, 8), (15 * ms, 8)),
+        (8, 50 * ms, 50 * ms, (15 * ms, 8), (15 * ms, 8)),
+        (8, 50 * ms, 50 * ms, (15 * ms, 8), (65 * ms, 10)),
+        (8, 50 * ms, 50 * ms, (65 * ms, 10), (65 * ms, 10)),
+        (8, 55 * ms, 55 * ms, (70 * ms, 12), (70 * ms, 12)),
+        (8, 60 * ms, 60 * ms, (75 * ms, 14), (75 * ms, 14)),
+    ]
+    for i, (tid, pre, post, g, h) in enumerate(rows):
+        r.guest.append(Sample(1_000 * i, *g))
+        r.host.append(Sample(1_000 * i, *h))
+        r.ctx.append(js.RunCtx(tid, 0, pre, post))
+    assert [rd.fresh for rd in r.run_delays()][4:] == [True, True, True, False, False]
+    assert js.judge_records([r], 30.0) == ([], None)
