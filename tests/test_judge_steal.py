@@ -471,29 +471,54 @@ def test_what_held_names_each_vcpu_s_steal_across_the_boundary():
     )
 
 
+MS = 1_000_000
+#: tid, pre, post, guest (value, version), host (value, version)
+NEW_THREAD_ROWS = [
+    # tid, pre, post, guest (value, version), host (value, version)
+    (7, 0, 0, (0, 2), (0, 2)),
+    (7, 5 * MS, 5 * MS, (5 * MS, 4), (5 * MS, 4)),
+    (7, 10 * MS, 10 * MS, (10 * MS, 6), (10 * MS, 6)),
+    (7, 15 * MS, 15 * MS, (15 * MS, 8), (15 * MS, 8)),
+    (8, 50 * MS, 50 * MS, (15 * MS, 8), (15 * MS, 8)),
+    (8, 50 * MS, 50 * MS, (15 * MS, 8), (65 * MS, 10)),
+    (8, 50 * MS, 50 * MS, (65 * MS, 10), (65 * MS, 10)),
+    (8, 55 * MS, 55 * MS, (70 * MS, 12), (70 * MS, 12)),
+    (8, 60 * MS, 60 * MS, (75 * MS, 14), (75 * MS, 14)),
+]
+
+
+def _rows(rows) -> js.VcpuRecord:
+    r = js.VcpuRecord(index=0, boundary=1, max_run_ns=1_000)
+    for i, (tid, pre, post, g, h) in enumerate(rows):
+        r.guest.append(Sample(1_000 * i, *g))
+        r.host.append(Sample(1_000 * i, *h))
+        r.ctx.append(js.RunCtx(tid, 0, pre, post))
+    return r
+
+
 def test_a_new_runner_thread_s_whole_run_delay_may_reach_the_guest_one_reading_late():
     """KVM_RUN moves to thread 8 at reading 4; KVM's first update under it comes
     in reading 5's KVM_RUN and charges thread 8's whole run_delay (50 ms); the
     guest reads it at reading 6.  A good kernel: no violation.  (Fresh readings
     run until one after the first update that differs from the area before the
     new thread, not from the new thread's first reading.)"""
-    ms = 1_000_000
-    r = js.VcpuRecord(index=0, boundary=1, max_run_ns=1_000)
-    rows = [
-        # tid, pre, post, guest (value, version), host (value, version)
-        (7, 0, 0, (0, 2), (0, 2)),
-        (7, 5 * ms, 5 * ms, (5 * ms, 4), (5 * ms, 4)),
-        (7, 10 * ms, 10 * ms, (10 * ms, 6), (10 * ms, 6)),
-        (7, 15 * ms, 15 * ms, (15 * ms, 8), (15 * ms, 8)),
-        (8, 50 * ms, 50 * ms, (15 * ms, 8), (15 * ms, 8)),
-        (8, 50 * ms, 50 * ms, (15 * ms, 8), (65 * ms, 10)),
-        (8, 50 * ms, 50 * ms, (65 * ms, 10), (65 * ms, 10)),
-        (8, 55 * ms, 55 * ms, (70 * ms, 12), (70 * ms, 12)),
-        (8, 60 * ms, 60 * ms, (75 * ms, 14), (75 * ms, 14)),
-    ]
-    for i, (tid, pre, post, g, h) in enumerate(rows):
-        r.guest.append(Sample(1_000 * i, *g))
-        r.host.append(Sample(1_000 * i, *h))
-        r.ctx.append(js.RunCtx(tid, 0, pre, post))
+    r = _rows(NEW_THREAD_ROWS)
     assert [rd.fresh for rd in r.run_delays()][4:] == [True, True, True, False, False]
     assert js.judge_records([r], 30.0) == ([], None)
+
+
+def test_the_new_thread_s_charge_seen_at_its_stretch_s_last_reading_is_allowed():
+    """The same, with reading 6 the last under thread 8 (the run then ends):
+    the guest's reading of the charge is still fresh."""
+    violations, _why = js.judge_records([_rows(NEW_THREAD_ROWS[:7])], 30.0)
+    assert violations == []
+
+
+def test_a_steal_clock_that_stops_at_a_change_of_runner_thread_is_caught():
+    """KVM never updates the area under thread 8, though it waited 40 ms."""
+    rows = [*NEW_THREAD_ROWS[:4]]
+    for pre in (20, 30, 40, 50, 60):
+        rows.append((8, pre * MS, pre * MS, (15 * MS, 8), (15 * MS, 8)))
+    violations, _why = js.judge_records([_rows(rows)], 30.0)
+    assert {v.kind for v in violations} == {checks.KIND_NOT_ALIVE}
+    assert {v.index for v in violations} == {8}
