@@ -522,3 +522,21 @@ def test_a_steal_clock_that_stops_at_a_change_of_runner_thread_is_caught():
     violations, _why = js.judge_records([_rows(rows)], 30.0)
     assert {v.kind for v in violations} == {checks.KIND_NOT_ALIVE}
     assert {v.index for v in violations} == {8}
+
+
+def test_a_steal_clock_that_stops_at_the_boundary_is_caught_after_a_long_first_phase():
+    """cancelled-save's shape, one runner thread: phase A waited 100 ms and steal
+    followed; phase B waited 6 ms and steal stood still.  Over both phases steal
+    grew 94% of the waiting; judged per phase, B is dead."""
+    rows = []
+    for i, pre in enumerate((0, 25, 50, 75, 100)):
+        rows.append((7, pre * MS, pre * MS, (pre * MS, 2 * i + 2), (pre * MS, 2 * i + 2)))
+    for i, pre in enumerate((101, 103, 105, 107), start=5):
+        rows.append((7, pre * MS, pre * MS, (100 * MS, 2 * i + 2), (100 * MS, 2 * i + 2)))
+    r = _rows(rows)
+    r.boundary = 5
+    r.phases = [(0, 4, 100 * MS), (5, 8, 100 * MS)]
+    violations, _why = js.judge_records([r], 30.0)
+    assert {v.kind for v in violations} == {checks.KIND_NOT_ALIVE}
+    r.phases = []
+    assert js.judge_records([r], 30.0) == ([], None), "judged whole, it holds"
