@@ -540,3 +540,28 @@ def test_a_steal_clock_that_stops_at_the_boundary_is_caught_after_a_long_first_p
     assert {v.kind for v in violations} == {checks.KIND_NOT_ALIVE}
     r.phases = []
     assert js.judge_records([r], 30.0) == ([], None), "judged whole, it holds"
+
+
+def test_every_vcpu_s_violations_are_kept_and_named_by_their_series():
+    """vcpu0's guest view decreases, shows an odd version and grows past
+    run_delay; vcpu1 is clean and vcpu2 was stopped in KVM_RUN having spun.
+    Each violation names the vCPU and the view it was found in."""
+    bad = _rows(NEW_THREAD_ROWS[:4])
+    g = bad.guest
+    g[2] = replace(g[2], value=g[1].value - 1)  # decrease at 2 (guest view only)
+    g[3] = replace(g[3], version=7)  # odd version at 3
+    bad.host[3] = replace(bad.host[3], value=bad.host[3].value + 50 * MS)  # over run_delay
+    clean = _rows(NEW_THREAD_ROWS)
+    clean.index = 1
+    stuck = _rows(NEW_THREAD_ROWS)
+    stuck.index = 2
+    stuck.stuck = js.Stuck(rip=0x10, waited_ns=2_000 * MS, cpu_ns=1_900 * MS, queued_ns=0)
+    violations, _why = js.judge_records([bad, clean, stuck], 2.0)
+    found = {(v.kind, v.series) for v in violations}
+    assert (checks.KIND_DECREASE, "vcpu0") in found
+    assert (checks.KIND_ODD_VERSION, "vcpu0") in found
+    assert (checks.KIND_OVER_RUN_DELAY, "vcpu0/host") in found
+    assert not {s for _k, s in found} & {"vcpu1", "vcpu1/host"}
+    assert [(v.series, v.index) for v in violations if v.kind == checks.KIND_STUCK] == [
+        ("vcpu2", len(stuck.guest))
+    ]
