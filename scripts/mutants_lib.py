@@ -326,6 +326,10 @@ CAUGHT, MISSED, ERROR, HOLDS, FALSE_ALARM = "caught", "missed", "error", "holds"
 # the promise cannot be tested on this platform (e.g. frequency without
 # KVM_CAP_TSC_CONTROL): no verdict either way, and no false alarm of the control
 UNTESTABLE = "untestable"
+# a lasting property of the host rules the promise out (no master clock, a
+# capability absent): on the control no false alarm; on a mutant no kill, so a
+# Must-catch cell that says it is a gap (a lost capability must not read green)
+NOT_SUPPORTED = "not supported"
 GREEN = {CAUGHT, HOLDS}
 
 
@@ -377,7 +381,7 @@ class Row:
             bad = [
                 c
                 for c in columns
-                if self.cells.get(c, Cell(ERROR)).state not in (HOLDS, UNTESTABLE)
+                if self.cells.get(c, Cell(ERROR)).state not in (HOLDS, UNTESTABLE, NOT_SUPPORTED)
             ]
             return "ok" if not bad else f"NOT GREEN: {', '.join(bad)}"
         gaps = self.gaps(columns, red)
@@ -390,7 +394,8 @@ def columns_of(results: Iterable[dict[str, Any]]) -> list[str]:
     for r in results:
         if r.get("kind", "promise") != "promise":
             continue
-        col = f"{r.get('scenario', '?')}:{r.get('strategy') or r.get('variant') or '?'}"
+        fam = r.get("family") or r.get("scenario") or "?"  # schema 2 names the family
+        col = f"{fam}:{r.get('variant') or r.get('strategy') or '?'}"
         if col not in out:
             out.append(col)
     return out
@@ -412,6 +417,8 @@ def cells_from_bisect(doc: dict[str, Any] | None, *, control: bool) -> dict[str,
             state = HOLDS if control else MISSED
         elif verdict == "untestable":
             state = UNTESTABLE
+        elif verdict == "not supported":
+            state = NOT_SUPPORTED
         else:
             state = ERROR
         cell = Cell(
@@ -446,7 +453,7 @@ def merge_cells(cells: Sequence[Cell]) -> Cell:
     runs = sum(c.runs for c in cells)
     hits = sum(c.hits for c in cells)
     states = [c.state for c in cells]
-    for want in (CAUGHT, FALSE_ALARM, MISSED, HOLDS, UNTESTABLE):
+    for want in (CAUGHT, FALSE_ALARM, MISSED, HOLDS, UNTESTABLE, NOT_SUPPORTED):
         if want in states:
             first = next(c for c in cells if c.state == want)
             return Cell(want, first.verdict, first.observed, runs, hits)
@@ -505,7 +512,12 @@ def render_matrix(
         line.append(",".join(str(e) for e in r.exit_codes) or "-")
         line.append(r.status(cols, red))
         body.append(line)
-    headers = ["build", *[_column_header(c) for c in cols], "exit", "status"]
+    if tablefmt == "github":  # one header line: the variant, its family where they differ
+        fams = {c.partition(":")[0] for c in cols}
+        heads = [(c if len(fams) > 1 else c.partition(":")[2]).replace("/", "/ ") for c in cols]
+    else:
+        heads = [_column_header(c) for c in cols]
+    headers = ["build", *heads, "exit", "status"]
     legend = (
         "caught: a promise broke on the mutant; missed: it held; holds: the control "
         "kept it;\n* the mutant's header says this scenario must catch it "
@@ -1341,6 +1353,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--list", action="store_true", help="list the mutants and their headers")
     p.add_argument("--build-only", action="store_true", help="build, do not boot")
     p.add_argument("--render", metavar="FILE", help="print the matrix of a saved --json")
+    p.add_argument(
+        "--markdown", action="store_true", help="with --render: a Markdown table (for README)"
+    )
     p.add_argument("--json", metavar="FILE", help="write the matrix as JSON")
     p.add_argument(
         "--work",
@@ -1521,8 +1536,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.render:
         doc = json.loads(Path(ns.render).read_text())
         rows = rescore(Path(ns.render).parent, rows_from_json(doc, mutants))
-        print(render_matrix(rows, doc.get("columns")))
-        return matrix_exit(rows, doc.get("columns"))
+        cols = matrix_columns(rows)  # from the cells: a rescore may name them anew
+        print(render_matrix(rows, cols, "github" if ns.markdown else "simple"))
+        return matrix_exit(rows, cols)
     if ns.only:
         want = [n.strip() for n in ns.only.split(",") if n.strip()]
         unknown = [n for n in want if n not in {m.name for m in mutants}]

@@ -655,3 +655,45 @@ def test_record_writes_each_boots_bisect_json_gzipped_and_an_index(tmp_path: Pat
     assert [b["build"] for b in json.loads((dest / "index.json").read_text())["builds"]] == [
         ml.CONTROL
     ]
+
+
+def test_schema_2_records_name_family_and_variant_and_not_supported_is_no_kill() -> None:
+    """``kvmharness bisect --json`` of schema 2 says family/variant (not
+    scenario/strategy) and may say "not supported"."""
+    doc = {
+        "results": [
+            {"family": "clock", "variant": "updates", "kind": "promise", "verdict": v}
+            for v in ("not supported",)
+        ]
+        + [
+            {
+                "family": "clock",
+                "variant": "restore/downtime",
+                "kind": "promise",
+                "verdict": "holds",
+            },
+            {"family": "postcopy", "variant": "postcopy/stream", "verdict": "BROKEN"},
+        ]
+    }
+    assert ml.columns_of(doc["results"]) == [
+        "clock:updates",
+        "clock:restore/downtime",
+        "postcopy:postcopy/stream",
+    ]
+    ctl = ml.cells_from_bisect(doc, control=True)
+    mut = ml.cells_from_bisect(doc, control=False)
+    assert ctl["clock:updates"].state == ml.NOT_SUPPORTED
+    assert mut["clock:updates"].state == ml.NOT_SUPPORTED
+    assert mut["postcopy:postcopy/stream"].state == ml.CAUGHT
+    m = ml.parse_patch(
+        patch_text(
+            HEADER.replace("steal:fresh-vm/main-thread, steal:cross-process", "clock:updates")
+        )
+    )
+    ctl["postcopy:postcopy/stream"] = ml.Cell(ml.HOLDS, "holds")
+    rows = [ml.Row(ml.CONTROL, ctl, [0]), ml.Row("demo", mut, [0], m)]
+    cols = ml.matrix_columns(rows)
+    assert rows[0].status(cols) == "ok"  # not supported on the control is no false alarm
+    # but a mutant that turns its Must-catch promise "not supported" is not caught
+    assert rows[1].status(cols).startswith("GAP: clock:updates")
+    assert ml.matrix_exit(rows) == ml.EXIT_GAP
