@@ -565,3 +565,36 @@ def test_every_vcpu_s_violations_are_kept_and_named_by_their_series():
     assert [(v.series, v.index) for v in violations if v.kind == checks.KIND_STUCK] == [
         ("vcpu2", len(stuck.guest))
     ]
+
+
+def test_what_a_broken_run_says_counts_each_kind():
+    bad = _rows(NEW_THREAD_ROWS[:4])
+    bad.guest[2] = replace(bad.guest[2], value=bad.guest[1].value - 1)
+    bad.guest[3] = replace(bad.guest[3], version=7)
+    bad.host[3] = replace(bad.host[3], value=bad.host[3].value + 50 * MS)
+    violations, _why = js.judge_records([bad], 2.0)
+    assert js.describe([bad], violations).startswith(
+        "decrease x1, odd-version x1, over-run-delay x2; first: vcpu0[2] steal went from "
+    )
+
+
+def test_an_error_record_says_why_it_could_not_run():
+    record = {**PROMISES[0], "error": "KVM_SET_MSRS failed", "blame": "kernel", "records": []}
+    j = js.judge(record)
+    assert (j.verdict, j.observed, j.violations) == (
+        Verdict.BROKEN,
+        "could not run (kernel): KVM_SET_MSRS failed",
+        [],
+    )
+    characterize = next(r for r in RECORDS if js.KINDS[r["variant"]] is Kind.CHARACTERIZE)
+    record = {**characterize, "error": "KVM_SET_MSRS failed", "blame": "kernel", "records": []}
+    assert js.judge(record).verdict is Verdict.CHARACTERIZED
+
+
+def test_an_unknown_variant_is_refused_naming_the_known_ones():
+    with pytest.raises(RecordError) as exc:
+        js.judge({**PROMISES[0], "variant": "no-such-variant"})
+    assert str(exc.value) == (
+        "steal record of unknown variant 'no-such-variant' (known: " + ", ".join(js.KINDS) + ")"
+    )
+    assert "fresh-vm/vcpu-thread, fresh-vm/main-thread, " in str(exc.value)
