@@ -266,6 +266,11 @@ def exit_code(
     return verdict_of(results, known, named)[0]
 
 
+#: What ends a run whose scenario hung (set by :func:`run_cli` around its
+#: :func:`run_matrix`, so a test may replace ``run_matrix`` with any callable).
+_ON_HANG: list[Any] = []
+
+
 def hung_result(f: Any, v: str, n: int, options: Any, threads: list[Any], window_ns: int) -> Any:
     """The result of scenario ``f``/``v`` at ``n`` vCPUs that never returned:
     its record keeps the threads the hang guard read, and the same judge
@@ -313,7 +318,8 @@ def run_matrix(
     one that has not returned by its deadline has its threads judged, and
     ``on_hang(results)`` is called from the guard's thread with the results
     so far and the hung one last; it must end the process (the scenario's
-    threads may sleep in the kernel for ever).  None: log and exit 128."""
+    threads may sleep in the kernel for ever).  None: the one ``run_cli`` set
+    (:data:`_ON_HANG`), else log and exit 128."""
     from kvmharness.host.hangguard import HangGuard, die, scenario_deadline_s
     from kvmharness.kvm import Kvm
 
@@ -339,6 +345,7 @@ def run_matrix(
             "families support (" + ", ".join(f"{f.name} {f.max_vcpus}" for f, _ in plan) + ")"
         )
     deadline = scenario_deadline_s(options.budget_s, options.contend_ms, options.downtime_ms)
+    on_hang = on_hang or (_ON_HANG[-1] if _ON_HANG else None)
 
     def guard(f: Any, v: str, n: int) -> HangGuard:
         def hung(threads: list[Any], window_ns: int) -> None:
@@ -512,9 +519,12 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
         die(code)
 
     try:
-        results = run_matrix(plan, vcpus, options, progress, on_hang)
+        _ON_HANG.append(on_hang)
+        results = run_matrix(plan, vcpus, options, progress)
     except KvmUnavailable as exc:
         raise Untestable(str(exc)) from None
+    finally:
+        _ON_HANG.remove(on_hang)
     return finish(results, time.monotonic() - t0)
 
 
