@@ -1211,20 +1211,33 @@ def boot(
     return Boot(rc, doc, boot_s, step, log_path)
 
 
-def record_name(build: str, attempt: int, runs: int) -> str:
-    """The corpus file of one boot: BUILD.json.gz, or BUILD-N.json.gz when a
-    build boots more than once."""
-    return f"{build}.json.gz" if runs == 1 else f"{build}-{attempt}.json.gz"
+def families_of(doc: dict[str, Any] | None) -> list[str]:
+    """The scenario families a ``kvmharness bisect --json`` record ran."""
+    return sorted(
+        {
+            str(r.get("family") or r.get("scenario"))
+            for r in (doc or {}).get("results", [])
+            if r.get("family") or r.get("scenario")
+        }
+    )
+
+
+def record_name(build: str, attempt: int, runs: int, families: Sequence[str]) -> str:
+    """The corpus file of one boot: BUILD.FAMILIES.json.gz (``control.clock+postcopy``),
+    BUILD.FAMILIES-N.json.gz when a build boots more than once.  The families are in
+    the name because the control boots once per set of families a run's mutants
+    name, and one must not overwrite the other."""
+    base = f"{build}.{'+'.join(families) or 'none'}"
+    return f"{base}.json.gz" if runs == 1 else f"{base}-{attempt}.json.gz"
 
 
 def record_boot(dest: Path, build: str, attempt: int, runs: int, b: Boot) -> Path | None:
     """Write one boot's ``kvmharness bisect --json`` record, unchanged, gzipped
     (mtime 0: the same record gives the same bytes).  None when the boot gave
     no record (its exit code goes in the index)."""
-    path = dest / record_name(build, attempt, runs)
     if b.doc is None:
-        path.unlink(missing_ok=True)
         return None
+    path = dest / record_name(build, attempt, runs, families_of(b.doc))
     dest.mkdir(parents=True, exist_ok=True)
     data = json.dumps(b.doc, separators=(",", ":"), sort_keys=True).encode()
     tmp = path.with_name(path.name + ".tmp")
@@ -1240,12 +1253,14 @@ def write_record_index(
     kset: KernelSet,
     image: Path,
     args_of: dict[str, list[str]],
+    recorded: dict[str, list[str]],
 ) -> None:
-    """DIR/index.json: the kernel the records were taken on and, per build, its
-    mutant header (Must-catch), the ``kvmharness bisect`` arguments, exit codes,
-    status and record files.  Builds of an earlier run on the same kernel that
-    this run did not boot are kept (a corpus refreshed a few builds at a time);
-    an index of another kernel is replaced."""
+    """DIR/index.json: the kernel the records were taken on and, per build and
+    run, its mutant header (Must-catch), the ``kvmharness bisect`` arguments,
+    exit codes, status and record files (``recorded``: build -> file names).
+    Entries of an earlier run on the same kernel are kept unless this run
+    booted the same build with the same arguments (a corpus refreshed a few
+    builds at a time); an index of another kernel is replaced."""
     kernel = {
         "series": kset.series.name,
         "version": kset.version,
@@ -1254,8 +1269,8 @@ def write_record_index(
     }
     cols = matrix_columns(rows)
     red = red_columns(rows, cols)
-    fresh = {
-        r.name: {
+    fresh = [
+        {
             "build": r.name,
             "mutant": r.mutant.header() if r.mutant else None,
             "bisect_args": args_of.get(r.name, []),
@@ -1263,20 +1278,21 @@ def write_record_index(
             "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "exit_codes": r.exit_codes,
             "status": r.status(cols, red),
-            "records": [
-                n
-                for i in range(1, len(r.exit_codes) + 1)
-                if (dest / (n := record_name(r.name, i, len(r.exit_codes)))).exists()
-            ],
+            "records": list(recorded.get(r.name, [])),
         }
         for r in rows
-    }
+    ]
+    keys = {(b["build"], tuple(b["bisect_args"])) for b in fresh}
     builds: list[dict[str, Any]] = []
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         old = json.loads((dest / "index.json").read_text())
         if old["kernel"] == kernel:
-            builds = [b for b in old["builds"] if b["build"] not in fresh]
-    doc = {"kernel": kernel, "builds": builds + list(fresh.values())}
+            builds = [
+                b
+                for b in old["builds"]
+                if (b["build"], tuple(b.get("bisect_args", []))) not in keys
+            ]
+    doc = {"kernel": kernel, "builds": builds + fresh}
     dest.mkdir(parents=True, exist_ok=True)
     tmp = dest / "index.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
@@ -1387,8 +1403,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--record",
         metavar="DIR",
         type=Path,
-        help="write each boot's `kvmharness bisect --json` record to DIR/BUILD.json.gz "
-        "(BUILD-N.json.gz with --runs N>1) and DIR/index.json (builds, headers, kernel)",
+        help="write each boot's `kvmharness bisect --json` record to "
+        "DIR/BUILD.FAMILIES.json.gz (BUILD.FAMILIES-N.json.gz with --runs N>1) and "
+        "DIR/index.json (kernel; per build and run: header, arguments, exits, files)",
     )
     p.add_argument("--runs", type=int, default=1, help="boots per build (default 1)")
     p.add_argument(
@@ -1593,6 +1610,7 @@ def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None], kset: KernelSe
     log(f"booting {len(built)} build(s) x {ns.runs} in {image}; logs in {run_dir}")
     rows: list[Row] = []
     args_of: dict[str, list[str]] = {}
+    recorded: dict[str, list[str]] = {}
     for m, d, secs, err in built:
         name = m.name if m else CONTROL
         if d is None:
@@ -1616,10 +1634,12 @@ def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None], kset: KernelSe
             log(f"  {name}: exit {b.exit_code} after {b.step_s:.0f} s (boot {b.boot_s or 0:.0f} s)")
             boots.append(b)
             if ns.record is not None:
-                record_boot(ns.record, name, i + 1, ns.runs, b)
+                rec = record_boot(ns.record, name, i + 1, ns.runs, b)
+                if rec is not None:
+                    recorded.setdefault(name, []).append(rec.name)
         rows.append(row_from_boots(name, m, boots, secs))
         if ns.record is not None:
-            write_record_index(ns.record, rows, kset, image, args_of)
+            write_record_index(ns.record, rows, kset, image, args_of, recorded)
         _save(ns, rows, run_dir, image, kset, t_all, partial=True)
     text = render_matrix(rows)
     print(text)

@@ -609,23 +609,26 @@ def test_record_writes_each_boots_bisect_json_gzipped_and_an_index(tmp_path: Pat
     import gzip
 
     doc = bisect_doc(steal__fresh_vm_main_thread="BROKEN")
+    clock_doc = {"results": [{"family": "clock", "variant": "updates", "verdict": "holds"}]}
     m = ml.parse_patch(patch_text(), Path("demo.patch"))
     boots = [
         ml.Boot(1, doc, 30.0, 80.0, tmp_path / "log"),
         ml.Boot(125, None, None, 10.0, tmp_path / "log"),
     ]
     dest = tmp_path / "corpus"
-    assert ml.record_name("demo", 1, 1) == "demo.json.gz"
+    assert ml.families_of(doc) == ["steal"]
+    assert ml.record_name("demo", 1, 1, ["steal"]) == "demo.steal.json.gz"
     p1 = ml.record_boot(dest, "demo", 1, 2, boots[0])
-    assert p1 == dest / "demo-1.json.gz"
+    assert p1 == dest / "demo.steal-1.json.gz"
     assert json.loads(gzip.decompress(p1.read_bytes())) == doc
     first = p1.read_bytes()
     ml.record_boot(dest, "demo", 1, 2, boots[0])
     assert p1.read_bytes() == first  # the same record gives the same bytes
     assert ml.record_boot(dest, "demo", 2, 2, boots[1]) is None
-    assert not (dest / "demo-2.json.gz").exists()
     row = ml.row_from_boots("demo", m, boots, 12.0)
-    ml.write_record_index(dest, [row], KSET, Path("/img"), {"demo": ["--scenario", "steal"]})
+    ml.write_record_index(
+        dest, [row], KSET, Path("/img"), {"demo": ["--scenario", "steal"]}, {"demo": [p1.name]}
+    )
     index = json.loads((dest / "index.json").read_text())
     assert index["kernel"] == {
         "series": "6.1",
@@ -634,24 +637,39 @@ def test_record_writes_each_boots_bisect_json_gzipped_and_an_index(tmp_path: Pat
         "image": "/img",
     }
     (b,) = index["builds"]
-    assert b["records"] == ["demo-1.json.gz"]
+    assert b["records"] == ["demo.steal-1.json.gz"]
     assert b["exit_codes"] == [1, 125]
     assert b["bisect_args"] == ["--scenario", "steal"]
     assert b["mutant"]["must_catch"] == ["steal:fresh-vm/main-thread", "steal:cross-process"]
-    # a later run of another build on the same kernel keeps this one; of the same
-    # build replaces it; on another kernel starts a new index
+    # the control booted for clock in one run and for steal in another: two
+    # records, two entries, neither overwrites the other
+    c1 = ml.record_boot(dest, ml.CONTROL, 1, 1, ml.Boot(0, clock_doc, 1.0, 2.0, tmp_path))
+    c2 = ml.record_boot(dest, ml.CONTROL, 1, 1, boots[0])
+    assert (c1.name, c2.name) == ("control.clock.json.gz", "control.steal.json.gz")
     ctl = ml.row_from_boots(ml.CONTROL, None, [boots[0]], 1.0)
-    ml.write_record_index(dest, [ctl], KSET, Path("/img"), {})
-    assert [b["build"] for b in json.loads((dest / "index.json").read_text())["builds"]] == [
-        "demo",
-        ml.CONTROL,
-    ]
-    row2 = ml.row_from_boots("demo", m, [boots[0]], 12.0)
-    ml.write_record_index(dest, [row2], KSET, Path("/img"), {})
+    for args, rec in ((["-s", "clock"], c1.name), (["-s", "steal"], c2.name)):
+        ml.write_record_index(
+            dest, [ctl], KSET, Path("/img"), {ml.CONTROL: args}, {ml.CONTROL: [rec]}
+        )
     builds = json.loads((dest / "index.json").read_text())["builds"]
-    assert [(b["build"], b["exit_codes"]) for b in builds] == [(ml.CONTROL, [1]), ("demo", [1])]
+    assert [(b["build"], b["records"]) for b in builds] == [
+        ("demo", ["demo.steal-1.json.gz"]),
+        (ml.CONTROL, ["control.clock.json.gz"]),
+        (ml.CONTROL, ["control.steal.json.gz"]),
+    ]
+    # the same build with the same arguments replaces its entry
+    ml.write_record_index(
+        dest, [ctl], KSET, Path("/img"), {ml.CONTROL: ["-s", "steal"]}, {ml.CONTROL: []}
+    )
+    builds = json.loads((dest / "index.json").read_text())["builds"]
+    assert [b["records"] for b in builds] == [
+        ["demo.steal-1.json.gz"],
+        ["control.clock.json.gz"],
+        [],
+    ]
+    # an index of another kernel is replaced
     other = ml.KernelSet(ml.SERIES["6.1"], "6.1.192-4", "6.1.0-58-amd64")
-    ml.write_record_index(dest, [ctl], other, Path("/img"), {})
+    ml.write_record_index(dest, [ctl], other, Path("/img"), {}, {})
     assert [b["build"] for b in json.loads((dest / "index.json").read_text())["builds"]] == [
         ml.CONTROL
     ]
