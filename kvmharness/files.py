@@ -48,11 +48,28 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:
-    text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
+    """``payload`` as JSON at ``path`` (``-``: stdout), atomically.
+
+    A run's records are series of integers: written one key and one result per
+    line, without indentation inside a result, a default run is about 0.45 MB
+    rather than 1.7 MB (``jq .`` shows it indented)."""
+    text = _dumps_lines(payload) + "\n"
     if path == "-":
         print(text, end="")
     else:
         atomic_write_text(path, text)
+
+
+def _dumps_lines(payload: dict[str, Any]) -> str:
+    """Top-level keys one per line; a list of objects one object per line."""
+    parts = []
+    for key, value in payload.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            inner = ",\n".join("  " + json.dumps(v, separators=(",", ":")) for v in value)
+            parts.append(f"{json.dumps(key)}: [\n{inner}\n ]")
+        else:
+            parts.append(f"{json.dumps(key)}: {json.dumps(value, separators=(',', ':'))}")
+    return "{\n " + ",\n ".join(parts) + "\n}" if parts else "{}"
 
 
 def save_figure(fig: Any, path: str) -> None:

@@ -272,8 +272,9 @@ def load(path: str | None = None, *, today: dt.date | None = None) -> list[Known
 def find(
     issues: Sequence[KnownIssue], scenario: str, host: Host, today: dt.date | None = None
 ) -> KnownIssue | None:
-    """The first entry, not overdue, that covers ``scenario`` on ``host`` (pytest
-    marks such a test xfail: it cannot tell violation kinds apart)."""
+    """The first entry, not overdue, that covers ``scenario`` on ``host`` (the
+    pytest plugin marks such a test xfail, then lets a failure stand as xfail
+    only where :func:`match_broken` says its kinds are excused)."""
     return next((k for k in issues if k.matches(scenario, host) and not k.overdue(today)), None)
 
 
@@ -351,19 +352,46 @@ def classify(
             if hits and r.verdict == Verdict.HOLDS:
                 m = Match(Status.FIXED, hits[0])
             elif hits:
-                kinds = kinds_of(r)
-                live = [k for k in hits if not k.overdue(today)]
-                full = next((k for k in live if not k.unexcused(kinds)), None)
-                if full is not None:
-                    m = Match(Status.KNOWN_BROKEN, full)
-                elif live:
-                    # the entry that excuses the most of what was found names the rest
-                    best = min(live, key=lambda k: len(k.unexcused(kinds)))
-                    m = Match(Status.NOT_EXCUSED, best, tuple(best.unexcused(kinds)))
-                else:
-                    m = Match(Status.OVERDUE, hits[0])
+                m = match_broken(hits, kinds_of(r), today)
         out.append(m)
     return out
+
+
+def match_broken(
+    hits: Sequence[KnownIssue], kinds: Iterable[str], today: dt.date | None = None
+) -> Match:
+    """What the entries ``hits`` (each covering the scenario and host, at least
+    one) make of a promise that broke with violations of ``kinds``:
+    known-broken when one entry, not overdue, excuses every kind; else not
+    excused (naming the kinds the closest entry leaves out), or overdue."""
+    if not hits:
+        raise ValueError("match_broken needs at least one matching entry")
+    kinds = sorted(set(kinds)) or [KIND_KERNEL_ERROR]
+    live = [k for k in hits if not k.overdue(today)]
+    full = next((k for k in live if not k.unexcused(kinds)), None)
+    if full is not None:
+        return Match(Status.KNOWN_BROKEN, full)
+    if live:
+        # the entry that excuses the most of what was found names the rest
+        best = min(live, key=lambda k: len(k.unexcused(kinds)))
+        return Match(Status.NOT_EXCUSED, best, tuple(best.unexcused(kinds)))
+    return Match(Status.OVERDUE, hits[0])
+
+
+class PromiseBroken(AssertionError):
+    """A test's promise broke, with the violation kinds it found.
+
+    What :func:`kvmharness.testing.assert_holds` raises for a BROKEN result (a
+    test may raise it itself).  Under ``@pytest.mark.kvm_scenario`` the pytest
+    plugin reads :attr:`kinds` to apply the known issues as ``run`` does: the
+    test is xfail only where an entry excuses every kind; a failure with any
+    other kind, or any other exception, fails."""
+
+    def __init__(self, message: str, kinds: Iterable[str], scenario: str | None = None) -> None:
+        super().__init__(message)
+        self.kinds: tuple[str, ...] = tuple(sorted(set(kinds))) or (KIND_KERNEL_ERROR,)
+        self.scenario = scenario
+        """The "family/variant" that broke (None: the one the test is marked with)."""
 
 
 def scenario_id(family: str, variant: str) -> str:

@@ -6,16 +6,28 @@ when ``KVMHARNESS_REQUIRE_KVM=1`` (CI on KVM hosts sets it), so a broken
 KVM setup can never pass as a run of skips.
 
 Known issues: a test marked ``@pytest.mark.kvm_scenario("clock/tsc/msr")``
-(the "family/variant" it asserts holds) becomes a *strict* xfail where the
-known-issues file (the shipped one, or ``--kvmharness-known FILE``) says
-that promise breaks on this host; if it passes there, the strict xfail
-fails the run, as ``kvmharness run`` reports "fixed?".
+(the "family/variant" it asserts holds) is judged as ``kvmharness run``
+judges that promise, with the known-issues file (the shipped one, or
+``--kvmharness-known FILE``):
+
+* where an entry (not overdue) covers the scenario on this host, the test is
+  a *strict* xfail, and stays one only if it fails with a
+  :class:`kvmharness.known.PromiseBroken` (what
+  :func:`kvmharness.testing.assert_holds` raises for a BROKEN result) whose
+  every violation kind an entry excuses.  A failure with another kind
+  (``decode-mismatch`` where the entry excuses ``tsc-not-applied``), of
+  another scenario, or any other exception (a plain ``assert``, a fixture
+  error: no kinds to excuse) FAILS, with the reason in its report;
+* if it passes there, the strict xfail fails the run, as ``run`` reports
+  "fixed?"; so does a pass where only an overdue entry covers it (an
+  overdue entry excuses nothing: a failure there fails as it is).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,15 +88,81 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     issues = load(config.getoption("--kvmharness-known", default=None))
     host = Host.this()
     for item, scenario in marked:
-        issue = find(issues, scenario, host)
+        hits = [k for k in issues if k.matches(scenario, host)]
+        if not hits:
+            continue
+        issue = find(hits, scenario, host)
+        reason = ""
         if issue is not None:
-            item.add_marker(
-                pytest.mark.xfail(
-                    strict=True,
-                    reason=f"known-broken on {host.backend} {host.kernel_release}: "
-                    f"{issue.describe()}",
-                )
+            reason = (
+                f"known-broken on {host.backend} {host.kernel_release}: {issue.describe()}; "
+                f"excuses {', '.join(sorted(issue.kinds))}"
             )
+            item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
+        item.stash[_KNOWN] = _Known(scenario, hits, reason)
+
+
+@dataclass(frozen=True)
+class _Known:
+    """The known issues covering a kvm_scenario test on this host."""
+
+    scenario: str
+    hits: list[Any]  # KnownIssue
+    reason: str  # the xfail reason ("" where every entry is overdue: no xfail)
+
+
+_KNOWN = pytest.StashKey[_Known]()
+
+
+def _not_excused(known: _Known, exc: BaseException) -> str | None:
+    """Why a failure of a test its known issues xfail is not excused (None: it is)."""
+    from kvmharness.known import PromiseBroken, match_broken
+
+    if not isinstance(exc, PromiseBroken):
+        return (
+            f"not excused: the test failed with {type(exc).__name__}, which names no "
+            f"violation kinds; a known issue excuses only a broken promise of the kinds "
+            f"it lists (kvmharness.testing.assert_holds(result) raises PromiseBroken)"
+        )
+    if exc.scenario is not None and exc.scenario != known.scenario:
+        return (
+            f"not excused: {exc.scenario} broke, and the test is marked "
+            f"kvm_scenario({known.scenario!r})"
+        )
+    m = match_broken(known.hits, exc.kinds)
+    return None if m.excused else m.explain()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Runs after pytest's xfail handling: a kvm_scenario failure it made an
+    xfail stays one only if a known issue excuses every violation kind; a pass
+    where only an overdue entry covers the scenario is "fixed?"."""
+    rep = yield
+    known = item.stash.get(_KNOWN, None)
+    if known is None or item.config.option.runxfail:
+        return rep
+    if (
+        call.excinfo is not None
+        and rep.skipped
+        and getattr(rep, "wasxfail", None) == known.reason
+        and not isinstance(call.excinfo.value, (pytest.skip.Exception, pytest.xfail.Exception))
+    ):
+        why = _not_excused(known, call.excinfo.value)
+        if why is None:
+            rep.wasxfail = f"{known.reason} (failed with excused kinds only)"
+        else:
+            rep.outcome = "failed"
+            del rep.wasxfail
+            rep.sections.append(("kvmharness known issues", why))
+    elif not known.reason and call.when == "call" and rep.passed:
+        rep.outcome = "failed"
+        rep.longrepr = (
+            f"[fixed?] the promise held, but known issue {known.hits[0].id} says it breaks "
+            f"here (its re-check date {known.hits[0].recheck} has passed): update the "
+            "known-issues file"
+        )
+    return rep
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -49,7 +49,11 @@ What is here, by task:
 * **snapshots**: :func:`capture`, :func:`restore`, :func:`restore_guest`,
   :func:`write_snapshot`, :func:`load_state_file`, :class:`VmState`;
 * **the checks** over sample series: :class:`Sample`, :class:`RunDelay`,
-  :class:`Violation`, the ``check_*`` functions and :func:`assert_no_violations`.
+  :class:`Violation`, the ``check_*`` functions and :func:`assert_no_violations`;
+* **a scenario's verdict**: :func:`assert_holds` (raises :class:`PromiseBroken`,
+  carrying the violation kinds, for a broken promise: under
+  ``@pytest.mark.kvm_scenario("family/variant")`` a known issue excuses the
+  failure only if it lists every kind).
 """
 
 from __future__ import annotations
@@ -77,7 +81,9 @@ from kvmharness.guest.elf import ElfImage
 from kvmharness.guest.machine import GuestFailure, GuestStopped, GuestVm, Ucall
 from kvmharness.host.contention import Stealer, run_delay_ns
 from kvmharness.host.threads import VcpuThread, current_tid, pin_current_thread
+from kvmharness.known import PromiseBroken, kinds_of, scenario_id
 from kvmharness.kvm import Kvm, Vcpu
+from kvmharness.scenarios.base import Verdict
 from kvmharness.snapshot import write_snapshot
 from kvmharness.snapshot.state import VmState, capture, load_state_file, restore
 
@@ -92,6 +98,7 @@ __all__ = [
     "GuestStopped",
     "GuestVm",
     "Kvm",
+    "PromiseBroken",
     "RunDelay",
     "Sample",
     "Stealer",
@@ -99,6 +106,7 @@ __all__ = [
     "VcpuThread",
     "Violation",
     "VmState",
+    "assert_holds",
     "assert_no_violations",
     "capture",
     "check_alive",
@@ -234,3 +242,28 @@ def assert_no_violations(violations: Sequence[Violation], what: str = "") -> Non
         lines = [f"{v.kind} in {v.series}[{v.index}]: {v.detail}" for v in violations]
         head = f"{what}: " if what else ""
         raise AssertionError(f"{head}{len(violations)} violation(s):\n  " + "\n  ".join(lines))
+
+
+def assert_holds(result: Any, what: str = "") -> None:
+    """Fail unless a scenario result (``run_scenario``'s, any family) held.
+
+    A BROKEN result raises :class:`PromiseBroken` naming its scenario and its
+    violation kinds (``kernel-error`` when it broke without one), with the
+    observation and the first violations in the message; so the pytest plugin
+    can apply the known issues of a ``kvm_scenario`` test by kind.  Any other
+    verdict (untestable, not supported, error, characterized) raises a plain
+    AssertionError, which no known issue excuses."""
+    verdict = result.verdict
+    if verdict == Verdict.HOLDS:
+        return
+    name = scenario_id(result.family, result.variant.name)
+    violations = list(getattr(result, "violations", None) or [])
+    lines = [f"{what + ': ' if what else ''}{name} {verdict}: {result.observed}"]
+    lines += [f"  {v.kind} {v.series}[{v.index}] {v.detail}" for v in violations[:10]]
+    if len(violations) > 10:
+        lines.append(f"  ... {len(violations) - 10} more")
+    if verdict == Verdict.BROKEN:
+        kinds = kinds_of(result)
+        lines.insert(1, f"  kinds: {', '.join(kinds)}")
+        raise PromiseBroken("\n".join(lines), kinds, scenario=name)
+    raise AssertionError("\n".join(lines))

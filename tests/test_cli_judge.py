@@ -13,6 +13,7 @@ import gzip
 import json
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -256,6 +257,9 @@ def test_judge_a_real_run_as_it_ran_and_with_a_simulated_bug(family, tmp_path, c
     assert main(["judge", str(run_json), "--json", str(judged)]) == rc
     out = capsys.readouterr().out
     assert "differ from the ones recorded" not in out, out
+    # the family's own table, row for row as `run` printed it
+    table = [line for line in ran.splitlines() if line.startswith(f"{family} ")]
+    assert table and table == [line for line in out.splitlines() if line.startswith(f"{family} ")]
     again = json.loads(judged.read_text())
     assert [r["verdict"] for r in again["results"]] == [r["verdict"] for r in doc["results"]]
 
@@ -347,3 +351,61 @@ def test_a_familys_own_table_shows_todays_verdict(toy_family, tmp_path, capsys):
     assert main(["judge", run]) == 1
     out = capsys.readouterr().out
     assert "TOYTABLE" not in out and "decrease x1" in out, "the generic row instead"
+
+
+# ---------------------------------------------------------------- postcopy, saved
+
+
+POSTCOPY_DATA = Path(__file__).parent / "data" / "postcopy"
+
+
+def _postcopy_records():
+    """The stored postcopy runs as `run --json` holds them (recorded as held)."""
+    out = []
+    for name in ("stream", "shared-page", "non-vcpu"):
+        rec = json.loads((POSTCOPY_DATA / f"{name}.json").read_text())
+        out.append({**rec, "verdict": "holds", "observed": "held", "wall_s": 1.25})
+    return out
+
+
+def test_judge_shows_saved_postcopy_runs_in_the_postcopy_table(tmp_path, capsys):
+    """`judge` rebuilds postcopy results through postcopy's from_record, so a
+    saved postcopy run prints the postcopy table `run` prints (latency, faults,
+    blocktime, placements, the QEMU models), with today's verdict; a record
+    whose faults name no vCPU's thread is BROKEN there, and a record of a
+    scenario that never ran keeps its row."""
+    records = _postcopy_records()
+    run = _write(tmp_path, _run(*records))
+    assert main(["judge", run]) == 0
+    out = capsys.readouterr().out
+    for header in ("faults (vCPU/other)", "blocktime (sum)", "placed r/s/EEXIST", "QEMU models"):
+        assert header in out, out
+    rows = [line.split() for line in out.splitlines() if line.startswith("postcopy ")]
+    assert [r[1] for r in rows] == ["stream", "shared-page", "non-vcpu"], out
+    assert all(r[2:5] == ["2", "2000", "us"] and r[-3:] == ["1.25", "s", "holds"] for r in rows)
+    assert rows[2][5] == "16/1", "non-vcpu: the helper thread's fault is counted apart"
+    assert "differ from the ones recorded" not in out
+
+    _no_vcpu_named_the_faults(records[0])
+    never_ran = {
+        **records[1],
+        "verdict": "ERROR",
+        "observed": "could not run (harness): no gcc",
+        "error": "no gcc",
+    }
+    for k in ("faults", "placements", "vcpu", "threads", "helper", "host", "t0_ns"):
+        del never_ran[k]
+    run = _write(tmp_path, _run(records[0], records[2]))
+    assert main(["judge", run, "--wide"]) == 1
+    out = capsys.readouterr().out
+    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("postcopy ")}
+    assert "faults (vCPU/other)" in out, out
+    assert "BROKEN" in rows["stream"] and "misattributed" in rows["stream"], out
+    assert " 0/16 " in rows["stream"], "every fault counted as another thread's"
+    assert rows["non-vcpu"].rstrip().endswith("holds"), out
+    assert "postcopy/stream@2: recorded holds, today BROKEN" in out
+
+    assert main(["judge", _write(tmp_path, _run(never_ran)), "--wide"]) == 128
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("postcopy "))
+    assert "faults (vCPU/other)" in out and "ERROR" in row and "no gcc" in row, out

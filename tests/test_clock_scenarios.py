@@ -14,6 +14,7 @@ from kvmharness.judges import judge_record
 from kvmharness.scenarios import clock
 from kvmharness.scenarios.base import BROKEN, CHARACTERIZED, HOLDS, PROMISE, Verdict
 from kvmharness.scenarios.clock import VARIANTS, ClockConfig, run_scenario
+from kvmharness.testing import assert_holds
 
 pytestmark = [pytest.mark.kvm, pytest.mark.timeout(120)]
 
@@ -45,7 +46,9 @@ def _explain(res) -> str:
 )
 def test_promise_holds(kvm, variant, characterize):
     res = _supported(run_scenario(ClockConfig(variant, 2, phase_ms=80), kvm))
-    assert res.verdict == HOLDS, _explain(res)
+    # a broken promise fails with its violation kinds: where a known issue
+    # covers the variant, the plugin keeps the xfail only if it excuses them all
+    assert_holds(res)
     for rec in res.records:
         assert rec.samples, "the guest read kvmclock"
         if VARIANTS[variant].boundary is not clock.Boundary.NONE:

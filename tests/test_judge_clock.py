@@ -435,3 +435,9 @@ def test_kvmclock_bounds_follow_how_it_was_really_put():
     assert checks.KIND_SHORT_JUMP in {v.kind for v in judge_record(rec).violations}
     rec["facts"]["put"] = "saved + downtime"
     assert judge_record(rec).verdict == Verdict.HOLDS
+
+
+def test_delta_encoding_of_an_empty_and_a_falling_series():
+    assert deltas([]) == [] and undeltas([]) == []
+    assert deltas([5, 3, 3, 2**64]) == [5, -2, 0, 2**64 - 3]
+    assert undeltas(deltas([5, 3, 3, 2**64])) == [5, 3, 3, 2**64]

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from kvmharness import checks
-from kvmharness.judges import judge_record
+from kvmharness.judges import deltas, judge_record, undeltas
 from kvmharness.judges import postcopy as pj
 from kvmharness.judges.stopped import KIND_HUNG
 from kvmharness.scenarios.base import Verdict
@@ -43,9 +43,9 @@ def vcpu_fault_indices(rec: dict[str, Any]) -> list[int]:
 def drop_faults(rec: dict[str, Any], drop: list[int]) -> None:
     """Remove fault events (times are delta-encoded: decode, filter, encode)."""
     f = rec["faults"]
-    t = pj._undelta(f["t_ns"])
+    t = undeltas(f["t_ns"])
     keep = [i for i in range(len(t)) if i not in set(drop)]
-    f["t_ns"] = pj.delta([t[i] for i in keep])
+    f["t_ns"] = deltas([t[i] for i in keep])
     for k in ("page", "tid", "after"):
         f[k] = [f[k][i] for i in keep]
 
@@ -229,9 +229,9 @@ def insert_fault(rec: dict[str, Any], i: int, dt_ns: int) -> None:
     """A second message for fault ``i``'s page from the same thread, ``dt_ns``
     later, before the page is placed (a kernel that retries the fault)."""
     f = rec["faults"]
-    t = pj._undelta(f["t_ns"])
+    t = undeltas(f["t_ns"])
     t.insert(i + 1, t[i] + dt_ns)
-    f["t_ns"] = pj.delta(t)
+    f["t_ns"] = deltas(t)
     for k in ("page", "tid", "after"):
         f[k].insert(i + 1, f[k][i])
 
@@ -324,10 +324,10 @@ def test_a_fault_outside_the_registered_range_is_broken():
 def test_a_fault_on_a_placed_page_while_the_vcpu_checks_its_memory_is_spurious():
     rec = load("stream")
     f, vc = rec["faults"], rec["vcpu"]
-    t = pj._undelta(f["t_ns"])
+    t = undeltas(f["t_ns"])
     # vcpu0's thread faults on its first page once it is checking its memory
     t.append(vc["verify_ns"][0] + 50_000)
-    f["t_ns"] = pj.delta(t)
+    f["t_ns"] = deltas(t)
     f["page"].append(rec["config"]["plans"][0][0])
     f["tid"].append(vc["tid"][0])
     f["after"].append(len(rec["placements"]["page"]))
@@ -376,8 +376,8 @@ def test_a_run_that_never_ran_keeps_its_verdict():
 def test_a_page_never_placed_is_a_harness_error_not_green():
     rec = load("stream")
     p = rec["placements"]
-    t = pj._undelta(p["t_ns"])[:-1]
-    p["t_ns"] = pj.delta(t)
+    t = undeltas(p["t_ns"])[:-1]
+    p["t_ns"] = deltas(t)
     for k in ("page", "copy_ns"):
         p[k] = p[k][:-1]
     p["how"] = p["how"][:-1]

@@ -233,3 +233,24 @@ def test_a_stretch_too_short_to_judge_alive_is_untestable_not_a_pass():
     busy = rec([(0, 0), (0, 0), (0, 3_000_000), (9_000_000, 9_000_000)])
     violations, why = judge_records([busy], 30.0)
     assert why is None and [v.kind for v in violations] == [checks.KIND_NOT_ALIVE] * 2
+
+
+def test_a_phase_goes_on_until_the_judge_can_judge_alive(kvm, monkeypatch):
+    """The runner asks the judge whether "alive" can be judged over the phase
+    so far and samples on until it can (at most half the budget past its
+    contended time): a phase cut short by a slow host is not left untestable."""
+    from kvmharness.judges.steal import VcpuRecord
+
+    asked: list[int] = []
+
+    def never(self, first):
+        asked.append(first)
+        return False
+
+    monkeypatch.setattr(VcpuRecord, "alive_judgeable", never)
+    res = run_scenario(StealConfig("cancelled-save", 1, contend_ms=20, budget_s=1.0), kvm)
+    assert asked, "the runner never asked the judge"
+    rec = res.records[0]
+    spans = [rec.guest[b].t_ns - rec.guest[a].t_ns for a, b, _ in rec.phases]
+    # each phase ran on to its hard end: 20 ms contended + 0.5 s (half the budget)
+    assert len(spans) == 2 and min(spans) >= 0.45e9, spans

@@ -266,11 +266,61 @@ def exit_code(
     return verdict_of(results, known, named)[0]
 
 
+#: What ends a run whose scenario hung (set by :func:`run_cli` around its
+#: :func:`run_matrix`, so a test may replace ``run_matrix`` with any callable).
+_ON_HANG: list[Any] = []
+
+
+def hung_result(f: Any, v: str, n: int, options: Any, threads: list[Any], window_ns: int) -> Any:
+    """The result of scenario ``f``/``v`` at ``n`` vCPUs that never returned:
+    its record keeps the threads the hang guard read, and the same judge
+    ``kvmharness judge`` uses decides it (:mod:`kvmharness.judges.hang`)."""
+    from kvmharness.host.hangguard import scenario_deadline_s
+    from kvmharness.judges import SCHEMA_VERSION, judge_record
+    from kvmharness.judges.hang import hang_record
+    from kvmharness.report import RecordResult
+    from kvmharness.scenarios.base import Verdict
+
+    variant = f.variants[v]
+    deadline = scenario_deadline_s(options.budget_s, options.contend_ms, options.downtime_ms)
+    record: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "family": f.name,
+        "variant": v,
+        "kind": str(variant.kind),
+        "why": variant.why,
+        "vcpus": n,
+        "config": {
+            "budget_s": options.budget_s,
+            "contend_ms": options.contend_ms,
+            "downtime_ms": options.downtime_ms,
+        },
+        "wall_s": deadline,
+        "hang": hang_record(threads, window_ns, deadline),
+    }
+    j = judge_record(record)
+    record["error"] = j.observed  # a judge without the hang rule still shows it as recorded
+    record["blame"] = "untestable" if j.verdict == Verdict.UNTESTABLE else "kernel"
+    return RecordResult(f.name, variant, n, j.verdict, j.observed, deadline, j.violations, record)
+
+
 def run_matrix(
-    plan: list[tuple[Any, list[str]]], vcpus: list[int] | None, options: Any, progress: Any = None
+    plan: list[tuple[Any, list[str]]],
+    vcpus: list[int] | None,
+    options: Any,
+    progress: Any = None,
+    on_hang: Any = None,
 ) -> list[Any]:
     """Run each chosen variant at each vCPU count (the family's default counts
-    when ``vcpus`` is None), sharing one /dev/kvm handle."""
+    when ``vcpus`` is None), sharing one /dev/kvm handle.
+
+    Each scenario runs under a :class:`~kvmharness.host.hangguard.HangGuard`:
+    one that has not returned by its deadline has its threads judged, and
+    ``on_hang(results)`` is called from the guard's thread with the results
+    so far and the hung one last; it must end the process (the scenario's
+    threads may sleep in the kernel for ever).  None: the one ``run_cli`` set
+    (:data:`_ON_HANG`), else log and exit 128."""
+    from kvmharness.host.hangguard import HangGuard, die, scenario_deadline_s
     from kvmharness.kvm import Kvm
 
     jobs = [
@@ -294,12 +344,26 @@ def run_matrix(
             f"--vcpus {','.join(map(str, vcpus or []))}: more than the chosen "
             "families support (" + ", ".join(f"{f.name} {f.max_vcpus}" for f, _ in plan) + ")"
         )
-    results = []
+    deadline = scenario_deadline_s(options.budget_s, options.contend_ms, options.downtime_ms)
+    on_hang = on_hang or (_ON_HANG[-1] if _ON_HANG else None)
+
+    def guard(f: Any, v: str, n: int) -> HangGuard:
+        def hung(threads: list[Any], window_ns: int) -> None:
+            res = hung_result(f, v, n, options, threads, window_ns)
+            if on_hang is None:
+                log.error("%s/%s never returned: %s", f.name, v, res.observed)
+                die(EXIT_HARNESS)
+            on_hang([*results, res])
+
+        return HangGuard(deadline, hung)
+
+    results: list[Any] = []
     with Kvm() as kvm:
         for i, (f, v, n) in enumerate(jobs):
             if progress:
                 progress(i, len(jobs), f"{v}, {n} vCPU(s)", None)
-            res = f.run_one(v, n, options, kvm)
+            with guard(f, v, n):
+                res = f.run_one(v, n, options, kvm)
             results.append(res)
             if progress:
                 progress(i, len(jobs), f"{v}, {n} vCPU(s)", res)
@@ -383,9 +447,8 @@ def print_report(
 
 def run_cli(args: Any, *, bisect: bool = False) -> int:
     from kvmharness.errors import KvmUnavailable
-    from kvmharness.judges import SCHEMA_VERSION
-    from kvmharness.known import Host, KnownIssuesError, Status, classify, cpu_model_name, load
-    from kvmharness.report import plot, plot_available, write_json
+    from kvmharness.known import Host, KnownIssuesError, classify, cpu_model_name, load
+    from kvmharness.report import plot_available
     from kvmharness.scenarios.base import RunOptions
 
     if args.list:
@@ -435,14 +498,56 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
 
     options = RunOptions(args.contend_ms, args.downtime_ms, args.budget_s)
     t0 = time.monotonic()
+
+    def finish(results: list[Any], total: float, detail: str = "") -> int:
+        """Judge the run, write --json, print the report; the exit code."""
+        return _finish(args, bisect, host, named, issues, this_host, results, total, detail)
+
+    def on_hang(results: list[Any]) -> None:
+        # a scenario's threads sleep in the kernel: report what we have, then a
+        # fatal exit (they cannot be joined) that also kills its children
+        from kvmharness.host.hangguard import die
+
+        hung = results[-1]
+        if not args.quiet:
+            print(f" {hung.verdict} (never returned)", file=sys.stderr, flush=True)
+        try:
+            code = finish(results, time.monotonic() - t0, f"; {hung.observed}")
+        except BaseException:
+            log.exception("writing the report of a hung run failed")
+            code = EXIT_HARNESS
+        die(code)
+
     try:
+        _ON_HANG.append(on_hang)
         results = run_matrix(plan, vcpus, options, progress)
     except KvmUnavailable as exc:
         raise Untestable(str(exc)) from None
-    total = time.monotonic() - t0
+    finally:
+        _ON_HANG.remove(on_hang)
+    return finish(results, time.monotonic() - t0)
+
+
+def _finish(
+    args: Any,
+    bisect: bool,
+    host: dict[str, Any],
+    named: Any,
+    issues: Any,
+    this_host: Any,
+    results: list[Any],
+    total: float,
+    detail: str = "",
+) -> int:
+    from kvmharness.judges import SCHEMA_VERSION
+    from kvmharness.known import Status, classify
+    from kvmharness.report import plot, write_json
+
+    plot_path = getattr(args, "plot", None)
     known = classify(results, issues, this_host)
     mark_known(results, known)
     code, why = verdict_of(results, known, named)
+    why += detail
     # the JSON first: a fault while rendering must not lose the results
     if args.json:
         write_json(

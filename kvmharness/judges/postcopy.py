@@ -31,7 +31,7 @@ from kvmharness.blocktime import (
     SlotScanModel,
 )
 from kvmharness.checks import Violation, format_ns
-from kvmharness.judges import SCHEMA_VERSION, Judgement, RecordError
+from kvmharness.judges import SCHEMA_VERSION, Judgement, RecordError, deltas, undeltas
 from kvmharness.judges.stopped import Stopped, judge_stopped
 from kvmharness.scenarios.base import Kind, Verdict, verdict_for
 
@@ -100,22 +100,6 @@ def expected_sums(vcpu: int, vcpus: int, pages: int, data_gpa: int, seed: int) -
 
 # --------------------------------------------------------------------------
 # the record
-
-
-def _undelta(xs: list[int]) -> list[int]:
-    out, acc = [], 0
-    for x in xs:
-        acc += x
-        out.append(acc)
-    return out
-
-
-def delta(xs: list[int]) -> list[int]:
-    out, prev = [], 0
-    for x in xs:
-        out.append(x - prev)
-        prev = x
-    return out
 
 
 @dataclass(frozen=True)
@@ -201,13 +185,13 @@ class PostcopyRecord:
             faults = [
                 Fault(t + t0, pg, tid, a)
                 for t, pg, tid, a in zip(
-                    _undelta(f["t_ns"]), f["page"], f["tid"], f["after"], strict=True
+                    undeltas(f["t_ns"]), f["page"], f["tid"], f["after"], strict=True
                 )
             ]
             placements = [
                 Placement(t + t0, pg, h, cp)
                 for t, pg, h, cp in zip(
-                    _undelta(p["t_ns"]), p["page"], p["how"], p["copy_ns"], strict=True
+                    undeltas(p["t_ns"]), p["page"], p["how"], p["copy_ns"], strict=True
                 )
             ]
             n = int(rec["vcpus"])
@@ -291,13 +275,13 @@ class PostcopyRecord:
             },
             "t0_ns": t0,
             "faults": {
-                "t_ns": delta([f.t_ns - t0 for f in self.faults]),
+                "t_ns": deltas([f.t_ns - t0 for f in self.faults]),
                 "page": [f.page for f in self.faults],
                 "tid": [f.tid for f in self.faults],
                 "after": [f.after for f in self.faults],
             },
             "placements": {
-                "t_ns": delta([p.t_ns - t0 for p in self.placements]),
+                "t_ns": deltas([p.t_ns - t0 for p in self.placements]),
                 "page": [p.page for p in self.placements],
                 "how": "".join(p.how for p in self.placements),
                 "copy_ns": [p.copy_ns for p in self.placements],

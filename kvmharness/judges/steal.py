@@ -27,7 +27,7 @@ from typing import Any
 
 from kvmharness import checks
 from kvmharness.checks import Sample, Violation
-from kvmharness.judges import Judgement, RecordError
+from kvmharness.judges import Judgement, RecordError, deltas, undeltas
 from kvmharness.judges.stopped import Stopped, judge_stopped
 from kvmharness.scenarios.base import Blame, Kind, Verdict, verdict_for
 
@@ -68,22 +68,6 @@ class Stuck:
     waited_ns: int  # wall time since KVM_RUN was issued
     cpu_ns: int  # CPU time its thread got meanwhile (guest time included)
     queued_ns: int | None = None  # its run_delay growth meanwhile (None: not recorded)
-
-
-def _delta(xs: list[int]) -> list[int]:
-    out, prev = [], 0
-    for x in xs:
-        out.append(x - prev)
-        prev = x
-    return out
-
-
-def _undelta(xs: list[int]) -> list[int]:
-    out, acc = [], 0
-    for x in xs:
-        acc += x
-        out.append(acc)
-    return out
 
 
 @dataclass
@@ -165,10 +149,10 @@ class VcpuRecord:
             "runs": runs,
             "events": {
                 "quiet_before": gap,
-                "t_ns": _delta(t),
+                "t_ns": deltas(t),
                 "since_previous_ns": t_prev,
-                "guest_value": _delta(gv),
-                "guest_version": _delta(gver),
+                "guest_value": deltas(gv),
+                "guest_version": deltas(gver),
                 "host_minus_guest_value": hv,
                 "host_minus_guest_version": hver,
                 "run_delay_before_ns": wait_before,
@@ -181,9 +165,9 @@ class VcpuRecord:
         try:
             ev = d["events"]
             gap = ev["quiet_before"]
-            t = _undelta(ev["t_ns"])
-            gv = _undelta(ev["guest_value"])
-            gver = _undelta(ev["guest_version"])
+            t = undeltas(ev["t_ns"])
+            gv = undeltas(ev["guest_value"])
+            gver = undeltas(ev["guest_version"])
             cols = [
                 ev["since_previous_ns"],
                 ev["host_minus_guest_value"],
@@ -302,6 +286,22 @@ class VcpuRecord:
     def segments(self) -> list[checks.AliveSpan]:
         """What "alive" is judged over, stretch by stretch."""
         return checks.alive_segments(self.run_delays(), checks.ALIVE_MIN_RUN_DELAY_NS)
+
+    def alive_judgeable(self, first: int) -> bool:
+        """Whether "alive" could be judged over the readings from ``first`` on,
+        taken as one phase (the one being recorded): every stretch in it saw
+        :data:`~kvmharness.checks.ALIVE_MIN_RUN_DELAY_NS` of waiting where the
+        judge looks.  The runner goes on sampling until it is, so that a phase
+        cut short by a slow or loaded host is not "untestable"."""
+        if first >= len(self.guest):
+            return False
+        view = replace(self, phases=[*self.phases, (first, len(self.guest) - 1, 0)])
+        rds = view.run_delays()
+        return all(
+            span.waited(rds) >= checks.ALIVE_MIN_RUN_DELAY_NS
+            for span in view.segments()
+            if span.last >= first
+        )
 
 
 # ---------------------------------------------------------------------------

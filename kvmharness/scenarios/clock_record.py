@@ -10,11 +10,12 @@ see what the live run saw.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kvmharness.checks import Sample
+from kvmharness.judges import deltas, undeltas
 
 #: PVCLOCK_TSC_STABLE_BIT in an area's flags: KVM's master clock was in use
 #: when it wrote the area.
@@ -56,19 +57,6 @@ class Boundary(enum.StrEnum):
 
 
 # ---- delta encoding
-
-
-def deltas(xs: Sequence[int]) -> list[int]:
-    """``[x0, x1 - x0, x2 - x1, ...]``: small numbers for a large, slowly moving series."""
-    return [x - p for x, p in zip(xs, [0, *xs[:-1]], strict=True)]
-
-
-def undeltas(ds: Iterable[int]) -> list[int]:
-    out, acc = [], 0
-    for d in ds:
-        acc += d
-        out.append(acc)
-    return out
 
 
 def runs(xs: Sequence[int]) -> list[list[int]]:

@@ -64,7 +64,7 @@ import struct
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from kvmharness.checks import Violation
@@ -703,6 +703,53 @@ def run_scenario(cfg: PostcopyConfig, kvm: Kvm | None = None) -> PostcopyResult:
         record,
         j.notes,
         stats,
+    )
+
+
+#: What ``PostcopyResult.to_json`` adds to the record the judge reads.
+_DERIVED = frozenset(
+    {
+        "scenario",
+        "strategy",
+        "why",
+        "verdict",
+        "observed",
+        "error",
+        "wall_s",
+        "violations",
+        "blocktime",
+        "notes",
+        "stats",
+        "known",
+    }
+)
+
+
+def from_record(record: dict[str, Any], judgement: Judgement) -> PostcopyResult:
+    """``kvmharness judge``'s hook: the result a saved record shows in the
+    postcopy table, with today's judgement (its notes carry the blocktime,
+    the QEMU models and the agreement figures the table reads)."""
+    name = str(record["variant"])
+    variant = VARIANTS.get(name) or PostcopyVariant(
+        name, Kind(record.get("kind", "promise")), str(record.get("why") or "")
+    )
+    c = record.get("config") or {}
+    known = {f.name for f in fields(PostcopyConfig)}
+    cfg = PostcopyConfig(**{k: v for k, v in c.items() if k in known})
+    cfg.variant, cfg.vcpus = name, int(record.get("vcpus", cfg.vcpus))
+    wall = record.get("wall_s")
+    return PostcopyResult(
+        cfg,
+        variant,
+        judgement.verdict,
+        judgement.observed,
+        float(wall) if isinstance(wall, int | float) else 0.0,
+        list(judgement.violations),
+        # the series the judge read; none for a scenario that never ran
+        {k: v for k, v in record.items() if k not in _DERIVED} if "faults" in record else None,
+        dict(judgement.notes),
+        dict(record.get("stats") or {}),
+        record.get("error"),
     )
 
 

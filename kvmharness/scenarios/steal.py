@@ -414,7 +414,10 @@ def sample_loop(
 ) -> None:
     """Run ``vcpu`` on the calling thread for ``duration_ns``, recording each SYNC
     with the thread's run_delay just before and just after its KVM_RUN; then on
-    until the thread has waited :data:`PHASE_MIN_WAIT_NS` since the first reading."""
+    until the thread has waited :data:`PHASE_MIN_WAIT_NS` since the first reading
+    and the judge can tell a live steal clock from a dead one over the phase
+    (:meth:`VcpuRecord.alive_judgeable`: on a slow host, e.g. nested under
+    TCG, a phase's first readings may all be fresh or wait inside KVM_RUN)."""
     area = _area_ptr(gvm, vcpu.index)
     clock = time.monotonic_ns
     st = SchedStat()
@@ -441,7 +444,9 @@ def sample_loop(
             if first_post is None:
                 first_post = post
             waited = pre - first_post
-            if t1 >= hard_end or (t1 >= end and waited >= PHASE_MIN_WAIT_NS):
+            if t1 >= hard_end or (
+                t1 >= end and waited >= PHASE_MIN_WAIT_NS and rec.alive_judgeable(first)
+            ):
                 break
         if len(rec.guest) > first:
             rec.phases.append((first, len(rec.guest) - 1, duration_ns))

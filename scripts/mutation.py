@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Mutation testing of the judges: would the fast tests notice a judge getting weaker?
+
+Runs mutmut (configured in pyproject.toml, ``[tool.mutmut]``) over the pure
+judging code (``kvmharness/judges/``, ``checks``, ``pvclock``, ``blocktime``)
+against the tests that need no KVM, then prints a table of the score per
+module and writes it as JSON.  A surviving mutant is either a gap in the
+tests or equivalent to the original; the equivalent ones are listed, each
+with its reason, in ``tests/mutation-survivors.txt`` (one ``NAME: reason``
+line each), and are counted apart.
+
+    .venv/bin/python scripts/mutation.py                 # run, then the table (long: see README)
+    .venv/bin/python scripts/mutation.py --report-only   # the table of the last run
+    .venv/bin/python scripts/mutation.py --json FILE     # also write the table as JSON
+
+Exit 0 when every module reaches --min-score (default 90) with the listed
+equivalents left out; 1 otherwise; 128 when mutmut itself failed.
+This is a measurement, not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SURVIVORS = ROOT / "tests" / "mutation-survivors.txt"
+VENV_BIN = ROOT / ".venv" / "bin"
+
+#: ``kvmharness.checks.x_check_rate__mutmut_12`` or ``kvmharness.checks.xǁClsǁmeth__mutmut_3``
+_NAME = re.compile(r"^(?P<module>[\w.]+)\.x[_ǁ].*__mutmut_\d+$")
+
+
+def parse_results(text: str) -> dict[str, str]:
+    """``mutmut results --all true`` output as {mutant name: status}."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if sep and _NAME.match(name):
+            out[name] = status.strip()
+    return out
+
+
+def load_equivalents(path: Path = SURVIVORS) -> dict[str, str]:
+    """The surviving mutants judged equivalent: {name: reason}.  A line without
+    a reason is refused: an equivalent mutant must say why it is one."""
+    out: dict[str, str] = {}
+    if not path.exists():
+        return out
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, reason = line.partition(": ")
+        if not sep or not reason.strip():
+            raise SystemExit(f"{path}:{n}: '{line}' gives no reason why the mutant is equivalent")
+        out[name.strip()] = reason.strip()
+    return out
+
+
+def score_table(results: dict[str, str], equivalents: dict[str, str]) -> list[dict]:
+    """One row per module: killed, survived (gaps), equivalent, other, score %."""
+    per: dict[str, Counter] = defaultdict(Counter)
+    for name, status in results.items():
+        module = _NAME.match(name)["module"]  # type: ignore[index]
+        if status == "survived" and name in equivalents:
+            status = "equivalent"
+        per[module][status] += 1
+    rows = []
+    for module in sorted(per):
+        c = per[module]
+        judged = c["killed"] + c["survived"] + c["timeout"]
+        rows.append(
+            {
+                "module": module,
+                "killed": c["killed"] + c["timeout"],
+                "survived": c["survived"],
+                "equivalent": c["equivalent"],
+                "not checked": sum(
+                    v
+                    for k, v in c.items()
+                    if k not in ("killed", "survived", "timeout", "equivalent")
+                ),
+                "score %": round(100.0 * (c["killed"] + c["timeout"]) / judged, 1)
+                if judged
+                else None,
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--report-only", action="store_true", help="do not run mutmut")
+    ap.add_argument("--json", metavar="FILE", help="write the table as JSON")
+    ap.add_argument("--min-score", type=float, default=90.0)
+    ap.add_argument("--max-children", type=int, default=2)
+    args = ap.parse_args(argv)
+    mutmut = VENV_BIN / "mutmut"
+    if not mutmut.exists():
+        print(
+            "mutation: .venv has no mutmut; run scripts/bootstrap.sh (test extra)", file=sys.stderr
+        )
+        return 128
+    if not args.report_only:
+        rc = subprocess.call(
+            [str(mutmut), "run", "--max-children", str(args.max_children)], cwd=ROOT
+        )
+        if rc not in (0, 1):
+            print(f"mutation: mutmut run exited {rc}", file=sys.stderr)
+            return 128
+    text = subprocess.run(
+        [str(mutmut), "results", "--all", "true"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    rows = score_table(parse_results(text), load_equivalents())
+    if not rows:
+        print("mutation: no mutmut results here (run without --report-only)", file=sys.stderr)
+        return 128
+    from tabulate import tabulate
+
+    print(tabulate(rows, headers="keys"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    low = [r["module"] for r in rows if r["score %"] is None or r["score %"] < args.min_score]
+    if low:
+        print(f"below {args.min_score:g}%: {', '.join(low)}")
+    return 1 if low else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""scripts/mutation.py: the per-module score table and the list of equivalent survivors."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def mutation():
+    spec = importlib.util.spec_from_file_location("mutation_script", ROOT / "scripts/mutation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+RESULTS = """\
+    kvmharness.checks.x_check_rate__mutmut_1: killed
+    kvmharness.checks.x_check_rate__mutmut_2: survived
+    kvmharness.checks.xǁViolationǁto_dict__mutmut_1: timeout
+    kvmharness.checks.x_format_ns__mutmut_3: survived
+    kvmharness.judges.steal.x_judge__mutmut_1: killed
+    kvmharness.judges.steal.x_judge__mutmut_2: not checked
+some unrelated line: survived
+"""
+
+
+def test_scores_count_timeouts_as_kills_and_listed_equivalents_apart(mutation):
+    results = mutation.parse_results(RESULTS)
+    assert len(results) == 6
+    eq = {"kvmharness.checks.x_format_ns__mutmut_3": "only the text of a figure"}
+    rows = {r["module"]: r for r in mutation.score_table(results, eq)}
+    assert rows["kvmharness.checks"] == {
+        "module": "kvmharness.checks",
+        "killed": 2,
+        "survived": 1,
+        "equivalent": 1,
+        "not checked": 0,
+        "score %": 66.7,
+    }
+    assert rows["kvmharness.judges.steal"]["score %"] == 100.0
+    assert rows["kvmharness.judges.steal"]["not checked"] == 1
+
+
+def test_an_equivalent_without_a_reason_is_refused(mutation, tmp_path):
+    f = tmp_path / "survivors.txt"
+    f.write_text(
+        "# comment\nkvmharness.checks.x_a__mutmut_1: a reason\nkvmharness.checks.x_b__mutmut_2\n"
+    )
+    with pytest.raises(SystemExit, match="gives no reason"):
+        mutation.load_equivalents(f)
+    f.write_text("kvmharness.checks.x_a__mutmut_1: a reason\n")
+    assert mutation.load_equivalents(f) == {"kvmharness.checks.x_a__mutmut_1": "a reason"}
