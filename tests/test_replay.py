@@ -63,6 +63,13 @@ KNOWN_GAPS = {
 }
 
 
+#: Mutants with no record, and why.
+NO_RECORD = {
+    "vcpu-mutex-held-after-set-msrs": "the recorded matrix predates the hang guard: the "
+    "harness hung and the boot ended at bisect-kernel's timeout (128), writing no record",
+}
+
+
 def _build(path: Path) -> str:
     return path.name.split(".", 1)[0]
 
@@ -88,8 +95,7 @@ def test_the_corpus_has_stock_and_mutant_records():
     recorded = {_build(p) for p in MUTANT_RECORDS}
     assert "control" in recorded
     patches = {m.name for m in _mutants_lib().load_mutants()}
-    missing = patches - recorded
-    assert len(missing) <= len(patches) // 2, f"most mutants have no record: {sorted(missing)}"
+    assert patches - recorded <= set(NO_RECORD), sorted(patches - recorded - set(NO_RECORD))
 
 
 @pytest.mark.parametrize("path", STOCK, ids=[p.name for p in STOCK])
