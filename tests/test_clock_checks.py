@@ -104,21 +104,9 @@ def _judge(variant, run, vcpus=1):
 
     from kvmharness.judges import judge_record
     from kvmharness.scenarios.base import Verdict
-    from kvmharness.scenarios.clock import VARIANTS, ClockConfig, ClockResult
+    from kvmharness.scenarios.clock import ClockConfig, unjudged_result
 
-    res = ClockResult(
-        ClockConfig(variant, vcpus),
-        VARIANTS[variant],
-        run.records,
-        [],
-        Verdict.ERROR,
-        "",
-        0.0,
-        stable=run.stable,
-        stable_after=run.stable_after,
-        facts=run.facts,
-        khz=run.khz,
-    )
+    res = unjudged_result(ClockConfig(variant, vcpus), run)
     j = judge_record(json.loads(json.dumps(res.record())))
     why = (
         f"{j.verdict}: {j.observed}"

@@ -1215,9 +1215,23 @@ def run_scenario(cfg: ClockConfig, kvm: Kvm | None = None) -> ClockResult:
         text = str(exc) if blame is Blame.NOT_SUPPORTED else f"could not run ({blame}): {exc}"
         failure = {"blame": str(blame), "observed": text}
         error = str(exc)
-    res = ClockResult(
+    res = unjudged_result(cfg, run, error=error, failure=failure)
+    res.apply(judge(res.record()))
+    res.wall_s = time.monotonic() - t0
+    return res
+
+
+def unjudged_result(
+    cfg: ClockConfig,
+    run: Run,
+    *,
+    error: str | None = None,
+    failure: dict[str, str] | None = None,
+) -> ClockResult:
+    """What a run measured, as a result whose record the judge has yet to see."""
+    return ClockResult(
         cfg,
-        v,
+        VARIANTS[cfg.variant],
         run.records,
         [],
         Verdict.ERROR,
@@ -1233,9 +1247,6 @@ def run_scenario(cfg: ClockConfig, kvm: Kvm | None = None) -> ClockResult:
         storm=run.storm,
         failure=failure,
     )
-    res.apply(judge(res.record()))
-    res.wall_s = time.monotonic() - t0
-    return res
 
 
 def from_record(record: dict[str, Any], judgement: Any) -> ClockResult:
