@@ -224,7 +224,13 @@ def _named(doc: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
 
 
 def judge_cli(args: Any) -> int:
-    from kvmharness.cli.run import check_output_path, mark_known, print_report, verdict_of
+    from kvmharness.cli.run import (
+        check_output_path,
+        mark_known,
+        print_report,
+        verdict_fields,
+        verdict_of,
+    )
     from kvmharness.judges import SCHEMA_VERSION
     from kvmharness.known import Host, KnownIssuesError, classify, load, scenario_id
     from kvmharness.report import write_json
@@ -257,13 +263,7 @@ def judge_cli(args: Any) -> int:
                     "kvmharness_version": doc.get("kvmharness_version"),
                     "exit_code": doc.get("exit_code"),
                 },
-                "exit_code": code,
-                "verdict": why,
-                "known_issues_file": args.known or "(shipped)",
-                "results": [
-                    {**r.to_json(), "known": m.to_json() if m else None}
-                    for r, m in zip(results, known, strict=True)
-                ],
+                **verdict_fields(code, why, args.known, results, known),
             },
         )
     print(

@@ -188,6 +188,22 @@ def precheck(families: frozenset[str] | None = None) -> dict[str, Any]:
     return info.to_dict()
 
 
+def verdict_fields(
+    code: int, why: str, known_file: str | None, results: list[Any], known: list[Any]
+) -> dict[str, Any]:
+    """The run document's verdict and results, as ``run``, ``bisect`` and
+    ``judge`` write them: each result's record with the known issue it matched."""
+    return {
+        "exit_code": code,
+        "verdict": why,
+        "known_issues_file": known_file or "(shipped)",
+        "results": [
+            {**r.to_json(), "known": m.to_json() if m else None}
+            for r, m in zip(results, known, strict=True)
+        ],
+    }
+
+
 def verdict_of(
     results: list[Any], known: list[Any] | None = None, named: Named | None = None
 ) -> tuple[int, str]:
@@ -563,13 +579,7 @@ def _finish(
                 if args.strategy is not None
                 else None,
                 "total_wall_s": total,
-                "exit_code": code,
-                "verdict": why,
-                "known_issues_file": args.known or "(shipped)",
-                "results": [
-                    {**r.to_json(), "known": m.to_json() if m else None}
-                    for r, m in zip(results, known, strict=True)
-                ],
+                **verdict_fields(code, why, args.known, results, known),
             },
         )
     if bisect:
