@@ -73,6 +73,25 @@ def check_output_path(path: str, what: str) -> None:
         raise UsageError(f"{what} {path}: directory {d} is not writable")
 
 
+def check_keep_dir(path: str) -> str:
+    """``--keep-snapshots DIR``: the directory, made if its parent exists,
+    refused (before anything runs) if it cannot hold files."""
+    d = os.path.abspath(path)
+    if os.path.exists(d) and not os.path.isdir(d):
+        raise UsageError(f"--keep-snapshots {path}: exists and is not a directory")
+    if not os.path.isdir(d):
+        parent = os.path.dirname(d)
+        if not os.path.isdir(parent):
+            raise UsageError(f"--keep-snapshots {path}: directory {parent} does not exist")
+        try:
+            os.mkdir(d)
+        except OSError as exc:
+            raise UsageError(f"--keep-snapshots {path}: {exc.strerror or exc}") from None
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise UsageError(f"--keep-snapshots {path}: directory {d} is not writable")
+    return d
+
+
 Named = list[tuple[str, list[tuple[str, str]]]]
 """What the user named: per ``--scenario`` item, the (family, variant) it chose."""
 
@@ -465,6 +484,7 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
     from kvmharness.errors import KvmUnavailable
     from kvmharness.known import Host, KnownIssuesError, classify, cpu_model_name, load
     from kvmharness.report import plot_available
+    from kvmharness.scenarios import child
     from kvmharness.scenarios.base import RunOptions
 
     if args.list:
@@ -512,6 +532,10 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
             word = m.status if m is not None and m.excused else res.verdict
             print(f" {word} ({res.wall_s:.2f} s)", file=sys.stderr, flush=True)
 
+    keep = getattr(args, "keep_snapshots", None)
+    if keep:
+        child.keep_dir = check_keep_dir(keep)
+        child.kept.clear()
     options = RunOptions(args.contend_ms, args.downtime_ms, args.budget_s)
     t0 = time.monotonic()
 
@@ -541,6 +565,7 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
         raise Untestable(str(exc)) from None
     finally:
         _ON_HANG.remove(on_hang)
+        child.keep_dir = None
     return finish(results, time.monotonic() - t0)
 
 
@@ -595,6 +620,15 @@ def _finish(
         print(f"exit {code}: {why}")
     if plot_path:
         plot(results, plot_path)
+    if getattr(args, "keep_snapshots", None):
+        from kvmharness.scenarios import child
+
+        names = ", ".join(os.path.basename(k) for k in child.kept)
+        print(
+            f"snapshots kept in {args.keep_snapshots}: {names}"
+            if child.kept
+            else "--keep-snapshots: no cross-process scenario ran, no snapshot kept"
+        )
     return code
 
 
@@ -648,6 +682,13 @@ def _common(p: argparse.ArgumentParser, *, bisect: bool) -> None:
         help="known-issues file (TOML; default: the one kvmharness ships): a broken "
         "promise it matches here is reported known-broken and not counted; "
         "one that holds is reported fixed? and fails the run",
+    )
+    p.add_argument(
+        "--keep-snapshots",
+        metavar="DIR",
+        help="keep the snapshot file each cross-process scenario saved and restored, as "
+        "DIR/FAMILY-VARIANT-NvCPU.kvmsnap (made if DIR's parent exists): attach it to a "
+        "bug report with the --json file; `kvmharness snapshot inspect FILE` shows it",
     )
     p.add_argument("--wide", action="store_true", help="do not shorten the verdict column")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")

@@ -91,6 +91,31 @@ def write_snapshot_fd(snap_fd: int, meta: dict[str, Any], sections: dict[str, An
         f.write(dumps(meta, sections))
 
 
+#: ``run --keep-snapshots DIR``: where :func:`keep_snapshot` copies each
+#: snapshot a save child wrote (None: nowhere), and the files kept so far.
+keep_dir: str | None = None
+kept: list[str] = []
+
+
+def keep_snapshot(snap_fd: int, family: str, variant: str, vcpus: int) -> str | None:
+    """Copy the snapshot in ``snap_fd`` to :data:`keep_dir` as
+    ``FAMILY-VARIANT-NvCPU.kvmsnap`` (``/`` in the variant becomes ``-``), the
+    file a user attaches to a bug report with the run's JSON; its path, or
+    None when snapshots are not kept."""
+    if keep_dir is None:
+        return None
+    from kvmharness.files import atomic_target
+
+    name = f"{family}-{variant.replace('/', '-')}-{vcpus}vcpu.kvmsnap"
+    path = os.path.join(keep_dir, name)
+    data = os.pread(snap_fd, os.fstat(snap_fd).st_size, 0)
+    with atomic_target(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+    kept.append(path)
+    log.info("snapshot kept: %s", path)
+    return path
+
+
 def snapshot_path(snap_fd: int) -> str:
     """A path the restoring child reads the snapshot memfd by."""
     return f"/proc/self/fd/{snap_fd}"

@@ -67,6 +67,7 @@ from kvmharness.scenarios.base import (
 )
 from kvmharness.scenarios.child import (
     child_entry,
+    keep_snapshot,
     run_child,
     snapshot_path,
     write_snapshot_fd,
@@ -1171,6 +1172,7 @@ def run_cross_process(cfg: ClockConfig) -> Run:
             return run
         if not os.fstat(snap_fd).st_size:
             raise ScenarioFailed(Blame.HARNESS, "save process wrote no snapshot")
+        keep_snapshot(snap_fd, "clock", cfg.variant, cfg.vcpus)
         _sleep_until(
             BoundaryFacts.from_json(a["facts"]).get_clock_ns[1] + cfg.downtime_ms * 1_000_000
         )

@@ -67,6 +67,7 @@ from kvmharness.scenarios.base import (
 )
 from kvmharness.scenarios.child import (
     child_entry,
+    keep_snapshot,
     run_child,
     snapshot_path,
     write_snapshot_fd,
@@ -650,6 +651,7 @@ def run_cross_process(cfg: StealConfig) -> tuple[list[VcpuRecord], float]:
         t_save_end = time.monotonic_ns()
         if not os.fstat(snap_fd).st_size:
             raise ScenarioFailed(Blame.HARNESS, "save process wrote no snapshot")
+        keep_snapshot(snap_fd, "steal", cfg.strategy, cfg.vcpus)
         _sleep_until(t_save_end + cfg.downtime_ms * 1_000_000)
         later = _run_child("restore", cfg, snap_fd)
     finally:

@@ -49,10 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group = snapshot_subcommands(subparsers)
     parser = group.add_parser(
         "inspect",
-        help="show the format version, metadata and sections of a snapshot file",
+        help="show the format version, metadata, sections and vCPU state of a snapshot file",
         description=(
             "Show the format version, metadata and sections of a snapshot file, and check"
-            " its checksums. Exit 0 if the file is a valid snapshot, 2 if not."
+            " its checksums; for VM state (what `kvmharness run --keep-snapshots DIR` keeps)"
+            " also each vCPU's registers, system registers and MSRs."
+            " Exit 0 if the file is a valid snapshot, 2 if not."
         ),
     )
     parser.add_argument("file", metavar="FILE", help="snapshot file")
@@ -108,7 +110,12 @@ def format_manifest(manifest: Manifest, *, verified: bool) -> str:
         "checksums: " + ("all verified" if verified else "header only (sections not verified)"),
         "",
     ]
-    rows = list(_meta_rows(manifest.meta))
+    from kvmharness.snapshot.vmview import format_vcpus, is_vm_state
+
+    vm_state = is_vm_state(manifest.meta)
+    # a VM state's vCPUs are shown in full below, not as "[N items]"
+    meta = {k: v for k, v in manifest.meta.items() if not (vm_state and k == "vcpus")}
+    rows = list(_meta_rows(meta))
     if rows:
         lines.append(tabulate(rows, headers=["meta", "value"], disable_numparse=True))
     else:
@@ -128,6 +135,8 @@ def format_manifest(manifest: Manifest, *, verified: bool) -> str:
         )
     else:
         lines.append("(no sections)")
+    if vm_state:
+        lines += ["", format_vcpus(manifest)]
     return "\n".join(lines)
 
 
