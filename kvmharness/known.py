@@ -19,7 +19,7 @@ An entry excuses a *kind* of violation, never a scenario as a whole.  A
 promise that breaks, where an entry matches its scenario and host and every
 violation it found is of a kind the entry lists, is **known-broken**: printed
 on every run, not counted in the exit code.  A violation of any other kind
-leaves the promise BROKEN, and the report names the kind the entry does not
+leaves the promise broken, and the report names the kind the entry does not
 excuse ("not excused").  A promise that broke with no violation at all (a KVM
 ioctl failing on the promised path) has the kind :data:`KIND_KERNEL_ERROR`,
 which an entry must list to excuse it.
@@ -27,7 +27,7 @@ which an entry must list to excuse it.
 Every entry is bounded: it names a kernel it stops at (``kernel_below``) or a
 date by which someone re-checks it (``recheck``); a file with an entry that
 has neither is refused.  Once the re-check date has passed the entry still
-loads but excuses nothing: a promise it would excuse is BROKEN, with a
+loads but excuses nothing: a promise it would excuse is broken, with a
 message saying the entry is overdue (:data:`Status.OVERDUE`), and a promise
 that holds there is still "fixed?".  So a forgotten entry fails the run that
 meets its bug instead of hiding that bug for ever.
@@ -84,9 +84,9 @@ class Status(enum.StrEnum):
     FIXED = "fixed?"
     """Held where an entry says it breaks: fails the run."""
     NOT_EXCUSED = "not excused"
-    """Broke with a violation kind the matching entry does not list: BROKEN."""
+    """Broke with a violation kind the matching entry does not list: broken."""
     OVERDUE = "overdue"
-    """Broke where an entry matches, but the entry's re-check date has passed: BROKEN."""
+    """Broke where an entry matches, but the entry's re-check date has passed: broken."""
 
 
 def release_tuple(release: str) -> tuple[int, ...]:
@@ -209,7 +209,7 @@ def parse(text: str, name: str = "<known issues>") -> list[KnownIssue]:
                 f"{where}: missing {', '.join(missing)}"
                 + (
                     " (kinds: the violation kinds the entry excuses, e.g. "
-                    '["tsc-not-applied"]; any other kind stays BROKEN)'
+                    '["tsc-not-applied"]; any other kind stays broken)'
                     if "kinds" in missing
                     else ""
                 )
@@ -381,7 +381,7 @@ def match_broken(
 class PromiseBroken(AssertionError):
     """A test's promise broke, with the violation kinds it found.
 
-    What :func:`kvmharness.testing.assert_holds` raises for a BROKEN result (a
+    What :func:`kvmharness.testing.assert_holds` raises for a broken result (a
     test may raise it itself).  Under ``@pytest.mark.kvm_scenario`` the pytest
     plugin reads :attr:`kinds` to apply the known issues as ``run`` does: the
     test is xfail only where an entry excuses every kind; a failure with any

@@ -13,7 +13,7 @@ judges that promise, with the known-issues file (the shipped one, or
 * where an entry (not overdue) covers the scenario on this host, the test is
   a *strict* xfail, and stays one only if it fails with a
   :class:`kvmharness.known.PromiseBroken` (what
-  :func:`kvmharness.testing.assert_holds` raises for a BROKEN result) whose
+  :func:`kvmharness.testing.assert_holds` raises for a broken result) whose
   every violation kind an entry excuses.  A failure with another kind
   (``decode-mismatch`` where the entry excuses ``tsc-not-applied``), of
   another scenario, or any other exception (a plain ``assert``, a fixture

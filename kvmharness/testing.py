@@ -247,7 +247,7 @@ def assert_no_violations(violations: Sequence[Violation], what: str = "") -> Non
 def assert_holds(result: Any, what: str = "") -> None:
     """Fail unless a scenario result (``run_scenario``'s, any family) held.
 
-    A BROKEN result raises :class:`PromiseBroken` naming its scenario and its
+    A broken result raises :class:`PromiseBroken` naming its scenario and its
     violation kinds (``kernel-error`` when it broke without one), with the
     observation and the first violations in the message; so the pytest plugin
     can apply the known issues of a ``kvm_scenario`` test by kind.  Any other

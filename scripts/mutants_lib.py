@@ -411,7 +411,8 @@ def cells_from_bisect(doc: dict[str, Any] | None, *, control: bool) -> dict[str,
         if not cols:
             continue
         verdict = str(r.get("verdict", ""))
-        if verdict == "BROKEN":
+        verdict = {"BROKEN": "broken", "ERROR": "harness error"}.get(verdict, verdict)
+        if verdict == "broken":
             state = FALSE_ALARM if control else CAUGHT
         elif verdict == "holds":
             state = HOLDS if control else MISSED
@@ -425,7 +426,7 @@ def cells_from_bisect(doc: dict[str, Any] | None, *, control: bool) -> dict[str,
             state,
             verdict,
             str(r.get("observed") or r.get("error") or ""),
-            hits=int(verdict == "BROKEN"),
+            hits=int(verdict == "broken"),
         )
         cells[cols[0]] = merge_cells([cells[cols[0]], cell]) if cols[0] in cells else cell
     for s in doc.get("selftests", []):

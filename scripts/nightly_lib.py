@@ -72,13 +72,13 @@ KERNEL_TIMEOUT_S = 3600.0
 MOVE_PCT = 100.0
 MOVE_FLOOR = {"ns": 10_000_000, "count": 1, "s": 2.0}
 
-#: the test-only switch that turns a scenario's result into BROKEN after the run
+#: the test-only switch that turns a scenario's result into broken after the run
 BREAK_ON_PURPOSE = "--break-on-purpose"
 
 STATUS_ORDER = [
-    "BROKEN",
+    "broken",
     "fixed?",
-    "ERROR",
+    "harness error",
     "known-broken",
     "untestable",
     "not supported",
@@ -179,6 +179,11 @@ def _parse_line(raw: bytes) -> tuple[dict[str, Any] | None, str]:
         return None, f"not a {SCHEMA} record: {raw[:60]!r}..."
     if not isinstance(rec.get("host"), dict) or not isinstance(rec.get("scenarios"), list):
         return None, "a record without host or scenarios"
+    for s in rec["scenarios"]:  # history written before the state words were unified
+        if isinstance(s, dict):
+            for k in ("status", "verdict"):
+                if s.get(k) in OLD_WORDS:
+                    s[k] = OLD_WORDS[s[k]]
     return rec, ""
 
 
@@ -217,12 +222,17 @@ def scenario_id(family: str, variant: str, vcpus: Any) -> str:
     return f"{family}/{variant}@{vcpus}"
 
 
+#: the words runs wrote before kvmharness used one lower-case word per state
+OLD_WORDS = {"BROKEN": "broken", "ERROR": "harness error"}
+
+
 def status_of(r: dict[str, Any]) -> str:
     """What the cell says: the verdict, or known-broken / fixed? / not supported."""
     known = r.get("known") or {}
     if known.get("status") in ("known-broken", "fixed?"):
         return str(known["status"])
-    verdict = str(r.get("verdict", "ERROR"))
+    verdict = str(r.get("verdict", "harness error"))
+    verdict = OLD_WORDS.get(verdict, verdict)
     if verdict == "untestable" and r.get("not_supported"):  # runs before Verdict.NOT_SUPPORTED
         return "not supported"
     return verdict
@@ -275,7 +285,7 @@ def host_facts(host: dict[str, Any] | None) -> dict[str, bool] | None:
 
 
 #: the statuses that say a scenario was judged on the host
-JUDGED = {"holds", "BROKEN", "known-broken", "fixed?", "characterized"}
+JUDGED = {"holds", "broken", "known-broken", "fixed?", "characterized"}
 
 
 def capabilities_lost(prev: dict[str, Any] | None, cur: dict[str, Any]) -> list[str]:
@@ -478,7 +488,7 @@ def break_on_purpose(
     scenarios: list[dict[str, Any]], spec: str | None, today: dt.date | None = None
 ) -> list[str]:
     """The test-only switch: ``PATTERN:YYYY-MM-DD`` with today's UTC date turns
-    every promise whose id starts with PATTERN into BROKEN.  Any other date is a
+    every promise whose id starts with PATTERN into broken.  Any other date is a
     usage error, so the switch cannot be left on in a cron line: it fails the
     next day.  Returns the ids changed (each record keeps them)."""
     if spec is None:
@@ -487,7 +497,7 @@ def break_on_purpose(
     hit = []
     for s in scenarios:
         if s["id"].startswith(pattern) and s.get("kind") == "promise":
-            s["status"] = s["verdict"] = "BROKEN"
+            s["status"] = s["verdict"] = "broken"
             s["observed"] = f"broken on purpose ({BREAK_ON_PURPOSE}): {s['observed']}"
             hit.append(s["id"])
     if not hit:
@@ -788,7 +798,7 @@ def fmt_value(v: Any, unit: str) -> str:
 
 def cell_figure(s: dict[str, Any]) -> str:
     """The key figure a cell shows beside the verdict (none where nothing was measured)."""
-    if s.get("status") in ("untestable", "not supported", "ERROR"):
+    if s.get("status") in ("untestable", "not supported", "harness error"):
         return ""
     f = s.get("figures") or {}
     fam = s.get("family")
@@ -825,7 +835,7 @@ def move_rule(pct: float = MOVE_PCT) -> str:
     )
 
 
-BAD = {"BROKEN", "ERROR"}
+BAD = {"broken", "harness error"}
 
 
 def shorten(text: str, width: int) -> str:
@@ -1024,7 +1034,7 @@ def _series(
     runs: list[dict[str, Any]], fam: str, key: str, unit: str, kind: str
 ) -> tuple[dict[str, list[float | None]], list[tuple[int, float]]]:
     """Per scenario of ``fam`` and ``kind``: its figure per run (ms for ns), and the
-    (run, value) points whose verdict was BROKEN or ERROR."""
+    (run, value) points whose verdict was broken or harness error."""
     series: dict[str, list[float | None]] = {}
     bad: list[tuple[int, float]] = []
     for sid in scenario_rows(runs):
@@ -1112,7 +1122,7 @@ def plots(runs: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
                 color="#c00000",
                 linewidths=2,
                 zorder=5,
-                label="BROKEN / ERROR",
+                label="broken / harness error",
             )
         vals = [v for vs in series.values() for v in vs if v is not None]
         if vals and min(vals) > 0 and max(vals) / min(vals) > 20:
@@ -1152,8 +1162,8 @@ table.runs th { background: #f3f4f6; text-align: left; font-weight: 600; }
 table.runs th.run { min-width: 8em; font-weight: normal; white-space: nowrap; }
 table.runs td.sid { font-family: ui-monospace, monospace; white-space: nowrap; }
 td .st { font-weight: 600; } td .fig { color: #444; display: block; white-space: nowrap; }
-td.holds { background: #eef8f0; } td.BROKEN { background: #fbdada; }
-td.ERROR { background: #fde9c8; } td.known-broken { background: #fff2cc; }
+td.holds { background: #eef8f0; } td.broken { background: #fbdada; }
+td.harness-error { background: #fde9c8; } td.known-broken { background: #fff2cc; }
 td.fixed\\? { background: #d9ecff; } td.characterized { background: #f6f6f6; }
 td.untestable, td.not-supported { background: #eeeeee; color: #666; }
 td.none { color: #aaa; text-align: center; }
@@ -1197,7 +1207,7 @@ def html_report(
         parts += [f"<li><code>{_e(p)}</code></li>" for p in problems]
         parts.append("</ul>")
     parts.append(
-        "<p class='muted'>Verdicts: <b>holds</b> a promise held; <b>BROKEN</b> it "
+        "<p class='muted'>Verdicts: <b>holds</b> a promise held; <b>broken</b> it "
         "broke; <b>known-broken</b> it broke as a known issue says (not counted); "
         "<b>fixed?</b> it held where a known issue says it breaks (counted); "
         "<b>characterized</b> measured, never fails. Exit codes: 0 good, 1 bad, "
@@ -1226,7 +1236,7 @@ def _host_section(host: str, runs: list[dict[str, Any]], pct: float, multi: bool
     if cur.get("broken_on_purpose"):
         p.append(
             f"<p class='banner'>Test switch {BREAK_ON_PURPOSE}: these results were "
-            f"made BROKEN on purpose: {_e(', '.join(cur['broken_on_purpose']))}</p>"
+            f"made broken on purpose: {_e(', '.join(cur['broken_on_purpose']))}</p>"
         )
     p.append(f"<p>{_e(pytest_line(cur))}</p>")
     # changes
@@ -1340,13 +1350,13 @@ def _case_levels(name: str) -> list[str]:
 def kcidb_status(status: str) -> str:
     return {
         "holds": "PASS",
-        "BROKEN": "FAIL",
+        "broken": "FAIL",
         "known-broken": "FAIL",
         "fixed?": "PASS",
         "characterized": "DONE",
         "untestable": "SKIP",
         "not supported": "SKIP",
-        "ERROR": "ERROR",
+        "harness error": "ERROR",
     }.get(status, "MISS")
 
 
@@ -1465,7 +1475,7 @@ def build_parser() -> argparse.ArgumentParser:
         "125 nothing could be tested, 128 harness fault, 2 bad usage.",
         epilog=f"Test-only: {BREAK_ON_PURPOSE} SCENARIO:YYYY-MM-DD (today's UTC date) turns "
         "the promises whose id starts with SCENARIO (e.g. steal/cancelled-save) into "
-        "BROKEN after the run, marked in the record and on the page; any other date is "
+        "broken after the run, marked in the record and on the page; any other date is "
         "refused, so it cannot stay on in a cron line.",
     )
     p.add_argument(

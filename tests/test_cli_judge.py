@@ -87,7 +87,7 @@ def test_a_holding_run_is_good_and_a_simulated_bug_is_broken(toy, tmp_path, caps
     assert main(["judge", _write(tmp_path, good)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("kvmharness judge: good: every promise held (exit 0; 2 records")
-    assert "2 scenarios: 2 hold, 0 broken, 0 characterized" in out
+    assert "2 scenarios: 2 holds, 0 broken, 0 characterized" in out
     assert "toy" in out and "mono" in out, "the generic table shows the rows"
 
     bad = copy.deepcopy(good)
@@ -96,7 +96,7 @@ def test_a_holding_run_is_good_and_a_simulated_bug_is_broken(toy, tmp_path, caps
     out = capsys.readouterr().out
     assert "bad: a promise broke on this kernel (toy/other)" in out
     assert "decrease vcpu0[1]: went back" in out
-    assert "toy/other@2: recorded holds, today BROKEN" in out
+    assert "toy/other@2: recorded holds, today broken" in out
     assert "the run exited 0; judged today it exits 1" in out
 
 
@@ -146,7 +146,7 @@ def test_json_out_is_a_run_judge_reads_again_and_gzip_is_read(toy, tmp_path, cap
     doc = json.loads(out.read_text())
     assert doc["schema"] == SCHEMA_VERSION and doc["command"] == "judge"
     assert doc["exit_code"] == 1 and doc["judged"]["exit_code"] == 0
-    assert doc["results"][0]["verdict"] == "BROKEN"
+    assert doc["results"][0]["verdict"] == "broken"
     assert doc["results"][0]["violations"][0]["kind"] == "decrease"
     assert main(["judge", str(out)]) == 1
     gz = tmp_path / "run.json.gz"
@@ -273,14 +273,14 @@ def test_judge_a_real_run_as_it_ran_and_with_a_simulated_bug(family, tmp_path, c
     bugged.write_text(json.dumps(doc))
     assert main(["judge", str(bugged), "--json", str(judged)]) == 1
     out = capsys.readouterr().out
-    assert f"{variant}@{target['vcpus']}: recorded holds, today BROKEN" in out, out
+    assert f"{variant}@{target['vcpus']}: recorded holds, today broken" in out, out
     today = [r["verdict"] for r in json.loads(judged.read_text())["results"]]
     changed = [
         (r["variant"], r["vcpus"], v)
         for r, v in zip(doc["results"], today, strict=True)
         if v != r["verdict"]
     ]
-    assert changed == [(variant, target["vcpus"], "BROKEN")], "only the edited record broke"
+    assert changed == [(variant, target["vcpus"], "broken")], "only the edited record broke"
 
 
 @pytest.mark.kvm
@@ -345,7 +345,7 @@ def test_a_familys_own_table_shows_todays_verdict(toy_family, tmp_path, capsys):
     run = _write(tmp_path, _run(_record(value=(2, 1))))  # recorded "holds"
     assert main(["judge", run]) == 1
     out = capsys.readouterr().out
-    assert "TOYTABLE BROKEN" in out and "TOYTABLE holds" not in out
+    assert "TOYTABLE broken" in out and "TOYTABLE holds" not in out
     assert "decrease vcpu0[1]: went back" in out
 
     def broken_hook(record):
@@ -404,12 +404,12 @@ def test_judge_shows_saved_postcopy_runs_in_the_postcopy_table(tmp_path, capsys)
     out = capsys.readouterr().out
     rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("postcopy ")}
     assert "faults (vCPU/other)" in out, out
-    assert "BROKEN" in rows["stream"] and "misattributed" in rows["stream"], out
+    assert "broken" in rows["stream"] and "misattributed" in rows["stream"], out
     assert " 0/16 " in rows["stream"], "every fault counted as another thread's"
     assert rows["non-vcpu"].rstrip().endswith("holds"), out
-    assert "postcopy/stream@2: recorded holds, today BROKEN" in out
+    assert "postcopy/stream@2: recorded holds, today broken" in out
 
     assert main(["judge", _write(tmp_path, _run(never_ran)), "--wide"]) == 128
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("postcopy "))
-    assert "faults (vCPU/other)" in out and "ERROR" in row and "no gcc" in row, out
+    assert "faults (vCPU/other)" in out and "harness error" in row and "no gcc" in row, out

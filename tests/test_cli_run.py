@@ -174,7 +174,7 @@ def test_summary_line_counts_each_result_once():
     ]
     known = [None, NS(status=Status.KNOWN_BROKEN), None, NS(status=Status.FIXED), None, None, None]
     assert summary_line(rs, known, 1.25) == (
-        "7 scenarios in 1.2 s: 1 hold, 1 broken, 1 characterized, 1 untestable, "
+        "7 scenarios in 1.2 s: 1 holds, 1 broken, 1 characterized, 1 untestable, "
         "1 not supported, 1 known-broken, 1 fixed?"
     )
 
@@ -245,7 +245,7 @@ def test_run_exits_1_when_a_promise_breaks(monkeypatch, capsys):
     rc = main(["run", "-s", "fresh-vm/vcpu-thread", "--vcpus", "1", "--contend-ms", "80", "-q"])
     out = capsys.readouterr().out
     assert rc == 1
-    assert "BROKEN fresh-vm/vcpu-thread" in out and "decrease" in out
+    assert "broken fresh-vm/vcpu-thread" in out and "decrease" in out
 
 
 @pytest.mark.kvm

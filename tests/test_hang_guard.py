@@ -111,7 +111,7 @@ def test_a_held_vcpu_mutex_ends_the_run_hung(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert doc["exit_code"] == 1
     (rec,) = doc["results"]
-    assert rec["verdict"] == "BROKEN" and rec["violations"][0]["kind"] == KIND_HUNG
+    assert rec["verdict"] == "broken" and rec["violations"][0]["kind"] == KIND_HUNG
     judged = subprocess.run(
         [sys.executable, "-m", "kvmharness.cli", "judge", str(out)],
         capture_output=True,

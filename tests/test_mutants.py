@@ -181,7 +181,7 @@ def bisect_doc(**verdicts: str) -> dict:
 
 def test_cells_from_bisect_json_for_a_mutant_and_the_control() -> None:
     doc = bisect_doc(
-        steal__fresh_main="BROKEN", steal__fresh_vcpu="holds", clock__warp="untestable"
+        steal__fresh_main="broken", steal__fresh_vcpu="holds", clock__warp="untestable"
     )
     m = ml.cells_from_bisect(doc, control=False)
     assert list(m) == ["steal:fresh/main", "steal:fresh/vcpu", "clock:warp"]  # no characterize
@@ -192,7 +192,7 @@ def test_cells_from_bisect_json_for_a_mutant_and_the_control() -> None:
 
 
 def test_several_boots_merge_as_any_catch_counts() -> None:
-    merged = ml.merge_cells([ml.Cell(ml.MISSED, "holds"), ml.Cell(ml.CAUGHT, "BROKEN", hits=1)])
+    merged = ml.merge_cells([ml.Cell(ml.MISSED, "holds"), ml.Cell(ml.CAUGHT, "broken", hits=1)])
     assert (merged.state, merged.runs, merged.hits) == (ml.CAUGHT, 2, 1)
     assert ml.cell_text(merged, must=True) == "caught 1/2*"
     assert ml.merge_cells([ml.Cell(ml.ERROR), ml.Cell(ml.MISSED)]).state == ml.MISSED
@@ -208,8 +208,8 @@ def rows():
     caught = ml.Row(
         "demo",
         {
-            cols[0]: ml.Cell(ml.CAUGHT, "BROKEN", hits=1),
-            cols[1]: ml.Cell(ml.CAUGHT, "BROKEN", hits=1),
+            cols[0]: ml.Cell(ml.CAUGHT, "broken", hits=1),
+            cols[1]: ml.Cell(ml.CAUGHT, "broken", hits=1),
             cols[2]: ml.Cell(ml.MISSED, "holds"),
         },
         [1],
@@ -244,7 +244,7 @@ def test_a_missed_must_catch_cell_is_a_gap_and_exit_1() -> None:
 
 def test_a_red_control_row_is_not_green() -> None:
     cols, control, caught, _ = rows()
-    control.cells[cols[2]] = ml.Cell(ml.FALSE_ALARM, "BROKEN", hits=1)
+    control.cells[cols[2]] = ml.Cell(ml.FALSE_ALARM, "broken", hits=1)
     assert ml.render_matrix([control, caught]).count("NOT GREEN: steal:cancelled-save") == 1
     assert ml.matrix_exit([control, caught]) == ml.EXIT_GAP
 
@@ -259,7 +259,7 @@ def test_an_untestable_control_cell_is_no_false_alarm_but_no_kill_either() -> No
     caught.cells[cols[0]] = ml.Cell(ml.UNTESTABLE, "untestable")
     assert caught.status(cols).startswith("GAP: steal:fresh-vm/main-thread")
     assert ml.matrix_exit([control, caught]) == ml.EXIT_GAP
-    caught.cells[cols[0]] = ml.Cell(ml.CAUGHT, "BROKEN", hits=1)
+    caught.cells[cols[0]] = ml.Cell(ml.CAUGHT, "broken", hits=1)
     assert ml.matrix_exit([control, caught]) == ml.EXIT_OK
 
 
@@ -418,7 +418,7 @@ def test_a_must_catch_scenario_that_did_not_run_is_a_gap() -> None:
 
 def test_a_catch_where_the_control_broke_too_is_no_kill() -> None:
     cols, control, caught, _ = rows()
-    control.cells[cols[0]] = ml.Cell(ml.FALSE_ALARM, "BROKEN", hits=1)
+    control.cells[cols[0]] = ml.Cell(ml.FALSE_ALARM, "broken", hits=1)
     text = ml.render_matrix([control, caught])
     demo = next(line for line in text.splitlines() if line.startswith("demo"))
     assert "caught (ctl red)*" in demo
@@ -608,7 +608,7 @@ def test_main_refuses_a_mismatch_with_exit_3_before_building(
 def test_record_writes_each_boots_bisect_json_gzipped_and_an_index(tmp_path: Path) -> None:
     import gzip
 
-    doc = bisect_doc(steal__fresh_vm_main_thread="BROKEN")
+    doc = bisect_doc(steal__fresh_vm_main_thread="broken")
     clock_doc = {"results": [{"family": "clock", "variant": "updates", "verdict": "holds"}]}
     m = ml.parse_patch(patch_text(), Path("demo.patch"))
     boots = [
@@ -690,7 +690,7 @@ def test_schema_2_records_name_family_and_variant_and_not_supported_is_no_kill()
                 "kind": "promise",
                 "verdict": "holds",
             },
-            {"family": "postcopy", "variant": "postcopy/stream", "verdict": "BROKEN"},
+            {"family": "postcopy", "variant": "postcopy/stream", "verdict": "broken"},
         ]
     }
     assert ml.columns_of(doc["results"]) == [

@@ -341,7 +341,7 @@ def test_break_on_purpose_needs_todays_date_and_marks_what_it_broke() -> None:
     hit = nl.break_on_purpose(scen, "steal/cancelled-save:2025-03-04", today)
     assert hit == ["steal/cancelled-save@1"]
     s = next(x for x in scen if x["id"] == hit[0])
-    assert s["status"] == "BROKEN" and s["observed"].startswith("broken on purpose")
+    assert s["status"] == "broken" and s["observed"].startswith("broken on purpose")
     assert nl.break_on_purpose(scen, None, today) == []
 
 
@@ -350,16 +350,16 @@ def test_break_on_purpose_needs_todays_date_and_marks_what_it_broke() -> None:
 
 def test_changes_new_broken_fixed_and_known_issue_fixed() -> None:
     prev = record(base_results())
-    res = base_results(cancelled="BROKEN")
+    res = base_results(cancelled="broken")
     res[4] = clock("tsc/msr", [1_000_000], verdict="holds", known={**KNOWN, "status": "fixed?"})
     cur = record(res, run_rc=1, date="2025-01-02")
     ch = nl.changes(prev, cur)
     assert [x.split(":")[0] for x in ch["new broken"]] == ["steal/cancelled-save@1"]
-    assert "holds -> BROKEN" in ch["new broken"][0]
+    assert "holds -> broken" in ch["new broken"][0]
     assert ch["fixed"] == ["clock/tsc/msr@2: known-broken -> fixed?"]
     assert ch["fixed?"][0].startswith("clock/tsc/msr@2: holds, but known issue pvm-tsc-not-applied")
     back = nl.changes(cur, record(base_results(), date="2025-01-03"))
-    assert back["fixed"] == ["steal/cancelled-save@1: BROKEN -> holds"]
+    assert back["fixed"] == ["steal/cancelled-save@1: broken -> holds"]
     assert back["new broken"] == [] and back["new known-broken"] == [
         "clock/tsc/msr@2: fixed? -> known-broken"
     ]
@@ -402,7 +402,7 @@ def three_runs(tmp_path: Path) -> Path:
     nl.append_record(h, record(base_results(), date="2025-01-01"))
     nl.append_record(h, record(base_results(35_000_000), date="2025-01-02"))
     nl.append_record(
-        h, record(base_results(80_000_000, cancelled="BROKEN"), run_rc=1, date="2025-01-03")
+        h, record(base_results(80_000_000, cancelled="broken"), run_rc=1, date="2025-01-03")
     )
     with open(h, "ab") as f:
         f.write(b'{"schema": "kvmharness-nightly/1", "run_id": "to')  # torn on purpose
@@ -428,9 +428,9 @@ def test_html_report_is_self_contained_with_table_plots_known_issues_and_changes
         "steal/cancelled-save@1"
     ]  # the row that changed since the previous run stands out
     row = page.split(">steal/cancelled-save@1</td>")[1].split("</tr>")[0]
-    assert re.findall(r"<span class='st'>(.*?)</span>", row) == ["holds", "holds", "BROKEN"]
+    assert re.findall(r"<span class='st'>(.*?)</span>", row) == ["holds", "holds", "broken"]
     assert "jump 40 ms" in row
-    assert "new broken" in page and "steal/cancelled-save@1: holds -&gt; BROKEN" in page
+    assert "new broken" in page and "steal/cancelled-save@1: holds -&gt; broken" in page
     assert "figure moved" in page and "30 ms -&gt; 80 ms" not in page  # vs the previous run
     assert "35 ms -&gt; 80 ms" in page
     assert "pvm-tsc-not-applied" in page and "TSC writes ignored" in page
@@ -441,7 +441,7 @@ def test_html_report_is_self_contained_with_table_plots_known_issues_and_changes
 def test_text_report_says_the_same_for_the_ci_log(tmp_path: Path) -> None:
     recs, problems = nl.read_history(three_runs(tmp_path))
     text = nl.text_report(recs, problems, last=2)
-    assert "new broken: steal/cancelled-save@1: holds -> BROKEN" in text
+    assert "new broken: steal/cancelled-save@1: holds -> broken" in text
     assert "figure moved: steal/fresh-vm/vcpu-thread@1: largest steal jump 35 ms -> 80 ms" in text
     line = next(x for x in text.splitlines() if x.startswith("steal/cancelled-save@1"))
     assert line.split() == [
@@ -450,7 +450,7 @@ def test_text_report_says_the_same_for_the_ci_log(tmp_path: Path) -> None:
         "jump",
         "40",
         "ms",
-        "BROKEN",
+        "broken",
         "jump",
         "40",
         "ms",
@@ -608,7 +608,7 @@ def test_kcidb_output_passes_kcidb_io_validation() -> None:
     kcidb_io = pytest.importorskip("kcidb_io")  # the test extra installs it
     from jsonschema.exceptions import ValidationError
 
-    rec = record(base_results(cancelled="BROKEN"), run_rc=1)
+    rec = record(base_results(cancelled="broken"), run_rc=1)
     data = json.loads(json.dumps(nl.kcidb(rec, JUNIT)))
     kcidb_io.schema.LATEST.validate(data)
     assert kcidb_io.schema.LATEST.is_compatible_exactly(data)
@@ -642,7 +642,7 @@ def test_merge_keys_runs_by_host_and_takes_each_run_once(
     nl.append_record(
         b,
         record(
-            [steal("cancelled-save", 1, 9_000_000, verdict="BROKEN")],
+            [steal("cancelled-save", 1, 9_000_000, verdict="broken")],
             host="beta",
             date="2025-01-02",
             run_rc=1,
@@ -794,10 +794,10 @@ def test_kernel_mode_runs_itself_inside_and_breaks_on_purpose(tmp_path: Path) ->
     assert recs[-1]["broken_on_purpose"] == ["steal/cancelled-save@1"]
     assert recs[-1]["host"]["kernel_release"] == os.uname().release  # from inside
     assert recs[-1]["booted_on"]["cores"] == os.cpu_count()
-    assert "new broken: steal/cancelled-save@1: holds -> BROKEN" in r.stdout
+    assert "new broken: steal/cancelled-save@1: holds -> broken" in r.stdout
     assert "TEST SWITCH" in r.stdout
     row = next(x for x in r.stdout.splitlines() if x.startswith("steal/cancelled-save@1"))
-    assert row.split()[1::4] == ["holds", "holds", "BROKEN"]
+    assert row.split()[1::4] == ["holds", "holds", "broken"]
 
 
 def test_kernel_command_hands_bisect_kernel_the_inner_run() -> None:

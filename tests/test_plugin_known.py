@@ -190,7 +190,7 @@ def test_only_excused_kinds_xfail_and_the_report_says_why_not(session):
     assert "[XPASS(strict)] known-broken on" in out and "excuses over-long-jump" in out
     assert "[fixed?] the promise held, but known issue toy-old-overdue" in out
     # the failure itself keeps the scenario, its kinds and its violations
-    assert "toy/mono BROKEN: what was seen" in out
+    assert "toy/mono broken: what was seen" in out
     assert "kinds: decode-mismatch" in out and "decode-mismatch vcpu0[3] went wrong" in out
 
 

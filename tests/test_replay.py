@@ -140,7 +140,7 @@ def test_a_mutant_record_is_caught_where_it_must_be(path, tmp_path):
     ]
     assert musts, f"{path.name} holds no column {build}'s Must-catch names"
     missed = [
-        f"{_column(r)}@{r['vcpus']}: {r['verdict']}" for r in musts if r["verdict"] != "BROKEN"
+        f"{_column(r)}@{r['vcpus']}: {r['verdict']}" for r in musts if r["verdict"] != "broken"
     ]
     assert not missed, f"{build} no longer caught: {missed}"
     assert code == 1
@@ -173,5 +173,5 @@ def test_replay_notices_a_record_edited_to_a_broken_kernel(tmp_path):
     code, judged = rejudge(bad, tmp_path)
     assert code == 1
     assert any(
-        r["verdict"] == "BROKEN" for r in judged["results"] if r["variant"].startswith("fresh-vm")
+        r["verdict"] == "broken" for r in judged["results"] if r["variant"].startswith("fresh-vm")
     )

@@ -41,7 +41,7 @@ def test_table_has_boundary_values_and_verdict():
 
 def test_plot_writes_a_png(tmp_path):
     out = tmp_path / "steal.png"
-    plot_steal([_result(), _result("BROKEN")], str(out))
+    plot_steal([_result(), _result("broken")], str(out))
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])

@@ -212,7 +212,9 @@ def _recorded_word(record: dict[str, Any]) -> str:
     k = record.get("known")
     if isinstance(k, dict) and k.get("status") == "known-broken":
         return "known-broken"
-    return str(record.get("verdict"))
+    from kvmharness.scenarios.base import state_word
+
+    return state_word(str(record.get("verdict")))
 
 
 def _named(doc: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:

@@ -25,7 +25,7 @@ before the table; ``--scenario`` chooses what "bad" means for this bisect.
 Known issues (``--known FILE``, default the file the package ships; see
 :mod:`kvmharness.known`): a broken promise an entry matches on this host,
 with every violation of a kind the entry lists, is printed as
-"known-broken" and left out of the exit code; any other kind stays BROKEN.
+"known-broken" and left out of the exit code; any other kind stays broken.
 ``kvmharness judge RUN.json`` re-judges the JSON of a run.
 """
 
@@ -427,8 +427,9 @@ def mark_known(results: list[Any], known: list[Any]) -> None:
 
 
 def summary_line(results: list[Any], known: list[Any], total_s: float | None) -> str:
-    """``N scenarios [in S s]: N hold, N broken, N characterized[, N untestable]
-    [, N not supported][, N harness errors][, N known-broken][, N fixed?]``: every
+    """``N scenarios [in S s]: N holds, N broken, N characterized[, N untestable]
+    [, N not supported][, N harness error][, N known-broken][, N fixed?]``: each
+    state in the one word the progress line, the tables and the JSON use; every
     result counted once (a known-broken promise as known-broken, not as broken)."""
     from kvmharness.known import Status
     from kvmharness.scenarios.base import Verdict
@@ -438,20 +439,15 @@ def summary_line(results: list[Any], known: list[Any], total_s: float | None) ->
     counts[Verdict.BROKEN] -= statuses[Status.KNOWN_BROKEN]
     counts[Verdict.HOLDS] -= statuses[Status.FIXED]
     when = f" in {total_s:.1f} s" if total_s is not None else ""
-    return (
-        f"{len(results)} scenarios{when}: {counts[Verdict.HOLDS]} hold, "
-        f"{counts[Verdict.BROKEN]} broken, {counts[Verdict.CHARACTERIZED]} characterized"
-        + (f", {counts[Verdict.UNTESTABLE]} untestable" if counts[Verdict.UNTESTABLE] else "")
-        + (
-            f", {counts[Verdict.NOT_SUPPORTED]} not supported"
-            if counts[Verdict.NOT_SUPPORTED]
-            else ""
-        )
-        + (f", {counts[Verdict.ERROR]} harness errors" if counts[Verdict.ERROR] else "")
-        + "".join(
-            f", {statuses[s]} {s}" for s in (Status.KNOWN_BROKEN, Status.FIXED) if statuses[s]
-        )
-    )
+    always = (Verdict.HOLDS, Verdict.BROKEN, Verdict.CHARACTERIZED)
+    parts = [f"{counts[v]} {v}" for v in always]
+    parts += [
+        f"{counts[v]} {v}"
+        for v in (Verdict.UNTESTABLE, Verdict.NOT_SUPPORTED, Verdict.ERROR)
+        if counts[v]
+    ]
+    parts += [f"{statuses[s]} {s}" for s in (Status.KNOWN_BROKEN, Status.FIXED) if statuses[s]]
+    return f"{len(results)} scenarios{when}: " + ", ".join(parts)
 
 
 def print_report(
@@ -527,7 +523,7 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
         if res is None:
             print(f"[{i + 1}/{n}] {what} ...", end="", file=sys.stderr, flush=True)
         else:
-            # the word the table and the summary will use: known-broken is not BROKEN
+            # the word the table and the summary will use: known-broken is not broken
             (m,) = classify([res], issues, this_host)
             word = m.status if m is not None and m.excused else res.verdict
             print(f" {word} ({res.wall_s:.2f} s)", file=sys.stderr, flush=True)

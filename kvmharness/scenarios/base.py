@@ -26,10 +26,14 @@ class Kind(enum.StrEnum):
 
 
 class Verdict(enum.StrEnum):
+    """A scenario's state, one word each, the same in the progress line, the
+    table, the summary, the JSON, the nightly and README.  (A broken promise a
+    known issue excuses is shown as "known-broken": :mod:`kvmharness.known`.)"""
+
     HOLDS = "holds"
-    BROKEN = "BROKEN"
+    BROKEN = "broken"
     CHARACTERIZED = "characterized"
-    ERROR = "ERROR"
+    ERROR = "harness error"
     """The harness or its environment failed: no verdict on the kernel."""
     UNTESTABLE = "untestable"
     """This run could not judge the scenario (e.g. the host was too loaded)."""
@@ -37,6 +41,21 @@ class Verdict(enum.StrEnum):
     """A lasting property of this host or kernel rules the scenario out (a
     capability absent, no master clock): shown, left out of the verdict
     unless the user named the scenario explicitly."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Verdict | None:
+        # run files written before the words were unified say BROKEN / ERROR
+        return OLD_VERDICT_WORDS.get(str(value))
+
+
+#: The words runs used to write, read as today's (``Verdict("BROKEN")`` is BROKEN).
+OLD_VERDICT_WORDS = {"BROKEN": Verdict.BROKEN, "ERROR": Verdict.ERROR}
+
+
+def state_word(text: str) -> str:
+    """A state word as a run file of any age spells it, in today's spelling."""
+    old = OLD_VERDICT_WORDS.get(text)
+    return str(old) if old is not None else text
 
 
 # Module-level names kept for callers that predate the enums.

@@ -30,7 +30,7 @@ Every bound comes from a measurement, never from a guess of CPU share:
 Which properties depend on a stable TSC (KVM's master clock, reported as
 KVM_CLOCK_TSC_STABLE by KVM_GET_CLOCK): the per-vCPU monotonic, warp and
 migration promises.  Where the host clock is not stable they are
-UNTESTABLE with the figures measured, never BROKEN.
+UNTESTABLE with the figures measured, never broken.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ CPU clocks, the guest's rdtsc):
   that thread's run_delay over it (exact: KVM adds run_delay deltas);
 * **no vCPU hangs**: a vCPU the watchdog stops in KVM_RUN is judged by
   :func:`kvmharness.judges.stopped.judge_stopped`: asleep there (neither
-  running nor queued) is a hang, BROKEN; only run-queue wait is load.
+  running nor queued) is a hang, broken; only run-queue wait is load.
 
 How the kernel retries a fault is not a promise (duplicate messages are
 counted and shown).
