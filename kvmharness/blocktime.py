@@ -3,7 +3,7 @@
 In postcopy migration a vCPU touching a page that has not arrived sleeps in
 the kernel until the page is placed (UFFDIO_COPY).  *Blocktime* is how long
 each vCPU spent so, plus the time during which every vCPU was blocked at
-once (BACKGROUND.md section 5).
+once (README bug 5).
 
 :class:`BlocktimeAccountant` is fed two events, with the caller's timestamps:
 

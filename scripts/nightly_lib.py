@@ -363,7 +363,7 @@ def scenarios_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "variant": var,
                 "vcpus": vcpus,
                 "kind": r.get("kind"),
-                "verdict": r.get("verdict"),
+                "verdict": OLD_WORDS.get(str(r.get("verdict")), r.get("verdict")),
                 "status": status_of(r),
                 "observed": str(r.get("observed") or "")[:300],
                 "known": (

@@ -76,7 +76,7 @@ def test_stored_record_is_small_and_judged_as_recorded(name):
     assert rec["schema"] == SCHEMA_VERSION and rec["family"] == "clock"
     assert len(json.dumps(rec, separators=(",", ":"))) <= 20_000
     j = judge_record(rec)
-    assert str(j.verdict) == rec["verdict"], j.observed
+    assert j.verdict == Verdict(rec["verdict"]), j.observed
     assert j.notes["tsc"]["tsc_khz"] and j.notes["tsc"]["measured_khz_raw"][0]
 
 

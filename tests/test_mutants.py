@@ -38,7 +38,7 @@ DIFF = """--- a/arch/x86/kvm/x86.c
 
 HEADER = """Mutant: demo
 Seed-bug: the 2015 line,
-  described in BACKGROUND.md section 1
+  described in README bug 1
 Puts-back: last_steal from the writer
 Must-catch: steal:fresh-vm/main-thread, steal:cross-process
 Note: a note
@@ -56,7 +56,7 @@ def patch_text(header: str = HEADER, diff: str = DIFF) -> str:
 def test_parse_patch_reads_every_field_and_continuation_lines() -> None:
     m = ml.parse_patch(patch_text(), Path("demo.patch"))
     assert m.name == "demo"
-    assert m.seed_bug == "the 2015 line, described in BACKGROUND.md section 1"
+    assert m.seed_bug == "the 2015 line, described in README bug 1"
     assert m.puts_back == "last_steal from the writer"
     assert [str(s) for s in m.must_catch] == ["steal:fresh-vm/main-thread", "steal:cross-process"]
     assert m.note == "a note"

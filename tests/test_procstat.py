@@ -164,7 +164,7 @@ def test_kvm_2015_wrap_in_ticks(tmp_path, capsys):
 
 
 def test_kvm_2015_large_steal_too_fast_and_beyond_uptime(tmp_path, capsys):
-    """~1e11 ticks (BACKGROUND's figure): below 2**63 ns, caught by the time bounds."""
+    """~1e11 ticks (bug 1's figure, README): below 2**63 ns, caught by the time bounds."""
     s1 = {0: vals(1000, 400, 50_000, 335)}
     s2 = {0: vals(1100, 450, 50_900, 10**11)}
     f = write(tmp_path, "kvm", timed(BTIME + 600, s1) + timed(BTIME + 610, s2))

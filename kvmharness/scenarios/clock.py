@@ -1,7 +1,7 @@
 """kvmclock and the TSC: monotonic per vCPU, no warps across vCPUs, host-CPU
 migration, pvti consistency, continuity across save/restore, frequency.
 
-Modelled on two real failures (BACKGROUND.md sections 3 and 4): kvmclock
+Modelled on two real failures (README bug 3 and 4): kvmclock
 readers going backwards across vCPUs when KVM's per-vCPU areas were not
 updated in lockstep (2015), and guest time jumping at migration because the
 clock the guest was told was stable counted host time (Xen, 2012).

@@ -21,7 +21,7 @@ first ioctl after switching threads could see a performance impact"):
   runs it) are promises, and so is the main-thread restore of a *fresh* VM:
   since the 2015 fix, writing MSR_KVM_STEAL_TIME samples no thread's
   run_delay, so QEMU's restore pattern must keep steal monotonic.  That is
-  exactly the regression BACKGROUND.md section 1 describes.
+  exactly the regression README bug 1 describes.
 * A cancelled save must not count anything twice (section 2).
 * Moving KVM_RUN of a live vCPU to another thread, or having another thread
   rewrite its MSR, breaks the API's thread rule; what KVM does then is
