@@ -331,7 +331,7 @@ def kinds_of(result: Any) -> list[str]:
     return sorted(kinds) or [KIND_KERNEL_ERROR]
 
 
-def classify(
+def match_known(
     results: Sequence[Any],
     issues: Sequence[KnownIssue],
     host: Host,

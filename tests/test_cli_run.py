@@ -182,14 +182,14 @@ def test_summary_line_counts_each_result_once():
 def test_scenario_errors_are_classified():
     from kvmharness.errors import GuestError, IoctlError, KvmUnavailable
     from kvmharness.guest.build import GuestBuildError
-    from kvmharness.scenarios.steal import classify
+    from kvmharness.scenarios.base import blame_of
 
-    assert classify(IoctlError("KVM_SET_MSRS", "vcpu0", 22)) == "kernel"
-    assert classify(GuestError("unexpected exit")) == "kernel"
-    assert classify(KvmUnavailable("no /dev/kvm")) == "untestable"
-    assert classify(GuestBuildError("gcc not found")) == "harness"
-    assert classify(PermissionError(13, "cache")) == "harness"
-    assert classify(KeyError("x")) == "harness"
+    assert blame_of(IoctlError("KVM_SET_MSRS", "vcpu0", 22)) == "kernel"
+    assert blame_of(GuestError("unexpected exit")) == "kernel"
+    assert blame_of(KvmUnavailable("no /dev/kvm")) == "untestable"
+    assert blame_of(GuestBuildError("gcc not found")) == "harness"
+    assert blame_of(PermissionError(13, "cache")) == "harness"
+    assert blame_of(KeyError("x")) == "harness"
 
 
 def test_list_strategies(capsys):

@@ -18,6 +18,7 @@ import pytest
 from kvmharness import checks
 from kvmharness.judges import SCHEMA_VERSION, judge_record
 from kvmharness.judges import clock as jc
+from kvmharness.judges.stopped import Stopped
 from kvmharness.scenarios.base import Verdict
 from kvmharness.scenarios.clock_record import (
     STABLE_BIT,
@@ -25,7 +26,6 @@ from kvmharness.scenarios.clock_record import (
     BoundaryFacts,
     ClockRecord,
     RateProbe,
-    Stuck,
     deltas,
     runs,
     undeltas,
@@ -216,9 +216,9 @@ def test_not_supported_failures_are_not_supported():
 @pytest.mark.parametrize(
     "stuck, verdict, kind",
     [
-        (Stuck(0x1234, 40_000_000_000, 10_000_000_000, 0), Verdict.BROKEN, checks.KIND_STUCK),
-        (Stuck(0x1234, 40_000_000_000, 1_000_000, 1_000_000), Verdict.BROKEN, "hung"),
-        (Stuck(0x1234, 40_000_000_000, 1_000_000, 39_000_000_000), Verdict.UNTESTABLE, None),
+        (Stopped(0x1234, 40_000_000_000, 10_000_000_000, 0), Verdict.BROKEN, checks.KIND_STUCK),
+        (Stopped(0x1234, 40_000_000_000, 1_000_000, 1_000_000), Verdict.BROKEN, "hung"),
+        (Stopped(0x1234, 40_000_000_000, 1_000_000, 39_000_000_000), Verdict.UNTESTABLE, None),
     ],
 )
 def test_stopped_vcpu_is_judged_by_the_shared_rule(stuck, verdict, kind):
@@ -347,7 +347,7 @@ def test_columns_round_trip_exactly():
     rec.batches = [Batch(10, 20, 0, 2, 1, 7, 0, 0, 3), Batch(30, 45, 2, 1)]
     rec.decode = [(1, 250, 251)]
     rec.boundary = 1
-    rec.stuck = Stuck(1, 2, 3, 4)
+    rec.stuck = Stopped(1, 2, 3, 4)
     back = ClockRecord.from_record(json.loads(json.dumps(rec.to_record(2_600_000))), 2_600_000)
     assert back == rec
 
@@ -419,7 +419,7 @@ def test_a_hung_vcpu_is_broken_on_a_host_without_a_master_clock():
     """Was swallowed as untestable in monotonic/warp/migrate without a stable clock."""
     res = result_of(load("warp"))
     _unstable(res)
-    res.records[0].stuck = Stuck(0x1234, 40_000_000_000, 1_000_000, 1_000_000)
+    res.records[0].stuck = Stopped(0x1234, 40_000_000_000, 1_000_000, 1_000_000)
     j = rejudge(res)
     assert j.verdict == Verdict.BROKEN, j.observed
     assert [v.kind for v in j.violations] == ["hung"]

@@ -16,7 +16,7 @@ from kvmharness import checks
 from kvmharness.checks import Sample
 from kvmharness.judges import RecordError, judge_record
 from kvmharness.judges import steal as js
-from kvmharness.judges.stopped import KIND_HUNG
+from kvmharness.judges.stopped import KIND_HUNG, Stopped
 from kvmharness.scenarios.base import Kind, Verdict
 
 CORPUS = Path(__file__).parent / "data" / "steal" / "kvm_pvm-6.18.json.gz"
@@ -177,7 +177,7 @@ def _stopped_in_phase_b(cpu_ns: int, queued_ns: int):
         b0 = r.phases[1][0]
         _drop(r, b0 + 3, len(r.guest))
         r.phases[1] = (b0, b0 + 2, r.phases[1][2])
-        r.stuck = js.Stuck(rip=0x1234, waited_ns=2_000_000_000, cpu_ns=cpu_ns, queued_ns=queued_ns)
+        r.stuck = Stopped(rip=0x1234, waited_ns=2_000_000_000, cpu_ns=cpu_ns, queued_ns=queued_ns)
 
     return change
 
@@ -335,7 +335,7 @@ def test_a_later_process_s_readings_extend_the_vcpu_as_a_new_life():
     b = _quiet_vcpu(4, 2, tid=20)
     b.phases = [(0, 3, 9)]
     b.max_run_ns = 9_000
-    b.stuck = js.Stuck(rip=0x1234, waited_ns=1, cpu_ns=2, queued_ns=3)
+    b.stuck = Stopped(rip=0x1234, waited_ns=1, cpu_ns=2, queued_ns=3)
     a.extend(b)
     assert len(a.guest) == len(a.host) == len(a.ctx) == 10
     assert a.guest[6:] == b.guest and a.host[6:] == b.host
@@ -555,7 +555,7 @@ def test_every_vcpu_s_violations_are_kept_and_named_by_their_series():
     clean.index = 1
     stuck = _rows(NEW_THREAD_ROWS)
     stuck.index = 2
-    stuck.stuck = js.Stuck(rip=0x10, waited_ns=2_000 * MS, cpu_ns=1_900 * MS, queued_ns=0)
+    stuck.stuck = Stopped(rip=0x10, waited_ns=2_000 * MS, cpu_ns=1_900 * MS, queued_ns=0)
     violations, _why = js.judge_records([bad, clean, stuck], 2.0)
     found = {(v.kind, v.series) for v in violations}
     assert (checks.KIND_DECREASE, "vcpu0") in found

@@ -8,7 +8,7 @@ from types import SimpleNamespace as NS
 
 import pytest
 
-from kvmharness.known import Host, KnownIssuesError, Status, classify, find, load, parse
+from kvmharness.known import Host, KnownIssuesError, Status, find, load, match_known, parse
 from kvmharness.scenarios.base import CHARACTERIZE, PROMISE, Verdict
 
 ENTRY = """
@@ -97,12 +97,12 @@ def test_known_broken_is_not_counted_and_fixed_fails():
 
     issues = parse(ENTRY)
     broken = [_res("tsc/msr", Verdict.BROKEN), _res("warp", Verdict.HOLDS)]
-    marks = classify(broken, issues, PVM)
+    marks = match_known(broken, issues, PVM)
     assert [m and m.status for m in marks] == [Status.KNOWN_BROKEN, None]
     assert exit_code(broken) == 1
     assert exit_code(broken, marks) == 0
     fixed = [_res("tsc/msr", Verdict.HOLDS)]
-    marks = classify(fixed, issues, PVM)
+    marks = match_known(fixed, issues, PVM)
     assert marks[0].status is Status.FIXED
     assert exit_code(fixed, marks) == 1
     # untestable, errors and characterizations match nothing
@@ -110,10 +110,10 @@ def test_known_broken_is_not_counted_and_fixed_fails():
         _res("tsc/msr", Verdict.UNTESTABLE),
         _res("tsc/x", Verdict.CHARACTERIZED, CHARACTERIZE),
     ]
-    assert classify(other, issues, PVM) == [None, None]
+    assert match_known(other, issues, PVM) == [None, None]
     # an unrelated broken promise still fails the run
     both = [_res("tsc/msr", Verdict.BROKEN), _res("warp", Verdict.BROKEN)]
-    assert exit_code(both, classify(both, issues, PVM)) == 1
+    assert exit_code(both, match_known(both, issues, PVM)) == 1
 
 
 def test_a_variant_kvm_does_not_support_does_not_make_the_run_untestable():
@@ -132,7 +132,7 @@ def test_an_entry_excuses_only_the_kinds_it_names():
 
     issues = load()  # the shipped file: the pvm entries
     decode_bug = _res("tsc/msr", Verdict.BROKEN, kinds=("tsc-not-applied", "decode-mismatch"))
-    marks = classify([decode_bug], issues, PVM)
+    marks = match_known([decode_bug], issues, PVM)
     assert marks[0].status is Status.NOT_EXCUSED
     assert marks[0].unexcused == ("decode-mismatch",)
     assert exit_code([decode_bug], marks) == 1
@@ -141,28 +141,28 @@ def test_an_entry_excuses_only_the_kinds_it_names():
 
     # alone, a kind the entry does not name is not excused either
     only = [_res("tsc/msr", Verdict.BROKEN, kinds=("decode-mismatch",))]
-    assert exit_code(only, classify(only, issues, PVM)) == 1
+    assert exit_code(only, match_known(only, issues, PVM)) == 1
     # what kvm_pvm really shows is excused, and only there
     pvm = [
         _res("tsc/msr", Verdict.BROKEN, kinds=("tsc-not-applied", "over-long-jump")),
         _res("tsc/offset", Verdict.BROKEN, kinds=("tsc-not-applied",)),
     ]
-    marks = classify(pvm, issues, PVM)
+    marks = match_known(pvm, issues, PVM)
     assert [m.status for m in marks] == [Status.KNOWN_BROKEN] * 2
     assert exit_code(pvm, marks) == 0
     # the offset entry does not excuse the msr entry's over-long jump
     jump = [_res("tsc/offset", Verdict.BROKEN, kinds=("tsc-not-applied", "over-long-jump"))]
-    assert exit_code(jump, classify(jump, issues, PVM)) == 1
+    assert exit_code(jump, match_known(jump, issues, PVM)) == 1
 
 
 def test_a_promise_broken_without_a_violation_is_excused_only_by_kernel_error():
     from kvmharness.known import KIND_KERNEL_ERROR
 
     failed = [_res("tsc/msr", Verdict.BROKEN, kinds=())]
-    (m,) = classify(failed, parse(ENTRY), PVM)
+    (m,) = match_known(failed, parse(ENTRY), PVM)
     assert m.status is Status.NOT_EXCUSED and m.unexcused == (KIND_KERNEL_ERROR,)
     listed = parse(ENTRY.replace('["tsc-not-applied"]', f'["{KIND_KERNEL_ERROR}"]'))
-    assert classify(failed, listed, PVM)[0].status is Status.KNOWN_BROKEN
+    assert match_known(failed, listed, PVM)[0].status is Status.KNOWN_BROKEN
 
 
 def test_an_overdue_entry_excuses_nothing_and_is_warned_of(tmp_path, caplog):
@@ -176,12 +176,12 @@ def test_an_overdue_entry_excuses_nothing_and_is_warned_of(tmp_path, caplog):
     assert parse(text.replace("2026-06-30", '"2026-06-30"'))[0].recheck == k.recheck
     before, after = dt.date(2026, 6, 30), dt.date(2026, 7, 1)
     broken = [_res("tsc/msr", Verdict.BROKEN)]
-    assert classify(broken, [k], PVM, today=before)[0].status is Status.KNOWN_BROKEN
-    marks = classify(broken, [k], PVM, today=after)
+    assert match_known(broken, [k], PVM, today=before)[0].status is Status.KNOWN_BROKEN
+    marks = match_known(broken, [k], PVM, today=after)
     assert marks[0].status is Status.OVERDUE and exit_code(broken, marks) == 1
     assert "re-checked by 2026-06-30" in marks[0].explain()
     held = [_res("tsc/msr", Verdict.HOLDS)]
-    assert classify(held, [k], PVM, today=after)[0].status is Status.FIXED
+    assert match_known(held, [k], PVM, today=after)[0].status is Status.FIXED
     assert find([k], "clock/tsc/msr", PVM, today=after) is None, "pytest: no xfail either"
     f = tmp_path / "k.toml"
     f.write_text(text)

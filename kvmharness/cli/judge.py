@@ -234,7 +234,7 @@ def judge_cli(args: Any) -> int:
         verdict_of,
     )
     from kvmharness.judges import SCHEMA_VERSION
-    from kvmharness.known import Host, KnownIssuesError, classify, load, scenario_id
+    from kvmharness.known import Host, KnownIssuesError, load, match_known, scenario_id
     from kvmharness.report import write_json
 
     try:
@@ -248,7 +248,7 @@ def judge_cli(args: Any) -> int:
     results = judge_run(doc, args.run)
     h = doc["host"]
     host = Host(h["kvm_backend"], h["kernel_release"], str(h.get("cpu_model") or ""))
-    known = classify(results, issues, host)
+    known = match_known(results, issues, host)
     mark_known(results, known)
     code, why = verdict_of(results, known, named)
     if args.json:

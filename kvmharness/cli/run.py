@@ -478,7 +478,7 @@ def print_report(
 
 def run_cli(args: Any, *, bisect: bool = False) -> int:
     from kvmharness.errors import KvmUnavailable
-    from kvmharness.known import Host, KnownIssuesError, classify, cpu_model_name, load
+    from kvmharness.known import Host, KnownIssuesError, cpu_model_name, load, match_known
     from kvmharness.report import plot_available
     from kvmharness.scenarios import child
     from kvmharness.scenarios.base import RunOptions
@@ -524,7 +524,7 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
             print(f"[{i + 1}/{n}] {what} ...", end="", file=sys.stderr, flush=True)
         else:
             # the word the table and the summary will use: known-broken is not broken
-            (m,) = classify([res], issues, this_host)
+            (m,) = match_known([res], issues, this_host)
             word = m.status if m is not None and m.excused else res.verdict
             print(f" {word} ({res.wall_s:.2f} s)", file=sys.stderr, flush=True)
 
@@ -577,11 +577,11 @@ def _finish(
     detail: str = "",
 ) -> int:
     from kvmharness.judges import SCHEMA_VERSION
-    from kvmharness.known import Status, classify
+    from kvmharness.known import Status, match_known
     from kvmharness.report import plot, write_json
 
     plot_path = getattr(args, "plot", None)
-    known = classify(results, issues, this_host)
+    known = match_known(results, issues, this_host)
     mark_known(results, known)
     code, why = verdict_of(results, known, named)
     why += detail

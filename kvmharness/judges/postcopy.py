@@ -118,14 +118,6 @@ class Placement:
     copy_ns: int  # t_ns minus when the UFFDIO_COPY was issued
 
 
-@dataclass(frozen=True)
-class StoppedRun:
-    rip: int
-    waited_ns: int
-    cpu_ns: int
-    queued_ns: int | None
-
-
 @dataclass
 class VcpuRecord:
     tid: int
@@ -143,7 +135,7 @@ class VcpuRecord:
     checksum: int | None = None  # s1: the sum of every qword of its share
     checksum2: int | None = None  # s2: the sum of s1 after each qword
     bad_gpa: int = 0
-    stopped: StoppedRun | None = None
+    stopped: Stopped | None = None
     verify_ns: int = 0  # when the host let it check its memory (every page placed)
 
 
@@ -215,7 +207,7 @@ class PostcopyRecord:
                         checksum=v["checksum"][i],
                         checksum2=v["checksum2"][i],
                         bad_gpa=v["bad_gpa"][i],
-                        stopped=StoppedRun(**st) if st else None,
+                        stopped=Stopped(**st) if st else None,
                         verify_ns=v["verify_ns"][i] + t0 if v["verify_ns"][i] else 0,
                     )
                 )
@@ -439,10 +431,7 @@ def judge(record: dict[str, Any]) -> Judgement:
             if o.stopped is None:
                 harness.append(f"vcpu{i} was stopped and nothing recorded where")
                 continue
-            st = o.stopped
-            bad, why = judge_stopped(
-                f"vcpu{i}", 0, Stopped(st.rip, st.waited_ns, st.cpu_ns, st.queued_ns), r.budget_s
-            )
+            bad, why = judge_stopped(f"vcpu{i}", 0, o.stopped, r.budget_s)
             if bad is not None:
                 out.append(bad)
             elif why:
@@ -516,7 +505,6 @@ def describe(
 
 
 def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], dict[str, Any]]:
-    V = checks.violation
     out: list[Violation] = []
     harness = list(r.harness)
     notes: dict[str, Any] = {}
@@ -535,7 +523,7 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
         ]
         if bad:
             out.append(
-                V(
+                checks.violation(
                     KIND_LOST,
                     s,
                     0,
@@ -549,7 +537,7 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
         got = (o.checksum, o.checksum2)
         if o.bad_gpa or got != want:
             out.append(
-                V(
+                checks.violation(
                     KIND_LOST,
                     s,
                     0,
@@ -565,7 +553,7 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
     if r.host_mismatch:
         pg = r.host_mismatch
         out.append(
-            V(
+            checks.violation(
                 KIND_LOST,
                 "host",
                 0,
@@ -582,7 +570,7 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
     strangers = [p for p in r.placements if p.how == "x"]
     if strangers:
         out.append(
-            V(
+            checks.violation(
                 KIND_LOST,
                 "host",
                 0,
@@ -601,7 +589,7 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
             continue
         if v is not None and f.page not in r.plans[v]:
             out.append(
-                V(
+                checks.violation(
                     KIND_MISATTRIBUTED,
                     f"vcpu{v}",
                     f.page,
@@ -617,7 +605,7 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
             # region: a fault named after any other thread was someone's fault
             # reported under the wrong thread id.
             out.append(
-                V(
+                checks.violation(
                     KIND_MISATTRIBUTED,
                     "uffd",
                     f.page,
@@ -631,7 +619,7 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
             )
         elif v is None and f.page == r.helper_page and f.tid != helper_tid:
             out.append(
-                V(
+                checks.violation(
                     KIND_MISATTRIBUTED,
                     "helper",
                     f.page,
@@ -647,7 +635,7 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
             continue
         if f.t_ns > r.vcpu[v].verify_ns:  # read once it was checking its memory
             out.append(
-                V(
+                checks.violation(
                     KIND_SPURIOUS,
                     f"vcpu{v}",
                     f.page,
@@ -659,7 +647,7 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
             )
     if foreign:
         out.append(
-            V(
+            checks.violation(
                 KIND_MISATTRIBUTED,
                 "uffd",
                 0,
@@ -682,7 +670,7 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
         else:
             if h["value"] != head_value(r.data_gpa + r.helper_page * PAGE_SIZE, r.seed):
                 out.append(
-                    V(
+                    checks.violation(
                         KIND_LOST,
                         "helper",
                         r.helper_page,
@@ -694,7 +682,7 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
                 )
             if not got and h["t1"] - h["t0"] >= lat:
                 out.append(
-                    V(
+                    checks.violation(
                         KIND_SILENT_STALL,
                         "helper",
                         r.helper_page,
@@ -725,7 +713,7 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
         late = sum(rp.copy_late[i] for i in mine)
         if bt > wall + late:
             out.append(
-                V(
+                checks.violation(
                     KIND_OVER_WALL,
                     s,
                     0,
@@ -765,7 +753,7 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
         agreement.append(Agreement(v, bt, stalled, slack, tol, len(mine), floor, stall_all))
         if bt > stalled + tol:
             out.append(
-                V(
+                checks.violation(
                     KIND_OVER_GUEST,
                     s,
                     0,
@@ -781,7 +769,7 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
             k = max(range(len(plan)), key=lambda k: o.stall_ns[k])
             heard = "with" if plan[k] in pages else "with no"
             out.append(
-                V(
+                checks.violation(
                     KIND_UNDER_GUEST if mine else KIND_SILENT_STALL,
                     s,
                     k,
@@ -801,7 +789,7 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
         d_steal = o.steal_after - o.steal_before
         if o.steal_before != U64 and o.steal_after != U64 and d_steal > o.run_delay_ns:
             out.append(
-                V(
+                checks.violation(
                     KIND_STEAL,
                     s,
                     0,

@@ -61,16 +61,6 @@ class RunCtx:
 
 
 @dataclass
-class Stuck:
-    """A vCPU that did not come back from KVM_RUN within the budget."""
-
-    rip: int
-    waited_ns: int  # wall time since KVM_RUN was issued
-    cpu_ns: int  # CPU time its thread got meanwhile (guest time included)
-    queued_ns: int | None = None  # its run_delay growth meanwhile (None: not recorded)
-
-
-@dataclass
 class VcpuRecord:
     """What one vCPU saw: guest readings and host readings of its area."""
 
@@ -82,7 +72,7 @@ class VcpuRecord:
     max_run_ns: int = 0  # longest single KVM_RUN (staleness of a reading)
     phases: list[tuple[int, int, int]] = field(default_factory=list)
     """(first sample index, last sample index, contended ns) per contended phase"""
-    stuck: Stuck | None = None
+    stuck: Stopped | None = None
     writer_run_delay_ns: int | None = None
     """run_delay of the thread that wrote MSR_KVM_STEAL_TIME at the boundary"""
 
@@ -186,7 +176,7 @@ class VcpuRecord:
             boundary=d["boundary"],
             max_run_ns=d["max_run_ns"],
             phases=[(p[0], p[1], p[2]) for p in d["phases"]],
-            stuck=Stuck(**d["stuck"]) if d.get("stuck") else None,
+            stuck=Stopped(**d["stuck"]) if d.get("stuck") else None,
             writer_run_delay_ns=d.get("writer_run_delay_ns"),
         )
         since, hv, hver, wait_before, wait_in = cols
@@ -324,13 +314,6 @@ def largest_jump_ns(records: list[VcpuRecord]) -> int | None:
     return max(jumps, key=abs) if jumps else None
 
 
-def _stopped(r: VcpuRecord) -> Stopped | None:
-    if r.stuck is None:
-        return None
-    s = r.stuck
-    return Stopped(s.rip, s.waited_ns, s.cpu_ns, s.queued_ns)
-
-
 def judge_records(records: list[VcpuRecord], budget_s: float) -> tuple[list[Violation], str | None]:
     """Run the checks over each vCPU's guest and host series: (violations,
     why the run cannot be judged, or None)."""
@@ -342,7 +325,7 @@ def judge_records(records: list[VcpuRecord], budget_s: float) -> tuple[list[Viol
             out += checks.check_monotonic(name, series)
             out += checks.check_versions(name, series)
             out += checks.check_follows_run_delay(name, series, rds)
-        stopped = _stopped(r)
+        stopped = r.stuck
         if stopped is not None:
             v, why = judge_stopped(f"vcpu{r.index}", len(r.guest), stopped, budget_s)
             if v is not None:

@@ -1,7 +1,7 @@
 """What every scenario family shares: kinds, verdicts, variants as data, the
 classification of failures, and the registry ``run`` and the tests iterate.
 
-A *family* (steal today; clock and postcopy next) declares its variants as
+A *family* (steal, clock, postcopy) declares its variants as
 data: a name, a :class:`Kind` with the reason, and the typed facts of what
 happens at the boundary.  It runs one variant with :meth:`Family.run_one`
 and returns a :class:`ScenarioResult`; the report and the CLI need nothing
@@ -64,6 +64,23 @@ HOLDS, BROKEN, CHARACTERIZED = Verdict.HOLDS, Verdict.BROKEN, Verdict.CHARACTERI
 ERROR, UNTESTABLE = Verdict.ERROR, Verdict.UNTESTABLE
 
 
+class Boundary(enum.StrEnum):
+    """Where a variant's boundary takes the vCPUs."""
+
+    NONE = "-"
+    IN_PROCESS = "new VM, same process"
+    CROSS_PROCESS = "new process"
+
+
+class Writer(enum.StrEnum):
+    """Which host thread puts the vCPU state (MSR_KVM_STEAL_TIME, kvmclock, the
+    TSC among it) at the boundary."""
+
+    VCPU_THREAD = "vcpu thread"
+    MAIN_THREAD = "main thread"
+    NONE = "-"
+
+
 class Blame(enum.StrEnum):
     """Whose fault a scenario that could not finish is."""
 
@@ -73,7 +90,7 @@ class Blame(enum.StrEnum):
     HARNESS = "harness"  # a bug or a broken environment
 
 
-def classify(exc: BaseException) -> Blame:
+def blame_of(exc: BaseException) -> Blame:
     from kvmharness.errors import KvmError, KvmUnavailable
     from kvmharness.exitcodes import Untestable
 

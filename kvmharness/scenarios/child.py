@@ -6,7 +6,7 @@ directory is never imported).  The snapshot and the results travel in memfds
 the parent owns, so nothing is left on disk however the parent dies, and the
 child dies with its parent (PR_SET_PDEATHSIG).  The child writes one JSON
 object to OUT_FD: ``{"status": "ok", ...}`` or ``{"status": BLAME, "error":
-...}``, the blame decided by :func:`~kvmharness.scenarios.base.classify`.
+...}``, the blame decided by :func:`~kvmharness.scenarios.base.blame_of`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from kvmharness.scenarios.base import Blame, ScenarioFailed, classify
+from kvmharness.scenarios.base import Blame, ScenarioFailed, blame_of
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def child_entry(argv: list[str], body: Callable[[str, dict[str, Any], int], dict
         }
     except Exception as exc:
         log.debug("%s process failed", role, exc_info=True)
-        payload = {"status": str(classify(exc)), "error": f"{type(exc).__name__}: {exc}"}
+        payload = {"status": str(blame_of(exc)), "error": f"{type(exc).__name__}: {exc}"}
     with os.fdopen(int(out_fd_s), "w") as f:
         json.dump(payload, f)
     return 0

@@ -53,17 +53,20 @@ from kvmharness.guest.machine import GuestStopped, GuestVm, mem_size_for
 from kvmharness.host.sched import SchedStat, Watchdog, cpu_for, wait_or_stop
 from kvmharness.host.threads import VcpuThread, close_threads, new_threads
 from kvmharness.judges import clock as clock_judge
+from kvmharness.judges.stopped import Stopped
 from kvmharness.kvm import ClockData, Kvm, Vcpu, Vm
 from kvmharness.pvclock import Pvti
 from kvmharness.scenarios.base import (
     Blame,
+    Boundary,
     Family,
     Kind,
     RunOptions,
     ScenarioFailed,
     Variant,
     Verdict,
-    classify,
+    Writer,
+    blame_of,
 )
 from kvmharness.scenarios.child import (
     child_entry,
@@ -74,15 +77,12 @@ from kvmharness.scenarios.child import (
 )
 from kvmharness.scenarios.clock_record import (
     Batch,
-    Boundary,
     BoundaryFacts,
     ClockPut,
     ClockRecord,
     RateProbe,
-    Stuck,
     TscPut,
     TscWrite,
-    Writer,
 )
 
 log = logging.getLogger(__name__)
@@ -138,14 +138,12 @@ class ClockVariant(Variant):
     """The main thread forces kvmclock updates (KVM_SET_CLOCK) while the vCPUs read."""
 
 
-P, C = Kind.PROMISE, Kind.CHARACTERIZE
-B = Boundary
 VARIANTS: dict[str, ClockVariant] = {
     v.name: v
     for v in [
         ClockVariant(
             "monotonic",
-            P,
+            Kind.PROMISE,
             "with a stable TSC KVM runs one master clock; a vCPU's own readings never "
             "go back and are taken under an even version",
             needs_stable=True,
@@ -153,7 +151,7 @@ VARIANTS: dict[str, ClockVariant] = {
         ),
         ClockVariant(
             "warp",
-            P,
+            Kind.PROMISE,
             "with PVCLOCK_TSC_STABLE_BIT guests (the vDSO) read vCPU 0's area from any "
             "vCPU: safe only if KVM updates every area in lockstep; no reading may go "
             "below one another vCPU published before it began",
@@ -161,7 +159,7 @@ VARIANTS: dict[str, ClockVariant] = {
         ),
         ClockVariant(
             "migrate",
-            P,
+            Kind.PROMISE,
             "each vCPU thread hops between host CPUs before every KVM_RUN (the 2015 "
             "report): KVM must update the vCPU's area, or not need to, so that no "
             "reading goes back, per vCPU or across vCPUs",
@@ -170,7 +168,7 @@ VARIANTS: dict[str, ClockVariant] = {
         ),
         ClockVariant(
             "updates",
-            P,
+            Kind.PROMISE,
             "the main thread forces kvmclock updates (KVM_SET_CLOCK with "
             "KVM_CLOCK_REALTIME, every vCPU's area rewritten) while vCPUs read vCPU 0's "
             "area vDSO-style: KVM must keep the version odd while it writes, so no "
@@ -181,100 +179,100 @@ VARIANTS: dict[str, ClockVariant] = {
         ),
         ClockVariant(
             "pvti",
-            P,
+            Kind.PROMISE,
             "every area's stable bit agrees with KVM_GET_CLOCK's KVM_CLOCK_TSC_STABLE, "
             "and when stable every vCPU holds the same (tsc_timestamp, system_time)",
             pvti_check=True,
         ),
         ClockVariant(
             "restore/downtime",
-            P,
+            Kind.PROMISE,
             "KVM_GET_CLOCK, downtime, KVM_SET_CLOCK(saved + downtime) on a new VM, "
             "state put by the vCPU threads: never back, forward at most the real time",
-            B.IN_PROCESS,
+            Boundary.IN_PROCESS,
             ClockPut.DOWNTIME,
             writer=Writer.VCPU_THREAD,
         ),
         ClockVariant(
             "restore/realtime",
-            P,
+            Kind.PROMISE,
             "KVM_SET_CLOCK with KVM_CLOCK_REALTIME: KVM itself adds the real time that "
             "passed, so the jump is the real time between the readings, no less, no more",
-            B.IN_PROCESS,
+            Boundary.IN_PROCESS,
             ClockPut.REALTIME,
             writer=Writer.VCPU_THREAD,
         ),
         ClockVariant(
             "restore/frozen",
-            P,
+            Kind.PROMISE,
             "KVM_SET_CLOCK(saved): the clock stood still, so the jump is about zero "
             "(at most the real time outside the downtime)",
-            B.IN_PROCESS,
+            Boundary.IN_PROCESS,
             ClockPut.FROZEN,
             writer=Writer.VCPU_THREAD,
         ),
         ClockVariant(
             "restore/main-thread",
-            P,
+            Kind.PROMISE,
             "as restore/downtime, but the main thread puts every vCPU's state (QEMU's pattern)",
-            B.IN_PROCESS,
+            Boundary.IN_PROCESS,
             ClockPut.DOWNTIME,
             writer=Writer.MAIN_THREAD,
         ),
         ClockVariant(
             "restore/cross-process/vcpu-thread",
-            P,
+            Kind.PROMISE,
             "savevm/loadvm through a snapshot file in a new process, state put by the "
             "vCPU threads, kvmclock advanced by the downtime",
-            B.CROSS_PROCESS,
+            Boundary.CROSS_PROCESS,
             ClockPut.DOWNTIME,
             writer=Writer.VCPU_THREAD,
         ),
         ClockVariant(
             "restore/cross-process/main-thread",
-            P,
+            Kind.PROMISE,
             "savevm/loadvm through a snapshot file, state put by the main thread, "
             "KVM_CLOCK_REALTIME",
-            B.CROSS_PROCESS,
+            Boundary.CROSS_PROCESS,
             ClockPut.REALTIME,
             writer=Writer.MAIN_THREAD,
         ),
         ClockVariant(
             "tsc/msr",
-            P,
+            Kind.PROMISE,
             "the TSC written with MSR_IA32_TSC (at the start, and the saved value at a "
             "restore) is the TSC the guest reads; it never goes back and stands still "
             "over the downtime",
-            B.IN_PROCESS,
+            Boundary.IN_PROCESS,
             ClockPut.DOWNTIME,
             TscPut.MSR,
             Writer.VCPU_THREAD,
         ),
         ClockVariant(
             "tsc/offset",
-            P,
+            Kind.PROMISE,
             "KVM_VCPU_TSC_OFFSET, where KVM_HAS_DEVICE_ATTR offers it, with the "
             "api.rst migration recipe: the guest reads host TSC + offset, and its TSC "
             "advances by the real downtime",
-            B.IN_PROCESS,
+            Boundary.IN_PROCESS,
             ClockPut.REALTIME,
             TscPut.OFFSET,
             Writer.VCPU_THREAD,
         ),
         ClockVariant(
             "frequency",
-            P,
+            Kind.PROMISE,
             "KVM_SET_TSC_KHZ (KVM_CAP_TSC_CONTROL): restored at another TSC frequency, "
             "the area's scale is KVM's for that frequency, the TSC runs at it, and "
             "kvmclock stays continuous",
-            B.IN_PROCESS,
+            Boundary.IN_PROCESS,
             ClockPut.DOWNTIME,
             writer=Writer.VCPU_THREAD,
             khz_ratio=FREQUENCY_RATIO,
         ),
         ClockVariant(
             "new-vm/start",
-            C,
+            Kind.CHARACTERIZE,
             "where a new VM's TSC and kvmclock start: KVM documents no start value "
             "(stock KVM starts the TSC near 0), so it is only measured",
             mode=0,
@@ -532,7 +530,7 @@ class Reader:
                     uc = self.gvm.expect(self.vcpu, lib.UCALL_SYNC)
                 except GuestStopped as exc:
                     cpu1, delay1 = st.read()
-                    rec.stuck = Stuck(exc.rip, clock() - t0, cpu1 - cpu0, delay1 - delay0)
+                    rec.stuck = Stopped(exc.rip, clock() - t0, cpu1 - cpu0, delay1 - delay0)
                     return
                 t1 = clock()
                 self._collect(uc.args, t0, t1, cpu)
@@ -1212,7 +1210,7 @@ def run_scenario(cfg: ClockConfig, kvm: Kvm | None = None) -> ClockResult:
                 if own:
                     k.close()
     except Exception as exc:
-        blame = Blame.NOT_SUPPORTED if isinstance(exc, NotSupported) else classify(exc)
+        blame = Blame.NOT_SUPPORTED if isinstance(exc, NotSupported) else blame_of(exc)
         log.info("clock scenario %s failed to run (%s)", cfg.variant, blame, exc_info=True)
         text = str(exc) if blame is Blame.NOT_SUPPORTED else f"could not run ({blame}): {exc}"
         failure = {"blame": str(blame), "observed": text}

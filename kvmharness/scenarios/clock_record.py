@@ -16,6 +16,7 @@ from typing import Any
 
 from kvmharness.checks import Sample
 from kvmharness.judges import deltas, undeltas
+from kvmharness.judges.stopped import Stopped
 
 #: PVCLOCK_TSC_STABLE_BIT in an area's flags: KVM's master clock was in use
 #: when it wrote the area.
@@ -40,20 +41,6 @@ class TscPut(enum.StrEnum):
     STATE = "as captured"  # the saved MSRs, MSR_IA32_TSC among them (not judged)
     MSR = "MSR_IA32_TSC"
     OFFSET = "KVM_VCPU_TSC_OFFSET"
-
-
-class Writer(enum.StrEnum):
-    """Which host thread puts the vCPU state at a restore."""
-
-    VCPU_THREAD = "vcpu thread"
-    MAIN_THREAD = "main thread"
-    NONE = "-"
-
-
-class Boundary(enum.StrEnum):
-    NONE = "-"
-    IN_PROCESS = "new VM, same process"
-    CROSS_PROCESS = "new process"
 
 
 # ---- delta encoding
@@ -88,16 +75,6 @@ class Batch:
     vdso_warps: int = 0
     max_vdso_warp_ns: int = 0
     cpu: int = -1  # host CPU the thread was allowed on (-1: not pinned by the scenario)
-
-
-@dataclass
-class Stuck:
-    """A vCPU the watchdog stopped in KVM_RUN (see :mod:`kvmharness.judges.stopped`)."""
-
-    rip: int
-    waited_ns: int
-    cpu_ns: int
-    queued_ns: int | None = None  # its thread's run_delay growth meanwhile
 
 
 @dataclass
@@ -141,7 +118,7 @@ class ClockRecord:
     decode: list[tuple[int, int, int]] = field(default_factory=list)
     """(sample index, guest ns, host ns) where the host decoded the same area and TSC"""
     tsc_writes: list[TscWrite] = field(default_factory=list)
-    stuck: Stuck | None = None
+    stuck: Stopped | None = None
 
     def phases(self) -> list[tuple[int, int]]:
         """Batch ranges [lo, hi) before and after the boundary (one without)."""
@@ -186,7 +163,7 @@ class ClockRecord:
             d["boundary"],
             [tuple(x) for x in d["decode"]],
             [_tsc_write(w) for w in d["tsc_writes"]],
-            Stuck(**d["stuck"]) if d.get("stuck") else None,
+            Stopped(**d["stuck"]) if d.get("stuck") else None,
         )
 
     def extend(self, other: ClockRecord) -> None:
@@ -276,7 +253,7 @@ class ClockRecord:
             d["boundary"],
             [(i, ns[i] + g, ns[i] + g + h) for i, g, h in d["decode"]],
             [_tsc_write(w) for w in d["tsc_writes"]],
-            Stuck(**d["stuck"]) if d.get("stuck") else None,
+            Stopped(**d["stuck"]) if d.get("stuck") else None,
         )
 
 

@@ -90,11 +90,11 @@ from kvmharness.judges.postcopy import (  # noqa: F401  (the kinds, for callers 
     KIND_UNDER_GUEST,
     U64,
     PostcopyRecord,
-    StoppedRun,
     VcpuRecord,
     head_value,
     page_qwords,
 )
+from kvmharness.judges.stopped import Stopped
 from kvmharness.kvm import Kvm
 from kvmharness.scenarios.base import (
     Blame,
@@ -104,7 +104,7 @@ from kvmharness.scenarios.base import (
     ScenarioFailed,
     Variant,
     Verdict,
-    classify,
+    blame_of,
     verdict_for,
 )
 
@@ -161,20 +161,19 @@ class PostcopyVariant(Variant):
     """A host thread that is no vCPU reads one missing page through the kernel."""
 
 
-P = Kind.PROMISE
 VARIANTS: dict[str, PostcopyVariant] = {
     v.name: v
     for v in [
         PostcopyVariant(
             "postcopy/stream",
-            P,
+            Kind.PROMISE,
             "vCPUs fault on missing pages, each placed after the latency, while a background "
             "stream pushes the others in order: nothing lost, blocktime exact and not steal",
             stream_during=True,
         ),
         PostcopyVariant(
             "postcopy/shared-page",
-            P,
+            Kind.PROMISE,
             "every vCPU blocks on one page before it is placed: several vCPUs on one address, "
             "time with all vCPUs blocked measured",
             stream_during=False,
@@ -182,7 +181,7 @@ VARIANTS: dict[str, PostcopyVariant] = {
         ),
         PostcopyVariant(
             "postcopy/non-vcpu",
-            P,
+            Kind.PROMISE,
             "a host thread that is no vCPU reads a missing page: the kernel must name that "
             "thread, and its wait is counted apart from vCPU blocktime",
             stream_during=True,
@@ -454,7 +453,7 @@ def _vcpu_body(
             t1 = time.monotonic_ns()
             c1, r1 = thread_cpu_ns(st.tid), st.read()[1]
             out.state = "stopped"
-            out.stopped = StoppedRun(exc.rip, t1 - run_t0, c1 - c0, r1 - r0)
+            out.stopped = Stopped(exc.rip, t1 - run_t0, c1 - c0, r1 - r0)
             if out.run_start_ns and not out.run_end_ns:
                 out.run_end_ns = t1
                 out.cpu_ns, out.run_delay_ns = c1 - c0, r1 - r0
@@ -671,7 +670,7 @@ def run_scenario(cfg: PostcopyConfig, kvm: Kvm | None = None) -> PostcopyResult:
             if own:
                 k.close()
     except Exception as exc:
-        blame = classify(exc)
+        blame = blame_of(exc)
         log.info("postcopy %s failed to run (%s)", cfg.variant, blame, exc_info=True)
         return PostcopyResult(
             cfg,

@@ -53,7 +53,8 @@ from kvmharness.host.sched import SchedStat, Watchdog, cpu_for, wait_or_stop
 from kvmharness.host.threads import VcpuThread, close_threads, new_threads
 from kvmharness.judges import SCHEMA_VERSION
 from kvmharness.judges import steal as steal_judge
-from kvmharness.judges.steal import RunCtx, Stuck, VcpuRecord
+from kvmharness.judges.steal import RunCtx, VcpuRecord
+from kvmharness.judges.stopped import Stopped
 from kvmharness.kvm import Kvm, Vcpu
 from kvmharness.scenarios.base import (
     Blame,
@@ -63,7 +64,8 @@ from kvmharness.scenarios.base import (
     ScenarioFailed,
     Variant,
     Verdict,
-    classify,
+    Writer,
+    blame_of,
 )
 from kvmharness.scenarios.child import (
     child_entry,
@@ -80,14 +82,6 @@ STEAL_AREA_SIZE = 64
 PROGRAM = "steal"
 
 
-class Writer(enum.StrEnum):
-    """Which host thread puts the vCPU state, MSR_KVM_STEAL_TIME included, at the boundary."""
-
-    VCPU_THREAD = "vcpu thread"
-    MAIN_THREAD = "main thread"
-    NONE = "-"
-
-
 class Runner(enum.StrEnum):
     """Which host thread runs the vCPU after the boundary."""
 
@@ -97,7 +91,7 @@ class Runner(enum.StrEnum):
 
 
 @dataclass
-class Boundary:
+class AtBoundary:
     """What a boundary function works on: it may replace the VM, the threads,
     and start a new vCPU life (a restore into new vCPUs)."""
 
@@ -118,7 +112,7 @@ class Boundary:
 class Strategy(Variant):
     writer: Writer = Writer.NONE
     runner: Runner = Runner.SAME_THREAD
-    boundary: Callable[[Boundary], None] | None = None
+    boundary: Callable[[AtBoundary], None] | None = None
     """The in-process boundary; None for a cross-process strategy."""
 
     @property
@@ -131,7 +125,7 @@ class Strategy(Variant):
         return str(self.writer)
 
 
-def fresh_vm(b: Boundary) -> None:
+def fresh_vm(b: AtBoundary) -> None:
     """Capture, destroy the VM, wait out the downtime, restore into a new VM."""
     state = _capture(b.gvm, b.threads)
     b.gvm.close()
@@ -146,7 +140,7 @@ def fresh_vm(b: Boundary) -> None:
     b.life += 1
 
 
-def cancelled_save(b: Boundary) -> None:
+def cancelled_save(b: AtBoundary) -> None:
     """Capture and put the state back into the same vCPUs, from their threads, as
     on a cancelled migration.  Not the CPUID: no VMM re-sets it on a vCPU that
     has run, and since Linux 5.16 KVM refuses a changed table there."""
@@ -158,14 +152,14 @@ def cancelled_save(b: Boundary) -> None:
         t.call(load_vcpu_state, b.gvm.vcpus[i], state.vcpus[i], cpuid=False)
 
 
-def move_to_new_threads(b: Boundary) -> None:
+def move_to_new_threads(b: AtBoundary) -> None:
     """The live vCPUs' KVM_RUN moves to new host threads."""
     close_threads(b.threads)
     b.sleep_out_downtime()
     b.threads = new_threads(len(b.records), "b")
 
 
-def rewrite_msr_from_main(b: Boundary) -> None:
+def rewrite_msr_from_main(b: AtBoundary) -> None:
     """The main thread, after waiting on a run queue, rewrites each live vCPU's MSR."""
     b.sleep_out_downtime()
     rd = accumulate_run_delay(WRITER_RUN_DELAY_NS)
@@ -174,13 +168,12 @@ def rewrite_msr_from_main(b: Boundary) -> None:
         r.writer_run_delay_ns = rd
 
 
-P, C = Kind.PROMISE, Kind.CHARACTERIZE
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in [
         Strategy(
             "fresh-vm/vcpu-thread",
-            P,
+            Kind.PROMISE,
             "new VM restored by the threads that run it: the API's rules, steal must "
             "stay monotonic and follow the runner's run_delay",
             Writer.VCPU_THREAD,
@@ -189,7 +182,7 @@ STRATEGIES: dict[str, Strategy] = {
         ),
         Strategy(
             "fresh-vm/main-thread",
-            P,
+            Kind.PROMISE,
             "QEMU's 2015 restore pattern; since the fix, KVM_SET_MSRS samples no "
             "thread's run_delay, so steal must stay monotonic",
             Writer.MAIN_THREAD,
@@ -198,21 +191,21 @@ STRATEGIES: dict[str, Strategy] = {
         ),
         Strategy(
             "cross-process/vcpu-thread",
-            P,
+            Kind.PROMISE,
             "savevm/loadvm through a snapshot file, state put by the vCPU threads",
             Writer.VCPU_THREAD,
             Runner.NEW_PROCESS,
         ),
         Strategy(
             "cross-process/main-thread",
-            P,
+            Kind.PROMISE,
             "savevm/loadvm through a snapshot file, state put by the main thread",
             Writer.MAIN_THREAD,
             Runner.NEW_PROCESS,
         ),
         Strategy(
             "cancelled-save",
-            P,
+            Kind.PROMISE,
             "state captured and put back, the VM resumes: nothing may count twice",
             Writer.VCPU_THREAD,
             Runner.SAME_THREAD,
@@ -220,7 +213,7 @@ STRATEGIES: dict[str, Strategy] = {
         ),
         Strategy(
             "same-vm/new-thread",
-            C,
+            Kind.CHARACTERIZE,
             "KVM_RUN of a live vCPU moves to another thread; api.rst asks for one "
             "thread per vCPU, so KVM promises nothing here",
             Writer.NONE,
@@ -229,7 +222,7 @@ STRATEGIES: dict[str, Strategy] = {
         ),
         Strategy(
             "fresh-vm/reused-thread",
-            C,
+            Kind.CHARACTERIZE,
             "new VM restored onto the threads that ran the old one: a new vCPU starts "
             "from last_steal 0, so its thread's whole run_delay is charged again",
             Writer.VCPU_THREAD,
@@ -238,7 +231,7 @@ STRATEGIES: dict[str, Strategy] = {
         ),
         Strategy(
             "same-vm/msr-rewrite",
-            C,
+            Kind.CHARACTERIZE,
             "another thread rewrites a live vCPU's steal-time MSR: a vCPU ioctl off "
             "its thread, outside the API's rules",
             Writer.MAIN_THREAD,
@@ -434,7 +427,7 @@ def sample_loop(
                 uc = gvm.expect(vcpu, lib.UCALL_SYNC)
             except GuestStopped as exc:
                 cpu1, rd1 = st.read()
-                rec.stuck = Stuck(exc.rip, clock() - t0, cpu1 - cpu0, rd1 - pre)
+                rec.stuck = Stopped(exc.rip, clock() - t0, cpu1 - cpu0, rd1 - pre)
                 break
             t1 = clock()
             post = st.read()[1]
@@ -572,7 +565,7 @@ def run_in_process(kvm: Kvm, cfg: StealConfig) -> tuple[list[VcpuRecord], float]
     dur = cfg.contend_ms * 1_000_000
     records = [VcpuRecord(i) for i in range(n)]
     threads = new_threads(n, "a")
-    b = Boundary(kvm, cfg, strat, start_vm(kvm, n, threads), threads, records, 0)
+    b = AtBoundary(kvm, cfg, strat, start_vm(kvm, n, threads), threads, records, 0)
     try:
         contended_phase(b.gvm, b.threads, records, dur, b.life, cfg.budget_s)
         if any(r.stuck for r in records):
@@ -688,7 +681,7 @@ def run_scenario(cfg: StealConfig, kvm: Kvm | None = None) -> StealResult:
                 if own:
                     k.close()
     except Exception as exc:
-        blame = classify(exc)
+        blame = blame_of(exc)
         error = str(exc)
         log.info("steal scenario %s failed to run (%s)", cfg.strategy, blame, exc_info=True)
     res = StealResult(
