@@ -387,6 +387,57 @@ def test_updates_record_shows_its_forced_updates():
     assert judge_record(rec).verdict == Verdict.UNTESTABLE
 
 
+def _lose_master_clock_at_first_set(rec: dict) -> dict:
+    """The real updates record as kvmclock-master-clock-lost-at-set-clock left
+    it on 6.1.0-57: the first KVM_GET_CLOCK stable, every one after the first
+    KVM_SET_CLOCK without KVM_CLOCK_TSC_STABLE (so no KVM_CLOCK_REALTIME, no
+    more sets), KVM_GET_CLOCK unstable after the phase and every area's
+    PVCLOCK_TSC_STABLE_BIT off."""
+    rec = copy.deepcopy(rec)
+    rec["storm"] = [
+        {
+            "sets": 1,
+            "added_ns": 2000,
+            "max_set_ns": 1982026,
+            "gets_without_realtime": 12,
+            "stable_gets": 1,
+            "lost_after_sets": 1,
+            "clocksource": ["tsc", "tsc"],
+        }
+    ]
+    rec["stable"]["before"] = False
+    res = result_of(rec)
+    for r in res.records:
+        for i in range(len(r.samples)):
+            set_sample(r, i, flags=r.samples[i][4] & ~STABLE_BIT)
+    return json.loads(json.dumps(res.record()))
+
+
+def test_master_clock_lost_at_set_clock_is_broken_not_unsupported():
+    """Negative control: a KVM_SET_CLOCK that turns the master clock off (the
+    storm saw KVM_CLOCK_TSC_STABLE, then not) is BROKEN.  Before the storm
+    recorded the flag, the same run read "never stable": NOT_SUPPORTED."""
+    rec = _lose_master_clock_at_first_set(load("updates"))
+    j = judge_record(rec)
+    assert j.verdict == Verdict.BROKEN, j.observed
+    assert [v.kind for v in j.violations] == [jc.KIND_MASTER_CLOCK_LOST]
+    assert "after 1 KVM_SET_CLOCK" in j.observed
+    # a host that was never stable is still "not supported"
+    never = copy.deepcopy(rec)
+    never["storm"][0].update(stable_gets=0, lost_after_sets=None)
+    assert judge_record(never).verdict == Verdict.NOT_SUPPORTED
+
+
+def test_master_clock_lost_with_the_host_clocksource_is_untestable():
+    """The host leaving tsc (its watchdog, an admin) takes KVM's master clock
+    with it: that loss is not KVM_SET_CLOCK's, and cannot be judged."""
+    rec = _lose_master_clock_at_first_set(load("updates"))
+    rec["storm"][0]["clocksource"] = ["tsc", "hpet"]
+    j = judge_record(rec)
+    assert j.verdict == Verdict.UNTESTABLE, j.observed
+    assert "hpet" in j.observed
+
+
 def test_offset_recipe_pairs_tsc_and_realtime_so_a_delay_cannot_put_it_ahead():
     """The 6.1.0-47 red (+1012693705 ticks, 1005088339 allowed at 2596.106 MHz)
     is what api.rst's recipe gives when the destination reads its realtime

@@ -63,6 +63,11 @@ STABLE_KINDS = frozenset({checks.KIND_DECREASE, checks.KIND_WARP})
 KVM_CLOCK_TSC_STABLE = 2
 KVM_CLOCK_REALTIME = 4
 
+#: The VM had a master clock (KVM_GET_CLOCK said KVM_CLOCK_TSC_STABLE) and lost
+#: it when nothing but the harness's own KVM_SET_CLOCKs came between, on a host
+#: whose clocksource stayed tsc.
+KIND_MASTER_CLOCK_LOST = "master-clock-lost"
+
 
 @dataclass
 class ClockConfigView:
@@ -533,6 +538,42 @@ def _warps(cfg: ClockConfigView, run: RunView, stable: list[bool], found: Found)
                 _judge_stable_kind(run, p, v, ok, end - _phase_start(run, p), found)
 
 
+def storm_master_clock(run: RunView) -> tuple[list[Violation], str | None]:
+    """The forced updates' KVM_SET_CLOCKs against KVM's master clock: a
+    KVM_GET_CLOCK had KVM_CLOCK_TSC_STABLE and a later one lacked it, with only
+    the storm's own KVM_SET_CLOCKs (realtime, continuous, no TSC write) in
+    between.  KVM keeps the master clock while the host clocksource is tsc and
+    every vCPU's TSC matched; KVM_SET_CLOCK changes neither, so the loss is
+    KVM's, unless the host left tsc meanwhile (then: why it cannot be judged)."""
+    out: list[Violation] = []
+    why_not = None
+    for p, st in enumerate(run.storm):
+        lost = st.get("lost_after_sets")
+        if lost is None:
+            continue
+        source = (st.get("clocksource") or [""])[-1]
+        if source and source != "tsc":
+            why_not = (
+                f"the host clocksource went from {st['clocksource'][0]!r} to {source!r} "
+                "during the forced updates: KVM's master clock went with it"
+            )
+            continue
+        out.append(
+            checks.violation(
+                KIND_MASTER_CLOCK_LOST,
+                "vm",
+                p,
+                1,
+                0,
+                f"KVM_GET_CLOCK had KVM_CLOCK_TSC_STABLE {st.get('stable_gets', 0)} time(s), "
+                f"then lacked it after {lost} KVM_SET_CLOCK(s) and nothing else (host "
+                f"clocksource {source or 'unknown'}): KVM_SET_CLOCK turned the master clock off",
+                counter="KVM_CLOCK_TSC_STABLE",
+            )
+        )
+    return out, why_not
+
+
 def judge_run(cfg: ClockConfigView, run: RunView) -> Found:
     """Every violation in the run, judged or excused (no master clock)."""
     found = Found()
@@ -661,6 +702,9 @@ def judge(record: dict[str, Any]) -> Judgement:
             if v:
                 found.judged.append(v)
             why_not = why_not or why
+    lost, why = storm_master_clock(run)
+    found.judged += lost
+    why_not = why_not or why
     violations = found.judged
     text = summary(run, violations)
     if notes["stability"]["lost_at_boundary"]:

@@ -939,6 +939,12 @@ class ClockStorm:
         self.added_ns = 0
         self.max_set_ns = 0
         self.gets_without_realtime = 0
+        self.stable_gets = 0
+        """KVM_GET_CLOCKs with KVM_CLOCK_TSC_STABLE (the VM had a master clock)"""
+        self.lost_after_sets: int | None = None
+        """KVM_SET_CLOCKs issued when a KVM_GET_CLOCK first lacked KVM_CLOCK_TSC_STABLE
+        after one had it (the master clock lost); None: never lost"""
+        self.clocksource: list[str] = [host_clocksource()]
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="clock-storm", daemon=True)
@@ -950,6 +956,19 @@ class ClockStorm:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.clocksource.append(host_clocksource())
+
+    def summary(self) -> dict[str, Any]:
+        """The phase's record of the storm."""
+        return {
+            "sets": self.sets,
+            "added_ns": self.added_ns,
+            "max_set_ns": self.max_set_ns,
+            "gets_without_realtime": self.gets_without_realtime,
+            "stable_gets": self.stable_gets,
+            "lost_after_sets": self.lost_after_sets,
+            "clocksource": self.clocksource,
+        }
 
     def _loop(self) -> None:
         last = 0
@@ -957,6 +976,11 @@ class ClockStorm:
             while not self._stop.wait(STORM_PAUSE_S):
                 t0 = time.monotonic_ns()
                 c = self.vm.get_clock()
+                if c.flags & lib.KVM_CLOCK_TSC_STABLE:
+                    self.stable_gets += 1
+                elif self.stable_gets and self.lost_after_sets is None:
+                    # stable before, not now: only our KVM_SET_CLOCKs came between
+                    self.lost_after_sets = self.sets
                 if not c.flags & lib.KVM_CLOCK_REALTIME:
                     # no master clock (yet: a new VM has one once its vCPUs ran)
                     self.gets_without_realtime += 1
@@ -972,6 +996,18 @@ class ClockStorm:
                 self.max_set_ns = max(self.max_set_ns, last)
         except BaseException as exc:  # reported by the phase
             self.error = exc
+
+
+CLOCKSOURCE = "/sys/devices/system/clocksource/clocksource0/current_clocksource"
+
+
+def host_clocksource() -> str:
+    """The host's clocksource (KVM has a master clock only on "tsc"), or "" if unknown."""
+    try:
+        with open(CLOCKSOURCE) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def rate_probe(vcpu: Vcpu) -> RateProbe:
@@ -1015,14 +1051,7 @@ def measured_phase(
                 "KVM_GET_CLOCK returned no realtime (KVM_CLOCK_REALTIME: "
                 "the host clock is not TSC-based) to force continuous kvmclock updates with"
             )
-        run.storm.append(
-            {
-                "sets": st.sets,
-                "added_ns": st.added_ns,
-                "max_set_ns": st.max_set_ns,
-                "gets_without_realtime": st.gets_without_realtime,
-            }
-        )
+        run.storm.append(st.summary())
     else:
         run_phase(gvm, threads, run.records, duration_ns, budget_s, hop)
     if not any(r.stuck for r in run.records):
