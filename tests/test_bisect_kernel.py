@@ -1,38 +1,22 @@
-"""scripts/bisect-kernel without QEMU: arguments, exit codes, module dirs, the guest script.
+"""kvmharness bisect-kernel without QEMU: arguments, exit codes, module dirs, the guest script.
 
-The script has no .py extension (it starts as a POSIX sh prologue that finds
-Python), so it is loaded with SourceFileLoader.  Nothing here boots a kernel.
+Nothing here boots a kernel.
 """
 
 from __future__ import annotations
 
 import gzip
-import importlib.machinery
-import importlib.util
 import lzma
 import shutil
 import struct
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from kvmharness.tools import bisect_kernel as bk
+
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bisect-kernel"
-
-
-def _load() -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader("bisect_kernel", str(SCRIPT))
-    spec = importlib.util.spec_from_loader("bisect_kernel", loader)
-    assert spec is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bisect_kernel"] = mod  # dataclasses look their module up
-    loader.exec_module(mod)
-    return mod
-
-
-bk = _load()
 
 
 def fake_bzimage(path: Path, release: str = "6.1.0-56-amd64") -> Path:
@@ -104,6 +88,7 @@ def test_bad_usage_raises_usage_error(argv: list[str]) -> None:
 def test_inner_command_default_env_and_option(tmp_path: Path) -> None:
     root = tmp_path / "checkout"
     kvmh = str(root / ".venv" / "bin" / "kvmharness")
+    root = bk.Home(root, root / ".venv" / "bin" / "python", root / ".venv" / "bin")
     o = bk.parse_args(["img", "--", "-s", "fresh-vm"], env={})
     assert bk.inner_argv(o, root) == [kvmh, "bisect", "-s", "fresh-vm"]
     o = bk.parse_args(
@@ -115,6 +100,22 @@ def test_inner_command_default_env_and_option(tmp_path: Path) -> None:
         ["img", "--inner-cmd", "true"], env={"KVMHARNESS_BISECT_INNER": "kvmharness run"}
     )
     assert bk.inner_argv(o, root) == ["true"]  # the option beats the environment
+
+
+def test_inner_command_of_an_installed_package() -> None:
+    """Installed from a wheel (no checkout): the guest runs this Python's kvmharness."""
+    py = Path("/opt/venv/bin/python3")
+    home = bk.Home(None, py, py.parent)
+    o = bk.parse_args(["img", "--", "-s", "steal"], env={})
+    assert bk.inner_argv(o, home) == [str(py), "-m", "kvmharness.cli", "bisect", "-s", "steal"]
+    o = bk.parse_args(["img", "--inner-cmd", "kvmharness run"], env={})
+    assert bk.inner_argv(o, home) == [str(py), "-m", "kvmharness.cli", "run"]
+
+
+def test_home_is_this_checkout() -> None:
+    home = bk.find_home()
+    assert home.checkout == SCRIPT.parent.parent
+    assert home.kvmharness == [str(SCRIPT.parent.parent / ".venv" / "bin" / "kvmharness")]
 
 
 # ---------------------------------------------------------------- exit codes
@@ -343,50 +344,157 @@ def test_rewrite_outputs(tmp_path: Path) -> None:
     assert moves == [("0-out.json", tmp_path / "r" / "out.json"), ("1-p.png", Path("/abs/p.png"))]
 
 
+def _source_params(tmp_path: Path, params: str, show: str) -> str:
+    """What bash sees after sourcing a params.sh: ``show`` evaluated in it."""
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    (tmp_path / "params.sh").write_text(params)
+    r = subprocess.run(
+        ["bash", "-c", f'. "$1/params.sh"; {show}', "bash", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return r.stdout
+
+
 @pytest.mark.parametrize("with_modules", [False, True])
-def test_guest_script_is_valid_bash(tmp_path: Path, with_modules: bool) -> None:
+def test_guest_params_round_trip_through_bash(tmp_path: Path, with_modules: bool) -> None:
     ms = None
     if with_modules:
         ms = bk.ModuleSet(kvm=Path("kvm.ko"), amd=Path("kvm-amd.ko.xz"), intel=None)
-    text = bk.guest_script(
-        vendor="amd",
-        modules=ms,
-        release="6.1.0-56-amd64",
-        inner=["/x/kvmharness", "bisect", "--json", "it's $HOME"],
-        cwd="/some dir",
+    inner = ["/x/kvmharness", "bisect", "--json", "it's $HOME", "a\nb", "*"]
+    params = bk.guest_params(
+        vendor="amd", modules=ms, release="6.1.0-56-amd64", inner=inner, cwd="/some dir"
     )
-    if with_modules:
-        assert "insmod_dir /run/bisect-kernel/mods/kvm.ko" in text
-        assert "kvm-amd.ko nested=1" in text
-    else:
-        assert "modprobe kvm_amd nested=1" in text
-    assert "'it'\"'\"'s $HOME'" in text  # inner ARGS quoted, not expanded
+    out = _source_params(
+        tmp_path,
+        params,
+        'printf "%s\\0" "${INNER[@]}" "$VENDOR" "$RELEASE" "$KVM_KO" "$VENDOR_KO" '
+        '"$INNER_CWD" "$EXIT_UNTESTABLE" "$HEARTBEAT_S"',
+    )
+    words = out.split("\0")[:-1]
+    assert words[: len(inner)] == inner  # quoted, not expanded or split
+    kvm_ko = "/run/bisect-kernel/mods/kvm.ko" if with_modules else ""
+    amd_ko = "/run/bisect-kernel/mods/kvm-amd.ko" if with_modules else ""
+    assert words[len(inner) :] == [
+        "amd",
+        "6.1.0-56-amd64",
+        kvm_ko,
+        amd_ko,
+        "/some dir",
+        "125",
+        str(bk.HEARTBEAT_S),
+    ]
+
+
+def test_guest_params_vendor_module_absent(tmp_path: Path) -> None:
+    """--modules without the vendor module the guest CPU needs: VENDOR_KO is
+    empty, which the guest script reports as cannot test."""
+    ms = bk.ModuleSet(kvm=Path("kvm.ko"), amd=Path("kvm-amd.ko"), intel=None)
+    params = bk.guest_params(vendor="intel", modules=ms, release="r", inner=["true"], cwd="/")
+    assert _source_params(tmp_path, params, 'echo "[$KVM_KO][$VENDOR_KO]"') == (
+        "[/run/bisect-kernel/mods/kvm.ko][]\n"
+    )
+    assert 'untestable "--modules has no kvm-$VENDOR.ko' in bk.guest_script()
+
+
+def test_guest_script_is_package_data_and_valid_bash() -> None:
+    text = bk.guest_script()
+    assert text.startswith("#!/bin/bash\n")
+    assert (Path(bk.__file__).parent / bk.GUEST_SCRIPT).read_text() == text
     if shutil.which("bash") is None:
         pytest.skip("no bash")
-    script = tmp_path / "g.sh"
-    script.write_text(text)
-    r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    r = subprocess.run(["bash", "-n", "-c", text], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
 
-def test_guest_script_intel_needed_but_absent() -> None:
-    ms = bk.ModuleSet(kvm=Path("kvm.ko"), amd=Path("kvm-amd.ko"), intel=None)
-    text = bk.guest_script(vendor="intel", modules=ms, release="r", inner=["true"], cwd="/")
-    assert 'untestable "--modules has no kvm-intel.ko' in text
+def _fake_guest_bin(tmp_path: Path) -> Path:
+    """Stand-ins for the commands the guest script runs, for a run outside a VM."""
+    d = tmp_path / "bin"
+    d.mkdir()
+    stubs = {
+        "uname": "echo 6.1.0-test",
+        "modprobe": 'echo "modprobe $*" >> "$FAKE_LOG"',
+        "insmod": 'echo "insmod $*" >> "$FAKE_LOG"',
+        "rmmod": "true",
+        "modinfo": "echo",
+        "sync": "true",
+    }
+    for name, body in stubs.items():
+        (d / name).write_text(f"#!/bin/sh\n{body}\n")
+        (d / name).chmod(0o755)
+    return d
 
 
-def test_script_is_ruff_clean() -> None:
-    """ruff only finds *.py; check the extension-less script explicitly."""
-    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
-    if not Path(ruff).exists():
-        pytest.skip("ruff not installed")
+def _guest_run(
+    tmp_path: Path, inner: list[str], *, modules: bool = False, flag: str = "svm"
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Run the guest script with bash outside a VM: stand-ins for uname and the
+    module tools, and /proc, /sys, /dev, /lib/modules of its own."""
+    import os
+
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    state = tmp_path / "state"
+    state.mkdir()
+    proc, sys_, dev, lib = (tmp_path / d for d in ("proc", "sys", "dev", "lib"))
+    for d in (proc, sys_, dev, lib / "r"):
+        d.mkdir(parents=True)
+    (proc / "cpuinfo").write_text(f"flags\t\t: fpu {flag} sse\n")
+    (proc / "uptime").write_text("1.50 2.00\n")
+    (dev / "kvm").symlink_to("/dev/null")  # a character device
+    ms = bk.ModuleSet(kvm=Path("kvm.ko"), amd=Path("kvm-amd.ko"), intel=None) if modules else None
+    (state / "params.sh").write_text(
+        bk.guest_params(vendor="amd", modules=ms, release="r", inner=inner, cwd=str(tmp_path))
+    )
+    (state / "guest.sh").write_text(bk.guest_script())
+    env = dict(
+        os.environ,
+        PATH=f"{_fake_guest_bin(tmp_path)}:{os.environ['PATH']}",
+        FAKE_LOG=str(tmp_path / "log"),
+        PROC=str(proc),
+        SYS=str(sys_),
+        DEV=str(dev),
+        LIB_MODULES=str(lib),
+    )
     r = subprocess.run(
-        [ruff, "check", "--no-cache", str(SCRIPT)],
+        ["bash", str(state / "guest.sh"), str(state)],
         capture_output=True,
         text=True,
-        cwd=SCRIPT.parent.parent,
+        env=env,
+        timeout=60,
     )
-    assert r.returncode == 0, r.stdout + r.stderr
+    return r, state
+
+
+@pytest.mark.parametrize("modules", [False, True])
+def test_guest_script_loads_kvm_and_runs_the_inner_command(tmp_path: Path, modules: bool) -> None:
+    out = tmp_path / "argv"
+    inner = ["sh", "-c", 'printf "%s|" "$@" > "$0"; exit 7', str(out), "a b", "$HOME"]
+    r, state = _guest_run(tmp_path, inner, modules=modules)
+    assert r.returncode == 7, r.stderr
+    assert out.read_text() == "a b|$HOME|"  # the argv as given: not split, not expanded
+    assert (state / "inner-rc").read_text() == "7\n"
+    assert (state / "booted").read_text() == "6.1.0-test\n"
+    for marker in ("kvm-loaded", "inner-started", "heartbeat"):
+        assert (state / marker).exists(), marker
+    assert not (state / "untestable").exists()
+    loaded = (tmp_path / "log").read_text()
+    if modules:
+        assert loaded == (
+            "insmod /run/bisect-kernel/mods/kvm.ko\n"
+            "insmod /run/bisect-kernel/mods/kvm-amd.ko nested=1\n"
+        )
+    else:
+        assert loaded == "modprobe kvm_amd nested=1\n"
+
+
+def test_guest_script_without_the_cpu_flag_cannot_test(tmp_path: Path) -> None:
+    r, state = _guest_run(tmp_path, ["true"], flag="vmx")
+    assert r.returncode == 125, r.stderr
+    assert (state / "untestable").read_text() == "the guest CPU has no svm flag\n"
+    assert not (state / "inner-started").exists()
 
 
 def test_frozen_for_counts_from_the_last_heartbeat(tmp_path: Path) -> None:
@@ -415,8 +523,7 @@ def test_judge_kernel_freeze_during_the_test(tmp_path: Path, on_crash: str, code
 
 
 def test_the_guest_script_keeps_a_heartbeat() -> None:
-    script = bk.guest_script(vendor="amd", modules=None, release="r", inner=["true"], cwd="/")
-    assert f'> "$S/heartbeat"; sleep {bk.HEARTBEAT_S}' in script
+    assert 'date +%s > "$S/heartbeat"\n    sleep "$HEARTBEAT_S"' in bk.guest_script()
 
 
 def test_retries_is_bounded() -> None:

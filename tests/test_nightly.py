@@ -1,14 +1,13 @@
-"""scripts/nightly: the history (crash- and concurrency-safe appends, readers that
+"""kvmharness nightly: the history (crash- and concurrency-safe appends, readers that
 skip torn lines), records from run documents, the changes between runs, the
 exit code, the HTML/text report, KCIDB output (validated by kcidb-io itself),
 merging hosts, and one real run on this host's KVM plus one through a stand-in
-for scripts/bisect-kernel (no QEMU)."""
+for kvmharness bisect-kernel (no QEMU)."""
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import importlib.util
 import json
 import os
 import re
@@ -19,20 +18,20 @@ from typing import Any
 
 import pytest
 
+from kvmharness.exitcodes import UsageError
+from kvmharness.tools.nightly import (
+    changes,
+    cli,
+    history,
+    kcidb,
+    processes,
+    records,
+)
+from kvmharness.tools.nightly import page as html_page
+from kvmharness.tools.nightly import text as textrep
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
-
-
-def _load() -> Any:
-    spec = importlib.util.spec_from_file_location("nightly_lib", SCRIPTS / "nightly_lib.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["nightly_lib"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
-nl = _load()
 
 KNOWN = {
     "status": "known-broken",
@@ -150,12 +149,12 @@ def record(
         "pytest_args": ["-m", "kvm"],
         "run_args": [],
     }
-    return nl.make_record(
+    return records.make_record(
         collected,
         host_name=host,
         date=f"{date}T03:00:00Z",
         revision=("a" * 40, False),
-        exit_code=nl.combine(run_rc, pytest_rc),
+        exit_code=records.combine(run_rc, pytest_rc),
     )
 
 
@@ -166,10 +165,10 @@ def test_append_writes_one_complete_line_per_record(tmp_path: Path) -> None:
     h = tmp_path / "h.jsonl"
     recs = [record(base_results(), date=f"2025-01-0{i}") for i in range(1, 4)]
     for r in recs:
-        nl.append_record(h, r)
+        history.append_record(h, r)
     data = h.read_bytes()
     assert data.count(b"\n") == 3 and data.endswith(b"\n")
-    back, problems = nl.read_history(h)
+    back, problems = history.read_history(h)
     assert problems == []
     assert [r["run_id"] for r in back] == [r["run_id"] for r in recs]
     assert back[0]["host"] == {
@@ -186,31 +185,30 @@ def test_append_writes_one_complete_line_per_record(tmp_path: Path) -> None:
 def test_a_torn_line_is_skipped_and_reported_and_the_next_append_is_whole(tmp_path: Path) -> None:
     h = tmp_path / "h.jsonl"
     first, second = record(base_results()), record(base_results(), date="2025-01-02")
-    nl.append_record(h, first)
-    line = nl.record_line(second)
+    history.append_record(h, first)
+    line = history.record_line(second)
     with open(h, "ab") as f:  # a writer that died half way through its line
         f.write(line[: len(line) // 2])
-    recs, problems = nl.read_history(h)
+    recs, problems = history.read_history(h)
     assert [r["run_id"] for r in recs] == [first["run_id"]]
     assert len(problems) == 1 and "torn" in problems[0].why and problems[0].line == 2
 
     third = record(base_results(), date="2025-01-03")
-    nl.append_record(h, third)  # must not glue onto the torn tail
-    recs, problems = nl.read_history(h)
+    history.append_record(h, third)  # must not glue onto the torn tail
+    recs, problems = history.read_history(h)
     assert [r["run_id"] for r in recs] == [first["run_id"], third["run_id"]]
     assert len(problems) == 1 and "garbled" in problems[0].why and problems[0].line == 2
 
 
 CHILD_DIES_MID_WRITE = """
 import os, signal, sys
-sys.path.insert(0, {scripts!r})
-import nightly_lib as nl
+from kvmharness.tools.nightly import history
 real_write = os.write
 def torn(fd, data):
     real_write(fd, bytes(data)[: len(data) // 2])
     os.kill(os.getpid(), signal.SIGKILL)   # the crash, after half the line is on disk
 os.write = torn
-nl.append_record({path!r}, {{"schema": nl.SCHEMA, "run_id": "dies", "host": {{}},
+history.append_record({path!r}, {{"schema": history.SCHEMA, "run_id": "dies", "host": {{}},
                             "scenarios": [], "pad": "x" * 5000}})
 """
 
@@ -218,29 +216,28 @@ nl.append_record({path!r}, {{"schema": nl.SCHEMA, "run_id": "dies", "host": {{}}
 def test_a_writer_killed_mid_write_costs_only_its_own_line(tmp_path: Path) -> None:
     h = tmp_path / "h.jsonl"
     before = record(base_results())
-    nl.append_record(h, before)
+    history.append_record(h, before)
     child = subprocess.run(
-        [sys.executable, "-c", CHILD_DIES_MID_WRITE.format(scripts=str(SCRIPTS), path=str(h))],
+        [sys.executable, "-c", CHILD_DIES_MID_WRITE.format(path=str(h))],
         timeout=30,
     )
     assert child.returncode == -9
     assert not h.read_bytes().endswith(b"\n")  # the crash really left a torn tail
     after = record(base_results(), date="2025-01-02")
-    nl.append_record(h, after)
-    recs, problems = nl.read_history(h)
+    history.append_record(h, after)
+    recs, problems = history.read_history(h)
     assert [r["run_id"] for r in recs] == [before["run_id"], after["run_id"]]
     assert [p.line for p in problems] == [2]
 
 
 APPENDER = """
 import sys
-sys.path.insert(0, {scripts!r})
-import nightly_lib as nl
+from kvmharness.tools.nightly import history
 w = int(sys.argv[1])
 for i in range({n}):
     # 4 to 68 KiB: beyond PIPE_BUF and a page, so a line written in pieces would interleave
     pad = "x" * (4096 + (i * 7919 + w * 104729) % (64 * 1024))
-    nl.append_record({path!r}, {{"schema": nl.SCHEMA, "run_id": f"{{w}}-{{i}}",
+    history.append_record({path!r}, {{"schema": history.SCHEMA, "run_id": f"{{w}}-{{i}}",
                                 "host": {{"name": f"w{{w}}"}}, "scenarios": [], "pad": pad}})
 """
 
@@ -248,10 +245,10 @@ for i in range({n}):
 def test_concurrent_nightlies_append_every_line_whole(tmp_path: Path) -> None:
     h = tmp_path / "h.jsonl"
     writers, n = 4, 100
-    code = APPENDER.format(scripts=str(SCRIPTS), path=str(h), n=n)
+    code = APPENDER.format(path=str(h), n=n)
     procs = [subprocess.Popen([sys.executable, "-c", code, str(w)]) for w in range(writers)]
     assert [p.wait(timeout=120) for p in procs] == [0] * writers
-    recs, problems = nl.read_history(h)
+    recs, problems = history.read_history(h)
     assert problems == []
     ids = [r["run_id"] for r in recs]
     assert len(ids) == writers * n
@@ -262,11 +259,11 @@ def test_concurrent_nightlies_append_every_line_whole(tmp_path: Path) -> None:
 def test_the_reader_reports_interleaved_and_foreign_lines() -> None:
     """Negative control for the two tests above: what unsafe appenders produce
     (two lines spliced, a line cut short, foreign JSON) is seen and counted."""
-    a = nl.record_line(record(base_results())).decode()
-    b = nl.record_line(record(base_results(), date="2025-01-02")).decode()
+    a = history.record_line(record(base_results())).decode()
+    b = history.record_line(record(base_results(), date="2025-01-02")).decode()
     spliced = a[:50] + b + a[50:]
     data = (a + spliced + '{"x": 1}\n' + "[1, 2]\n" + "\n" + b[:-1]).encode()
-    recs, problems = nl.parse_history(data, "h")
+    recs, problems = history.parse_history(data, "h")
     assert len(recs) == 1
     whys = [p.why.split(":")[0] for p in problems]
     assert whys == [
@@ -326,23 +323,23 @@ def test_record_holds_each_scenario_with_its_status_and_key_figures() -> None:
     ],
 )
 def test_exit_code(run_rc: int | None, pytest_rc: int | None, forced: bool, want: int) -> None:
-    assert nl.combine(run_rc, pytest_rc, forced_broken=forced) == want
+    assert records.combine(run_rc, pytest_rc, forced_broken=forced) == want
 
 
 def test_break_on_purpose_needs_todays_date_and_marks_what_it_broke() -> None:
     today = dt.date(2025, 3, 4)
-    scen = nl.scenarios_of(doc(base_results()))
-    with pytest.raises(nl.Usage, match="2025-03-04"):
-        nl.break_on_purpose(scen, "steal/cancelled-save:2025-03-03", today)  # yesterday's
-    with pytest.raises(nl.Usage, match="2025-03-04"):
-        nl.break_on_purpose(scen, "steal/cancelled-save", today)
-    with pytest.raises(nl.Usage, match="no promise"):
-        nl.break_on_purpose(scen, "steal/same-vm:2025-03-04", today)  # a characterization
-    hit = nl.break_on_purpose(scen, "steal/cancelled-save:2025-03-04", today)
+    scen = records.scenarios_of(doc(base_results()))
+    with pytest.raises(UsageError, match="2025-03-04"):
+        records.break_on_purpose(scen, "steal/cancelled-save:2025-03-03", today)  # yesterday's
+    with pytest.raises(UsageError, match="2025-03-04"):
+        records.break_on_purpose(scen, "steal/cancelled-save", today)
+    with pytest.raises(UsageError, match="no promise"):
+        records.break_on_purpose(scen, "steal/same-vm:2025-03-04", today)  # a characterization
+    hit = records.break_on_purpose(scen, "steal/cancelled-save:2025-03-04", today)
     assert hit == ["steal/cancelled-save@1"]
     s = next(x for x in scen if x["id"] == hit[0])
     assert s["status"] == "broken" and s["observed"].startswith("broken on purpose")
-    assert nl.break_on_purpose(scen, None, today) == []
+    assert records.break_on_purpose(scen, None, today) == []
 
 
 # ---------------------------------------------------------------- changes between runs
@@ -353,12 +350,12 @@ def test_changes_new_broken_fixed_and_known_issue_fixed() -> None:
     res = base_results(cancelled="broken")
     res[4] = clock("tsc/msr", [1_000_000], verdict="holds", known={**KNOWN, "status": "fixed?"})
     cur = record(res, run_rc=1, date="2025-01-02")
-    ch = nl.changes(prev, cur)
+    ch = changes.changes(prev, cur)
     assert [x.split(":")[0] for x in ch["new broken"]] == ["steal/cancelled-save@1"]
     assert "holds -> broken" in ch["new broken"][0]
     assert ch["fixed"] == ["clock/tsc/msr@2: known-broken -> fixed?"]
     assert ch["fixed?"][0].startswith("clock/tsc/msr@2: holds, but known issue pvm-tsc-not-applied")
-    back = nl.changes(cur, record(base_results(), date="2025-01-03"))
+    back = changes.changes(cur, record(base_results(), date="2025-01-03"))
     assert back["fixed"] == ["steal/cancelled-save@1: broken -> holds"]
     assert back["new broken"] == [] and back["new known-broken"] == [
         "clock/tsc/msr@2: fixed? -> known-broken"
@@ -376,22 +373,22 @@ def test_changes_new_broken_fixed_and_known_issue_fixed() -> None:
     ],
 )
 def test_a_figure_moved_by_more_than_the_stated_threshold(new_jump: int, flagged: bool) -> None:
-    ch = nl.changes(
+    ch = changes.changes(
         record(base_results(30_000_000)), record(base_results(new_jump), date="2025-01-02")
     )
     moved = [m for m in ch["figure moved"] if m.startswith("steal/fresh-vm/vcpu-thread@1")]
     assert bool(moved) is flagged
     if flagged:
         assert "largest steal jump 30 ms ->" in moved[0]
-    assert "100% of the smaller" in nl.move_rule() and "10 ms" in nl.move_rule()
+    assert "100% of the smaller" in changes.move_rule() and "10 ms" in changes.move_rule()
 
 
 def test_small_figures_do_not_move_below_the_floor() -> None:
     a = record([steal("cancelled-save", 1, 1_000_000)])
     b = record([steal("cancelled-save", 1, 9_000_000)], date="2025-01-02")  # x9, but 8 ms
-    assert nl.changes(a, b)["figure moved"] == []
+    assert changes.changes(a, b)["figure moved"] == []
     c = record([steal("cancelled-save", 1, 12_000_000)], date="2025-01-03")
-    assert len(nl.changes(a, c)["figure moved"]) == 1
+    assert len(changes.changes(a, c)["figure moved"]) == 1
 
 
 # ---------------------------------------------------------------- the report
@@ -399,9 +396,9 @@ def test_small_figures_do_not_move_below_the_floor() -> None:
 
 def three_runs(tmp_path: Path) -> Path:
     h = tmp_path / "h.jsonl"
-    nl.append_record(h, record(base_results(), date="2025-01-01"))
-    nl.append_record(h, record(base_results(35_000_000), date="2025-01-02"))
-    nl.append_record(
+    history.append_record(h, record(base_results(), date="2025-01-01"))
+    history.append_record(h, record(base_results(35_000_000), date="2025-01-02"))
+    history.append_record(
         h, record(base_results(80_000_000, cancelled="broken"), run_rc=1, date="2025-01-03")
     )
     with open(h, "ab") as f:
@@ -412,8 +409,8 @@ def three_runs(tmp_path: Path) -> Path:
 def test_html_report_is_self_contained_with_table_plots_known_issues_and_changes(
     tmp_path: Path,
 ) -> None:
-    recs, problems = nl.read_history(three_runs(tmp_path))
-    page = nl.html_report(recs, problems, last=10)
+    recs, problems = history.read_history(three_runs(tmp_path))
+    page = html_page.html_report(recs, problems, last=10)
     assert page.startswith("<!DOCTYPE html>")
     # self-contained: nothing fetched from elsewhere
     assert not re.search(r"""(src|href)=['"](?!data:)""", page)
@@ -439,8 +436,8 @@ def test_html_report_is_self_contained_with_table_plots_known_issues_and_changes
 
 
 def test_text_report_says_the_same_for_the_ci_log(tmp_path: Path) -> None:
-    recs, problems = nl.read_history(three_runs(tmp_path))
-    text = nl.text_report(recs, problems, last=2)
+    recs, problems = history.read_history(three_runs(tmp_path))
+    text = textrep.text_report(recs, problems, last=2)
     assert "new broken: steal/cancelled-save@1: holds -> broken" in text
     assert "figure moved: steal/fresh-vm/vcpu-thread@1: largest steal jump 35 ms -> 80 ms" in text
     line = next(x for x in text.splitlines() if x.startswith("steal/cancelled-save@1"))
@@ -466,17 +463,17 @@ def test_report_of_a_run_that_could_not_test() -> None:
         "pytest_rc": 0,
         "run_error": "cannot test: /dev/kvm is missing",
     }
-    rec = nl.make_record(
+    rec = records.make_record(
         collected,
         host_name="h",
         date="2025-01-01T00:00:00Z",
-        exit_code=nl.combine(125, 0),
+        exit_code=records.combine(125, 0),
         note="kvmharness run exited 125",
     )
     assert rec["exit_code"] == 125 and rec["scenarios"] == []
-    text = nl.text_report([rec], [], last=5)
+    text = textrep.text_report([rec], [], last=5)
     assert "exit 125 (cannot test)" in text and "(no scenario ran)" in text
-    assert "No scenario ran" in nl.html_report([rec], [], last=5)
+    assert "No scenario ran" in html_page.html_report([rec], [], last=5)
 
 
 # ---------------------------------------------------------------- capabilities lost
@@ -499,7 +496,7 @@ PVM_INFO = {
 
 
 def test_host_facts_say_present_absent_or_nothing() -> None:
-    facts = nl.host_facts(PVM_INFO)
+    facts = records.host_facts(PVM_INFO)
     assert facts["KVM_CAP_TSC_CONTROL"] is False and facts["KVM_CAP_VCPU_ATTRIBUTES"] is True
     assert facts["KVM_CAP_ADJUST_CLOCK KVM_CLOCK_REALTIME"] is True
     assert facts["KVM_CAP_ADJUST_CLOCK KVM_CLOCK_HOST_TSC"] is True
@@ -508,15 +505,17 @@ def test_host_facts_say_present_absent_or_nothing() -> None:
     assert facts["master clock (KVM_CLOCK_TSC_STABLE once a vCPU ran)"] is True
     assert facts["KVM PV feature steal_time"] is True
     assert facts["UFFD_FEATURE_THREAD_ID"] is True
-    unprobed = nl.host_facts({**PVM_INFO, "kvmclock_stable": None, "userfaultfd": "unknown (x)"})
+    unprobed = records.host_facts(
+        {**PVM_INFO, "kvmclock_stable": None, "userfaultfd": "unknown (x)"}
+    )
     assert "master clock (KVM_CLOCK_TSC_STABLE once a vCPU ran)" not in unprobed
     assert "userfaultfd usable" not in unprobed
-    assert nl.host_facts(None) is None and nl.host_facts({}) is None
+    assert records.host_facts(None) is None and records.host_facts({}) is None
 
 
 def _with_facts(results: list[dict[str, Any]], info: dict[str, Any], **kw: Any) -> dict[str, Any]:
     rec = record(results, **kw)
-    rec["host"]["facts"] = nl.host_facts(info)
+    rec["host"]["facts"] = records.host_facts(info)
     return rec
 
 
@@ -535,14 +534,14 @@ def _with_facts(results: list[dict[str, Any]], info: dict[str, Any], **kw: Any) 
 def test_a_capability_the_host_had_is_a_change(change: dict[str, Any], lost: str) -> None:
     prev = _with_facts(base_results(), PVM_INFO, date="2025-01-01")
     cur = _with_facts(base_results(), {**PVM_INFO, **change}, date="2025-01-02")
-    got = nl.capabilities_lost(prev, cur)
+    got = changes.capabilities_lost(prev, cur)
     assert len(got) == 1 and lost in got[0], got
-    assert nl.changes(prev, cur)["capability lost"] == got
+    assert changes.changes(prev, cur)["capability lost"] == got
     # gained, unchanged or unknown now: no change
-    assert nl.capabilities_lost(cur, prev) == [], "a capability gained is no loss"
-    assert nl.capabilities_lost(prev, prev) == []
+    assert changes.capabilities_lost(cur, prev) == [], "a capability gained is no loss"
+    assert changes.capabilities_lost(prev, prev) == []
     unknown = _with_facts(base_results(), {**PVM_INFO, "tsc_offset_attr": None}, date="2025-01-03")
-    assert nl.capabilities_lost(prev, unknown) == []
+    assert changes.capabilities_lost(prev, unknown) == []
 
 
 def test_a_scenario_that_went_from_a_verdict_to_not_supported_is_a_change() -> None:
@@ -551,18 +550,22 @@ def test_a_scenario_that_went_from_a_verdict_to_not_supported_is_a_change() -> N
     res[4] = clock("tsc/msr", [], verdict="not supported")  # was known-broken
     res[3] = clock("restore/frozen", [], verdict="untestable")  # load: not a capability
     cur = record(res, date="2025-01-02")
-    assert nl.capabilities_lost(prev, cur) == ["clock/tsc/msr@2: known-broken -> not supported: "]
+    assert changes.capabilities_lost(prev, cur) == [
+        "clock/tsc/msr@2: known-broken -> not supported: "
+    ]
     # frequency was not supported before and still is: nothing lost
-    assert not any("frequency" in x for x in nl.capabilities_lost(prev, cur))
-    assert "capability lost: clock/tsc/msr@2" in nl.text_report([prev, cur], [], last=5)
+    assert not any("frequency" in x for x in changes.capabilities_lost(prev, cur))
+    assert "capability lost: clock/tsc/msr@2" in textrep.text_report([prev, cur], [], last=5)
 
 
 def test_a_lost_capability_fails_the_night(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     hist, out = tmp_path / "h.jsonl", tmp_path / "out"
-    nl.append_record(hist, _with_facts(base_results(), PVM_INFO, host="n", date="2025-01-01"))
-    nl.append_record(hist, _with_facts(base_results(), PVM_INFO, host="other", date="2025-01-01"))
+    history.append_record(hist, _with_facts(base_results(), PVM_INFO, host="n", date="2025-01-01"))
+    history.append_record(
+        hist, _with_facts(base_results(), PVM_INFO, host="other", date="2025-01-01")
+    )
 
     def collected(info: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -575,22 +578,22 @@ def test_a_lost_capability_fails_the_night(
         }
 
     argv = ["--history", str(hist), "--out", str(out), "--host-name", "n", "--no-pytest"]
-    monkeypatch.setattr(nl, "collect", lambda *a, **k: collected(PVM_INFO))
-    assert nl.main(argv) == 0, capsys.readouterr()
+    monkeypatch.setattr(cli, "collect", lambda *a, **k: collected(PVM_INFO))
+    assert cli.main(argv) == 0, capsys.readouterr()
     monkeypatch.setattr(
-        nl, "collect", lambda *a, **k: collected({**PVM_INFO, "tsc_offset_attr": False})
+        cli, "collect", lambda *a, **k: collected({**PVM_INFO, "tsc_offset_attr": False})
     )
-    assert nl.main(argv) == 1
+    assert cli.main(argv) == 1
     captured = capsys.readouterr()
     assert (
         "nightly: capability lost since the previous run: KVM_VCPU_TSC_OFFSET attribute"
         in captured.err
     )
     assert "capability lost: KVM_VCPU_TSC_OFFSET attribute" in captured.out
-    recs, _ = nl.read_history(hist)
+    recs, _ = history.read_history(hist)
     assert recs[-1]["exit_code"] == 1 and "capability(ies)" in recs[-1]["note"]
     # the next night on the same (reduced) host is no change
-    assert nl.main(argv) == 0
+    assert cli.main(argv) == 0
 
 
 # ---------------------------------------------------------------- KCIDB and merging
@@ -609,7 +612,7 @@ def test_kcidb_output_passes_kcidb_io_validation() -> None:
     from jsonschema.exceptions import ValidationError
 
     rec = record(base_results(cancelled="broken"), run_rc=1)
-    data = json.loads(json.dumps(nl.kcidb(rec, JUNIT)))
+    data = json.loads(json.dumps(kcidb.kcidb(rec, JUNIT)))
     kcidb_io.schema.LATEST.validate(data)
     assert kcidb_io.schema.LATEST.is_compatible_exactly(data)
     tests = {t["path"]: t for t in data["tests"]}
@@ -638,8 +641,10 @@ def test_merge_keys_runs_by_host_and_takes_each_run_once(
 ) -> None:
     a, b, merged = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "m.jsonl"
     for d in ("2025-01-01", "2025-01-03"):
-        nl.append_record(a, record([steal("cancelled-save", 1, 9_000_000)], host="alpha", date=d))
-    nl.append_record(
+        history.append_record(
+            a, record([steal("cancelled-save", 1, 9_000_000)], host="alpha", date=d)
+        )
+    history.append_record(
         b,
         record(
             [steal("cancelled-save", 1, 9_000_000, verdict="broken")],
@@ -651,12 +656,12 @@ def test_merge_keys_runs_by_host_and_takes_each_run_once(
     out = tmp_path / "out"
     for _ in range(2):  # merging twice adds nothing
         assert (
-            nl.main(["--merge", str(a), str(b), "--history", str(merged), "--out", str(out)]) == 0
+            cli.main(["--merge", str(a), str(b), "--history", str(merged), "--out", str(out)]) == 0
         )
     stdout = capsys.readouterr().out
-    recs, problems = nl.read_history(merged)
+    recs, problems = history.read_history(merged)
     assert problems == [] and len(recs) == 3
-    hosts = nl.by_host(recs)
+    hosts = textrep.by_host(recs)
     assert [r["date"][:10] for r in hosts["alpha"]] == ["2025-01-01", "2025-01-03"]
     assert len(hosts["beta"]) == 1
     assert "== host alpha" in stdout and "== host beta" in stdout
@@ -675,13 +680,13 @@ def test_bad_usage_exits_2(tmp_path: Path) -> None:
         ["--kernel", str(tmp_path / "no-such-image")],
         ["--no-such-option"],
     ):
-        assert nl.main(argv + hist + ["--out", str(tmp_path)]) == 2, argv
+        assert cli.main(argv + hist + ["--out", str(tmp_path)]) == 2, argv
     # an unwritable history or report place is refused before anything runs
-    assert nl.main(["--history", str(tmp_path / "no" / "h"), "--out", str(tmp_path)]) == 2
+    assert cli.main(["--history", str(tmp_path / "no" / "h"), "--out", str(tmp_path)]) == 2
     (tmp_path / "file").write_text("")
-    assert nl.main(hist + ["--out", str(tmp_path / "file")]) == 2
+    assert cli.main(hist + ["--out", str(tmp_path / "file")]) == 2
     stale = f"steal/cancelled-save:{dt.date(2000, 1, 1).isoformat()}"
-    assert nl.main(hist + ["--out", str(tmp_path), "--break-on-purpose", stale]) == 2
+    assert cli.main(hist + ["--out", str(tmp_path), "--break-on-purpose", stale]) == 2
     assert not (tmp_path / "h").exists()  # refused before any run
 
 
@@ -694,7 +699,7 @@ TINY_RUN = "-s steal/cancelled-save --vcpus 1 --contend-ms 50"
 
 def nightly(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(SCRIPTS / "nightly"), *args],
+        [str(SCRIPTS / "nightly"), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -720,7 +725,7 @@ def test_end_to_end_on_this_hosts_kvm(tmp_path: Path) -> None:
         TINY_RUN,
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    recs, problems = nl.read_history(hist)
+    recs, problems = history.read_history(hist)
     assert problems == [] and len(recs) == 1
     rec = recs[0]
     assert [(s["id"], s["status"]) for s in rec["scenarios"]] == [
@@ -769,7 +774,9 @@ def test_kernel_mode_runs_itself_inside_and_breaks_on_purpose(tmp_path: Path) ->
     hist, out = tmp_path / "h.jsonl", tmp_path / "out"
     # two earlier good runs of this host, synthetic
     for d in ("2025-01-01", "2025-01-02"):
-        nl.append_record(hist, record([steal("cancelled-save", 1, 30_000_000)], host="k", date=d))
+        history.append_record(
+            hist, record([steal("cancelled-save", 1, 30_000_000)], host="k", date=d)
+        )
     today = dt.datetime.now(dt.UTC).date().isoformat()
     r = nightly(
         "--history",
@@ -789,7 +796,7 @@ def test_kernel_mode_runs_itself_inside_and_breaks_on_purpose(tmp_path: Path) ->
         f"steal/cancelled-save:{today}",
     )
     assert r.returncode == 1, r.stdout + r.stderr
-    recs, _ = nl.read_history(hist)
+    recs, _ = history.read_history(hist)
     assert len(recs) == 3 and recs[-1]["kernel_image"] == str(image)
     assert recs[-1]["broken_on_purpose"] == ["steal/cancelled-save@1"]
     assert recs[-1]["host"]["kernel_release"] == os.uname().release  # from inside
@@ -801,19 +808,19 @@ def test_kernel_mode_runs_itself_inside_and_breaks_on_purpose(tmp_path: Path) ->
 
 
 def test_kernel_command_hands_bisect_kernel_the_inner_run() -> None:
-    cmd = nl.kernel_command(
+    cmd = processes.kernel_command(
         "/k/bzImage",
         "/k/mods",
         ["-m", "kvm"],
         ["-s", "steal"],
         "/tmp/x/inner.json",
-        root=Path("/r"),
     )
-    assert cmd[:2] == ["/r/scripts/bisect-kernel", "/k/bzImage"]
+    me = [sys.executable, "-m", "kvmharness.cli"]  # this Python's kvmharness, in and out
+    assert cmd[:5] == [*me, "bisect-kernel", "/k/bzImage"]
     assert cmd[cmd.index("--modules") + 1] == "/k/mods"
     inner = cmd[cmd.index("--inner-cmd") + 1]
     assert inner == (
-        "/r/.venv/bin/python /r/scripts/nightly --inner --run-args '-s steal' "
+        f"{sys.executable} -m kvmharness.cli nightly --inner --run-args '-s steal' "
         "--pytest-args '-m kvm'"
     )
     assert cmd[-3:] == ["--", "--json", "/tmp/x/inner.json"]  # the file bisect-kernel moves
@@ -825,11 +832,11 @@ def test_kernel_mode_without_a_result_file_takes_bisect_kernels_code(tmp_path: P
         "import sys; print('bisect-kernel: cannot test: no kvm.ko', "
         "file=sys.stderr); sys.exit(125)\n"
     )
-    got = nl.collect_in_kernel(
+    got = processes.collect_in_kernel(
         "/k/bzImage", None, None, [], bisect_kernel=f"{sys.executable} {fake}", log=lambda m: None
     )
     assert got["run_rc"] == 125 and "no kvm.ko" in got["run_error"]
-    assert nl.combine(got["run_rc"], got["pytest_rc"]) == 125
+    assert records.combine(got["run_rc"], got["pytest_rc"]) == 125
 
 
 def test_script_help_documents_the_exit_codes_and_the_test_switch() -> None:

@@ -32,6 +32,7 @@ from kvmharness.exitcodes import (
     UsageError,
     signal_exit,
 )
+from kvmharness.tools import TOOLS, run_tool
 
 __all__ = [
     "EXIT_BROKEN",
@@ -110,12 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for register in _registrars():
         register(sub)
+    for name, (_module, help_text) in TOOLS.items():
+        # the kernel tools parse their own arguments (`kvmharness NAME --help`)
+        tool = sub.add_parser(name, help=help_text, add_help=False)
+        tool.add_argument("tool_args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TOOLS:  # a kernel tool: its own options, exit codes, signals
+        return run_tool(argv[0], argv[1:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command in TOOLS:
+        return run_tool(args.command, [*args.tool_args, *extra])
     if extra:  # reported with the subcommand's usage exit (128 for run and bisect)
         print(
             f"kvmharness {args.command}: error: unrecognized arguments: {' '.join(extra)}",
