@@ -3,18 +3,35 @@
 
 Runs mutmut (configured in pyproject.toml, ``[tool.mutmut]``) over the pure
 judging code (``kvmharness/judges/``, ``checks``, ``pvclock``, ``blocktime``)
-against the tests that need no KVM, then prints a table of the score per
+against the fast pure tests (no KVM, no subprocess: the files listed in
+``pytest_add_cli_args_test_selection``), then prints a table of the score per
 module and writes it as JSON.  A surviving mutant is either a gap in the
 tests or equivalent to the original; the equivalent ones are listed, each
 with its reason, in ``tests/mutation-survivors.txt`` (one ``NAME: reason``
 line each), and are counted apart.
 
-    .venv/bin/python scripts/mutation.py                 # run, then the table (long: see README)
-    .venv/bin/python scripts/mutation.py --report-only   # the table of the last run
+    .venv/bin/python scripts/mutation.py --module kvmharness/judges/clock.py
+    .venv/bin/python scripts/mutation.py                 # every module (hours on two cores)
+    .venv/bin/python scripts/mutation.py --report-only   # the table of the last runs
     .venv/bin/python scripts/mutation.py --json FILE     # also write the table as JSON
 
-Exit 0 when every module reaches --min-score (default 90) with the listed
-equivalents left out; 1 otherwise; 128 when mutmut itself failed.
+What keeps a run cheap:
+
+* ``--module`` (repeatable) runs only that module's mutants (mutmut's
+  ``run "kvmharness.judges.clock.x*"``); the table then shows that module.
+  Results accumulate in ``mutants/`` (git-ignored), so modules can be run one
+  at a time and ``--report-only`` shows them all.
+* mutmut's first phase records which tests call each function (stats, kept
+  in ``mutants/mutmut-stats.json`` and refreshed only for new tests); each
+  mutant then runs only the tests that reach its function, stopping at the
+  first failure (``-x``).  Only the pure test files are selected, and
+  ``-m "not kvm"`` is passed, with ``KVMHARNESS_REQUIRE_KVM`` removed from the
+  environment, so no test needs /dev/kvm.
+* The run is niced (``--nice``, default 19) with one worker by default
+  (``--max-children``): it is a background measurement on a shared machine.
+
+Exit 0 when every module shown reaches --min-score (default 90) with the
+listed equivalents left out; 1 otherwise; 128 when mutmut itself failed.
 This is a measurement, not part of CI.
 """
 
@@ -22,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -94,13 +112,35 @@ def score_table(results: dict[str, str], equivalents: dict[str, str]) -> list[di
     return rows
 
 
+def module_glob(module: str) -> str:
+    """``kvmharness/judges/clock.py`` (or ``kvmharness.judges.clock``) as the
+    glob of its mutants' names, ``kvmharness.judges.clock.x*``; a package's
+    ``__init__.py`` names its mutants after the package."""
+    name = module.removesuffix(".py").replace("/", ".").strip(".")
+    name = name.removesuffix(".__init__")
+    return f"{name}.x*"
+
+
+def module_of(glob: str) -> str:
+    return glob.removesuffix(".x*")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--report-only", action="store_true", help="do not run mutmut")
     ap.add_argument("--json", metavar="FILE", help="write the table as JSON")
     ap.add_argument("--min-score", type=float, default=90.0)
-    ap.add_argument("--max-children", type=int, default=2)
+    ap.add_argument("--max-children", type=int, default=1)
+    ap.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="run (and show) only this module's mutants, e.g. kvmharness/judges/clock.py",
+    )
+    ap.add_argument("--nice", type=int, default=19, help="niceness of the run (default 19)")
     args = ap.parse_args(argv)
+    globs = [module_glob(m) for m in args.module]
     mutmut = VENV_BIN / "mutmut"
     if not mutmut.exists():
         print(
@@ -108,9 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 128
     if not args.report_only:
-        rc = subprocess.call(
-            [str(mutmut), "run", "--max-children", str(args.max_children)], cwd=ROOT
-        )
+        env = {k: v for k, v in os.environ.items() if k != "KVMHARNESS_REQUIRE_KVM"}
+        cmd = [str(mutmut), "run", "--max-children", str(args.max_children), *globs]
+        if args.nice:
+            cmd = ["nice", "-n", str(args.nice), *cmd]
+        rc = subprocess.call(cmd, cwd=ROOT, env=env)
         if rc not in (0, 1):
             print(f"mutation: mutmut run exited {rc}", file=sys.stderr)
             return 128
@@ -122,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         check=False,
     ).stdout
     rows = score_table(parse_results(text), load_equivalents())
+    if globs:
+        rows = [r for r in rows if r["module"] in {module_of(g) for g in globs}]
     if not rows:
         print("mutation: no mutmut results here (run without --report-only)", file=sys.stderr)
         return 128

@@ -275,10 +275,17 @@ TCG_KHZ = 2596106
 def _tcg_e_max() -> int:
     """The longest real time between the readings that gives 1005088339 ticks
     allowed at tsc_khz (the red's own figure)."""
-    e = 1005088339 * 1_000_000 // TCG_KHZ
-    while jc._ticks(e + checks.rate_slack_ns(e), TCG_KHZ) + 1 > 1005088339:
-        e -= 1
-    return e
+    allowed = 1005088339
+
+    def fits(e: int) -> bool:
+        return jc._ticks(e + checks.rate_slack_ns(e), TCG_KHZ) + 1 <= allowed
+
+    lo, hi = allowed * 1_000_000 // TCG_KHZ * 99 // 100, allowed * 1_000_000 // TCG_KHZ
+    assert fits(lo)
+    while lo < hi:  # the largest e <= hi that fits (bisection: fits() is monotone)
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
 
 
 def _probes(khz_real: Fraction, span_ns: int, width_ns: int) -> list:

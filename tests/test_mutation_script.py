@@ -55,3 +55,43 @@ def test_an_equivalent_without_a_reason_is_refused(mutation, tmp_path):
         mutation.load_equivalents(f)
     f.write_text("kvmharness.checks.x_a__mutmut_1: a reason\n")
     assert mutation.load_equivalents(f) == {"kvmharness.checks.x_a__mutmut_1": "a reason"}
+
+
+def test_a_module_is_run_by_the_glob_of_its_mutants_names(mutation):
+    assert mutation.module_glob("kvmharness/judges/clock.py") == "kvmharness.judges.clock.x*"
+    assert mutation.module_glob("kvmharness.checks") == "kvmharness.checks.x*"
+    # a package's __init__ names its mutants after the package
+    glob = mutation.module_glob("kvmharness/judges/__init__.py")
+    assert glob == "kvmharness.judges.x*"
+    assert mutation.module_of(glob) == "kvmharness.judges"
+    import fnmatch
+
+    assert fnmatch.fnmatch("kvmharness.judges.x_deltas__mutmut_1", glob)
+    assert fnmatch.fnmatch(
+        "kvmharness.judges.clock.xǁFoundǁexcuse__mutmut_2", "kvmharness.judges.clock.x*"
+    )
+    assert not fnmatch.fnmatch(
+        "kvmharness.judges.clock.x_judge__mutmut_1", "kvmharness.judges.steal.x*"
+    )
+
+
+def test_the_order_plugin_puts_the_fastest_tests_first(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location(
+        "mutation_order", ROOT / "scripts/mutation_order.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    class Item:
+        def __init__(self, nodeid):
+            self.nodeid = nodeid
+
+    items = [Item("t::slow"), Item("t::new"), Item("t::fast")]
+    monkeypatch.chdir(tmp_path)
+    mod.pytest_collection_modifyitems(items)  # no stats yet: order left alone
+    assert [i.nodeid for i in items] == ["t::slow", "t::new", "t::fast"]
+    (tmp_path / "mutmut-stats.json").write_text(
+        '{"duration_by_test": {"t::slow": 3.0, "t::fast": 0.1}}'
+    )
+    mod.pytest_collection_modifyitems(items)
+    assert [i.nodeid for i in items] == ["t::new", "t::fast", "t::slow"]
