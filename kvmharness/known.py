@@ -396,5 +396,5 @@ class PromiseBroken(AssertionError):
 
 def scenario_id(family: str, variant: str) -> str:
     """``family/variant``, without doubling a family prefix the variant already has
-    (postcopy's variants are named ``postcopy/stream``)."""
+    (records of kvmharness 0.1 named postcopy's variants ``postcopy/stream``)."""
     return variant if variant.startswith(family + "/") else f"{family}/{variant}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How the steal matrix's cost grows with the vCPU count.
 
-One strategy at fixed contention, run at 1, 4, 16 and 64 vCPUs (medians of
+One steal variant at fixed contention, run at 1, 4, 16 and 64 vCPUs (medians of
 --repeat runs).  A scenario's wall time is the contended floor (two phases
 plus the downtime) plus set-up and tear-down; the per-vCPU cost is
 ``(wall - floor) / vCPUs``.  The baseline is the 1-vCPU run measured in this
@@ -24,7 +24,7 @@ from kvmharness.scenarios.steal import StealConfig, run_scenario
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--strategy", default="fresh-vm/vcpu-thread")
+    p.add_argument("--variant", default="fresh-vm/vcpu-thread")
     p.add_argument("--vcpus", default="1,4,16,64")
     p.add_argument("--contend-ms", type=int, default=150)
     p.add_argument("--repeat", type=int, default=3)
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in counts:
             walls = []
             for _ in range(args.repeat):
-                res = run_scenario(StealConfig(args.strategy, n, args.contend_ms), kvm)
+                res = run_scenario(StealConfig(args.variant, n, args.contend_ms), kvm)
                 if res.verdict not in ("holds", "characterized"):
                     print(f"{n} vCPUs: {res.verdict}: {res.observed}", file=sys.stderr)
                 walls.append(res.wall_s)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     payload = {
         "benchmark": "steal scenario cost per vCPU",
-        "strategy": args.strategy,
+        "strategy": args.variant,
         "contend_ms": args.contend_ms,
         "repeat": args.repeat,
         "figures": figures,

@@ -395,7 +395,8 @@ def columns_of(results: Iterable[dict[str, Any]]) -> list[str]:
         if r.get("kind", "promise") != "promise":
             continue
         fam = r.get("family") or r.get("scenario") or "?"  # schema 2 names the family
-        col = f"{fam}:{r.get('variant') or r.get('strategy') or '?'}"
+        var = str(r.get("variant") or r.get("strategy") or "?")
+        col = f"{fam}:{var.removeprefix(f'{fam}/')}"  # 0.1 wrote postcopy/stream
         if col not in out:
             out.append(col)
     return out

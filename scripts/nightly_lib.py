@@ -350,8 +350,8 @@ KEY_FIGURES: dict[str, list[tuple[str, str, str]]] = {
 def scenarios_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for r in doc.get("results") or []:
-        fam = str(r.get("scenario", "?"))
-        var = str(r.get("strategy", "?"))
+        fam = str(r.get("family") or r.get("scenario", "?"))
+        var = str(r.get("variant") or r.get("strategy", "?"))
         if var.startswith(fam + "/"):  # postcopy names its variants postcopy/...
             var = var[len(fam) + 1 :]
         vcpus = (r.get("config") or {}).get("vcpus", "?")

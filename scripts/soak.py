@@ -62,7 +62,7 @@ def one_matrix(extra: list[str], tmp: str, i: int) -> dict[str, object]:
         try:
             data = json.loads(Path(out).read_text())
             rec["failures"] = [
-                f"{r['strategy']} x{r['config']['vcpus']}: {r['verdict']}: {r['observed']}"
+                f"{r['variant']} x{r['config']['vcpus']}: {r['verdict']}: {r['observed']}"
                 for r in data["results"]
                 if r["verdict"] not in ("holds", "characterized")
             ]

@@ -239,7 +239,7 @@ def _steal_lost_at_the_restore(record):
 
 SIMULATED_BUGS = {
     "steal": ("fresh-vm/main-thread", _steal_lost_at_the_restore),
-    "postcopy": ("postcopy/stream", _no_vcpu_named_the_faults),
+    "postcopy": ("stream", _no_vcpu_named_the_faults),
     "clock": ("monotonic", _host_decode_one_ns_off),
 }
 

@@ -115,7 +115,7 @@ def test_not_supported_is_left_out_unless_named_or_alone():
     ns, held, broke = Verdict.NOT_SUPPORTED, Verdict.HOLDS, Verdict.BROKEN
     no_master_clock = [
         _r("steal", "fresh-vm/main-thread", held),
-        _r("postcopy", "postcopy/stream", held),
+        _r("postcopy", "stream", held),
         _r("clock", "warp", ns),
         _r("clock", "restore/downtime", ns),
     ]
@@ -140,7 +140,7 @@ def test_not_supported_is_left_out_unless_named_or_alone():
         exit_code(offset, None, [("clock", [("clock", "tsc/offset"), ("clock", "tsc/msr")])]) == 0
     )
     # a name whose scenarios never ran (e.g. beyond the family's vCPUs)
-    assert exit_code(offset, None, [("postcopy", [("postcopy", "postcopy/stream")])]) == 125
+    assert exit_code(offset, None, [("postcopy", [("postcopy", "stream")])]) == 125
 
 
 def test_an_untestable_characterization_does_not_skip_the_commit():
@@ -192,7 +192,7 @@ def test_scenario_errors_are_classified():
     assert blame_of(KeyError("x")) == "harness"
 
 
-def test_list_strategies(capsys):
+def test_list_variants(capsys):
     assert main(["run", "--list"]) == 0
     out = capsys.readouterr().out
     assert "fresh-vm/main-thread" in out and "characterize" in out and "promise" in out
@@ -222,7 +222,7 @@ def test_run_prints_table_writes_json_and_exits_0(tmp_path, capsys):
     assert "[1/2] cancelled-save" in captured.err, "progress on stderr"
     data = json.loads(out_json.read_text())
     assert data["exit_code"] == 0
-    assert [r["strategy"] for r in data["results"]] == ["cancelled-save", "same-vm/new-thread"]
+    assert [r["variant"] for r in data["results"]] == ["cancelled-save", "same-vm/new-thread"]
     assert data["results"][0]["records"][0]["events"]["t_ns"], "samples are in the JSON"
     assert data["host"]["kvm_backend"] in ("vmx", "svm", "pvm", "unknown")
 
@@ -260,7 +260,7 @@ def test_bisect_prints_one_verdict_line_and_json(tmp_path, capsys):
     assert out.splitlines()[0].startswith("kvmharness bisect: good: every promise held (exit 0")
     data = json.loads(out_json.read_text())
     assert data["command"] == "bisect" and data["exit_code"] == 0
-    assert [(r["strategy"], r["config"]["vcpus"]) for r in data["results"]] == [
+    assert [(r["variant"], r["config"]["vcpus"]) for r in data["results"]] == [
         ("cancelled-save", 2)
     ]
 
@@ -298,6 +298,68 @@ def test_selection_by_family_variant_prefix_and_qualified_name():
     assert ("steal", "same-vm/new-thread") not in bisect_steal, "bisect runs promises only"
     with pytest.raises(Exception, match="unknown scenario 'steal/nope'"):
         select(["steal/nope"], bisect=False)
+
+
+def test_every_variant_is_named_family_slash_variant_and_bare_where_unique():
+    """Issue 21 item 9: clock's variants had no family in their name and
+    postcopy's had it twice, so `-s stream` failed and `-s postcopy/postcopy/stream`
+    worked.  Today every variant is `family/variant`, and a bare name works
+    where one family has it."""
+    from kvmharness.cli.run import select
+
+    def names(items):
+        return [(f.name, v) for f, vs in select(items, bisect=False) for v in vs]
+
+    assert names(["postcopy/stream"]) == names(["stream"]) == [("postcopy", "stream")]
+    assert names(["clock/monotonic"]) == names(["monotonic"]) == [("clock", "monotonic")]
+    assert names(["steal/cancelled-save"]) == [("steal", "cancelled-save")]
+    assert names(["clock/restore/cross-process"]) == [
+        ("clock", "restore/cross-process/vcpu-thread"),
+        ("clock", "restore/cross-process/main-thread"),
+    ]
+
+
+def test_a_bare_name_two_families_have_is_refused_naming_both(monkeypatch):
+    import dataclasses
+
+    import kvmharness.scenarios.base as base
+    from kvmharness.cli.run import select
+    from kvmharness.exitcodes import UsageError
+
+    steal, clock = base.family("steal"), base.family("clock")
+    twin = dataclasses.replace(
+        clock, variants={**clock.variants, "cancelled-save": clock.variants["monotonic"]}
+    )
+    monkeypatch.setattr(base, "families", lambda: [steal, twin])
+    with pytest.raises(UsageError, match="'clock/cancelled-save' or 'steal/cancelled-save'"):
+        select(["cancelled-save"], bisect=False)
+    assert [
+        (f.name, v) for f, vs in select(["clock/cancelled-save"], bisect=False) for v in vs
+    ] == [("clock", "cancelled-save")]
+
+
+@pytest.mark.parametrize(
+    "typo, meant",
+    [
+        ("monotnic", "'clock/monotonic'"),
+        ("postcopy/strem", "'postcopy/stream'"),
+        ("fresh-vm/vcpu-thred", "'steal/fresh-vm/vcpu-thread'"),
+    ],
+)
+def test_a_typo_gets_did_you_mean_not_every_name(typo, meant, capsys):
+    assert main(["run", "-s", typo]) == 128
+    err = capsys.readouterr().err
+    assert f"unknown scenario {typo!r}; did you mean {meant}" in err
+    assert len(err) < 300, "not a list of every variant"
+    assert "restore/cross-process/main-thread" not in err
+
+
+@pytest.mark.parametrize("flag", ["--variant", "--scenario", "--strategy", "-s"])
+def test_variant_is_the_option_and_the_old_names_still_work(flag):
+    from kvmharness.cli import build_parser
+
+    args = build_parser().parse_args(["run", flag, "stream"])
+    assert args.variant == ["stream"]
 
 
 def test_a_vcpu_count_beyond_a_family_is_refused_not_run(monkeypatch):

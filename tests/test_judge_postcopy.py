@@ -286,7 +286,7 @@ def test_a_retried_fault_shows_where_the_slot_model_disagrees():
     res = SimpleNamespace(
         record=rec,
         notes=j.notes,
-        variant=pc.VARIANTS["postcopy/stream"],
+        variant=pc.VARIANTS["stream"],
         config=pc.PostcopyConfig(),
         wall_s=0.1,
         verdict=j.verdict,

@@ -206,9 +206,9 @@ def test_a_vcpu_starved_on_a_run_queue_is_untestable():
 
 
 def test_kinds_match_the_runner():
-    from kvmharness.scenarios.steal import STRATEGIES
+    from kvmharness.scenarios.steal import VARIANTS
 
-    assert {n: s.kind for n, s in STRATEGIES.items()} == js.KINDS
+    assert {n: s.kind for n, s in VARIANTS.items()} == js.KINDS
 
 
 def test_table_prints_from_a_saved_record():

@@ -696,19 +696,19 @@ def test_schema_2_records_name_family_and_variant_and_not_supported_is_no_kill()
     assert ml.columns_of(doc["results"]) == [
         "clock:updates",
         "clock:restore/downtime",
-        "postcopy:postcopy/stream",
+        "postcopy:stream",
     ]
     ctl = ml.cells_from_bisect(doc, control=True)
     mut = ml.cells_from_bisect(doc, control=False)
     assert ctl["clock:updates"].state == ml.NOT_SUPPORTED
     assert mut["clock:updates"].state == ml.NOT_SUPPORTED
-    assert mut["postcopy:postcopy/stream"].state == ml.CAUGHT
+    assert mut["postcopy:stream"].state == ml.CAUGHT
     m = ml.parse_patch(
         patch_text(
             HEADER.replace("steal:fresh-vm/main-thread, steal:cross-process", "clock:updates")
         )
     )
-    ctl["postcopy:postcopy/stream"] = ml.Cell(ml.HOLDS, "holds")
+    ctl["postcopy:stream"] = ml.Cell(ml.HOLDS, "holds")
     rows = [ml.Row(ml.CONTROL, ctl, [0]), ml.Row("demo", mut, [0], m)]
     cols = ml.matrix_columns(rows)
     assert rows[0].status(cols) == "ok"  # not supported on the control is no false alarm

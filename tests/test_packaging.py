@@ -179,7 +179,7 @@ def test_the_installed_wheel_runs_a_steal_scenario_outside_the_checkout(installe
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     report = json.loads((work / "out.json").read_text())
     (result,) = report["results"]
-    assert result["strategy"] == "fresh-vm/vcpu-thread"
+    assert result["variant"] == "fresh-vm/vcpu-thread"
     assert result["verdict"] == "holds", result
     assert result["vcpus"] and result["steal_after_ns"] is not None
     assert list((tmp_path / "cache" / "guest").glob("steal-*.elf")), "not built in the cache"

@@ -89,11 +89,11 @@ def test_variant_holds_on_this_kernel(kvm, variant, characterize):
         # every fault named a vCPU's thread came while that vCPU was touching
         mine = [f for f, fv in zip(rec.faults, rp.vcpu_of, strict=True) if fv == v]
         assert all(o.run_start_ns <= f.t_ns for f in mine)
-    if variant == "postcopy/shared-page":
+    if variant == "shared-page":
         # both vCPUs waited on page 0 until it was placed, at least the latency later
         assert rep["all_blocked_ns"] >= FAST["latency_us"] * 1000
         assert sum(1 for f in rec.faults if f.page == 0) >= 2
-    if variant == "postcopy/non-vcpu":
+    if variant == "non-vcpu":
         assert rep["non_vcpu_faults"] >= 1
         tids = {o.tid for o in rec.vcpu}
         assert all(f.tid == rec.helper["tid"] for f in rec.faults if f.tid not in tids)
@@ -106,7 +106,7 @@ def test_the_guest_checksum_covers_every_byte(kvm):
     """One byte flipped in the middle of a page on its way: the guest's
     checksum is that of the bytes it really holds (not of the pattern it
     expects), and the judge calls the page lost."""
-    cfg = pc.PostcopyConfig("postcopy/stream", 2, **FAST)
+    cfg = pc.PostcopyConfig("stream", 2, **FAST)
     variant = pc.VARIANTS[cfg.variant]
     image = pc.load_program(pc.PROGRAM)
     lay = pc.make_layout(cfg, variant, image)
@@ -144,7 +144,7 @@ def test_vcpu_fault_messages_lost_are_broken_live(kvm, monkeypatch, variant):
     res = pc.run_scenario(pc.PostcopyConfig(variant, 2, **dict(FAST, budget_s=3)), kvm)
     assert res.verdict == Verdict.BROKEN, res.observed
     kinds = {v.kind for v in res.violations}
-    if variant == "postcopy/shared-page":
+    if variant == "shared-page":
         assert "hung" in kinds, res.observed
     else:
         assert kinds & {pc.KIND_SILENT_STALL, pc.KIND_UNDER_GUEST}, res.observed
@@ -163,7 +163,7 @@ def test_family_is_registered_with_promises_for_run_and_bisect():
 def test_run_one_refuses_a_count_it_cannot_take_as_an_error_row():
     from kvmharness.scenarios.base import RunOptions
 
-    res = pc.run_one("postcopy/stream", pc.MAX_VCPUS + 1, RunOptions())
+    res = pc.run_one("stream", pc.MAX_VCPUS + 1, RunOptions())
     assert res.verdict == Verdict.ERROR and "vcpus" in res.observed
 
 

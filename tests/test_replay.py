@@ -175,3 +175,60 @@ def test_replay_notices_a_record_edited_to_a_broken_kernel(tmp_path):
     assert any(
         r["verdict"] == "broken" for r in judged["results"] if r["variant"].startswith("fresh-vm")
     )
+
+
+def _as_today(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as today's release writes it: ``variant`` without its family,
+    no ``strategy`` nor ``scenario`` key."""
+    out = {k: v for k, v in record.items() if k not in ("strategy", "scenario")}
+    out["variant"] = str(record["variant"]).removeprefix(f"{record['family']}/")
+    return out
+
+
+def _strategy_only(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` naming its variant only as ``strategy`` (how 0.1 readers knew it)."""
+    out = dict(record)
+    out["strategy"] = out.pop("variant")
+    return out
+
+
+@pytest.mark.parametrize(
+    "path", [*STOCK, MUTANT_DIR / "control.clock+postcopy.json.gz"], ids=lambda p: p.name
+)
+def test_a_run_file_of_the_previous_release_judges_as_today(path):
+    """The corpus holds run files of kvmharness 0.1 ("strategy", postcopy's
+    variants named postcopy/stream): each record is judged exactly as the same
+    record written today, and as one that names its variant only "strategy"."""
+    from kvmharness.judges import RecordError, judge_record
+
+    doc = json.loads(gzip.open(path).read())
+    judged = 0
+    for record in doc["results"]:
+        try:
+            was = judge_record(record)
+        except RecordError:
+            continue  # a scenario that never ran (judged as recorded)
+        for form in (_as_today(record), _strategy_only(record)):
+            j = judge_record(form)
+            assert (j.verdict, j.observed, j.violations) == (
+                was.verdict,
+                was.observed,
+                was.violations,
+            ), f"{record['family']}/{record['variant']}"
+        judged += 1
+    assert judged, "the file holds judgeable records"
+
+
+def test_judge_reads_old_postcopy_names_in_a_run_files_selection(tmp_path, capsys):
+    """A 0.1 run file that named `postcopy` selected postcopy/stream etc.: today's
+    variants are `stream`, and the selection still finds them (not "did not run")."""
+    path = MUTANT_DIR / "control.clock+postcopy.json.gz"
+    doc = json.loads(gzip.open(path).read())
+    assert ["postcopy", "postcopy/stream"] in doc["selection"][1]["scenarios"]
+    code, judged = rejudge(path, tmp_path)
+    assert code == doc["exit_code"] == 0, capsys.readouterr().out
+    assert [r["variant"] for r in judged["results"] if r["family"] == "postcopy"] == [
+        "stream",
+        "shared-page",
+        "non-vcpu",
+    ]

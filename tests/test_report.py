@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from kvmharness.checks import Sample
-from kvmharness.scenarios.steal import STRATEGIES, StealConfig, StealResult, VcpuRecord
+from kvmharness.scenarios.steal import VARIANTS, StealConfig, StealResult, VcpuRecord
 from kvmharness.scenarios.steal_view import plot_steal, steal_table
 
 
@@ -22,7 +22,7 @@ def _result(verdict: str = "holds") -> StealResult:
     )
     return StealResult(
         StealConfig("fresh-vm/vcpu-thread"),
-        STRATEGIES["fresh-vm/vcpu-thread"],
+        VARIANTS["fresh-vm/vcpu-thread"],
         [rec],
         [],
         verdict,

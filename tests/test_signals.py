@@ -35,7 +35,7 @@ def _session_members(sid: int) -> list[int]:
     return out
 
 
-def _start(tmp_path: Path, strategy: str) -> subprocess.Popen[bytes]:
+def _start(tmp_path: Path, variant: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     return subprocess.Popen(
@@ -45,7 +45,7 @@ def _start(tmp_path: Path, strategy: str) -> subprocess.Popen[bytes]:
             "kvmharness.cli",
             "run",
             "-s",
-            strategy,
+            variant,
             "--vcpus",
             "2",
             "--contend-ms",
@@ -82,12 +82,12 @@ def _assert_nothing_left(sid: int, tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["tmp"]
 
 
-@pytest.mark.parametrize("strategy", ["cross-process/main-thread", "fresh-vm/vcpu-thread"])
-def test_sigterm_unwinds_and_exits_143(tmp_path, strategy):
-    proc = _start(tmp_path, strategy)
+@pytest.mark.parametrize("variant", ["cross-process/main-thread", "fresh-vm/vcpu-thread"])
+def test_sigterm_unwinds_and_exits_143(tmp_path, variant):
+    proc = _start(tmp_path, variant)
     try:
         # cross-process: leader, save child, its stealers; in-process: leader, stealers
-        _wait_for_children(proc, 2 if strategy.startswith("cross") else 1, 60)
+        _wait_for_children(proc, 2 if variant.startswith("cross") else 1, 60)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)

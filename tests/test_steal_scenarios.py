@@ -11,27 +11,27 @@ from kvmharness import checks
 from kvmharness.scenarios.base import BROKEN, CHARACTERIZED, HOLDS, PROMISE, UNTESTABLE
 from kvmharness.scenarios.steal import (
     MSR_KVM_STEAL_TIME,
-    STRATEGIES,
+    VARIANTS,
     StealConfig,
     run_scenario,
 )
 
 pytestmark = [pytest.mark.kvm, pytest.mark.timeout(120)]
 
-PROMISES = [s for s, v in STRATEGIES.items() if v.kind == PROMISE]
-CHARACTERIZATIONS = [s for s, v in STRATEGIES.items() if v.kind != PROMISE]
+PROMISES = [s for s, v in VARIANTS.items() if v.kind == PROMISE]
+CHARACTERIZATIONS = [s for s, v in VARIANTS.items() if v.kind != PROMISE]
 
 
 def _explain(res) -> str:
-    lines = [f"{res.strategy.name} {res.config.vcpus} vCPUs: {res.verdict}: {res.observed}"]
+    lines = [f"{res.variant.name} {res.config.vcpus} vCPUs: {res.verdict}: {res.observed}"]
     lines += [f"  {v.kind} {v.series}[{v.index}] {v.detail}" for v in res.violations[:10]]
     return "\n".join(lines)
 
 
 @pytest.mark.parametrize("vcpus", [1, 2])
-@pytest.mark.parametrize("strategy", PROMISES)
-def test_promise_holds(kvm, strategy, vcpus):
-    res = run_scenario(StealConfig(strategy, vcpus), kvm)
+@pytest.mark.parametrize("variant", PROMISES)
+def test_promise_holds(kvm, variant, vcpus):
+    res = run_scenario(StealConfig(variant, vcpus), kvm)
     assert res.error is None, res.error
     assert res.verdict == HOLDS, _explain(res)
     for rec in res.records:
@@ -40,15 +40,15 @@ def test_promise_holds(kvm, strategy, vcpus):
         assert len(rec.phases) == 2
 
 
-@pytest.mark.parametrize("strategy", CHARACTERIZATIONS)
-def test_characterization_reports_what_it_measured(kvm, strategy, characterize):
-    res = run_scenario(StealConfig(strategy, 2), kvm)
+@pytest.mark.parametrize("variant", CHARACTERIZATIONS)
+def test_characterization_reports_what_it_measured(kvm, variant, characterize):
+    res = run_scenario(StealConfig(variant, 2), kvm)
     assert res.error is None, res.error
     assert res.verdict == CHARACTERIZED
     before, after = res.steal_at_boundary()
     assert before is not None and after is not None
     characterize(
-        f"{strategy}: steal {checks.format_ns(before)} -> {checks.format_ns(after)} "
+        f"{variant}: steal {checks.format_ns(before)} -> {checks.format_ns(after)} "
         f"across the boundary; {res.observed}"
     )
 
@@ -202,7 +202,7 @@ def test_writer_waited_longer_than_runner(kvm):
 
 
 def test_bad_config_is_refused():
-    with pytest.raises(ValueError, match="unknown strategy"):
+    with pytest.raises(ValueError, match="unknown steal variant"):
         StealConfig("nope").validate()
     with pytest.raises(ValueError, match="vcpus must be 1 to"):
         StealConfig("cancelled-save", 0).validate()

@@ -180,10 +180,11 @@ def _as_recorded(record: dict[str, Any], why: str) -> Any:
 
 def judge_run(doc: dict[str, Any], path: str = "<run>") -> list[Any]:
     """Every record of ``doc`` re-judged, as results the report shows."""
-    from kvmharness.judges import RecordError, judge_record
+    from kvmharness.judges import RecordError, judge_record, read_record
 
     out = []
     for i, record in enumerate(doc["results"]):
+        record = read_record(record)
         where = f"{path}: results[{i}] ({record.get('family')}/{record.get('variant')})"
         try:
             judgement = judge_record(record)
@@ -220,7 +221,11 @@ def _recorded_word(record: dict[str, Any]) -> str:
 def _named(doc: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
     sel = doc.get("selection") or []
     try:
-        return [(str(s["item"]), [(str(f), str(v)) for f, v in s["scenarios"]]) for s in sel]
+        # kvmharness 0.1 named postcopy's variants with their family (postcopy/stream)
+        return [
+            (str(s["item"]), [(str(f), str(v).removeprefix(f"{f}/")) for f, v in s["scenarios"]])
+            for s in sel
+        ]
     except (KeyError, TypeError, ValueError):
         raise RunFileError("the run's selection[] is not what `kvmharness run` writes") from None
 

@@ -32,12 +32,9 @@ def _variants(text: str | None) -> list[str]:
     for item in (v.strip() for v in text.split(",")):
         if not item:
             continue
-        name = item if item in VARIANTS else f"postcopy/{item}"
+        name = item.removeprefix("postcopy/")
         if name not in VARIANTS:
-            raise UsageError(
-                f"unknown variant {item!r}; known: "
-                + ", ".join(v.removeprefix("postcopy/") for v in VARIANTS)
-            )
+            raise UsageError(f"unknown variant {item!r}; known: " + ", ".join(VARIANTS))
         if name not in out:
             out.append(name)
     if not out:

@@ -12,7 +12,7 @@ and :func:`verdict_of` for the order):
 * 125  cannot test here: no usable /dev/kvm, KVM without steal time,
   run_delay not kept (sched_info off); a promise this run could not judge
   (untestable: e.g. the host too loaded); a scenario named with
-  ``--scenario`` that is not supported or untestable here; nothing selected
+  ``--variant`` that is not supported or untestable here; nothing selected
   could be tested.  A scenario *not supported* on this host (a capability
   absent, no master clock) that was not named is shown and left out;
 * 128  a harness fault (a bug or broken environment: no verdict on the
@@ -20,7 +20,7 @@ and :func:`verdict_of` for the order):
   marking commits bad.
 
 ``bisect`` runs a quick profile of the promises and prints one verdict line
-before the table; ``--scenario`` chooses what "bad" means for this bisect.
+before the table; ``--variant`` chooses what "bad" means for this bisect.
 
 Known issues (``--known FILE``, default the file the package ships; see
 :mod:`kvmharness.known`): a broken promise an entry matches on this host,
@@ -32,6 +32,7 @@ with every violation of a kind the entry lists, is printed as
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import math
 import os
@@ -93,25 +94,71 @@ def check_keep_dir(path: str) -> str:
 
 
 Named = list[tuple[str, list[tuple[str, str]]]]
-"""What the user named: per ``--scenario`` item, the (family, variant) it chose."""
+"""What the user named: per ``--variant`` item, the (family, variant) it chose."""
 
 
 def select(items: list[str] | None, *, bisect: bool) -> list[tuple[Any, list[str]]]:
-    """(family, variant names) chosen by ``--scenario``/``--strategy`` items.
+    """(family, variant names) chosen by ``--variant`` items.
 
     An item is a family name (its default variants; its promises for
-    ``bisect``), a variant name, or a prefix of variant names such as
-    ``fresh-vm``, optionally qualified by its family (``steal/fresh-vm``);
-    comma lists are allowed.  Nothing chosen is a usage error:
-    an empty shell variable must not read as "good".
+    ``bisect``), a variant ``family/variant`` (``steal/fresh-vm/vcpu-thread``),
+    or a prefix of variant names (``steal/fresh-vm``); the family may be left
+    out where the name is one family's only (``fresh-vm``, ``stream``).  Comma
+    lists are allowed.  Nothing chosen is a usage error: an empty shell
+    variable must not read as "good".
     """
     return select_named(items, bisect=bisect)[0]
+
+
+def _in_family(f: Any, name: str) -> list[str]:
+    """``f``'s variants that ``name`` (a variant or a prefix of variants) names."""
+    return [v for v in f.variants if v == name or v.startswith(name + "/")]
+
+
+def _unknown(name: str, fams: list[Any]) -> UsageError:
+    """Bad usage naming what the user may have meant (difflib), not every name."""
+    from kvmharness.known import scenario_id
+
+    # what a name may be (a family, family/variant, a bare variant) -> its full name
+    full = {f.name: f.name for f in fams}
+    for f in fams:
+        for v in f.variants:
+            full[v] = full[scenario_id(f.name, v)] = scenario_id(f.name, v)
+    near = list(dict.fromkeys(full[n] for n in difflib.get_close_matches(name, full, 6, 0.6)))
+    near = near[:3]
+    hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+    return UsageError(
+        f"unknown scenario {name!r}{hint} (families: {', '.join(f.name for f in fams)}; "
+        "every variant: kvmharness run --list)"
+    )
+
+
+def resolve(name: str, fams: list[Any], *, bisect: bool) -> list[tuple[Any, str]]:
+    """The (family, variant) pairs one item names (see :func:`select`)."""
+    by_name = {f.name: f for f in fams}
+    if name in by_name:
+        f = by_name[name]
+        return [(f, v) for v in (f.promises() if bisect else f.default)]
+    fam, _, rest = name.partition("/")
+    if fam in by_name and rest:
+        hits = [(by_name[fam], v) for v in _in_family(by_name[fam], rest)]
+    else:
+        hits = [(f, v) for f in fams for v in _in_family(f, name)]
+        owners = sorted({f.name for f, _ in hits})
+        if len(owners) > 1:
+            raise UsageError(
+                f"{name!r} names variants of {' and '.join(owners)}: say which, "
+                + " or ".join(repr(f"{o}/{name}") for o in owners)
+            )
+    if not hits:
+        raise _unknown(name, fams)
+    return hits
 
 
 def select_named(
     items: list[str] | None, *, bisect: bool
 ) -> tuple[list[tuple[Any, list[str]]], Named]:
-    """:func:`select`, and what each item named (empty without ``--scenario``)."""
+    """:func:`select`, and what each item named (empty without ``--variant``)."""
     from kvmharness.scenarios.base import families
 
     fams = families()
@@ -121,24 +168,7 @@ def select_named(
     named: Named = []
     for item in items:
         for name in _csv(item):
-            hits = []
-            fam_part, _, rest = name.partition("/")
-            for f in fams:
-                if name == f.name:
-                    hits += [(f, v) for v in (f.promises() if bisect else f.default)]
-                    continue
-                # 'steal/cross-process' names a family's variants only; a bare
-                # name or prefix matches in every family that has it
-                for v in f.variants:
-                    if (
-                        v == name
-                        or v.startswith(name + "/")
-                        or (fam_part == f.name and rest and (v == rest or v.startswith(rest + "/")))
-                    ):
-                        hits.append((f, v))
-            if not hits:
-                known = ", ".join(f"{f.name} ({', '.join(f.variants)})" for f in fams)
-                raise UsageError(f"unknown scenario {name!r}; known: {known}")
+            hits = resolve(name, fams, bisect=bisect)
             named.append((name, [(f.name, v) for f, v in hits]))
             for f, v in hits:
                 if v not in chosen.setdefault(f.name, []):
@@ -238,7 +268,7 @@ def verdict_of(
       (``untestable``: e.g. the host too loaded to judge a stopped vCPU).  A
       bisect must not call a kernel good when a promise it asked for went
       unjudged; a run under less load tells;
-    * 125 when an item the user named (``--scenario``) tested nothing: every
+    * 125 when an item the user named (``--variant``) tested nothing: every
       scenario it chose was untestable or not supported here;
     * 125 when nothing was tested at all: no promise held or broke (or, for a
       selection of characterizations only, none was characterized);
@@ -248,7 +278,7 @@ def verdict_of(
       untestable characterization is shown and left out (it carries no verdict).
 
     ``known[i]`` (a :class:`kvmharness.known.Match` or None) marks result i.
-    ``named``: per ``--scenario`` item, the (family, variant) it chose.
+    ``named``: per ``--variant`` item, the (family, variant) it chose.
     """
     from kvmharness.known import Status, scenario_id
     from kvmharness.scenarios.base import Kind, Verdict
@@ -406,11 +436,12 @@ def run_matrix(
 
 
 def list_variants() -> None:
+    from kvmharness.known import scenario_id
     from kvmharness.scenarios.base import families
 
     for f in families():
         for v in f.variants.values():
-            print(f"{f.name:8} {v.name:28} {v.kind:12} {v.why}")
+            print(f"{scenario_id(f.name, v.name):40} {v.kind:12} {v.why}")
 
 
 def mark_known(results: list[Any], known: list[Any]) -> None:
@@ -490,7 +521,7 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
         issues = load(args.known)
     except KnownIssuesError as exc:
         raise UsageError(f"--known: {exc}") from None
-    plan, named = select_named(args.strategy, bisect=bisect)
+    plan, named = select_named(args.variant, bisect=bisect)
     vcpus = parse_vcpus(args.vcpus, BISECT_VCPUS if bisect else None)
     validate_numbers(args)
     if args.json:
@@ -597,7 +628,7 @@ def _finish(
                 "selection": [
                     {"item": item, "scenarios": [list(fv) for fv in chose]} for item, chose in named
                 ]
-                if args.strategy is not None
+                if args.variant is not None
                 else None,
                 "total_wall_s": total,
                 **verdict_fields(code, why, args.known, results, known),
@@ -636,14 +667,17 @@ def _common(p: argparse.ArgumentParser, *, bisect: bool) -> None:
     p.usage_exit = usage_exit  # type: ignore[attr-defined]
     p.set_defaults(usage_exit=usage_exit)
     p.add_argument(
+        "--variant",
         "--scenario",
         "--strategy",
         "-s",
-        dest="strategy",
+        dest="variant",
         action="append",
         metavar="NAME[,NAME]",
-        help="what to run: a family ('steal'), a variant, or a prefix such as "
-        "'fresh-vm' (default: " + ("every promise" if bisect else "every family's default") + ")",
+        help="what to run: a family ('steal'), a variant ('clock/warp', or 'warp' where "
+        "one family has it), or a prefix such as 'steal/fresh-vm' (default: "
+        + ("every promise" if bisect else "every family's default")
+        + "); --scenario and --strategy are older names of this option",
     )
     p.add_argument(
         "--vcpus",

@@ -76,7 +76,7 @@ from kvmharness.host.pager import Pager, PagerPlan, others_since, process_sched,
 from kvmharness.host.sched import SchedStat
 from kvmharness.host.threads import VcpuThread
 from kvmharness.host.uffd import PAGE_SIZE, Userfaultfd, map_anonymous
-from kvmharness.judges import Judgement
+from kvmharness.judges import Judgement, read_record
 from kvmharness.judges import postcopy as pj
 from kvmharness.judges.postcopy import (  # noqa: F401  (the kinds, for callers and tests)
     HEAD_QWORDS,
@@ -165,14 +165,14 @@ VARIANTS: dict[str, PostcopyVariant] = {
     v.name: v
     for v in [
         PostcopyVariant(
-            "postcopy/stream",
+            "stream",
             Kind.PROMISE,
             "vCPUs fault on missing pages, each placed after the latency, while a background "
             "stream pushes the others in order: nothing lost, blocktime exact and not steal",
             stream_during=True,
         ),
         PostcopyVariant(
-            "postcopy/shared-page",
+            "shared-page",
             Kind.PROMISE,
             "every vCPU blocks on one page before it is placed: several vCPUs on one address, "
             "time with all vCPUs blocked measured",
@@ -180,7 +180,7 @@ VARIANTS: dict[str, PostcopyVariant] = {
             shared_first=True,
         ),
         PostcopyVariant(
-            "postcopy/non-vcpu",
+            "non-vcpu",
             Kind.PROMISE,
             "a host thread that is no vCPU reads a missing page: the kernel must name that "
             "thread, and its wait is counted apart from vCPU blocktime",
@@ -194,7 +194,7 @@ DEFAULT_VARIANTS = list(VARIANTS)
 
 @dataclass
 class PostcopyConfig:
-    variant: str = "postcopy/stream"
+    variant: str = "stream"
     vcpus: int = 2
     latency_us: int = DEFAULT_LATENCY_US
     pages_per_vcpu: int = DEFAULT_PAGES_PER_VCPU
@@ -262,8 +262,6 @@ class PostcopyResult:
         }
         return {
             **base,
-            "scenario": "postcopy",
-            "strategy": self.variant.name,
             "why": self.variant.why,
             "verdict": str(self.verdict),
             "observed": self.observed,
@@ -728,7 +726,7 @@ def from_record(record: dict[str, Any], judgement: Judgement) -> PostcopyResult:
     """``kvmharness judge``'s hook: the result a saved record shows in the
     postcopy table, with today's judgement (its notes carry the blocktime,
     the QEMU models and the agreement figures the table reads)."""
-    name = str(record["variant"])
+    name = str(read_record(record)["variant"])
     variant = VARIANTS.get(name) or PostcopyVariant(
         name, Kind(record.get("kind", "promise")), str(record.get("why") or "")
     )

@@ -8,7 +8,7 @@ Each scenario runs a VM of any number of vCPUs whose guest enables steal time an
 samples its area with the version protocol.  Each vCPU's host thread is
 pinned to a CPU shared with a busy process (:class:`Stealer`) for a
 contended phase before the boundary and another after it, so steal is
-real; the boundary is one of the strategies in :data:`STRATEGIES`.
+real; the boundary is one of the variants in :data:`VARIANTS`.
 
 KVM charges steal against the run_delay of whichever thread issues KVM_RUN
 (``steal += run_delay - last_steal; last_steal = run_delay`` at guest entry),
@@ -97,7 +97,7 @@ class AtBoundary:
 
     kvm: Kvm
     cfg: StealConfig
-    strategy: Strategy
+    variant: StealVariant
     gvm: GuestVm
     threads: list[VcpuThread]
     records: list[VcpuRecord]
@@ -109,11 +109,11 @@ class AtBoundary:
 
 
 @dataclass(frozen=True)
-class Strategy(Variant):
+class StealVariant(Variant):
     writer: Writer = Writer.NONE
     runner: Runner = Runner.SAME_THREAD
     boundary: Callable[[AtBoundary], None] | None = None
-    """The in-process boundary; None for a cross-process strategy."""
+    """The in-process boundary; None for a cross-process variant."""
 
     @property
     def cross_process(self) -> bool:
@@ -129,13 +129,13 @@ def fresh_vm(b: AtBoundary) -> None:
     """Capture, destroy the VM, wait out the downtime, restore into a new VM."""
     state = _capture(b.gvm, b.threads)
     b.gvm.close()
-    if b.strategy.runner is Runner.NEW_THREAD:
+    if b.variant.runner is Runner.NEW_THREAD:
         close_threads(b.threads)
     b.sleep_out_downtime()
-    if b.strategy.runner is Runner.NEW_THREAD:
+    if b.variant.runner is Runner.NEW_THREAD:
         b.threads = new_threads(len(b.records), "b")
     b.gvm = _restore(
-        b.kvm, state, b.threads, b.records, b.strategy.writer, time.monotonic_ns() - b.start_ns
+        b.kvm, state, b.threads, b.records, b.variant.writer, time.monotonic_ns() - b.start_ns
     )
     b.life += 1
 
@@ -168,10 +168,10 @@ def rewrite_msr_from_main(b: AtBoundary) -> None:
         r.writer_run_delay_ns = rd
 
 
-STRATEGIES: dict[str, Strategy] = {
+VARIANTS: dict[str, StealVariant] = {
     s.name: s
     for s in [
-        Strategy(
+        StealVariant(
             "fresh-vm/vcpu-thread",
             Kind.PROMISE,
             "new VM restored by the threads that run it: the API's rules, steal must "
@@ -180,7 +180,7 @@ STRATEGIES: dict[str, Strategy] = {
             Runner.NEW_THREAD,
             fresh_vm,
         ),
-        Strategy(
+        StealVariant(
             "fresh-vm/main-thread",
             Kind.PROMISE,
             "QEMU's 2015 restore pattern; since the fix, KVM_SET_MSRS samples no "
@@ -189,21 +189,21 @@ STRATEGIES: dict[str, Strategy] = {
             Runner.NEW_THREAD,
             fresh_vm,
         ),
-        Strategy(
+        StealVariant(
             "cross-process/vcpu-thread",
             Kind.PROMISE,
             "savevm/loadvm through a snapshot file, state put by the vCPU threads",
             Writer.VCPU_THREAD,
             Runner.NEW_PROCESS,
         ),
-        Strategy(
+        StealVariant(
             "cross-process/main-thread",
             Kind.PROMISE,
             "savevm/loadvm through a snapshot file, state put by the main thread",
             Writer.MAIN_THREAD,
             Runner.NEW_PROCESS,
         ),
-        Strategy(
+        StealVariant(
             "cancelled-save",
             Kind.PROMISE,
             "state captured and put back, the VM resumes: nothing may count twice",
@@ -211,7 +211,7 @@ STRATEGIES: dict[str, Strategy] = {
             Runner.SAME_THREAD,
             cancelled_save,
         ),
-        Strategy(
+        StealVariant(
             "same-vm/new-thread",
             Kind.CHARACTERIZE,
             "KVM_RUN of a live vCPU moves to another thread; api.rst asks for one "
@@ -220,7 +220,7 @@ STRATEGIES: dict[str, Strategy] = {
             Runner.NEW_THREAD,
             move_to_new_threads,
         ),
-        Strategy(
+        StealVariant(
             "fresh-vm/reused-thread",
             Kind.CHARACTERIZE,
             "new VM restored onto the threads that ran the old one: a new vCPU starts "
@@ -229,7 +229,7 @@ STRATEGIES: dict[str, Strategy] = {
             Runner.SAME_THREAD,
             fresh_vm,
         ),
-        Strategy(
+        StealVariant(
             "same-vm/msr-rewrite",
             Kind.CHARACTERIZE,
             "another thread rewrites a live vCPU's steal-time MSR: a vCPU ioctl off "
@@ -241,7 +241,7 @@ STRATEGIES: dict[str, Strategy] = {
     ]
 }
 
-DEFAULT_STRATEGIES = list(STRATEGIES)
+DEFAULT_VARIANTS = list(VARIANTS)
 
 
 #: What a restore may leave on the vCPU thread: run_delay charged twice, etc. is
@@ -254,7 +254,7 @@ DEFAULT_BUDGET_S = 30.0
 
 @dataclass
 class StealConfig:
-    strategy: str
+    variant: str
     vcpus: int = 1
     contend_ms: int = 150
     downtime_ms: int = 50
@@ -264,8 +264,9 @@ class StealConfig:
 
     def validate(self) -> None:
         """One place for the rules; ValueError names the bad field."""
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r} (known: {', '.join(STRATEGIES)})")
+        if self.variant not in VARIANTS:
+            known = ", ".join(VARIANTS)
+            raise ValueError(f"unknown steal variant {self.variant!r} (known: {known})")
         if not 1 <= self.vcpus <= lib.GUEST_MAX_VCPUS:
             raise ValueError(f"vcpus must be 1 to {lib.GUEST_MAX_VCPUS}, got {self.vcpus}")
         if not MIN_CONTEND_MS <= self.contend_ms <= MAX_CONTEND_MS:
@@ -289,7 +290,7 @@ class StealConfig:
 @dataclass
 class StealResult:
     config: StealConfig
-    strategy: Strategy
+    variant: StealVariant
     records: list[VcpuRecord]
     violations: list[Violation]
     verdict: Verdict
@@ -300,10 +301,6 @@ class StealResult:
     blame: Blame | None = None
 
     family = "steal"
-
-    @property
-    def variant(self) -> Strategy:
-        return self.strategy
 
     @property
     def vcpus(self) -> int:
@@ -323,15 +320,13 @@ class StealResult:
         return {
             "schema": SCHEMA_VERSION,
             "family": self.family,
-            "variant": self.strategy.name,
+            "variant": self.variant.name,
             "vcpus": self.config.vcpus,
             "config": asdict(self.config),
-            "scenario": "steal",
-            "strategy": self.strategy.name,
-            "kind": str(self.strategy.kind),
-            "why": self.strategy.why,
-            "msr_writer": str(self.strategy.writer),
-            "runner": str(self.strategy.runner),
+            "kind": str(self.variant.kind),
+            "why": self.variant.why,
+            "msr_writer": str(self.variant.writer),
+            "runner": str(self.variant.runner),
             "verdict": str(self.verdict),
             "observed": self.observed,
             "error": self.error,
@@ -349,10 +344,13 @@ class StealResult:
     def from_json(cls, record: dict[str, Any]) -> StealResult:
         """A result rebuilt from its record (a saved run), as it was recorded;
         re-judge it with :func:`rejudged`."""
-        cfg = StealConfig(**record["config"])
+        c = dict(record["config"])
+        if "strategy" in c:  # kvmharness 0.1 called the variant a strategy
+            c["variant"] = c.pop("strategy")
+        cfg = StealConfig(**c)
         return cls(
             cfg,
-            STRATEGIES[record["variant"]],
+            VARIANTS[record["variant"]],
             steal_judge.records_of(record),
             [Violation(**v) for v in record.get("violations") or []],
             Verdict(record["verdict"]),
@@ -558,14 +556,14 @@ def _sleep_until(deadline_ns: int) -> None:
 
 def run_in_process(kvm: Kvm, cfg: StealConfig) -> tuple[list[VcpuRecord], float]:
     """Phase A, the boundary, phase B, all in this process.  Returns records, boundary s."""
-    strat = STRATEGIES[cfg.strategy]
-    if strat.boundary is None:
-        raise ValueError(f"strategy {strat.name!r} does not run in one process")
+    var = VARIANTS[cfg.variant]
+    if var.boundary is None:
+        raise ValueError(f"variant {var.name!r} does not run in one process")
     n = cfg.vcpus
     dur = cfg.contend_ms * 1_000_000
     records = [VcpuRecord(i) for i in range(n)]
     threads = new_threads(n, "a")
-    b = AtBoundary(kvm, cfg, strat, start_vm(kvm, n, threads), threads, records, 0)
+    b = AtBoundary(kvm, cfg, var, start_vm(kvm, n, threads), threads, records, 0)
     try:
         contended_phase(b.gvm, b.threads, records, dur, b.life, cfg.budget_s)
         if any(r.stuck for r in records):
@@ -573,7 +571,7 @@ def run_in_process(kvm: Kvm, cfg: StealConfig) -> tuple[list[VcpuRecord], float]
         for r in records:
             r.boundary = len(r.guest)
         b.start_ns = time.monotonic_ns()
-        strat.boundary(b)
+        var.boundary(b)
         boundary_s = (time.monotonic_ns() - b.start_ns) / 1e9
         contended_phase(b.gvm, b.threads, records, dur, b.life, cfg.budget_s)
         return records, boundary_s
@@ -615,7 +613,7 @@ def _child_run(role: str, cfg: StealConfig, snap_fd: int) -> list[dict[str, Any]
             state = load_state_file(snapshot_path(snap_fd))
             down = time.monotonic_ns() - state.captured_ns  # CLOCK_MONOTONIC is system-wide
             threads = new_threads(n, "b")
-            gvm = _restore(kvm, state, threads, records, STRATEGIES[cfg.strategy].writer, down)
+            gvm = _restore(kvm, state, threads, records, VARIANTS[cfg.variant].writer, down)
             try:
                 contended_phase(gvm, threads, records, dur, 0, cfg.budget_s)
             finally:
@@ -644,7 +642,7 @@ def run_cross_process(cfg: StealConfig) -> tuple[list[VcpuRecord], float]:
         t_save_end = time.monotonic_ns()
         if not os.fstat(snap_fd).st_size:
             raise ScenarioFailed(Blame.HARNESS, "save process wrote no snapshot")
-        keep_snapshot(snap_fd, "steal", cfg.strategy, cfg.vcpus)
+        keep_snapshot(snap_fd, "steal", cfg.variant, cfg.vcpus)
         _sleep_until(t_save_end + cfg.downtime_ms * 1_000_000)
         later = _run_child("restore", cfg, snap_fd)
     finally:
@@ -663,14 +661,14 @@ def run_cross_process(cfg: StealConfig) -> tuple[list[VcpuRecord], float]:
 def run_scenario(cfg: StealConfig, kvm: Kvm | None = None) -> StealResult:
     """Run one variant, then judge the record it wrote with the family's judge."""
     cfg.validate()
-    strat = STRATEGIES[cfg.strategy]
+    var = VARIANTS[cfg.variant]
     t0 = time.monotonic()
     records: list[VcpuRecord] = []
     boundary_s = 0.0
     error: str | None = None
     blame: Blame | None = None
     try:
-        if strat.cross_process:
+        if var.cross_process:
             records, boundary_s = run_cross_process(cfg)
         else:
             own = kvm is None
@@ -683,10 +681,10 @@ def run_scenario(cfg: StealConfig, kvm: Kvm | None = None) -> StealResult:
     except Exception as exc:
         blame = blame_of(exc)
         error = str(exc)
-        log.info("steal scenario %s failed to run (%s)", cfg.strategy, blame, exc_info=True)
+        log.info("steal scenario %s failed to run (%s)", cfg.variant, blame, exc_info=True)
     res = StealResult(
         cfg,
-        strat,
+        var,
         records,
         [],
         Verdict.ERROR,
@@ -716,8 +714,8 @@ QUICK = (
 
 FAMILY = Family(
     "steal",
-    dict(STRATEGIES),
-    DEFAULT_STRATEGIES,
+    dict(VARIANTS),
+    DEFAULT_VARIANTS,
     [1, 2],
     run_one,
     "kvmharness.scenarios.steal_view",

@@ -13,7 +13,7 @@ from kvmharness.scenarios.base import verdict_text
 
 HEADERS = [
     "scenario",
-    "strategy",
+    "variant",
     "vCPUs",
     "MSR written by",
     "vCPU run by",
@@ -33,10 +33,10 @@ def steal_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]:
         rows.append(
             [
                 "steal",
-                r.strategy.name,
+                r.variant.name,
                 str(r.config.vcpus),
-                str(r.strategy.writer),
-                str(r.strategy.runner),
+                str(r.variant.writer),
+                str(r.variant.runner),
                 f"{r.config.contend_ms} ms x2",
                 ns_or_dash(before),
                 ns_or_dash(after),
@@ -88,7 +88,7 @@ def plot_steal(results: Sequence[Any], path: str) -> None:
                     linestyle="--",
                     linewidth=0.8,
                 )
-        ax.set_title(f"{res.strategy.name}, {res.config.vcpus} vCPU(s): {res.verdict}", fontsize=9)
+        ax.set_title(f"{res.variant.name}, {res.config.vcpus} vCPU(s): {res.verdict}", fontsize=9)
         ax.set_ylabel("steal (ms)")
         ax.legend(fontsize=7, loc="upper left")
     axes[-1, 0].set_xlabel("time (s); red dashes: restore boundary")
