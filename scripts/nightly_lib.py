@@ -312,7 +312,7 @@ def capabilities_lost(prev: dict[str, Any] | None, cur: dict[str, Any]) -> list[
 
 def figures_of(r: dict[str, Any]) -> dict[str, Any]:
     """The key figures of one result of ``kvmharness run --json``."""
-    fam = r.get("scenario")
+    fam = r.get("family") or r.get("scenario")  # kvmharness 0.1 wrote "scenario"
     out: dict[str, Any] = {"wall_s": r.get("wall_s")}
     if fam == "steal":
         for k in ("largest_jump_ns", "steal_before_ns", "steal_after_ns"):

@@ -305,6 +305,24 @@ def test_record_holds_each_scenario_with_its_status_and_key_figures() -> None:
     assert rec["run"]["total_wall_s"] == 20.0
 
 
+def test_a_run_file_of_today_reads_as_one_of_the_previous_release() -> None:
+    """Today's results name their family and variant (``family``, ``variant``:
+    stream, not postcopy/stream); 0.1 wrote ``scenario`` and ``strategy``.  The
+    nightly reads both the same: same ids, same figures."""
+
+    def today(r: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in r.items() if k not in ("scenario", "strategy")}
+        fam = r.get("family") or r["scenario"]
+        out["family"] = fam
+        out["variant"] = str(r.get("variant") or r["strategy"]).removeprefix(f"{fam}/")
+        return out
+
+    old = record(base_results())["scenarios"]
+    new = record([today(r) for r in base_results()])["scenarios"]
+    assert [(s["id"], s["figures"]) for s in new] == [(s["id"], s["figures"]) for s in old]
+    assert "postcopy/stream@2" in [s["id"] for s in new]
+
+
 @pytest.mark.parametrize(
     "run_rc, pytest_rc, forced, want",
     [

@@ -86,9 +86,10 @@ def host_facts(host: dict[str, Any] | None) -> dict[str, bool] | None:
 def scenarios_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for r in doc.get("results") or []:
-        fam = str(r.get("scenario", "?"))
-        var = str(r.get("strategy", "?"))
-        if var.startswith(fam + "/"):  # postcopy names its variants postcopy/...
+        # kvmharness 0.1 wrote scenario and strategy (clock records neither)
+        fam = str(r.get("family") or r.get("scenario", "?"))
+        var = str(r.get("variant") or r.get("strategy", "?"))
+        if var.startswith(fam + "/"):  # 0.1 named postcopy's variants postcopy/...
             var = var[len(fam) + 1 :]
         vcpus = (r.get("config") or {}).get("vcpus", "?")
         known = r.get("known") or None
