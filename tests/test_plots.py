@@ -165,7 +165,7 @@ def test_clock_mutant_violations_are_all_placed(file, variant):
 
 
 def test_postcopy_stock_panel_draws_blocktime_against_the_stalls(tmp_path):
-    r = _result("mutants/control.clock+postcopy.json.gz", "postcopy/postcopy/stream")
+    r = _result("mutants/control.clock+postcopy.json.gz", "postcopy/stream")
     assert not r.violations
     fig, ax = _axes(r)
     g = _gids(ax)
@@ -176,9 +176,7 @@ def test_postcopy_stock_panel_draws_blocktime_against_the_stalls(tmp_path):
 
 
 def test_postcopy_mutant_marks_misattributed_faults_and_silent_stalls(tmp_path):
-    r = _result(
-        "mutants/postcopy-fault-from-kworker.postcopy.json.gz", "postcopy/postcopy/shared-page"
-    )
+    r = _result(KWORKER_MUTANT, "postcopy/shared-page")
     kinds = Counter(v.kind for v in r.violations)
     assert kinds["misattributed"] and kinds["stall-without-fault"]
     fig, ax = _axes(r)
