@@ -772,6 +772,57 @@ def alive_segments(run_delays: Sequence[RunDelay], alive_min_ns: int = 0) -> lis
     return out
 
 
+class Ceiling(NamedTuple):
+    """The most a steal reading may hold (:func:`run_delay_ceilings`): ``before
+    + allowed``, ``why`` in words."""
+
+    before: int
+    allowed: int
+    why: str
+
+
+def run_delay_ceilings(samples: Sequence[Sample], run_delays: Sequence[RunDelay]) -> list[Ceiling]:
+    """Per reading, what :func:`check_follows_run_delay` holds it to: the value
+    it is counted from and the most the runner thread's run_delay lets it add
+    (the plots draw ``before + allowed``)."""
+    out: list[Ceiling] = []
+    fresh_base = 0  # the value a run of fresh readings counts from
+    fresh_extra = 0  # what the reading before the run may have missed
+    for i, rd in enumerate(run_delays):
+        prev = samples[i - 1].value if i else 0
+        if i == 0 or rd.fresh:
+            if i == 0 or rd.start or not run_delays[i - 1].fresh:
+                # A new run of fresh readings: from last_steal 0 KVM may add
+                # the thread's whole run_delay, once, to the area's value when
+                # the stretch began.
+                if rd.base is not None:
+                    fresh_base, fresh_extra = rd.base, 0
+                elif i == 0:
+                    fresh_base, fresh_extra = 0, 0
+                else:
+                    p = run_delays[i - 1]
+                    fresh_base = prev
+                    fresh_extra = p.post_ns - (0 if p.fresh else p.pre_ns)
+            out.append(
+                Ceiling(
+                    fresh_base,
+                    rd.post_ns + fresh_extra,
+                    "the runner thread's whole run_delay, charged once since the stretch "
+                    "(new vCPU or runner thread) began"
+                    + (", plus what the reading before it may have missed" if fresh_extra else ""),
+                )
+            )
+        else:
+            out.append(
+                Ceiling(
+                    prev,
+                    rd.post_ns - run_delays[i - 1].pre_ns,
+                    "its thread's run_delay growth around the two readings",
+                )
+            )
+    return out
+
+
 def check_follows_run_delay(
     series: str,
     samples: Sequence[Sample],
@@ -804,34 +855,9 @@ def check_follows_run_delay(
     if not 0 <= alive_fraction <= 1 or slack_ns < 0 or alive_min_ns < 0:
         raise ValueError("alive_fraction must be in [0, 1], slack and minimum >= 0")
     out: list[Violation] = []
-    fresh_base = 0  # the value a run of fresh readings counts from
-    fresh_extra = 0  # what the reading before the run may have missed
-    for i, (s, rd) in enumerate(zip(samples, run_delays, strict=True)):
-        prev = samples[i - 1].value if i else 0
-        if i == 0 or rd.fresh:
-            if i == 0 or rd.start or not run_delays[i - 1].fresh:
-                # A new run of fresh readings: from last_steal 0 KVM may add
-                # the thread's whole run_delay, once, to the area's value when
-                # the stretch began.
-                if rd.base is not None:
-                    fresh_base, fresh_extra = rd.base, 0
-                elif i == 0:
-                    fresh_base, fresh_extra = 0, 0
-                else:
-                    p = run_delays[i - 1]
-                    fresh_base = prev
-                    fresh_extra = p.post_ns - (0 if p.fresh else p.pre_ns)
-            before = fresh_base
-            allowed = rd.post_ns + fresh_extra
-            why = (
-                "the runner thread's whole run_delay, charged once since the stretch "
-                "(new vCPU or runner thread) began"
-                + (", plus what the reading before it may have missed" if fresh_extra else "")
-            )
-        else:
-            before = prev
-            allowed = rd.post_ns - run_delays[i - 1].pre_ns
-            why = "its thread's run_delay growth around the two readings"
+    for i, (s, (before, allowed, why)) in enumerate(
+        zip(samples, run_delay_ceilings(samples, run_delays), strict=True)
+    ):
         delta = s.value - before
         if delta > allowed + slack_ns and not is_wrap_pair(before, s.value):
             out.append(

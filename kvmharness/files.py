@@ -70,15 +70,3 @@ def _dumps_lines(payload: dict[str, Any]) -> str:
         else:
             parts.append(f"{json.dumps(key)}: {json.dumps(value, separators=(',', ':'))}")
     return "{\n " + ",\n ".join(parts) + "\n}" if parts else "{}"
-
-
-def save_figure(fig: Any, path: str) -> None:
-    """Write a matplotlib figure as PNG through :func:`atomic_target`, then close it."""
-    import matplotlib.pyplot as plt
-
-    try:
-        fig.tight_layout()
-        with atomic_target(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)

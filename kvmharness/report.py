@@ -108,18 +108,15 @@ def tables(results: Sequence[ScenarioResult], *, width: int = DEFAULT_WIDTH) -> 
     return "\n\n".join(parts)
 
 
-def plot(results: Sequence[ScenarioResult], path: str) -> None:
-    """The first family's plot (one PNG per run)."""
-    for name, rs in by_family(results).items():
-        family(name).plot(rs, path)
-        return
-    raise ValueError("no scenario family in this run has a plot")
+def plot(results: Sequence[ScenarioResult], path: str, words: Sequence[str] | None = None) -> None:
+    """Every result of the run, one panel each (:mod:`kvmharness.plots`)."""
+    from kvmharness.plots import plot_results
+
+    plot_results(results, path, words)
 
 
 def plot_available() -> str | None:
     """None when plotting works, else why not."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return "matplotlib is not installed (pip install 'kvmharness[plot]')"
-    return None
+    from kvmharness.plots import plot_available as available
+
+    return available()

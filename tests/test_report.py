@@ -9,14 +9,18 @@ import struct
 import pytest
 
 from kvmharness.checks import Sample
+from kvmharness.judges.steal import RunCtx
 from kvmharness.scenarios.steal import VARIANTS, StealConfig, StealResult, VcpuRecord
 from kvmharness.scenarios.steal_view import plot_steal, steal_table
 
 
 def _result(verdict: str = "holds") -> StealResult:
+    guest = [Sample(i * 1_000_000, i * 400_000, 2 * i) for i in range(10)]
     rec = VcpuRecord(
         0,
-        guest=[Sample(i * 1_000_000, i * 400_000, 2 * i) for i in range(10)],
+        guest=guest,
+        host=list(guest),
+        ctx=[RunCtx(1, 0, i * 500_000, i * 500_000 + 100_000) for i in range(10)],
         boundary=5,
         phases=[(0, 4, 5_000_000), (5, 9, 5_000_000)],
     )

@@ -21,7 +21,8 @@ own result for its table with ``from_record(record[, judgement])`` in its
 scenario module (today's verdict, observed text and violations are set on
 it); one that has no such hook, or whose hook fails on a record, has its
 rows shown in a generic table.
-``--json OUT`` writes the re-judged run, itself a run file ``judge`` reads.
+``--json OUT`` writes the re-judged run, itself a run file ``judge`` reads;
+``--plot FILE`` draws it as ``run --plot`` does (:mod:`kvmharness.plots`).
 """
 
 from __future__ import annotations
@@ -248,6 +249,10 @@ def judge_cli(args: Any) -> int:
         raise UsageError(f"--known: {exc}") from None
     if args.json:
         check_output_path(args.json, "--json")
+    if getattr(args, "plot", None):
+        from kvmharness.plots import check_plot_path
+
+        check_plot_path(args.plot)
     doc = read_run(args.run)
     named = _named(doc)
     results = judge_run(doc, args.run)
@@ -290,6 +295,11 @@ def judge_cli(args: Any) -> int:
     recorded = doc.get("exit_code")
     if isinstance(recorded, int) and recorded != code:
         print(f"the run exited {recorded}; judged today it exits {code}")
+    if getattr(args, "plot", None):
+        from kvmharness.plots import plot_results
+
+        plot_results(results, args.plot, [_word(r, m) for r, m in zip(results, known, strict=True)])
+        print(f"plot of {len(results)} scenario(s): {args.plot}")
     return code
 
 
@@ -309,6 +319,12 @@ def register(sub: Any) -> None:
         "the host the run was taken on",
     )
     p.add_argument("--json", metavar="OUT", help="write the re-judged run as JSON ('-': stdout)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="draw every record with the bound its judge holds it to and today's "
+        "violations (.png, .svg or .pdf, from the suffix; needs matplotlib)",
+    )
     p.add_argument("--wide", action="store_true", help="do not shorten the verdict column")
     p.set_defaults(func=judge_cli)
 

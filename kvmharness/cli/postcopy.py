@@ -48,7 +48,8 @@ def run_cli(args: Any) -> int:
     from kvmharness.ffi import lib
     from kvmharness.host.uffd import Userfaultfd
     from kvmharness.kvm import Kvm
-    from kvmharness.report import plot_available, write_json
+    from kvmharness.plots import check_plot_path
+    from kvmharness.report import write_json
     from kvmharness.scenarios.postcopy import (
         MAX_LATENCY_US,
         MAX_TOUCHES,
@@ -79,10 +80,7 @@ def run_cli(args: Any) -> int:
     if args.json:
         check_output_path(args.json, "--json")
     if args.plot:
-        check_output_path(args.plot, "--plot")
-        why = plot_available()
-        if why:
-            raise UsageError(f"--plot: {why}")
+        check_plot_path(args.plot)
     try:
         host = precheck()
         Userfaultfd().close()  # permission and UFFD_FEATURE_THREAD_ID, before any VM
@@ -177,6 +175,11 @@ def register(sub: Any) -> None:
         help="how long the destination may run before its vCPUs are stopped (default %(default)s)",
     )
     p.add_argument("--json", metavar="FILE", help="write everything as JSON ('-' for stdout)")
-    p.add_argument("--plot", metavar="FILE.png", help="plot each fault over time (matplotlib)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="plot each vCPU's blocktime against the guest's stalls and their bounds "
+        "(.png, .svg or .pdf; needs matplotlib)",
+    )
     p.add_argument("--wide", action="store_true", help="do not shorten the verdict column")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")

@@ -74,6 +74,11 @@ def check_output_path(path: str, what: str) -> None:
         raise UsageError(f"{what} {path}: directory {d} is not writable")
 
 
+def _word(r: Any, m: Any) -> str:
+    """The state a row is in: its verdict, or known-broken where an entry excused it."""
+    return str(m.status) if m is not None and m.excused else str(r.verdict)
+
+
 def check_keep_dir(path: str) -> str:
     """``--keep-snapshots DIR``: the directory, made if its parent exists,
     refused (before anything runs) if it cannot hold files."""
@@ -510,7 +515,6 @@ def print_report(
 def run_cli(args: Any, *, bisect: bool = False) -> int:
     from kvmharness.errors import KvmUnavailable
     from kvmharness.known import Host, KnownIssuesError, cpu_model_name, load, match_known
-    from kvmharness.report import plot_available
     from kvmharness.scenarios import child
     from kvmharness.scenarios.base import RunOptions
 
@@ -528,10 +532,9 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
         check_output_path(args.json, "--json")
     plot_path = getattr(args, "plot", None)
     if plot_path:
-        check_output_path(plot_path, "--plot")
-        why = plot_available()
-        if why:
-            raise UsageError(f"--plot: {why}")
+        from kvmharness.plots import check_plot_path
+
+        check_plot_path(plot_path)
 
     try:
         names = frozenset(f.name for f, _ in plan)
@@ -646,7 +649,8 @@ def _finish(
     if not bisect and code != EXIT_OK:
         print(f"exit {code}: {why}")
     if plot_path:
-        plot(results, plot_path)
+        plot(results, plot_path, [_word(r, m) for r, m in zip(results, known, strict=True)])
+        print(f"plot of {len(results)} scenario(s): {plot_path}")
     if getattr(args, "keep_snapshots", None):
         from kvmharness.scenarios import child
 
@@ -740,8 +744,9 @@ def register(sub: Any) -> None:
     _common(p, bisect=False)
     p.add_argument(
         "--plot",
-        metavar="FILE.png",
-        help="plot the first family's results against time (matplotlib)",
+        metavar="FILE",
+        help="draw every scenario with the bound its judge holds it to and its violations "
+        "(.png, .svg or .pdf, from the suffix; needs matplotlib)",
     )
     p.set_defaults(func=run_cli)
     b = sub.add_parser(

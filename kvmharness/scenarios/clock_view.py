@@ -1,5 +1,5 @@
-"""How clock results look: the table rows and the plot (guest time against host
-time across the boundary, warps marked)."""
+"""How clock results look: the table rows (the plot, kvmclock against the host's
+clock with the allowed jump, is :mod:`kvmharness.plots.clock`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 from tabulate import tabulate
 
 from kvmharness.checks import format_ns
-from kvmharness.files import save_figure
 from kvmharness.scenarios.base import verdict_text
 
 HEADERS = [
@@ -84,47 +83,11 @@ def clock_table(results: Sequence[Any], width: int = 90) -> str:
 
 
 def plot_clock(results: Sequence[Any], path: str) -> None:
-    """Guest kvmclock minus host time, per vCPU, one panel per scenario: a flat
-    line is a clock in step with the host; the boundary is dashed and the
-    batches that saw warps are marked with crosses."""
-    import matplotlib
+    """One panel per result, drawn by :mod:`kvmharness.plots.clock` (the
+    format follows ``path``'s suffix)."""
+    from kvmharness.plots import plot_results
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(results)
-    fig, axes = plt.subplots(n, 1, figsize=(9, 2.4 * n), squeeze=False)
-    for ax, res in zip(axes[:, 0], results, strict=True):
-        t0 = min((r.batches[0].t1_ns for r in res.records if r.batches), default=0)
-        g0 = min((r.samples[0][0] for r in res.records if r.samples), default=0)
-        for rec in res.records:
-            xs, ys, wx, wy = [], [], [], []
-            for b in rec.batches:
-                if not b.n:
-                    continue
-                s = rec.samples[b.first + b.n - 1]
-                x = (b.t1_ns - t0) / 1e9
-                y = ((s[0] - g0) - (b.t1_ns - t0)) / 1e6
-                xs.append(x)
-                ys.append(y)
-                if b.warps or b.vdso_warps:
-                    wx.append(x)
-                    wy.append(y)
-            (line,) = ax.plot(xs, ys, ".", markersize=2, label=f"vcpu{rec.index}")
-            if wx:
-                ax.plot(wx, wy, "x", color="red", markersize=6)
-            if 0 < rec.boundary < len(rec.batches):
-                ax.axvline(
-                    (rec.batches[rec.boundary].t1_ns - t0) / 1e9,
-                    color="red",
-                    linestyle="--",
-                    linewidth=0.8,
-                )
-        ax.set_title(f"{res.variant.name}, {res.vcpus} vCPU(s): {res.verdict}", fontsize=9)
-        ax.set_ylabel("guest - host (ms)")
-        ax.legend(fontsize=7, loc="upper left")
-    axes[-1, 0].set_xlabel("host time (s); red dashes: boundary; red x: batch with warps")
-    save_figure(fig, path)
+    plot_results(results, path)
 
 
 # what Family.table and Family.plot call

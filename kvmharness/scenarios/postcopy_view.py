@@ -1,7 +1,7 @@
 """How postcopy results look: the family table, per-vCPU detail, the latency
-histogram, the QEMU models against the exact accountant, and the plot (each
-vCPU's faults as bars over time).  Everything comes from the run record and
-the judge's notes."""
+histogram, the QEMU models against the exact accountant (the plot, blocktime
+against the guest's stalls, is :mod:`kvmharness.plots.postcopy`).  Everything
+comes from the run record and the judge's notes."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from tabulate import tabulate
 
 from kvmharness.blocktime import bucket_label
 from kvmharness.checks import format_ns, ns_or_dash
-from kvmharness.files import save_figure
-from kvmharness.judges.postcopy import U64, PostcopyRecord, replay
+from kvmharness.judges.postcopy import U64, PostcopyRecord
 from kvmharness.scenarios.base import verdict_text
 
 HEADERS = [
@@ -200,43 +199,11 @@ def latency_table(result: Any) -> str:
 
 
 def plot_postcopy(results: Sequence[Any], path: str) -> None:
-    """One panel per result: each fault as a bar from message to placement, per vCPU."""
-    import matplotlib
+    """One panel per result, drawn by :mod:`kvmharness.plots.postcopy` (the
+    format follows ``path``'s suffix)."""
+    from kvmharness.plots import plot_results
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(results)
-    fig, axes = plt.subplots(
-        n, 1, figsize=(9, 2.2 + 0.3 * max(r.config.vcpus for r in results) * n), squeeze=False
-    )
-    for ax, res in zip(axes[:, 0], results, strict=True):
-        rec = _record(res)
-        if rec is not None:
-            rp = replay(rec)
-            t0 = min((f.t_ns for f in rec.faults), default=0)
-            for i, f in enumerate(rec.faults):
-                end = rp.placed_at[i]
-                if end is None:
-                    continue
-                y = rp.vcpu_of[i] if rp.vcpu_of[i] is not None else -1
-                ax.barh(
-                    y,
-                    (end - f.t_ns) / 1e6,
-                    left=(f.t_ns - t0) / 1e6,
-                    height=0.6,
-                    color="tab:red" if rp.placed_by[i] == "r" else "tab:blue",
-                )
-        ax.set_yticks(
-            range(-1, res.config.vcpus), ["other"] + [f"vcpu{i}" for i in range(res.config.vcpus)]
-        )
-        ax.set_title(
-            f"{res.variant.name}, {res.config.vcpus} vCPU(s), latency "
-            f"{res.config.latency_us} us: {res.verdict}",
-            fontsize=9,
-        )
-    axes[-1, 0].set_xlabel("ms since the first fault (red: resolver, blue: stream)")
-    save_figure(fig, path)
+    plot_results(results, path)
 
 
 # what Family.table and Family.plot call
