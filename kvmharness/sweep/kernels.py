@@ -58,16 +58,17 @@ class Kernel:
         return (version_key(self.version or self.release), version_key(self.release))
 
 
-def version_key(text: str) -> tuple[object, ...]:
+def version_key(text: str) -> tuple[tuple[float, int, str], ...]:
     """A key that orders version strings as people read them: runs of digits
     compare as numbers (6.1.0-9 < 6.1.0-47 < 6.12.118), the rest as text,
     and a pre-release ``~`` sorts before the release (Debian's rule)."""
-    key: list[object] = []
+    key: list[tuple[float, int, str]] = []
     for digits, other in re.findall(r"(\d+)|(\D+)", text):
         if digits:
             key.append((1, int(digits), ""))
         else:
             key.append((0 if other.startswith("~") else 2, 0, other))
+    key.append((1 / 2, 0, ""))  # the end: after a '~' part, before any other part
     return tuple(key)
 
 
