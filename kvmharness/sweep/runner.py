@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -47,8 +48,15 @@ STEPS = (
 )
 
 
+#: ``kvmharness bisect``'s own progress line inside the kernel: ``[3/18] NAME, ...``
+SCENARIO_DONE = re.compile(r"^\[(\d+)/(\d+)\] (\S+?),")
+
+
 def step_of(line: str) -> str | None:
-    """The step a bisect-kernel log line starts, or None."""
+    """The step a log line starts, or None."""
+    m = SCENARIO_DONE.match(line)
+    if m:
+        return f"scenario {m.group(1)} of {m.group(2)} done ({m.group(3)})"
     text = line.partition(": ")[2] if line.startswith("bisect-kernel") else ""
     for prefix, step in STEPS:
         if text.startswith(prefix):
