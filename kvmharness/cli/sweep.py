@@ -54,7 +54,7 @@ exit codes (a sweep is not a bisect: one code for the whole sweep):
   0    every kernel that could be tested held every promise (a known issue
        aside); kernels that could not boot or load KVM are columns saying why,
        not a failure
-  1    a promise broke on at least one kernel (its column says BROKEN)
+  1    a promise broke on at least one kernel (its column says broken)
   2    bad input: a kernel that is no directory, image, .deb or package name,
        a package apt-get cannot fetch, a bad option
   125  no kernel could be tested at all
@@ -88,6 +88,8 @@ def default_profile() -> list[str]:
 
 def read_history(path: Path) -> list[dict[str, Any]]:
     """Per-kernel records from a sweep's history (for ``--render``)."""
+    from kvmharness.sweep import summary
+
     out = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -102,7 +104,7 @@ def read_history(path: Path) -> list[dict[str, Any]]:
             raise UsageError(f"--render {path}:{n}: not JSON ({exc})") from exc
         if not isinstance(rec, dict) or "kernel" not in rec or "scenarios" not in rec:
             raise UsageError(f"--render {path}:{n}: not a sweep record")
-        out.append(rec)
+        out.append(summary.normalize(rec))
     return out
 
 
@@ -135,9 +137,9 @@ def exit_code(records: list[dict[str, Any]]) -> int:
     from kvmharness.sweep.summary import FAULT, TESTED
 
     statuses = {s["status"] for r in records for s in r.get("scenarios") or []}
-    if statuses & {"BROKEN", "fixed?"}:
+    if statuses & {"broken", "fixed?"}:
         return EXIT_BROKEN
-    if "ERROR" in statuses or any(r["outcome"] == FAULT for r in records):
+    if "harness error" in statuses or any(r["outcome"] == FAULT for r in records):
         return EXIT_HARNESS
     if not any(r["outcome"] == TESTED for r in records):
         return EXIT_UNTESTABLE

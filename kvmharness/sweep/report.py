@@ -12,7 +12,7 @@ from typing import Any
 from kvmharness.sweep.summary import TESTED, Change, first_changes
 
 LEGEND = (
-    "holds: the promise held; BROKEN: it broke; known-broken: it broke as a known "
+    "holds: the promise held; broken: it broke; known-broken: it broke as a known "
     "issue says; fixed?: it held where a known issue says it breaks; characterized: "
     "measured, never fails; untestable / not supported: not judged on that kernel. "
     "Steal figures: what the boundary charged as a share of the runner thread's "
@@ -88,8 +88,8 @@ th, td { border: 1px solid #d6d9de; padding: 0.3em 0.5em; vertical-align: top; }
 th { background: #f3f4f6; text-align: left; white-space: nowrap; }
 td.sid { font-family: ui-monospace, monospace; white-space: nowrap; }
 td .st { font-weight: 600; } td .fig { color: #444; display: block; white-space: nowrap; }
-td.holds { background: #eef8f0; } td.BROKEN { background: #fbdada; }
-td.ERROR { background: #fde9c8; } td.known-broken { background: #fff2cc; }
+td.holds { background: #eef8f0; } td.broken { background: #fbdada; }
+td.harness-error { background: #fde9c8; } td.known-broken { background: #fff2cc; }
 td.fixed { background: #d9ecff; } td.characterized { background: #f6f6f6; }
 td.untestable, td.not-supported, td.down { background: #eeeeee; color: #666; }
 td.changed { border: 2px solid #c00000; }

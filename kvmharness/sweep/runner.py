@@ -122,7 +122,11 @@ class Cache:
                 rec = json.load(f)
         except (OSError, ValueError):
             return None
-        return rec if isinstance(rec, dict) and rec.get("kernel") else None
+        if not isinstance(rec, dict) or not rec.get("kernel"):
+            return None
+        from kvmharness.sweep.summary import normalize
+
+        return normalize(rec)
 
     def store(self, key: str, record: dict[str, Any], doc: dict[str, Any] | None) -> None:
         (self.root / "results").mkdir(parents=True, exist_ok=True)

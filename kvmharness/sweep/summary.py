@@ -36,11 +36,23 @@ FAULT = "harness fault"
 
 
 def status_of(result: dict[str, Any]) -> str:
-    """What a cell says: the verdict, or known-broken / fixed? where a known issue matched."""
+    """What a cell says: the verdict (today's word, whatever the run file's
+    age), or known-broken / fixed? where a known issue matched."""
+    from kvmharness.scenarios.base import state_word
+
     known = result.get("known") or {}
     if known.get("status") in ("known-broken", "fixed?"):
         return str(known["status"])
-    return str(result.get("verdict") or "ERROR")
+    return state_word(str(result.get("verdict") or "harness error"))
+
+
+def normalize(record: dict[str, Any]) -> dict[str, Any]:
+    """A per-kernel record of any age with today's state words in its cells."""
+    from kvmharness.scenarios.base import state_word
+
+    for s in record.get("scenarios") or []:
+        s["status"] = state_word(str(s.get("status")))
+    return record
 
 
 def scenario_id(result: dict[str, Any]) -> str:
@@ -88,7 +100,7 @@ def clock_figure(result: dict[str, Any]) -> dict[str, Any] | None:
 
 def figure_of(result: dict[str, Any]) -> dict[str, Any] | None:
     """The scenario's normalized figure (None where nothing was measured)."""
-    if result.get("error") or status_of(result) in ("untestable", "not supported", "ERROR"):
+    if result.get("error") or status_of(result) in ("untestable", "not supported", "harness error"):
         return None
     fam = result.get("family")
     if fam == "steal":
