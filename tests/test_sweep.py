@@ -321,3 +321,9 @@ def test_sigterm_mid_sweep_leaves_no_child_and_no_half_written_report(tmp_path):
     assert not out.exists() or not any(out.iterdir())  # no report of a sweep that did not end
     leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_the_boot_command_is_named_or_found():
+    assert runner.bisect_kernel_command("sh -c 'x y'") == ["sh", "-c", "x y"]
+    found = runner.bisect_kernel_command()
+    assert found[-1] in ("bisect-kernel", str(ROOT / "scripts" / "bisect-kernel"))

@@ -74,14 +74,13 @@ def bisect_kernel_command(explicit: str | None = None) -> list[str]:
     else the checkout's ``scripts/bisect-kernel``."""
     if explicit:
         return shlex.split(explicit)
-    from kvmharness.cli import build_parser
-
-    sub = next(
-        (a for a in build_parser()._actions if getattr(a, "choices", None) and "run" in a.choices),
-        None,
-    )
-    if sub is not None and "bisect-kernel" in sub.choices:
-        return [sys.executable, "-m", "kvmharness.cli", "bisect-kernel"]
+    cli = [sys.executable, "-m", "kvmharness.cli", "bisect-kernel"]
+    try:  # asked as a user would: does this kvmharness have the command?
+        probe = subprocess.run([*cli, "--help"], capture_output=True, timeout=120, check=False)
+        if probe.returncode == 0:
+            return cli
+    except (OSError, subprocess.SubprocessError):
+        pass
     script = checkout_root() / "scripts" / "bisect-kernel"
     if script.is_file():
         return [str(script)]
