@@ -66,13 +66,14 @@ Inputs: an unpacked kernel package (DIR/boot/vmlinuz-R beside
 DIR/lib/modules/R), a kernel image, a .deb file, or a Debian package name
 (apt-get download, dpkg-deb -x, into --cache). Each kernel is booted under
 QEMU by bisect-kernel (`kvmharness bisect-kernel` or scripts/bisect-kernel),
-which runs `kvmharness bisect --scenario {}`
-inside it (bisect's quick profile and the steal characterizations). A tested kernel's
+which runs `kvmharness bisect --scenario {} --budget-s {}`
+inside it (bisect's quick profile and the steal characterizations; the budget
+keeps the hang guard from judging a slow emulated scenario). A tested kernel's
 result is cached (per image digest and profile): run the sweep again with
 more kernels and only the new ones boot. Writes DIR/report.txt,
 DIR/index.html and DIR/history.jsonl (one record per kernel, sorted by
 version) to --out.
-""".format(",".join(PROFILE))
+""".format(",".join(PROFILE), BUDGET_S)
 
 
 def default_cache() -> Path:
@@ -82,8 +83,15 @@ def default_cache() -> Path:
     return Path(base) / "sweep"
 
 
+#: each vCPU's budget inside a booted kernel: the hang guard's deadline is 2 x
+#: budget + 61 s, and under QEMU TCG on a loaded host a healthy cross-process
+#: scenario took 115 s and more (6.1.0-47 and -50: judged stuck and hung at
+#: the default 121 s); 120 s makes the deadline 301 s
+BUDGET_S = 120
+
+
 def default_profile() -> list[str]:
-    return ["--scenario", ",".join(PROFILE)]
+    return ["--scenario", ",".join(PROFILE), "--budget-s", str(BUDGET_S)]
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
