@@ -46,6 +46,13 @@ PROFILE = (
     "postcopy",
 )
 
+#: each vCPU's budget inside a booted kernel: the hang guard's deadline is 2 x
+#: budget + 61 s, and under QEMU TCG on a loaded host a healthy cross-process
+#: scenario took 115 s and more (6.1.0-47 and -50: judged stuck and hung at
+#: the default 121 s); 120 s makes the deadline 301 s
+BUDGET_S = 120
+
+
 #: a progress line at least this often while a kernel runs
 TICK_S = 60.0
 
@@ -81,13 +88,6 @@ def default_cache() -> Path:
         os.path.expanduser("~"), ".cache", "kvmharness"
     )
     return Path(base) / "sweep"
-
-
-#: each vCPU's budget inside a booted kernel: the hang guard's deadline is 2 x
-#: budget + 61 s, and under QEMU TCG on a loaded host a healthy cross-process
-#: scenario took 115 s and more (6.1.0-47 and -50: judged stuck and hung at
-#: the default 121 s); 120 s makes the deadline 301 s
-BUDGET_S = 120
 
 
 def default_profile() -> list[str]:
