@@ -82,7 +82,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(self.usage_exit, f"{self.prog}: error: {message}\n")
 
 
-COMMANDS = ("run", "judge", "info", "procstat", "snapshot", "postcopy")
+COMMANDS = ("run", "judge", "info", "procstat", "snapshot", "postcopy", "sweep")
 """Command modules of this package, in --help order (``run`` also registers ``bisect``)."""
 
 
