@@ -35,6 +35,8 @@ FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 #: Families in the order their panels appear.
 FAMILY_ORDER = ("steal", "clock", "postcopy")
 PANEL_W, PANEL_H = 8.0, 3.0
+#: A stretch without readings shorter than this is drawn as it is, not cut.
+MIN_GAP_S = 0.25
 VIOLATION_COLOR = "red"
 
 
@@ -264,7 +266,8 @@ def cut_gaps(ax: Any, xs: Sequence[float], *, unit: str = "s") -> None:
     if len(pts) < 2:
         return
     span = pts[-1] - pts[0]
-    gaps = [(a, b) for a, b in zip(pts, pts[1:], strict=False) if b - a > 0.2 * span]
+    least = max(0.2 * span, MIN_GAP_S)
+    gaps = [(a, b) for a, b in zip(pts, pts[1:], strict=False) if b - a > least]
     if not gaps:
         return
     kept = span - sum(b - a for a, b in gaps)
@@ -290,7 +293,11 @@ def cut_gaps(ax: Any, xs: Sequence[float], *, unit: str = "s") -> None:
 
     ticks: list[float] = []
     edges = [pts[0], *[x for g in gaps for x in g], pts[-1]]
+    shown = float(forward(pts[-1]) - forward(pts[0]))
     for lo, hi in zip(edges[::2], edges[1::2], strict=True):
+        if float(forward(hi) - forward(lo)) < 0.15 * shown:  # too narrow for more than one
+            ticks.append(lo)
+            continue
         ticks += [t for t in MaxNLocator(3).tick_values(lo, hi) if lo <= t <= hi]
     ax.set_xticks(ticks)
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
