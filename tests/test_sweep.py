@@ -327,3 +327,16 @@ def test_the_boot_command_is_named_or_found():
     assert runner.bisect_kernel_command("sh -c 'x y'") == ["sh", "-c", "x y"]
     found = runner.bisect_kernel_command()
     assert found[-1] in ("bisect-kernel", str(ROOT / "scripts" / "bisect-kernel"))
+
+
+def test_render_recomputes_cells_from_the_kept_run_document(tmp_path):
+    """A history written by an older sweep shows today's figures and words:
+    its cells are computed again from the whole run document it names."""
+    rec = record("6.1.0-57", load(DOC_61))
+    rec["run_json"] = str(DOC_61)
+    rec["scenarios"] = [dict(s, status="BROKEN", figure=None) for s in rec["scenarios"]]
+    hist = tmp_path / "h.jsonl"
+    hist.write_text(json.dumps(rec) + "\n")
+    assert main(["sweep", "--render", str(hist), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "report.txt").read_text()
+    assert "steal/cancelled-save@2" in text and "holds +x" in text and "BROKEN" not in text

@@ -112,7 +112,7 @@ def read_history(path: Path) -> list[dict[str, Any]]:
             raise UsageError(f"--render {path}:{n}: not JSON ({exc})") from exc
         if not isinstance(rec, dict) or "kernel" not in rec or "scenarios" not in rec:
             raise UsageError(f"--render {path}:{n}: not a sweep record")
-        out.append(summary.normalize(rec))
+        out.append(summary.refresh(rec))
     return out
 
 

@@ -16,8 +16,8 @@ LEGEND = (
     "issue says; fixed?: it held where a known issue says it breaks; characterized: "
     "measured, never fails; untestable / not supported: not judged on that kernel. "
     "Steal figures: what the boundary charged as a share of the runner thread's "
-    "run_delay (x0 continues, x1 charged its whole run_delay again); 'falls': steal "
-    "went back."
+    "run_delay (+x1: its whole run_delay charged again); 'falls to x1': steal went "
+    "back, to the new runner's run_delay."
 )
 
 
@@ -27,11 +27,9 @@ def short_cell(s: dict[str, Any] | None) -> str:
         return "-"
     out = str(s["status"])
     fig = s.get("figure") or {}
-    if fig.get("ratio") is not None:
-        out += f" x{fig['ratio']:.1f}"
     shape = str(fig.get("shape") or "")
-    if "falls" in shape:
-        out += " falls"
+    if fig.get("ratio") is not None:
+        out += (" falls to x" if "falls" in shape else " +x") + f"{fig['ratio']:.1f}"
     if "lost" in shape:
         out += " lost"
     if shape.startswith("warps"):

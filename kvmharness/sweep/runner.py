@@ -123,9 +123,9 @@ class Cache:
             return None
         if not isinstance(rec, dict) or not rec.get("kernel"):
             return None
-        from kvmharness.sweep.summary import normalize
+        from kvmharness.sweep.summary import refresh
 
-        return normalize(rec)
+        return refresh(rec)
 
     def store(self, key: str, record: dict[str, Any], doc: dict[str, Any] | None) -> None:
         (self.root / "results").mkdir(parents=True, exist_ok=True)
@@ -261,7 +261,7 @@ class Progress:
     """``sweep: [2/6] 6.1.0-50: booting; 3.2 min so far, about 21 min left``."""
 
     total: int
-    default_kernel_s: float = 420.0
+    default_kernel_s: float = 600.0  # a 6.1 kernel under QEMU TCG, loaded host
     started: float = field(default_factory=time.monotonic)
     durations: list[float] = field(default_factory=list)
     index: int = 0

@@ -8,9 +8,10 @@ figure changed.
 Normalized figures are figures of the kernel, not of the host's load:
 
 - steal: what the boundary charged, as a share of the runner thread's whole
-  run_delay (``jump / run_delay``: about 0 where steal continues, about 1
-  where the thread's whole run_delay is charged again), and whether steal
-  fell (a thread hop);
+  run_delay (``jump / run_delay``: well below 1 where steal continues, about
+  1 where the thread's whole run_delay is charged again); where steal fell
+  (a thread hop), what it fell to, as a share of the new runner's run_delay
+  (about 1: steal became that thread's run_delay);
 - clock: whether any reading went back (warps), and whether the master
   clock (KVM_CLOCK_TSC_STABLE) survived the boundary;
 - postcopy: none (its promises are exact: the verdict says it all).
@@ -46,6 +47,23 @@ def status_of(result: dict[str, Any]) -> str:
     return state_word(str(result.get("verdict") or "harness error"))
 
 
+def refresh(record: dict[str, Any]) -> dict[str, Any]:
+    """A saved per-kernel record with its cells computed again from its whole
+    run document where that is still kept (today's figures and words), else
+    as saved with today's words."""
+    import gzip
+    import json
+
+    path = record.get("run_json")
+    if path and record.get("outcome") == TESTED:
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                record = {**record, "scenarios": scenarios_of(json.load(f))}
+        except (OSError, ValueError):
+            pass
+    return normalize(record)
+
+
 def normalize(record: dict[str, Any]) -> dict[str, Any]:
     """A per-kernel record of any age with today's state words in its cells."""
     from kvmharness.scenarios.base import state_word
@@ -67,22 +85,30 @@ def steal_figure(result: dict[str, Any]) -> dict[str, Any] | None:
         records = records_of(result)
     except RecordError:
         return None
-    ratios = []
-    fell = False
+    charged, after = [], []
     for r in records:
         b = r.boundary
         if not r.guest or not 0 < b < len(r.guest) or len(r.ctx) <= b:
             return None
-        jump = r.guest[b].value - r.guest[b - 1].value
         rd = r.ctx[b].post_ns
-        fell |= jump < 0
         if rd > 0:
-            ratios.append(jump / rd)
-    if not ratios:
+            charged.append((r.guest[b].value - r.guest[b - 1].value) / rd)
+            after.append(r.guest[b].value / rd)
+    if not charged:
         return None
-    ratio = max(ratios, key=abs)
-    shape = "steal falls" if fell else "steal continues"
-    return {"ratio": round(ratio, 2), "shape": shape, "text": f"{shape}, x{ratio:.2f} run_delay"}
+    if min(charged) < 0:  # steal went back: to what share of the runner's run_delay?
+        ratio = min(after, key=lambda x: abs(x - 1))
+        return {
+            "ratio": round(ratio, 2),
+            "shape": "steal falls",
+            "text": f"steal falls to x{ratio:.2f} run_delay",
+        }
+    ratio = max(charged)
+    return {
+        "ratio": round(ratio, 2),
+        "shape": "steal continues",
+        "text": f"steal continues, +x{ratio:.2f} run_delay",
+    }
 
 
 def clock_figure(result: dict[str, Any]) -> dict[str, Any] | None:
