@@ -77,8 +77,8 @@ which runs `kvmharness bisect --scenario {} --budget-s {}`
 inside it (bisect's quick profile and the steal characterizations; the budget
 keeps the hang guard from judging a slow emulated scenario). A tested kernel's
 result is cached (per image digest and profile): run the sweep again with
-more kernels and only the new ones boot. Writes DIR/report.txt,
-DIR/index.html and DIR/history.jsonl (one record per kernel, sorted by
+more kernels and only the new ones boot. Writes DIR/report.txt
+(and .md), DIR/index.html and DIR/history.jsonl (one record per kernel, sorted by
 version) to --out.
 """.format(",".join(PROFILE), BUDGET_S)
 
@@ -120,7 +120,7 @@ def write_outputs(out: Path, records: list[dict[str, Any]]) -> str:
     """report.txt, index.html and history.jsonl, each written atomically."""
     from kvmharness.files import atomic_write_text
     from kvmharness.sweep.kernels import version_key
-    from kvmharness.sweep.report import html_report, text_report
+    from kvmharness.sweep.report import html_report, markdown_table, text_report
 
     records = sorted(
         records,
@@ -135,6 +135,7 @@ def write_outputs(out: Path, records: list[dict[str, Any]]) -> str:
     atomic_write_text(str(out / "history.jsonl"), "".join(json.dumps(r) + "\n" for r in records))
     atomic_write_text(str(html_path), html_report(records))
     atomic_write_text(str(out / "report.txt"), text)
+    atomic_write_text(str(out / "report.md"), markdown_table(records))
     return text
 
 

@@ -78,6 +78,19 @@ def text_report(records: Sequence[dict[str, Any]], html_path: str | None = None)
     return "\n".join(lines) + "\n"
 
 
+def markdown_table(records: Sequence[dict[str, Any]]) -> str:
+    """The table as Markdown (for a README): kernels as columns, a cell per
+    scenario, the minutes per kernel in the last row."""
+    ids, _ = first_changes(records)
+    head = ["scenario"] + [r["kernel"]["label"] for r in records]
+    rows = [["(kernel)"] + [column_head(r) for r in records]]
+    rows += [[f"`{sid}`"] + [short_cell(_find(r, sid)) for r in records] for sid in ids]
+    rows.append(["minutes"] + [_minutes(r).removesuffix(" min") for r in records])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em 2em; color: #1d2330; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ddd; }
