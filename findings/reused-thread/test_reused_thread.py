@@ -20,6 +20,7 @@ from kvmharness.testing import (
     VcpuThread,
     capture,
     expect_sync,
+    read_symbol,
     restore_guest,
     run_delay_ns,
     usable_cpus,
@@ -44,7 +45,10 @@ def test_restore_on_a_used_thread_charges_its_run_delay_again(kvm, make_guest):
         stealer.spin(CONTEND_S)
         t.call(busy, CONTEND_S)
         stealer.wait()
-        steal_saved = t.call(expect_sync, gvm, gvm.vcpus[0])[0]
+        t.call(expect_sync, gvm, gvm.vcpus[0])
+        # what the save carries: the area in guest memory (KVM may have
+        # updated it after the guest's last read, at a re-entry in KVM_RUN)
+        steal_saved = read_symbol(gvm, "area", "struct kvm_steal_time").steal
         state = capture(gvm.vm, program=gvm.program)
         gvm.close()
         with restore_guest(kvm, state) as new:
