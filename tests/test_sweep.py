@@ -340,3 +340,12 @@ def test_render_recomputes_cells_from_the_kept_run_document(tmp_path):
     assert main(["sweep", "--render", str(hist), "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "report.txt").read_text()
     assert "steal/cancelled-save@2" in text and "holds +x" in text and "BROKEN" not in text
+
+
+@pytest.mark.skipif(not Path("/usr/bin/apt-get").exists(), reason="no apt-get on this host")
+def test_a_package_apt_cannot_find_is_bad_input(tmp_path, capsys):
+    name = "linux-image-0.0.0-0-no-such-kernel-unsigned"
+    assert main(["sweep", name, "--cache", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{name}: apt-get download failed" in err
+    assert not list((tmp_path / "debs").glob("*.deb"))
