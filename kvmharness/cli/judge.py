@@ -33,6 +33,7 @@ import importlib
 import inspect
 import json
 import logging
+import textwrap
 from typing import Any
 
 from kvmharness import __version__
@@ -242,6 +243,7 @@ def judge_cli(args: Any) -> int:
     from kvmharness.judges import SCHEMA_VERSION
     from kvmharness.known import Host, KnownIssuesError, load, match_known, scenario_id
     from kvmharness.report import write_json
+    from kvmharness.table import terminal_width
 
     try:
         issues = load(args.known)
@@ -278,10 +280,15 @@ def judge_cli(args: Any) -> int:
                 **verdict_fields(code, why, args.known, results, known),
             },
         )
-    print(
+    head = (
         f"kvmharness judge: {why} (exit {code}; {len(results)} records of a "
         f"{doc.get('command', 'run')} by kvmharness {doc.get('kvmharness_version', '?')} on "
         f"{host.backend} {host.kernel_release})"
+    )
+    print(
+        head
+        if args.wide
+        else "\n".join(textwrap.wrap(head, terminal_width(), break_on_hyphens=False))
     )
     print_report(results, known, wide=args.wide, total_s=None)
     changed = [

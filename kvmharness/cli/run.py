@@ -491,25 +491,48 @@ def print_report(
 ) -> None:
     """The tables, the summary line, and a few lines on every result that did
     not simply hold: what ``run`` and ``judge`` print on stdout."""
+    import textwrap
+
     from kvmharness.known import Status
     from kvmharness.report import tables
     from kvmharness.scenarios.base import Verdict
+    from kvmharness.table import terminal_width
 
-    print(tables(results, width=0 if wide else 90))
-    print("\n" + summary_line(results, known, total_s))
+    width = 0 if wide else terminal_width()
+
+    def say(text: str, indent: str = "") -> None:
+        if not width:
+            print(indent + text)
+            return
+        first, rest = indent, indent + "    "
+        print(
+            "\n".join(
+                textwrap.wrap(
+                    text,
+                    width,
+                    initial_indent=first,
+                    subsequent_indent=rest,
+                    break_on_hyphens=False,
+                )
+            )
+        )
+
+    print(tables(results, width=width))
+    print()
+    say(summary_line(results, known, total_s))
     for r, m in zip(results, known, strict=True):
         what = f"{r.variant.name} ({r.vcpus} vCPUs)"
         if m is not None and m.status is Status.FIXED:
-            print(f"fixed? {what}: {m.explain()}")
+            say(f"fixed? {what}: {m.explain()}")
         elif r.verdict == Verdict.NOT_SUPPORTED:
-            print(f"not supported {what}: {r.observed.removeprefix('not supported: ')}")
+            say(f"not supported {what}: {r.observed.removeprefix('not supported: ')}")
         elif r.verdict in (Verdict.BROKEN, Verdict.ERROR, Verdict.UNTESTABLE):
             label = m.status if m is not None and m.excused else r.verdict
-            print(f"{label} {what}: {r.observed}")
+            say(f"{label} {what}: {r.observed}")
             if m is not None and m.excused:
-                print(f"  {m.issue.describe()}")
+                say(m.issue.describe(), "  ")
             for v in r.violations[:5]:
-                print(f"  {v.kind} {v.series}[{v.index}]: {v.detail}")
+                say(f"{v.kind} {v.series}[{v.index}]: {v.detail}", "  ")
 
 
 def run_cli(args: Any, *, bisect: bool = False) -> int:
