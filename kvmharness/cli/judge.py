@@ -299,6 +299,13 @@ def judge_cli(args: Any) -> int:
     if changed:
         print(f"{len(changed)} verdict(s) differ from the ones recorded:")
         print("\n".join(changed))
+    stopped = doc.get("interrupted")
+    if isinstance(stopped, dict):
+        print(
+            f"the run was interrupted by {stopped.get('signal')} after "
+            f"{stopped.get('finished')} of {stopped.get('planned')} scenarios: "
+            "judged are those that finished"
+        )
     recorded = doc.get("exit_code")
     if isinstance(recorded, int) and recorded != code:
         print(f"the run exited {recorded}; judged today it exits {code}")
@@ -332,7 +339,11 @@ def register(sub: Any) -> None:
         help="draw every record with the bound its judge holds it to and today's "
         "violations (.png, .svg or .pdf, from the suffix; needs matplotlib)",
     )
-    p.add_argument("--wide", action="store_true", help="do not shorten the verdict column")
+    p.add_argument(
+        "--wide",
+        action="store_true",
+        help="every column, unwrapped (default: fit COLUMNS or the terminal, the verdict wrapped)",
+    )
     p.set_defaults(func=judge_cli)
 
 
