@@ -184,6 +184,8 @@ def fit_table(
     n = len(headers)
     cols = [[r[i] for r in rows] for i in range(n)]
     cell_w = [_cell_width(c) for c in cols]
+    if sum(max(c, len(h)) for c, h in zip(cell_w, headers, strict=True)) + GAP * (n - 1) <= width:
+        return _tabulate(rows, list(headers))  # it all fits as it is
     head_w = [_header_width(h, w) for h, w in zip(headers, cell_w, strict=True)]
     # a column's width: its widest cell, or its header wrapped at words (+ tabulate's pad)
     need = [max(c, h + HEADER_PAD) for c, h in zip(cell_w, head_w, strict=True)]

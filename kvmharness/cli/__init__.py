@@ -29,6 +29,7 @@ from kvmharness.exitcodes import (
     EXIT_UNTESTABLE,
     EXIT_USAGE,
     HarnessFault,
+    Terminated,
     Untestable,
     UsageError,
     signal_exit,
@@ -45,12 +46,6 @@ __all__ = [
     "build_parser",
     "main",
 ]
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived: unwind (closing VMs, killing children, removing temp
-    files) and exit 128+SIGTERM.  A BaseException so no ``except Exception``
-    on the way swallows it."""
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

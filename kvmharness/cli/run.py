@@ -448,7 +448,7 @@ def run_matrix(
 
         return HangGuard(deadline, hung)
 
-    from kvmharness.cli import Terminated
+    from kvmharness.exitcodes import Terminated
 
     results: list[Any] = []
     try:
