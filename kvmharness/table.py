@@ -52,7 +52,7 @@ ALWAYS = 0
 LEGEND: dict[str, dict[str, Column]] = {
     "steal": {
         "scenario": Column(6, "the family (steal time)"),
-        "strategy": Column(ALWAYS, "the variant: how the VM crosses the boundary (run --list)"),
+        "variant": Column(ALWAYS, "how the VM crosses the boundary (run --list)"),
         "vCPUs": Column(ALWAYS, "vCPUs in the VM"),
         "MSR written by": Column(
             4, "the host thread that writes MSR_KVM_STEAL_TIME when the VM is restored"
@@ -248,20 +248,35 @@ def _tabulate(rows: list[list[str]], headers: list[str]) -> str:
         tb.MIN_PADDING = pad
 
 
-def legend_text() -> str:
-    """What ``run --legend`` prints: every state, and every column of every table."""
-    lines = ["states:"]
-    w = max(map(len, STATES))
-    lines += [f"  {s:{w}}  {m}" for s, m in STATES.items()]
+def legend_text(width: int | None = None) -> str:
+    """What ``run --legend`` prints: every state, and every column of every
+    table, wrapped to ``width`` (default the terminal's)."""
+    width = width or terminal_width()
+
+    def entries(pairs: dict[str, str]) -> list[str]:
+        w = max(map(len, pairs))
+        out = []
+        for name, means in pairs.items():
+            out += textwrap.wrap(
+                means,
+                max(width, w + 30),
+                initial_indent=f"  {name:{w}}  ",
+                subsequent_indent=" " * (w + 4),
+                break_on_hyphens=False,
+            )
+        return out
+
+    lines = ["states:", *entries(STATES)]
     for fam, cols in LEGEND.items():
         if fam == "generic":
             continue
-        lines += ["", f"{fam} table:"]
-        w = max(map(len, cols))
-        lines += [f"  {h:{w}}  {c.means}" for h, c in cols.items()]
+        lines += ["", f"{fam} table:", *entries({h: c.means for h, c in cols.items()})]
     lines += [
         "",
-        "Figures are ns, us, ms or s as marked. A narrow terminal leaves out the "
-        "columns ranked last (a line under the table names them); --wide shows all.",
+        *textwrap.wrap(
+            "Figures are ns, us, ms or s as marked. A narrow terminal leaves out the "
+            "columns ranked last (a line under the table names them); --wide shows all.",
+            width,
+        ),
     ]
     return "\n".join(lines)

@@ -67,7 +67,7 @@ def test_every_line_fits_and_no_verdict_is_cut(path, columns, monkeypatch, capsy
 def test_a_narrow_table_leaves_out_context_before_key_figures(monkeypatch, capsys):
     _rc, out = _judge(PVM_RUN, ["80"], monkeypatch, capsys)
     heads = [line for line in out.splitlines() if line.startswith(("steal ", "clock "))]
-    assert heads[0].split()[:3] == ["steal", "strategy", "vCPUs"], heads
+    assert heads[0].split()[:3] == ["steal", "variant", "vCPUs"], heads
     assert "largest" in heads[0] and "warps" in heads[1], heads
     assert "left out at 80 columns: MSR written by" in out.replace("\n", " ")
 
@@ -95,3 +95,20 @@ def _verdicts(out: str) -> list[str]:
 
 def _squash(text: str) -> str:
     return re.sub(r"\s+", "", text)
+
+
+def test_every_column_of_every_family_has_a_legend_entry():
+    """`run --legend` says what each figure is: a new column needs its line
+    (and its rank: without one it would leave a narrow table first)."""
+    import importlib
+
+    from kvmharness.scenarios.base import FAMILY_MODULES
+    from kvmharness.table import LEGEND, legend_text
+
+    for fam in FAMILY_MODULES:
+        view = importlib.import_module(f"kvmharness.scenarios.{fam}_view")
+        assert list(LEGEND[fam]) == list(view.HEADERS), fam
+    text = legend_text(80)
+    assert all(len(line) <= 80 for line in text.splitlines())
+    for word in ("holds", "broken", "known-broken", "untestable", "not supported"):
+        assert f"  {word} " in text

@@ -486,12 +486,28 @@ class RunInterrupted(BaseException):
 
 
 def list_variants() -> None:
+    import textwrap
+
     from kvmharness.known import scenario_id
     from kvmharness.scenarios.base import families
+    from kvmharness.table import terminal_width
 
-    for f in families():
-        for v in f.variants.values():
-            print(f"{scenario_id(f.name, v.name):40} {v.kind:12} {v.why}")
+    rows = [
+        (scenario_id(f.name, v.name), str(v.kind), v.why)
+        for f in families()
+        for v in f.variants.values()
+    ]
+    w = max(len(r[0]) for r in rows)
+    k = max(len(r[1]) for r in rows)
+    indent = " " * (w + k + 4)
+    why_w = max(terminal_width() - len(indent), 30)
+    print(f"{'scenario':{w}}  {'kind':{k}}  why")
+    for sid, kind, why in rows:
+        lines = textwrap.wrap(why, why_w, break_on_hyphens=False) or [""]
+        print(f"{sid:{w}}  {kind:{k}}  {lines[0]}")
+        for line in lines[1:]:
+            print(indent + line)
+    print("\n(run --legend says what the tables' columns and the states mean)")
 
 
 def mark_known(results: list[Any], known: list[Any]) -> None:
@@ -588,6 +604,11 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
 
     if args.list:
         list_variants()
+        return EXIT_OK
+    if getattr(args, "legend", False):
+        from kvmharness.table import legend_text
+
+        print(legend_text())
         return EXIT_OK
     try:
         issues = load(args.known)
@@ -823,6 +844,11 @@ def _common(p: argparse.ArgumentParser, *, bisect: bool) -> None:
         "--json", metavar="FILE", help="write all results and samples as JSON ('-' for stdout)"
     )
     p.add_argument("--list", action="store_true", help="list every family's variants and exit")
+    p.add_argument(
+        "--legend",
+        action="store_true",
+        help="say what every column of the tables and every state means, and exit",
+    )
     p.add_argument(
         "--known",
         metavar="FILE",
