@@ -45,3 +45,9 @@ class HarnessFault(Exception):
 def signal_exit(signum: int) -> int:
     """The shell's exit status for a process ended by signal ``signum``."""
     return 128 + signum
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind (closing VMs, killing children, removing temp
+    files) and exit 128+SIGTERM.  A BaseException so no ``except Exception``
+    on the way swallows it (``kvmharness run`` reports what finished first)."""

@@ -66,24 +66,25 @@ def _kinds(violations: Sequence[Any]) -> str:
 def generic_table(results: Sequence[ScenarioResult], width: int) -> str:
     """Every result as one verdict row: family, variant, vCPUs, kind, the
     violation kinds found, wall time and the verdict."""
-    from tabulate import tabulate
+    from kvmharness.table import fit_table
 
     rows = [
         [
             r.family,
             r.variant.name,
-            r.vcpus,
+            str(r.vcpus),
             str(r.variant.kind),
             _kinds(r.violations),
             f"{r.wall_s:.2f} s",
-            verdict_text(r, width),
+            verdict_text(r),
         ]
         for r in results
     ]
-    return tabulate(
+    return fit_table(
+        "generic",
+        ["scenario", "variant", "vCPUs", "kind", "violations", "wall", "verdict"],
         rows,
-        headers=["scenario", "variant", "vCPUs", "kind", "violations", "wall", "verdict"],
-        disable_numparse=True,
+        width,
     )
 
 

@@ -376,11 +376,11 @@ def test_judge_shows_saved_postcopy_runs_in_the_postcopy_table(tmp_path, capsys)
     """`judge` rebuilds postcopy results through postcopy's from_record, so a
     saved postcopy run prints the postcopy table `run` prints (latency, faults,
     blocktime, placements, the QEMU models), with today's verdict; a record
-    whose faults name no vCPU's thread is BROKEN there, and a record of a
+    whose faults name no vCPU's thread is broken there, and a record of a
     scenario that never ran keeps its row."""
     records = _postcopy_records()
     run = _write(tmp_path, _run(*records))
-    assert main(["judge", run]) == 0
+    assert main(["judge", run, "--wide"]) == 0
     out = capsys.readouterr().out
     for header in ("faults (vCPU/other)", "blocktime (sum)", "placed r/s/EEXIST", "QEMU models"):
         assert header in out, out

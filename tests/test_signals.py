@@ -1,4 +1,6 @@
-"""SIGTERM and SIGKILL mid-scenario: nothing may be left behind.
+"""SIGTERM, SIGINT and SIGKILL mid-scenario: nothing may be left behind, and
+SIGTERM and SIGINT keep the work done (the tables and --json of the scenarios
+that finished, which `kvmharness judge` reads).
 
 CI timeouts send SIGTERM; an OOM killer or a impatient user sends SIGKILL.
 Either way no process (busy stealers, cross-process children) may run on and
@@ -72,14 +74,17 @@ def _wait_for_children(proc: subprocess.Popen[bytes], want: int, timeout: float)
     pytest.fail("the scenario never reached its contended phase")
 
 
-def _assert_nothing_left(sid: int, tmp_path: Path) -> None:
+def _assert_nothing_left(sid: int, tmp_path: Path, *, report: bool = False) -> None:
+    """No process of the run's session, no temp file; the run's JSON only
+    where it was ``report``ed (SIGTERM, SIGINT), never a half-written one."""
     end = time.monotonic() + 1.5  # far less than the 8 s phase
     while _session_members(sid) and time.monotonic() < end:
         time.sleep(0.05)
     assert _session_members(sid) == [], "processes outlived the run"
     assert list((tmp_path / "tmp").iterdir()) == [], "temp files left behind"
-    assert not (tmp_path / "out.json").exists(), "no half-written output"
-    assert [p.name for p in tmp_path.iterdir()] == ["tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == (
+        ["out.json", "tmp"] if report else ["tmp"]
+    )
 
 
 @pytest.mark.parametrize("variant", ["cross-process/main-thread", "fresh-vm/vcpu-thread"])
@@ -96,9 +101,63 @@ def test_sigterm_unwinds_and_exits_143(tmp_path, variant):
             "SIGTERM stops the vCPUs; it must not wait out the 8 s phase"
         )
         assert b"Traceback" not in err, err.decode()
-        _assert_nothing_left(proc.pid, tmp_path)
+        _assert_nothing_left(proc.pid, tmp_path, report=True)
+        doc = _judged(tmp_path / "out.json", "SIGTERM")
+        assert doc["results"] == [] and doc["exit_code"] == 143
     finally:
         if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _judged(path: Path, signame: str) -> dict:
+    """The interrupted run's JSON, checked to say so and to be read by judge."""
+    import json
+
+    from kvmharness.cli.judge import judge_run, read_run
+
+    doc = json.loads(path.read_text())
+    assert doc["interrupted"]["signal"] == signame, doc.get("interrupted")
+    judge_run(read_run(str(path)), str(path))  # raises RunFileError if judge cannot read it
+    return doc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_keeps_the_scenarios_that_finished(tmp_path, sig):
+    """^C (SIGINT to the terminal's whole process group) or SIGTERM after two
+    scenarios: their table, a JSON with them that `judge` reads, exit 130 or
+    143, no traceback from any child, nothing left behind."""
+    env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"), COLUMNS="80")
+    (tmp_path / "tmp").mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvmharness.cli", "run", "--contend-ms", "300"]
+        + ["-s", "fresh-vm/vcpu-thread,cross-process/vcpu-thread", "--vcpus", "1,2"]
+        + ["--json", str(tmp_path / "out.json")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stderr is not None
+        progress = b""
+        while progress.count(b"\n") < 2:  # two scenarios finished
+            chunk = proc.stderr.read1(4096)
+            assert chunk, progress.decode()
+            progress += chunk
+        time.sleep(1.0)  # into the cross-process scenario: its child runs
+        os.killpg(proc.pid, sig)  # as a terminal's ^C reaches every process of its group
+        out, err = proc.communicate(timeout=60)
+        err = progress + err
+        assert proc.returncode == 128 + sig, err.decode()
+        assert b"Traceback" not in err, err.decode()
+        assert b"fresh-vm/vcpu-thread" in out and b"2 holds" in out, out.decode()
+        _assert_nothing_left(proc.pid, tmp_path, report=True)
+        doc = _judged(tmp_path / "out.json", signal.Signals(sig).name)
+        assert doc["exit_code"] == 128 + sig
+        assert [r["variant"] for r in doc["results"]][:2] == ["fresh-vm/vcpu-thread"] * 2
+    finally:
+        if _session_members(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
 
 

@@ -21,6 +21,7 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 
+from kvmharness import __version__
 from kvmharness.exitcodes import (
     EXIT_BROKEN,
     EXIT_HARNESS,
@@ -28,6 +29,7 @@ from kvmharness.exitcodes import (
     EXIT_UNTESTABLE,
     EXIT_USAGE,
     HarnessFault,
+    Terminated,
     Untestable,
     UsageError,
     signal_exit,
@@ -44,12 +46,6 @@ __all__ = [
     "build_parser",
     "main",
 ]
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived: unwind (closing VMs, killing children, removing temp
-    files) and exit 128+SIGTERM.  A BaseException so no ``except Exception``
-    on the way swallows it."""
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -72,10 +68,32 @@ def _stack_dumps() -> None:
             faulthandler.dump_traceback_later(seconds, repeat=True)
 
 
+def plain_text(doc: str) -> str:
+    """A docstring as --help shows it: reStructuredText roles and literals as
+    plain words (``kvmharness run`` -> kvmharness run, :mod:`a.b` -> a.b,
+    :func:`~a.f` -> f())."""
+    import re
+
+    def role(m: re.Match[str]) -> str:
+        kind, target = m.group(1), m.group(2)
+        if target.startswith("~"):
+            target = target[1:].rsplit(".", 1)[-1]
+        return target + ("()" if kind in ("func", "meth") else "")
+
+    doc = re.sub(r":(\w+):`([^`]+)`", role, doc)
+    return re.sub(r"``([^`]+)``", r"\1", doc)
+
+
 class _Parser(argparse.ArgumentParser):
     usage_exit = EXIT_USAGE
     """Exit code for a bad command line: 2, or 128 for commands a bisect runs
     (``git bisect run`` reads 2 as "bad commit"; 128 aborts it instead)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        for key in ("description", "epilog", "help"):
+            if isinstance(kwargs.get(key), str):
+                kwargs[key] = plain_text(str(kwargs[key]))
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def error(self, message: str) -> None:  # keep argparse's format, choose the code
         self.print_usage(sys.stderr)
@@ -107,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run and bisect), 2 bad usage or input of the other commands (judge included).",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("--version", action="version", version=f"kvmharness {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for register in _registrars():

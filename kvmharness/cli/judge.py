@@ -33,6 +33,7 @@ import importlib
 import inspect
 import json
 import logging
+import textwrap
 from typing import Any
 
 from kvmharness import __version__
@@ -242,6 +243,7 @@ def judge_cli(args: Any) -> int:
     from kvmharness.judges import SCHEMA_VERSION
     from kvmharness.known import Host, KnownIssuesError, load, match_known, scenario_id
     from kvmharness.report import write_json
+    from kvmharness.table import terminal_width
 
     try:
         issues = load(args.known)
@@ -278,10 +280,15 @@ def judge_cli(args: Any) -> int:
                 **verdict_fields(code, why, args.known, results, known),
             },
         )
-    print(
+    head = (
         f"kvmharness judge: {why} (exit {code}; {len(results)} records of a "
         f"{doc.get('command', 'run')} by kvmharness {doc.get('kvmharness_version', '?')} on "
         f"{host.backend} {host.kernel_release})"
+    )
+    print(
+        head
+        if args.wide
+        else "\n".join(textwrap.wrap(head, terminal_width(), break_on_hyphens=False))
     )
     print_report(results, known, wide=args.wide, total_s=None)
     changed = [
@@ -292,6 +299,13 @@ def judge_cli(args: Any) -> int:
     if changed:
         print(f"{len(changed)} verdict(s) differ from the ones recorded:")
         print("\n".join(changed))
+    stopped = doc.get("interrupted")
+    if isinstance(stopped, dict):
+        print(
+            f"the run was interrupted by {stopped.get('signal')} after "
+            f"{stopped.get('finished')} of {stopped.get('planned')} scenarios: "
+            "judged are those that finished"
+        )
     recorded = doc.get("exit_code")
     if isinstance(recorded, int) and recorded != code:
         print(f"the run exited {recorded}; judged today it exits {code}")
@@ -325,7 +339,11 @@ def register(sub: Any) -> None:
         help="draw every record with the bound its judge holds it to and today's "
         "violations (.png, .svg or .pdf, from the suffix; needs matplotlib)",
     )
-    p.add_argument("--wide", action="store_true", help="do not shorten the verdict column")
+    p.add_argument(
+        "--wide",
+        action="store_true",
+        help="every column, unwrapped (default: fit COLUMNS or the terminal, the verdict wrapped)",
+    )
     p.set_defaults(func=judge_cli)
 
 

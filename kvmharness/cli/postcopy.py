@@ -107,7 +107,9 @@ def run_cli(args: Any) -> int:
             results.append(res)
     total = time.monotonic() - t0
     code = exit_code(results)
-    print(postcopy_table(results, width=0 if args.wide else 90))
+    from kvmharness.table import terminal_width
+
+    print(postcopy_table(results, width=0 if args.wide else terminal_width()))
     for r in results:
         print(f"\n{r.variant.name}: {r.verdict}: {r.observed}")
         for v in r.violations[:8]:
@@ -152,12 +154,22 @@ def register(sub: Any) -> None:
     )
     p.usage_exit = EXIT_HARNESS  # type: ignore[attr-defined]
     p.set_defaults(usage_exit=EXIT_HARNESS, func=run_cli)
-    p.add_argument("--vcpus", type=int, default=2, help="vCPUs (default %(default)s)")
+    from kvmharness.scenarios.postcopy import MAX_LATENCY_US, MIN_LATENCY_US
+    from kvmharness.scenarios.postcopy import MAX_TOUCHES as max_pages
+    from kvmharness.scenarios.postcopy import MAX_VCPUS as max_vcpus
+
+    p.add_argument(
+        "--vcpus",
+        type=int,
+        default=2,
+        help=f"vCPUs, 1 to {max_vcpus} (the postcopy guest's layout; default %(default)s)",
+    )
     p.add_argument(
         "--latency-us",
         type=int,
         default=DEFAULT_LATENCY_US,
-        help="how long after its request the resolver places a page (default %(default)s)",
+        help="how long after its request the resolver places a page, "
+        f"{MIN_LATENCY_US} to {MAX_LATENCY_US} (default %(default)s)",
     )
     p.add_argument(
         "--variant", metavar="NAME[,NAME]", help="stream, shared-page, non-vcpu (default: all)"
@@ -166,7 +178,7 @@ def register(sub: Any) -> None:
         "--pages-per-vcpu",
         type=int,
         default=DEFAULT_PAGES_PER_VCPU,
-        help="data pages each vCPU owns and touches (default %(default)s)",
+        help=f"data pages each vCPU owns and touches, 2 to {max_pages} (default %(default)s)",
     )
     p.add_argument(
         "--budget-s",
@@ -181,5 +193,9 @@ def register(sub: Any) -> None:
         help="plot each vCPU's blocktime against the guest's stalls and their bounds "
         "(.png, .svg or .pdf; needs matplotlib)",
     )
-    p.add_argument("--wide", action="store_true", help="do not shorten the verdict column")
+    p.add_argument(
+        "--wide",
+        action="store_true",
+        help="every column, unwrapped (default: fit COLUMNS or the terminal, the verdict wrapped)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")

@@ -1,14 +1,14 @@
 """``kvmharness run`` and ``kvmharness bisect``: the scenario matrix, judged.
 
-Both exit by the ``git bisect run`` convention (:mod:`kvmharness.exitcodes`,
-and :func:`verdict_of` for the order):
+Both exit by the ``git bisect run`` convention (README, "Exit codes"), the
+first that applies in this order:
 
 * 0  every promise tested held (or broke as a known issue excuses: every
   violation of a kind its entry lists);
 * 1  a promise broke on this kernel (a KVM ioctl failing on a promised
   path included), or a known issue looks fixed ("fixed?": the promise
-  held where the known-issues file says it breaks); characterizations
-  never change the exit code;
+  held where the known-issues file says it breaks); scenarios of kind
+  characterize never change the exit code;
 * 125  cannot test here: no usable /dev/kvm, KVM without steal time,
   run_delay not kept (sched_info off); a promise this run could not judge
   (untestable: e.g. the host too loaded); a scenario named with
@@ -22,11 +22,12 @@ and :func:`verdict_of` for the order):
 ``bisect`` runs a quick profile of the promises and prints one verdict line
 before the table; ``--variant`` chooses what "bad" means for this bisect.
 
-Known issues (``--known FILE``, default the file the package ships; see
-:mod:`kvmharness.known`): a broken promise an entry matches on this host,
+Known issues (``--known FILE``, default the file the package ships; README,
+"Known issues"): a broken promise an entry matches on this host,
 with every violation of a kind the entry lists, is printed as
 "known-broken" and left out of the exit code; any other kind stays broken.
-``kvmharness judge RUN.json`` re-judges the JSON of a run.
+``kvmharness judge RUN.json`` re-judges the JSON of a run; ``run --legend``
+says what every column and state means.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import difflib
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -190,29 +192,48 @@ def parse_vcpus(text: str | None, default: list[int] | None) -> list[int] | None
     if text is None:
         return default
     limit = lib.GUEST_MAX_VCPUS
-    try:
-        counts = [int(v) for v in _csv(text)]
-    except ValueError:
-        counts = []
-    if not counts or any(not 1 <= v <= limit for v in counts):
-        raise UsageError(f"--vcpus takes a comma list of counts from 1 to {limit}; got {text!r}")
-    return counts
+    what = f"--vcpus takes a comma list of counts from 1 to {limit}"
+    items = [v.strip() for v in text.split(",")]
+    if not text.strip() or "" in items:
+        where = (
+            "is empty" if not text.strip() else "has an empty item (two commas, or one at an end)"
+        )
+        raise UsageError(f"{what}; {text!r} {where}")
+    for v in items:
+        if not v.isdigit():
+            raise UsageError(f"{what}; {v!r} in {text!r} is not a whole number")
+        if not 1 <= int(v) <= limit:
+            raise UsageError(f"{what}; {v} in {text!r} is out of that range")
+    return [int(v) for v in items]
 
 
 def validate_numbers(args: Any) -> None:
     from kvmharness.scenarios.steal import MAX_CONTEND_MS, MAX_DOWNTIME_MS, MIN_CONTEND_MS
 
-    if not MIN_CONTEND_MS <= args.contend_ms <= MAX_CONTEND_MS:
+    span = f"--contend-ms must be {MIN_CONTEND_MS} to {MAX_CONTEND_MS}, got {args.contend_ms}"
+    if args.contend_ms < MIN_CONTEND_MS:
         raise UsageError(
-            f"--contend-ms must be {MIN_CONTEND_MS} to {MAX_CONTEND_MS}, got {args.contend_ms}: "
-            "shorter gives too little run-queue waiting to tell a live steal clock from a "
-            "dead one"
+            f"{span}: too short; shorter gives too little run-queue waiting to tell a live "
+            "steal clock from a dead one"
+        )
+    if args.contend_ms > MAX_CONTEND_MS:
+        raise UsageError(
+            f"{span}: too long; a steal scenario contends for twice that (20 s at the "
+            "limit, per scenario), and longer judges nothing better"
         )
     if not 0 <= args.downtime_ms <= MAX_DOWNTIME_MS:
-        raise UsageError(f"--downtime-ms must be 0 to {MAX_DOWNTIME_MS}, got {args.downtime_ms}")
-    if not (math.isfinite(args.budget_s) and 0 < args.budget_s <= 3600):
+        end = "negative" if args.downtime_ms < 0 else f"longer than {MAX_DOWNTIME_MS // 1000} s"
         raise UsageError(
-            f"--budget-s must be a number of seconds in (0, 3600], got {args.budget_s}"
+            f"--downtime-ms must be 0 to {MAX_DOWNTIME_MS}, got {args.downtime_ms}: {end}"
+        )
+    if not (math.isfinite(args.budget_s) and 0 < args.budget_s <= 3600):
+        end = (
+            "not a number"
+            if not math.isfinite(args.budget_s)
+            else ("it must be more than 0" if args.budget_s <= 0 else "more than an hour")
+        )
+        raise UsageError(
+            f"--budget-s must be a number of seconds in (0, 3600], got {args.budget_s}: {end}"
         )
 
 
@@ -427,26 +448,66 @@ def run_matrix(
 
         return HangGuard(deadline, hung)
 
+    from kvmharness.exitcodes import Terminated
+
     results: list[Any] = []
-    with Kvm() as kvm:
-        for i, (f, v, n) in enumerate(jobs):
-            if progress:
-                progress(i, len(jobs), f"{v}, {n} vCPU(s)", None)
-            with guard(f, v, n):
-                res = f.run_one(v, n, options, kvm)
-            results.append(res)
-            if progress:
-                progress(i, len(jobs), f"{v}, {n} vCPU(s)", res)
+    try:
+        with Kvm() as kvm:
+            for i, (f, v, n) in enumerate(jobs):
+                if progress:
+                    progress(i, len(jobs), f"{v}, {n} vCPU(s)", None)
+                with guard(f, v, n):
+                    res = f.run_one(v, n, options, kvm)
+                results.append(res)
+                if progress:
+                    progress(i, len(jobs), f"{v}, {n} vCPU(s)", res)
+    except KeyboardInterrupt:
+        raise RunInterrupted(results, signal.SIGINT, len(jobs)) from None
+    except Terminated:
+        raise RunInterrupted(results, signal.SIGTERM, len(jobs)) from None
     return results
 
 
+class RunInterrupted(BaseException):
+    """SIGINT or SIGTERM ended :func:`run_matrix`: the results that finished
+    (the scenario it was in was unwound: its VMs closed, its children killed)."""
+
+    def __init__(self, results: list[Any], signum: int, planned: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.results = results
+        self.signum = signum
+        self.planned = planned
+
+    def describe(self) -> str:
+        return (
+            f"interrupted by {signal.Signals(self.signum).name} after "
+            f"{len(self.results)} of {self.planned} scenarios"
+        )
+
+
 def list_variants() -> None:
+    import textwrap
+
     from kvmharness.known import scenario_id
     from kvmharness.scenarios.base import families
+    from kvmharness.table import terminal_width
 
-    for f in families():
-        for v in f.variants.values():
-            print(f"{scenario_id(f.name, v.name):40} {v.kind:12} {v.why}")
+    rows = [
+        (scenario_id(f.name, v.name), str(v.kind), v.why)
+        for f in families()
+        for v in f.variants.values()
+    ]
+    w = max(len(r[0]) for r in rows)
+    k = max(len(r[1]) for r in rows)
+    indent = " " * (w + k + 4)
+    why_w = max(terminal_width() - len(indent), 30)
+    print(f"{'scenario':{w}}  {'kind':{k}}  why")
+    for sid, kind, why in rows:
+        lines = textwrap.wrap(why, why_w, break_on_hyphens=False) or [""]
+        print(f"{sid:{w}}  {kind:{k}}  {lines[0]}")
+        for line in lines[1:]:
+            print(indent + line)
+    print("\n(run --legend says what the tables' columns and the states mean)")
 
 
 def mark_known(results: list[Any], known: list[Any]) -> None:
@@ -491,25 +552,48 @@ def print_report(
 ) -> None:
     """The tables, the summary line, and a few lines on every result that did
     not simply hold: what ``run`` and ``judge`` print on stdout."""
+    import textwrap
+
     from kvmharness.known import Status
     from kvmharness.report import tables
     from kvmharness.scenarios.base import Verdict
+    from kvmharness.table import terminal_width
 
-    print(tables(results, width=0 if wide else 90))
-    print("\n" + summary_line(results, known, total_s))
+    width = 0 if wide else terminal_width()
+
+    def say(text: str, indent: str = "") -> None:
+        if not width:
+            print(indent + text)
+            return
+        first, rest = indent, indent + "    "
+        print(
+            "\n".join(
+                textwrap.wrap(
+                    text,
+                    width,
+                    initial_indent=first,
+                    subsequent_indent=rest,
+                    break_on_hyphens=False,
+                )
+            )
+        )
+
+    print(tables(results, width=width))
+    print()
+    say(summary_line(results, known, total_s))
     for r, m in zip(results, known, strict=True):
         what = f"{r.variant.name} ({r.vcpus} vCPUs)"
         if m is not None and m.status is Status.FIXED:
-            print(f"fixed? {what}: {m.explain()}")
+            say(f"fixed? {what}: {m.explain()}")
         elif r.verdict == Verdict.NOT_SUPPORTED:
-            print(f"not supported {what}: {r.observed.removeprefix('not supported: ')}")
+            say(f"not supported {what}: {r.observed.removeprefix('not supported: ')}")
         elif r.verdict in (Verdict.BROKEN, Verdict.ERROR, Verdict.UNTESTABLE):
             label = m.status if m is not None and m.excused else r.verdict
-            print(f"{label} {what}: {r.observed}")
+            say(f"{label} {what}: {r.observed}")
             if m is not None and m.excused:
-                print(f"  {m.issue.describe()}")
+                say(m.issue.describe(), "  ")
             for v in r.violations[:5]:
-                print(f"  {v.kind} {v.series}[{v.index}]: {v.detail}")
+                say(f"{v.kind} {v.series}[{v.index}]: {v.detail}", "  ")
 
 
 def run_cli(args: Any, *, bisect: bool = False) -> int:
@@ -520,6 +604,11 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
 
     if args.list:
         list_variants()
+        return EXIT_OK
+    if getattr(args, "legend", False):
+        from kvmharness.table import legend_text
+
+        print(legend_text())
         return EXIT_OK
     try:
         issues = load(args.known)
@@ -569,9 +658,11 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
     options = RunOptions(args.contend_ms, args.downtime_ms, args.budget_s)
     t0 = time.monotonic()
 
-    def finish(results: list[Any], total: float, detail: str = "") -> int:
+    def finish(results: list[Any], total: float, detail: str = "", interrupted: Any = None) -> int:
         """Judge the run, write --json, print the report; the exit code."""
-        return _finish(args, bisect, host, named, issues, this_host, results, total, detail)
+        return _finish(
+            args, bisect, host, named, issues, this_host, results, total, detail, interrupted
+        )
 
     def on_hang(results: list[Any]) -> None:
         # a scenario's threads sleep in the kernel: report what we have, then a
@@ -593,10 +684,44 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
         results = run_matrix(plan, vcpus, options, progress)
     except KvmUnavailable as exc:
         raise Untestable(str(exc)) from None
+    except RunInterrupted as stop:
+        return report_interrupted(stop, args, finish, time.monotonic() - t0)
     finally:
         _ON_HANG.remove(on_hang)
         child.keep_dir = None
     return finish(results, time.monotonic() - t0)
+
+
+def report_interrupted(stop: RunInterrupted, args: Any, finish: Any, total: float) -> int:
+    """The report of the scenarios that finished before SIGINT/SIGTERM: the
+    tables, and ``--json`` with ``interrupted`` set (a run file ``judge``
+    reads); the exit code is 128+signal (130, 143) whatever they say.  A
+    second signal while the report is written is ignored: the report is the
+    work kept."""
+    from kvmharness.exitcodes import signal_exit
+
+    name = signal.Signals(stop.signum).name
+    if not args.quiet:
+        print(f" {name}: {stop.describe()}", file=sys.stderr)
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        finish(
+            stop.results,
+            total,
+            "",
+            {"signal": name, "finished": len(stop.results), "planned": stop.planned},
+        )
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    code = signal_exit(stop.signum)
+    print(
+        f"kvmharness: {stop.describe()}; the tables show those that finished"
+        + (f", {args.json} has them" if args.json and args.json != "-" else "")
+        + f" (exit {code})",
+        file=sys.stderr,
+    )
+    return code
 
 
 def _finish(
@@ -609,7 +734,9 @@ def _finish(
     results: list[Any],
     total: float,
     detail: str = "",
+    interrupted: dict[str, Any] | None = None,
 ) -> int:
+    from kvmharness.exitcodes import signal_exit
     from kvmharness.judges import SCHEMA_VERSION
     from kvmharness.known import Status, match_known
     from kvmharness.report import plot, write_json
@@ -619,6 +746,12 @@ def _finish(
     mark_known(results, known)
     code, why = verdict_of(results, known, named)
     why += detail
+    if interrupted is not None:  # the process exits 128+signal, whatever they say
+        code = signal_exit(signal.Signals[interrupted["signal"]])
+        why = (
+            f"interrupted by {interrupted['signal']} after {interrupted['finished']} of "
+            f"{interrupted['planned']} scenarios; of those that finished: {why}"
+        )
     # the JSON first: a fault while rendering must not lose the results
     if args.json:
         write_json(
@@ -634,6 +767,7 @@ def _finish(
                 if args.variant is not None
                 else None,
                 "total_wall_s": total,
+                "interrupted": interrupted,
                 **verdict_fields(code, why, args.known, results, known),
             },
         )
@@ -711,6 +845,11 @@ def _common(p: argparse.ArgumentParser, *, bisect: bool) -> None:
     )
     p.add_argument("--list", action="store_true", help="list every family's variants and exit")
     p.add_argument(
+        "--legend",
+        action="store_true",
+        help="say what every column of the tables and every state means, and exit",
+    )
+    p.add_argument(
         "--known",
         metavar="FILE",
         help="known-issues file (TOML; default: the one kvmharness ships): a broken "
@@ -724,7 +863,11 @@ def _common(p: argparse.ArgumentParser, *, bisect: bool) -> None:
         "DIR/FAMILY-VARIANT-NvCPU.kvmsnap (made if DIR's parent exists): attach it to a "
         "bug report with the --json file; `kvmharness snapshot inspect FILE` shows it",
     )
-    p.add_argument("--wide", action="store_true", help="do not shorten the verdict column")
+    p.add_argument(
+        "--wide",
+        action="store_true",
+        help="every column, unwrapped (default: fit COLUMNS or the terminal, the verdict wrapped)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
 

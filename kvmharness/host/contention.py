@@ -20,10 +20,11 @@ log = logging.getLogger(__name__)
 #: No single spin lasts longer than this, whatever a caller asks.
 MAX_SPIN_S = 60.0
 
-# The child: die with its parent, pin itself, say "ready", then for each
+# The child: ignore SIGINT, die with its parent, pin itself, say "ready", then for each
 # "spin SECONDS" line busy-loop that long and answer "done".  EOF ends it.
 _CHILD = r"""
 import ctypes, os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends it; ^C must not print here
 ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 if os.getppid() != int(sys.argv[2]):
     sys.exit(0)  # the parent died before prctl took effect
@@ -67,6 +68,9 @@ class Stealer:
             text=True,
             bufsize=1,
             cwd="/",
+            # its own process group: the terminal's ^C reaches only the parent,
+            # which kills it while unwinding (no KeyboardInterrupt traceback here)
+            process_group=0,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

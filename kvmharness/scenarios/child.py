@@ -67,6 +67,9 @@ def run_child(
             timeout=timeout_s,
             cwd="/",
             pass_fds=(snap_fd, out_fd),
+            # its own process group: ^C reaches only the parent, whose
+            # subprocess.run kills it while unwinding (no traceback from it)
+            process_group=0,
         )
         raw = os.pread(out_fd, os.fstat(out_fd).st_size, 0)
     finally:

@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tabulate import tabulate
-
 from kvmharness.checks import format_ns
 from kvmharness.scenarios.base import verdict_text
+from kvmharness.table import fit_table
 
 HEADERS = [
     "scenario",
@@ -53,7 +52,7 @@ def _stable(r: Any) -> str:
     return text + (" (lost)" if lost else "")
 
 
-def clock_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]:
+def clock_rows(results: Sequence[Any], *, width: int = 0) -> list[list[str]]:
     rows = []
     for r in results:
         v = r.variant
@@ -79,7 +78,8 @@ def clock_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]:
 
 
 def clock_table(results: Sequence[Any], width: int = 90) -> str:
-    return tabulate(clock_rows(results, width=width), headers=HEADERS, tablefmt="simple")
+    """The table for ``width`` columns (0: every column, unwrapped): kvmharness.table."""
+    return fit_table("clock", HEADERS, clock_rows(results), width)
 
 
 def plot_clock(results: Sequence[Any], path: str) -> None:

@@ -14,6 +14,7 @@ from kvmharness.blocktime import bucket_label
 from kvmharness.checks import format_ns, ns_or_dash
 from kvmharness.judges.postcopy import U64, PostcopyRecord
 from kvmharness.scenarios.base import verdict_text
+from kvmharness.table import fit_table
 
 HEADERS = [
     "scenario",
@@ -67,7 +68,7 @@ def models_text(notes: dict[str, Any]) -> str:
     return "; ".join(parts) if parts else "= exact"
 
 
-def postcopy_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]:
+def postcopy_rows(results: Sequence[Any], *, width: int = 0) -> list[list[str]]:
     rows = []
     for r in results:
         rec = _record(r)
@@ -97,7 +98,8 @@ def postcopy_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]
 
 
 def postcopy_table(results: Sequence[Any], width: int = 90) -> str:
-    return tabulate(postcopy_rows(results, width=width), headers=HEADERS, tablefmt="simple")
+    """The table for ``width`` columns (0: every column, unwrapped): kvmharness.table."""
+    return fit_table("postcopy", HEADERS, postcopy_rows(results), width)
 
 
 def vcpu_table(result: Any) -> str:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tabulate import tabulate
-
 from kvmharness.checks import ns_or_dash
 from kvmharness.scenarios.base import verdict_text
+from kvmharness.table import fit_table
 
 HEADERS = [
     "scenario",
@@ -17,15 +16,15 @@ HEADERS = [
     "MSR written by",
     "vCPU run by",
     "contention",
-    "steal before (sum)",
-    "steal after (sum)",
+    "last steal before",
+    "first steal after",
     "largest jump",
     "wall",
     "verdict",
 ]
 
 
-def steal_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]:
+def steal_rows(results: Sequence[Any], *, width: int = 0) -> list[list[str]]:
     rows = []
     for r in results:
         before, after = r.steal_at_boundary()
@@ -48,7 +47,8 @@ def steal_rows(results: Sequence[Any], *, width: int = 90) -> list[list[str]]:
 
 
 def steal_table(results: Sequence[Any], width: int = 90) -> str:
-    return tabulate(steal_rows(results, width=width), headers=HEADERS, tablefmt="simple")
+    """The table for ``width`` columns (0: every column, unwrapped): kvmharness.table."""
+    return fit_table("steal", HEADERS, steal_rows(results), width)
 
 
 def plot_steal(results: Sequence[Any], path: str) -> None:
