@@ -41,8 +41,10 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tomllib
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -125,6 +127,30 @@ def module_of(glob: str) -> str:
     return glob.removesuffix(".x*")
 
 
+def sync_unmutated(root: Path = ROOT) -> int:
+    """Copy the package's files that mutmut does not mutate into ``mutants/``
+    (where the tests import the package from), each only when it changed.
+    mutmut's own ``also_copy`` of the whole package would overwrite its mutated
+    files too and make it generate every module's mutants again at each run."""
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["mutmut"]
+    mutated = [Path(p) for p in cfg["source_paths"]]
+    copied = 0
+    for src in sorted((root / "kvmharness").rglob("*")):
+        rel = src.relative_to(root)
+        if src.is_dir() or "__pycache__" in rel.parts:
+            continue
+        if any(rel == m or m in rel.parents for m in mutated):
+            continue
+        dst = root / "mutants" / rel
+        st = src.stat()
+        if dst.exists() and dst.stat().st_mtime == st.st_mtime and dst.stat().st_size == st.st_size:
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+        copied += 1
+    return copied
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--report-only", action="store_true", help="do not run mutmut")
@@ -148,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 128
     if not args.report_only:
+        sync_unmutated()
         env = {k: v for k, v in os.environ.items() if k != "KVMHARNESS_REQUIRE_KVM"}
         cmd = [str(mutmut), "run", "--max-children", str(args.max_children), *globs]
         if args.nice:

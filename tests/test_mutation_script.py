@@ -95,3 +95,22 @@ def test_the_order_plugin_puts_the_fastest_tests_first(tmp_path, monkeypatch):
     )
     mod.pytest_collection_modifyitems(items)
     assert [i.nodeid for i in items] == ["t::new", "t::fast", "t::slow"]
+
+
+def test_sync_copies_only_the_files_mutmut_does_not_mutate(mutation, tmp_path):
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.mutmut]\nsource_paths = ["kvmharness/judges/", "kvmharness/checks.py"]\n'
+    )
+    pkg = tmp_path / "kvmharness"
+    (pkg / "judges").mkdir(parents=True)
+    (pkg / "judges" / "steal.py").write_text("judged = 1\n")
+    (pkg / "checks.py").write_text("checked = 1\n")
+    (pkg / "cli.py").write_text("cli = 1\n")
+    mutated = tmp_path / "mutants" / "kvmharness" / "checks.py"
+    mutated.parent.mkdir(parents=True)
+    mutated.write_text("# mutmut's mutants\n")
+    assert mutation.sync_unmutated(tmp_path) == 1
+    assert (tmp_path / "mutants/kvmharness/cli.py").read_text() == "cli = 1\n"
+    assert mutated.read_text() == "# mutmut's mutants\n"
+    assert not (tmp_path / "mutants/kvmharness/judges").exists()
+    assert mutation.sync_unmutated(tmp_path) == 0  # unchanged: nothing copied again

@@ -1,0 +1,144 @@
+"""kvmharness.judges (the dispatcher and the record encoding) and the hang
+judge: the details mutation testing found untested (scripts/mutation.py).
+No KVM needed."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvmharness import checks
+from kvmharness.judges import (
+    SCHEMA_VERSION,
+    RecordError,
+    deltas,
+    judge_record,
+    undeltas,
+)
+from kvmharness.judges.hang import ThreadSample, hang_record, judge_threads
+from kvmharness.judges.stopped import KIND_HUNG
+from kvmharness.scenarios.base import Verdict
+
+
+def test_deltas_start_from_zero_and_undeltas_invert_them():
+    assert deltas([]) == [] and undeltas([]) == []
+    assert deltas([5, 7, 7, 3]) == [5, 2, 0, -4]
+    assert undeltas([5, 2, 0, -4]) == [5, 7, 7, 3]
+    assert undeltas(deltas([10**15, 10**15 + 1])) == [10**15, 10**15 + 1]
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"schema": SCHEMA_VERSION}, "no usable 'family' \\(got None\\)"),
+        ({"family": 3, "schema": SCHEMA_VERSION}, "no usable 'family' \\(got 3\\)"),
+        ({"family": "no-such", "schema": SCHEMA_VERSION}, "no usable 'family'"),
+        ({"family": "nosuch", "schema": SCHEMA_VERSION}, "no judge for family 'nosuch'"),
+        ({"family": "steal", "variant": "v"}, "steal/v has schema None; this kvmharness"),
+        ({"family": "steal", "schema": SCHEMA_VERSION - 1}, f"schema {SCHEMA_VERSION - 1}"),
+        ({"family": "steal", "schema": SCHEMA_VERSION + 1}, f"judges schema {SCHEMA_VERSION}"),
+    ],
+)
+def test_a_record_no_judge_can_read_is_a_record_error(record, message):
+    with pytest.raises(RecordError, match=message):
+        judge_record(record)
+
+
+def _hang(threads, window_ns=10**9, family="steal"):
+    return {
+        "schema": SCHEMA_VERSION,
+        "family": family,
+        "variant": "fresh-vm",
+        "hang": hang_record(threads, window_ns, 30.0),
+    }
+
+
+def test_a_hang_record_is_judged_by_the_hang_judge_whatever_its_family():
+    asleep = ThreadSample(11, "vcpu0", 0, 0, "D", "kvm_vcpu_ioctl", "kvm.py:1 run")
+    j = judge_record(_hang([asleep], family="nosuch"))
+    assert j.verdict == Verdict.BROKEN
+    assert [v.kind for v in j.violations] == [KIND_HUNG]
+    assert "nosuch/fresh-vm did not return" in j.observed
+    assert "thread vcpu0 (tid 11, state D, in kvm_vcpu_ioctl) at kvm.py:1 run" in j.observed
+    # the record keeps every field of every thread
+    assert hang_record([asleep], 5, 1.5) == {
+        "window_ns": 5,
+        "deadline_s": 1.5,
+        "threads": [
+            {
+                "tid": 11,
+                "name": "vcpu0",
+                "cpu_ns": 0,
+                "queued_ns": 0,
+                "state": "D",
+                "wchan": "kvm_vcpu_ioctl",
+                "where": "kvm.py:1 run",
+            }
+        ],
+    }
+
+
+def test_a_thread_sample_reads_back_with_its_defaults():
+    d = {"tid": "7", "name": "main", "cpu_ns": "5", "queued_ns": 6}
+    assert ThreadSample.of(d) == ThreadSample(7, "main", 5, 6, "?", "", "")
+    full = dict(d, state="S", wchan="futex_wait", where="x.py:2")
+    assert ThreadSample.of(full) == ThreadSample(7, "main", 5, 6, "S", "futex_wait", "x.py:2")
+
+
+def test_a_hang_record_that_cannot_be_read_is_a_record_error():
+    rec = _hang([ThreadSample(1, "t", 0, 0)])
+    del rec["hang"]["window_ns"]
+    with pytest.raises(RecordError, match="hang record unreadable"):
+        judge_record(rec)
+    rec = _hang([ThreadSample(1, "t", 0, 0)])
+    rec["hang"]["threads"][0]["cpu_ns"] = "lots"
+    with pytest.raises(RecordError, match="hang record unreadable"):
+        judge_record(rec)
+
+
+def test_a_hang_without_threads_or_window_is_untestable():
+    for threads, window in (([], 10**9), ([ThreadSample(1, "t", 0, 0)], 0)):
+        v, why = judge_threads(threads, window, "steal/x")
+        assert v is None and why == "steal/x did not return and no thread of it could be read"
+    j = judge_record(_hang([], 10**9))
+    assert j.verdict == Verdict.UNTESTABLE and j.violations == []
+    assert "no thread of it could be read" in j.observed
+
+
+def test_the_first_stuck_thread_is_named_even_after_sleeping_ones():
+    window = 10**9
+    asleep = ThreadSample(1, "main", 0, 0, "S", "0")
+    ran = ThreadSample(2, "vcpu1", window, 0, "R")
+    v, why = judge_threads([asleep, ran], window, "clock/warp")
+    assert why is None and v is not None and v.kind == checks.KIND_STUCK
+    assert v.detail == (
+        "clock/warp did not return: thread vcpu1 (tid 2, state R) ran "
+        f"{checks.format_ns(window)} of the last {checks.format_ns(window)} without finishing"
+    )
+
+
+def test_a_queued_thread_makes_it_untestable_not_hung():
+    window = 10**9
+    asleep = ThreadSample(1, "main", 0, 0, "S", "futex_wait")
+    queued = ThreadSample(2, "vcpu0", 0, window, "R")
+    v, why = judge_threads([asleep, queued], window, "steal/fresh-vm")
+    assert v is None
+    assert why is not None and why.startswith(
+        "steal/fresh-vm did not return, but thread vcpu0 (tid 2, state R) waited "
+        f"{checks.format_ns(window)} of the last {checks.format_ns(window)} on a run queue"
+    )
+    j = judge_record(_hang([asleep, queued], window))
+    assert j.verdict == Verdict.UNTESTABLE and j.observed == why
+
+
+def test_every_thread_asleep_is_hung_named_by_the_first():
+    window = 2 * 10**9
+    a = ThreadSample(1, "vcpu0", 1_000, 2_000, "D", "mutex_lock_killable", "kvm.py:9 set_msrs")
+    b = ThreadSample(2, "main", 0, 0, "S")
+    v, why = judge_threads([a, b], window, "steal/x")
+    assert why is None and v is not None and v.kind == KIND_HUNG and v.counter == "ioctl"
+    assert v.detail.startswith(
+        "hung: steal/x did not return; thread vcpu0 (tid 1, state D, in "
+        "mutex_lock_killable) at kvm.py:9 set_msrs slept through the last "
+        f"{checks.format_ns(window)} (ran {checks.format_ns(1_000)}, waited "
+        f"{checks.format_ns(2_000)} on a run queue), and so did every other thread"
+    )
