@@ -12,6 +12,7 @@ from kvmharness.judges import (
     RecordError,
     deltas,
     judge_record,
+    read_record,
     undeltas,
 )
 from kvmharness.judges.hang import ThreadSample, hang_record, judge_threads
@@ -24,6 +25,30 @@ def test_deltas_start_from_zero_and_undeltas_invert_them():
     assert deltas([5, 7, 7, 3]) == [5, 2, 0, -4]
     assert undeltas([5, 2, 0, -4]) == [5, 7, 7, 3]
     assert undeltas(deltas([10**15, 10**15 + 1])) == [10**15, 10**15 + 1]
+
+
+def test_read_record_names_the_variant_as_today():
+    old = {"family": "postcopy", "variant": "postcopy/stream", "x": 1}
+    assert read_record(old) == {"family": "postcopy", "variant": "stream", "x": 1}
+    assert old["variant"] == "postcopy/stream"  # the caller's record is left alone
+    assert read_record({"family": "steal", "strategy": "fresh-vm"}) == {
+        "family": "steal",
+        "strategy": "fresh-vm",
+        "variant": "fresh-vm",
+    }
+    for today in (
+        {"family": "steal", "variant": "fresh-vm", "strategy": "other"},
+        {"family": "steal", "variant": "steal"},
+        {"family": "steal", "variant": "stealing/x"},
+        {"family": 3, "variant": "3/x"},
+        {"family": "steal", "variant": None, "strategy": "x"},
+        {"family": "steal"},
+    ):
+        assert read_record(today) is today
+    assert read_record({"family": "postcopy", "variant": "postcopy/"})["variant"] == ""
+    # judge_record reads it so: a 0.1 record of a missing family says its variant
+    with pytest.raises(RecordError, match="steal/fresh-vm has schema None"):
+        judge_record({"family": "steal", "strategy": "fresh-vm"})
 
 
 @pytest.mark.parametrize(
