@@ -61,7 +61,7 @@ def test_environment_faults_are_never_1(monkeypatch, capsys, fault, code, messag
     from kvmharness.errors import KvmUnavailable
     from kvmharness.exitcodes import Untestable
 
-    def precheck():
+    def precheck(**_):
         if fault == "untestable":
             raise Untestable("run_delay does not move")
         if fault == "kvm-missing":
@@ -392,7 +392,11 @@ def _fake_run(monkeypatch, results):
     monkeypatch.setattr(
         run_cmd,
         "precheck",
-        lambda *a: {"kvm_backend": "svm", "kernel_release": "6.1.0-57-amd64", "cpu_model": "x"},
+        lambda *a, **k: {
+            "kvm_backend": "svm",
+            "kernel_release": "6.1.0-57-amd64",
+            "cpu_model": "x",
+        },
     )
     monkeypatch.setattr(run_cmd, "run_matrix", lambda *a, **k: results)
     monkeypatch.setattr("kvmharness.report.tables", lambda rs, width=90: "<table>")
@@ -458,3 +462,66 @@ def test_run_names_frequency_explicitly(capsys):
         assert rc in (0, 1) and "not supported" not in out, out
     else:
         assert rc == 125 and "1 not supported" in out, out
+
+
+def test_run_options_own_every_default_and_bound():
+    """One RunOptions: the CLI's defaults are its defaults, each family's config
+    defaults to them, and every config is checked by its one set of rules
+    (steal and clock took any budget, postcopy and the CLI at most 3600 s)."""
+    from kvmharness.cli import build_parser
+    from kvmharness.scenarios.base import DEFAULTS, OptionError
+    from kvmharness.scenarios.clock import ClockConfig
+    from kvmharness.scenarios.postcopy import PostcopyConfig
+    from kvmharness.scenarios.steal import StealConfig
+
+    args = build_parser().parse_args(["run"])
+    assert (args.contend_ms, args.downtime_ms, args.budget_s) == (
+        DEFAULTS.contend_ms,
+        DEFAULTS.downtime_ms,
+        DEFAULTS.budget_s,
+    )
+    assert (args.latency_us, args.pages_per_vcpu) == (DEFAULTS.latency_us, DEFAULTS.pages_per_vcpu)
+    pc = build_parser().parse_args(["postcopy"])
+    assert (pc.latency_us, pc.pages_per_vcpu, pc.budget_s) == (
+        DEFAULTS.latency_us,
+        DEFAULTS.pages_per_vcpu,
+        DEFAULTS.budget_s,
+    )
+    steal, clock, postcopy = (
+        StealConfig("cancelled-save"),
+        ClockConfig("monotonic"),
+        PostcopyConfig("stream"),
+    )
+    assert steal.budget_s == clock.budget_s == postcopy.budget_s == DEFAULTS.budget_s
+    assert steal.contend_ms == clock.phase_ms == DEFAULTS.contend_ms
+    for cfg in (
+        StealConfig("cancelled-save", budget_s=3601),
+        ClockConfig("monotonic", budget_s=3601),
+        PostcopyConfig("stream", budget_s=3601),
+    ):
+        with pytest.raises(
+            OptionError, match=r"budget_s must be a number of seconds in \(0, 3600\]"
+        ):
+            cfg.validate()
+    with pytest.raises(OptionError, match="phase_ms must be 20 to 10000"):
+        ClockConfig("monotonic", phase_ms=5).validate()
+
+
+def test_cli_run_names_no_family():
+    """cli/run.py chooses, checks and runs through the family registry: it
+    imports no family's module and names none in its code."""
+    import ast
+    from pathlib import Path
+
+    import kvmharness.cli.run as run_cmd
+
+    tree = ast.parse(Path(run_cmd.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    families = {"steal", "clock", "postcopy"}
+    assert not {m for m in imported if m.rsplit(".", 1)[-1] in families}
+    named = {
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in families
+    }
+    assert not named, f"cli/run.py names {named} in its code"

@@ -218,7 +218,7 @@ def _fake_run(monkeypatch, results):
     monkeypatch.setattr(
         run_cmd,
         "precheck",
-        lambda *a: {"kvm_backend": PVM.backend, "kernel_release": PVM.kernel_release},
+        lambda *a, **k: {"kvm_backend": PVM.backend, "kernel_release": PVM.kernel_release},
     )
     monkeypatch.setattr(run_cmd, "run_matrix", lambda *a, **k: results)
     monkeypatch.setattr("kvmharness.report.tables", lambda rs, width=90: "<table>")
@@ -323,3 +323,46 @@ def test_a_known_broken_promise_is_never_called_broken_on_screen(monkeypatch, ca
     assert "[1/1] tsc/msr, 2 vCPU(s) ... known-broken (0.10 s)" in captured.err
     assert re.search(r"(?<!known-)broken", captured.err, re.I) is None
     assert verdict_text(res) == "known-broken (x): o"
+
+
+def test_the_postcopy_command_goes_through_runs_plan_with_known_issues_and_no_steal_time(
+    monkeypatch, capsys, tmp_path
+):
+    """Issue 19: `kvmharness postcopy` was a second door that demanded steal
+    time (`run -s postcopy` does not) and ignored known issues.  It is run's
+    plan now: the postcopy variants it names, run's precheck asked for steal
+    time only when a family needs it, and a known issue excuses as in run."""
+    import kvmharness.cli.run as run_cmd
+    from kvmharness.cli import main
+
+    asked: dict[str, object] = {}
+
+    def precheck(steal_time=True):
+        asked["steal_time"] = steal_time
+        return {"kvm_backend": PVM.backend, "kernel_release": PVM.kernel_release}
+
+    def run_matrix(plan, vcpus, options, *a, **k):
+        asked["plan"] = [(f.name, vs) for f, vs in plan]
+        asked["vcpus"], asked["options"] = vcpus, options
+        return [_res("stream", Verdict.BROKEN, family="postcopy", kinds=("lost",))]
+
+    monkeypatch.setattr(run_cmd, "precheck", precheck)
+    monkeypatch.setattr(run_cmd, "run_matrix", run_matrix)
+    monkeypatch.setattr("kvmharness.report.tables", lambda rs, width=90: "<table>")
+    monkeypatch.setattr("kvmharness.cli.postcopy.probe_userfaultfd", lambda: None)
+    known = tmp_path / "k.toml"
+    known.write_text(
+        ENTRY.replace("clock/tsc/*", "postcopy/stream").replace("tsc-not-applied", "lost")
+    )
+
+    argv = ["postcopy", "--variant", "stream", "--vcpus", "1", "--latency-us", "500", "-q"]
+    assert main([*argv, "--known", str(known)]) == 0
+    out = capsys.readouterr().out
+    assert "known-broken stream" in out and "1 known-broken" in out
+    assert asked["steal_time"] is False, "postcopy needs no steal time"
+    assert asked["plan"] == [("postcopy", ["stream"])] and asked["vcpus"] == [1]
+    assert asked["options"].latency_us == 500
+
+    assert main(argv) == 1, "without the entry the broken promise fails the run"
+    main(["run", "-s", "steal/cancelled-save", "-q"])
+    assert asked["steal_time"] is True, "steal needs steal time"

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
-import math
 import os
 import signal
 import sys
@@ -207,39 +206,29 @@ def parse_vcpus(text: str | None, default: list[int] | None) -> list[int] | None
     return [int(v) for v in items]
 
 
-def validate_numbers(args: Any) -> None:
-    from kvmharness.scenarios.steal import MAX_CONTEND_MS, MAX_DOWNTIME_MS, MIN_CONTEND_MS
+def options_of(args: Any) -> Any:
+    """The run's :class:`~kvmharness.scenarios.base.RunOptions` from the command
+    line, checked by its one set of rules (a bad one is bad usage, exit 128)."""
+    from kvmharness.scenarios.base import DEFAULTS, OptionError, RunOptions
 
-    span = f"--contend-ms must be {MIN_CONTEND_MS} to {MAX_CONTEND_MS}, got {args.contend_ms}"
-    if args.contend_ms < MIN_CONTEND_MS:
-        raise UsageError(
-            f"{span}: too short; shorter gives too little run-queue waiting to tell a live "
-            "steal clock from a dead one"
-        )
-    if args.contend_ms > MAX_CONTEND_MS:
-        raise UsageError(
-            f"{span}: too long; a steal scenario contends for twice that (20 s at the "
-            "limit, per scenario), and longer judges nothing better"
-        )
-    if not 0 <= args.downtime_ms <= MAX_DOWNTIME_MS:
-        end = "negative" if args.downtime_ms < 0 else f"longer than {MAX_DOWNTIME_MS // 1000} s"
-        raise UsageError(
-            f"--downtime-ms must be 0 to {MAX_DOWNTIME_MS}, got {args.downtime_ms}: {end}"
-        )
-    if not (math.isfinite(args.budget_s) and 0 < args.budget_s <= 3600):
-        end = (
-            "not a number"
-            if not math.isfinite(args.budget_s)
-            else ("it must be more than 0" if args.budget_s <= 0 else "more than an hour")
-        )
-        raise UsageError(
-            f"--budget-s must be a number of seconds in (0, 3600], got {args.budget_s}: {end}"
-        )
+    options = RunOptions(
+        args.contend_ms,
+        args.downtime_ms,
+        args.budget_s,
+        getattr(args, "latency_us", DEFAULTS.latency_us),
+        getattr(args, "pages_per_vcpu", DEFAULTS.pages_per_vcpu),
+    )
+    try:
+        options.validate()
+    except OptionError as exc:
+        raise UsageError(f"{exc.option} {exc.text}") from None
+    return options
 
 
-def precheck(families: frozenset[str] | None = None) -> dict[str, Any]:
+def precheck(steal_time: bool = True) -> dict[str, Any]:
     """What makes this host untestable, as :class:`Untestable`; host facts otherwise.
-    Steal time and run_delay are needed only when the steal family runs."""
+    Steal time and run_delay are needed only when ``steal_time`` (a planned
+    family's :attr:`~kvmharness.scenarios.base.Family.needs_steal_time`)."""
     from kvmharness.errors import KvmUnavailable
     from kvmharness.hostinfo import gather
 
@@ -248,7 +237,7 @@ def precheck(families: frozenset[str] | None = None) -> dict[str, Any]:
         raise Untestable(f"/dev/kvm is {info.dev_kvm}")
     if info.api_version is None:
         raise KvmUnavailable("/dev/kvm did not answer KVM_GET_API_VERSION")
-    if families is not None and "steal" not in families:
+    if not steal_time:
         return info.to_dict()
     if not info.steal_time:
         raise Untestable(
@@ -600,7 +589,6 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
     from kvmharness.errors import KvmUnavailable
     from kvmharness.known import Host, KnownIssuesError, cpu_model_name, load, match_known
     from kvmharness.scenarios import child
-    from kvmharness.scenarios.base import RunOptions
 
     if args.list:
         list_variants()
@@ -616,7 +604,7 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
         raise UsageError(f"--known: {exc}") from None
     plan, named = select_named(args.variant, bisect=bisect)
     vcpus = parse_vcpus(args.vcpus, BISECT_VCPUS if bisect else None)
-    validate_numbers(args)
+    options = options_of(args)
     if args.json:
         check_output_path(args.json, "--json")
     plot_path = getattr(args, "plot", None)
@@ -626,8 +614,10 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
         check_plot_path(plot_path)
 
     try:
-        names = frozenset(f.name for f, _ in plan)
-        host = precheck() if "steal" in names else precheck(names)
+        host = precheck(steal_time=any(f.needs_steal_time for f, _ in plan))
+        probe = getattr(args, "probe", None)
+        if probe is not None:  # a command's own check of the host, before any VM
+            probe()
     except KvmUnavailable as exc:
         raise Untestable(str(exc)) from None
     host.setdefault("cpu_model", cpu_model_name())
@@ -655,7 +645,6 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
     if keep:
         child.keep_dir = check_keep_dir(keep)
         child.kept.clear()
-    options = RunOptions(args.contend_ms, args.downtime_ms, args.budget_s)
     t0 = time.monotonic()
 
     def finish(results: list[Any], total: float, detail: str = "", interrupted: Any = None) -> int:
@@ -759,7 +748,7 @@ def _finish(
             {
                 "schema": SCHEMA_VERSION,
                 "kvmharness_version": __version__,
-                "command": "bisect" if bisect else "run",
+                "command": getattr(args, "command", None) or ("bisect" if bisect else "run"),
                 "host": host,
                 "selection": [
                     {"item": item, "scenarios": [list(fv) for fv in chose]} for item, chose in named
@@ -780,6 +769,9 @@ def _finish(
             f"kernel {host['kernel_release']})"
         )
     print_report(results, known, wide=args.wide, total_s=total)
+    after = getattr(args, "after_report", None)
+    if after is not None:  # a command's own detail (kvmharness postcopy's per-vCPU tables)
+        after(results)
     if not bisect and code != EXIT_OK:
         print(f"exit {code}: {why}")
     if plot_path:
@@ -799,7 +791,7 @@ def _finish(
 
 def _common(p: argparse.ArgumentParser, *, bisect: bool) -> None:
     from kvmharness.exitcodes import EXIT_HARNESS as usage_exit
-    from kvmharness.scenarios.steal import DEFAULT_BUDGET_S
+    from kvmharness.scenarios.base import DEFAULTS
 
     # A bad command line in a bisect script must abort the bisect, not mark a commit bad.
     p.usage_exit = usage_exit  # type: ignore[attr-defined]
@@ -820,25 +812,39 @@ def _common(p: argparse.ArgumentParser, *, bisect: bool) -> None:
     p.add_argument(
         "--vcpus",
         metavar="N[,N]",
-        help="vCPU counts (default "
-        + ("2" if bisect else "the family's: steal 1,2, clock 2")
-        + ")",
+        help="vCPU counts (default " + ("2" if bisect else "each family's own") + ")",
     )
     p.add_argument(
         "--contend-ms",
         type=int,
-        default=BISECT_CONTEND_MS if bisect else 150,
+        default=BISECT_CONTEND_MS if bisect else DEFAULTS.contend_ms,
         help="contended time before and after the boundary (default %(default)s)",
     )
     p.add_argument(
-        "--downtime-ms", type=int, default=50, help="downtime at the boundary (default %(default)s)"
+        "--downtime-ms",
+        type=int,
+        default=DEFAULTS.downtime_ms,
+        help="downtime at the boundary (default %(default)s)",
     )
     p.add_argument(
         "--budget-s",
         type=float,
-        default=DEFAULT_BUDGET_S,
+        default=DEFAULTS.budget_s,
         help="how long past its contended time a phase may run before its vCPUs "
         "are stopped and judged stuck (default %(default)s)",
+    )
+    p.add_argument(
+        "--latency-us",
+        type=int,
+        default=DEFAULTS.latency_us,
+        help="postcopy: how long after its request the resolver places a page "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--pages-per-vcpu",
+        type=int,
+        default=DEFAULTS.pages_per_vcpu,
+        help="postcopy: data pages each vCPU owns and touches (default %(default)s)",
     )
     p.add_argument(
         "--json", metavar="FILE", help="write all results and samples as JSON ('-' for stdout)"

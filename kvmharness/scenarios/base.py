@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -124,13 +125,95 @@ def verdict_for(kind: Kind, *, broken: bool = False, blame: Blame | None = None)
     return Verdict.BROKEN if broken or blame is Blame.KERNEL else Verdict.HOLDS
 
 
+#: The bounds of every knob: they keep a run sane and measurable (whether a
+#: kernel holds is judged by the checks, never by these).
+MIN_CONTEND_MS = 20
+"""Shorter gives too little run-queue waiting to tell a live steal clock from a dead one."""
+MAX_CONTEND_MS = 10_000
+MAX_DOWNTIME_MS = 60_000
+MAX_BUDGET_S = 3600.0
+MIN_LATENCY_US = 100
+MAX_LATENCY_US = 1_000_000
+MIN_PAGES_PER_VCPU = 2
+MAX_PAGES_PER_VCPU = 128
+"""postcopy.c's MAX_TOUCHES (its pc_abi is checked against the host's at load)."""
+
+
+class OptionError(ValueError):
+    """A knob out of its bounds: ``field`` and what is wrong with it."""
+
+    def __init__(self, field: str, text: str) -> None:
+        super().__init__(f"{field} {text}")
+        self.field, self.text = field, text
+
+    @property
+    def option(self) -> str:
+        """How the command line spells the field (``--contend-ms``)."""
+        return "--" + self.field.replace("_", "-")
+
+
 @dataclass(frozen=True)
 class RunOptions:
-    """Knobs every family takes (a family ignores what it has no use for)."""
+    """The knobs of a run, their defaults and their bounds, for every family
+    (a family ignores what it has no use for).  The one place they are
+    defined: the CLI's defaults and checks and each family's config take them
+    from here."""
 
     contend_ms: int = 150
+    """Contended time before and after the boundary (clock: each phase's length)."""
     downtime_ms: int = 50
+    """Time between the save and the restore."""
     budget_s: float = 30.0
+    """How long past its contended time a phase may run before its vCPUs are
+    stopped from another thread and judged (stuck, hung or host too loaded)."""
+    latency_us: int = 2000
+    """postcopy: how long after its request the resolver places a page."""
+    pages_per_vcpu: int = 12
+    """postcopy: data pages each vCPU owns and touches."""
+
+    def validate(self) -> None:
+        """:class:`OptionError` for the first knob out of its bounds."""
+        c, d, b = self.contend_ms, self.downtime_ms, self.budget_s
+        span = f"must be {MIN_CONTEND_MS} to {MAX_CONTEND_MS}, got {c}"
+        if c < MIN_CONTEND_MS:
+            raise OptionError(
+                "contend_ms",
+                f"{span}: too short; shorter gives too little run-queue waiting to tell a "
+                "live steal clock from a dead one",
+            )
+        if c > MAX_CONTEND_MS:
+            raise OptionError(
+                "contend_ms",
+                f"{span}: too long; a steal scenario contends for twice that "
+                f"({2 * MAX_CONTEND_MS // 1000} s at the limit, per scenario), and longer "
+                "judges nothing better",
+            )
+        if not 0 <= d <= MAX_DOWNTIME_MS:
+            end = "negative" if d < 0 else f"longer than {MAX_DOWNTIME_MS // 1000} s"
+            raise OptionError("downtime_ms", f"must be 0 to {MAX_DOWNTIME_MS}, got {d}: {end}")
+        if not (math.isfinite(b) and 0 < b <= MAX_BUDGET_S):
+            end = (
+                "not a number"
+                if not math.isfinite(b)
+                else ("it must be more than 0" if b <= 0 else "more than an hour")
+            )
+            raise OptionError(
+                "budget_s",
+                f"must be a number of seconds in (0, {MAX_BUDGET_S:g}], got {b}: {end}",
+            )
+        lat, pages = self.latency_us, self.pages_per_vcpu
+        if not (isinstance(lat, int) and MIN_LATENCY_US <= lat <= MAX_LATENCY_US):
+            raise OptionError(
+                "latency_us", f"must be {MIN_LATENCY_US} to {MAX_LATENCY_US}, got {lat}"
+            )
+        if not (isinstance(pages, int) and MIN_PAGES_PER_VCPU <= pages <= MAX_PAGES_PER_VCPU):
+            raise OptionError(
+                "pages_per_vcpu",
+                f"must be {MIN_PAGES_PER_VCPU} to {MAX_PAGES_PER_VCPU}, got {pages}",
+            )
+
+
+DEFAULTS = RunOptions()
 
 
 @dataclass(frozen=True)
@@ -172,6 +255,9 @@ class Family:
     matplotlib), never by a run."""
     max_vcpus: int = 1024
     """The most vCPUs the family's guest program supports."""
+    needs_steal_time: bool = False
+    """Its verdicts rest on steal time: a KVM without KVM_FEATURE_STEAL_TIME,
+    or a kernel that keeps no run_delay, makes the run untestable."""
     quick: tuple[str, ...] = ()
     """bisect's default profile for this family (empty: every promise).  It
     must keep each promise's kernel mistake catchable, just with fewer

@@ -57,24 +57,19 @@ from kvmharness.judges.stopped import Stopped
 from kvmharness.kvm import ClockData, Kvm, Vcpu, Vm
 from kvmharness.pvclock import Pvti
 from kvmharness.scenarios.base import (
+    DEFAULTS,
     Blame,
     Boundary,
     Family,
     Kind,
+    OptionError,
     RunOptions,
     ScenarioFailed,
     Variant,
     Verdict,
     Writer,
-    blame_of,
 )
-from kvmharness.scenarios.child import (
-    child_entry,
-    keep_snapshot,
-    run_child,
-    snapshot_path,
-    write_snapshot_fd,
-)
+from kvmharness.scenarios.child import child_entry, snapshot_path, write_snapshot_fd
 from kvmharness.scenarios.clock_record import (
     Batch,
     BoundaryFacts,
@@ -83,6 +78,13 @@ from kvmharness.scenarios.clock_record import (
     RateProbe,
     TscPut,
     TscWrite,
+)
+from kvmharness.scenarios.lifecycle import (
+    check_vcpus,
+    cross_process,
+    guarded_run,
+    on_kvm,
+    sleep_until,
 )
 
 log = logging.getLogger(__name__)
@@ -104,9 +106,6 @@ TSC_START_AHEAD_S = 3600
 #: TSC) of the value KVM expects as a request to synchronize with the other
 #: vCPUs: the written vCPU then gets the VM's current TSC instead.
 TSC_SYNC_WINDOW_S = 1
-MIN_PHASE_MS = 20
-MAX_PHASE_MS = 10_000
-MAX_DOWNTIME_MS = 60_000
 #: The frequency the frequency variant moves a vCPU to, relative to KVM's default.
 FREQUENCY_RATIO = 0.9
 
@@ -287,25 +286,23 @@ DEFAULT_VARIANTS = list(VARIANTS)
 class ClockConfig:
     variant: str
     vcpus: int = 2
-    phase_ms: int = 150
-    downtime_ms: int = 50
-    budget_s: float = 30.0
+    phase_ms: int = DEFAULTS.contend_ms
+    downtime_ms: int = DEFAULTS.downtime_ms
+    budget_s: float = DEFAULTS.budget_s
 
     def validate(self) -> None:
+        """The variant, the vCPU count, and the knobs by :meth:`RunOptions.validate`
+        (a phase is bounded as a contended time is)."""
         if self.variant not in VARIANTS:
             raise ValueError(
                 f"unknown clock variant {self.variant!r} (known: {', '.join(VARIANTS)})"
             )
-        if not 1 <= self.vcpus <= lib.GUEST_MAX_VCPUS:
-            raise ValueError(f"vcpus must be 1 to {lib.GUEST_MAX_VCPUS}, got {self.vcpus}")
-        if not MIN_PHASE_MS <= self.phase_ms <= MAX_PHASE_MS:
-            raise ValueError(
-                f"phase_ms must be {MIN_PHASE_MS} to {MAX_PHASE_MS}, got {self.phase_ms}"
-            )
-        if not 0 <= self.downtime_ms <= MAX_DOWNTIME_MS:
-            raise ValueError(f"downtime_ms must be 0 to {MAX_DOWNTIME_MS}, got {self.downtime_ms}")
-        if not self.budget_s > 0:
-            raise ValueError(f"budget_s must be positive, got {self.budget_s}")
+        check_vcpus(FAMILY, self.vcpus)
+        try:
+            RunOptions(self.phase_ms, self.downtime_ms, self.budget_s).validate()
+        except OptionError as exc:
+            field = "phase_ms" if exc.field == "contend_ms" else exc.field
+            raise OptionError(field, exc.text) from None
 
 
 # ---- records: kvmharness.scenarios.clock_record
@@ -899,12 +896,6 @@ def tsc_offset_recipe(
     return offset - checks.U64 if offset >= checks.WRAP_THRESHOLD else offset
 
 
-def _sleep_until(deadline_ns: int) -> None:
-    left = deadline_ns - time.monotonic_ns()
-    if left > 0:
-        time.sleep(left / 1e9)
-
-
 @dataclass
 class Run:
     records: list[ClockRecord]
@@ -1110,7 +1101,7 @@ def run_in_process(kvm: Kvm, cfg: ClockConfig) -> Run:
         _tsc_extra(gvm, state)
         gvm.close()
         close_threads(threads)
-        _sleep_until(run.facts.get_clock_ns[1] + cfg.downtime_ms * 1_000_000)
+        sleep_until(run.facts.get_clock_ns[1] + cfg.downtime_ms * 1_000_000)
         threads = new_threads(cfg.vcpus, "b")
         gvm = restore(kvm, state, v, threads, run.records, run.facts)
         measured_phase(gvm, threads, run, cfg.phase_ms * 1_000_000, cfg.budget_s, v.hop)
@@ -1172,16 +1163,6 @@ def _child_run(role: str, cfg: ClockConfig, snap_fd: int) -> dict[str, Any]:
     }
 
 
-def _run_child(role: str, cfg: ClockConfig, snap_fd: int) -> dict[str, Any]:
-    return run_child(
-        "kvmharness.scenarios.clock",
-        role,
-        asdict(cfg),
-        snap_fd,
-        2 * cfg.phase_ms / 1000 + cfg.budget_s + 120,
-    )
-
-
 def _probes_from(d: dict[str, Any]) -> list[list[RateProbe]]:
     return [
         [RateProbe(tuple(p["raw_ns"]), tuple(p["mono_ns"]), p["tsc"]) for p in phase]
@@ -1190,22 +1171,21 @@ def _probes_from(d: dict[str, Any]) -> list[list[RateProbe]]:
 
 
 def run_cross_process(cfg: ClockConfig) -> Run:
-    snap_fd = os.memfd_create("kvmharness-clock-snapshot", os.MFD_CLOEXEC)
-    try:
-        a = _run_child("save", cfg, snap_fd)
-        run = Run([ClockRecord.from_json(d) for d in a["records"]], a["stable"], khz=a["khz"])
-        run.probes = _probes_from(a)
-        if any(r.stuck for r in run.records):
-            return run
-        if not os.fstat(snap_fd).st_size:
-            raise ScenarioFailed(Blame.HARNESS, "save process wrote no snapshot")
-        keep_snapshot(snap_fd, "clock", cfg.variant, cfg.vcpus)
-        _sleep_until(
-            BoundaryFacts.from_json(a["facts"]).get_clock_ns[1] + cfg.downtime_ms * 1_000_000
-        )
-        b = _run_child("restore", cfg, snap_fd)
-    finally:
-        os.close(snap_fd)
+    """The first phase in a save child, the downtime from its KVM_GET_CLOCK,
+    the second phase in a restore child."""
+    a, b = cross_process(
+        "kvmharness.scenarios.clock",
+        asdict(cfg),
+        2 * cfg.phase_ms / 1000 + cfg.budget_s + 120,
+        stopped=lambda a: any(ClockRecord.from_json(d).stuck for d in a["records"]),
+        downtime_from=lambda saved: BoundaryFacts.from_json(saved.payload["facts"]).get_clock_ns[1],
+        downtime_ms=cfg.downtime_ms,
+        keep=("clock", cfg.variant, cfg.vcpus),
+    )
+    run = Run([ClockRecord.from_json(d) for d in a["records"]], a["stable"], khz=a["khz"])
+    run.probes = _probes_from(a)
+    if b is None:
+        return run
     run.facts = BoundaryFacts.from_json(b["facts"])
     run.stable_after = b["stable_after"]
     run.probes += _probes_from(b)
@@ -1223,30 +1203,25 @@ def run_scenario(cfg: ClockConfig, kvm: Kvm | None = None) -> ClockResult:
 
     cfg.validate()
     v = VARIANTS[cfg.variant]
-    t0 = time.monotonic()
-    run = Run([])
+    out = guarded_run(
+        f"clock scenario {cfg.variant}",
+        lambda: (
+            run_cross_process(cfg)
+            if v.boundary is Boundary.CROSS_PROCESS
+            else on_kvm(kvm, lambda k: run_in_process(k, cfg))
+        ),
+    )
     failure = None
-    error = None
-    try:
-        if v.boundary is Boundary.CROSS_PROCESS:
-            run = run_cross_process(cfg)
-        else:
-            own = kvm is None
-            k = Kvm() if own else kvm
-            try:
-                run = run_in_process(k, cfg)
-            finally:
-                if own:
-                    k.close()
-    except Exception as exc:
-        blame = Blame.NOT_SUPPORTED if isinstance(exc, NotSupported) else blame_of(exc)
-        log.info("clock scenario %s failed to run (%s)", cfg.variant, blame, exc_info=True)
-        text = str(exc) if blame is Blame.NOT_SUPPORTED else f"could not run ({blame}): {exc}"
-        failure = {"blame": str(blame), "observed": text}
-        error = str(exc)
-    res = unjudged_result(cfg, run, error=error, failure=failure)
+    if out.blame is not None:
+        text = (
+            out.error
+            if out.blame is Blame.NOT_SUPPORTED
+            else f"could not run ({out.blame}): {out.error}"
+        )
+        failure = {"blame": str(out.blame), "observed": text}
+    res = unjudged_result(cfg, out.value or Run([]), error=out.error, failure=failure)
     res.apply(judge(res.record()))
-    res.wall_s = time.monotonic() - t0
+    res.wall_s = out.wall_s
     return res
 
 
@@ -1290,7 +1265,7 @@ def run_one(name: str, vcpus: int, options: RunOptions, kvm: Kvm | None = None) 
         ClockConfig(
             name,
             vcpus,
-            max(options.contend_ms, MIN_PHASE_MS),
+            options.contend_ms,
             options.downtime_ms,
             options.budget_s,
         ),

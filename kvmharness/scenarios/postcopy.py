@@ -97,6 +97,8 @@ from kvmharness.judges.postcopy import (  # noqa: F401  (the kinds, for callers 
 from kvmharness.judges.stopped import Stopped
 from kvmharness.kvm import Kvm
 from kvmharness.scenarios.base import (
+    DEFAULTS,
+    MAX_PAGES_PER_VCPU,
     Blame,
     Family,
     Kind,
@@ -104,19 +106,14 @@ from kvmharness.scenarios.base import (
     ScenarioFailed,
     Variant,
     Verdict,
-    blame_of,
     verdict_for,
 )
+from kvmharness.scenarios.lifecycle import check_vcpus, guarded_run, on_kvm
 
 log = logging.getLogger(__name__)
 
 PROGRAM = "postcopy"
 DATA_SLOT = 1
-DEFAULT_LATENCY_US = 2000
-MIN_LATENCY_US = 100
-MAX_LATENCY_US = 1_000_000
-DEFAULT_PAGES_PER_VCPU = 12
-DEFAULT_BUDGET_S = 30.0
 #: The GIL switch interval while the destination runs: the longest another
 #: harness thread may hold the GIL while the fault thread waits for it.
 SWITCH_INTERVAL_S = 0.0002
@@ -124,7 +121,7 @@ SWITCH_INTERVAL_S = 0.0002
 SHARED_HOLD_S = 5.0
 
 # the guest's layout (checked against its pc_abi at load)
-PC_ABI = (3, 64, 128, 3, 8, 0xF111, 0x5EED, 0x7007, 0xC4EC)
+PC_ABI = (3, 64, MAX_PAGES_PER_VCPU, 3, 8, 0xF111, 0x5EED, 0x7007, 0xC4EC)
 (
     _,
     MAX_VCPUS,
@@ -196,29 +193,21 @@ DEFAULT_VARIANTS = list(VARIANTS)
 class PostcopyConfig:
     variant: str = "stream"
     vcpus: int = 2
-    latency_us: int = DEFAULT_LATENCY_US
-    pages_per_vcpu: int = DEFAULT_PAGES_PER_VCPU
-    budget_s: float = DEFAULT_BUDGET_S
+    latency_us: int = DEFAULTS.latency_us
+    pages_per_vcpu: int = DEFAULTS.pages_per_vcpu
+    budget_s: float = DEFAULTS.budget_s
     seed: int = 0x5EED0F
 
     def validate(self) -> None:
+        """The variant, the vCPU count, and the knobs by :meth:`RunOptions.validate`."""
         if self.variant not in VARIANTS:
             raise ValueError(
                 f"unknown postcopy variant {self.variant!r} (known: {', '.join(VARIANTS)})"
             )
-        limit = min(MAX_VCPUS, lib.GUEST_MAX_VCPUS)
-        if not 1 <= self.vcpus <= limit:
-            raise ValueError(f"vcpus must be 1 to {limit} for postcopy, got {self.vcpus}")
-        if not MIN_LATENCY_US <= self.latency_us <= MAX_LATENCY_US:
-            raise ValueError(
-                f"latency_us must be {MIN_LATENCY_US} to {MAX_LATENCY_US}, got {self.latency_us}"
-            )
-        if not 2 <= self.pages_per_vcpu <= MAX_TOUCHES:
-            raise ValueError(
-                f"pages_per_vcpu must be 2 to {MAX_TOUCHES}, got {self.pages_per_vcpu}"
-            )
-        if not 0 < self.budget_s <= 3600:
-            raise ValueError(f"budget_s must be in (0, 3600], got {self.budget_s}")
+        check_vcpus(FAMILY, self.vcpus)
+        RunOptions(
+            budget_s=self.budget_s, latency_us=self.latency_us, pages_per_vcpu=self.pages_per_vcpu
+        ).validate()
 
 
 # --------------------------------------------------------------------------
@@ -652,33 +641,32 @@ def build_record(
     )
 
 
+def _run(kvm: Kvm, cfg: PostcopyConfig, variant: PostcopyVariant) -> tuple[Layout, Destination]:
+    image = load_program(PROGRAM)
+    lay = make_layout(cfg, variant, image)
+    state, staging = _migrate_source(kvm, cfg, lay, image, cfg.budget_s)
+    return lay, run_destination(kvm, cfg, variant, lay, image, state, staging)
+
+
 def run_scenario(cfg: PostcopyConfig, kvm: Kvm | None = None) -> PostcopyResult:
     cfg.validate()
     variant = VARIANTS[cfg.variant]
     t0 = time.monotonic()
-    own = kvm is None
-    try:
-        k = Kvm() if own else kvm
-        try:
-            image = load_program(PROGRAM)
-            lay = make_layout(cfg, variant, image)
-            state, staging = _migrate_source(k, cfg, lay, image, cfg.budget_s)
-            dst = run_destination(k, cfg, variant, lay, image, state, staging)
-        finally:
-            if own:
-                k.close()
-    except Exception as exc:
-        blame = blame_of(exc)
-        log.info("postcopy %s failed to run (%s)", cfg.variant, blame, exc_info=True)
+    out = guarded_run(
+        f"postcopy {cfg.variant}", lambda: on_kvm(kvm, lambda k: _run(k, cfg, variant))
+    )
+    if out.value is None:
+        blame = out.blame or Blame.HARNESS
         return PostcopyResult(
             cfg,
             variant,
             verdict_for(variant.kind, blame=blame),
-            f"could not run ({blame}): {exc}",
-            time.monotonic() - t0,
+            f"could not run ({blame}): {out.error}",
+            out.wall_s,
             [],
-            error=str(exc),
+            error=out.error,
         )
+    lay, dst = out.value
     record = build_record(cfg, variant, lay, dst).to_dict()
     j: Judgement = pj.judge(record)  # the one judge `kvmharness judge` runs too
     pager = dst.pager
@@ -751,9 +739,9 @@ def from_record(record: dict[str, Any], judgement: Judgement) -> PostcopyResult:
 
 
 def run_one(name: str, vcpus: int, options: RunOptions, kvm: Kvm | None = None) -> PostcopyResult:
-    """For ``run`` and ``bisect``: the default latency; a vCPU count this family
+    """For ``run``, ``bisect`` and ``postcopy``: a vCPU count this family
     cannot take is an ERROR row (bad usage, exit 128), not a traceback."""
-    cfg = PostcopyConfig(name, vcpus, budget_s=options.budget_s)
+    cfg = PostcopyConfig(name, vcpus, options.latency_us, options.pages_per_vcpu, options.budget_s)
     try:
         cfg.validate()
     except ValueError as exc:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -57,22 +56,22 @@ from kvmharness.judges.steal import RunCtx, VcpuRecord
 from kvmharness.judges.stopped import Stopped
 from kvmharness.kvm import Kvm, Vcpu
 from kvmharness.scenarios.base import (
+    DEFAULTS,
     Blame,
     Family,
     Kind,
     RunOptions,
-    ScenarioFailed,
     Variant,
     Verdict,
     Writer,
-    blame_of,
 )
-from kvmharness.scenarios.child import (
-    child_entry,
-    keep_snapshot,
-    run_child,
-    snapshot_path,
-    write_snapshot_fd,
+from kvmharness.scenarios.child import child_entry, snapshot_path, write_snapshot_fd
+from kvmharness.scenarios.lifecycle import (
+    check_vcpus,
+    cross_process,
+    guarded_run,
+    on_kvm,
+    sleep_until,
 )
 
 log = logging.getLogger(__name__)
@@ -105,7 +104,7 @@ class AtBoundary:
     life: int = 0
 
     def sleep_out_downtime(self) -> None:
-        _sleep_until(self.start_ns + self.cfg.downtime_ms * 1_000_000)
+        sleep_until(self.start_ns + self.cfg.downtime_ms * 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -244,47 +243,24 @@ VARIANTS: dict[str, StealVariant] = {
 DEFAULT_VARIANTS = list(VARIANTS)
 
 
-#: What a restore may leave on the vCPU thread: run_delay charged twice, etc. is
-#: judged by the checks; these bounds only keep a run sane and measurable.
-MIN_CONTEND_MS = 20
-MAX_CONTEND_MS = 10_000
-MAX_DOWNTIME_MS = 60_000
-DEFAULT_BUDGET_S = 30.0
-
-
 @dataclass
 class StealConfig:
     variant: str
     vcpus: int = 1
-    contend_ms: int = 150
-    downtime_ms: int = 50
-    budget_s: float = DEFAULT_BUDGET_S
+    contend_ms: int = DEFAULTS.contend_ms
+    downtime_ms: int = DEFAULTS.downtime_ms
+    budget_s: float = DEFAULTS.budget_s
     """How long past its contended time a phase may run before its vCPUs are
     stopped from another thread and reported as stuck."""
 
     def validate(self) -> None:
-        """One place for the rules; ValueError names the bad field."""
+        """The variant, the vCPU count, and the knobs by :meth:`RunOptions.validate`;
+        ValueError names the bad field."""
         if self.variant not in VARIANTS:
             known = ", ".join(VARIANTS)
             raise ValueError(f"unknown steal variant {self.variant!r} (known: {known})")
-        if not 1 <= self.vcpus <= lib.GUEST_MAX_VCPUS:
-            raise ValueError(f"vcpus must be 1 to {lib.GUEST_MAX_VCPUS}, got {self.vcpus}")
-        if not MIN_CONTEND_MS <= self.contend_ms <= MAX_CONTEND_MS:
-            raise ValueError(
-                f"contend_ms must be {MIN_CONTEND_MS} to {MAX_CONTEND_MS}, got {self.contend_ms}: "
-                "shorter gives too little run-queue waiting to tell a live steal clock "
-                "from a dead one"
-            )
-        if not 0 <= self.downtime_ms <= MAX_DOWNTIME_MS:
-            raise ValueError(f"downtime_ms must be 0 to {MAX_DOWNTIME_MS}, got {self.downtime_ms}")
-        if not (
-            isinstance(self.budget_s, int | float)
-            and math.isfinite(self.budget_s)
-            and self.budget_s > 0
-        ):
-            raise ValueError(
-                f"budget_s must be a positive number of seconds, got {self.budget_s!r}"
-            )
+        check_vcpus(FAMILY, self.vcpus)
+        RunOptions(self.contend_ms, self.downtime_ms, self.budget_s).validate()
 
 
 @dataclass
@@ -548,12 +524,6 @@ def _restore(
     return GuestVm.adopt(kvm, vm, PROGRAM)
 
 
-def _sleep_until(deadline_ns: int) -> None:
-    left = deadline_ns - time.monotonic_ns()
-    if left > 0:
-        time.sleep(left / 1e9)
-
-
 def run_in_process(kvm: Kvm, cfg: StealConfig) -> tuple[list[VcpuRecord], float]:
     """Phase A, the boundary, phase B, all in this process.  Returns records, boundary s."""
     var = VARIANTS[cfg.variant]
@@ -622,66 +592,48 @@ def _child_run(role: str, cfg: StealConfig, snap_fd: int) -> list[dict[str, Any]
     return [r.to_json() for r in records]
 
 
-def _run_child(role: str, cfg: StealConfig, snap_fd: int) -> list[VcpuRecord]:
-    payload = run_child(
-        "kvmharness.scenarios.steal",
-        role,
-        asdict(cfg),
-        snap_fd,
-        2 * cfg.contend_ms / 1000 + cfg.budget_s + 120,
-    )
-    return [VcpuRecord.from_json(d) for d in payload["records"]]
-
-
 def run_cross_process(cfg: StealConfig) -> tuple[list[VcpuRecord], float]:
-    snap_fd = os.memfd_create("kvmharness-snapshot", os.MFD_CLOEXEC)
-    try:
-        records = _run_child("save", cfg, snap_fd)
-        if any(r.stuck for r in records):
-            return records, 0.0
-        t_save_end = time.monotonic_ns()
-        if not os.fstat(snap_fd).st_size:
-            raise ScenarioFailed(Blame.HARNESS, "save process wrote no snapshot")
-        keep_snapshot(snap_fd, "steal", cfg.variant, cfg.vcpus)
-        _sleep_until(t_save_end + cfg.downtime_ms * 1_000_000)
-        later = _run_child("restore", cfg, snap_fd)
-    finally:
-        os.close(snap_fd)
-    for r, b in zip(records, later, strict=True):
+    """Phase A in a save child, the downtime, phase B in a restore child."""
+
+    def records(payload: dict[str, Any]) -> list[VcpuRecord]:
+        return [VcpuRecord.from_json(d) for d in payload["records"]]
+
+    a, b = cross_process(
+        "kvmharness.scenarios.steal",
+        asdict(cfg),
+        2 * cfg.contend_ms / 1000 + cfg.budget_s + 120,
+        stopped=lambda a: any(r.stuck for r in records(a)),
+        downtime_from=lambda saved: saved.done_ns,
+        downtime_ms=cfg.downtime_ms,
+        keep=("steal", cfg.variant, cfg.vcpus),
+    )
+    recs = records(a)
+    if b is None:
+        return recs, 0.0
+    for r, later in zip(recs, records(b), strict=True):
         r.boundary = len(r.guest)
-        r.extend(b)
+        r.extend(later)
     gaps = [
         (r.guest[r.boundary].t_ns - r.guest[r.boundary - 1].t_ns) / 1e9
-        for r in records
+        for r in recs
         if 0 < r.boundary < len(r.guest)
     ]
-    return records, max(gaps, default=0.0)
+    return recs, max(gaps, default=0.0)
 
 
 def run_scenario(cfg: StealConfig, kvm: Kvm | None = None) -> StealResult:
     """Run one variant, then judge the record it wrote with the family's judge."""
     cfg.validate()
     var = VARIANTS[cfg.variant]
-    t0 = time.monotonic()
-    records: list[VcpuRecord] = []
-    boundary_s = 0.0
-    error: str | None = None
-    blame: Blame | None = None
-    try:
-        if var.cross_process:
-            records, boundary_s = run_cross_process(cfg)
-        else:
-            own = kvm is None
-            k = Kvm() if own else kvm
-            try:
-                records, boundary_s = run_in_process(k, cfg)
-            finally:
-                if own:
-                    k.close()
-    except Exception as exc:
-        blame = blame_of(exc)
-        error = str(exc)
-        log.info("steal scenario %s failed to run (%s)", cfg.variant, blame, exc_info=True)
+    out = guarded_run(
+        f"steal scenario {cfg.variant}",
+        lambda: (
+            run_cross_process(cfg)
+            if var.cross_process
+            else on_kvm(kvm, lambda k: run_in_process(k, cfg))
+        ),
+    )
+    records, boundary_s = out.value or ([], 0.0)
     res = StealResult(
         cfg,
         var,
@@ -689,10 +641,10 @@ def run_scenario(cfg: StealConfig, kvm: Kvm | None = None) -> StealResult:
         [],
         Verdict.ERROR,
         "",
-        time.monotonic() - t0,
+        out.wall_s,
         boundary_s,
-        error=error,
-        blame=blame,
+        error=out.error,
+        blame=out.blame,
     )
     return res.rejudged()
 
@@ -720,6 +672,7 @@ FAMILY = Family(
     run_one,
     "kvmharness.scenarios.steal_view",
     quick=QUICK,
+    needs_steal_time=True,
 )
 
 
