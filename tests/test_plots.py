@@ -247,3 +247,33 @@ def test_without_matplotlib_plot_is_refused_with_a_clear_message(monkeypatch, tm
     assert "matplotlib is not installed" in capsys.readouterr().err
     # and without --plot nothing needs it
     assert main(["judge", str(CORPUS / "mutants/control.steal.json.gz")]) == 0
+
+
+@pytest.mark.kvm
+@pytest.mark.timeout(180)
+def test_a_live_run_plots_every_family_it_ran(tmp_path, capsys):
+    """run --plot draws from the records the live run judged: one panel per
+    scenario, every family (it drew the first family only), in the suffix's
+    format (it wrote PNG whatever the suffix)."""
+    out = tmp_path / "run.svg"
+    rc = main(
+        [
+            "run",
+            "-q",
+            "-s",
+            "steal/fresh-vm/vcpu-thread,clock/restore/downtime,postcopy/stream",
+            "--vcpus",
+            "2",
+            "--contend-ms",
+            "30",
+            "--plot",
+            str(out),
+        ]
+    )
+    assert rc in (0, 1, 125), capsys.readouterr().out
+    svg = out.read_text()
+    assert svg.startswith("<?xml")
+    for gid in ("bound:ceiling", "bound:alive-floor", "bound:jump", "bound:under-guest"):
+        assert f'id="{gid}' in svg, gid
+    for title in ("steal/fresh-vm/vcpu-thread", "clock/restore/downtime", "postcopy/stream"):
+        assert title in svg

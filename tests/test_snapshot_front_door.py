@@ -4,6 +4,7 @@ cross-process scenario made, and ``snapshot inspect`` shows their vCPU state
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 
@@ -118,6 +119,8 @@ def test_keep_snapshots_keeps_the_cross_process_snapshot_named_by_scenario(tmp_p
             "20",
             "--keep-snapshots",
             str(keep),
+            "--json",
+            str(tmp_path / "run.json"),
         ]
     )
     out = capsys.readouterr().out
@@ -128,6 +131,9 @@ def test_keep_snapshots_keeps_the_cross_process_snapshot_named_by_scenario(tmp_p
         "steal-cross-process-vcpu-thread-1vcpu.kvmsnap",
     ]
     assert "snapshots kept in" in out and names[1] in out
+    doc = json.loads((tmp_path / "run.json").read_text())
+    assert doc["snapshots"]["dir"] == str(keep)
+    assert sorted(doc["snapshots"]["files"]) == names
     assert main(["snapshot", "inspect", str(keep / names[1])]) == 0
     view = capsys.readouterr().out
     assert "vCPU 0:" in view and "KVM_STEAL_TIME" in view and "enabled" in view

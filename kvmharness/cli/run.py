@@ -80,6 +80,20 @@ def _word(r: Any, m: Any) -> str:
     return str(m.status) if m is not None and m.excused else str(r.verdict)
 
 
+def _kept_snapshots(args: Any) -> dict[str, Any]:
+    """``--keep-snapshots``: the files kept, named in the run's JSON (what to attach with it)."""
+    if not getattr(args, "keep_snapshots", None):
+        return {}
+    from kvmharness.scenarios import child
+
+    return {
+        "snapshots": {
+            "dir": args.keep_snapshots,
+            "files": [os.path.basename(k) for k in child.kept],
+        }
+    }
+
+
 def check_keep_dir(path: str) -> str:
     """``--keep-snapshots DIR``: the directory, made if its parent exists,
     refused (before anything runs) if it cannot hold files."""
@@ -757,6 +771,7 @@ def _finish(
                 else None,
                 "total_wall_s": total,
                 "interrupted": interrupted,
+                **_kept_snapshots(args),
                 **verdict_fields(code, why, args.known, results, known),
             },
         )
@@ -774,7 +789,7 @@ def _finish(
         after(results)
     if not bisect and code != EXIT_OK:
         print(f"exit {code}: {why}")
-    if plot_path:
+    if plot_path and results:  # (an interrupt may leave none)
         plot(results, plot_path, [_word(r, m) for r, m in zip(results, known, strict=True)])
         print(f"plot of {len(results)} scenario(s): {plot_path}")
     if getattr(args, "keep_snapshots", None):

@@ -161,6 +161,8 @@ def draw(ax: Any, item: Item) -> None:
         return
     try:
         module.draw(ax, item.record, item.violations)
+        if item.violations and any(t.get_gid() == "no-data" for t in ax.texts):
+            unplaced(ax, [str(getattr(v, "kind", "?")) for v in item.violations])
     except Exception as exc:  # a record this drawing cannot read: say so, draw the rest
         log.info("cannot draw %s/%s: %s", fam, item.record.get("variant"), exc, exc_info=True)
         ax.clear()
@@ -245,7 +247,7 @@ def unplaced(ax: Any, kinds: Sequence[str]) -> None:
     ax.text(
         0.99,
         0.02,
-        "also: " + ", ".join(f"{k} x{n}" for k, n in sorted(c.items())),
+        "not placed: " + ", ".join(f"{k} x{n}" for k, n in sorted(c.items())),
         transform=ax.transAxes,
         ha="right",
         va="bottom",
