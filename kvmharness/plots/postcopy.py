@@ -27,6 +27,7 @@ from kvmharness.plots import mark_violations, no_data
 
 MS = 1e6
 BAR_H = 0.22
+LEGEND_ROOM = 1.9
 ON_BLOCKTIME = {pj.KIND_OVER_GUEST, pj.KIND_OVER_WALL}
 ON_STALL = {pj.KIND_UNDER_GUEST, pj.KIND_SILENT_STALL}
 
@@ -120,7 +121,7 @@ def draw(ax: Any, record: dict[str, Any], violations: Sequence[Any]) -> None:
                 color="grey",
                 gid="bound:over-wall",
             )
-    ax.set_xlim(0, right)
+    ax.set_xlim(0, right * LEGEND_ROOM)  # the legend sits right of the bars
     points = []
     for viol in violations:
         kind = str(getattr(viol, "kind", "?"))
@@ -143,4 +144,4 @@ def draw(ax: Any, record: dict[str, Any], violations: Sequence[Any]) -> None:
     mark_violations(ax, points)
     ax.set_xlabel(f"ms (latency {rec.latency_us} us per resolved fault)", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.legend(fontsize=6, loc="center right", framealpha=0.8)
