@@ -840,7 +840,7 @@ def test_kernel_mode_runs_itself_inside_and_breaks_on_purpose(tmp_path: Path) ->
     assert "new broken: steal/cancelled-save@1: holds -> broken" in r.stdout
     assert "TEST SWITCH" in r.stdout
     row = next(x for x in r.stdout.splitlines() if x.startswith("steal/cancelled-save@1"))
-    assert row.split()[1::4] == ["holds", "holds", "broken"]
+    assert row.split()[1::7] == ["holds", "holds", "broken"]  # verdict, jump X ms, R of run_delay
 
 
 def test_kernel_command_hands_bisect_kernel_the_inner_run() -> None:
