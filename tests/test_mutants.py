@@ -1,9 +1,8 @@
-"""scripts/mutants without KVM, QEMU or a kernel source: the patch header format,
+"""kvmharness mutants without KVM, QEMU or a kernel source: the patch header format,
 the cells a bisect JSON gives, and the kill-matrix rendering and verdict."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import subprocess
@@ -13,19 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from kvmharness.tools import mutants as ml
+
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("mutants_lib", SCRIPTS / "mutants_lib.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["mutants_lib"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ml = _load()
 
 DIFF = """--- a/arch/x86/kvm/x86.c
 +++ b/arch/x86/kvm/x86.c
@@ -290,14 +279,14 @@ def test_cli_list_and_bad_patch_dir_need_no_kernel(tmp_path: Path) -> None:
     bad = tmp_path / "x.patch"
     bad.write_text("Mutant: x\n" + DIFF)
     r = subprocess.run(
-        [sys.executable, str(SCRIPTS / "mutants_lib.py"), "--patches", str(tmp_path), "--list"],
+        [str(SCRIPTS / "mutants"), "--patches", str(tmp_path), "--list"],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert r.returncode == ml.EXIT_USAGE and "lacks Seed-bug" in r.stderr
     r = subprocess.run(
-        [sys.executable, str(SCRIPTS / "mutants_lib.py"), "--list"],
+        [str(SCRIPTS / "mutants"), "--list"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -374,7 +363,7 @@ def test_sigterm_exits_143_and_ends_the_child(tmp_path: Path) -> None:
     """SIGTERM while a child runs: scripts/mutants exits 128+15 and the child is gone."""
     pidfile = tmp_path / "pid"
     code = (
-        f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import mutants_lib as ml\n"
+        "import sys; from kvmharness.tools import mutants as ml\n"
         "from pathlib import Path\n"
         "try:\n"
         "    with ml.signals_raise():\n"

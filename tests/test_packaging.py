@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ("pyproject.toml", "README.md", "kvmharness", "cdefs")
+SHIPPED = ("pyproject.toml", "README.md", "kvmharness", "cdefs", "tests/mutants")
 _JUNK = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
 
 
@@ -48,7 +48,7 @@ def source(tmp_path_factory) -> Path:
     for name in SHIPPED:
         path = ROOT / name
         if path.is_dir():
-            shutil.copytree(path, src / name, ignore=_JUNK)
+            shutil.copytree(path, src / name, ignore=_JUNK)  # tests/mutants: the patches
         else:
             shutil.copy2(path, src / name)
     return src
@@ -188,12 +188,18 @@ def test_the_installed_wheel_runs_a_steal_scenario_outside_the_checkout(installe
 def test_the_wheel_holds_the_tools_package_data(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "kvmharness/tools/bisect_kernel_guest.sh" in names
+    patches = {p.name for p in (ROOT / "tests" / "mutants").glob("*.patch")}
+    shipped = {
+        n.rpartition("/")[2] for n in names if n.startswith("kvmharness/tools/mutant_patches/")
+    }
+    assert patches and patches <= shipped
 
 
 #: The kernel tools as a user of the wheel runs them, away from any checkout:
 #: (argv after `kvmharness`, what its output must hold).
 TOOL_RUNS = [
     (["bisect-kernel", "--help"], "KERNEL_IMAGE"),
+    (["mutants", "--list"], "steal-last-steal-from-writer"),  # the patches ship too
 ]
 
 

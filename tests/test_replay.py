@@ -19,31 +19,19 @@ the corpus.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kvmharness.cli import main
+from kvmharness.tools import mutants
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "corpus"
 STOCK = sorted((CORPUS / "stock").glob("*.json.gz"))
 MUTANT_DIR = CORPUS / "mutants"
-
-
-def _mutants_lib() -> Any:
-    if "mutants_lib" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "mutants_lib", ROOT / "scripts" / "mutants_lib.py"
-        )
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["mutants_lib"] = mod  # dataclasses look their module up
-        spec.loader.exec_module(mod)
-    return sys.modules["mutants_lib"]
 
 
 #: ``BUILD.FAMILIES[-N].json.gz`` as ``scripts/mutants --record`` names them
@@ -91,7 +79,7 @@ def test_the_corpus_has_stock_and_mutant_records():
     assert any("6.12." in n for n in names), names
     recorded = {_build(p) for p in MUTANT_RECORDS}
     assert "control" in recorded
-    patches = {m.name for m in _mutants_lib().load_mutants()}
+    patches = {m.name for m in mutants.load_mutants()}
     assert patches - recorded <= set(NO_RECORD), sorted(patches - recorded - set(NO_RECORD))
 
 
@@ -131,7 +119,7 @@ def test_a_mutant_record_is_caught_where_it_must_be(path, tmp_path):
             if r["verdict"] not in ("holds", "not supported")
         ]
         return
-    mutant = next(m for m in _mutants_lib().load_mutants() if m.name == build)
+    mutant = next(m for m in mutants.load_mutants() if m.name == build)
     # a promise this host does not support (frequency under TCG) can catch nothing
     musts = [
         r

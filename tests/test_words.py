@@ -31,23 +31,16 @@ def test_every_state_is_one_lower_case_word():
 
 
 def test_old_history_lines_are_read_in_todays_words():
-    import importlib.util
-    import sys
+    from kvmharness.tools.nightly import history, records
 
-    path = Path(__file__).parent.parent / "scripts" / "nightly_lib.py"
-    spec = importlib.util.spec_from_file_location("nightly_lib_words", path)
-    assert spec and spec.loader
-    nl = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = nl
-    spec.loader.exec_module(nl)
     line = {
-        "schema": nl.SCHEMA,
+        "schema": history.SCHEMA,
         "host": {"name": "h"},
         "scenarios": [{"id": "steal/x@1", "status": "BROKEN", "verdict": "BROKEN"}],
     }
-    (rec,), problems = nl.parse_history(json.dumps(line).encode() + b"\n")
+    (rec,), problems = history.parse_history(json.dumps(line).encode() + b"\n")
     assert not problems and rec["scenarios"][0]["status"] == "broken"
-    assert nl.status_of({"verdict": "ERROR"}) == "harness error"
+    assert records.status_of({"verdict": "ERROR"}) == "harness error"
 
 
 def test_old_words_are_read_as_todays():

@@ -6,17 +6,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from kvmharness.tools.nightly.figures import KEY_FIGURES, fmt_value, shorten
-
-#: "figure moved": by more than MOVE_PCT percent of the smaller of the two values
-#: (100: doubled or halved) *and* by more than the floor of its unit.  Steal
-#: jumps follow the host's load (run_delay): tens of percent between two runs of
-#: one kernel are noise, a factor of two is worth a look.
-MOVE_PCT = 100.0
-
-
-MOVE_FLOOR = {"ns": 10_000_000, "count": 1, "s": 2.0}
-
+from kvmharness.tools.nightly.figures import (
+    KEY_FIGURES,
+    MOVE_FACTOR,
+    RUN_TO_RUN,
+    fmt_value,
+    shorten,
+)
 
 #: the statuses that say a scenario was judged on the host
 JUDGED = {"holds", "broken", "known-broken", "fixed?", "characterized"}
@@ -44,20 +40,26 @@ def capabilities_lost(prev: dict[str, Any] | None, cur: dict[str, Any]) -> list[
     return out
 
 
-def moved(old: Any, new: Any, unit: str, pct: float = MOVE_PCT) -> bool:
+def moved(old: Any, new: Any, key: str, factor: float = MOVE_FACTOR) -> bool:
+    """Whether figure ``key`` changed from ``old`` to ``new`` by more than
+    ``factor`` times what it moves between runs of one kernel on one host
+    (:data:`~kvmharness.tools.nightly.figures.RUN_TO_RUN`).  A figure with no
+    such spread (not a figure of the kernel) never moves."""
+    if key not in RUN_TO_RUN:
+        return False
     if not all(isinstance(x, int | float) and math.isfinite(x) for x in (old, new)):
         return False
-    d = abs(new - old)
-    return d > MOVE_FLOOR[unit] and d > min(abs(old), abs(new)) * pct / 100.0
+    return abs(new - old) > factor * RUN_TO_RUN[key]
 
 
-def move_rule(pct: float = MOVE_PCT) -> str:
+def move_rule(factor: float = MOVE_FACTOR) -> str:
+    units = {key: unit for figs in KEY_FIGURES.values() for key, _label, unit in figs}
+    spreads = ", ".join(
+        f"{key} {fmt_value(v, units.get(key, 'count'))}" for key, v in RUN_TO_RUN.items()
+    )
     return (
-        f"by more than {pct:g}% of the smaller of the two values"
-        + (" (doubled or halved)" if pct == 100 else "")
-        + " and by more than "
-        f"{fmt_value(MOVE_FLOOR['ns'], 'ns')} (counts: more than {MOVE_FLOOR['count']}; "
-        f"the run's wall time: more than {MOVE_FLOOR['s']:g} s)"
+        f"by more than {factor:g} times what it moves between runs of one kernel on one "
+        f"host ({spreads})"
     )
 
 
@@ -65,7 +67,7 @@ BAD = {"broken", "harness error"}
 
 
 def changes(
-    prev: dict[str, Any] | None, cur: dict[str, Any], pct: float = MOVE_PCT
+    prev: dict[str, Any] | None, cur: dict[str, Any], factor: float = MOVE_FACTOR
 ) -> dict[str, list[str]]:
     """What changed from ``prev`` to ``cur`` (two records of one host)."""
     out: dict[str, list[str]] = {
@@ -107,15 +109,10 @@ def changes(
             continue
         for key, label, unit in KEY_FIGURES.get(s["family"], []):
             a, b = (p.get("figures") or {}).get(key), (s.get("figures") or {}).get(key)
-            if moved(a, b, unit, pct):
+            if moved(a, b, key, factor):
                 out["figure moved"].append(
                     f"{sid}: {label} {fmt_value(a, unit)} -> {fmt_value(b, unit)}"
                 )
-    a, b = (prev.get("run") or {}).get("total_wall_s"), (cur.get("run") or {}).get("total_wall_s")
-    if moved(a, b, "s", pct):
-        out["figure moved"].append(
-            f"total wall time of the matrix {fmt_value(a, 's')} -> {fmt_value(b, 's')}"
-        )
     was_failing = set((prev.get("pytest") or {}).get("failed") or [])
     out["new tests failing"] = [
         t for t in (cur.get("pytest") or {}).get("failed") or [] if t not in was_failing

@@ -20,7 +20,8 @@ from kvmharness.exitcodes import (
 )
 from kvmharness.procs import Interrupted, signals_raise
 from kvmharness.tools.home import checkout_root
-from kvmharness.tools.nightly.changes import MOVE_PCT, capabilities_lost
+from kvmharness.tools.nightly.changes import capabilities_lost
+from kvmharness.tools.nightly.figures import MOVE_FACTOR
 from kvmharness.tools.nightly.history import (
     append_record,
     host_key,
@@ -89,13 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs per host in the report (default %(default)s)",
     )
     p.add_argument(
-        "--move-pct",
+        "--move-factor",
         type=float,
-        default=MOVE_PCT,
-        metavar="PCT",
-        help="a figure moved when it changed since the previous run by more than "
-        "PCT%% of the smaller of its two values and by more than 10 ms (counts: "
-        "1; wall time: 2 s) (default %(default)s: doubled or halved)",
+        default=MOVE_FACTOR,
+        metavar="K",
+        help="a figure of the kernel (steal over run_delay, a kvmclock jump's distance "
+        "from its bound, warps) moved when it changed since the previous run by more "
+        "than K times what it moves between runs of one kernel on one host "
+        "(default %(default)s)",
     )
     p.add_argument(
         "--host-name",
@@ -277,9 +279,9 @@ def render(args: argparse.Namespace, rec_host: str | None = None) -> None:
     records, problems = read_history(args.history)
     os.makedirs(args.out, exist_ok=True)
     page = os.path.join(args.out, "index.html")
-    write_text(page, html_report(records, problems, args.last, args.move_pct))
+    write_text(page, html_report(records, problems, args.last, args.move_factor))
     shown = records if rec_host is None else [r for r in records if host_key(r) == rec_host]
-    sys.stdout.write(text_report(shown, problems, args.last, args.move_pct, html_path=page))
+    sys.stdout.write(text_report(shown, problems, args.last, args.move_factor, html_path=page))
 
 
 def merge_main(args: argparse.Namespace) -> int:

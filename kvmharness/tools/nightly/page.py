@@ -7,7 +7,8 @@ import datetime as dt
 import html
 from typing import Any
 
-from kvmharness.tools.nightly.changes import MOVE_PCT, changes, move_rule
+from kvmharness.tools.nightly.changes import changes, move_rule
+from kvmharness.tools.nightly.figures import MOVE_FACTOR
 from kvmharness.tools.nightly.history import Problem
 from kvmharness.tools.nightly.plots import plots
 from kvmharness.tools.nightly.records import BREAK_ON_PURPOSE
@@ -61,7 +62,7 @@ def _e(x: Any) -> str:
 
 
 def html_report(
-    records: list[dict[str, Any]], problems: list[Problem], last: int, pct: float = MOVE_PCT
+    records: list[dict[str, Any]], problems: list[Problem], last: int, factor: float = MOVE_FACTOR
 ) -> str:
     hosts = by_host(records)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -79,7 +80,7 @@ def html_report(
         parts.append("<p>No run in the history yet.</p>")
     for host, runs in hosts.items():
         runs = runs[-last:]
-        parts += _host_section(host, runs, pct, multi=len(hosts) > 1)
+        parts += _host_section(host, runs, factor, multi=len(hosts) > 1)
     if problems:
         parts.append("<h2>History lines skipped</h2><ul>")
         parts += [f"<li><code>{_e(p)}</code></li>" for p in problems]
@@ -94,7 +95,7 @@ def html_report(
     return "\n".join(parts) + "\n"
 
 
-def _host_section(host: str, runs: list[dict[str, Any]], pct: float, multi: bool) -> list[str]:
+def _host_section(host: str, runs: list[dict[str, Any]], factor: float, multi: bool) -> list[str]:
     cur = runs[-1]
     prev = runs[-2] if len(runs) > 1 else None
     h = cur["host"]
@@ -127,7 +128,7 @@ def _host_section(host: str, runs: list[dict[str, Any]], pct: float, multi: bool
         )
         + "</h3>"
     )
-    ch = changes(prev, cur, pct)
+    ch = changes(prev, cur, factor)
     items = [(what, it) for what, its in ch.items() for it in its]
     if items:
         p.append("<ul class='changes'>")
@@ -138,9 +139,8 @@ def _host_section(host: str, runs: list[dict[str, Any]], pct: float, multi: bool
         p.append("</ul>")
     else:
         p.append("<p>Nothing changed: no new broken, nothing fixed, no figure moved.</p>")
-    p.append(
-        f"<p class='muted'>A figure &ldquo;moved&rdquo; when it changed {_e(move_rule(pct))}.</p>"
-    )
+    rule = _e(move_rule(factor))
+    p.append(f"<p class='muted'>A figure &ldquo;moved&rdquo; when it changed {rule}.</p>")
     # table
     p.append(f"<h3>The last {len(runs)} run(s)</h3>")
     ids = scenario_rows(runs)

@@ -110,7 +110,7 @@ def plots(runs: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xticks(xs, labels, fontsize=8)
         ax.set_xlim(0.5, len(runs) + 0.5)
-        ax.set_ylabel({"ns": "ms", "s": "s", "count": "count"}[unit])
+        ax.set_ylabel({"ns": "ms", "s": "s", "count": "count", "ratio": "ratio"}[unit])
         ax.set_title(title, fontsize=11, loc="left")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)

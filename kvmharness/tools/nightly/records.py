@@ -86,12 +86,14 @@ def host_facts(host: dict[str, Any] | None) -> dict[str, bool] | None:
 def scenarios_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for r in doc.get("results") or []:
-        # kvmharness 0.1 wrote scenario and strategy (clock records neither)
-        fam = str(r.get("family") or r.get("scenario", "?"))
-        var = str(r.get("variant") or r.get("strategy", "?"))
-        if var.startswith(fam + "/"):  # 0.1 named postcopy's variants postcopy/...
+        # schema 2 names family, variant and vcpus in every record; older runs
+        # (and steal still) also wrote scenario and strategy
+        cfg = r.get("config") or {}
+        fam = str(r.get("family") or r.get("scenario") or "?")
+        var = str(r.get("variant") or r.get("strategy") or "?")
+        if var.startswith(fam + "/"):  # postcopy names its variants postcopy/...
             var = var[len(fam) + 1 :]
-        vcpus = (r.get("config") or {}).get("vcpus", "?")
+        vcpus = r.get("vcpus") or cfg.get("vcpus", "?")
         known = r.get("known") or None
         out.append(
             {
@@ -99,7 +101,7 @@ def scenarios_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "family": fam,
                 "variant": var,
                 "vcpus": vcpus,
-                "kind": r.get("kind"),
+                "kind": r.get("kind") or cfg.get("kind"),
                 "verdict": OLD_WORDS.get(str(r.get("verdict")), r.get("verdict")),
                 "status": status_of(r),
                 "observed": str(r.get("observed") or "")[:300],

@@ -6,8 +6,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from kvmharness.exitcodes import EXIT_BROKEN, EXIT_HARNESS, EXIT_OK, EXIT_UNTESTABLE
-from kvmharness.tools.nightly.changes import MOVE_PCT, changes, move_rule
-from kvmharness.tools.nightly.figures import fmt_value
+from kvmharness.tools.nightly.changes import changes, move_rule
+from kvmharness.tools.nightly.figures import MOVE_FACTOR, fmt_value
 from kvmharness.tools.nightly.history import Problem, host_key
 
 
@@ -18,11 +18,16 @@ def cell_figure(s: dict[str, Any]) -> str:
     f = s.get("figures") or {}
     fam = s.get("family")
     if fam == "steal":
-        return f"jump {fmt_value(f.get('largest_jump_ns'), 'ns')}"
+        text = f"jump {fmt_value(f.get('largest_jump_ns'), 'ns')}"
+        if f.get("steal_ratio") is not None:
+            text += f", {fmt_value(f['steal_ratio'], 'ratio')} of run_delay"
+        return text
     if fam == "clock":
         parts = []
         if f.get("largest_jump_ns") is not None:
             parts.append(f"jump {fmt_value(f['largest_jump_ns'], 'ns')}")
+        if f.get("jump_margin_ns") is not None:
+            parts.append(f"{fmt_value(f['jump_margin_ns'], 'ns')} from its bound")
         if f.get("warps"):
             parts.append(f"{f['warps']} warps")
         elif f.get("warps") == 0 and f.get("largest_jump_ns") is None:
@@ -74,7 +79,7 @@ def text_report(
     records: list[dict[str, Any]],
     problems: list[Problem],
     last: int,
-    pct: float = MOVE_PCT,
+    factor: float = MOVE_FACTOR,
     html_path: str | None = None,
 ) -> str:
     from tabulate import tabulate
@@ -102,9 +107,9 @@ def text_report(
         lines.append(
             "changes since the previous run"
             + (f" ({run_label(prev)})" if prev else " (no previous run)")
-            + f"; figures compared {move_rule(pct)}:"
+            + f"; figures compared {move_rule(factor)}:"
         )
-        ch = changes(prev, cur, pct)
+        ch = changes(prev, cur, factor)
         any_change = False
         for what, items in ch.items():
             for it in items:

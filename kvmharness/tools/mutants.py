@@ -1,9 +1,9 @@
-"""Kernel mutants and the kill matrix (``scripts/mutants``).
+"""Kernel mutants and the kill matrix (``kvmharness mutants``; ``scripts/mutants``).
 
 Each mutant is a small patch (``tests/mutants/*.patch``) against Debian's
 linux-source-6.1 that puts a known KVM bug back.  This module builds kvm.ko
 and kvm-amd.ko out of tree for the unchanged source (the control) and for
-every mutant, boots each build under QEMU through ``scripts/bisect-kernel
+every mutant, boots each build under QEMU through ``kvmharness bisect-kernel
 --modules`` with ``kvmharness bisect --json`` inside, and prints the kill
 matrix: a row per build, a column per promised scenario, each cell caught,
 missed or error.  The control row must hold everywhere.
@@ -40,17 +40,29 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-PATCH_DIR = ROOT / "tests" / "mutants"
+from kvmharness import procs
+from kvmharness.exitcodes import EXIT_BROKEN, EXIT_HARNESS, EXIT_OK, EXIT_USAGE
+from kvmharness.procs import Interrupted, end_group, signals_raise
+from kvmharness.tools.home import checkout_root, kvmharness_command
+
+
+def patches_dir() -> Path:
+    """The mutants' patches: tests/mutants of the checkout this runs from, else
+    the copy a wheel ships beside this module (``mutant_patches``)."""
+    root = checkout_root()
+    if root is not None and (root / "tests" / "mutants").is_dir():
+        return root / "tests" / "mutants"
+    return Path(__file__).resolve().parent / "mutant_patches"
+
+
 DEFAULT_WORK = Path(os.environ.get("KVMHARNESS_MUTANTS_WORK", "/var/lib/kvmharness-mutants"))
 #: Not under /var/cache, /var/tmp or /tmp: the booted guest shares the host's
 #: root file system but mounts tmpfs over some of those.
@@ -155,7 +167,11 @@ SELFTEST_TIMEOUT_S = 120
 KSFT_SKIP = 4
 
 CONTROL = "control"
-EXIT_OK, EXIT_GAP, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
+#: exit codes (kvmharness.exitcodes): 0 every mutant caught where it must be and the
+#: control held; 1 a gap (a mutant missed) or a false alarm; 2 bad usage or a bad
+#: patch header; 128 a build or boot gave no verdict, or the kernel parts disagree
+EXIT_GAP = EXIT_BROKEN
+EXIT_ERROR = EXIT_HARNESS
 
 REQUIRED_KEYS = ("Mutant", "Seed-bug", "Puts-back", "Must-catch")
 OPTIONAL_KEYS = ("Note",)
@@ -223,6 +239,7 @@ class Mutant:
         return any(s.matches(column) for s in self.must_catch)
 
     def header(self) -> dict[str, Any]:
+        root = checkout_root()
         return {
             "mutant": self.name,
             "seed_bug": self.seed_bug,
@@ -230,8 +247,8 @@ class Mutant:
             "must_catch": [str(s) for s in self.must_catch],
             "note": self.note,
             "files": self.files,
-            "patch": str(self.path.relative_to(ROOT))
-            if self.path and self.path.is_relative_to(ROOT)
+            "patch": str(self.path.relative_to(root))
+            if self.path and root and self.path.is_relative_to(root)
             else (str(self.path) if self.path else None),
         }
 
@@ -308,9 +325,9 @@ def parse_patch(text: str, path: Path | None = None) -> Mutant:
     )
 
 
-def load_mutants(patch_dir: Path = PATCH_DIR) -> list[Mutant]:
+def load_mutants(patch_dir: Path | None = None) -> list[Mutant]:
     out = []
-    for p in sorted(patch_dir.glob("*.patch")):
+    for p in sorted((patch_dir or patches_dir()).glob("*.patch")):
         try:
             out.append(parse_patch(p.read_text(), p))
         except HeaderError as exc:
@@ -625,46 +642,8 @@ def rescore(run_dir: Path, rows: Sequence[Row]) -> list[Row]:
 # processes: every child is ended on every path, SIGTERM included
 
 
-class Interrupted(Exception):
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"signal {signum}")
-        self.signum = signum
-
-
 class BuildError(Exception):
     pass
-
-
-@contextlib.contextmanager
-def signals_raise() -> Iterator[None]:
-    def handler(signum: int, _frame: object) -> None:
-        raise Interrupted(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def _end(proc: subprocess.Popen[Any], *, grace: float, group: bool) -> None:
-    """SIGTERM (the child's group, or just the child when it cleans up itself),
-    then SIGKILL of its group."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            if group:
-                os.killpg(proc.pid, signal.SIGTERM)
-            else:
-                proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
 
 
 def run_child(
@@ -685,22 +664,19 @@ def run_child(
     with open(log_path, "ab") as out:
         out.write(f"\n$ {shlex.join(cmd)}\n".encode())
         out.flush()
-        proc = subprocess.Popen(
-            list(cmd),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+        done = procs.run(
+            cmd,
+            timeout=timeout,
+            output=out,
             cwd=cwd,
             env=env,
-            start_new_session=True,
+            grace=60.0 if self_cleaning else 5.0,
+            term_group=not self_cleaning,
         )
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        if done.timed_out:
             out.write(f"\nmutants: timeout after {timeout:.0f} s: ending it\n".encode())
             return -1
-        finally:
-            _end(proc, grace=60.0 if self_cleaning else 5.0, group=not self_cleaning)
+        return done.status
 
 
 # ---------------------------------------------------------------------------
@@ -1113,7 +1089,7 @@ def build(
 def find_image(work: Path, given: Path | None, kset: KernelSet) -> Path:
     """The kernel image to boot the modules in: --kernel, else Debian's image of
     ``kset``'s version extracted under WORK (hard links from
-    /var/cache/kvmharness-kernels where scripts/bisect-kernel's user left it,
+    /var/cache/kvmharness-kernels where a bisect-kernel user left it,
     else apt-get download).  Refused (VersionError) unless its kernel_version
     string names ``kset``'s release and Debian version."""
     image = given if given is not None else _fetch_image(work, kset)
@@ -1176,7 +1152,8 @@ def boot(
         out = Path(d) / "bisect.json"
         timing = Path(d) / "timing.json"
         cmd = [
-            str(ROOT / "scripts" / "bisect-kernel"),
+            *kvmharness_command(),
+            "bisect-kernel",
             str(image),
             "--modules",
             str(modules),
@@ -1188,15 +1165,7 @@ def boot(
         if selftests is not None:
             cmd += [
                 "--inner-cmd",
-                shlex.join(
-                    [
-                        str(ROOT / ".venv/bin/python"),
-                        str(Path(__file__).resolve()),
-                        "guest-inner",
-                        str(selftests),
-                        str(ROOT / ".venv/bin/kvmharness"),
-                    ]
-                ),
+                shlex.join([*kvmharness_command(), "mutants", "guest-inner", str(selftests)]),
             ]
         cmd += ["--", "--json", str(out), "--quiet", *bisect_args]
         t0 = time.monotonic()
@@ -1303,7 +1272,9 @@ def write_record_index(
 
 def _git_head() -> str | None:
     r = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+        ["git", "-C", str(checkout_root() or "."), "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
     )
     return r.stdout.strip() or None
 
@@ -1356,14 +1327,15 @@ def row_from_boots(
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="scripts/mutants",
+        prog="kvmharness mutants",
         description="Build KVM module variants (tests/mutants/*.patch) from Debian's "
         "linux-source-SERIES, against the headers of the same Debian version, boot "
-        "each in the image of that version through scripts/bisect-kernel --modules with "
+        "each in the image of that version through kvmharness bisect-kernel --modules with "
         "`kvmharness bisect` inside, and print the kill matrix.",
         epilog="exit: 0 the control held everywhere and every mutant was caught where its "
         "header says it must be; 1 a gap or a false alarm; 2 bad usage or a bad patch "
-        "header; 3 a build or boot gave no verdict; 128+N killed by signal N.  "
+        "header; 128 a build or boot gave no verdict, or the kernel source, headers and "
+        "image are not of one Debian version; 128+N killed by signal N.  "
         "ARGS after -- go to `kvmharness bisect` (e.g. --scenario steal).",
     )
     p.add_argument("--only", metavar="NAME[,NAME]", help="these mutants (the control always runs)")
@@ -1423,7 +1395,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="seconds per build (default %(default)s)",
     )
     p.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 2)
-    p.add_argument("--patches", metavar="DIR", type=Path, default=PATCH_DIR)
+    p.add_argument(
+        "--patches",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="the mutants' patch files (default: tests/mutants of the checkout, or the "
+        "copy shipped in the package)",
+    )
     p.add_argument(
         "--selftests",
         action="store_true",
@@ -1463,11 +1442,11 @@ def list_mutants(mutants: Sequence[Mutant]) -> None:
 
 def guest_inner(argv: Sequence[str]) -> int:
     """Inside the booted kernel (bisect-kernel's inner command):
-    ``guest-inner SELFTEST_DIR KVMHARNESS [ARGS]`` runs ``KVMHARNESS bisect ARGS``,
-    then each selftest under a timeout, adds their exits to the ``--json`` file,
-    and exits with kvmharness's code."""
-    sdir, kvmharness, *args = argv
-    r = subprocess.run([kvmharness, "bisect", *args], stdin=subprocess.DEVNULL)
+    ``guest-inner SELFTEST_DIR [ARGS]`` runs ``kvmharness bisect ARGS`` (this
+    Python's), then each selftest under a timeout, adds their exits to the
+    ``--json`` file, and exits with kvmharness's code."""
+    sdir, *args = argv
+    r = subprocess.run([*kvmharness_command(), "bisect", *args], stdin=subprocess.DEVNULL)
     code = r.returncode
     results = []
     for name in SELFTESTS:
@@ -1487,7 +1466,7 @@ def guest_inner(argv: Sequence[str]) -> int:
             out, _ = proc.communicate(timeout=SELFTEST_TIMEOUT_S)
             rc: int | None = proc.returncode
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            end_group(proc, grace=0.0)
             out, _ = proc.communicate()
             rc = None
         text = out.decode(errors="replace")
@@ -1579,7 +1558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except Interrupted as exc:
         log(f"interrupted by signal {exc.signum}: builds and VMs ended")
-        return 128 + exc.signum
+        return exc.exit_code
 
 
 def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None], kset: KernelSet) -> int:
