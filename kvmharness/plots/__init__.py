@@ -35,6 +35,8 @@ FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 #: Families in the order their panels appear.
 FAMILY_ORDER = ("steal", "clock", "postcopy")
 PANEL_W, PANEL_H = 8.0, 3.0
+#: Legend entries are given to this many vCPUs at most.
+LEGEND_VCPUS = 4
 #: A stretch without readings shorter than this is drawn as it is, not cut.
 MIN_GAP_S = 0.25
 VIOLATION_COLOR = "red"
@@ -137,7 +139,16 @@ def figure(items: Sequence[Item]) -> Any:
         raise ValueError("nothing to plot: the run has no results")
     cols = 2 if len(items) > 4 else 1
     rows = -(-len(items) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(PANEL_W * cols, PANEL_H * rows), squeeze=False)
+    heights = [
+        max(panel_height(it) for it in items[row * cols : (row + 1) * cols]) for row in range(rows)
+    ]
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(PANEL_W * cols, sum(heights)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )
     flat = list(axes.flat)
     for ax, item in zip(flat, items, strict=False):
         draw(ax, item)
@@ -145,6 +156,14 @@ def figure(items: Sequence[Item]) -> Any:
         ax.set_visible(False)
     fig.tight_layout()
     return fig
+
+
+def panel_height(item: Item) -> float:
+    """Inches: postcopy draws three bars per vCPU, so its panel grows with them."""
+    if item.record.get("family") != "postcopy":
+        return PANEL_H
+    n = item.record.get("vcpus")
+    return max(PANEL_H, 0.8 * n + 1.0) if isinstance(n, int) else PANEL_H
 
 
 def draw(ax: Any, item: Item) -> None:

@@ -1,20 +1,24 @@
 """The clock panel: each vCPU's kvmclock readings against the host's clock
 (``kvmclock - host``, both from the first reading: a clock in step with the
-host is a flat line), with the bounds of :mod:`kvmharness.judges.clock`:
+host is a flat line), one dot per KVM_RUN (its last reading, against the
+host's clock when the KVM_RUN returned), with the bounds of
+:mod:`kvmharness.judges.clock`:
 
-* the band (shaded, per vCPU): where each reading may lie given the one before
-  it: at most the real time between them plus rate slack, the drift KVM's
-  scale may add without a master clock (:func:`unstable_tolerance`) and the
-  harness's own forced updates (``too-fast``); at least the one before it, or
-  less by that drift where the clock was not stable (``decrease``);
 * the allowed jump (thick bar) at each vCPU's first reading after the
   boundary: the window :func:`_jump_bounds` gives (the real time between the
   readings, less the downtime for a frozen clock; at least the real time for
-  KVM_CLOCK_REALTIME), with the jump the guest saw in the legend.
+  KVM_CLOCK_REALTIME), with the window and the jump the guest saw in the
+  legend (``over-long-jump``, ``short-jump``);
+* where the clock had no master clock (a reading without
+  PVCLOCK_TSC_STABLE_BIT), a shaded band of the drift excused:
+  :func:`unstable_tolerance`, growing from the phase's start (a step back
+  within it is not judged, ``decrease``, ``warp``).
 
 The boundary is a grey dashed line; violations are red crosses where they
-happened (a warp at the batches that saw it; a kind with no reading of its
-own, such as a pvti disagreement, named in the corner).
+happened (a step back or too-fast step at the pair of readings it names, an
+odd version at its reading, a warp at the batches that saw it, a TSC not
+applied at the first KVM_RUN after the write); a kind with no reading of its
+own, such as a pvti disagreement, is named in the corner.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from kvmharness.judges.clock import (
     run_of,
     unstable_tolerance,
 )
-from kvmharness.plots import cut_gaps, mark_violations, no_data, unplaced
+from kvmharness.plots import LEGEND_VCPUS, cut_gaps, mark_violations, no_data, unplaced
 from kvmharness.scenarios.clock_record import ClockRecord
 
 MS = 1e6
@@ -85,6 +89,12 @@ def _batch_of(r: ClockRecord) -> list[Any]:
     return out
 
 
+def _label(r: ClockRecord, what: str) -> str:
+    """A legend entry for the first :data:`LEGEND_VCPUS` vCPUs only (64 would
+    hide the panel)."""
+    return f"vcpu{r.index} {what}" if r.index < LEGEND_VCPUS else "_nolegend_"
+
+
 def _draw_vcpu(
     ax: Any, cfg: ClockConfigView, run: RunView, r: ClockRecord, f: Frame
 ) -> list[float]:
@@ -97,7 +107,7 @@ def _draw_vcpu(
             xs.append(f.x(b.t1_ns))
             ys.append(f.y(r.samples[b.first + b.n - 1][0], b.t1_ns))
     (line,) = ax.plot(
-        xs, ys, ".", markersize=2.5, label=f"vcpu{r.index} kvmclock", gid=f"series:vcpu{r.index}"
+        xs, ys, ".", markersize=2.5, label=_label(r, "kvmclock"), gid=f"series:vcpu{r.index}"
     )
     color = line.get_color()
     # without a master clock a step back up to the drift KVM's scale allows is
@@ -118,7 +128,7 @@ def _draw_vcpu(
             color=color,
             alpha=0.15,
             linewidth=0,
-            label=f"vcpu{r.index} drift excused without a master clock",
+            label=_label(r, "drift excused without a master clock"),
             gid="bound:drift",
         )
     # the jump at the boundary
@@ -135,8 +145,11 @@ def _draw_vcpu(
                 alpha=0.35,
                 color=color,
                 solid_capstyle="butt",
-                label=f"vcpu{r.index} allowed jump {checks.format_ns(lo_ns)}.."
-                f"{checks.format_ns(hi_ns)} (saw {checks.format_ns(sb - sa)})",
+                label=_label(
+                    r,
+                    f"allowed jump {checks.format_ns(lo_ns)}..{checks.format_ns(hi_ns)} "
+                    f"(saw {checks.format_ns(sb - sa)})",
+                ),
                 gid="bound:jump",
             )
             ax.axvline(f.x(b.t0_ns), color="grey", linestyle="--", linewidth=0.8, gid="boundary")

@@ -23,7 +23,7 @@ from typing import Any
 
 from kvmharness import checks
 from kvmharness.judges.steal import VcpuRecord, records_of
-from kvmharness.plots import cut_gaps, mark_violations, no_data, unplaced
+from kvmharness.plots import LEGEND_VCPUS, cut_gaps, mark_violations, no_data, unplaced
 
 #: Values at or beyond this are u64-wrapped (a negative delta): drawn at the top edge.
 WRAP = 1 << 62
@@ -63,6 +63,7 @@ def _legend(ax: Any, recs: list[VcpuRecord]) -> None:
     from matplotlib.lines import Line2D
 
     handles = [h for h in ax.get_lines() if str(h.get_gid()).startswith("series:")]
+    handles = handles[:LEGEND_VCPUS]  # 64 entries would hide the panel
     styles = [
         Line2D([], [], color="grey", linestyle="--", linewidth=0.8),
         Line2D([], [], color="grey", linestyle=":", linewidth=1),
