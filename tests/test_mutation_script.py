@@ -77,7 +77,7 @@ def test_a_module_is_run_by_the_glob_of_its_mutants_names(mutation):
 
 def test_the_order_plugin_puts_the_fastest_tests_first(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location(
-        "mutation_order", ROOT / "scripts/mutation_order.py"
+        "mutation_plugin", ROOT / "scripts/mutation_plugin.py"
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
