@@ -135,6 +135,7 @@ def test_the_first_stuck_thread_is_named_even_after_sleeping_ones():
     ran = ThreadSample(2, "vcpu1", window, 0, "R")
     v, why = judge_threads([asleep, ran], window, "clock/warp")
     assert why is None and v is not None and v.kind == checks.KIND_STUCK
+    assert (v.series, v.index) == ("vcpu1", 1)
     assert v.detail == (
         "clock/warp did not return: thread vcpu1 (tid 2, state R) ran "
         f"{checks.format_ns(window)} of the last {checks.format_ns(window)} without finishing"
@@ -151,6 +152,7 @@ def test_a_queued_thread_makes_it_untestable_not_hung():
         "steal/fresh-vm did not return, but thread vcpu0 (tid 2, state R) waited "
         f"{checks.format_ns(window)} of the last {checks.format_ns(window)} on a run queue"
     )
+    assert "(vcpu0 was stopped after 1 s in KVM_RUN; its thread ran only 0 ns" in why
     j = judge_record(_hang([asleep, queued], window))
     assert j.verdict == Verdict.UNTESTABLE and j.observed == why
 
@@ -161,9 +163,26 @@ def test_every_thread_asleep_is_hung_named_by_the_first():
     b = ThreadSample(2, "main", 0, 0, "S")
     v, why = judge_threads([a, b], window, "steal/x")
     assert why is None and v is not None and v.kind == KIND_HUNG and v.counter == "ioctl"
+    assert (v.series, v.index) == ("vcpu0", 0)
     assert v.detail.startswith(
         "hung: steal/x did not return; thread vcpu0 (tid 1, state D, in "
         "mutex_lock_killable) at kvm.py:9 set_msrs slept through the last "
         f"{checks.format_ns(window)} (ran {checks.format_ns(1_000)}, waited "
         f"{checks.format_ns(2_000)} on a run queue), and so did every other thread"
     )
+
+
+def test_the_window_is_the_budget_to_the_nanosecond():
+    """Stuck from 10% of the window on: a thread that ran 1 ns less than a
+    tenth of a 10 s window is not stuck (here: queued, so untestable); at the
+    tenth it is.  A window of 1 ns is still a window (a thread asleep in it is
+    hung)."""
+    window = 10 * 10**9
+    under = ThreadSample(1, "vcpu0", window // 10 - 1, window - window // 10)
+    v, why = judge_threads([under], window, "steal/x")
+    assert v is None and why is not None and "too loaded" in why
+    at = ThreadSample(1, "vcpu0", window // 10, window - window // 10)
+    v, why = judge_threads([at], window, "steal/x")
+    assert why is None and v is not None and v.kind == checks.KIND_STUCK
+    v, why = judge_threads([ThreadSample(1, "vcpu0", 0, 0)], 1, "steal/x")
+    assert why is None and v is not None and v.kind == KIND_HUNG
