@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
-# Create .venv in the checkout and install kvmharness with its test extras.
-# Idempotent: re-installs only when pyproject.toml changed since the last run.
+# Create .venv in the checkout and install kvmharness into it.
+#   scripts/bootstrap.sh run    what running needs (cffi, ioctl-opt, tabulate)
+#   scripts/bootstrap.sh [test] that and what the tests need (pytest, ruff,
+#                               hypothesis, matplotlib, kcidb-io, ...: the test extra)
+# Idempotent: re-installs only when pyproject.toml changed since the last run,
+# or when the tests need what a run-only install left out.
 set -euo pipefail
+level="${1:-test}"
+case "$level" in
+    run|test) ;;
+    *) echo "bootstrap: usage: bootstrap.sh [run|test]" >&2; exit 2 ;;
+esac
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 py="${PYTHON:-python3}"
@@ -20,10 +29,18 @@ if [ ! -x "$venv/bin/python" ]; then
     "$py" -m venv "$venv"
 fi
 stamp="$venv/.kvmharness-installed"
-want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "bootstrap: installing kvmharness and its dependencies into $venv" >&2
+hash="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
+have="$(cat "$stamp" 2>/dev/null || true)"
+# the stamp is "HASH LEVEL"; a test install serves a run too
+if [ "$have" != "$hash test" ] && [ "$have" != "$hash $level" ]; then
+    if [ "$level" = test ]; then
+        echo "bootstrap: installing kvmharness and the test tools into $venv" >&2
+        spec="$root[test]"
+    else
+        echo "bootstrap: installing kvmharness and what it needs to run into $venv" >&2
+        spec="$root"
+    fi
     "$venv/bin/python" -m pip install -q --upgrade pip >&2
-    "$venv/bin/python" -m pip install -q -e "$root[test]" >&2
-    echo "$want" > "$stamp"
+    "$venv/bin/python" -m pip install -q -e "$spec" >&2
+    echo "$hash $level" > "$stamp"
 fi
