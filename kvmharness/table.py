@@ -133,6 +133,10 @@ LEGEND: dict[str, dict[str, Column]] = {
         "wall": Column(5, "the scenario's wall-clock time"),
         "verdict": Column(ALWAYS, "the state (holds, broken, known-broken, ...) and why"),
     },
+    "info": {
+        "fact": Column(ALWAYS, "what kvmharness info found out about the host"),
+        "value": Column(ALWAYS, "its value"),
+    },
     "generic": {
         "scenario": Column(ALWAYS, "the family"),
         "variant": Column(ALWAYS, "the variant (run --list)"),
@@ -268,7 +272,7 @@ def legend_text(width: int | None = None) -> str:
 
     lines = ["states:", *entries(STATES)]
     for fam, cols in LEGEND.items():
-        if fam == "generic":
+        if fam in ("generic", "info"):
             continue
         lines += ["", f"{fam} table:", *entries({h: c.means for h, c in cols.items()})]
     lines += [

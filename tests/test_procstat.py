@@ -128,7 +128,8 @@ def test_xen_2017_steal_decrease(tmp_path, capsys):
     first = doc["findings"][1]
     assert (first["snapshot_before"], first["snapshot_after"], first["index"]) == (1, 2, 2)
     assert first["wall_ns"] == 10 * 10**9
-    assert doc["summary"] == {"decrease": 3}
+    assert doc["summary"]["anomalies"] == {"decrease": 3}
+    assert doc["summary"]["steal"]["cpu"]["grown_ns"] == 0, "a decrease is not growth"
     rc, out, _ = run(capsys, f)
     assert rc == 1
     for col in ("CPU", "counter", "before", "after", "delta", "kind", "bound / detail"):
@@ -793,3 +794,30 @@ def test_property_mail_wrapping_does_not_change_the_parse(cpus, columns, width, 
     a = procstat.parse_text(original)
     b = procstat.parse_text(mailed)
     assert [(s.cpus, s.btime, s.time_ns) for s in a] == [(s.cpus, s.btime, s.time_ns) for s in b]
+
+
+def test_a_clean_verdict_says_what_steal_did(capsys, tmp_path):
+    """'verdict: clean' with its steal figures: how much steal grew, over all
+    CPUs and where it grew most, and as a share of the CPU time; the JSON
+    summary holds them per cpu line (it was {} for a clean run)."""
+    f = write(
+        tmp_path,
+        "stat.txt",
+        "cpu  100 0 50 1000 0 0 0 10 0 0\ncpu0 50 0 25 500 0 0 0 2 0 0\n"
+        "cpu1 50 0 25 500 0 0 0 8 0 0\n\n"
+        "cpu  200 0 100 2000 0 0 0 60 0 0\ncpu0 100 0 50 1000 0 0 0 12 0 0\n"
+        "cpu1 100 0 50 1000 0 0 0 48 0 0\n",
+    )
+    rc, doc = run_json(capsys, f)
+    assert rc == 0 and doc["verdict"] == "clean"
+    steal = doc["summary"]["steal"]
+    assert steal["cpu"] == {
+        "first_ns": 100_000_000,
+        "last_ns": 600_000_000,
+        "grown_ns": 500_000_000,
+        "share": round(50 / 1200, 4),
+    }
+    assert steal["cpu1"]["grown_ns"] == 400_000_000
+    rc, out, _ = run(capsys, f)
+    assert "all CPUs: grew 500 ms (4.2% of the CPU time)" in out
+    assert "most on cpu1: grew 400 ms" in out and out.rstrip().endswith("verdict: clean")

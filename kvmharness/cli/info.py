@@ -9,15 +9,15 @@ from kvmharness.exitcodes import EXIT_OK
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from tabulate import tabulate
-
     from kvmharness.hostinfo import gather
+    from kvmharness.table import fit_table, terminal_width
 
     info = gather(probe_sched=not args.no_probe, probe_clock=not args.no_probe)
     if args.json:
         print(json.dumps(info.to_dict(), indent=2))
     else:
-        print(tabulate(info.rows(), headers=["fact", "value"], tablefmt="simple"))
+        rows = [[str(f), str(v)] for f, v in info.rows()]
+        print(fit_table("info", ["fact", "value"], rows, terminal_width()))
     return EXIT_OK
 
 

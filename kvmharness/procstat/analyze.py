@@ -136,6 +136,37 @@ class Report:
     messages: list[str]  # what could not be checked, and why
     intervals: list[Interval]
     absolute_bounds: list[tuple[int | None, str]]  # per snapshot, per-CPU ns
+    user_hz: int = DEFAULT_USER_HZ
+
+    def steal(self) -> dict[str, dict[str, int | float | None]]:
+        """Per cpu line (the aggregate ``cpu`` first): steal at the first and
+        the last snapshot (ns), how much it grew (the sum over intervals of
+        its growth, a reboot's and a decrease's left out), and that growth as
+        a share of the CPU time that passed (all columns' growth)."""
+        out: dict[str, dict[str, int | float | None]] = {}
+        reboots = {iv.after for iv in self.intervals if iv.reboot}
+        for name in self.cpus:
+            rows = [(k, s.cpus.get(name)) for k, s in enumerate(self.snapshots)]
+            rows = [(k, v) for k, v in rows if v is not None and len(v) > STEAL]
+            if not rows:
+                continue
+            grown = total = 0
+            for (ka, a), (kb, b) in zip(rows, rows[1:], strict=False):
+                # interval numbers are 1-based, of their earlier snapshot
+                if any(k + 1 in reboots for k in range(ka, kb)) or b[STEAL] < a[STEAL]:
+                    continue
+                grown += b[STEAL] - a[STEAL]
+                total += max(0, _total(b) - _total(a))
+            out[name] = {
+                "first_ns": self._ns(rows[0][1][STEAL]),
+                "last_ns": self._ns(rows[-1][1][STEAL]),
+                "grown_ns": self._ns(grown),
+                "share": round(grown / total, 4) if total else None,
+            }
+        return out
+
+    def _ns(self, ticks: int) -> int:
+        return ticks * NS_PER_S // self.user_hz
 
     @property
     def verdict(self) -> str:
@@ -148,7 +179,10 @@ class Report:
             "cpus": self.cpus,
             "findings": [f.to_dict() for f in self.findings],
             "notes": [f.to_dict() for f in self.notes],
-            "summary": checks.summarize([f.violation for f in self.findings]),
+            "summary": {
+                "anomalies": checks.summarize([f.violation for f in self.findings]),
+                "steal": self.steal(),
+            },
             "intervals": [
                 {
                     "snapshot_before": iv.after,
@@ -367,6 +401,7 @@ class _SeriesChecker:
 class _Analysis:
     def __init__(self, snaps: list[ProcStatSnapshot], user_hz: int, now_ns: int) -> None:
         self.snaps = snaps
+        self.user_hz = user_hz
         self.tick_ns = NS_PER_S // user_hz
         self.n_cpus = max((len(s.per_cpu) for s in snaps), default=0)
         self.intervals = [
@@ -433,6 +468,7 @@ class _Analysis:
             messages=self.messages,
             intervals=self.intervals,
             absolute_bounds=self.absolute,
+            user_hz=self.user_hz,
         )
 
     def _describe(self) -> None:

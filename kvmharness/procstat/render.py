@@ -61,8 +61,32 @@ def render_text(report: Report) -> str:
     lines += [""] + [f"- {m}" for m in report.messages]
     summary = checks.summarize([f.violation for f in report.findings])
     counts = ", ".join(f"{k} {n}" for k, n in summary.items())
+    lines += ["", *steal_lines(report)]
     lines += ["", f"verdict: {report.verdict}" + (f" ({counts})" if counts else "")]
     return "\n".join(lines)
+
+
+def steal_lines(report: Report) -> list[str]:
+    """What steal did: over all CPUs, and on the CPU where it grew most."""
+    steal = report.steal()
+    if not steal:
+        return ["steal: no cpu line has a steal column"]
+
+    def one(name: str, s: dict) -> str:
+        share = "" if s["share"] is None else f" ({100 * s['share']:.1f}% of the CPU time)"
+        return (
+            f"{name}: grew {checks.format_ns(s['grown_ns'])}{share}, "
+            f"{checks.format_ns(s['first_ns'])} -> {checks.format_ns(s['last_ns'])}"
+        )
+
+    lines = ["steal (USER_HZ ticks as ns; a reboot's interval left out):"]
+    if "cpu" in steal:
+        lines.append("  " + one("all CPUs", steal["cpu"]))
+    per = {k: v for k, v in steal.items() if k != "cpu"}
+    if per:
+        top = max(per, key=lambda k: per[k]["grown_ns"] or 0)
+        lines.append(f"  most on {one(top, per[top])}")
+    return lines
 
 
 def render_json(report: Report) -> str:

@@ -34,7 +34,7 @@ def cell_figure(s: dict[str, Any]) -> str:
             parts.append("0 warps")
         return ", ".join(parts)
     if fam == "postcopy":
-        return f"blocktime {fmt_value(f.get('blocktime_max_ns'), 'ns')}"
+        return f"max vCPU blocktime {fmt_value(f.get('blocktime_max_ns'), 'ns')}"
     return ""
 
 
