@@ -11,6 +11,7 @@ left is found exactly.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -141,7 +142,7 @@ def test_an_interrupted_run_keeps_the_scenarios_that_finished(tmp_path, sig):
     try:
         assert proc.stderr is not None
         progress = b""
-        while progress.count(b"\n") < 2:  # two scenarios finished
+        while len(re.findall(rb"\[\d+/\d+\][^\n]*\n", progress)) < 2:  # two finished
             chunk = proc.stderr.read1(4096)
             assert chunk, progress.decode()
             progress += chunk

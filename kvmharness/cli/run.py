@@ -452,13 +452,15 @@ def run_matrix(
         return HangGuard(deadline, hung)
 
     from kvmharness.exitcodes import Terminated
+    from kvmharness.progress import step_note
 
     results: list[Any] = []
     try:
         with Kvm() as kvm:
             for i, (f, v, n) in enumerate(jobs):
                 if progress:
-                    progress(i, len(jobs), f"{v}, {n} vCPU(s)", None)
+                    note = step_note(f.name, v, options)  # a long step says what it waits for
+                    progress(i, len(jobs), f"{v}, {n} vCPU(s){note}", None)
                 with guard(f, v, n):
                     res = f.run_one(v, n, options, kvm)
                 results.append(res)
@@ -602,6 +604,7 @@ def print_report(
 def run_cli(args: Any, *, bisect: bool = False) -> int:
     from kvmharness.errors import KvmUnavailable
     from kvmharness.known import Host, KnownIssuesError, cpu_model_name, load, match_known
+    from kvmharness.progress import Ticker, plan_line
     from kvmharness.scenarios import child
 
     if args.list:
@@ -644,12 +647,16 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
 
     this_host = Host(host["kvm_backend"], host["kernel_release"], host["cpu_model"])
 
+    ticker = Ticker()
+
     def progress(i: int, n: int, what: str, res: Any) -> None:
         if args.quiet:
             return
         if res is None:
             print(f"[{i + 1}/{n}] {what} ...", end="", file=sys.stderr, flush=True)
+            ticker.start()  # a step past a few seconds ticks: never silent
         else:
+            ticker.stop()
             # the word the table and the summary will use: known-broken is not broken
             (m,) = match_known([res], issues, this_host)
             word = m.status if m is not None and m.excused else res.verdict
@@ -673,6 +680,7 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
         from kvmharness.host.hangguard import die
 
         hung = results[-1]
+        ticker.stop()
         if not args.quiet:
             print(f" {hung.verdict} (never returned)", file=sys.stderr, flush=True)
         try:
@@ -682,14 +690,18 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
             code = EXIT_HARNESS
         die(code)
 
+    if not args.quiet:
+        print(plan_line(plan, vcpus, options), file=sys.stderr, flush=True)
     try:
         _ON_HANG.append(on_hang)
         results = run_matrix(plan, vcpus, options, progress)
     except KvmUnavailable as exc:
         raise Untestable(str(exc)) from None
     except RunInterrupted as stop:
+        ticker.stop()
         return report_interrupted(stop, args, finish, time.monotonic() - t0)
     finally:
+        ticker.stop()
         _ON_HANG.remove(on_hang)
         child.keep_dir = None
     return finish(results, time.monotonic() - t0)
