@@ -299,3 +299,22 @@ def test_the_installed_wheel_runs_a_nightly_outside_the_checkout(installed, tmp_
         timeout=60,
     )
     assert proc.returncode == 2 and "--no-pytest" in proc.stderr, proc.stderr
+
+
+def test_scripts_test_runs_ruff_over_every_python_file():
+    """scripts/test (and so .ci/run) runs `ruff check` and `ruff format --check`
+    over a list of folders: every Python file the repository tracks is in one."""
+    words = [line.split() for line in (ROOT / "scripts" / "test").read_text().splitlines()]
+    lists = [
+        w[2:] for w in words if w[:2] in ([".venv/bin/ruff", "check"], [".venv/bin/ruff", "format"])
+    ]
+    assert len(lists) == 2, "scripts/test runs ruff check and ruff format --check"
+    tracked = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "*.py"], capture_output=True, text=True
+    ).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    for dirs in lists:
+        roots = [d for d in dirs if not d.startswith("-")]
+        missed = [p for p in tracked if not any(p == r or p.startswith(r + "/") for r in roots)]
+        assert missed == [], f"ruff in scripts/test does not see {missed}"
