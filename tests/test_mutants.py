@@ -508,6 +508,7 @@ def test_parts_of_one_version_pass_and_a_mismatch_is_refused_naming_it() -> None
     assert "headers tree: 6.1.0-56-amd64, Debian 6.1.192-2  <- differs" in text
     assert "image: 6.1.0-57-amd64, Debian 6.1.192-3\n" in text + "\n"
     assert "apt-get install linux-source-6.1=6.1.192-3" in text
+    assert "linux-image-6.1.0-57-amd64=6.1.192-3 package is fetched" in text  # the image's fix
     # same Debian version, other release; and an unknown version
     with pytest.raises(ml.VersionError):
         ml.check_kernel_set(KSET, [ml.Found("image", "6.1.192-3", "6.1.0-57-cloud-amd64")])

@@ -804,7 +804,9 @@ def check_kernel_set(kset: KernelSet, found: Sequence[Found]) -> None:
         f"Debian kernel version, here {kset.describe()}:\n"
         + "\n".join(lines)
         + f"\nfix: apt-get install {kset.series.source_pkg}={kset.version} "
-        f"{kset.headers_pkg}={kset.version}, or pick another with --kernel-version"
+        f"{kset.headers_pkg}={kset.version}; for the image, leave out --kernel (the "
+        f"{kset.image_pkg}={kset.version} package is fetched) or give one of that "
+        "version; or pick another version with --kernel-version"
     )
 
 
