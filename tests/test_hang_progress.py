@@ -146,6 +146,8 @@ def test_a_thread_spinning_in_one_call_is_stuck(fake: Fake) -> None:
     _, _, facts = fired.args  # type: ignore[misc]
     assert facts["stalled"] == [held.native_id]
     j = fired.judged(2.0)
+    if j.verdict == Verdict.UNTESTABLE and "run queue" in j.observed:
+        pytest.skip(f"the host is too loaded for a spinning thread to get CPU: {j.observed}")
     assert j.verdict == Verdict.BROKEN, j.observed
     assert j.violations[0].kind == checks.KIND_STUCK and "held-vcpu" in j.observed, j.observed
 
@@ -192,9 +194,10 @@ def _child(monkeypatch: pytest.MonkeyPatch, cfg: dict[str, Any], deadline_s: flo
 
 
 def test_the_parent_sees_a_busy_child_progress(monkeypatch: pytest.MonkeyPatch) -> None:
-    # the child spins in its calls for 4 s, 4 deadlines: the parent, asleep
-    # in waitpid, must see the child's calls return (the old guard: stuck)
-    fired, payload = _child(monkeypatch, {"busy_s": 4.0, "sleep_s": 0}, 1.0)
+    # the child spins in its calls for 8 s, almost 3 deadlines: the parent,
+    # asleep in waitpid, must see the child's calls return (the old guard:
+    # stuck, or too loaded)
+    fired, payload = _child(monkeypatch, {"busy_s": 8.0, "sleep_s": 0}, 3.0)
     assert payload["calls"] > 50
     assert fired.args is None, f"a progressing child was judged: {fired.args}"
 
@@ -220,3 +223,17 @@ def test_a_child_page_is_read_and_released() -> None:
     finally:
         page.close()
     assert 12345 not in progress.read().calls
+
+
+def test_the_count_never_goes_back_when_a_child_ends() -> None:
+    # a child's calls stay counted after its page is gone, and its start and
+    # end count as steps: the gap between a save child and a restore child is
+    # progress, not a window in which nothing returned
+    before = progress.read().returns
+    page = progress.ChildPage()
+    page._page[progress.RETURNS] = 5
+    during = progress.read().returns
+    page.close()
+    after = progress.read().returns
+    assert before < during < after
+    assert after - before == 5 + 2

@@ -6,10 +6,14 @@ signal but a fatal one wakes it, so neither the watchdog's kick nor a
 timeout in Python can end the scenario, and a main thread that made such an
 ioctl sleeps too.  :class:`HangGuard` is a daemon thread armed around one
 scenario.  Halfway to its deadline it reads every thread of this process and
-of its children (CPU time and run_delay from ``schedstat``); at the deadline,
-if the scenario has not returned, it reads them again, with each thread's
-state, ``wchan`` and Python stack, and hands the growth over that window to
-``on_hang``, which judges it (:mod:`kvmharness.judges.hang`), writes the
+of its children (CPU time and run_delay from ``schedstat``) and the
+progress of the harness's KVM calls (:mod:`kvmharness.host.progress`); at
+the deadline, if the scenario has not returned, it reads them again.  A
+scenario whose calls kept returning, none staying inside one call, is slow,
+not hung: the guard reads again a half-deadline later, and so on up to its
+cap.  Otherwise it hands the threads' growth over the window (with each
+thread's state, ``wchan`` and Python stack) and what it saw of the progress
+to ``on_hang``, which judges it (:mod:`kvmharness.judges.hang`), writes the
 report and ends the process with :func:`die` (threads asleep in the kernel
 cannot be joined; only a fatal exit ends them).
 """
@@ -31,8 +35,11 @@ from kvmharness.judges.hang import ThreadSample, progress_facts
 
 log = logging.getLogger(__name__)
 
-#: Seconds added to a scenario's deadline beyond its budget and phases: a
-#: healthy cross-process scenario takes up to ~60 s under QEMU TCG.
+#: Seconds added to a scenario's deadline beyond its budget and phases.  The
+#: deadline is when the guard first looks, not a limit on a slow scenario (it
+#: waits while the scenario progresses); it is also the shortest window (half
+#: of it) over which "no KVM call returned" is judged, so it must exceed what a
+#: step without KVM calls (a child process starting) can take on a slow host.
 HANG_MARGIN_S = 60.0
 
 

@@ -109,20 +109,29 @@ class Reading:
 
 
 _children: list[memoryview] = []
+#: Returns of the children that ended, plus one for each child started and
+#: ended (a step of the scenario too), so the total never goes back.
+_retired = 0
+_pages_lock = threading.Lock()
+
+
+def _count(p: memoryview) -> int:
+    return sum(p[RETURNS::_FIELDS])
 
 
 def read() -> Reading:
     """Read this process's page and those of its running children."""
     import time
 
-    now = time.monotonic_ns()
-    total, calls = 0, {}
-    for p in [page, *list(_children)]:
-        for base in range(0, _SIZE // 8, _FIELDS):
-            tid, n, req, entry = p[base : base + _FIELDS]
-            total += n
-            if tid and req:
-                calls[tid] = Call(tid, req, n, entry)
+    with _pages_lock:
+        now = time.monotonic_ns()
+        total, calls = _retired, {}
+        for p in [page, *_children]:
+            for base in range(0, _SIZE // 8, _FIELDS):
+                tid, n, req, entry = p[base : base + _FIELDS]
+                total += n
+                if tid and req:
+                    calls[tid] = Call(tid, req, n, entry)
     return Reading(now, total, calls)
 
 
@@ -145,11 +154,17 @@ class ChildPage:
             os.close(self.fd)
             raise
         self.env = {**os.environ, ENV: str(self.fd)}
-        _children.append(self._page)
+        global _retired
+        with _pages_lock:
+            _children.append(self._page)
+            _retired += 1
 
     def close(self) -> None:
+        global _retired
         if self.fd >= 0:
-            _children.remove(self._page)
+            with _pages_lock:
+                _children.remove(self._page)
+                _retired += _count(self._page) + 1
             os.close(self.fd)
             self.fd = -1
 
