@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from kvmharness.errors import (
     MsrError,
 )
 from kvmharness.ffi import ffi, lib
+from kvmharness.host import progress as _progress
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +50,27 @@ _fioctl = fcntl.ioctl
 _KVM_RUN = nr.KVM_RUN
 _EXIT_INTR = lib.KVM_EXIT_INTR
 _get_ident = threading.get_ident
+_sys_ioctl = lib.ioctl
+# the hang guard's progress page: each call marks its thread's slot on entry
+# (request, entry time) and on return (count + 1, request 0); see host/progress.py
+_page = _progress.page
+_slot = _progress.slot
+_mono_ns = time.monotonic_ns
+_RETURNS, _REQUEST, _ENTRY_NS = _progress.RETURNS, _progress.REQUEST, _progress.ENTRY_NS
 
 
 def _ioctl(fd: int, request: int, arg: Any, target: str) -> int:
     """Issue one ioctl; raise IoctlError naming it on failure."""
-    rc = lib.ioctl(fd, request, arg)
-    if rc < 0:
-        raise IoctlError(nr.name_of(request), target, ffi.errno)
+    b = _slot()
+    _page[b + _ENTRY_NS] = _mono_ns()
+    _page[b + _REQUEST] = request
+    try:
+        rc = _sys_ioctl(fd, request, arg)
+        if rc < 0:
+            raise IoctlError(nr.name_of(request), target, ffi.errno)
+    finally:
+        _page[b + _RETURNS] += 1
+        _page[b + _REQUEST] = 0
     return rc
 
 
@@ -520,6 +536,9 @@ class Vcpu(_Fd):
         if fd < 0:
             raise KvmError(f"{self.what} is closed")
         self._in_run_ident = _get_ident()
+        b = _slot()
+        _page[b + _ENTRY_NS] = _mono_ns()
+        _page[b + _REQUEST] = _KVM_RUN
         try:
             _fioctl(fd, _KVM_RUN)
         except InterruptedError:  # kicked, or another signal for this thread
@@ -529,6 +548,8 @@ class Vcpu(_Fd):
             raise IoctlError("KVM_RUN", self.what, exc.errno) from None
         finally:
             self._in_run_ident = None
+            _page[b + _RETURNS] += 1
+            _page[b + _REQUEST] = 0
         return self.run_struct.exit_reason
 
     def finish_exit(self) -> None:

@@ -2,10 +2,11 @@
 
 ``python tests/hang_wrapper.py RELEASE_S MARGIN_S ARGS...``: after the first
 KVM_SET_MSRS on a vCPU fd, every later ioctl on that fd (KVM_RUN included)
-sleeps on an Event, as a task sleeps in mutex_lock_killable() on a mutex the
-kernel never released: no CPU, no run_delay, no signal but a fatal one ends
-it.  RELEASE_S < 0: the Event is never set (the hang); else it is set
-RELEASE_S after that KVM_SET_MSRS (a slow but finishing ioctl).  MARGIN_S
+sleeps on an Event inside the harness's call (where the kernel would sleep),
+as a task sleeps in mutex_lock_killable() on a mutex the kernel never
+released: no CPU, no run_delay, no signal but a fatal one ends it.
+RELEASE_S < 0: the Event is never set (the hang); else it is set RELEASE_S
+after that KVM_SET_MSRS (a slow but finishing ioctl).  MARGIN_S
 replaces the hang guard's margin, so the test does not wait a minute.  Only
 the tests use this; nothing in the package reads it.
 """
@@ -25,15 +26,15 @@ from kvmharness.host import hangguard
 def install(release_s: float) -> None:
     held: set[int] = set()
     gate = threading.Event()
-    ioctl, fioctl = kvm._ioctl, kvm._fioctl
+    ioctl, fioctl = kvm._sys_ioctl, kvm._fioctl
 
     def sleep_if_held(fd: int) -> None:
         if fd in held:
             gate.wait()
 
-    def held_ioctl(fd: int, request: int, arg: Any, target: str) -> int:
+    def held_ioctl(fd: int, request: int, arg: Any) -> int:
         sleep_if_held(fd)
-        rc = ioctl(fd, request, arg, target)
+        rc = ioctl(fd, request, arg)
         if request == nr.KVM_SET_MSRS and not held:
             held.add(fd)
             if release_s >= 0:
@@ -46,7 +47,7 @@ def install(release_s: float) -> None:
         sleep_if_held(fd)
         return fioctl(fd, request, *args)
 
-    kvm._ioctl = held_ioctl
+    kvm._sys_ioctl = held_ioctl
     kvm._fioctl = held_fioctl
 
 

@@ -365,7 +365,15 @@ def exit_code(
 _ON_HANG: list[Any] = []
 
 
-def hung_result(f: Any, v: str, n: int, options: Any, threads: list[Any], window_ns: int) -> Any:
+def hung_result(
+    f: Any,
+    v: str,
+    n: int,
+    options: Any,
+    threads: list[Any],
+    window_ns: int,
+    progress: dict[str, Any] | None = None,
+) -> Any:
     """The result of scenario ``f``/``v`` at ``n`` vCPUs that never returned:
     its record keeps the threads the hang guard read, and the same judge
     ``kvmharness judge`` uses decides it (:mod:`kvmharness.judges.hang`)."""
@@ -389,8 +397,8 @@ def hung_result(f: Any, v: str, n: int, options: Any, threads: list[Any], window
             "contend_ms": options.contend_ms,
             "downtime_ms": options.downtime_ms,
         },
-        "wall_s": deadline,
-        "hang": hang_record(threads, window_ns, deadline),
+        "wall_s": progress["elapsed_ns"] / 1e9 if progress else deadline,
+        "hang": hang_record(threads, window_ns, deadline, progress),
     }
     j = judge_record(record)
     record["error"] = j.observed  # a judge without the hang rule still shows it as recorded
@@ -442,8 +450,8 @@ def run_matrix(
     on_hang = on_hang or (_ON_HANG[-1] if _ON_HANG else None)
 
     def guard(f: Any, v: str, n: int) -> HangGuard:
-        def hung(threads: list[Any], window_ns: int) -> None:
-            res = hung_result(f, v, n, options, threads, window_ns)
+        def hung(threads: list[Any], window_ns: int, progress: Any = None) -> None:
+            res = hung_result(f, v, n, options, threads, window_ns, progress)
             if on_hang is None:
                 log.error("%s/%s never returned: %s", f.name, v, res.observed)
                 die(EXIT_HARNESS)

@@ -6,10 +6,14 @@ signal but a fatal one wakes it, so neither the watchdog's kick nor a
 timeout in Python can end the scenario, and a main thread that made such an
 ioctl sleeps too.  :class:`HangGuard` is a daemon thread armed around one
 scenario.  Halfway to its deadline it reads every thread of this process and
-of its children (CPU time and run_delay from ``schedstat``); at the deadline,
-if the scenario has not returned, it reads them again, with each thread's
-state, ``wchan`` and Python stack, and hands the growth over that window to
-``on_hang``, which judges it (:mod:`kvmharness.judges.hang`), writes the
+of its children (CPU time and run_delay from ``schedstat``) and the
+progress of the harness's KVM calls (:mod:`kvmharness.host.progress`); at
+the deadline, if the scenario has not returned, it reads them again.  A
+scenario whose calls kept returning, none staying inside one call, is slow,
+not hung: the guard reads again a half-deadline later, and so on up to its
+cap.  Otherwise it hands the threads' growth over the window (with each
+thread's state, ``wchan`` and Python stack) and what it saw of the progress
+to ``on_hang``, which judges it (:mod:`kvmharness.judges.hang`), writes the
 report and ends the process with :func:`die` (threads asleep in the kernel
 cannot be joined; only a fatal exit ends them).
 """
@@ -23,13 +27,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
-from kvmharness.judges.hang import ThreadSample
+from kvmharness.host import progress
+from kvmharness.judges.hang import ThreadSample, progress_facts
 
 log = logging.getLogger(__name__)
 
-#: Seconds added to a scenario's deadline beyond its budget and phases: a
-#: healthy cross-process scenario takes up to ~60 s under QEMU TCG.
+#: Seconds added to a scenario's deadline beyond its budget and phases.  The
+#: deadline is when the guard first looks, not a limit on a slow scenario (it
+#: waits while the scenario progresses); it is also the shortest window (half
+#: of it) over which "no KVM call returned" is judged, so it must exceed what a
+#: step without KVM calls (a child process starting) can take on a slow host.
 HANG_MARGIN_S = 60.0
 
 
@@ -145,39 +155,102 @@ def describe(
     return sorted(out, key=interest)
 
 
+#: How many deadlines a scenario that keeps making progress may take before
+#: the guard gives up on it (untestable: the host is too slow to judge it).
+HANG_CAP_FACTOR = 10
+
+
+def _mark_stalled(threads: list[ThreadSample], calls: list[progress.Call]) -> list[ThreadSample]:
+    """``threads`` with those stalled in a call first, each naming its call."""
+    from kvmharness.ioctls import name_of
+
+    by_tid = {c.tid: c for c in calls}
+    out = []
+    for t in threads:
+        c = by_tid.get(t.tid)
+        if c is not None and not t.where:
+            t = replace(t, where=f"{name_of(c.request)} (a child process's call)")
+        out.append(t)
+    return sorted(out, key=lambda t: t.tid not in by_tid)
+
+
 class HangGuard:
-    """Calls ``on_hang(threads, window_ns)`` from a daemon thread if the
-    ``with`` block has not ended ``deadline_s`` after it began; ``threads``
-    are sampled over the deadline's second half."""
+    """Calls ``on_hang(threads, window_ns, facts)`` from a daemon thread if the
+    ``with`` block has not ended ``deadline_s`` after it began *and* it stopped
+    making progress: over the last window (the deadline's second half, then
+    each further half-deadline) some thread stayed inside the same harness
+    call, or no harness call returned (:mod:`kvmharness.host.progress`).
+    While calls keep returning the scenario is slow, not hung: the guard waits
+    another window, up to ``cap_s`` (:data:`HANG_CAP_FACTOR` deadlines), and
+    then calls ``on_hang`` with facts that say it was still progressing
+    (judged untestable, never broken).  ``threads`` are sampled over the last
+    window; ``facts`` is :func:`kvmharness.judges.hang.progress_facts`."""
 
     def __init__(
-        self, deadline_s: float, on_hang: Callable[[list[ThreadSample], int], None]
+        self,
+        deadline_s: float,
+        on_hang: Callable[[list[ThreadSample], int, dict[str, Any]], None],
+        cap_s: float | None = None,
     ) -> None:
         self.deadline_s = deadline_s
+        self.cap_s = cap_s if cap_s is not None else HANG_CAP_FACTOR * deadline_s
         self._on_hang = on_hang
         self._done = threading.Event()
+        self._t_start = 0
         self._thread = threading.Thread(target=self._watch, name="kvmharness-hang", daemon=True)
 
     def _watch(self) -> None:
-        half = self.deadline_s / 2
-        if self._done.wait(half):
+        window = self.deadline_s / 2
+        if self._done.wait(window):
             return
         skip = frozenset({threading.get_native_id()})
-        t0, before = time.monotonic_ns(), sample_threads(skip)
-        if self._done.wait(self.deadline_s - half):
-            return
-        after, window = sample_threads(skip), time.monotonic_ns() - t0
-        if self._done.is_set():
-            return
-        log.error("scenario past its %.0f s deadline: judging its threads", self.deadline_s)
-        self._on_hang(describe(before, after), window)
+        before, p0 = sample_threads(skip), progress.read()
+        while True:
+            if self._done.wait(window):
+                return
+            after, p1 = sample_threads(skip), progress.read()
+            if self._done.is_set():
+                return
+            stuck_calls = progress.stalled(p0, p1)
+            facts = progress_facts(
+                p1.returns - p0.returns,
+                [c.tid for c in stuck_calls],
+                p1.at_ns - self._t_start,
+                self.cap_s,
+            )
+            window_ns = p1.at_ns - p0.at_ns
+            if stuck_calls or p1.returns == p0.returns:
+                log.error(
+                    "scenario past its %.0f s deadline and not progressing: judging its threads",
+                    self.deadline_s,
+                )
+                self._on_hang(_mark_stalled(describe(before, after), stuck_calls), window_ns, facts)
+                return
+            elapsed_s = (p1.at_ns - self._t_start) / 1e9
+            if elapsed_s >= self.cap_s:
+                log.error("scenario still progressing after %.0f s: giving up on it", elapsed_s)
+                self._on_hang(describe(before, after), window_ns, facts)
+                return
+            log.warning(
+                "scenario past its %.0f s deadline but progressing (%d KVM calls returned "
+                "in the last %.0f s): waiting for it (%.0f s so far, at most %.0f s)",
+                self.deadline_s,
+                p1.returns - p0.returns,
+                window_ns / 1e9,
+                elapsed_s,
+                self.cap_s,
+            )
+            before, p0 = after, p1
 
     def __enter__(self) -> HangGuard:
+        self._t_start = time.monotonic_ns()
+        progress.guarded.set()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._done.set()
+        progress.guarded.clear()
 
 
 def die(code: int) -> None:

@@ -16,8 +16,20 @@ the window as its budget):
   ``mutex_lock_killable`` that nobody will ever release) looks exactly so:
   no CPU, no run_delay; load cannot make a thread sleep.
 
-The record of such a scenario carries ``hang`` (the window and the threads),
-so ``kvmharness judge`` re-judges it with this module alone.
+The guard judges only a scenario that stopped making progress
+(:mod:`kvmharness.host.progress`): over the window some thread stayed inside
+the same harness call (then only those threads are judged: they are what did
+not finish), or no harness call returned at all (then every thread is).  A
+scenario whose calls kept returning is slow, not hung: the guard waits more
+windows, and if it is still progressing at its cap the scenario is
+**untestable** (the host is too slow to judge it in time), never broken.
+
+The record of such a scenario carries ``hang`` (the window, the threads and,
+since the progress rule, ``progress``: the calls that returned in the
+window, the tids stalled inside one call, the time since the scenario began
+and the cap), so ``kvmharness judge`` re-judges it with this module alone.  A
+record without ``progress`` (older runs) is judged on its threads alone, as
+it was.
 """
 
 from __future__ import annotations
@@ -103,13 +115,57 @@ def judge_threads(
     ), None
 
 
-def hang_record(threads: list[ThreadSample], window_ns: int, deadline_s: float) -> dict[str, Any]:
-    """What a record keeps of a hang (its ``hang`` key)."""
+def progress_facts(
+    returns: int, stalled: list[int], elapsed_ns: int, cap_s: float
+) -> dict[str, Any]:
+    """What the guard saw of the scenario's progress over the window: how many
+    harness calls returned, the tids that stayed inside one call, how long the
+    scenario had run and its cap (a record's ``hang.progress``)."""
     return {
+        "returns": returns,
+        "stalled": list(stalled),
+        "elapsed_ns": elapsed_ns,
+        "cap_s": cap_s,
+    }
+
+
+def hang_record(
+    threads: list[ThreadSample],
+    window_ns: int,
+    deadline_s: float,
+    progress: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What a record keeps of a hang (its ``hang`` key)."""
+    out: dict[str, Any] = {
         "window_ns": window_ns,
         "deadline_s": deadline_s,
         "threads": [asdict(t) for t in threads],
     }
+    if progress is not None:
+        out["progress"] = progress
+    return out
+
+
+def judge_progress(
+    threads: list[ThreadSample], window_ns: int, scenario: str, progress: dict[str, Any]
+) -> tuple[checks.Violation | None, str | None]:
+    """:func:`judge_threads` under the progress rule: only the threads stalled
+    inside one call are judged; with none, a scenario whose calls returned is
+    still progressing (untestable), one whose calls did not has all its
+    threads judged."""
+    stalled = {int(t) for t in progress["stalled"]}
+    returns = int(progress["returns"])
+    in_call = [t for t in threads if t.tid in stalled]
+    if in_call:
+        return judge_threads(in_call, window_ns, scenario)
+    if returns == 0 or stalled:  # (stalled threads the guard could not read: judge all)
+        return judge_threads(threads, window_ns, scenario)
+    elapsed_s = int(progress["elapsed_ns"]) / 1e9
+    return None, (
+        f"{scenario} still progressing after {elapsed_s:.0f} s ({returns} KVM calls returned "
+        f"in the last {checks.format_ns(window_ns)}, none stuck in one): this host is too "
+        f"slow to judge it in time (cap {float(progress['cap_s']):.0f} s)"
+    )
 
 
 def judge(record: dict[str, Any]) -> Any:
@@ -121,10 +177,17 @@ def judge(record: dict[str, Any]) -> Any:
     try:
         threads = [ThreadSample.of(d) for d in h["threads"]]
         window_ns = int(h["window_ns"])
+        progress = h.get("progress")
+        if progress is not None:
+            int(progress["returns"]), int(progress["elapsed_ns"]), float(progress["cap_s"])
+            [int(t) for t in progress["stalled"]]
     except (KeyError, TypeError, ValueError) as exc:
         raise RecordError(f"hang record unreadable: {exc!r}") from exc
     scenario = f"{record.get('family')}/{record.get('variant')}"
-    v, why = judge_threads(threads, window_ns, scenario)
+    if progress is None:  # a record from before the progress rule
+        v, why = judge_threads(threads, window_ns, scenario)
+    else:
+        v, why = judge_progress(threads, window_ns, scenario, progress)
     if v is None:
         return Judgement(Verdict.UNTESTABLE, str(why), [])
     # broken whatever the variant's kind: a kernel that hangs is no characterization

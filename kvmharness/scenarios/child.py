@@ -46,8 +46,16 @@ def child_entry(argv: list[str], body: Callable[[str, dict[str, Any], int], dict
 def run_child(
     module: str, role: str, config: dict[str, Any], snap_fd: int, timeout_s: float
 ) -> dict[str, Any]:
-    """Run ``module`` as a child in ``role``; its payload, or ScenarioFailed with its blame."""
+    """Run ``module`` as a child in ``role``; its payload, or ScenarioFailed with its blame.
+
+    The child writes its KVM calls' progress to a page this process reads
+    (:class:`kvmharness.host.progress.ChildPage`), so the hang guard sees a
+    slow child progress; while a guard watches, it alone decides when
+    waiting has become a hang, and ``timeout_s`` applies only without one."""
+    from kvmharness.host import progress
+
     out_fd = os.memfd_create(f"kvmharness-{role}-out", os.MFD_CLOEXEC)
+    page = progress.ChildPage()
     try:
         cmd = [
             sys.executable,
@@ -64,9 +72,10 @@ def run_child(
             cmd,
             capture_output=True,
             text=True,
-            timeout=timeout_s,
+            timeout=None if progress.guarded.is_set() else timeout_s,
             cwd="/",
-            pass_fds=(snap_fd, out_fd),
+            env=page.env,
+            pass_fds=(snap_fd, out_fd, page.fd),
             # its own process group: ^C reaches only the parent, whose
             # subprocess.run kills it while unwinding (no traceback from it)
             process_group=0,
@@ -74,6 +83,7 @@ def run_child(
         raw = os.pread(out_fd, os.fstat(out_fd).st_size, 0)
     finally:
         os.close(out_fd)
+        page.close()
     if not raw:
         raise ScenarioFailed(
             Blame.HARNESS,
