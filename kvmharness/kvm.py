@@ -55,13 +55,17 @@ _sys_ioctl = lib.ioctl
 # (request, entry time) and on return (count + 1, request 0); see host/progress.py
 _page = _progress.page
 _slot = _progress.slot
+_tls = _progress.tls
 _mono_ns = time.monotonic_ns
 _RETURNS, _REQUEST, _ENTRY_NS = _progress.RETURNS, _progress.REQUEST, _progress.ENTRY_NS
 
 
 def _ioctl(fd: int, request: int, arg: Any, target: str) -> int:
     """Issue one ioctl; raise IoctlError naming it on failure."""
-    b = _slot()
+    try:
+        b = _tls.base
+    except AttributeError:
+        b = _slot()
     _page[b + _ENTRY_NS] = _mono_ns()
     _page[b + _REQUEST] = request
     try:
@@ -536,8 +540,10 @@ class Vcpu(_Fd):
         if fd < 0:
             raise KvmError(f"{self.what} is closed")
         self._in_run_ident = _get_ident()
-        b = _slot()
-        _page[b + _ENTRY_NS] = _mono_ns()
+        try:  # the progress slot (no entry time here: the count alone names the call)
+            b = _tls.base
+        except AttributeError:
+            b = _slot()
         _page[b + _REQUEST] = _KVM_RUN
         try:
             _fioctl(fd, _KVM_RUN)

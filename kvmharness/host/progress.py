@@ -4,7 +4,8 @@ Every ioctl the harness issues goes through :func:`kvmharness.kvm._ioctl`
 (KVM_RUN through ``Vcpu.run``).  Each thread that issues one owns a *slot* in
 a small shared page of int64s: its native tid, how many calls it has
 returned from (the slot's count, which only grows), the request of the call
-it is in (0: in none) and when it entered that call (CLOCK_MONOTONIC ns).
+it is in (0: in none) and when it entered that call (CLOCK_MONOTONIC ns;
+not written by KVM_RUN, the hot path, where it keeps an older call's).
 Writing them costs a few stores per call; reading them costs the hang guard
 one pass over the page.
 
@@ -61,7 +62,7 @@ def _own_page() -> memoryview:
 page = _own_page()
 _lock = threading.Lock()
 _claimed: dict[int, int] = {}  # slot -> tid, under _lock
-_tls = threading.local()
+tls = threading.local()  # .base: the thread's slot, once claimed
 
 
 def slot() -> int:
@@ -69,7 +70,7 @@ def slot() -> int:
     its first call; the slot of a thread that ended is reused, keeping its
     count, so the page's total count never goes back)."""
     try:
-        return int(_tls.base)
+        return int(tls.base)
     except AttributeError:
         pass
     tid = threading.get_native_id()
@@ -85,7 +86,7 @@ def slot() -> int:
         base = free * _FIELDS
         page[base + REQUEST] = 0
         page[base + TID] = tid
-    _tls.base = base
+    tls.base = base
     return base
 
 
@@ -95,8 +96,8 @@ class Call:
 
     tid: int
     request: int
-    returns: int  # the slot's count when it entered (the call's identity with entry_ns)
-    entry_ns: int
+    returns: int  # the slot's count when it entered: with the tid, the call's identity
+    entry_ns: int  # when it entered (an older call's for KVM_RUN)
 
 
 @dataclass(frozen=True)
