@@ -206,7 +206,7 @@ def test_judge_msr_restored_tsc_stands_still_only_until_its_first_write():
 
 
 def test_judge_tsc_written_but_not_read():
-    from kvmharness.scenarios.clock import TscWrite
+    from kvmharness.scenarios.clock_record import TscWrite
 
     run = _run("tsc/msr", [[(0, 10, [(100, 50)], 0)]])
     run.records[0].tsc_writes.append(TscWrite(0, 1000, 2000, "MSR_IA32_TSC written 1000"))
@@ -254,7 +254,7 @@ def _batch(t0_ns: int, t1_ns: int):
 
 
 def test_tsc_write_window_follows_the_time_since_the_write():
-    from kvmharness.scenarios.clock import tsc_msr_range
+    from kvmharness.judges.clock import tsc_msr_range
 
     khz = 1_000_000  # 1 tick per ns
     lo, hi = tsc_msr_range(10**12, (1_000, 2_000), _batch(5_000, 6_000), khz)
@@ -266,7 +266,7 @@ def test_tsc_write_synced_by_kvm_with_an_earlier_write_of_the_vm():
     """KVM keeps the offset of an earlier write it judges the new one to
     synchronize with (a write within a second of what it expects): the state
     load's write of the same value, 2 ms before, counts from its own time."""
-    from kvmharness.scenarios.clock import tsc_msr_range
+    from kvmharness.judges.clock import tsc_msr_range
 
     khz, value = 1_000_000, 10**12
     load = (value, (0, 1_000))

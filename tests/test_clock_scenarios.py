@@ -258,3 +258,44 @@ def test_updates_catches_an_update_that_steps_the_clock_back(kvm, monkeypatch):
     res = _supported(run_scenario(ClockConfig("updates", 2, phase_ms=150), kvm))
     assert res.verdict == BROKEN, _explain(res) + f"\n  forced updates: {res.storm}"
     assert {v.kind for v in res.violations} & {checks.KIND_DECREASE, checks.KIND_WARP}
+
+
+def test_every_put_a_variant_names_has_its_class_in_the_tables():
+    """A TSC or kvmclock put is one class and one row (clock_puts): every put a
+    variant names has its row, and the row's class says it is that put."""
+    from kvmharness.scenarios.clock_puts import CLOCK_PUTS, TSC_PUTS
+    from kvmharness.scenarios.clock_record import ClockPut
+
+    for v in VARIANTS.values():
+        assert TSC_PUTS[v.tsc].kind is v.tsc, v.name
+        if v.clock is not ClockPut.NONE:
+            assert CLOCK_PUTS[v.clock].kind is v.clock, v.name
+
+
+@pytest.mark.kvm
+def test_a_tsc_put_acts_through_its_row_at_the_start_and_at_the_restore(kvm, monkeypatch):
+    """The run asks the put in the table at each moment: a row replaced by a
+    subclass that counts is what tsc/msr runs (at the start, after the state,
+    and at the first runs), and the variant still judges its writes."""
+    from kvmharness.scenarios import clock_puts
+    from kvmharness.scenarios.clock_record import TscPut
+
+    calls: list[str] = []
+
+    class Counted(clock_puts.TscByMsr):
+        def at_start(self, p):
+            calls.append("start")
+            super().at_start(p)
+
+        def after_state(self, p, state):
+            calls.append("after_state")
+            return super().after_state(p, state)
+
+        def first_runs(self, p, state, writes):
+            calls.append("first_runs")
+            super().first_runs(p, state, writes)
+
+    monkeypatch.setitem(clock_puts.TSC_PUTS, TscPut.MSR, Counted())
+    res = run_scenario(ClockConfig("tsc/msr", 1, phase_ms=40), kvm)
+    assert calls == ["start", "after_state", "first_runs"], _explain(res)
+    assert len(res.records[0].tsc_writes) == 2, "the start's write and the restore's, judged"

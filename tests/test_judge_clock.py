@@ -451,7 +451,7 @@ def test_offset_recipe_pairs_tsc_and_realtime_so_a_delay_cannot_put_it_ahead():
     2.93 ms after its host TSC (a thread delayed between the two reads, easy
     under TCG).  Paired as the harness now pairs them, the same delay makes the
     TSC advance less than the real time, never more."""
-    from kvmharness.scenarios.clock import tsc_offset_recipe
+    from kvmharness.scenarios.clock_puts import tsc_offset_recipe
 
     khz, src_off, src_tsc = TCG_KHZ, -1000, TCG_BEFORE + 1000
     real_src = 10**18  # realtime at the source's host TSC read (no delay there)

@@ -112,6 +112,15 @@ class ScenarioFailed(Exception):
         self.blame = Blame(blame)
 
 
+class NotSupported(ScenarioFailed):
+    """This KVM does not offer what the variant is about (a capability or an
+    attribute it reports absent, no TSC-based host clock): a lasting property
+    of the host, verdict NOT_SUPPORTED."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Blame.NOT_SUPPORTED, message)
+
+
 def verdict_for(kind: Kind, *, broken: bool = False, blame: Blame | None = None) -> Verdict:
     """The verdict of a run that found violations (``broken``) or failed with ``blame``."""
     if blame is Blame.HARNESS:

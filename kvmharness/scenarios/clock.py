@@ -52,7 +52,6 @@ from kvmharness.guest.build import load_program
 from kvmharness.guest.machine import GuestStopped, GuestVm, mem_size_for
 from kvmharness.host.sched import SchedStat, Watchdog, cpu_for, wait_or_stop
 from kvmharness.host.threads import VcpuThread, close_threads, new_threads
-from kvmharness.judges import clock as clock_judge
 from kvmharness.judges.stopped import Stopped
 from kvmharness.kvm import ClockData, Kvm, Vcpu, Vm
 from kvmharness.pvclock import Pvti
@@ -62,14 +61,20 @@ from kvmharness.scenarios.base import (
     Boundary,
     Family,
     Kind,
+    NotSupported,
     OptionError,
     RunOptions,
-    ScenarioFailed,
     Variant,
     Verdict,
     Writer,
 )
 from kvmharness.scenarios.child import child_entry, snapshot_path, write_snapshot_fd
+from kvmharness.scenarios.clock_puts import (
+    CLOCK_PUTS,
+    TSC_PUTS,
+    Put,
+    host_tsc_and_realtime,
+)
 from kvmharness.scenarios.clock_record import (
     Batch,
     BoundaryFacts,
@@ -77,7 +82,6 @@ from kvmharness.scenarios.clock_record import (
     ClockRecord,
     RateProbe,
     TscPut,
-    TscWrite,
 )
 from kvmharness.scenarios.lifecycle import (
     check_vcpus,
@@ -97,26 +101,8 @@ PVTI_SIZE = ffi.sizeof("struct pvclock_vcpu_time_info")
 #: Reads per SYNC: enough to keep exits a small share of guest time, few
 #: enough that one batch lasts about a millisecond where instructions are slow.
 BATCH = 8
-#: The TSC variants first move every vCPU's TSC an hour ahead of where it is:
-#: far outside KVM's 1-second "synchronize" window around the value it
-#: expects, and far from the host's TSC, so a write that is not applied
-#: cannot pass for one that is.
-TSC_START_AHEAD_S = 3600
-#: kvm_synchronize_tsc() treats a host write within one second (of guest
-#: TSC) of the value KVM expects as a request to synchronize with the other
-#: vCPUs: the written vCPU then gets the VM's current TSC instead.
-TSC_SYNC_WINDOW_S = 1
 #: The frequency the frequency variant moves a vCPU to, relative to KVM's default.
 FREQUENCY_RATIO = 0.9
-
-
-class NotSupported(ScenarioFailed):
-    """This KVM does not offer what the variant is about (a capability or an
-    attribute it reports absent, no TSC-based host clock): a lasting property
-    of the host, verdict NOT_SUPPORTED."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(Blame.NOT_SUPPORTED, message)
 
 
 @dataclass(frozen=True)
@@ -598,129 +584,39 @@ def clock_stable(vm: Vm) -> tuple[bool, ClockData]:
     return bool(c.flags & lib.KVM_CLOCK_TSC_STABLE), c
 
 
-def _khz_ticks(ns: int, khz: int) -> int:
-    return ns * khz // 1_000_000
-
-
-# ---- putting the TSC
-
-
-tsc_msr_range = clock_judge.tsc_msr_range
-
-
-def put_tsc_msr(vcpu: Vcpu, value: int) -> tuple[int, int]:
+def put_clock(
+    vm: Vm, saved: ClockData, how: ClockPut, get_ns: tuple[int, int], facts: BoundaryFacts
+) -> None:
+    """KVM_SET_CLOCK as the variant says (:data:`CLOCK_PUTS`; the negative
+    controls replace this)."""
+    facts.put = str(how)
     t0 = time.monotonic_ns()
-    vcpu.set_msr(MSR_IA32_TSC, value)
-    return t0, time.monotonic_ns()
+    method = CLOCK_PUTS.get(how) or CLOCK_PUTS[ClockPut.FROZEN]
+    value = method.put(vm, saved, get_ns[1], t0)
+    facts.set_clock_ns = (t0, time.monotonic_ns())
+    facts.set_value_ns = value
 
 
-def put_tsc_offset(vcpu: Vcpu, offset: int) -> None:
-    vcpu.set_tsc_offset(offset)
+def _put(
+    gvm: GuestVm, threads: list[VcpuThread], records: list[ClockRecord], khz: int, **kw: Any
+) -> Put:
+    """What a TSC put works on, running vCPUs through :class:`Reader`."""
 
+    def run_once(i: int) -> None:
+        Reader(gvm, gvm.vcpus[i], records[i]).run(0)
 
-def host_tsc(vcpu: Vcpu) -> int:
-    """The host TSC now as KVM sees it: the vCPU's TSC (KVM_GET_MSRS) less its
-    offset (KVM_VCPU_TSC_OFFSET), at KVM's default frequency.  Unlike
-    KVM_GET_CLOCK's host_tsc this needs no master clock, which a new VM has
-    only once its vCPUs have run."""
-    return (vcpu.get_msr(MSR_IA32_TSC) - vcpu.get_tsc_offset()) & (checks.U64 - 1)
-
-
-class OffsetWatch:
-    """Brackets the host TSC around the next KVM_RUN of each vCPU so that the
-    guest's reading can be judged against host TSC + offset exactly."""
-
-    def __init__(self, records: list[ClockRecord], offset: int, what: str) -> None:
-        self.records, self.offset, self.what = records, offset, what
-
-    def first_run(self, gvm: GuestVm, threads: list[VcpuThread]) -> None:
-        def one(i: int) -> None:
-            r, vcpu = self.records[i], gvm.vcpus[i]
-            h0 = host_tsc(vcpu)
-            Reader(gvm, vcpu, r).run(0)
-            h1 = host_tsc(vcpu)
-            r.tsc_writes.append(
-                # the guest TSC is host TSC + offset modulo 2^64 (a negative
-                # offset is stored as a large u64)
-                TscWrite(
-                    len(r.batches) - 1,
-                    (h0 + self.offset) % checks.U64,
-                    (h1 + self.offset) % checks.U64,
-                    self.what,
-                )
-            )
-
-        threads[0].call(one, 0)  # vCPU 0 first: see first_entry_of_vcpu0
-        for f in [t.submit(one, i) for i, t in enumerate(threads) if i]:
-            f.result()
+    return Put(gvm, threads, records, khz, run_once, **kw)
 
 
 def start_tsc(
     gvm: GuestVm, threads: list[VcpuThread], records: list[ClockRecord], how: TscPut, khz: int
 ) -> None:
-    """Put every vCPU's TSC an hour ahead of the host's before the first run,
-    then run each vCPU once to judge what its guest reads."""
-    if how is TscPut.MSR:
-        base = gvm.vcpus[0].get_msr(MSR_IA32_TSC) + TSC_START_AHEAD_S * khz * 1000
-        writes: list[tuple[int, tuple[int, int]]] = []
-        for i, t in enumerate(threads):
-            writes.append((base, t.call(put_tsc_msr, gvm.vcpus[i], base)))
-        for i, t in enumerate(threads):
-            r = records[i]
-            t.call(Reader(gvm, gvm.vcpus[i], r).run, 0)
-            lo, hi = tsc_msr_range(base, writes[i][1], r.batches[-1], khz, writes[:i])
-            r.tsc_writes.append(
-                TscWrite(
-                    len(r.batches) - 1,
-                    lo,
-                    hi,
-                    f"MSR_IA32_TSC written {base} at the start",
-                    base,
-                    writes[i][1],
-                    writes[:i],
-                )
-            )
-    elif how is TscPut.OFFSET:
-        if not gvm.vcpus[0].has_tsc_offset_attr():
-            raise NotSupported(
-                "KVM_HAS_DEVICE_ATTR says this KVM has no KVM_VCPU_TSC_OFFSET attribute"
-            )
-        offset = TSC_START_AHEAD_S * khz * 1000 + gvm.vcpus[0].get_tsc_offset()
-        for i, t in enumerate(threads):
-            t.call(put_tsc_offset, gvm.vcpus[i], offset)
-        OffsetWatch(records, offset, f"KVM_VCPU_TSC_OFFSET set to {offset} at the start").first_run(
-            gvm, threads
-        )
+    """Put every vCPU's TSC as ``how`` says before the first run, then run each
+    vCPU once to judge what its guest reads (:data:`TSC_PUTS`)."""
+    TSC_PUTS[how].at_start(_put(gvm, threads, records, khz))
 
 
 # ---- the boundary
-
-
-def put_clock(
-    vm: Vm, saved: ClockData, how: ClockPut, get_ns: tuple[int, int], facts: BoundaryFacts
-) -> None:
-    """KVM_SET_CLOCK as the variant says (the negative control replaces this)."""
-    facts.put = str(how)
-    t0 = time.monotonic_ns()
-    if how is ClockPut.DOWNTIME:
-        value = saved.clock_ns + (t0 - get_ns[1])
-        vm.set_clock(ClockData(value))
-    elif how is ClockPut.REALTIME:
-        if not saved.flags & lib.KVM_CLOCK_REALTIME:
-            raise NotSupported(
-                "KVM_GET_CLOCK returned no realtime "
-                "(KVM_CLOCK_REALTIME: the host clock is not TSC-based) to "
-                "restore with KVM_CLOCK_REALTIME from"
-            )
-        value = saved.clock_ns
-        vm.set_clock(
-            ClockData(saved.clock_ns, realtime_ns=saved.realtime_ns), flags=lib.KVM_CLOCK_REALTIME
-        )
-    else:
-        value = saved.clock_ns
-        vm.set_clock(ClockData(saved.clock_ns))
-    facts.set_clock_ns = (t0, time.monotonic_ns())
-    facts.set_value_ns = value
 
 
 def capture(gvm: GuestVm, threads: list[VcpuThread], facts: BoundaryFacts) -> Any:
@@ -755,9 +651,6 @@ def restore(
         for vs in state.vcpus:
             vs.tsc_khz = khz
     saved = state.clock
-    src_offset = state.meta_extra.get("tsc_offset")
-    src_host_tsc = state.meta_extra.get("host_tsc")
-    tsc_value = state.meta_extra.get("tsc_max")
     vm = restore_vm(kvm, state)
     try:
         main = v.writer is Writer.MAIN_THREAD
@@ -775,59 +668,13 @@ def restore(
         gvm = GuestVm.adopt(kvm, vm, PROGRAM)
         khz = vm.vcpus[0].get_tsc_khz()
         facts.khz_after = khz
-        writes: list[tuple[int, tuple[int, int]]] = []
-        if v.tsc is TscPut.MSR:
-            for i in range(len(state.vcpus)):
-                if main:
-                    writes.append((tsc_value, put_tsc_msr(vm.vcpus[i], tsc_value)))
-                else:
-                    writes.append((tsc_value, threads[i].call(put_tsc_msr, vm.vcpus[i], tsc_value)))
+        tsc = TSC_PUTS[v.tsc]
+        put = _put(gvm, threads, records, khz, main=main, loads=loads)
+        writes = tsc.after_state(put, state)
         if loads or writes:
             facts.tsc_write_ns = min(w[0] for _, w in loads + writes)
-        how = v.clock
-        if v.tsc is TscPut.OFFSET and not saved.flags & lib.KVM_CLOCK_REALTIME:
-            # the TSC is the point here: without KVM_CLOCK_REALTIME (a host clock
-            # that is not the TSC) kvmclock is put as saved + downtime instead
-            how = ClockPut.DOWNTIME
-        put_clock(vm, saved, how, facts.get_clock_ns, facts)
-        if v.tsc is TscPut.OFFSET:
-            real_before, host_now, _ = host_tsc_and_realtime(vm.vcpus[0])
-            offset = tsc_offset_recipe(
-                src_offset,
-                src_host_tsc,
-                state.meta_extra["realtime_ns"],
-                host_now,
-                real_before,
-                khz,
-            )
-            for i in range(len(state.vcpus)):
-                if main:
-                    put_tsc_offset(vm.vcpus[i], offset)
-                else:
-                    threads[i].call(put_tsc_offset, vm.vcpus[i], offset)
-            OffsetWatch(
-                records, offset, f"KVM_VCPU_TSC_OFFSET set to {offset} at the restore"
-            ).first_run(gvm, threads)
-        elif v.tsc is TscPut.STATE:
-            first_entry_of_vcpu0(gvm, threads, records)
-        elif v.tsc is TscPut.MSR:
-            for i, t in enumerate(threads):  # vCPU 0 first
-                r = records[i]
-                t.call(Reader(gvm, vm.vcpus[i], r).run, 0)
-                lo, hi = tsc_msr_range(
-                    tsc_value, writes[i][1], r.batches[-1], khz, loads + writes[:i]
-                )
-                r.tsc_writes.append(
-                    TscWrite(
-                        len(r.batches) - 1,
-                        lo,
-                        hi,
-                        f"MSR_IA32_TSC written {tsc_value} (the largest saved) at the restore",
-                        tsc_value,
-                        writes[i][1],
-                        loads + writes[:i],
-                    )
-                )
+        put_clock(vm, saved, tsc.clock_put(v.clock, saved), facts.get_clock_ns, facts)
+        tsc.first_runs(put, state, writes)
         facts.pvti_scale_after = [
             [pvti_of(gvm, i).mul, pvti_of(gvm, i).shift] for i in range(len(state.vcpus))
         ]
@@ -851,7 +698,7 @@ def first_entry_of_vcpu0(
     the downtime, and a reading of 2^64 ticks scaled when the stale
     tsc_timestamp was ahead.  That is the restoring VMM's order, not a promise
     of KVM's, so every restore lets vCPU 0 in first (the MSR variant's first
-    runs go in vCPU order, OffsetWatch runs vCPU 0 before the rest)."""
+    runs go in vCPU order, the offset's watch runs vCPU 0 before the rest)."""
     threads[0].call(Reader(gvm, gvm.vcpus[0], records[0]).run, 0)
 
 
@@ -864,36 +711,6 @@ def _tsc_extra(gvm: GuestVm, state: Any) -> None:
         off = v0.get_tsc_offset()
         state.meta_extra["tsc_offset"] = off - checks.U64 if off >= checks.WRAP_THRESHOLD else off
         _, state.meta_extra["host_tsc"], state.meta_extra["realtime_ns"] = host_tsc_and_realtime(v0)
-
-
-def host_tsc_and_realtime(vcpu: Vcpu) -> tuple[int, int, int]:
-    """(realtime before, host TSC, realtime after): the host TSC between two
-    CLOCK_REALTIME readings (the new VM has no master clock yet, so no
-    KVM_GET_CLOCK pair)."""
-    r0 = time.time_ns()
-    h = host_tsc(vcpu)
-    return r0, h, time.time_ns()
-
-
-def tsc_offset_recipe(
-    src_offset: int,
-    src_host_tsc: int,
-    src_real_after: int,
-    dst_host_tsc: int,
-    dst_real_before: int,
-    khz: int,
-) -> int:
-    """api.rst's recipe, offset_dst = offset_src + host_tsc_src - host_tsc_dst +
-    the real time that passed in ticks, with each host TSC paired with a
-    realtime reading that can only shorten that time: the one after it at the
-    source, the one before it at the destination.  Paired the other way, a
-    thread delayed between the two reads (ms under TCG) puts the guest's TSC
-    ahead of the real time by the delay: the Debian 6.1.0-47 tsc/offset red."""
-    elapsed = max(dst_real_before - src_real_after, 0)
-    offset = (src_offset + src_host_tsc - dst_host_tsc + _khz_ticks(elapsed, khz)) & (
-        checks.U64 - 1
-    )
-    return offset - checks.U64 if offset >= checks.WRAP_THRESHOLD else offset
 
 
 @dataclass
