@@ -7,11 +7,11 @@ figure changed.
 
 Normalized figures are figures of the kernel, not of the host's load:
 
-- steal: what the boundary charged, as a share of the runner thread's whole
-  run_delay (``jump / run_delay``: well below 1 where steal continues, about
-  1 where the thread's whole run_delay is charged again); where steal fell
-  (a thread hop), what it fell to, as a share of the new runner's run_delay
-  (about 1: steal became that thread's run_delay);
+- steal: per vCPU, whether the boundary charged the runner thread's whole
+  run_delay (``+rd``: a new vCPU starts from 0), or steal became the
+  runner's run_delay (``=rd``: a thread hop, or a vCPU that only ever ran on
+  its thread), exactly, from the runner's run_delay before and after the
+  KVM_RUN that produced the reading; and whether steal fell;
 - clock: whether any reading went back (warps), and whether the master
   clock (KVM_CLOCK_TSC_STABLE) survived the boundary;
 - postcopy: none (its promises are exact: the verdict says it all).
@@ -77,6 +77,32 @@ def scenario_id(result: dict[str, Any]) -> str:
     return f"{result.get('family')}/{result.get('variant')}@{result.get('vcpus')}"
 
 
+#: what a steal boundary did, per vCPU, exactly (load cannot move it): the
+#: first reading after the boundary is compared with the area as the host read
+#: it just before, and with the runner's run_delay before and after the
+#: KVM_RUN that produced that reading (KVM charges at entry, in between)
+CHARGES_RD = "+rd"
+"""the boundary charged the runner's whole run_delay (a new vCPU: last_steal 0)"""
+STEAL_IS_RD = "=rd"
+"""steal became the runner's run_delay (a vCPU that only ever ran on that
+thread, or a thread hop: steal + (new run_delay - old run_delay))"""
+OTHER = "other"
+
+STEAL_WORDS = {
+    CHARGES_RD: "charged the runner's whole run_delay",
+    STEAL_IS_RD: "steal = the runner's run_delay",
+    OTHER: "neither",
+}
+
+
+def steal_kind(before: int, after: int, pre_ns: int, post_ns: int) -> str:
+    if pre_ns <= after - before <= post_ns:
+        return CHARGES_RD
+    if pre_ns <= after <= post_ns:
+        return STEAL_IS_RD
+    return OTHER
+
+
 def steal_figure(result: dict[str, Any]) -> dict[str, Any] | None:
     from kvmharness.judges import RecordError
     from kvmharness.judges.steal import records_of
@@ -85,29 +111,21 @@ def steal_figure(result: dict[str, Any]) -> dict[str, Any] | None:
         records = records_of(result)
     except RecordError:
         return None
-    charged, after = [], []
+    kinds, fell = [], False
     for r in records:
         b = r.boundary
-        if not r.guest or not 0 < b < len(r.guest) or len(r.ctx) <= b:
+        if not 0 < b < min(len(r.guest), len(r.host), len(r.ctx)):
             return None
-        rd = r.ctx[b].post_ns
-        if rd > 0:
-            charged.append((r.guest[b].value - r.guest[b - 1].value) / rd)
-            after.append(r.guest[b].value / rd)
-    if not charged:
-        return None
-    if min(charged) < 0:  # steal went back: to what share of the runner's run_delay?
-        ratio = min(after, key=lambda x: abs(x - 1))
-        return {
-            "ratio": round(ratio, 2),
-            "shape": "steal falls",
-            "text": f"steal falls to x{ratio:.2f} run_delay",
-        }
-    ratio = max(charged)
+        before, after = r.host[b - 1].value, r.guest[b].value
+        kinds.append(steal_kind(before, after, r.ctx[b].pre_ns, r.ctx[b].post_ns))
+        fell |= after < before
+    shape = "/".join(sorted(set(kinds)))
+    text = ", ".join(STEAL_WORDS[k] for k in sorted(set(kinds)))
     return {
-        "ratio": round(ratio, 2),
-        "shape": "steal continues",
-        "text": f"steal continues, +x{ratio:.2f} run_delay",
+        "ratio": None,
+        "shape": shape,
+        "fell": fell,
+        "text": ("steal fell; " if fell else "") + text,
     }
 
 
