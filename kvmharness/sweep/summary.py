@@ -95,12 +95,15 @@ STEAL_WORDS = {
 }
 
 
-def steal_kind(before: int, after: int, pre_ns: int, post_ns: int) -> str:
+def steal_kinds(before: int, after: int, pre_ns: int, post_ns: int) -> list[str]:
+    """Every kind the reading fits: both where steal was 0 before (charging the
+    whole run_delay and becoming it are then the same thing)."""
+    out = []
     if pre_ns <= after - before <= post_ns:
-        return CHARGES_RD
+        out.append(CHARGES_RD)
     if pre_ns <= after <= post_ns:
-        return STEAL_IS_RD
-    return OTHER
+        out.append(STEAL_IS_RD)
+    return out or [OTHER]
 
 
 def steal_figure(result: dict[str, Any]) -> dict[str, Any] | None:
@@ -111,21 +114,23 @@ def steal_figure(result: dict[str, Any]) -> dict[str, Any] | None:
         records = records_of(result)
     except RecordError:
         return None
-    kinds, fell = [], False
+    per_vcpu, fell = [], False
     for r in records:
         b = r.boundary
         if not 0 < b < min(len(r.guest), len(r.host), len(r.ctx)):
             return None
         before, after = r.host[b - 1].value, r.guest[b].value
-        kinds.append(steal_kind(before, after, r.ctx[b].pre_ns, r.ctx[b].post_ns))
+        per_vcpu.append(steal_kinds(before, after, r.ctx[b].pre_ns, r.ctx[b].post_ns))
         fell |= after < before
-    shape = "/".join(sorted(set(kinds)))
-    text = ", ".join(STEAL_WORDS[k] for k in sorted(set(kinds)))
+    # shown: what the vCPUs that can be told apart did (all of them, if none can)
+    told = [k for k in per_vcpu if len(k) == 1] or per_vcpu
+    shown = sorted({x for k in told for x in k})
     return {
         "ratio": None,
-        "shape": shape,
+        "shape": "/".join(shown),
+        "kinds": per_vcpu,
         "fell": fell,
-        "text": ("steal fell; " if fell else "") + text,
+        "text": ("steal fell; " if fell else "") + ", ".join(STEAL_WORDS[k] for k in shown),
     }
 
 
@@ -235,6 +240,12 @@ def figure_changed(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     than :data:`RATIO_STEP`.  Nothing measured on either side is no change."""
     if not a or not b:
         return False
+    ka, kb = a.get("kinds"), b.get("kinds")
+    if isinstance(ka, list) and isinstance(kb, list) and len(ka) == len(kb):
+        # per vCPU: changed only where no kind fits both (steal 0 before fits two)
+        return any(not set(x) & set(y) for x, y in zip(ka, kb, strict=True)) or (
+            a.get("fell") != b.get("fell")
+        )
     if a.get("shape") != b.get("shape"):
         return True
     ra, rb = a.get("ratio"), b.get("ratio")
