@@ -45,9 +45,11 @@ def steal_boundary(r: dict[str, Any] | None) -> str:
         if not 0 < b < len(v.guest):
             out.append(f"vcpu{v.index}: no boundary")
             continue
+        c = v.ctx[b]
+        rd = ms(c.pre_ns) if c.pre_ns == c.post_ns else f"{ms(c.pre_ns)}..{ms(c.post_ns)}"
         out.append(
-            f"vcpu{v.index} {ms(v.guest[b - 1].value)} &rarr; {ms(v.guest[b].value)} "
-            f"(run_delay {ms(v.ctx[b].pre_ns)})"
+            f"vcpu{v.index} {ms(v.host[b - 1].value)} &rarr; {ms(v.guest[b].value)} "
+            f"(run_delay {rd})"
         )
     return "; ".join(out)
 
@@ -76,6 +78,12 @@ def master_clock(r: dict[str, Any] | None) -> str:
     return f"{before} &rarr; {after}"
 
 
+def state_word(word: str) -> str:
+    from kvmharness.scenarios.base import state_word as today
+
+    return today(word)
+
+
 def tables(history: Path, extra: list[tuple[str, str]] = ()) -> dict[str, str]:  # type: ignore[assignment]
     rows: dict[str, list[str]] = {k: [] for k in ("thread-hop", "reused-thread", "tsc", "skew")}
     recs = [json.loads(line) for line in history.read_text().splitlines()]
@@ -96,7 +104,8 @@ def tables(history: Path, extra: list[tuple[str, str]] = ()) -> dict[str, str]: 
             f"| {label} | {steal_boundary(result(doc, 'fresh-vm/reused-thread'))} |"
         )
         cells = [
-            str((result(doc, v) or {}).get("verdict", "not run")) for v in ("tsc/msr", "tsc/offset")
+            state_word(str((result(doc, v) or {}).get("verdict", "not run")))
+            for v in ("tsc/msr", "tsc/offset")
         ]
         cells += [
             master_clock(result(doc, v))
@@ -104,9 +113,10 @@ def tables(history: Path, extra: list[tuple[str, str]] = ()) -> dict[str, str]: 
         ]
         rows["tsc"].append(f"| {label} | " + " | ".join(cells) + " |")
         skew, verdict = tsc_skew(result(doc, "tsc/msr"))
-        rows["skew"].append(f"| {label} | {skew} | {verdict} |")
+        rows["skew"].append(f"| {label} | {skew} | {state_word(verdict)} |")
     steal_head = (
-        "| kernel | per vCPU: steal before &rarr; after (the thread's run_delay) |\n|---|---|\n"
+        "| kernel | per vCPU: steal before &rarr; after (the runner's run_delay before..after "
+        "the KVM_RUN that read it) |\n|---|---|\n"
     )
     return {
         "thread-hop": steal_head + "\n".join(rows["thread-hop"]),

@@ -151,13 +151,31 @@ def test_first_change_skips_kernels_that_could_not_be_tested():
 
 
 def test_a_figure_change_is_a_change_the_same_verdict_hides():
-    """A kernel that charges the runner's whole run_delay again at a restore
-    still 'holds' within run_delay; its ratio moves from ~0 to ~1."""
-    a = {"ratio": 0.05, "shape": "steal continues"}
-    assert summary.figure_changed(a, {"ratio": 0.98, "shape": "steal continues"})
-    assert not summary.figure_changed(a, {"ratio": 0.4, "shape": "steal continues"})
-    assert summary.figure_changed(a, {"ratio": 0.0, "shape": "steal falls"})
+    """A kernel that stops charging a reused thread's whole run_delay still
+    'characterizes'; its steal figure changes kind."""
+    a = {"ratio": None, "shape": "+rd"}
+    assert summary.figure_changed(a, {"ratio": None, "shape": "other"})
+    assert not summary.figure_changed(a, {"ratio": None, "shape": "+rd"})
     assert not summary.figure_changed(a, None)
+
+
+def test_steal_kind_is_exact_physics():
+    # charged at entry, between the runner's run_delay before and after KVM_RUN
+    assert summary.steal_kinds(100, 150, 50, 60) == [summary.CHARGES_RD]
+    assert summary.steal_kinds(100, 55, 50, 60) == [summary.STEAL_IS_RD]  # a hop
+    assert summary.steal_kinds(100, 120, 50, 60) == [summary.OTHER]  # 20 charged: a part
+    assert summary.steal_kinds(0, 55, 50, 60) == [summary.CHARGES_RD, summary.STEAL_IS_RD]
+
+
+def test_a_vcpu_with_no_steal_before_fits_either_kind():
+    """6.1.0-57's thread hop: vCPU 1 had no steal before the hop, so '+rd' and
+    '=rd' are the same reading there; that is no change from a kernel whose
+    vCPU 1 had some."""
+    a = {"shape": "=rd", "kinds": [["=rd"], ["=rd"]], "fell": True}
+    b = {"shape": "=rd", "kinds": [["=rd"], ["+rd", "=rd"]], "fell": True}
+    assert not summary.figure_changed(a, b)
+    assert summary.figure_changed(a, {**b, "kinds": [["=rd"], ["+rd"]]})
+    assert summary.figure_changed(a, {**a, "fell": False})
 
 
 def test_real_records_6_1_to_6_12_master_clock_lost_at_cross_process_restore():
@@ -172,12 +190,42 @@ def test_real_records_6_1_to_6_12_master_clock_lost_at_cross_process_restore():
     assert "master clock lost" in changes[0].after and "kept" in changes[0].before
 
 
-def test_steal_figure_of_a_real_record():
+def test_steal_figures_of_real_records():
+    """On the stock records: a new vCPU charges its runner's whole run_delay,
+    a vCPU restored in place keeps steal = its thread's run_delay, and the
+    thread hop makes steal the new thread's run_delay, falling."""
     doc = load(DOC_61)
-    r = next(x for x in doc["results"] if x["variant"] == "cancelled-save")
-    fig = summary.figure_of(r)
-    assert fig is not None and fig["shape"] == "steal continues"
-    assert 0 <= fig["ratio"] <= 1
+    fig = {r["variant"]: summary.figure_of(r) for r in doc["results"] if r["family"] == "steal"}
+    assert fig["fresh-vm/vcpu-thread"]["shape"] == "+rd"
+    assert fig["cancelled-save"]["shape"] == "=rd"
+    pvm = load(STOCK / "pvm-6.18.44-fc-v1252-run.json.gz")
+    hop = next(
+        r for r in pvm["results"] if r["variant"] == "same-vm/new-thread" and r["vcpus"] == 2
+    )
+    fig = summary.figure_of(hop)
+    assert (fig["shape"], fig["fell"]) == ("=rd", True)
+    assert fig["text"] == "steal fell; steal = the runner's run_delay"
+    # a simulated kernel that charges only the growth since the restore: 'other'
+    reused = copy.deepcopy(
+        next(r for r in pvm["results"] if r["variant"] == "fresh-vm/reused-thread")
+    )
+    ev = reused["records"][0]["events"]
+    b = reused["records"][0]["boundary"]
+    assert summary.figure_of(reused)["shape"] == "+rd"
+    k = _event_at(reused["records"][0], b)
+    ev["guest_value"][k] -= 50_000_000  # 50 ms less charged at the boundary
+    ev["guest_value"][k + 1] += 50_000_000 if k + 1 < len(ev["guest_value"]) else 0
+    assert summary.figure_of(reused)["shape"] != "+rd"
+
+
+def _event_at(rec: dict[str, Any], index: int) -> int:
+    """The event column position of reading ``index`` (quiet readings are not events)."""
+    i = -1
+    for k, q in enumerate(rec["events"]["quiet_before"]):
+        i += q + 1
+        if i == index:
+            return k
+    raise AssertionError(f"reading {index} is not an event")
 
 
 # -- the report ---------------------------------------------------------------
@@ -339,7 +387,7 @@ def test_render_recomputes_cells_from_the_kept_run_document(tmp_path):
     hist.write_text(json.dumps(rec) + "\n")
     assert main(["sweep", "--render", str(hist), "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "report.txt").read_text()
-    assert "steal/cancelled-save@2" in text and "holds +x" in text and "BROKEN" not in text
+    assert "steal/cancelled-save@2" in text and "holds =rd" in text and "BROKEN" not in text
 
 
 @pytest.mark.skipif(not Path("/usr/bin/apt-get").exists(), reason="no apt-get on this host")

@@ -15,9 +15,9 @@ LEGEND = (
     "holds: the promise held; broken: it broke; known-broken: it broke as a known "
     "issue says; fixed?: it held where a known issue says it breaks; characterized: "
     "measured, never fails; untestable / not supported: not judged on that kernel. "
-    "Steal figures: what the boundary charged as a share of the runner thread's "
-    "run_delay (+x1: its whole run_delay charged again); 'falls to x1': steal went "
-    "back, to the new runner's run_delay."
+    "Steal figures, per vCPU at the boundary: +rd the runner thread's whole "
+    "run_delay was charged; =rd steal became the runner's run_delay; 'fell': "
+    "steal went back. Clock: warps, and whether the master clock survived."
 )
 
 
@@ -28,8 +28,8 @@ def short_cell(s: dict[str, Any] | None) -> str:
     out = str(s["status"])
     fig = s.get("figure") or {}
     shape = str(fig.get("shape") or "")
-    if fig.get("ratio") is not None:
-        out += (" falls to x" if "falls" in shape else " +x") + f"{fig['ratio']:.1f}"
+    if fig.get("family") == "steal" or shape.startswith(("+rd", "=rd", "other")):
+        out += " " + shape + (" fell" if fig.get("fell") else "")
     if "lost" in shape:
         out += " lost"
     if shape.startswith("warps"):

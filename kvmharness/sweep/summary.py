@@ -7,11 +7,11 @@ figure changed.
 
 Normalized figures are figures of the kernel, not of the host's load:
 
-- steal: what the boundary charged, as a share of the runner thread's whole
-  run_delay (``jump / run_delay``: well below 1 where steal continues, about
-  1 where the thread's whole run_delay is charged again); where steal fell
-  (a thread hop), what it fell to, as a share of the new runner's run_delay
-  (about 1: steal became that thread's run_delay);
+- steal: per vCPU, whether the boundary charged the runner thread's whole
+  run_delay (``+rd``: a new vCPU starts from 0), or steal became the
+  runner's run_delay (``=rd``: a thread hop, or a vCPU that only ever ran on
+  its thread), exactly, from the runner's run_delay before and after the
+  KVM_RUN that produced the reading; and whether steal fell;
 - clock: whether any reading went back (warps), and whether the master
   clock (KVM_CLOCK_TSC_STABLE) survived the boundary;
 - postcopy: none (its promises are exact: the verdict says it all).
@@ -77,6 +77,35 @@ def scenario_id(result: dict[str, Any]) -> str:
     return f"{result.get('family')}/{result.get('variant')}@{result.get('vcpus')}"
 
 
+#: what a steal boundary did, per vCPU, exactly (load cannot move it): the
+#: first reading after the boundary is compared with the area as the host read
+#: it just before, and with the runner's run_delay before and after the
+#: KVM_RUN that produced that reading (KVM charges at entry, in between)
+CHARGES_RD = "+rd"
+"""the boundary charged the runner's whole run_delay (a new vCPU: last_steal 0)"""
+STEAL_IS_RD = "=rd"
+"""steal became the runner's run_delay (a vCPU that only ever ran on that
+thread, or a thread hop: steal + (new run_delay - old run_delay))"""
+OTHER = "other"
+
+STEAL_WORDS = {
+    CHARGES_RD: "charged the runner's whole run_delay",
+    STEAL_IS_RD: "steal = the runner's run_delay",
+    OTHER: "neither",
+}
+
+
+def steal_kinds(before: int, after: int, pre_ns: int, post_ns: int) -> list[str]:
+    """Every kind the reading fits: both where steal was 0 before (charging the
+    whole run_delay and becoming it are then the same thing)."""
+    out = []
+    if pre_ns <= after - before <= post_ns:
+        out.append(CHARGES_RD)
+    if pre_ns <= after <= post_ns:
+        out.append(STEAL_IS_RD)
+    return out or [OTHER]
+
+
 def steal_figure(result: dict[str, Any]) -> dict[str, Any] | None:
     from kvmharness.judges import RecordError
     from kvmharness.judges.steal import records_of
@@ -85,29 +114,23 @@ def steal_figure(result: dict[str, Any]) -> dict[str, Any] | None:
         records = records_of(result)
     except RecordError:
         return None
-    charged, after = [], []
+    per_vcpu, fell = [], False
     for r in records:
         b = r.boundary
-        if not r.guest or not 0 < b < len(r.guest) or len(r.ctx) <= b:
+        if not 0 < b < min(len(r.guest), len(r.host), len(r.ctx)):
             return None
-        rd = r.ctx[b].post_ns
-        if rd > 0:
-            charged.append((r.guest[b].value - r.guest[b - 1].value) / rd)
-            after.append(r.guest[b].value / rd)
-    if not charged:
-        return None
-    if min(charged) < 0:  # steal went back: to what share of the runner's run_delay?
-        ratio = min(after, key=lambda x: abs(x - 1))
-        return {
-            "ratio": round(ratio, 2),
-            "shape": "steal falls",
-            "text": f"steal falls to x{ratio:.2f} run_delay",
-        }
-    ratio = max(charged)
+        before, after = r.host[b - 1].value, r.guest[b].value
+        per_vcpu.append(steal_kinds(before, after, r.ctx[b].pre_ns, r.ctx[b].post_ns))
+        fell |= after < before
+    # shown: what the vCPUs that can be told apart did (all of them, if none can)
+    told = [k for k in per_vcpu if len(k) == 1] or per_vcpu
+    shown = sorted({x for k in told for x in k})
     return {
-        "ratio": round(ratio, 2),
-        "shape": "steal continues",
-        "text": f"steal continues, +x{ratio:.2f} run_delay",
+        "ratio": None,
+        "shape": "/".join(shown),
+        "kinds": per_vcpu,
+        "fell": fell,
+        "text": ("steal fell; " if fell else "") + ", ".join(STEAL_WORDS[k] for k in shown),
     }
 
 
@@ -217,6 +240,12 @@ def figure_changed(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     than :data:`RATIO_STEP`.  Nothing measured on either side is no change."""
     if not a or not b:
         return False
+    ka, kb = a.get("kinds"), b.get("kinds")
+    if isinstance(ka, list) and isinstance(kb, list) and len(ka) == len(kb):
+        # per vCPU: changed only where no kind fits both (steal 0 before fits two)
+        return any(not set(x) & set(y) for x, y in zip(ka, kb, strict=True)) or (
+            a.get("fell") != b.get("fell")
+        )
     if a.get("shape") != b.get("shape"):
         return True
     ra, rb = a.get("ratio"), b.get("ratio")
