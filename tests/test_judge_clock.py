@@ -420,6 +420,49 @@ def _lose_master_clock_at_first_set(rec: dict) -> dict:
     return json.loads(json.dumps(res.record()))
 
 
+def test_updates_watch_of_vcpu0s_area_holds_as_recorded():
+    """The real record (kvm_pvm): vCPU 0 had KVM rewrite its marked area every
+    round, KVM's record always overwrote the mark, and the watcher saw the mark
+    only under the guest's own versions."""
+    rec = load("updates-mark")
+    rows = rec["storm"][0]["watch"]
+    assert rows[0][0] > 100 and rows[0][1] == rows[0][0] and rows[0][2] == 0, rows
+    assert rows[1][3] > 0 and rows[1][4] > 0 and rows[1][5] == 0, rows
+    j = judge_record(rec)
+    assert j.verdict == Verdict.HOLDS, j.observed
+    assert "vCPU 0's area rewritten" in j.observed
+
+
+def _torn(rec: dict, n: int = 3) -> dict:
+    """vCPU 1 read the mark under KVM's even version 2 mod 4, as it does when
+    KVM publishes the version before writing (kvmclock-version-even-while-writing:
+    version + 2 before the copy, + 2 again after it)."""
+    rec = copy.deepcopy(rec)
+    row = rec["storm"][0]["watch"][1]
+    row[5], row[6] = n, 4 * 1000 + 2
+    return rec
+
+
+def test_version_published_before_the_record_is_a_torn_read():
+    """Negative control: one watcher read of the mark under an even version 2
+    mod 4 is BROKEN (torn-read), without any bound; the judge before this
+    check called the same record "holds"."""
+    j = judge_record(_torn(load("updates-mark"), 1))
+    assert j.verdict == Verdict.BROKEN, j.observed
+    assert [v.kind for v in j.violations] == [jc.KIND_TORN_READ]
+    assert j.violations[0].series == "vcpu1/area0" and j.violations[0].after == 4002
+
+
+def test_torn_read_where_kvm_keeps_the_mark_cannot_be_judged():
+    """A KVM whose record does not overwrite pad0 shows the mark under its own
+    finished version: the watch proves nothing there (untestable, not broken)."""
+    rec = _torn(load("updates-mark"))
+    rec["storm"][0]["watch"][0][2] = 5
+    j = judge_record(rec)
+    assert j.verdict == Verdict.UNTESTABLE, j.observed
+    assert "pad0" in j.observed
+
+
 def test_master_clock_lost_at_set_clock_is_broken_not_unsupported():
     """Negative control: a KVM_SET_CLOCK that turns the master clock off (the
     storm saw KVM_CLOCK_TSC_STABLE, then not) is BROKEN.  Before the storm
