@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -921,10 +922,10 @@ MARK_US = 1500
 #: them (at an interrupt, between translated blocks), so a watcher sees KVM's
 #: area in the middle of a write only when a switch lands inside that write's
 #: few instructions: a few times a second with the ticker below.
-STORM_MIN_PHASE_MS = 2000
+STORM_MIN_PHASE_MS = 3000
 #: The ticker's sleep: each wakeup is a host timer interrupt, so a chance for
 #: the host to be caught (and, under TCG, switched away) inside KVM's write.
-TICK_S = 0.00005
+TICK_S = 0.0001
 #: Each forced update puts kvmclock this share of the last update's duration
 #: ahead (plus STORM_MARGIN_NS), so that a TSC whose KVM scale is off (0.76%
 #: seen under TCG) never makes our own KVM_SET_CLOCK step the clock back.
@@ -950,27 +951,54 @@ def watch_counts(gvm: GuestVm, n: int) -> list[list[int]]:
     ]
 
 
+#: The ticker process: sleeps TICK_S in a loop on vCPU 0's CPU, first-in-first-out
+#: scheduled where allowed, until its stdin closes.  A process of its own, so
+#: that no lock of this one (Python's GIL) holds its wakeups back.
+TICKER_CODE = """
+import os, select, sys, time
+cpu, tick = int(sys.argv[1]), float(sys.argv[2])
+os.sched_setaffinity(0, {cpu})
+try:
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+except OSError:
+    pass
+n = 0
+while not select.select([sys.stdin], [], [], 0)[0]:
+    time.sleep(tick)
+    n += 1
+print(n, flush=True)
+"""
+
+
 class Ticker:
-    """A thread that sleeps TICK_S in a loop: host timer interrupts at a high
-    rate while it runs (each one may catch KVM inside its write of an area)."""
+    """A child process that sleeps TICK_S in a loop on vCPU 0's host CPU: host
+    timer interrupts there at a high rate while it runs, each one a chance to
+    stop vCPU 0's thread inside KVM's write of its area (under single-threaded
+    TCG the only moments another CPU of the host runs).  ``ticks``: its wakeups."""
 
     def __init__(self) -> None:
         self.ticks = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="clock-ticker", daemon=True)
+        self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Ticker:
-        self._thread.start()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", TICKER_CODE, str(cpu_for(0)), str(TICK_S)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            time.sleep(TICK_S)
-            self.ticks += 1
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            out, _ = proc.communicate("", timeout=30)
+            self.ticks = int(out.strip() or 0)
+        except (subprocess.TimeoutExpired, ValueError):
+            proc.kill()
+            proc.wait()
 
 
 class ClockStorm:
