@@ -262,7 +262,6 @@ def test_updates_watches_kvm_rewrite_vcpu0s_marked_area(kvm):
     rounds, rewritten, kept = rows[0][:3]
     assert rounds >= 100 and rewritten == rounds and kept == 0, rows
     assert rows[1][3] >= 100 and rows[1][4] > 0 and rows[1][5] == 0, rows
-    assert res.storm[0]["ticks"] > 0
 
 
 def test_updates_catches_an_update_that_steps_the_clock_back(kvm, monkeypatch):

@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -917,15 +916,12 @@ class Run:
 STORM_PAUSE_S = 0.0005
 #: CLOCK_MODE_MARK: how long vCPU 0 marks (and the others watch) after each reading.
 MARK_US = 1500
-#: The forced-updates phase lasts at least this long.  Under single-threaded
-#: QEMU TCG the vCPUs of the host kernel interleave only where QEMU switches
-#: them (at an interrupt, between translated blocks), so a watcher sees KVM's
-#: area in the middle of a write only when a switch lands inside that write's
-#: few instructions: a few times a second with the ticker below.
-STORM_MIN_PHASE_MS = 3000
-#: The ticker's sleep: each wakeup is a host timer interrupt, so a chance for
-#: the host to be caught (and, under TCG, switched away) inside KVM's write.
-TICK_S = 0.0001
+#: The forced-updates phase lasts at least this long: thousands of rewrites of
+#: vCPU 0's area where the host's CPUs run in parallel.  (Under single-threaded
+#: QEMU TCG the host's vCPUs interleave only where QEMU switches them, between
+#: translated blocks at an interrupt, and a switch almost never lands inside
+#: KVM's write of the area: see README, "Detection power".)
+STORM_MIN_PHASE_MS = 1000
 #: Each forced update puts kvmclock this share of the last update's duration
 #: ahead (plus STORM_MARGIN_NS), so that a TSC whose KVM scale is off (0.76%
 #: seen under TCG) never makes our own KVM_SET_CLOCK step the clock back.
@@ -949,56 +945,6 @@ def watch_counts(gvm: GuestVm, n: int) -> list[list[int]]:
         ]
         for i in range(n)
     ]
-
-
-#: The ticker process: sleeps TICK_S in a loop on vCPU 0's CPU, first-in-first-out
-#: scheduled where allowed, until its stdin closes.  A process of its own, so
-#: that no lock of this one (Python's GIL) holds its wakeups back.
-TICKER_CODE = """
-import os, select, sys, time
-cpu, tick = int(sys.argv[1]), float(sys.argv[2])
-os.sched_setaffinity(0, {cpu})
-try:
-    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
-except OSError:
-    pass
-n = 0
-while not select.select([sys.stdin], [], [], 0)[0]:
-    time.sleep(tick)
-    n += 1
-print(n, flush=True)
-"""
-
-
-class Ticker:
-    """A child process that sleeps TICK_S in a loop on vCPU 0's host CPU: host
-    timer interrupts there at a high rate while it runs, each one a chance to
-    stop vCPU 0's thread inside KVM's write of its area (under single-threaded
-    TCG the only moments another CPU of the host runs).  ``ticks``: its wakeups."""
-
-    def __init__(self) -> None:
-        self.ticks = 0
-        self._proc: subprocess.Popen[str] | None = None
-
-    def __enter__(self) -> Ticker:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", TICKER_CODE, str(cpu_for(0)), str(TICK_S)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        try:
-            out, _ = proc.communicate("", timeout=30)
-            self.ticks = int(out.strip() or 0)
-        except (subprocess.TimeoutExpired, ValueError):
-            proc.kill()
-            proc.wait()
 
 
 class ClockStorm:
@@ -1117,7 +1063,7 @@ def measured_phase(
     run.probes.append(probes)
     if storm:
         duration_ns = max(duration_ns, STORM_MIN_PHASE_MS * 1_000_000)
-        with ClockStorm(gvm.vm) as st, Ticker() as ticker:
+        with ClockStorm(gvm.vm) as st:
             run_phase(gvm, threads, run.records, duration_ns, budget_s, hop)
         if st.error:
             raise st.error
@@ -1129,7 +1075,6 @@ def measured_phase(
         run.storm.append(st.summary())
         if gvm.sym("clock_mode", "uint32_t")[0] & lib.CLOCK_MODE_MARK:
             run.storm[-1]["watch"] = watch_counts(gvm, len(run.records))
-            run.storm[-1]["ticks"] = ticker.ticks
     else:
         run_phase(gvm, threads, run.records, duration_ns, budget_s, hop)
     if not any(r.stuck for r in run.records):
