@@ -463,6 +463,39 @@ def test_torn_read_where_kvm_keeps_the_mark_cannot_be_judged():
     assert "pad0" in j.observed
 
 
+def _odd_reading(rec: dict, *, then_even: bool) -> dict:
+    """vCPU 1's reading i under the odd version just below reading i+1's even
+    one (its reader gave up while vCPU 0's host CPU was stopped inside KVM's
+    write: seen on 6.1.0-57 under TCG, 1521 then 1522); with ``then_even``
+    False the next reading is odd too (an area left mid-update)."""
+    res = result_of(copy.deepcopy(rec))
+    r = res.records[1]
+    i = len(r.samples) // 2
+    nxt = r.samples[i + 1][3]
+    assert not nxt % 2
+    set_sample(r, i, version=nxt - 1)
+    if not then_even:
+        set_sample(r, i + 1, version=nxt + 1)
+    return json.loads(json.dumps(res.record()))
+
+
+def test_an_odd_reading_whose_update_then_completed_holds():
+    """False-red fix: a reader that ran out of tries while the writing host CPU
+    was stopped mid-update saw the protocol work (odd, then a later even
+    version).  Judged BROKEN (odd-version) before; now held, and counted."""
+    j = judge_record(_odd_reading(load("updates-mark"), then_even=True))
+    assert j.verdict == Verdict.HOLDS, j.observed
+    assert j.notes["odd_version_then_completed"] == 1
+
+
+def test_an_area_left_odd_is_still_broken():
+    """The negative control of the fix above: two odd readings in a row (the
+    area left mid-update, kvmclock-version-odd-at-end) stay BROKEN."""
+    j = judge_record(_odd_reading(load("updates-mark"), then_even=False))
+    assert j.verdict == Verdict.BROKEN, j.observed
+    assert {v.kind for v in j.violations} == {checks.KIND_ODD_VERSION}
+
+
 def test_master_clock_lost_at_set_clock_is_broken_not_unsupported():
     """Negative control: a KVM_SET_CLOCK that turns the master clock off (the
     storm saw KVM_CLOCK_TSC_STABLE, then not) is BROKEN.  Before the storm
