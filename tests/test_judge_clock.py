@@ -443,24 +443,14 @@ def _torn(rec: dict, n: int = 3) -> dict:
     return rec
 
 
-def test_version_published_before_the_record_is_a_torn_read():
-    """Negative control: one watcher read of the mark under an even version 2
-    mod 4 is BROKEN (torn-read), without any bound; the judge before this
-    check called the same record "holds"."""
+def test_the_mark_under_kvms_version_is_shown_not_judged():
+    """The mark under an even version 2 mod 4 is shown in the verdict's text and
+    notes, and not judged: kvm_pvm showed it in 2 of about 25 runs under load
+    with a cause not found, and a false red is as bad as a miss."""
     j = judge_record(_torn(load("updates-mark"), 1))
-    assert j.verdict == Verdict.BROKEN, j.observed
-    assert [v.kind for v in j.violations] == [jc.KIND_TORN_READ]
-    assert j.violations[0].series == "vcpu1/area0" and j.violations[0].after == 4002
-
-
-def test_torn_read_where_kvm_keeps_the_mark_cannot_be_judged():
-    """A KVM whose record does not overwrite pad0 shows the mark under its own
-    finished version: the watch proves nothing there (untestable, not broken)."""
-    rec = _torn(load("updates-mark"))
-    rec["storm"][0]["watch"][0][2] = 5
-    j = judge_record(rec)
-    assert j.verdict == Verdict.UNTESTABLE, j.observed
-    assert "pad0" in j.observed
+    assert j.verdict == Verdict.HOLDS, j.observed
+    assert "under version 4002" in j.observed
+    assert j.notes["mark_seen_under_kvm_version"]
 
 
 def _odd_reading(rec: dict, *, then_even: bool) -> dict:

@@ -67,10 +67,6 @@ KVM_CLOCK_REALTIME = 4
 #: it when nothing but the harness's own KVM_SET_CLOCKs came between, on a host
 #: whose clocksource stayed tsc.
 KIND_MASTER_CLOCK_LOST = "master-clock-lost"
-#: A reader took vCPU 0's area under one even version while it held the
-#: guest's mark, under a version only KVM's finished write may carry: KVM
-#: published the version before it wrote the record (a torn read's cause).
-KIND_TORN_READ = "torn-read"
 
 
 @dataclass
@@ -604,50 +600,29 @@ def storm_master_clock(run: RunView) -> tuple[list[Violation], str | None]:
     return out, why_not
 
 
-def storm_watch(run: RunView) -> tuple[list[Violation], str | None]:
-    """CLOCK_MODE_MARK's counts (programs/clock.c, guest_abi.h).  vCPU 0 sets
-    its area's version to a multiple of 4 and pad0 to the mark, then has KVM
-    rewrite the area; KVM's record carries pad0 = 0.  With the version odd
-    while KVM writes (the ABI), the mark is seen under an even version only
-    while that version is the guest's (0 mod 4); KVM's version after the write
-    is 2 mod 4.  So a watcher's read of the mark under one even version 2 mod 4
-    is KVM's version published over a record it had not written yet: no bound,
-    no chance involved.  Only if KVM's record left the mark in place (pad0 not
-    written: vCPU 0 counts those rounds) can a correct KVM show it."""
-    out: list[Violation] = []
-    why_not = None
-    for p, st in enumerate(run.storm):
-        rows = st.get("watch") or []
+def storm_watch(run: RunView) -> list[str]:
+    """CLOCK_MODE_MARK's counts (programs/clock.c, guest_abi.h), shown, not
+    judged.  vCPU 0 puts a version 0 mod 4 and a mark in pad0 of its area in
+    one store and has KVM rewrite the area; KVM's record has pad0 = 0 and,
+    after its write, a version 2 mod 4.  A watcher's read of the mark under
+    such a version would be KVM's version published before its record (what
+    kvmclock-version-even-while-writing does), but kvm_pvm showed it in 2 of
+    about 25 runs under load (versions 4670 and 11538, 3 and 4 reads) with a
+    cause not found, so it is a finding to show, not a verdict (README,
+    "Detection power")."""
+    out = []
+    for rows in (st.get("watch") or [] for st in run.storm):
         if len(rows) < 2:
             continue
-        rounds, rewritten, kept = rows[0][:3]
         torn = [(i, row[5], row[6]) for i, row in enumerate(rows) if i and row[5]]
-        if not torn:
-            continue
-        if kept:
-            why_not = (
-                f"KVM's rewrite of vCPU 0's area left the guest's pad0 in place in {kept} "
-                f"of {rewritten} rounds, so the mark under KVM's version proves nothing"
-            )
-            continue
         for i, n, version in torn:
             out.append(
-                checks.violation(
-                    KIND_TORN_READ,
-                    f"vcpu{i}/area0",
-                    p,
-                    None,
-                    version,
-                    f"read vCPU 0's area {n} time(s) under one even version, first {version} "
-                    f"(2 mod 4: KVM's, after its write), with the guest's mark still in it: "
-                    f"KVM published the version before writing the record ({rounds} rewrites, "
-                    "all of which overwrote the mark), so a reader can take a torn "
-                    "(tsc_timestamp, system_time)",
-                    counter="version",
-                    delta=None,
-                )
+                f"vcpu{i} read vCPU 0's area {n} time(s) with the guest's mark under "
+                f"version {version} (2 mod 4: KVM's after its write; not judged)"
             )
-    return out, why_not
+        if rows[0][2]:
+            out.append(f"KVM's record left the guest's mark in {rows[0][2]} rewrites")
+    return out
 
 
 def judge_run(cfg: ClockConfigView, run: RunView) -> Found:
@@ -790,11 +765,13 @@ def judge(record: dict[str, Any]) -> Judgement:
     lost, why = storm_master_clock(run)
     found.judged += lost
     why_not = why_not or why
-    torn, why = storm_watch(run)
-    found.judged += torn
-    why_not = why_not or why
+    watch = storm_watch(run)
+    if watch:
+        notes["mark_seen_under_kvm_version"] = watch
     violations = found.judged
     text = summary(run, violations)
+    if watch:
+        text += "; " + "; ".join(watch)
     if notes["stability"]["lost_at_boundary"]:
         text += "; master clock lost at the boundary (KVM_CLOCK_TSC_STABLE gone)"
     if found.waited_out:

@@ -172,9 +172,8 @@ VARIANTS: dict[str, ClockVariant] = {
             "KVM_CLOCK_REALTIME, every vCPU's area rewritten) and vCPU 0 has KVM rewrite "
             "its area in a loop (MSR_KVM_SYSTEM_TIME_NEW) while vCPUs read vCPU 0's "
             "area vDSO-style: KVM must keep the version odd while it writes, so no "
-            "reading is torn (a step back or a warp under an even version, or its "
-            "version published over a record it has not written), and KVM_SET_CLOCK "
-            "keeps the master clock",
+            "reading is torn (a step back or a warp under an even version; the mark "
+            "watch is shown), and KVM_SET_CLOCK keeps the master clock",
             needs_stable=True,
             storm=True,
             mode=lib.CLOCK_MODE_WARP | lib.CLOCK_MODE_AREA0 | lib.CLOCK_MODE_MARK,
