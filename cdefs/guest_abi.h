@@ -95,6 +95,27 @@ struct pvclock_vcpu_time_info {
 #define CLOCK_MODE_RAW_TSC 4    /* benchmark: read only the TSC */
 #define CLOCK_MODE_SELFTEST 8   /* one SYNC of instruction and arithmetic self-tests */
 #define CLOCK_MODE_AREA0 16     /* every vCPU reads vCPU 0's area as its own (the vDSO's way) */
+#define CLOCK_MODE_MARK 32      /* vCPU 0 marks its area and has KVM rewrite it; the others watch */
+/* CLOCK_MODE_MARK: vCPU 0 sets its area's version to the next multiple of 4
+ * and pad0 to CLOCK_MARK in one 8-byte store (time fields untouched, so the
+ * record stays valid), then rewrites MSR_KVM_SYSTEM_TIME_NEW, which has KVM rewrite the area before
+ * vCPU 0 runs again.  KVM's record never holds CLOCK_MARK (its pad0 is 0), so
+ * the mark is present only under the guest's own version (0 mod 4) or under
+ * an odd one while KVM writes; an even version 2 mod 4 with the mark present
+ * is KVM's version published before its record was written. */
+#define CLOCK_MARK 0x6b766d63u  /* "cmvk" */
+
+/* What CLOCK_MODE_MARK counted on one vCPU since the VM started. */
+struct clock_watch {
+    uint64_t rounds;        /* vCPU 0: marks followed by a rewrite of MSR_KVM_SYSTEM_TIME_NEW */
+    uint64_t rewritten;     /* vCPU 0: rounds after which the version had moved (KVM wrote) */
+    uint64_t kept;          /* vCPU 0: of those, rounds whose mark KVM's record left in place */
+    uint64_t watches;       /* watchers: reads of vCPU 0's version and pad0 under an even version */
+    uint64_t marked;        /* watchers: of those, with the mark under the guest's version */
+    uint64_t torn;          /* watchers: with the mark under an even version 2 mod 4 */
+    uint64_t torn_version;  /* watchers: the first such version */
+    uint64_t pad;
+};
 
 /* One kvmclock reading.  version is the area's version the fields were
  * read under; an odd one means the guest gave up after CLOCK_READ_TRIES. */

@@ -155,12 +155,14 @@ VARIANTS: dict[str, ClockVariant] = {
             "updates",
             Kind.PROMISE,
             "the main thread forces kvmclock updates (KVM_SET_CLOCK with "
-            "KVM_CLOCK_REALTIME, every vCPU's area rewritten) while vCPUs read vCPU 0's "
+            "KVM_CLOCK_REALTIME, every vCPU's area rewritten) and vCPU 0 has KVM rewrite "
+            "its area in a loop (MSR_KVM_SYSTEM_TIME_NEW) while vCPUs read vCPU 0's "
             "area vDSO-style: KVM must keep the version odd while it writes, so no "
-            "reading is torn (a step back or a warp under an even version)",
+            "reading is torn (a step back or a warp under an even version; the mark "
+            "watch is shown), and KVM_SET_CLOCK keeps the master clock",
             needs_stable=True,
             storm=True,
-            mode=lib.CLOCK_MODE_WARP | lib.CLOCK_MODE_AREA0,
+            mode=lib.CLOCK_MODE_WARP | lib.CLOCK_MODE_AREA0 | lib.CLOCK_MODE_MARK,
         ),
         ClockVariant(
             "pvti",
@@ -728,11 +730,37 @@ class Run:
 
 #: Pause between two forced kvmclock updates: the vCPUs get the CPU between them.
 STORM_PAUSE_S = 0.0005
+#: CLOCK_MODE_MARK: how long vCPU 0 marks (and the others watch) after each reading.
+MARK_US = 1500
+#: The forced-updates phase lasts at least this long: thousands of rewrites of
+#: vCPU 0's area where the host's CPUs run in parallel.  (Under single-threaded
+#: QEMU TCG the host's vCPUs interleave only where QEMU switches them, between
+#: translated blocks at an interrupt, and a switch almost never lands inside
+#: KVM's write of the area: see README, "Detection power".)
+STORM_MIN_PHASE_MS = 1000
 #: Each forced update puts kvmclock this share of the last update's duration
 #: ahead (plus STORM_MARGIN_NS), so that a TSC whose KVM scale is off (0.76%
 #: seen under TCG) never makes our own KVM_SET_CLOCK step the clock back.
 STORM_MARGIN_SHARE = 0.05
 STORM_MARGIN_NS = 2_000
+
+
+def watch_counts(gvm: GuestVm, n: int) -> list[list[int]]:
+    """CLOCK_MODE_MARK's counters per vCPU (rounds, rewritten, kept, watches,
+    marked, torn, torn_version), since the VM started."""
+    rows = gvm.sym("clock_watch", "struct clock_watch")
+    return [
+        [
+            int(rows[i].rounds),
+            int(rows[i].rewritten),
+            int(rows[i].kept),
+            int(rows[i].watches),
+            int(rows[i].marked),
+            int(rows[i].torn),
+            int(rows[i].torn_version),
+        ]
+        for i in range(n)
+    ]
 
 
 class ClockStorm:
@@ -850,6 +878,7 @@ def measured_phase(
     probes = [threads[0].call(narrowest_probe, gvm.vcpus[0])]
     run.probes.append(probes)
     if storm:
+        duration_ns = max(duration_ns, STORM_MIN_PHASE_MS * 1_000_000)
         with ClockStorm(gvm.vm) as st:
             run_phase(gvm, threads, run.records, duration_ns, budget_s, hop)
         if st.error:
@@ -860,6 +889,8 @@ def measured_phase(
                 "the host clock is not TSC-based) to force continuous kvmclock updates with"
             )
         run.storm.append(st.summary())
+        if gvm.sym("clock_mode", "uint32_t")[0] & lib.CLOCK_MODE_MARK:
+            run.storm[-1]["watch"] = watch_counts(gvm, len(run.records))
     else:
         run_phase(gvm, threads, run.records, duration_ns, budget_s, hop)
     if not any(r.stuck for r in run.records):
@@ -872,6 +903,7 @@ def _first_phase(
     gvm = start_vm(kvm, cfg.vcpus, threads, v.mode)
     try:
         run.khz = gvm.vcpus[0].get_tsc_khz()
+        gvm.sym("clock_mark_ticks", "uint64_t")[0] = run.khz * MARK_US // 1000
         if v.tsc is not TscPut.STATE:
             start_tsc(gvm, threads, run.records, v.tsc, run.khz)
         if v.mode & lib.CLOCK_MODE_AREA0:

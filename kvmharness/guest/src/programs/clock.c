@@ -13,7 +13,10 @@
  * PVCLOCK_TSC_STABLE_BIT, as the Linux vDSO does, against a second shared
  * value.  With CLOCK_MODE_AREA0 every vCPU reads vCPU 0's area instead of
  * its own (each still enables its own, so KVM updates it): readers racing
- * vCPU 0's updates, as vDSO readers do.  One SYNC per batch carries the counts; the host collects the
+ * vCPU 0's updates, as vDSO readers do.  With CLOCK_MODE_MARK, after each
+ * reading vCPU 0 marks its area and has KVM rewrite it while the other vCPUs
+ * watch it for KVM's version published over a record it had not written yet
+ * (see guest_abi.h).  One SYNC per batch carries the counts; the host collects the
  * samples from guest memory, so the guest loop stays short.
  *
  * Every loop is bounded: a version stuck odd is reported as odd after
@@ -27,6 +30,11 @@ struct clock_sample clock_samples[GUEST_MAX_VCPUS][CLOCK_BATCH_MAX] __attribute_
 /* Set by the host (between SYNCs). */
 volatile uint32_t clock_batch = 8;
 volatile uint32_t clock_mode = CLOCK_MODE_WARP | CLOCK_MODE_VDSO;
+/* CLOCK_MODE_MARK: TSC ticks of marking (vCPU 0) or watching (the others) after each reading. */
+volatile uint64_t clock_mark_ticks = 0;
+
+/* CLOCK_MODE_MARK counters, one row per vCPU (the host reads them). */
+struct clock_watch clock_watch[GUEST_MAX_VCPUS] __attribute__((aligned(64)));
 
 /* Shared by all vCPUs: the latest readings published. */
 volatile uint64_t clock_last_ns __attribute__((aligned(64)));
@@ -114,6 +122,65 @@ static void warp_check(volatile uint64_t *shared, uint64_t last, uint64_t now,
     }
 }
 
+/* version and pad0 are the area's first 8 bytes: one aligned 64-bit load or
+ * store takes or puts both at one instant (x86 keeps it atomic). */
+static inline uint64_t head_of(uint32_t version, uint32_t pad0)
+{
+    return (uint64_t)pad0 << 32 | version;
+}
+
+/* vCPU 0: mark its own area (a version 0 mod 4 above the current one and
+ * CLOCK_MARK in pad0, in one store: were they two, KVM could rewrite the area
+ * between them, when vCPU 0 exits there) and have KVM rewrite it.  KVM
+ * updates the area before vCPU 0 runs again, from vCPU 0's thread. */
+static void mark_round(struct clock_watch *w)
+{
+    volatile uint64_t *head = (volatile uint64_t *)&pvti[0];
+    uint32_t mark = ((uint32_t)*head | 3) + 1;
+    *head = head_of(mark, CLOCK_MARK);
+    compiler_barrier();
+    wrmsr(MSR_KVM_SYSTEM_TIME_NEW, (uint64_t)(uintptr_t)&pvti[0] | KVM_MSR_ENABLED);
+    w->rounds++;
+    uint64_t now = *head;
+    if ((uint32_t)now != mark) {
+        w->rewritten++;
+        if ((uint32_t)(now >> 32) == CLOCK_MARK)
+            w->kept++;
+    }
+}
+
+/* The others: vCPU 0's version and pad0 at one instant; the mark under an
+ * even version 2 mod 4 is a record KVM had not written yet under the version
+ * it publishes when done. */
+static void watch_once(struct clock_watch *w)
+{
+    uint64_t now = *(volatile uint64_t *)&pvti[0];
+    uint32_t version = (uint32_t)now;
+    if (version & 1)
+        return;
+    w->watches++;
+    if ((uint32_t)(now >> 32) != CLOCK_MARK)
+        return;
+    if ((version & 3) == 2) {
+        if (!w->torn++)
+            w->torn_version = version;
+    } else {
+        w->marked++;
+    }
+}
+
+static void mark_or_watch(uint32_t cpu)
+{
+    struct clock_watch *w = &clock_watch[cpu];
+    uint64_t end = rdtsc() + clock_mark_ticks;
+    do {
+        if (cpu == 0)
+            mark_round(w);
+        else
+            watch_once(w);
+    } while ((int64_t)(rdtsc() - end) < 0);
+}
+
 static void selftest(void)
 {
     uint64_t t0 = rdtsc_ordered(), t1 = rdtsc_ordered();
@@ -167,6 +234,8 @@ void guest_main(uint32_t cpu)
             s->vdso_ns = vns;
             s->version = version;
             s->flags = flags;
+            if (mode & CLOCK_MODE_MARK)
+                mark_or_watch(cpu);
         }
         uint64_t end = rdtsc_ordered();
         GUEST_SYNC(seq, n, warps, max_warp, vwarps, max_vwarp, start, end);
