@@ -173,3 +173,71 @@ def test_sigkill_leaves_no_process_and_no_file(tmp_path):
     finally:
         if _session_members(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+#: The CLI with the hang of tests/hang_wrapper.py, and a main thread that, as
+#: one asleep in the kernel, cannot take SIGINT or SIGTERM while it sleeps.
+_STUCK_MAIN = """
+import signal, sys, threading
+sys.path.insert(0, sys.argv[1])
+import hang_wrapper
+import kvmharness.kvm as kvm
+from kvmharness.cli import main
+from kvmharness.host import hangguard
+
+hang_wrapper.install(-1)
+inner = kvm._ioctl
+
+def ioctl(*args):
+    if threading.current_thread() is not threading.main_thread():
+        return inner(*args)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        return inner(*args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+kvm._ioctl = ioctl
+hangguard.HANG_MARGIN_S = 60.0  # the guard must not be what ends it
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_ctrl_c_reaches_a_run_whose_main_thread_sleeps_in_the_kernel(tmp_path):
+    """A vcpu->mutex left held: the main thread sleeps in an ioctl and never
+    runs Python's handlers.  ^C still ends the run within seconds (not at the
+    hang guard's deadline, a minute away): exit 130, the JSON written and
+    readable by judge, no traceback, nothing left behind."""
+    env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    argv = ["run", "-s", "steal/fresh-vm/main-thread", "--vcpus", "1", "--budget-s", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STUCK_MAIN, str(Path(__file__).parent), *argv]
+        + ["--json", str(tmp_path / "out.json")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stderr is not None
+        progress = b""
+        while b"[1/1]" not in progress:
+            chunk = proc.stderr.read1(4096)
+            assert chunk, progress.decode()
+            progress += chunk
+        time.sleep(3.0)  # past the restore: the main thread sleeps in a held ioctl
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        err = progress + err
+        took = time.monotonic() - t0
+        assert proc.returncode == 128 + signal.SIGINT, err.decode() + out.decode()
+        assert took < 15, f"{took:.0f} s: ^C waited for the hang guard"
+        assert b"Traceback" not in err, err.decode()
+        _assert_nothing_left(proc.pid, tmp_path, report=True)
+        _judged(tmp_path / "out.json", "SIGINT")
+    finally:
+        if _session_members(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -38,6 +38,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -412,6 +413,7 @@ def run_matrix(
     options: Any,
     progress: Any = None,
     on_hang: Any = None,
+    on_stuck_signal: Any = None,
 ) -> list[Any]:
     """Run each chosen variant at each vCPU count (the family's default counts
     when ``vcpus`` is None), sharing one /dev/kvm handle.
@@ -459,12 +461,20 @@ def run_matrix(
 
         return HangGuard(deadline, hung)
 
-    from kvmharness.exitcodes import Terminated
+    from kvmharness.exitcodes import Terminated, signal_exit
+    from kvmharness.host.sigwatch import SignalWatch
     from kvmharness.progress import step_note
 
     results: list[Any] = []
+
+    def stuck(signum: int) -> None:
+        # SIGINT/SIGTERM the main thread cannot take (asleep in the kernel)
+        if on_stuck_signal is None:
+            die(signal_exit(signum))
+        on_stuck_signal(RunInterrupted(list(results), signum, len(jobs)))
+
     try:
-        with Kvm() as kvm:
+        with Kvm() as kvm, SignalWatch(stuck):
             for i, (f, v, n) in enumerate(jobs):
                 if progress:
                     note = step_note(f.name, v, options)  # a long step says what it waits for
@@ -700,9 +710,31 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
 
     if not args.quiet:
         print(plan_line(plan, vcpus, options), file=sys.stderr, flush=True)
+
+    def on_stuck_signal(stop: RunInterrupted) -> None:
+        # from the signal watch's thread: the main thread sleeps in the kernel
+        # and cannot unwind; report what finished, then a fatal exit (die)
+        from kvmharness.exitcodes import signal_exit
+        from kvmharness.host.hangguard import die
+
+        ticker.stop()
+        if not args.quiet:
+            print(
+                " (the scenario's main thread sleeps in the kernel and cannot unwind; "
+                "its children are killed)",
+                end="",
+                file=sys.stderr,
+            )
+        try:
+            code = report_interrupted(stop, args, finish, time.monotonic() - t0)
+        except BaseException:
+            log.exception("writing the report of an interrupted run failed")
+            code = signal_exit(stop.signum)
+        die(code)
+
     try:
         _ON_HANG.append(on_hang)
-        results = run_matrix(plan, vcpus, options, progress)
+        results = run_matrix(plan, vcpus, options, progress, on_stuck_signal=on_stuck_signal)
     except KvmUnavailable as exc:
         raise Untestable(str(exc)) from None
     except RunInterrupted as stop:
@@ -726,7 +758,9 @@ def report_interrupted(stop: RunInterrupted, args: Any, finish: Any, total: floa
     name = signal.Signals(stop.signum).name
     if not args.quiet:
         print(f" {name}: {stop.describe()}", file=sys.stderr)
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    main = threading.current_thread() is threading.main_thread()
+    sigs = (signal.SIGINT, signal.SIGTERM) if main else ()  # only the main thread may
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in sigs}
     try:
         finish(
             stop.results,
