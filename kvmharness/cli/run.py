@@ -364,6 +364,9 @@ def exit_code(
 #: What ends a run whose scenario hung (set by :func:`run_cli` around its
 #: :func:`run_matrix`, so a test may replace ``run_matrix`` with any callable).
 _ON_HANG: list[Any] = []
+#: What reports a SIGINT/SIGTERM the main thread cannot take (set by run_cli,
+#: as :data:`_ON_HANG`; :class:`kvmharness.host.sigwatch.SignalWatch`).
+_ON_STUCK_SIGNAL: list[Any] = []
 
 
 def hung_result(
@@ -466,6 +469,7 @@ def run_matrix(
     from kvmharness.progress import step_note
 
     results: list[Any] = []
+    on_stuck_signal = on_stuck_signal or (_ON_STUCK_SIGNAL[-1] if _ON_STUCK_SIGNAL else None)
 
     def stuck(signum: int) -> None:
         # SIGINT/SIGTERM the main thread cannot take (asleep in the kernel)
@@ -734,7 +738,8 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
 
     try:
         _ON_HANG.append(on_hang)
-        results = run_matrix(plan, vcpus, options, progress, on_stuck_signal=on_stuck_signal)
+        _ON_STUCK_SIGNAL.append(on_stuck_signal)
+        results = run_matrix(plan, vcpus, options, progress)
     except KvmUnavailable as exc:
         raise Untestable(str(exc)) from None
     except RunInterrupted as stop:
@@ -743,6 +748,8 @@ def run_cli(args: Any, *, bisect: bool = False) -> int:
     finally:
         ticker.stop()
         _ON_HANG.remove(on_hang)
+        if on_stuck_signal in _ON_STUCK_SIGNAL:
+            _ON_STUCK_SIGNAL.remove(on_stuck_signal)
         child.keep_dir = None
     return finish(results, time.monotonic() - t0)
 
