@@ -94,17 +94,19 @@ def score_table(results: dict[str, str], equivalents: dict[str, str]) -> list[di
     rows = []
     for module in sorted(per):
         c = per[module]
-        judged = c["killed"] + c["survived"] + c["timeout"]
+        # "no tests": no selected test reaches the function, a gap like a survivor
+        judged = c["killed"] + c["survived"] + c["timeout"] + c["no tests"]
         rows.append(
             {
                 "module": module,
                 "killed": c["killed"] + c["timeout"],
                 "survived": c["survived"],
+                "no tests": c["no tests"],
                 "equivalent": c["equivalent"],
                 "not checked": sum(
                     v
                     for k, v in c.items()
-                    if k not in ("killed", "survived", "timeout", "equivalent")
+                    if k not in ("killed", "survived", "timeout", "equivalent", "no tests")
                 ),
                 "score %": round(100.0 * (c["killed"] + c["timeout"]) / judged, 1)
                 if judged

@@ -25,24 +25,28 @@ RESULTS = """\
     kvmharness.checks.x_format_ns__mutmut_3: survived
     kvmharness.judges.steal.x_judge__mutmut_1: killed
     kvmharness.judges.steal.x_judge__mutmut_2: not checked
+    kvmharness.judges.steal.x_judge__mutmut_3: no tests
 some unrelated line: survived
 """
 
 
 def test_scores_count_timeouts_as_kills_and_listed_equivalents_apart(mutation):
     results = mutation.parse_results(RESULTS)
-    assert len(results) == 6
+    assert len(results) == 7
     eq = {"kvmharness.checks.x_format_ns__mutmut_3": "only the text of a figure"}
     rows = {r["module"]: r for r in mutation.score_table(results, eq)}
     assert rows["kvmharness.checks"] == {
         "module": "kvmharness.checks",
         "killed": 2,
         "survived": 1,
+        "no tests": 0,
         "equivalent": 1,
         "not checked": 0,
         "score %": 66.7,
     }
-    assert rows["kvmharness.judges.steal"]["score %"] == 100.0
+    # a mutant no test reaches is a gap, counted against the score
+    assert rows["kvmharness.judges.steal"]["score %"] == 50.0
+    assert rows["kvmharness.judges.steal"]["no tests"] == 1
     assert rows["kvmharness.judges.steal"]["not checked"] == 1
 
 
