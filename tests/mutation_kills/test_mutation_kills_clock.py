@@ -67,3 +67,71 @@ def test_a_step_back_exactly_at_the_drift_without_a_master_clock_is_excused():
         v = checks.violation(checks.KIND_DECREASE, "vcpu0", 1, 10**12, 10**12 - size, "back")
         jc._judge_stable_kind(run, 0, v, False, since, found)
         assert bool(found.judged) is judged and bool(found.excused) is not judged
+
+
+def _freq_run(khz: int, scales, tsc_after: int, d_ns: int = 10**9) -> jc.RunView:
+    """A frequency run: one vCPU, two readings after the boundary ``d_ns``
+    apart in kvmclock, the TSC ``tsc_after`` ticks apart."""
+    from kvmharness.scenarios.clock_record import BoundaryFacts, ClockRecord
+
+    r = ClockRecord(0)
+    r.samples = [
+        (1_000, 5_000, 0, 2, 1, 0, 0),
+        (2_000, 6_000, 0, 4, 1, 0, 0),
+        (2_000 + d_ns, 6_000 + tsc_after, 0, 6, 1, 0, 0),
+    ]
+    r.batches = [Batch(0, 1_500, 0, 1), Batch(1_600, 2_500, 1, 1), Batch(3_000, d_ns + 3_000, 2, 1)]
+    r.boundary = 1
+    facts = BoundaryFacts()
+    facts.khz_after = khz
+    facts.pvti_scale_after = [list(s) for s in scales]
+    return jc.RunView([r], True, True, facts, khz=khz)
+
+
+def test_after_set_tsc_khz_each_areas_scale_is_kvms_for_the_new_rate():
+    from kvmharness.pvclock import scale_for_khz
+
+    khz = 2_000_000
+    want = scale_for_khz(khz)
+    assert jc._frequency(_freq_run(khz, [want, want], 2 * 10**9)) == []
+    bad = (want[0] + 1, want[1])
+    found = jc._frequency(_freq_run(khz, [want, bad], 2 * 10**9))
+    assert [(v.kind, v.series, v.index, v.counter) for v in found] == [
+        (checks.KIND_DECODE_MISMATCH, "vcpu1/pvti", 0, "scale")
+    ]
+    assert found[0].delta is None and found[0].before is None and found[0].after is None
+    assert found[0].detail == (
+        f"after KVM_SET_TSC_KHZ {khz} the area's (mul, shift) is {bad}, "
+        f"the scale for {khz} kHz is {tuple(want)}"
+    )
+
+
+def test_after_set_tsc_khz_the_guests_tsc_runs_at_it_within_slack():
+    """Over 1 s of kvmclock the TSC may be off by RATE_SLACK_PPM of the rate
+    plus the readings' 2 us: at 2 GHz, 1000 + 0 + 1 kHz; one more is not
+    applied."""
+    from kvmharness.pvclock import scale_for_khz
+
+    khz = 2_000_000
+    want = scale_for_khz(khz)
+    tol = khz * checks.RATE_SLACK_PPM // 1_000_000 + 1
+    for off, caught in ((tol, False), (tol + 1, True), (-tol, False), (-tol - 1, True)):
+        found = jc._frequency(_freq_run(khz, [want], (khz + off) * 1000))
+        assert bool(found) is caught, (off, found)
+        if caught:
+            v = found[0]
+            assert (v.kind, v.series, v.index, v.before, v.after, v.counter) == (
+                checks.KIND_TSC_NOT_APPLIED,
+                "vcpu0",
+                1,
+                khz,
+                khz + off,
+                "tsc_khz",
+            )
+            assert v.detail == (
+                f"the guest's TSC ran at {khz + off} kHz against kvmclock after "
+                f"KVM_SET_TSC_KHZ {khz}"
+            )
+    # a short stretch widens the tolerance by 2 us of ticks: 2e6 / 1e6 ns = 2 kHz
+    found = jc._frequency(_freq_run(khz, [want], (khz + tol + 2) * 1000 * 10**6 // 10**9, 10**6))
+    assert found == []
