@@ -98,7 +98,8 @@ table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border: 1px solid #d6d9de; padding: 0.3em 0.5em; vertical-align: top; }
 th { background: #f3f4f6; text-align: left; white-space: nowrap; }
 td.sid { font-family: ui-monospace, monospace; white-space: nowrap; }
-td .st { font-weight: 600; } td .fig { color: #444; display: block; white-space: nowrap; }
+td .st { font-weight: 600; } td .fig { color: #444; display: block; font-size: 0.9em; }
+td { max-width: 13em; } td.sid { max-width: none; }
 td.holds { background: #eef8f0; } td.broken { background: #fbdada; }
 td.harness-error { background: #fde9c8; } td.known-broken { background: #fff2cc; }
 td.fixed { background: #d9ecff; } td.characterized { background: #f6f6f6; }
