@@ -312,15 +312,15 @@ def test_a_known_broken_promise_is_never_called_broken_on_screen(monkeypatch, ca
     res = _res("tsc/msr", Verdict.BROKEN)
 
     def matrix(plan, vcpus, options, progress=None):
-        progress(0, 1, "tsc/msr, 2 vCPU(s)", None)
-        progress(0, 1, "tsc/msr, 2 vCPU(s)", res)
+        progress(0, 1, "clock/tsc/msr, 2 vCPU(s)", None)
+        progress(0, 1, "clock/tsc/msr, 2 vCPU(s)", res)
         return [res]
 
     _fake_run(monkeypatch, [])
     monkeypatch.setattr(run_cmd, "run_matrix", matrix)
     assert main(["run", "-s", "clock/tsc/msr", "--known", str(known)]) == 0
     captured = capsys.readouterr()
-    assert "[1/1] tsc/msr, 2 vCPU(s) ... known-broken (0.10 s)" in captured.err
+    assert "[1/1] clock/tsc/msr, 2 vCPU(s) ... known-broken (0.10 s)" in captured.err
     assert re.search(r"(?<!known-)broken", captured.err, re.I) is None
     assert verdict_text(res) == "known-broken (x): o"
 

@@ -283,8 +283,8 @@ def test_step_of_reads_bisect_kernel_log_lines():
     assert runner.step_of("bisect-kernel: booting 6.1.0-57-amd64 (x) under QEMU TCG") == "booting"
     assert runner.step_of("bisect-kernel: KVM loaded after 40.1 s") == "running the scenarios"
     assert runner.step_of("steal fresh-vm ...") is None
-    line = "[3/18] fresh-vm/reused-thread, 2 vCPU(s) ... characterized (35.42 s)"
-    assert runner.step_of(line) == "scenario 3 of 18 done (fresh-vm/reused-thread)"
+    line = "[3/18] steal/fresh-vm/reused-thread, 2 vCPU(s) ... characterized (35.42 s)"
+    assert runner.step_of(line) == "scenario 3 of 18 done (steal/fresh-vm/reused-thread)"
 
 
 # -- the whole command, with the fake boot ------------------------------------

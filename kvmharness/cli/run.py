@@ -482,12 +482,12 @@ def run_matrix(
             for i, (f, v, n) in enumerate(jobs):
                 if progress:
                     note = step_note(f.name, v, options)  # a long step says what it waits for
-                    progress(i, len(jobs), f"{v}, {n} vCPU(s){note}", None)
+                    progress(i, len(jobs), f"{f.name}/{v}, {n} vCPU(s){note}", None)
                 with guard(f, v, n):
                     res = f.run_one(v, n, options, kvm)
                 results.append(res)
                 if progress:
-                    progress(i, len(jobs), f"{v}, {n} vCPU(s)", res)
+                    progress(i, len(jobs), f"{f.name}/{v}, {n} vCPU(s)", res)
     except KeyboardInterrupt:
         raise RunInterrupted(results, signal.SIGINT, len(jobs)) from None
     except Terminated:
