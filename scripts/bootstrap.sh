@@ -40,7 +40,14 @@ if [ "$have" != "$hash test" ] && [ "$have" != "$hash $level" ]; then
         echo "bootstrap: installing kvmharness and what it needs to run into $venv" >&2
         spec="$root"
     fi
-    "$venv/bin/python" -m pip install -q --upgrade pip >&2
-    "$venv/bin/python" -m pip install -q -e "$spec" >&2
+    # pip and the build backend talk a lot (deprecation warnings of setuptools);
+    # keep it in a log and show it only when the install fails
+    log="$venv/bootstrap.log"
+    if ! { "$venv/bin/python" -m pip install -q --upgrade pip \
+            && "$venv/bin/python" -m pip install -q -e "$spec"; } >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "bootstrap: pip install failed (its output is above and in $log)" >&2
+        exit 1
+    fi
     echo "$hash $level" > "$stamp"
 fi
