@@ -151,3 +151,21 @@ def test_die_kills_the_children_and_exits_with_its_code() -> None:
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("die() left its child running")
+
+
+def test_die_leaves_no_private_build_directory_behind(tmp_path):
+    # die() ends the process with os._exit, which skips atexit: the private
+    # guest build directory (made when the cache is unusable) must still go
+    code = (
+        "from kvmharness.guest import build\n"
+        "from kvmharness.host.hangguard import die\n"
+        "d = build._private_dir()\n"
+        "(d / 'x.elf').write_bytes(b'x')\n"
+        "print(d, flush=True)\n"
+        "die(3)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 3, p.stderr
+    made = Path(p.stdout.strip())
+    assert made.name.startswith("kvmharness-guest-")
+    assert not made.exists(), f"{made} left behind"

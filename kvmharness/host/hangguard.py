@@ -20,6 +20,7 @@ cannot be joined; only a fatal exit ends them).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -266,5 +267,12 @@ def die(code: int) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+    # os._exit skips atexit: run its functions first, so what they remove
+    # (e.g. a private guest build directory) is not left behind; they touch
+    # no lock a thread asleep in the kernel can hold
+    try:
+        atexit._run_exitfuncs()
+    except Exception:  # a cleanup that fails must not change the exit code
+        pass
     logging.shutdown()
     os._exit(code)
