@@ -6,6 +6,8 @@ them on a small hand-made case.  No KVM needed."""
 
 from __future__ import annotations
 
+import pytest
+
 from kvmharness import blocktime as bt
 from kvmharness.blocktime import BlocktimeAccountant, BlocktimeReport, Disagreement
 
@@ -111,3 +113,22 @@ def test_a_report_writes_every_figure_under_its_own_name():
         "unwaited_placements": 2,
         "outstanding": [0, 1],
     }
+
+
+def test_the_accountant_counts_retries_and_non_vcpu_faults_exactly():
+    acc = BlocktimeAccountant(2)
+    acc.fault(0x1000, None, 0)
+    acc.fault(0x2000, None, 1)
+    acc.fault(0x1000, 0, 2)
+    acc.fault(0x2000, 0, 3)  # a second outstanding fault, on another address: no retry
+    assert acc.report().retried == 0
+    acc.fault(0x1000, 0, 4)  # retried on an address it already waits on
+    acc.fault(0x2000, 0, 5)
+    r = acc.report()
+    assert r.retried == 2 and r.non_vcpu_faults == 2 and r.faults == [4, 0]
+
+
+def test_the_accountant_names_the_vcpu_range_it_refuses():
+    acc = BlocktimeAccountant(2)
+    with pytest.raises(ValueError, match=r"^vcpu 2 out of range 0\.\.1$"):
+        acc.fault(0x1000, 2, 0)
