@@ -50,9 +50,8 @@ from kvmharness.checks import Violation
 from kvmharness.ffi import ffi, lib
 from kvmharness.guest.build import load_program
 from kvmharness.guest.machine import GuestStopped, GuestVm, mem_size_for
-from kvmharness.host.sched import SchedStat, Watchdog, cpu_for, wait_or_stop
+from kvmharness.host.sched import Watchdog, cpu_for, wait_or_stop
 from kvmharness.host.threads import VcpuThread, close_threads, new_threads
-from kvmharness.judges.stopped import Stopped
 from kvmharness.kvm import ClockData, Kvm, Vcpu, Vm
 from kvmharness.pvclock import Pvti
 from kvmharness.scenarios.base import (
@@ -84,6 +83,7 @@ from kvmharness.scenarios.clock_record import (
     TscPut,
 )
 from kvmharness.scenarios.lifecycle import (
+    RunMeter,
     check_vcpus,
     cross_process,
     guarded_run,
@@ -501,28 +501,23 @@ class Reader:
         rec, clock = self.rec, time.monotonic_ns
         end = clock() + duration_ns
         hop = 0
-        st = SchedStat()
-        try:
+        with RunMeter() as meter:
             while True:
                 cpu = -1
                 if cpus:
                     cpu = cpus[(hop + self.vcpu.index) % len(cpus)]
                     hop += 1
                     os.sched_setaffinity(0, {cpu})
-                cpu0, delay0 = st.read()
-                t0 = clock()
+                t0 = meter.begin().t_ns
                 try:
                     uc = self.gvm.expect(self.vcpu, lib.UCALL_SYNC)
                 except GuestStopped as exc:
-                    cpu1, delay1 = st.read()
-                    rec.stuck = Stopped(exc.rip, clock() - t0, cpu1 - cpu0, delay1 - delay0)
+                    rec.stuck = meter.stopped(exc)
                     return
                 t1 = clock()
                 self._collect(uc.args, t0, t1, cpu)
                 if t1 >= end:
                     break
-        finally:
-            st.close()
 
     def _collect(self, args: list[int], t0: int, t1: int, cpu: int) -> None:
         _seq, n, warps, mw, vw, mvw, _g0, _g1 = args

@@ -12,7 +12,10 @@ module holds the rest of a scenario's life:
   or one of its own);
 * :func:`cross_process`: the save child, the downtime and the restore child,
   with the snapshot in a memfd the parent owns
-  (:mod:`kvmharness.scenarios.child`).
+  (:mod:`kvmharness.scenarios.child`);
+* :class:`RunMeter`: a vCPU thread's wall clock, CPU time and run_delay
+  around each KVM_RUN, so a vCPU the watchdog stopped there becomes the
+  :class:`~kvmharness.judges.stopped.Stopped` its judge reads.
 
 The knobs, their defaults and bounds are :class:`~kvmharness.scenarios.base.RunOptions`;
 a vCPU the watchdog stopped is judged by :mod:`kvmharness.judges.stopped`.
@@ -28,6 +31,10 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from kvmharness.ffi import lib
+from kvmharness.guest.machine import GuestStopped
+from kvmharness.host.pager import thread_cpu_ns
+from kvmharness.host.sched import SchedStat
+from kvmharness.judges.stopped import Stopped
 from kvmharness.kvm import Kvm
 from kvmharness.scenarios.base import Blame, Family, ScenarioFailed, blame_of
 from kvmharness.scenarios.child import keep_snapshot, run_child
@@ -123,3 +130,69 @@ def cross_process(
     finally:
         os.close(snap_fd)
     return a, b
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One reading of a thread: CLOCK_MONOTONIC, its CPU time and run_delay (ns)."""
+
+    t_ns: int
+    cpu_ns: int
+    run_delay_ns: int
+
+
+class RunMeter:
+    """The calling (vCPU) thread's clock, CPU time and run_delay around a KVM_RUN.
+
+    :meth:`begin` just before the KVM_RUN; :meth:`stopped` when the watchdog
+    stopped it (:class:`~kvmharness.guest.machine.GuestStopped`): how long it
+    waited there and how its thread spent the wait, for
+    :func:`~kvmharness.judges.stopped.judge_stopped`.  The CPU time and
+    run_delay readings enclose the wall-clock ones (read before the start,
+    after the end), so a thread is never counted as asleep for time it ran or
+    queued.  ``exact_cpu``: CPU time from the thread's CPU clock (to the ns,
+    the running slice included) rather than schedstat's (one read for both,
+    lagging a running thread by up to a tick).
+    """
+
+    def __init__(self, exact_cpu: bool = False) -> None:
+        self.st = SchedStat()
+        self.tid = self.st.tid
+        self._exact = exact_cpu
+        self.start = Reading(0, 0, 0)
+
+    def _sched(self) -> tuple[int, int]:
+        cpu, delay = self.st.read()
+        return (thread_cpu_ns(self.tid) if self._exact else cpu), delay
+
+    def run_delay(self) -> int:
+        """The thread's run_delay now (ns)."""
+        return self.st.read()[1]
+
+    def begin(self) -> Reading:
+        """Read the thread just before a KVM_RUN; kept as :attr:`start`."""
+        cpu, delay = self._sched()
+        self.start = Reading(time.monotonic_ns(), cpu, delay)
+        return self.start
+
+    def end(self) -> Reading:
+        """The growth of each reading since :meth:`begin` (``t_ns``: the wall time)."""
+        t = time.monotonic_ns()
+        cpu, delay = self._sched()
+        s = self.start
+        return Reading(t - s.t_ns, cpu - s.cpu_ns, delay - s.run_delay_ns)
+
+    def stopped(self, exc: GuestStopped, d: Reading | None = None) -> Stopped:
+        """What the thread did since :meth:`begin` in the KVM_RUN the watchdog
+        stopped (``d``: the :meth:`end` already read for it)."""
+        d = d or self.end()
+        return Stopped(exc.rip, d.t_ns, d.cpu_ns, d.run_delay_ns)
+
+    def close(self) -> None:
+        self.st.close()
+
+    def __enter__(self) -> RunMeter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -20,8 +20,7 @@ from typing import Any, Protocol
 from kvmharness.ffi import ffi, lib
 from kvmharness.guest.elf import ElfImage
 from kvmharness.guest.machine import LARGE_PAGE, PD_GPA, GuestStopped, GuestVm, mem_size_for
-from kvmharness.host.pager import Pager, PagerPlan, others_since, process_sched, thread_cpu_ns
-from kvmharness.host.sched import SchedStat
+from kvmharness.host.pager import Pager, PagerPlan, others_since, process_sched
 from kvmharness.host.threads import VcpuThread
 from kvmharness.host.uffd import PAGE_SIZE, Userfaultfd, map_anonymous
 from kvmharness.judges import postcopy as pj
@@ -41,7 +40,6 @@ from kvmharness.judges.postcopy import (  # noqa: F401  (the kinds, for callers 
     head_value,
     page_qwords,
 )
-from kvmharness.judges.stopped import Stopped
 from kvmharness.kvm import Kvm
 from kvmharness.scenarios.base import (
     MAX_PAGES_PER_VCPU,
@@ -49,6 +47,7 @@ from kvmharness.scenarios.base import (
     Kind,
     ScenarioFailed,
 )
+from kvmharness.scenarios.lifecycle import RunMeter
 
 
 class PostcopyConfig(Protocol):
@@ -229,14 +228,10 @@ def _vcpu_body(
     verify_ns: list[int],
 ) -> None:
     v = gvm.vcpus[i]
-    st = SchedStat()
-    out.tid = st.tid
-    c0 = r0 = run_t0 = 0
-    o0: dict[int, int] = {}
-    try:
+    with RunMeter(exact_cpu=True) as meter:
+        out.tid = meter.tid
         try:
-            c0, r0 = thread_cpu_ns(st.tid), st.read()[1]
-            run_t0 = time.monotonic_ns()
+            meter.begin()
             uc = gvm.expect(v, lib.UCALL_SYNC)
             if uc.args[:1] == [SYNC_FILLED]:  # the source's pending OUT was not completed
                 uc = gvm.expect(v, lib.UCALL_SYNC)
@@ -245,13 +240,12 @@ def _vcpu_body(
             if i == 0:
                 tsc_hz[0] = v.get_tsc_khz() * 1000
             o0 = process_sched()
-            c0, r0 = thread_cpu_ns(st.tid), st.read()[1]
-            out.run_start_ns = run_t0 = time.monotonic_ns()
+            out.run_start_ns = meter.begin().t_ns
             uc = gvm.expect(v, lib.UCALL_SYNC)
-            out.run_end_ns = time.monotonic_ns()
-            c1, r1 = thread_cpu_ns(st.tid), st.read()[1]
-            out.others_ns = others_since(o0, st.tid)
-            out.cpu_ns, out.run_delay_ns = c1 - c0, r1 - r0
+            d = meter.end()
+            out.run_end_ns = out.run_start_ns + d.t_ns
+            out.others_ns = others_since(o0, meter.tid)
+            out.cpu_ns, out.run_delay_ns = d.cpu_ns, d.run_delay_ns
             if uc.args[:1] != [SYNC_TOUCHED]:
                 raise ScenarioFailed(
                     Blame.HARNESS, f"vcpu{i}: expected TOUCHED, got {uc.describe()}"
@@ -262,8 +256,7 @@ def _vcpu_body(
                 if pager.abort.is_set() or time.monotonic() > deadline:
                     out.state = "unplaced"
                     return
-            c0, r0 = thread_cpu_ns(st.tid), st.read()[1]
-            verify_ns[i] = run_t0 = time.monotonic_ns()
+            verify_ns[i] = meter.begin().t_ns
             uc = gvm.expect(v, lib.UCALL_SYNC)
             if uc.args[:1] != [SYNC_VERIFIED]:
                 raise ScenarioFailed(
@@ -275,15 +268,12 @@ def _vcpu_body(
         except GuestStopped as exc:
             # stopped in KVM_RUN (the touching one or the checking one): where, and
             # how its thread spent the wait (ran, queued, or slept)
-            t1 = time.monotonic_ns()
-            c1, r1 = thread_cpu_ns(st.tid), st.read()[1]
             out.state = "stopped"
-            out.stopped = Stopped(exc.rip, t1 - run_t0, c1 - c0, r1 - r0)
+            d = meter.end()
+            out.stopped = meter.stopped(exc, d)
             if out.run_start_ns and not out.run_end_ns:
-                out.run_end_ns = t1
-                out.cpu_ns, out.run_delay_ns = c1 - c0, r1 - r0
-    finally:
-        st.close()
+                out.run_end_ns = meter.start.t_ns + d.t_ns
+                out.cpu_ns, out.run_delay_ns = d.cpu_ns, d.run_delay_ns
 
 
 def _helper_touch(hva: int, out: dict[str, Any]) -> None:

@@ -53,7 +53,6 @@ from kvmharness.host.threads import VcpuThread, close_threads, new_threads
 from kvmharness.judges import SCHEMA_VERSION
 from kvmharness.judges import steal as steal_judge
 from kvmharness.judges.steal import RunCtx, VcpuRecord
-from kvmharness.judges.stopped import Stopped
 from kvmharness.kvm import Kvm, Vcpu
 from kvmharness.scenarios.base import (
     DEFAULTS,
@@ -67,6 +66,7 @@ from kvmharness.scenarios.base import (
 )
 from kvmharness.scenarios.child import child_entry, snapshot_path, write_snapshot_fd
 from kvmharness.scenarios.lifecycle import (
+    RunMeter,
     check_vcpus,
     cross_process,
     guarded_run,
@@ -388,27 +388,25 @@ def sample_loop(
     TCG, a phase's first readings may all be fresh or wait inside KVM_RUN)."""
     area = _area_ptr(gvm, vcpu.index)
     clock = time.monotonic_ns
-    st = SchedStat()
-    try:
+    with RunMeter() as meter:
         end = clock() + duration_ns
         hard_end = end + extend_max_ns
         first = len(rec.guest)
         first_post: int | None = None
         while True:
-            cpu0, pre = st.read()
-            t0 = clock()
+            start = meter.begin()
+            pre = start.run_delay_ns
             try:
                 uc = gvm.expect(vcpu, lib.UCALL_SYNC)
             except GuestStopped as exc:
-                cpu1, rd1 = st.read()
-                rec.stuck = Stopped(exc.rip, clock() - t0, cpu1 - cpu0, rd1 - pre)
+                rec.stuck = meter.stopped(exc)
                 break
             t1 = clock()
-            post = st.read()[1]
-            rec.max_run_ns = max(rec.max_run_ns, t1 - t0)
+            post = meter.run_delay()
+            rec.max_run_ns = max(rec.max_run_ns, t1 - start.t_ns)
             rec.guest.append(Sample(t1, uc.args[1], uc.args[2]))
             rec.host.append(Sample(t1, area.steal, area.version))
-            rec.ctx.append(RunCtx(st.tid, life, pre, post))
+            rec.ctx.append(RunCtx(meter.tid, life, pre, post))
             if first_post is None:
                 first_post = post
             waited = pre - first_post
@@ -418,8 +416,6 @@ def sample_loop(
                 break
         if len(rec.guest) > first:
             rec.phases.append((first, len(rec.guest) - 1, duration_ns))
-    finally:
-        st.close()
 
 
 def contended_phase(
