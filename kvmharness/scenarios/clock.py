@@ -84,6 +84,7 @@ from kvmharness.scenarios.clock_record import (
 )
 from kvmharness.scenarios.lifecycle import (
     RunMeter,
+    check_variant,
     check_vcpus,
     cross_process,
     guarded_run,
@@ -281,10 +282,7 @@ class ClockConfig:
     def validate(self) -> None:
         """The variant, the vCPU count, and the knobs by :meth:`RunOptions.validate`
         (a phase is bounded as a contended time is)."""
-        if self.variant not in VARIANTS:
-            raise ValueError(
-                f"unknown clock variant {self.variant!r} (known: {', '.join(VARIANTS)})"
-            )
+        check_variant(FAMILY, self.variant)
         check_vcpus(FAMILY, self.vcpus)
         try:
             RunOptions(self.phase_ms, self.downtime_ms, self.budget_s).validate()

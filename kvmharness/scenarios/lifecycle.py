@@ -3,7 +3,8 @@
 A family supplies its variants, its boundary functions and its judge; this
 module holds the rest of a scenario's life:
 
-* :func:`check_vcpus`: the vCPU counts a family can take;
+* :func:`check_variant`, :func:`check_vcpus`: the variants and vCPU counts
+  a family can take (its knobs: :meth:`RunOptions.validate`);
 * :func:`sleep_until`: the phase clock (a boundary waits out its downtime
   from the moment the state was captured);
 * :func:`guarded_run`: run one variant, blame what stopped it
@@ -17,7 +18,8 @@ module holds the rest of a scenario's life:
   around each KVM_RUN, so a vCPU the watchdog stopped there becomes the
   :class:`~kvmharness.judges.stopped.Stopped` its judge reads.
 
-The knobs, their defaults and bounds are :class:`~kvmharness.scenarios.base.RunOptions`;
+The knobs, their defaults and bounds are :class:`~kvmharness.scenarios.base.RunOptions`
+(a family's config copies its fields by name: they are the record's ``config``);
 a vCPU the watchdog stopped is judged by :mod:`kvmharness.judges.stopped`.
 """
 
@@ -42,6 +44,13 @@ from kvmharness.scenarios.child import keep_snapshot, run_child
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def check_variant(family: Family, variant: str) -> None:
+    """ValueError unless ``family`` has a variant named ``variant``."""
+    if variant not in family.variants:
+        known = ", ".join(family.variants)
+        raise ValueError(f"unknown {family.name} variant {variant!r} (known: {known})")
 
 
 def check_vcpus(family: Family, vcpus: int) -> None:

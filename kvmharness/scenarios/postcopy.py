@@ -94,7 +94,7 @@ from kvmharness.scenarios.base import (
     Verdict,
     verdict_for,
 )
-from kvmharness.scenarios.lifecycle import check_vcpus, guarded_run, on_kvm
+from kvmharness.scenarios.lifecycle import check_variant, check_vcpus, guarded_run, on_kvm
 from kvmharness.scenarios.postcopy_migration import (  # noqa: F401  (the steps, for tests)
     MAX_VCPUS,
     PROGRAM,
@@ -164,10 +164,7 @@ class PostcopyConfig:
 
     def validate(self) -> None:
         """The variant, the vCPU count, and the knobs by :meth:`RunOptions.validate`."""
-        if self.variant not in VARIANTS:
-            raise ValueError(
-                f"unknown postcopy variant {self.variant!r} (known: {', '.join(VARIANTS)})"
-            )
+        check_variant(FAMILY, self.variant)
         check_vcpus(FAMILY, self.vcpus)
         RunOptions(
             budget_s=self.budget_s, latency_us=self.latency_us, pages_per_vcpu=self.pages_per_vcpu

@@ -67,6 +67,7 @@ from kvmharness.scenarios.base import (
 from kvmharness.scenarios.child import child_entry, snapshot_path, write_snapshot_fd
 from kvmharness.scenarios.lifecycle import (
     RunMeter,
+    check_variant,
     check_vcpus,
     cross_process,
     guarded_run,
@@ -256,9 +257,7 @@ class StealConfig:
     def validate(self) -> None:
         """The variant, the vCPU count, and the knobs by :meth:`RunOptions.validate`;
         ValueError names the bad field."""
-        if self.variant not in VARIANTS:
-            known = ", ".join(VARIANTS)
-            raise ValueError(f"unknown steal variant {self.variant!r} (known: {known})")
+        check_variant(FAMILY, self.variant)
         check_vcpus(FAMILY, self.vcpus)
         RunOptions(self.contend_ms, self.downtime_ms, self.budget_s).validate()
 
