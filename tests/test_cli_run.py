@@ -219,7 +219,7 @@ def test_run_prints_table_writes_json_and_exits_0(tmp_path, capsys):
     assert rc == 0, captured.out
     assert "cancelled-save" in captured.out and "holds" in captured.out
     assert "characterized" in captured.out
-    assert "[1/2] cancelled-save" in captured.err, "progress on stderr"
+    assert "[1/2] steal/cancelled-save" in captured.err, "progress on stderr"
     data = json.loads(out_json.read_text())
     assert data["exit_code"] == 0
     assert [r["variant"] for r in data["results"]] == ["cancelled-save", "same-vm/new-thread"]
