@@ -132,3 +132,17 @@ def test_the_accountant_names_the_vcpu_range_it_refuses():
     acc = BlocktimeAccountant(2)
     with pytest.raises(ValueError, match=r"^vcpu 2 out of range 0\.\.1$"):
         acc.fault(0x1000, 2, 0)
+
+
+def test_the_accountant_buckets_and_sums_each_waits_own_latency():
+    acc = BlocktimeAccountant(1, buckets=4)
+    acc.fault(0x1000, None, 1_000_000)
+    acc.fault(0x2000, None, 2_000_000)
+    acc.fault(0x3000, 0, 5_000_000)
+    acc.placed(0x1000, 1_002_000)  # 2 us: bucket 1
+    acc.placed(0x2000, 2_005_000)  # 5 us: bucket 2
+    acc.placed(0x3000, 5_100_000_000)  # 5 s: the last of 4 buckets
+    r = acc.report()
+    assert r.non_vcpu_wait_ns == 2_000 + 5_000
+    assert r.non_vcpu_buckets == [0, 1, 1, 0]
+    assert r.buckets == [[0, 0, 0, 1]]
