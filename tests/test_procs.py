@@ -16,7 +16,7 @@ import pytest
 from kvmharness import procs
 
 
-def _gone(pid: int, within: float = 5.0) -> bool:
+def _gone(pid: int, within: float = 30.0) -> bool:
     """The process is gone (or a zombie nobody reaps yet)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -73,7 +73,9 @@ except procs.Interrupted as exc:
 def test_a_signal_unwinds_ends_the_child_and_exits_128_plus_n(tmp_path: Path, sig: int) -> None:
     pidfile = tmp_path / "pid"
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(pidfile)])
-    for _ in range(200):
+    # Python's start-up and imports can take many seconds on a loaded host
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
         if pidfile.exists() and pidfile.read_text().strip():
             break
         time.sleep(0.05)
