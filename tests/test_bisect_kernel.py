@@ -480,6 +480,15 @@ def test_guest_script_loads_kvm_and_runs_the_inner_command(tmp_path: Path, modul
     for marker in ("kvm-loaded", "inner-started", "heartbeat"):
         assert (state / marker).exists(), marker
     assert not (state / "untestable").exists()
+    # nothing of the script outlives it (its heartbeat loop ran in the background)
+    left = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(state).encode() in (proc / "cmdline").read_bytes():
+                left.append(proc.name)
+        except OSError:
+            pass
+    assert not left, f"processes left behind: {left}"
     loaded = (tmp_path / "log").read_text()
     if modules:
         assert loaded == (

@@ -104,6 +104,7 @@ note "KVM ready: $(sed 's/^/nested=/' "$SYS/module/$MOD/parameters/nested" 2>/de
     date +%s > "$S/heartbeat"
     sleep "$HEARTBEAT_S"
 done) < /dev/null > /dev/null 2>&1 &
+heartbeat_pid=$!
 export KVMHARNESS_CACHE=$CACHE
 export HOME=${HOME:-/root}
 cd "$INNER_CWD" 2> /dev/null || cd /
@@ -112,5 +113,6 @@ note "running: ${INNER[*]}"
 "${INNER[@]}" < /dev/null
 rc=$?
 echo $rc > "$S/inner-rc.tmp" && mv "$S/inner-rc.tmp" "$S/inner-rc"
+kill "$heartbeat_pid" 2> /dev/null  # the heartbeat must not outlive the script
 sync
 exit $rc
