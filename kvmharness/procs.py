@@ -39,12 +39,21 @@ class Interrupted(Exception):
         return signal_exit(self.signum)
 
 
+#: signals that came while :func:`run` started a child, one list per start
+#: under way: a signal raised inside ``Popen`` (the child already forked, its
+#: handle not yet returned) would leave the child running
+_HELD: list[list[int]] = []
+
+
 @contextlib.contextmanager
 def signals_raise(signals: Sequence[int] = SIGNALS) -> Iterator[None]:
     """Within the block, each of ``signals`` raises :class:`Interrupted` in
     the main thread; the previous handlers come back after it."""
 
     def handler(signum: int, _frame: object) -> None:
+        if _HELD:  # inside a child's start: raised once the child can be ended
+            _HELD[-1].append(signum)
+            return
         raise Interrupted(signum)
 
     old = {s: signal.signal(s, handler) for s in signals}
@@ -134,20 +143,33 @@ def run(
     started outlives the call."""
     out: list[bytes] = []
     err: list[bytes] = []
-    proc = subprocess.Popen(
-        list(cmd),
-        stdin=subprocess.DEVNULL,
-        stdout=output if output is not None else subprocess.PIPE,
-        stderr=subprocess.STDOUT if output is not None else subprocess.PIPE,
-        cwd=cwd,
-        env=env,
-        start_new_session=True,
-    )
-    relays = (
-        [] if output is not None else [relay(proc.stdout, echo, out), relay(proc.stderr, echo, err)]
-    )
+    held: list[int] = []
+    _HELD.append(held)
+    try:
+        proc = subprocess.Popen(
+            list(cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=output if output is not None else subprocess.PIPE,
+            stderr=subprocess.STDOUT if output is not None else subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+        relays = (
+            []
+            if output is not None
+            else [relay(proc.stdout, echo, out), relay(proc.stderr, echo, err)]
+        )
+    except BaseException:
+        _HELD.remove(held)
+        if held:
+            raise Interrupted(held[0]) from None
+        raise
+    _HELD.remove(held)
     timed_out = False
     try:
+        if held:
+            raise Interrupted(held[0])
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True

@@ -83,3 +83,23 @@ def test_a_signal_unwinds_ends_the_child_and_exits_128_plus_n(tmp_path: Path, si
     os.kill(proc.pid, sig)
     assert proc.wait(timeout=30) == 128 + sig
     assert _gone(child), "the child outlived the tool"
+
+
+def test_a_signal_during_the_childs_start_still_ends_it(tmp_path: Path, monkeypatch) -> None:
+    # the signal lands after the fork, before Popen returns the child's handle
+    # (a window a loaded host widens): the child must still be ended
+    real = subprocess.Popen
+    started: list[int] = []
+
+    def popen(*a, **k):
+        p = real(*a, **k)
+        started.append(p.pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler runs here, inside the start
+        return p
+
+    monkeypatch.setattr(procs.subprocess, "Popen", popen)
+    with pytest.raises(procs.Interrupted) as exc, procs.signals_raise():
+        procs.run(["sleep", "60"], timeout=60, grace=1.0)
+    assert exc.value.exit_code == 128 + signal.SIGTERM
+    assert _gone(started[0]), "the child outlived the signal"
