@@ -237,3 +237,71 @@ def test_the_count_never_goes_back_when_a_child_ends() -> None:
     after = progress.read().returns
     assert before < during < after
     assert after - before == 5 + 2
+
+
+def test_a_call_whose_faults_keep_being_served_is_not_hung(fake: Fake) -> None:
+    # a vCPU inside one KVM_RUN that takes fault after fault, each resolved by
+    # the pager (postcopy on a slow host): the harness answers it, so it is
+    # progressing; the same call with nothing served is hung (the test above)
+    fired, stop = Fired(), threading.Event()
+    with HangGuard(1.0, fired):
+        held = in_call(SLEEP)
+        while held.native_id is None or held.native_id not in progress.read().calls:
+            time.sleep(0.01)
+
+        def pager() -> None:
+            while not stop.wait(0.1):
+                progress.served(held.native_id)  # type: ignore[arg-type]
+
+        p = threading.Thread(target=pager, daemon=True)
+        p.start()
+        fired.event.wait(3.5)
+        stop.set()
+        fake.release.set()
+        p.join()
+        held.join()
+    assert fired.args is None, f"a call whose faults were served was judged: {fired.args}"
+
+
+def test_a_served_fault_counts_for_the_faulting_threads_call_only() -> None:
+    slot = progress.slot()
+    tid = threading.get_native_id()
+    progress.page[slot + progress.REQUEST] = nr.KVM_RUN
+    try:
+        before = progress.read()
+        progress.served(tid)
+        progress.served(tid + 1_000_000)  # no such slot: nothing counted
+        after = progress.read()
+        assert progress.stalled(before, after) == []
+        assert after.calls[tid].served == before.calls[tid].served + 1
+        assert after.returns == before.returns + 1
+        assert progress.stalled(after, progress.read()) == [after.calls[tid]]
+    finally:
+        progress.page[slot + progress.REQUEST] = 0
+
+
+def test_the_pager_counts_a_resolved_fault_for_each_thread_that_waited_on_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kvmharness.host.pager import PAGE_SIZE, Pager, PagerPlan
+
+    class Uffd:
+        def wake(self, addr: int) -> None:
+            pass
+
+    seen: list[int] = []
+    monkeypatch.setattr(progress, "served", seen.append)
+    plan = PagerPlan(8, 2, 0, False, False, None)
+    hva = 1 << 30
+    p = Pager(Uffd(), hva, ffi.NULL, plan, {101: 0, 102: 1})  # type: ignore[arg-type]
+    p._on_fault(hva + 3 * PAGE_SIZE, 101, 1)
+    p._on_fault(hva + 3 * PAGE_SIZE + 8, 102, 2)
+    p._on_fault(hva + 5 * PAGE_SIZE, 102, 3)
+    assert seen == []  # nothing placed yet: all three wait
+    p._mark(3, 4, "f", 1)
+    assert sorted(seen) == [101, 102]
+    p._on_fault(hva + 3 * PAGE_SIZE, 101, 5)  # read after the placement: woken once
+    p._on_fault(hva + 3 * PAGE_SIZE, 101, 6)  # the same fault again is no progress
+    assert sorted(seen) == [101, 101, 102]
+    p._mark(5, 7, "s", 1)
+    assert sorted(seen) == [101, 101, 102, 102]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvmharness.ffi import ffi
+from kvmharness.host import progress
 from kvmharness.host.sched import SchedStat
 from kvmharness.host.uffd import PAGE_SIZE, CopyResult, Userfaultfd
 
@@ -90,6 +91,8 @@ class Pager:
         self.heap: list[tuple[int, int]] = []  # (due ns, page)
         self.requested: set[int] = set()
         self.shared_waiters: set[int] = set()
+        self.waiting: dict[int, set[int]] = {}  # page -> tids whose fault on it is unresolved
+        self.woke: set[tuple[int, int]] = set()  # (page, tid) read after the page was placed
         self.shared_first_ns = 0
         # the raw events, for the judge
         self.faults: list[tuple[int, int, int, int]] = []  # (t read, page, tid, placements before)
@@ -160,7 +163,11 @@ class Pager:
             return  # outside the region: the judge says so
         if self.received[page]:
             self.uffd.wake(self.hva + page * PAGE_SIZE)  # the copy woke it; nothing waits
+            if (page, tid) not in self.woke:  # once: a fault that recurs is no progress
+                self.woke.add((page, tid))
+                progress.served(tid)
             return
+        self.waiting.setdefault(page, set()).add(tid)
         if self.plan.shared_first and page == 0:
             vcpu = self.tids.get(tid)
             if vcpu is not None:
@@ -191,6 +198,8 @@ class Pager:
 
     def _mark(self, page: int, t: int, how: str, t_copy: int) -> None:
         self.received[page] = 1
+        for tid in self.waiting.pop(page, ()):
+            progress.served(tid)  # its KVM_RUN waited on us and goes on: progress
         self.placements.append((t, page, how, t - t_copy))
         self.placed_count += 1
         self.first_place_ns = self.first_place_ns or t

@@ -15,6 +15,13 @@ call throughout (in a call at both readings with the same count and entry
 time): a KVM_RUN that a kick does not end, a KVM_GET_MSRS asleep on a mutex
 left held.  A scenario that is slow but progressing is neither.
 
+A call that waits on the harness itself is not stuck while the harness
+serves it: a vCPU inside KVM_RUN on a userfaultfd fault waits for the
+pager's UFFDIO_COPY, and one KVM_RUN may take many such faults.  The pager
+counts each fault it resolves in the faulting thread's slot
+(:func:`served`), so a thread whose faults keep being served is progressing;
+one asleep on a fault nobody resolves is not.
+
 A cross-process scenario's child maps its own page from a memfd the parent
 creates (:class:`ChildPage`; the child finds it in
 :data:`ENV`), so the parent's guard reads the child's calls as its own.
@@ -35,8 +42,8 @@ log = logging.getLogger(__name__)
 ENV = "KVMHARNESS_PROGRESS_FD"
 
 SLOTS = 256
-_FIELDS = 4  # tid, returns, request (0: in no call), entry ns
-TID, RETURNS, REQUEST, ENTRY_NS = range(_FIELDS)
+_FIELDS = 5  # tid, returns, request (0: in no call), entry ns, faults served
+TID, RETURNS, REQUEST, ENTRY_NS, SERVED = range(_FIELDS)
 _SIZE = SLOTS * _FIELDS * 8
 
 
@@ -98,6 +105,7 @@ class Call:
     request: int
     returns: int  # the slot's count when it entered: with the tid, the call's identity
     entry_ns: int  # when it entered (an older call's for KVM_RUN)
+    served: int = 0  # its faults the pager had resolved (see :func:`served`)
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,21 @@ _pages_lock = threading.Lock()
 
 
 def _count(p: memoryview) -> int:
-    return sum(p[RETURNS::_FIELDS])
+    return sum(p[RETURNS::_FIELDS]) + sum(p[SERVED::_FIELDS])
+
+
+_served_lock = threading.Lock()
+
+
+def served(tid: int) -> None:
+    """Count one userfaultfd fault of thread ``tid`` (of this process) as
+    resolved: the call it is in waited on the harness and was answered.  A
+    thread with no slot (it issued no KVM call yet) has nothing to count.
+    The slot in a call wins over an ended thread's slot that kept a reused tid."""
+    with _served_lock:
+        mine = [b for b in range(0, _SIZE // 8, _FIELDS) if page[b + TID] == tid]
+        for base in sorted(mine, key=lambda b: page[b + REQUEST] == 0)[:1]:
+            page[base + SERVED] += 1
 
 
 def read() -> Reading:
@@ -129,16 +151,16 @@ def read() -> Reading:
         total, calls = _retired, {}
         for p in [page, *_children]:
             for base in range(0, _SIZE // 8, _FIELDS):
-                tid, n, req, entry = p[base : base + _FIELDS]
-                total += n
+                tid, n, req, entry, done = p[base : base + _FIELDS]
+                total += n + done
                 if tid and req:
-                    calls[tid] = Call(tid, req, n, entry)
+                    calls[tid] = Call(tid, req, n, entry, done)
     return Reading(now, total, calls)
 
 
 def stalled(before: Reading, after: Reading) -> list[Call]:
     """The threads inside the same call at both readings (it never returned
-    between them)."""
+    between them, and none of its faults was served)."""
     return [c for tid, c in after.calls.items() if before.calls.get(tid) == c]
 
 
