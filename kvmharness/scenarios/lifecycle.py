@@ -11,9 +11,15 @@ module holds the rest of a scenario's life:
   (:func:`~kvmharness.scenarios.base.blame_of`), time it, and hand the family
   what to build its record from (:func:`on_kvm`: on the run's /dev/kvm handle
   or one of its own);
+* :class:`Phases`, :func:`run_phases`: the run of a variant with a phase
+  before its boundary and one after (the steal and clock families): the VM
+  and its vCPU threads made, the first phase, the boundary (in this process,
+  :func:`restore_in_new_vm` or the family's own, or across processes), the
+  second phase, everything closed; the family supplies the hooks;
 * :func:`cross_process`: the save child, the downtime and the restore child,
   with the snapshot in a memfd the parent owns
-  (:mod:`kvmharness.scenarios.child`);
+  (:mod:`kvmharness.scenarios.child`), and :func:`child_main`, the children's
+  side of it;
 * :class:`RunMeter`: a vCPU thread's wall clock, CPU time and run_delay
   around each KVM_RUN, so a vCPU the watchdog stopped there becomes the
   :class:`~kvmharness.judges.stopped.Stopped` its judge reads.
@@ -25,6 +31,7 @@ a vCPU the watchdog stopped is judged by :mod:`kvmharness.judges.stopped`.
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import time
@@ -33,13 +40,20 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from kvmharness.ffi import lib
-from kvmharness.guest.machine import GuestStopped
+from kvmharness.guest.machine import GuestStopped, GuestVm
 from kvmharness.host.pager import thread_cpu_ns
 from kvmharness.host.sched import SchedStat
+from kvmharness.host.threads import VcpuThread, close_threads, new_threads
 from kvmharness.judges.stopped import Stopped
 from kvmharness.kvm import Kvm
 from kvmharness.scenarios.base import Blame, Family, ScenarioFailed, blame_of
-from kvmharness.scenarios.child import keep_snapshot, run_child
+from kvmharness.scenarios.child import (
+    child_entry,
+    keep_snapshot,
+    run_child,
+    snapshot_path,
+    write_snapshot_fd,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +153,222 @@ def cross_process(
     finally:
         os.close(snap_fd)
     return a, b
+
+
+# --------------------------------------------------------------------------
+# a variant's two phases around its boundary
+
+
+@dataclass
+class Live:
+    """The VM a run is in and the host threads that run its vCPUs (a boundary
+    may replace either)."""
+
+    kvm: Kvm
+    gvm: GuestVm
+    threads: list[VcpuThread]
+    life: int = 0
+    """How many times the vCPUs were replaced by new ones in this process."""
+    second: bool = False
+    """The phase after the boundary is next (or running)."""
+    start_ns: int = 0
+    """CLOCK_MONOTONIC when the boundary began; in a restore child, when the
+    save captured the state."""
+
+
+class Phases(abc.ABC):
+    """One run of a two-phase variant, as its family measures it: the hooks
+    :func:`run_phases` drives, and what they measured (the family's records).
+
+    ``vcpus`` and ``downtime_ms`` are the run's; ``captured_ns`` is set by a
+    :meth:`capture` that timed the moment the downtime runs from (clock: its
+    KVM_GET_CLOCK); left None, the downtime runs from the boundary's start (in
+    one process) or from the save child's end (across two)."""
+
+    vcpus: int
+    downtime_ms: int
+    captured_ns: int | None = None
+    boundary_s: float = 0.0
+    """How long the in-process boundary took (0: none ran)."""
+
+    @abc.abstractmethod
+    def start(self, kvm: Kvm, threads: list[VcpuThread]) -> GuestVm:
+        """A new VM with its vCPUs made on ``threads``, ready for the first phase
+        (closed again by this method if it fails)."""
+
+    @abc.abstractmethod
+    def phase(self, live: Live) -> None:
+        """Run one measured phase on every vCPU (``live.second``: the one after
+        the boundary).  A vCPU the watchdog stops is recorded, not raised."""
+
+    @abc.abstractmethod
+    def stuck(self) -> bool:
+        """A vCPU was stopped by the watchdog: no boundary, no second phase."""
+
+    @abc.abstractmethod
+    def mark_boundary(self) -> None:
+        """Note in each vCPU's record where the boundary falls."""
+
+    @abc.abstractmethod
+    def capture(self, live: Live) -> Any:
+        """The VM's state (a :class:`~kvmharness.snapshot.state.VmState`),
+        with whatever the restore needs in its ``meta_extra``."""
+
+    @abc.abstractmethod
+    def restore(self, kvm: Kvm, threads: list[VcpuThread], state: Any, downtime_ns: int) -> GuestVm:
+        """A new VM from ``state``, its vCPUs put as the variant says
+        (``downtime_ns``: the time since the boundary began or the state was
+        captured)."""
+
+    # ---- across processes
+
+    @abc.abstractmethod
+    def config(self) -> dict[str, Any]:
+        """What the save and restore children build this run from (JSON)."""
+
+    @abc.abstractmethod
+    def payload(self) -> dict[str, Any]:
+        """What a child reports of its phase (JSON)."""
+
+    @abc.abstractmethod
+    def join(self, save: dict[str, Any], restore: dict[str, Any] | None) -> None:
+        """Take the children's payloads as this run's (``restore``: None when
+        the save child's vCPUs were stopped)."""
+
+    def adopt(self, state: Any) -> None:
+        """In the restore child: learn from ``state`` what the save knew (by
+        default nothing beyond the state itself)."""
+        return None
+
+    def sleep_out_downtime(self, live: Live) -> None:
+        """Wait until the downtime has passed since the state was captured (or
+        the boundary began)."""
+        sleep_until((self.captured_ns or live.start_ns) + self.downtime_ms * 1_000_000)
+
+
+def _started(sc: Phases, kvm: Kvm, name: str) -> Live:
+    threads = new_threads(sc.vcpus, name)
+    try:
+        return Live(kvm, sc.start(kvm, threads), threads)
+    except BaseException:
+        close_threads(threads)
+        raise
+
+
+def _close(live: Live) -> None:
+    live.gvm.close()
+    close_threads(live.threads)
+
+
+def in_process(kvm: Kvm, sc: Phases, boundary: Callable[[Live], None] | None) -> None:
+    """The first phase, ``boundary`` (None: there is none), the second phase,
+    all in this process; the VM and threads closed however it ends."""
+    live = _started(sc, kvm, "a")
+    try:
+        sc.phase(live)
+        if boundary is None or sc.stuck():
+            return
+        sc.mark_boundary()
+        live.start_ns = time.monotonic_ns()
+        boundary(live)
+        sc.boundary_s = (time.monotonic_ns() - live.start_ns) / 1e9
+        live.second = True
+        sc.phase(live)
+    finally:
+        _close(live)
+
+
+def restore_in_new_vm(sc: Phases, live: Live, *, new_vcpu_threads: bool = True) -> None:
+    """The boundary of a save/restore in one process: capture, close the VM
+    (and its threads), wait out the downtime, restore into a new VM (run by
+    new threads)."""
+    state = sc.capture(live)
+    live.gvm.close()
+    if new_vcpu_threads:
+        close_threads(live.threads)
+    sc.sleep_out_downtime(live)
+    if new_vcpu_threads:
+        live.threads = new_threads(sc.vcpus, "b")
+    live.gvm = sc.restore(live.kvm, live.threads, state, time.monotonic_ns() - live.start_ns)
+    live.life += 1
+
+
+def child_main(argv: list[str], make: Callable[[dict[str, Any]], Phases]) -> int:
+    """A family module's ``__main__``: ``python -P -m MODULE save|restore CONFIG
+    SNAP_FD OUT_FD PARENT`` runs ``make(CONFIG)``'s first or second phase."""
+    return child_entry(argv, lambda role, cfg, fd: _child_phase(role, make(cfg), fd))
+
+
+def _child_phase(role: str, sc: Phases, snap_fd: int) -> dict[str, Any]:
+    from kvmharness.snapshot.state import load_state_file
+
+    with Kvm() as kvm:
+        if role == "save":
+            live = _started(sc, kvm, "a")
+            try:
+                sc.phase(live)
+                if not sc.stuck():
+                    write_snapshot_fd(snap_fd, *sc.capture(live).to_snapshot())
+            finally:
+                _close(live)
+        else:
+            state = load_state_file(snapshot_path(snap_fd))
+            # CLOCK_MONOTONIC is system-wide: the downtime since the save's capture
+            down = time.monotonic_ns() - state.captured_ns
+            sc.adopt(state)
+            threads = new_threads(sc.vcpus, "b")
+            try:
+                gvm = sc.restore(kvm, threads, state, down)
+            except BaseException:
+                close_threads(threads)
+                raise
+            live = Live(kvm, gvm, threads, second=True, start_ns=state.captured_ns)
+            try:
+                sc.phase(live)
+            finally:
+                _close(live)
+    return {"run": sc.payload(), "stopped": sc.stuck(), "captured_ns": sc.captured_ns}
+
+
+def across_processes(sc: Phases, keep: tuple[str, str, int], timeout_s: float) -> None:
+    """The first phase in a save child, the downtime, the second phase in a
+    restore child (``type(sc)``'s module run as :func:`child_main`)."""
+    a, b = cross_process(
+        type(sc).__module__,
+        sc.config(),
+        timeout_s,
+        stopped=lambda a: bool(a["stopped"]),
+        downtime_from=lambda saved: saved.payload["captured_ns"] or saved.done_ns,
+        downtime_ms=sc.downtime_ms,
+        keep=keep,
+    )
+    sc.join(a["run"], b["run"] if b is not None else None)
+
+
+RunT = TypeVar("RunT", bound=Phases)
+
+
+def run_phases(
+    what: str,
+    sc: RunT,
+    kvm: Kvm | None,
+    *,
+    boundary: Callable[[Live], None] | None,
+    cross: bool,
+    keep: tuple[str, str, int],
+    timeout_s: float,
+) -> Outcome[RunT]:
+    """:func:`guarded_run` of ``sc``: across processes when ``cross``, else in
+    this process (on ``kvm`` or a handle of its own) with ``boundary``."""
+
+    def body() -> RunT:
+        if cross:
+            across_processes(sc, keep, timeout_s)
+        else:
+            on_kvm(kvm, lambda k: in_process(k, sc, boundary))
+        return sc
+
+    return guarded_run(what, body)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Any
 
 from kvmharness import checks
@@ -64,15 +65,15 @@ from kvmharness.scenarios.base import (
     Verdict,
     Writer,
 )
-from kvmharness.scenarios.child import child_entry, snapshot_path, write_snapshot_fd
 from kvmharness.scenarios.lifecycle import (
+    Live,
+    Phases,
     RunMeter,
     check_variant,
     check_vcpus,
-    cross_process,
-    guarded_run,
-    on_kvm,
-    sleep_until,
+    child_main,
+    restore_in_new_vm,
+    run_phases,
 )
 
 log = logging.getLogger(__name__)
@@ -90,29 +91,11 @@ class Runner(enum.StrEnum):
     NEW_PROCESS = "new process"
 
 
-@dataclass
-class AtBoundary:
-    """What a boundary function works on: it may replace the VM, the threads,
-    and start a new vCPU life (a restore into new vCPUs)."""
-
-    kvm: Kvm
-    cfg: StealConfig
-    variant: StealVariant
-    gvm: GuestVm
-    threads: list[VcpuThread]
-    records: list[VcpuRecord]
-    start_ns: int
-    life: int = 0
-
-    def sleep_out_downtime(self) -> None:
-        sleep_until(self.start_ns + self.cfg.downtime_ms * 1_000_000)
-
-
 @dataclass(frozen=True)
 class StealVariant(Variant):
     writer: Writer = Writer.NONE
     runner: Runner = Runner.SAME_THREAD
-    boundary: Callable[[AtBoundary], None] | None = None
+    boundary: Callable[[StealRun, Live], None] | None = None
     """The in-process boundary; None for a cross-process variant."""
 
     @property
@@ -125,45 +108,36 @@ class StealVariant(Variant):
         return str(self.writer)
 
 
-def fresh_vm(b: AtBoundary) -> None:
-    """Capture, destroy the VM, wait out the downtime, restore into a new VM."""
-    state = _capture(b.gvm, b.threads)
-    b.gvm.close()
-    if b.variant.runner is Runner.NEW_THREAD:
-        close_threads(b.threads)
-    b.sleep_out_downtime()
-    if b.variant.runner is Runner.NEW_THREAD:
-        b.threads = new_threads(len(b.records), "b")
-    b.gvm = _restore(
-        b.kvm, state, b.threads, b.records, b.variant.writer, time.monotonic_ns() - b.start_ns
-    )
-    b.life += 1
+def fresh_vm(run: StealRun, live: Live) -> None:
+    """Capture, destroy the VM, wait out the downtime, restore into a new VM
+    (on new threads unless the variant reuses the old ones)."""
+    restore_in_new_vm(run, live, new_vcpu_threads=run.variant.runner is Runner.NEW_THREAD)
 
 
-def cancelled_save(b: AtBoundary) -> None:
+def cancelled_save(run: StealRun, live: Live) -> None:
     """Capture and put the state back into the same vCPUs, from their threads, as
     on a cancelled migration.  Not the CPUID: no VMM re-sets it on a vCPU that
     has run, and since Linux 5.16 KVM refuses a changed table there."""
     from kvmharness.snapshot.state import load_vcpu_state
 
-    state = _capture(b.gvm, b.threads)
-    b.sleep_out_downtime()
-    for i, t in enumerate(b.threads):
-        t.call(load_vcpu_state, b.gvm.vcpus[i], state.vcpus[i], cpuid=False)
+    state = run.capture(live)
+    run.sleep_out_downtime(live)
+    for i, t in enumerate(live.threads):
+        t.call(load_vcpu_state, live.gvm.vcpus[i], state.vcpus[i], cpuid=False)
 
 
-def move_to_new_threads(b: AtBoundary) -> None:
+def move_to_new_threads(run: StealRun, live: Live) -> None:
     """The live vCPUs' KVM_RUN moves to new host threads."""
-    close_threads(b.threads)
-    b.sleep_out_downtime()
-    b.threads = new_threads(len(b.records), "b")
+    close_threads(live.threads)
+    run.sleep_out_downtime(live)
+    live.threads = new_threads(run.vcpus, "b")
 
 
-def rewrite_msr_from_main(b: AtBoundary) -> None:
+def rewrite_msr_from_main(run: StealRun, live: Live) -> None:
     """The main thread, after waiting on a run queue, rewrites each live vCPU's MSR."""
-    b.sleep_out_downtime()
+    run.sleep_out_downtime(live)
     rd = accumulate_run_delay(WRITER_RUN_DELAY_NS)
-    for v, r in zip(b.gvm.vcpus, b.records, strict=True):
+    for v, r in zip(live.gvm.vcpus, run.records, strict=True):
         v.set_msr(MSR_KVM_STEAL_TIME, v.get_msr(MSR_KVM_STEAL_TIME))
         r.writer_run_delay_ns = rd
 
@@ -519,125 +493,88 @@ def _restore(
     return GuestVm.adopt(kvm, vm, PROGRAM)
 
 
-def run_in_process(kvm: Kvm, cfg: StealConfig) -> tuple[list[VcpuRecord], float]:
-    """Phase A, the boundary, phase B, all in this process.  Returns records, boundary s."""
-    var = VARIANTS[cfg.variant]
-    if var.boundary is None:
-        raise ValueError(f"variant {var.name!r} does not run in one process")
-    n = cfg.vcpus
-    dur = cfg.contend_ms * 1_000_000
-    records = [VcpuRecord(i) for i in range(n)]
-    threads = new_threads(n, "a")
-    b = AtBoundary(kvm, cfg, var, start_vm(kvm, n, threads), threads, records, 0)
-    try:
-        contended_phase(b.gvm, b.threads, records, dur, b.life, cfg.budget_s)
-        if any(r.stuck for r in records):
-            return records, 0.0
-        for r in records:
+class StealRun(Phases):
+    """One run of a steal variant: the hooks the lifecycle drives
+    (:func:`~kvmharness.scenarios.lifecycle.run_phases`) and each vCPU's record."""
+
+    def __init__(self, cfg: StealConfig) -> None:
+        self.cfg = cfg
+        self.variant = VARIANTS[cfg.variant]
+        self.vcpus, self.downtime_ms = cfg.vcpus, cfg.downtime_ms
+        self.records = [VcpuRecord(i) for i in range(cfg.vcpus)]
+
+    def start(self, kvm: Kvm, threads: list[VcpuThread]) -> GuestVm:
+        return start_vm(kvm, self.vcpus, threads)
+
+    def phase(self, live: Live) -> None:
+        contended_phase(
+            live.gvm,
+            live.threads,
+            self.records,
+            self.cfg.contend_ms * 1_000_000,
+            live.life,
+            self.cfg.budget_s,
+        )
+
+    def stuck(self) -> bool:
+        return any(r.stuck for r in self.records)
+
+    def mark_boundary(self) -> None:
+        for r in self.records:
             r.boundary = len(r.guest)
-        b.start_ns = time.monotonic_ns()
-        var.boundary(b)
-        boundary_s = (time.monotonic_ns() - b.start_ns) / 1e9
-        contended_phase(b.gvm, b.threads, records, dur, b.life, cfg.budget_s)
-        return records, boundary_s
-    finally:
-        b.gvm.close()
-        close_threads(b.threads)
 
+    def capture(self, live: Live) -> Any:
+        return _capture(live.gvm, live.threads)
 
-# ---- cross-process: one child saves and exits, another restores.  They share
-# no files: the snapshot and the results travel in memfds the parent owns, so
-# nothing is left on disk however the parent dies, and a child dies with its
-# parent (PR_SET_PDEATHSIG).
+    def restore(self, kvm: Kvm, threads: list[VcpuThread], state: Any, downtime_ns: int) -> GuestVm:
+        return _restore(kvm, state, threads, self.records, self.variant.writer, downtime_ns)
 
+    def config(self) -> dict[str, Any]:
+        return asdict(self.cfg)
 
-def child_main(argv: list[str]) -> int:
-    """``python -P -m kvmharness.scenarios.steal save|restore CONFIG SNAP_FD OUT_FD PARENT``."""
-    return child_entry(
-        argv, lambda role, cfg, fd: {"records": _child_run(role, StealConfig(**cfg), fd)}
-    )
+    def payload(self) -> dict[str, Any]:
+        return {"records": [r.to_json() for r in self.records]}
 
-
-def _child_run(role: str, cfg: StealConfig, snap_fd: int) -> list[dict[str, Any]]:
-    from kvmharness.snapshot.state import load_state_file
-
-    n, dur = cfg.vcpus, cfg.contend_ms * 1_000_000
-    records = [VcpuRecord(i) for i in range(n)]
-    with Kvm() as kvm:
-        if role == "save":
-            threads = new_threads(n, "a")
-            gvm = start_vm(kvm, n, threads)
-            try:
-                contended_phase(gvm, threads, records, dur, 0, cfg.budget_s)
-                if not any(r.stuck for r in records):
-                    write_snapshot_fd(snap_fd, *_capture(gvm, threads).to_snapshot())
-            finally:
-                gvm.close()
-                close_threads(threads)
-        else:
-            state = load_state_file(snapshot_path(snap_fd))
-            down = time.monotonic_ns() - state.captured_ns  # CLOCK_MONOTONIC is system-wide
-            threads = new_threads(n, "b")
-            gvm = _restore(kvm, state, threads, records, VARIANTS[cfg.variant].writer, down)
-            try:
-                contended_phase(gvm, threads, records, dur, 0, cfg.budget_s)
-            finally:
-                gvm.close()
-                close_threads(threads)
-    return [r.to_json() for r in records]
-
-
-def run_cross_process(cfg: StealConfig) -> tuple[list[VcpuRecord], float]:
-    """Phase A in a save child, the downtime, phase B in a restore child."""
-
-    def records(payload: dict[str, Any]) -> list[VcpuRecord]:
-        return [VcpuRecord.from_json(d) for d in payload["records"]]
-
-    a, b = cross_process(
-        "kvmharness.scenarios.steal",
-        asdict(cfg),
-        2 * cfg.contend_ms / 1000 + cfg.budget_s + 120,
-        stopped=lambda a: any(r.stuck for r in records(a)),
-        downtime_from=lambda saved: saved.done_ns,
-        downtime_ms=cfg.downtime_ms,
-        keep=("steal", cfg.variant, cfg.vcpus),
-    )
-    recs = records(a)
-    if b is None:
-        return recs, 0.0
-    for r, later in zip(recs, records(b), strict=True):
-        r.boundary = len(r.guest)
-        r.extend(later)
-    gaps = [
-        (r.guest[r.boundary].t_ns - r.guest[r.boundary - 1].t_ns) / 1e9
-        for r in recs
-        if 0 < r.boundary < len(r.guest)
-    ]
-    return recs, max(gaps, default=0.0)
+    def join(self, save: dict[str, Any], restore: dict[str, Any] | None) -> None:
+        """The save child's records, each extended by the restore child's;
+        the boundary's length is the longest gap between a vCPU's readings."""
+        self.records = [VcpuRecord.from_json(d) for d in save["records"]]
+        if restore is None:
+            return
+        for r, d in zip(self.records, restore["records"], strict=True):
+            r.boundary = len(r.guest)
+            r.extend(VcpuRecord.from_json(d))
+        gaps = [
+            (r.guest[r.boundary].t_ns - r.guest[r.boundary - 1].t_ns) / 1e9
+            for r in self.records
+            if 0 < r.boundary < len(r.guest)
+        ]
+        self.boundary_s = max(gaps, default=0.0)
 
 
 def run_scenario(cfg: StealConfig, kvm: Kvm | None = None) -> StealResult:
     """Run one variant, then judge the record it wrote with the family's judge."""
     cfg.validate()
     var = VARIANTS[cfg.variant]
-    out = guarded_run(
+    run = StealRun(cfg)
+    out = run_phases(
         f"steal scenario {cfg.variant}",
-        lambda: (
-            run_cross_process(cfg)
-            if var.cross_process
-            else on_kvm(kvm, lambda k: run_in_process(k, cfg))
-        ),
+        run,
+        kvm,
+        boundary=None if var.boundary is None else partial(var.boundary, run),
+        cross=var.cross_process,
+        keep=("steal", cfg.variant, cfg.vcpus),
+        timeout_s=2 * cfg.contend_ms / 1000 + cfg.budget_s + 120,
     )
-    records, boundary_s = out.value or ([], 0.0)
     res = StealResult(
         cfg,
         var,
-        records,
+        run.records if out.value else [],
         [],
         Verdict.ERROR,
         "",
         out.wall_s,
-        boundary_s,
+        run.boundary_s if out.value else 0.0,
         error=out.error,
         blame=out.blame,
     )
@@ -671,5 +608,5 @@ FAMILY = Family(
 )
 
 
-if __name__ == "__main__":
-    sys.exit(child_main(sys.argv[1:]))
+if __name__ == "__main__":  # a save or restore child (lifecycle.across_processes)
+    sys.exit(child_main(sys.argv[1:], lambda cfg: StealRun(StealConfig(**cfg))))
