@@ -124,21 +124,103 @@ def test_every_shipped_patch_parses_and_names_a_seed_bug() -> None:
         assert all(f.startswith(("arch/x86/kvm/", "virt/kvm/")) for f in m.files)
 
 
-def test_shipped_patches_apply_to_the_kernel_source_if_present(tmp_path: Path) -> None:
-    """Where Debian's linux-source-6.1 is unpacked by scripts/mutants, each patch
-    applies cleanly (a dry run, no build)."""
-    series = ml.SERIES["6.1"]
+@pytest.mark.parametrize("name", sorted(ml.SERIES))
+def test_shipped_patches_apply_to_the_kernel_source_if_present(name: str) -> None:
+    """Where Debian's linux-source-SERIES is unpacked by scripts/mutants, each
+    patch of that series (its port where there is one) applies cleanly, with no
+    fuzz (a dry run, no build)."""
+    series = ml.SERIES[name]
     pristine = ml.DEFAULT_WORK / series.name / "src" / series.top
     if not (pristine / "arch/x86/kvm/x86.c").exists():
-        pytest.skip("scripts/mutants has not unpacked linux-source-6.1 here")
-    for m in ml.load_mutants():
+        pytest.skip(f"scripts/mutants has not unpacked {series.source_pkg} here")
+    for m in ml.load_mutants(series=name):
         r = subprocess.run(
-            ["patch", "-p1", "--dry-run", "--batch", "-d", str(pristine)],
+            ["patch", "-p1", "--dry-run", "--batch", "--fuzz=0", "-d", str(pristine)],
             input=m.diff,
             capture_output=True,
             text=True,
         )
         assert r.returncode == 0, (m.name, r.stdout + r.stderr)
+
+
+def _patch_dir(tmp_path: Path, **files: str) -> Path:
+    for rel, text in files.items():
+        f = tmp_path / rel.replace("__", "/")
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    return tmp_path
+
+
+def test_a_port_stands_in_for_its_mutant_on_its_series_only(tmp_path: Path) -> None:
+    ported = DIFF.replace("+b", "+ported")
+    d = _patch_dir(
+        tmp_path,
+        **{
+            "demo.patch": patch_text(),
+            "other.patch": patch_text(HEADER.replace("demo", "other")),
+            "6.12__demo.patch": patch_text(diff=ported),
+        },
+    )
+    by_series = {s: {m.name: m for m in ml.load_mutants(d, s)} for s in (None, "6.1", "6.12")}
+    assert by_series[None]["demo"].diff == DIFF
+    assert by_series["6.1"]["demo"].diff == DIFF  # no 6.1 directory: the patches as they are
+    demo = by_series["6.12"]["demo"]
+    assert demo.diff == ported and demo.path == d / "6.12" / "demo.patch"
+    assert by_series["6.12"]["other"].diff == DIFF  # not ported: the common patch
+
+
+def test_a_port_must_put_the_same_bug_back(tmp_path: Path) -> None:
+    d = _patch_dir(
+        tmp_path,
+        **{
+            "demo.patch": patch_text(),
+            "6.12__demo.patch": patch_text(HEADER.replace("steal:cross-process", "clock")),
+        },
+    )
+    ml.load_mutants(d, "6.1")
+    with pytest.raises(ml.HeaderError, match="Must-catch"):
+        ml.load_mutants(d, "6.12")
+
+
+def test_a_port_of_no_mutant_is_refused(tmp_path: Path) -> None:
+    d = _patch_dir(
+        tmp_path,
+        **{
+            "demo.patch": patch_text(),
+            "6.12__other.patch": patch_text(HEADER.replace("demo", "other")),
+        },
+    )
+    with pytest.raises(ml.HeaderError, match="other.patch"):
+        ml.load_mutants(d, "6.12")
+
+
+def test_the_shipped_ports_are_of_shipped_mutants_and_change_their_diff() -> None:
+    """Every series directory under tests/mutants ports existing mutants (the
+    loader refuses an orphan), and a port differs from the 6.1 patch (else it is
+    not needed)."""
+    common = {m.name: m for m in ml.load_mutants()}
+    dirs = [d for d in ml.patches_dir().iterdir() if d.is_dir() and d.name != "__pycache__"]
+    assert {d.name for d in dirs} <= set(ml.SERIES)
+    for d in dirs:
+        for m in ml.load_mutants(series=d.name):
+            if m.path is not None and m.path.parent == d:
+                assert m.diff != common[m.name].diff, m.name
+                assert m.must_catch == common[m.name].must_catch
+
+
+def test_main_loads_the_ports_of_the_source_series(tmp_path: Path, capsys) -> None:
+    d = _patch_dir(
+        tmp_path,
+        **{
+            "demo.patch": patch_text(),
+            "6.12__demo.patch": patch_text(HEADER.replace("a note", "the 6.12 port")),
+        },
+    )
+    assert ml.main(["--patches", str(d), "--source", "6.12", "--list"]) == 0
+    assert "demo" in capsys.readouterr().out
+    (d / "6.12" / "demo.patch").write_text(patch_text(HEADER.replace("steal:cross-process", "x")))
+    assert ml.main(["--patches", str(d), "--source", "6.12", "--list"]) == ml.EXIT_USAGE
+    assert ml.main(["--patches", str(d), "--source", "6.1", "--list"]) == 0
 
 
 # ---------------------------------------------------------------- cells from bisect JSON

@@ -188,11 +188,12 @@ def test_the_installed_wheel_runs_a_steal_scenario_outside_the_checkout(installe
 def test_the_wheel_holds_the_tools_package_data(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "kvmharness/tools/bisect_kernel_guest.sh" in names
-    patches = {p.name for p in (ROOT / "tests" / "mutants").glob("*.patch")}
-    shipped = {
-        n.rpartition("/")[2] for n in names if n.startswith("kvmharness/tools/mutant_patches/")
-    }
-    assert patches and patches <= shipped
+    mutants = ROOT / "tests" / "mutants"
+    # the patches and their ports to other series (SERIES/NAME.patch)
+    patches = {p.relative_to(mutants).as_posix() for p in mutants.glob("**/*.patch")}
+    prefix = "kvmharness/tools/mutant_patches/"
+    shipped = {n.removeprefix(prefix) for n in names if n.startswith(prefix)}
+    assert patches and any("/" in p for p in patches) and patches <= shipped
 
 
 #: The kernel tools as a user of the wheel runs them, away from any checkout:

@@ -1,7 +1,9 @@
 """Kernel mutants and the kill matrix (``kvmharness mutants``; ``scripts/mutants``).
 
 Each mutant is a small patch (``tests/mutants/*.patch``) against Debian's
-linux-source-6.1 that puts a known KVM bug back.  This module builds kvm.ko
+linux-source-6.1 that puts a known KVM bug back; where a series' code moved
+(``--source 6.12``), ``tests/mutants/SERIES/NAME.patch`` is its port, the same
+bug with the same header (Mutant, Must-catch), used for that series.  This module builds kvm.ko
 and kvm-amd.ko out of tree for the unchanged source (the control) and for
 every mutant, boots each build under QEMU through ``kvmharness bisect-kernel
 --modules`` with ``kvmharness bisect --json`` inside, and prints the kill
@@ -325,13 +327,40 @@ def parse_patch(text: str, path: Path | None = None) -> Mutant:
     )
 
 
-def load_mutants(patch_dir: Path | None = None) -> list[Mutant]:
+def load_mutants(patch_dir: Path | None = None, series: str | None = None) -> list[Mutant]:
+    """The mutants of ``patch_dir`` (default :func:`patches_dir`), for the source
+    ``series``: where ``patch_dir/SERIES/NAME.patch`` exists (a port of the
+    mutant to that series' code), it stands in for ``patch_dir/NAME.patch``.
+    A port puts the same bug back, so it must name the same Mutant and the
+    same Must-catch; a port with no mutant of that name is refused."""
+    base = patch_dir or patches_dir()
+    ports = base / series if series else None
     out = []
-    for p in sorted((patch_dir or patches_dir()).glob("*.patch")):
+    for p in sorted(base.glob("*.patch")):
+        port = ports / p.name if ports is not None else None
         try:
-            out.append(parse_patch(p.read_text(), p))
+            m = parse_patch(p.read_text(), p)
+            if port is not None and port.is_file():
+                ported = parse_patch(port.read_text(), port)
+                if ported.must_catch != m.must_catch:
+                    raise HeaderError(
+                        f"its port {port} says Must-catch "
+                        f"{', '.join(map(str, ported.must_catch))}, not "
+                        f"{', '.join(map(str, m.must_catch))}: a port puts the same bug back"
+                    )
+                m = ported
         except HeaderError as exc:
             raise HeaderError(f"{p}: {exc}") from None
+        out.append(m)
+    if ports is not None and ports.is_dir():
+        orphans = sorted(
+            {q.name for q in ports.glob("*.patch")} - {p.name for p in base.glob("*.patch")}
+        )
+        if orphans:
+            raise HeaderError(
+                f"{ports}: {', '.join(orphans)} port(s) no mutant of {base} "
+                "(a port replaces NAME.patch for its series)"
+            )
     return out
 
 
@@ -1402,8 +1431,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         metavar="DIR",
         type=Path,
         default=None,
-        help="the mutants' patch files (default: tests/mutants of the checkout, or the "
-        "copy shipped in the package)",
+        help="the mutants' patch files, with ports in DIR/SERIES/NAME.patch (default: "
+        "tests/mutants of the checkout, or the copy shipped in the package)",
     )
     p.add_argument(
         "--selftests",
@@ -1526,7 +1555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return guest_inner(argv[1:])
     ns = parse_args(argv)
     try:
-        mutants = load_mutants(ns.patches)
+        mutants = load_mutants(ns.patches, ns.source)
     except HeaderError as exc:
         log(str(exc))
         return EXIT_USAGE
