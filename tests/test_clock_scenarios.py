@@ -229,11 +229,16 @@ def test_pvti_disagreeing_with_get_clock_is_caught(kvm, monkeypatch):
 def test_after_a_restore_vcpu0_enters_before_any_other_vcpu(kvm, variant):
     """Until vCPU 0 enters, its area in guest memory is the source's, and a
     vDSO-style reader on another vCPU would judge KVM by stale data."""
+    from functools import partial
+
+    from kvmharness.scenarios.lifecycle import in_process, restore_in_new_vm
+
+    sc = clock.ClockRun(ClockConfig(variant, 2, phase_ms=40))
     try:
-        run = clock.run_in_process(kvm, ClockConfig(variant, 2, phase_ms=40))
+        in_process(kvm, sc, partial(restore_in_new_vm, sc))
     except clock.NotSupported as exc:
         pytest.skip(f"{variant}: not supported on this host: {exc}")
-    first = [r.batches[r.boundary] for r in run.records]
+    first = [r.batches[r.boundary] for r in sc.run.records]
     assert first[0].t1_ns <= first[1].t0_ns, (first[0], first[1])
 
 

@@ -43,6 +43,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 from kvmharness import checks
@@ -51,7 +52,7 @@ from kvmharness.ffi import ffi, lib
 from kvmharness.guest.build import load_program
 from kvmharness.guest.machine import GuestStopped, GuestVm, mem_size_for
 from kvmharness.host.sched import Watchdog, cpu_for, wait_or_stop
-from kvmharness.host.threads import VcpuThread, close_threads, new_threads
+from kvmharness.host.threads import VcpuThread
 from kvmharness.kvm import ClockData, Kvm, Vcpu, Vm
 from kvmharness.pvclock import Pvti
 from kvmharness.scenarios.base import (
@@ -67,7 +68,6 @@ from kvmharness.scenarios.base import (
     Verdict,
     Writer,
 )
-from kvmharness.scenarios.child import child_entry, snapshot_path, write_snapshot_fd
 from kvmharness.scenarios.clock_puts import (
     CLOCK_PUTS,
     TSC_PUTS,
@@ -83,13 +83,14 @@ from kvmharness.scenarios.clock_record import (
     TscPut,
 )
 from kvmharness.scenarios.lifecycle import (
+    Live,
+    Phases,
     RunMeter,
     check_variant,
     check_vcpus,
-    cross_process,
-    guarded_run,
-    on_kvm,
-    sleep_until,
+    child_main,
+    restore_in_new_vm,
+    run_phases,
 )
 
 log = logging.getLogger(__name__)
@@ -890,28 +891,6 @@ def measured_phase(
         probes.append(threads[0].call(narrowest_probe, gvm.vcpus[0]))
 
 
-def _first_phase(
-    kvm: Kvm, cfg: ClockConfig, v: ClockVariant, threads: list[VcpuThread], run: Run
-) -> GuestVm:
-    gvm = start_vm(kvm, cfg.vcpus, threads, v.mode)
-    try:
-        run.khz = gvm.vcpus[0].get_tsc_khz()
-        gvm.sym("clock_mark_ticks", "uint64_t")[0] = run.khz * MARK_US // 1000
-        if v.tsc is not TscPut.STATE:
-            start_tsc(gvm, threads, run.records, v.tsc, run.khz)
-        if v.mode & lib.CLOCK_MODE_AREA0:
-            # vCPU 0 enables its area before any vCPU reads it
-            first_entry_of_vcpu0(gvm, threads, run.records)
-        measured_phase(gvm, threads, run, cfg.phase_ms * 1_000_000, cfg.budget_s, v.hop, v.storm)
-        if v.pvti_check and not any(r.stuck for r in run.records):
-            run.pvti_areas = pvti_snapshot(gvm, threads, run.records)
-        run.stable = clock_stable(gvm.vm)[0]
-    except BaseException:
-        gvm.close()
-        raise
-    return gvm
-
-
 def pvti_snapshot(
     gvm: GuestVm, threads: list[VcpuThread], records: list[ClockRecord]
 ) -> list[list[int]]:
@@ -924,85 +903,107 @@ def pvti_snapshot(
     return [pvti_of(gvm, i).to_list() for i in range(len(threads))]
 
 
-def run_in_process(kvm: Kvm, cfg: ClockConfig) -> Run:
-    v = VARIANTS[cfg.variant]
-    if v.khz_ratio and not kvm.check_extension(lib.KVM_CAP_TSC_CONTROL):
-        raise NotSupported(
-            "KVM_SET_TSC_KHZ needs KVM_CAP_TSC_CONTROL, which "
-            "is 0 here: no vCPU can run at another TSC frequency"
-        )
-    run = Run([ClockRecord(i) for i in range(cfg.vcpus)])
-    threads = new_threads(cfg.vcpus, "a")
-    gvm = _first_phase(kvm, cfg, v, threads, run)
-    try:
-        if v.boundary is Boundary.NONE or any(r.stuck for r in run.records):
-            return run
-        for r in run.records:
-            r.boundary = len(r.batches)
-        state = capture(gvm, threads, run.facts)
-        _tsc_extra(gvm, state)
-        gvm.close()
-        close_threads(threads)
-        sleep_until(run.facts.get_clock_ns[1] + cfg.downtime_ms * 1_000_000)
-        threads = new_threads(cfg.vcpus, "b")
-        gvm = restore(kvm, state, v, threads, run.records, run.facts)
-        measured_phase(gvm, threads, run, cfg.phase_ms * 1_000_000, cfg.budget_s, v.hop)
-        run.stable_after = clock_stable(gvm.vm)[0]
-        return run
-    finally:
-        gvm.close()
-        close_threads(threads)
+class ClockRun(Phases):
+    """One run of a clock variant: the hooks the lifecycle drives
+    (:func:`~kvmharness.scenarios.lifecycle.run_phases`) and what they
+    measured (:attr:`run`)."""
 
+    def __init__(self, cfg: ClockConfig) -> None:
+        self.cfg = cfg
+        self.variant = VARIANTS[cfg.variant]
+        self.vcpus, self.downtime_ms = cfg.vcpus, cfg.downtime_ms
+        self.run = Run([ClockRecord(i) for i in range(cfg.vcpus)])
 
-# ---- cross-process: as in the steal family, a save child and a restore child,
-# the snapshot and results in memfds the parent owns; children die with it.
-
-
-def child_main(argv: list[str]) -> int:
-    """``python -P -m kvmharness.scenarios.clock save|restore CONFIG SNAP_FD OUT_FD PARENT``."""
-    return child_entry(argv, lambda role, cfg, fd: _child_run(role, ClockConfig(**cfg), fd))
-
-
-def _child_run(role: str, cfg: ClockConfig, snap_fd: int) -> dict[str, Any]:
-    from kvmharness.snapshot.state import load_state_file
-
-    v = VARIANTS[cfg.variant]
-    run = Run([ClockRecord(i) for i in range(cfg.vcpus)])
-    with Kvm() as kvm:
-        if role == "save":
-            threads = new_threads(cfg.vcpus, "a")
-            gvm = _first_phase(kvm, cfg, v, threads, run)
-            try:
-                if not any(r.stuck for r in run.records):
-                    state = capture(gvm, threads, run.facts)
-                    _tsc_extra(gvm, state)
-                    state.meta_extra["facts"] = json.loads(json.dumps(asdict(run.facts)))
-                    write_snapshot_fd(snap_fd, *state.to_snapshot())
-            finally:
-                gvm.close()
-                close_threads(threads)
-        else:
-            state = load_state_file(snapshot_path(snap_fd))
-            f = state.meta_extra["facts"]
-            run.facts = BoundaryFacts(
-                tuple(f["get_clock_ns"]), (0, 0), f["saved_clock"], khz_before=f["khz_before"]
+    def start(self, kvm: Kvm, threads: list[VcpuThread]) -> GuestVm:
+        """The VM, its TSC put as the variant says before the first run, and
+        vCPU 0's area enabled before any vCPU reads it (CLOCK_MODE_AREA0)."""
+        v, run = self.variant, self.run
+        if v.khz_ratio and not kvm.check_extension(lib.KVM_CAP_TSC_CONTROL):
+            raise NotSupported(
+                "KVM_SET_TSC_KHZ needs KVM_CAP_TSC_CONTROL, which "
+                "is 0 here: no vCPU can run at another TSC frequency"
             )
-            threads = new_threads(cfg.vcpus, "b")
-            gvm = restore(kvm, state, v, threads, run.records, run.facts)
-            try:
-                measured_phase(gvm, threads, run, cfg.phase_ms * 1_000_000, cfg.budget_s)
-                run.stable_after = clock_stable(gvm.vm)[0]
-            finally:
-                gvm.close()
-                close_threads(threads)
-    return {
-        "records": [r.to_json() for r in run.records],
-        "stable": run.stable,
-        "stable_after": run.stable_after,
-        "facts": asdict(run.facts),
-        "khz": run.khz,
-        "probes": [[asdict(p) for p in phase] for phase in run.probes],
-    }
+        gvm = start_vm(kvm, self.vcpus, threads, v.mode)
+        try:
+            run.khz = gvm.vcpus[0].get_tsc_khz()
+            gvm.sym("clock_mark_ticks", "uint64_t")[0] = run.khz * MARK_US // 1000
+            if v.tsc is not TscPut.STATE:
+                start_tsc(gvm, threads, run.records, v.tsc, run.khz)
+            if v.mode & lib.CLOCK_MODE_AREA0:
+                first_entry_of_vcpu0(gvm, threads, run.records)
+        except BaseException:
+            gvm.close()
+            raise
+        return gvm
+
+    def phase(self, live: Live) -> None:
+        """The first phase (with the forced updates and the pvti snapshot where
+        the variant has them) or the second; KVM_GET_CLOCK's stable flag after it."""
+        v, run, gvm = self.variant, self.run, live.gvm
+        dur = self.cfg.phase_ms * 1_000_000
+        if live.second:
+            measured_phase(gvm, live.threads, run, dur, self.cfg.budget_s, v.hop)
+            run.stable_after = clock_stable(gvm.vm)[0]
+            return
+        measured_phase(gvm, live.threads, run, dur, self.cfg.budget_s, v.hop, v.storm)
+        if v.pvti_check and not self.stuck():
+            run.pvti_areas = pvti_snapshot(gvm, live.threads, run.records)
+        run.stable = clock_stable(gvm.vm)[0]
+
+    def stuck(self) -> bool:
+        return any(r.stuck for r in self.run.records)
+
+    def mark_boundary(self) -> None:
+        for r in self.run.records:
+            r.boundary = len(r.batches)
+
+    def capture(self, live: Live) -> Any:
+        """The state, what the TSC restores need, and the boundary's facts so
+        far (for a restore child); the downtime runs from KVM_GET_CLOCK."""
+        facts = self.run.facts
+        state = capture(live.gvm, live.threads, facts)
+        _tsc_extra(live.gvm, state)
+        state.meta_extra["facts"] = json.loads(json.dumps(asdict(facts)))
+        self.captured_ns = facts.get_clock_ns[1]
+        return state
+
+    def restore(self, kvm: Kvm, threads: list[VcpuThread], state: Any, downtime_ns: int) -> GuestVm:
+        return restore(kvm, state, self.variant, threads, self.run.records, self.run.facts)
+
+    def adopt(self, state: Any) -> None:
+        f = state.meta_extra["facts"]
+        self.run.facts = BoundaryFacts(
+            tuple(f["get_clock_ns"]), (0, 0), f["saved_clock"], khz_before=f["khz_before"]
+        )
+
+    def config(self) -> dict[str, Any]:
+        return asdict(self.cfg)
+
+    def payload(self) -> dict[str, Any]:
+        run = self.run
+        return {
+            "records": [r.to_json() for r in run.records],
+            "stable": run.stable,
+            "stable_after": run.stable_after,
+            "facts": asdict(run.facts),
+            "khz": run.khz,
+            "probes": [[asdict(p) for p in phase] for phase in run.probes],
+        }
+
+    def join(self, save: dict[str, Any], restore: dict[str, Any] | None) -> None:
+        """The save child's records, each extended by the restore child's; the
+        facts of the boundary are the restore child's."""
+        run = Run([ClockRecord.from_json(d) for d in save["records"]], save["stable"])
+        run.khz, run.probes = save["khz"], _probes_from(save)
+        self.run = run
+        if restore is None:
+            return
+        run.facts = BoundaryFacts.from_json(restore["facts"])
+        run.stable_after = restore["stable_after"]
+        run.probes += _probes_from(restore)
+        for r, d in zip(run.records, restore["records"], strict=True):
+            r.boundary = len(r.batches)
+            r.extend(ClockRecord.from_json(d))
 
 
 def _probes_from(d: dict[str, Any]) -> list[list[RateProbe]]:
@@ -1010,31 +1011,6 @@ def _probes_from(d: dict[str, Any]) -> list[list[RateProbe]]:
         [RateProbe(tuple(p["raw_ns"]), tuple(p["mono_ns"]), p["tsc"]) for p in phase]
         for phase in d["probes"]
     ]
-
-
-def run_cross_process(cfg: ClockConfig) -> Run:
-    """The first phase in a save child, the downtime from its KVM_GET_CLOCK,
-    the second phase in a restore child."""
-    a, b = cross_process(
-        "kvmharness.scenarios.clock",
-        asdict(cfg),
-        2 * cfg.phase_ms / 1000 + cfg.budget_s + 120,
-        stopped=lambda a: any(ClockRecord.from_json(d).stuck for d in a["records"]),
-        downtime_from=lambda saved: BoundaryFacts.from_json(saved.payload["facts"]).get_clock_ns[1],
-        downtime_ms=cfg.downtime_ms,
-        keep=("clock", cfg.variant, cfg.vcpus),
-    )
-    run = Run([ClockRecord.from_json(d) for d in a["records"]], a["stable"], khz=a["khz"])
-    run.probes = _probes_from(a)
-    if b is None:
-        return run
-    run.facts = BoundaryFacts.from_json(b["facts"])
-    run.stable_after = b["stable_after"]
-    run.probes += _probes_from(b)
-    for r, d in zip(run.records, b["records"], strict=True):
-        r.boundary = len(r.batches)
-        r.extend(ClockRecord.from_json(d))
-    return run
 
 
 def run_scenario(cfg: ClockConfig, kvm: Kvm | None = None) -> ClockResult:
@@ -1045,13 +1021,15 @@ def run_scenario(cfg: ClockConfig, kvm: Kvm | None = None) -> ClockResult:
 
     cfg.validate()
     v = VARIANTS[cfg.variant]
-    out = guarded_run(
+    sc = ClockRun(cfg)
+    out = run_phases(
         f"clock scenario {cfg.variant}",
-        lambda: (
-            run_cross_process(cfg)
-            if v.boundary is Boundary.CROSS_PROCESS
-            else on_kvm(kvm, lambda k: run_in_process(k, cfg))
-        ),
+        sc,
+        kvm,
+        boundary=None if v.boundary is Boundary.NONE else partial(restore_in_new_vm, sc),
+        cross=v.boundary is Boundary.CROSS_PROCESS,
+        keep=("clock", cfg.variant, cfg.vcpus),
+        timeout_s=2 * cfg.phase_ms / 1000 + cfg.budget_s + 120,
     )
     failure = None
     if out.blame is not None:
@@ -1061,7 +1039,7 @@ def run_scenario(cfg: ClockConfig, kvm: Kvm | None = None) -> ClockResult:
             else f"could not run ({out.blame}): {out.error}"
         )
         failure = {"blame": str(out.blame), "observed": text}
-    res = unjudged_result(cfg, out.value or Run([]), error=out.error, failure=failure)
+    res = unjudged_result(cfg, sc.run if out.value else Run([]), error=out.error, failure=failure)
     res.apply(judge(res.record()))
     res.wall_s = out.wall_s
     return res
@@ -1144,5 +1122,5 @@ FAMILY = Family(
     quick=QUICK,
 )
 
-if __name__ == "__main__":
-    sys.exit(child_main(sys.argv[1:]))
+if __name__ == "__main__":  # a save or restore child (lifecycle.across_processes)
+    sys.exit(child_main(sys.argv[1:], lambda cfg: ClockRun(ClockConfig(**cfg))))
