@@ -36,7 +36,8 @@ from tabulate import tabulate  # noqa: E402
 from kvmharness.ffi import lib  # noqa: E402
 from kvmharness.guest.machine import GuestVm  # noqa: E402
 from kvmharness.kvm import Kvm  # noqa: E402
-from kvmharness.scenarios.clock import ClockConfig, run_scenario, set_mode  # noqa: E402
+from kvmharness.scenarios.clock import ClockConfig, run_scenario  # noqa: E402
+from kvmharness.scenarios.clock_reader import set_mode  # noqa: E402
 
 MODES = {
     "raw TSC": lib.CLOCK_MODE_RAW_TSC,

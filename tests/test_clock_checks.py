@@ -80,7 +80,7 @@ def test_cpuid_vs_clock_mismatch_is_flagged():
 
 
 def _run(variant, per_vcpu, *, boundary=None, stable=True, downtime=(0, 0)):
-    from kvmharness.scenarios.clock import Batch, BoundaryFacts, ClockRecord, Run
+    from kvmharness.scenarios.clock_record import Batch, BoundaryFacts, ClockRecord, Run
 
     recs = []
     for i, batches in enumerate(per_vcpu):
@@ -248,7 +248,7 @@ def test_table_and_plot_of_synthetic_results(tmp_path):
 
 
 def _batch(t0_ns: int, t1_ns: int):
-    from kvmharness.scenarios.clock import Batch
+    from kvmharness.scenarios.clock_record import Batch
 
     return Batch(t0_ns, t1_ns, 0, 1)
 

@@ -168,14 +168,16 @@ def test_realtime_ignored_is_a_short_jump(kvm, monkeypatch):
 def test_warps_are_counted_on_real_kvm(kvm, monkeypatch):
     """A shared last value far ahead (as a vCPU with a clock gone wild would
     publish) makes every later reading a warp, own area and vCPU 0's."""
-    real = clock.set_mode
+    from kvmharness.scenarios import clock_reader
 
-    def far_ahead(gvm, mode, batch=clock.BATCH):
+    real = clock_reader.set_mode
+
+    def far_ahead(gvm, mode, batch=clock_reader.BATCH):
         real(gvm, mode, batch)
         for sym in ("clock_last_ns", "clock_last_vdso_ns"):
             gvm.sym(sym, "uint64_t")[0] = 1 << 62
 
-    monkeypatch.setattr(clock, "set_mode", far_ahead)
+    monkeypatch.setattr(clock_reader, "set_mode", far_ahead)
     res = run_scenario(ClockConfig("warp", 2, phase_ms=60), kvm)
     assert res.verdict == BROKEN, _explain(res)
     warps = {v.series for v in res.violations if v.kind == checks.KIND_WARP}
@@ -203,8 +205,10 @@ def test_version_stuck_odd_is_reported_not_hung(kvm, monkeypatch):
 def test_decode_mismatch_is_caught_on_real_data(kvm, monkeypatch):
     """The host's decode of the same area and TSC disagreeing with the guest's
     (here: a host decode off by 1 ns) is reported."""
-    real = clock.Pvti.ns_at
-    monkeypatch.setattr(clock.Pvti, "ns_at", lambda self, tsc: real(self, tsc) + 1)
+    from kvmharness.pvclock import Pvti
+
+    real = Pvti.ns_at
+    monkeypatch.setattr(Pvti, "ns_at", lambda self, tsc: real(self, tsc) + 1)
     res = run_scenario(ClockConfig("monotonic", 1, phase_ms=40), kvm)
     assert res.verdict == BROKEN, _explain(res)
     assert {v.kind for v in res.violations} == {checks.KIND_DECODE_MISMATCH}
@@ -273,8 +277,10 @@ def test_updates_watches_kvm_rewrite_vcpu0s_marked_area(kvm):
 def test_updates_catches_an_update_that_steps_the_clock_back(kvm, monkeypatch):
     """Negative control on real KVM: forced updates that each put kvmclock 1 ms
     back (what a torn or stale area shows the readers) come out BROKEN."""
-    monkeypatch.setattr(clock, "STORM_MARGIN_NS", -1_000_000)
-    monkeypatch.setattr(clock, "STORM_MARGIN_SHARE", 0.0)
+    from kvmharness.scenarios import clock_storm
+
+    monkeypatch.setattr(clock_storm, "STORM_MARGIN_NS", -1_000_000)
+    monkeypatch.setattr(clock_storm, "STORM_MARGIN_SHARE", 0.0)
     res = _supported(run_scenario(ClockConfig("updates", 2, phase_ms=150), kvm))
     assert res.verdict == BROKEN, _explain(res) + f"\n  forced updates: {res.storm}"
     assert {v.kind for v in res.violations} & {checks.KIND_DECREASE, checks.KIND_WARP}

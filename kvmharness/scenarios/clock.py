@@ -37,24 +37,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import struct
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
 
 from kvmharness import checks
-from kvmharness.checks import Violation
-from kvmharness.ffi import ffi, lib
-from kvmharness.guest.build import load_program
-from kvmharness.guest.machine import GuestStopped, GuestVm, mem_size_for
-from kvmharness.host.sched import Watchdog, cpu_for, wait_or_stop
+from kvmharness.ffi import lib
+from kvmharness.guest.machine import GuestVm
 from kvmharness.host.threads import VcpuThread
-from kvmharness.kvm import ClockData, Kvm, Vcpu, Vm
-from kvmharness.pvclock import Pvti
+from kvmharness.kvm import ClockData, Kvm, Vm
 from kvmharness.scenarios.base import (
     DEFAULTS,
     Blame,
@@ -74,18 +67,28 @@ from kvmharness.scenarios.clock_puts import (
     Put,
     host_tsc_and_realtime,
 )
+from kvmharness.scenarios.clock_reader import (
+    MSR_IA32_TSC,
+    PROGRAM,
+    Reader,
+    measured_phase,
+    pvti_of,
+    pvti_snapshot,
+    start_vm,
+)
 from kvmharness.scenarios.clock_record import (
-    Batch,
     BoundaryFacts,
     ClockPut,
     ClockRecord,
     RateProbe,
+    Run,
     TscPut,
 )
+from kvmharness.scenarios.clock_result import ClockResult
+from kvmharness.scenarios.clock_storm import MARK_US
 from kvmharness.scenarios.lifecycle import (
     Live,
     Phases,
-    RunMeter,
     check_variant,
     check_vcpus,
     child_main,
@@ -95,14 +98,6 @@ from kvmharness.scenarios.lifecycle import (
 
 log = logging.getLogger(__name__)
 
-PROGRAM = "clock"
-MSR_IA32_TSC = lib.MSR_IA32_TSC
-SAMPLE_SIZE = ffi.sizeof("struct clock_sample")
-SAMPLE_FMT = "<QQQIBBH"
-PVTI_SIZE = ffi.sizeof("struct pvclock_vcpu_time_info")
-#: Reads per SYNC: enough to keep exits a small share of guest time, few
-#: enough that one batch lasts about a millisecond where instructions are slow.
-BATCH = 8
 #: The frequency the frequency variant moves a vCPU to, relative to KVM's default.
 FREQUENCY_RATIO = 0.9
 
@@ -292,289 +287,6 @@ class ClockConfig:
             raise OptionError(field, exc.text) from None
 
 
-# ---- records: kvmharness.scenarios.clock_record
-
-
-@dataclass
-class ClockResult:
-    config: ClockConfig
-    clock_variant: ClockVariant
-    records: list[ClockRecord]
-    violations: list[Violation]
-    verdict: Verdict
-    observed: str
-    wall_s: float
-    stable: bool | None = None  # KVM_GET_CLOCK's KVM_CLOCK_TSC_STABLE once the vCPUs ran
-    stable_after: bool | None = None  # the same after the boundary (None: no boundary)
-    facts: BoundaryFacts = field(default_factory=BoundaryFacts)
-    pvti_areas: list[list[int]] = field(default_factory=list)
-    error: str | None = None
-    not_supported: bool = False
-    """a lasting property of this host rules the variant out (verdict NOT_SUPPORTED)"""
-    khz: int = 0
-    probes: list[list[RateProbe]] = field(default_factory=list)
-    storm: list[dict[str, int]] = field(default_factory=list)
-    failure: dict[str, str] | None = None  # blame and text when the run could not finish
-    notes: dict[str, Any] = field(default_factory=dict)
-
-    family = "clock"
-
-    @property
-    def variant(self) -> ClockVariant:
-        return self.clock_variant
-
-    @property
-    def vcpus(self) -> int:
-        return self.config.vcpus
-
-    def reads(self) -> int:
-        return sum(len(r.samples) for r in self.records)
-
-    def warps(self) -> tuple[int, int, int, int]:
-        """(warps, largest ns, vDSO-style warps, largest ns) over every vCPU."""
-        bs = [b for r in self.records for b in r.batches]
-        return (
-            sum(b.warps for b in bs),
-            max((b.max_warp_ns for b in bs), default=0),
-            sum(b.vdso_warps for b in bs),
-            max((b.max_vdso_warp_ns for b in bs), default=0),
-        )
-
-    def reads_per_s(self) -> float | None:
-        """Guest readings per second per vCPU (host time spent in the KVM_RUNs)."""
-        rates = []
-        for r in self.records:
-            run_ns = sum(b.t1_ns - b.t0_ns for b in r.batches)
-            if run_ns:
-                rates.append(len(r.samples) / (run_ns / 1e9))
-        return sum(rates) / len(rates) if rates else None
-
-    def boundary_jumps(self) -> list[tuple[int, int, int]]:
-        """(vCPU, kvmclock jump ns, TSC jump ticks) across the boundary, per vCPU."""
-        out = []
-        for r in self.records:
-            if 0 < r.boundary < len(r.batches):
-                a = r.batches[r.boundary - 1]
-                b = r.batches[r.boundary]
-                if a.n and b.n:
-                    sa, sb = r.samples[a.first + a.n - 1], r.samples[b.first]
-                    out.append((r.index, sb[0] - sa[0], sb[1] - sa[1]))
-        return out
-
-    def record(self) -> dict[str, Any]:
-        """What the judge reads (the record without the verdict)."""
-        from kvmharness.judges import SCHEMA_VERSION
-
-        v = self.clock_variant
-        return {
-            "schema": SCHEMA_VERSION,
-            "family": "clock",
-            "variant": v.name,
-            "kind": str(v.kind),
-            "vcpus": self.config.vcpus,
-            "config": {
-                "phase_ms": self.config.phase_ms,
-                "downtime_ms": self.config.downtime_ms,
-                "budget_s": self.config.budget_s,
-                "kind": str(v.kind),
-                "boundary": str(v.boundary),
-                "clock_put": str(v.clock),
-                "tsc_put": str(v.tsc),
-                "writer": str(v.writer),
-                "hop": v.hop,
-                "needs_stable": v.needs_stable,
-                "warp": bool(v.mode & lib.CLOCK_MODE_WARP),
-                "vdso": bool(v.mode & lib.CLOCK_MODE_VDSO),
-                "area0": bool(v.mode & lib.CLOCK_MODE_AREA0),
-                "pvti_check": v.pvti_check,
-                "khz_ratio": v.khz_ratio,
-                "storm": v.storm,
-            },
-            "failure": self.failure,
-            "stable": {"before": self.stable, "after": self.stable_after},
-            "tsc_khz": self.khz,
-            "rate_probes": [
-                [[*p.raw_ns, *p.mono_ns, p.tsc] for p in phase] for phase in self.probes
-            ],
-            "facts": asdict(self.facts),
-            "pvti_areas": self.pvti_areas,
-            "storm": self.storm,
-            "vcpu_records": [r.to_record(self.khz) for r in self.records],
-        }
-
-    def to_json(self) -> dict[str, Any]:
-        w = self.warps()
-        return {
-            **self.record(),
-            "why": self.clock_variant.why,
-            "verdict": str(self.verdict),
-            "observed": self.observed,
-            "error": self.error,
-            "not_supported": self.not_supported,
-            "wall_s": self.wall_s,
-            "reads": self.reads(),
-            "warps": w[0],
-            "largest_warp_ns": w[1],
-            "vdso_warps": w[2],
-            "largest_vdso_warp_ns": w[3],
-            "violations": [x.to_dict() for x in self.violations],
-            "notes": self.notes,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ClockResult:
-        """A result rebuilt from its record (the view needs nothing else); the
-        verdict is the one recorded, or today's judge's when there is none."""
-        from kvmharness.judges.clock import judge, run_of
-
-        c = d["config"]
-        cfg = ClockConfig(d["variant"], d["vcpus"], c["phase_ms"], c["downtime_ms"], c["budget_s"])
-        v = VARIANTS.get(d["variant"]) or ClockVariant(
-            d["variant"], Kind(c["kind"]), d.get("why", "")
-        )
-        run = run_of(d)
-        res = cls(
-            cfg,
-            v,
-            run.records,
-            [],
-            Verdict(d.get("verdict", Verdict.ERROR)),
-            d.get("observed", ""),
-            d.get("wall_s", 0.0),
-            stable=run.stable,
-            stable_after=run.stable_after,
-            facts=run.facts,
-            pvti_areas=run.pvti_areas,
-            error=d.get("error"),
-            not_supported=d.get("not_supported", False),
-            khz=run.khz,
-            probes=run.probes,
-            storm=run.storm,
-            failure=d.get("failure"),
-            notes=d.get("notes", {}),
-        )
-        if "verdict" not in d:
-            res.apply(judge(d))
-        else:
-            res.violations = [checks.Violation(**x) for x in d.get("violations", [])]
-        return res
-
-    def apply(self, j: Any) -> None:
-        """Take a judgement's verdict, text, violations and notes."""
-        self.verdict, self.observed, self.violations, self.notes = (
-            j.verdict,
-            j.observed,
-            j.violations,
-            j.notes,
-        )
-        self.not_supported = j.verdict is Verdict.NOT_SUPPORTED
-
-
-# --------------------------------------------------------------------------
-# running
-
-
-def pvti_of(gvm: GuestVm, index: int) -> Pvti:
-    return Pvti.from_cdata(
-        gvm.vm.pointer(gvm.symbol("pvti") + PVTI_SIZE * index, "struct pvclock_vcpu_time_info")
-    )
-
-
-class Reader:
-    """Runs one vCPU on the calling thread and collects its batches."""
-
-    def __init__(self, gvm: GuestVm, vcpu: Vcpu, rec: ClockRecord) -> None:
-        self.gvm, self.vcpu, self.rec = gvm, vcpu, rec
-        base = gvm.symbol("clock_samples") + vcpu.index * lib.CLOCK_BATCH_MAX * SAMPLE_SIZE
-        slot = gvm.vm.slot_for(base, lib.CLOCK_BATCH_MAX * SAMPLE_SIZE)
-        self._buf = slot.buffer()
-        self._off = base - slot.gpa
-        # the area its readings use: its own, or vCPU 0's (CLOCK_MODE_AREA0)
-        area0 = gvm.sym("clock_mode", "uint32_t")[0] & lib.CLOCK_MODE_AREA0
-        self._area = gvm.vm.pointer(
-            gvm.symbol("pvti") + PVTI_SIZE * (0 if area0 else vcpu.index),
-            "struct pvclock_vcpu_time_info",
-        )
-
-    def run(self, duration_ns: int, cpus: list[int] | None = None) -> None:
-        rec, clock = self.rec, time.monotonic_ns
-        end = clock() + duration_ns
-        hop = 0
-        with RunMeter() as meter:
-            while True:
-                cpu = -1
-                if cpus:
-                    cpu = cpus[(hop + self.vcpu.index) % len(cpus)]
-                    hop += 1
-                    os.sched_setaffinity(0, {cpu})
-                t0 = meter.begin().t_ns
-                try:
-                    uc = self.gvm.expect(self.vcpu, lib.UCALL_SYNC)
-                except GuestStopped as exc:
-                    rec.stuck = meter.stopped(exc)
-                    return
-                t1 = clock()
-                self._collect(uc.args, t0, t1, cpu)
-                if t1 >= end:
-                    break
-
-    def _collect(self, args: list[int], t0: int, t1: int, cpu: int) -> None:
-        _seq, n, warps, mw, vw, mvw, _g0, _g1 = args
-        n = min(n, lib.CLOCK_BATCH_MAX)
-        rec = self.rec
-        raw = self._buf[self._off : self._off + n * SAMPLE_SIZE]
-        first = len(rec.samples)
-        rec.samples += [tuple(s) for s in struct.iter_unpack(SAMPLE_FMT, raw)]
-        rec.batches.append(Batch(t0, t1, first, n, warps, mw, vw, mvw, cpu))
-        if n:
-            # The host decodes the area the last reading used, if it is unchanged.
-            last = rec.samples[-1]
-            # Another vCPU's thread may be rewriting the area (CLOCK_MODE_AREA0):
-            # the host takes it with the version protocol too.
-            area = Pvti.from_cdata(self._area)
-            if area.version == last[3] == self._area.version and not area.version % 2:
-                rec.decode.append((len(rec.samples) - 1, last[0], area.ns_at(last[1])))
-
-
-def run_phase(
-    gvm: GuestVm,
-    threads: list[VcpuThread],
-    records: list[ClockRecord],
-    duration_ns: int,
-    budget_s: float,
-    hop: bool = False,
-) -> None:
-    """Every vCPU reads on its own thread for ``duration_ns``."""
-    cpus = sorted(os.sched_getaffinity(0)) if hop else None
-    with Watchdog(gvm.stop, [r.index for r in records], duration_ns / 1e9 + budget_s):
-        futures = [
-            t.submit(Reader(gvm, gvm.vcpus[r.index], r).run, duration_ns, cpus)
-            for t, r in zip(threads, records, strict=True)
-        ]
-        wait_or_stop(futures, gvm.stop, [r.index for r in records])
-    if hop:  # back where each thread belongs
-        for i, t in enumerate(threads):
-            t.call(os.sched_setaffinity, 0, {cpu_for(i)})
-
-
-def set_mode(gvm: GuestVm, mode: int, batch: int = BATCH) -> None:
-    gvm.sym("clock_mode", "uint32_t")[0] = mode
-    gvm.sym("clock_batch", "uint32_t")[0] = batch
-
-
-def start_vm(kvm: Kvm, n: int, threads: list[VcpuThread], mode: int) -> GuestVm:
-    image = load_program(PROGRAM)
-    gvm = GuestVm(kvm, image, vcpus=0, mem_size=mem_size_for(image.end, n))
-    try:
-        set_mode(gvm, mode)
-        for i, t in enumerate(threads):
-            t.call(gvm.add_vcpu, i)
-    except BaseException:
-        gvm.close()
-        raise
-    return gvm
-
-
 def clock_stable(vm: Vm) -> tuple[bool, ClockData]:
     c = vm.get_clock()
     return bool(c.flags & lib.KVM_CLOCK_TSC_STABLE), c
@@ -707,200 +419,6 @@ def _tsc_extra(gvm: GuestVm, state: Any) -> None:
         off = v0.get_tsc_offset()
         state.meta_extra["tsc_offset"] = off - checks.U64 if off >= checks.WRAP_THRESHOLD else off
         _, state.meta_extra["host_tsc"], state.meta_extra["realtime_ns"] = host_tsc_and_realtime(v0)
-
-
-@dataclass
-class Run:
-    records: list[ClockRecord]
-    stable: bool | None = None
-    stable_after: bool | None = None  # KVM_GET_CLOCK's stable flag after the boundary
-    facts: BoundaryFacts = field(default_factory=BoundaryFacts)
-    pvti_areas: list[list[int]] = field(default_factory=list)
-    khz: int = 0
-    probes: list[list[RateProbe]] = field(default_factory=list)
-    storm: list[dict[str, int]] = field(default_factory=list)
-    """per phase of an "updates" run: KVM_SET_CLOCKs issued and the ns they added"""
-
-
-#: Pause between two forced kvmclock updates: the vCPUs get the CPU between them.
-STORM_PAUSE_S = 0.0005
-#: CLOCK_MODE_MARK: how long vCPU 0 marks (and the others watch) after each reading.
-MARK_US = 1500
-#: The forced-updates phase lasts at least this long: thousands of rewrites of
-#: vCPU 0's area where the host's CPUs run in parallel.  (Under single-threaded
-#: QEMU TCG the host's vCPUs interleave only where QEMU switches them, between
-#: translated blocks at an interrupt, and a switch almost never lands inside
-#: KVM's write of the area: see README, "Detection power".)
-STORM_MIN_PHASE_MS = 1000
-#: Each forced update puts kvmclock this share of the last update's duration
-#: ahead (plus STORM_MARGIN_NS), so that a TSC whose KVM scale is off (0.76%
-#: seen under TCG) never makes our own KVM_SET_CLOCK step the clock back.
-STORM_MARGIN_SHARE = 0.05
-STORM_MARGIN_NS = 2_000
-
-
-def watch_counts(gvm: GuestVm, n: int) -> list[list[int]]:
-    """CLOCK_MODE_MARK's counters per vCPU (rounds, rewritten, kept, watches,
-    marked, torn, torn_version), since the VM started."""
-    rows = gvm.sym("clock_watch", "struct clock_watch")
-    return [
-        [
-            int(rows[i].rounds),
-            int(rows[i].rewritten),
-            int(rows[i].kept),
-            int(rows[i].watches),
-            int(rows[i].marked),
-            int(rows[i].torn),
-            int(rows[i].torn_version),
-        ]
-        for i in range(n)
-    ]
-
-
-class ClockStorm:
-    """KVM_GET_CLOCK then KVM_SET_CLOCK(clock + margin, KVM_CLOCK_REALTIME) in a
-    loop on its own thread: each set makes every vCPU rewrite its area (KVM's
-    pvclock update), with the clock continuous (KVM adds the real time since
-    the get) and a little ahead, never back."""
-
-    def __init__(self, vm: Vm) -> None:
-        self.vm = vm
-        self.sets = 0
-        self.added_ns = 0
-        self.max_set_ns = 0
-        self.gets_without_realtime = 0
-        self.stable_gets = 0
-        """KVM_GET_CLOCKs with KVM_CLOCK_TSC_STABLE (the VM had a master clock)"""
-        self.lost_after_sets: int | None = None
-        """KVM_SET_CLOCKs issued when a KVM_GET_CLOCK first lacked KVM_CLOCK_TSC_STABLE
-        after one had it (the master clock lost); None: never lost"""
-        self.clocksource: list[str] = [host_clocksource()]
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="clock-storm", daemon=True)
-
-    def __enter__(self) -> ClockStorm:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.clocksource.append(host_clocksource())
-
-    def summary(self) -> dict[str, Any]:
-        """The phase's record of the storm."""
-        return {
-            "sets": self.sets,
-            "added_ns": self.added_ns,
-            "max_set_ns": self.max_set_ns,
-            "gets_without_realtime": self.gets_without_realtime,
-            "stable_gets": self.stable_gets,
-            "lost_after_sets": self.lost_after_sets,
-            "clocksource": self.clocksource,
-        }
-
-    def _loop(self) -> None:
-        last = 0
-        try:
-            while not self._stop.wait(STORM_PAUSE_S):
-                t0 = time.monotonic_ns()
-                c = self.vm.get_clock()
-                if c.flags & lib.KVM_CLOCK_TSC_STABLE:
-                    self.stable_gets += 1
-                elif self.stable_gets and self.lost_after_sets is None:
-                    # stable before, not now: only our KVM_SET_CLOCKs came between
-                    self.lost_after_sets = self.sets
-                if not c.flags & lib.KVM_CLOCK_REALTIME:
-                    # no master clock (yet: a new VM has one once its vCPUs ran)
-                    self.gets_without_realtime += 1
-                    continue
-                margin = STORM_MARGIN_NS + int(STORM_MARGIN_SHARE * last)
-                self.vm.set_clock(
-                    ClockData(max(c.clock_ns + margin, 0), realtime_ns=c.realtime_ns),
-                    flags=lib.KVM_CLOCK_REALTIME,
-                )
-                last = time.monotonic_ns() - t0
-                self.sets += 1
-                self.added_ns += margin
-                self.max_set_ns = max(self.max_set_ns, last)
-        except BaseException as exc:  # reported by the phase
-            self.error = exc
-
-
-CLOCKSOURCE = "/sys/devices/system/clocksource/clocksource0/current_clocksource"
-
-
-def host_clocksource() -> str:
-    """The host's clocksource (KVM has a master clock only on "tsc"), or "" if unknown."""
-    try:
-        with open(CLOCKSOURCE) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def rate_probe(vcpu: Vcpu) -> RateProbe:
-    """The guest's TSC (KVM_GET_MSRS) between readings of CLOCK_MONOTONIC_RAW
-    and CLOCK_MONOTONIC (the clock the batches are timed with)."""
-    raw, mono = time.clock_gettime_ns, time.monotonic_ns
-    r0 = raw(time.CLOCK_MONOTONIC_RAW)
-    m0 = mono()
-    tsc = vcpu.get_msr(MSR_IA32_TSC)
-    m1 = mono()
-    return RateProbe((r0, raw(time.CLOCK_MONOTONIC_RAW)), (m0, m1), tsc)
-
-
-def narrowest_probe(vcpu: Vcpu, tries: int = 3) -> RateProbe:
-    """The probe with the narrowest bracket of ``tries``: a thread preempted
-    mid-probe only widens the uncertainty of the rate, and one of a few is
-    rarely preempted."""
-    return min((rate_probe(vcpu) for _ in range(tries)), key=lambda p: p.mono_ns[1] - p.mono_ns[0])
-
-
-def measured_phase(
-    gvm: GuestVm,
-    threads: list[VcpuThread],
-    run: Run,
-    duration_ns: int,
-    budget_s: float,
-    hop: bool = False,
-    storm: bool = False,
-) -> None:
-    """:func:`run_phase`, with vCPU 0's TSC probed before and after it: the
-    TSC rate the phase ran at, which the judge's TSC bounds rest on."""
-    probes = [threads[0].call(narrowest_probe, gvm.vcpus[0])]
-    run.probes.append(probes)
-    if storm:
-        duration_ns = max(duration_ns, STORM_MIN_PHASE_MS * 1_000_000)
-        with ClockStorm(gvm.vm) as st:
-            run_phase(gvm, threads, run.records, duration_ns, budget_s, hop)
-        if st.error:
-            raise st.error
-        if not st.sets and st.gets_without_realtime:
-            raise NotSupported(
-                "KVM_GET_CLOCK returned no realtime (KVM_CLOCK_REALTIME: "
-                "the host clock is not TSC-based) to force continuous kvmclock updates with"
-            )
-        run.storm.append(st.summary())
-        if gvm.sym("clock_mode", "uint32_t")[0] & lib.CLOCK_MODE_MARK:
-            run.storm[-1]["watch"] = watch_counts(gvm, len(run.records))
-    else:
-        run_phase(gvm, threads, run.records, duration_ns, budget_s, hop)
-    if not any(r.stuck for r in run.records):
-        probes.append(threads[0].call(narrowest_probe, gvm.vcpus[0]))
-
-
-def pvti_snapshot(
-    gvm: GuestVm, threads: list[VcpuThread], records: list[ClockRecord]
-) -> list[list[int]]:
-    """Every vCPU runs one more batch (so pending clock updates land), then with
-    all of them stopped: each area, and KVM_GET_CLOCK's flags last."""
-    for f in [
-        t.submit(Reader(gvm, gvm.vcpus[i], records[i]).run, 0) for i, t in enumerate(threads)
-    ]:
-        f.result()
-    return [pvti_of(gvm, i).to_list() for i in range(len(threads))]
 
 
 class ClockRun(Phases):

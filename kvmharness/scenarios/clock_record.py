@@ -312,3 +312,19 @@ class BoundaryFacts:
                 for k, v in d.items()
             }
         )
+
+
+@dataclass
+class Run:
+    """What a clock run measured, over both phases (the result and the record
+    are built from it)."""
+
+    records: list[ClockRecord]
+    stable: bool | None = None
+    stable_after: bool | None = None  # KVM_GET_CLOCK's stable flag after the boundary
+    facts: BoundaryFacts = field(default_factory=BoundaryFacts)
+    pvti_areas: list[list[int]] = field(default_factory=list)
+    khz: int = 0
+    probes: list[list[RateProbe]] = field(default_factory=list)
+    storm: list[dict[str, int]] = field(default_factory=list)
+    """per phase of an "updates" run: KVM_SET_CLOCKs issued and the ns they added"""
