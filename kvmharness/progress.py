@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from kvmharness.scenarios.base import MIN_CONTEND_MS
+
 #: A step expected to take at least this long says what it waits for.
 LONG_STEP_S = 3.0
 #: The tick: first after this many seconds of one step, then every TICK_EVERY_S.
@@ -30,8 +32,6 @@ _STEAL_PER_CONTEND = 2.6
 _CLOCK_PER_PHASE = 1.25
 #: A snapshot through a second process (its start and its own VM).
 _CROSS_PROCESS_S = 1.5
-#: kvmclock's shortest phase (kvmharness.scenarios.clock.MIN_PHASE_MS).
-_MIN_PHASE_MS = 20
 
 
 def _boundary(family: str, variant: str) -> bool:
@@ -51,7 +51,7 @@ def waits(family: str, variant: str, options: Any) -> tuple[float, str]:
         s = _BASE_S["steal"] + _STEAL_PER_CONTEND * c
         parts.append(f"contention 2 x {_ms(options.contend_ms)}")
     elif family == "clock":
-        phase = max(options.contend_ms, _MIN_PHASE_MS) / 1000
+        phase = max(options.contend_ms, MIN_CONTEND_MS) / 1000
         two = _boundary(family, variant)
         s = _BASE_S["clock"] + (2 if two else 1) * _CLOCK_PER_PHASE * phase
         parts.append(f"reading phases {'2 x ' if two else ''}{_ms(int(phase * 1000))}")
