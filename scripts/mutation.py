@@ -33,6 +33,24 @@ What keeps a run cheap:
 Exit 0 when every module shown reaches --min-score (default 90) with the
 listed equivalents left out; 1 otherwise; 128 when mutmut itself failed.
 This is a measurement, not part of CI.
+
+``--fast`` (with ``--module``) checks the module's mutants without
+``mutmut run``'s per-mutant pytest start-up: mutmut only generates the
+mutants (in ``mutants/``), then one pytest session (``scripts/mutation_fast.py``)
+runs every selected test once to learn which functions it reaches, and checks
+each mutant in a forked child that makes it active (mutmut's trampoline reads
+the mutant's name at every call) and runs only the tests that reach its
+function, fastest first, up to the first failure.  The exit codes go into
+mutmut's ``mutants/<module>.meta``, so the table and ``mutmut results`` read
+them as their own.  kvmharness/judges/clock.py: about a tenth of mutmut's
+time (see README, "Testing the judges").  By default only mutants not already
+killed are checked again (a new test only kills more); ``--recheck`` checks
+every one, as after a change of the module or a test removed.  ``--tests``
+narrows the tests for a quick first pass: what they kill is killed, but a
+survivor must be checked again against the whole selection (without
+``--tests``), since a survivor runs every test that reaches it.
+
+    .venv/bin/python scripts/mutation.py --fast --module kvmharness/judges/clock.py
 """
 
 from __future__ import annotations
@@ -44,6 +62,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -153,6 +172,78 @@ def sync_unmutated(root: Path = ROOT) -> int:
     return copied
 
 
+def module_path(module: str) -> Path:
+    """``kvmharness.judges.clock`` (or its path) as the path of its source file."""
+    name = module_of(module_glob(module))
+    path = Path(*name.split("."))
+    return path / "__init__.py" if (ROOT / path).is_dir() else path.with_suffix(".py")
+
+
+_GENERATE = """
+import os
+from mutmut.mutation.trampoline import set_mutant_under_test
+set_mutant_under_test("mutant_generation")
+import mutmut.__main__ as m
+from mutmut.utils.file_utils import copy_also_copy_files, copy_src_dir, setup_source_paths
+os.makedirs("mutants", exist_ok=True)
+copy_src_dir()
+copy_also_copy_files()
+setup_source_paths()
+m.store_lines_covered_by_tests()
+m.create_mutants(1)
+"""
+
+
+def run_fast(
+    module: str, *, nice: int, recheck: bool, tests: list[str] | None = None, root: Path = ROOT
+) -> int:
+    """Check ``module``'s mutants with scripts/mutation_fast.py (see the module
+    docstring) and write their exit codes into mutmut's ``.meta`` file."""
+    python = str(VENV_BIN / "python")
+    pre = ["nice", "-n", str(nice)] if nice else []
+    env = {k: v for k, v in os.environ.items() if k != "KVMHARNESS_REQUIRE_KVM"}
+    # mutmut generates (or keeps, when unchanged) every configured module's mutants
+    rc = subprocess.call([*pre, python, "-c", _GENERATE], cwd=root, env=env)
+    if rc:
+        print(f"mutation: generating the mutants failed ({rc})", file=sys.stderr)
+        return 128
+    sync_unmutated(root)
+    # the tests as they are now (mutmut copies tests/ only once)
+    shutil.copytree(root / "tests", root / "mutants" / "tests", dirs_exist_ok=True)
+    shutil.copytree(root / "scripts", root / "mutants" / "scripts", dirs_exist_ok=True)
+    meta_path = root / "mutants" / (str(module_path(module)) + ".meta")
+    meta = json.loads(meta_path.read_text())
+    codes: dict[str, int | None] = meta["exit_code_by_key"]
+    names = [n for n, c in codes.items() if recheck or c not in (1, 3, 36)]
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["mutmut"]
+    with tempfile.TemporaryDirectory(prefix="mutation-fast-") as tmp:
+        names_file, out_file = Path(tmp) / "names.json", Path(tmp) / "out.json"
+        names_file.write_text(json.dumps(names))
+        env.update(MUTATION_FAST_MUTANTS=str(names_file), MUTATION_FAST_OUT=str(out_file))
+        cmd = [
+            *pre,
+            python,
+            "-m",
+            "pytest",
+            "-p",
+            "scripts.mutation_fast",
+            *cfg["pytest_add_cli_args"],
+            *(tests or cfg["pytest_add_cli_args_test_selection"]),
+        ]
+        cmd = [c for c in cmd if c != "-x"]
+        rc = subprocess.call(cmd, cwd=root / "mutants", env=env)
+        out = json.loads(out_file.read_text()) if out_file.exists() else {}
+    if rc or len(out) != len(names):
+        print(
+            f"mutation: the fast run exited {rc} after {len(out)} of {len(names)} mutants",
+            file=sys.stderr,
+        )
+    meta = json.loads(meta_path.read_text())
+    meta["exit_code_by_key"].update(out)
+    meta_path.write_text(json.dumps(meta, indent=4))
+    return 0 if rc == 0 and len(out) == len(names) else 128
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--report-only", action="store_true", help="do not run mutmut")
@@ -167,6 +258,21 @@ def main(argv: list[str] | None = None) -> int:
         help="run (and show) only this module's mutants, e.g. kvmharness/judges/clock.py",
     )
     ap.add_argument("--nice", type=int, default=19, help="niceness of the run (default 19)")
+    ap.add_argument(
+        "--fast",
+        action="store_true",
+        help="with --module: one pytest session, a forked child per mutant (see above)",
+    )
+    ap.add_argument(
+        "--recheck", action="store_true", help="with --fast: check killed mutants again too"
+    )
+    ap.add_argument(
+        "--tests",
+        action="append",
+        metavar="PATH",
+        help="with --fast: only these test files or node ids (a quick first pass: a mutant "
+        "they kill is killed; one they miss is checked again without --tests)",
+    )
     args = ap.parse_args(argv)
     globs = [module_glob(m) for m in args.module]
     mutmut = VENV_BIN / "mutmut"
@@ -175,7 +281,13 @@ def main(argv: list[str] | None = None) -> int:
             "mutation: .venv has no mutmut; run scripts/bootstrap.sh (test extra)", file=sys.stderr
         )
         return 128
-    if not args.report_only:
+    if args.fast and not args.report_only:
+        if not args.module:
+            ap.error("--fast needs --module")
+        for m in args.module:
+            if run_fast(m, nice=args.nice, recheck=args.recheck, tests=args.tests):
+                return 128
+    elif not args.report_only:
         sync_unmutated()
         env = {k: v for k, v in os.environ.items() if k != "KVMHARNESS_REQUIRE_KVM"}
         cmd = [str(mutmut), "run", "--max-children", str(args.max_children), *globs]

@@ -118,3 +118,12 @@ def test_sync_copies_only_the_files_mutmut_does_not_mutate(mutation, tmp_path):
     assert mutated.read_text() == "# mutmut's mutants\n"
     assert not (tmp_path / "mutants/kvmharness/judges").exists()
     assert mutation.sync_unmutated(tmp_path) == 0  # unchanged: nothing copied again
+
+
+def test_fast_mode_finds_a_modules_source_and_its_meta(mutation):
+    """--fast reads and writes mutmut's ``mutants/<source>.meta`` of the module."""
+    assert mutation.module_path("kvmharness/judges/clock.py") == Path("kvmharness/judges/clock.py")
+    assert mutation.module_path("kvmharness.checks") == Path("kvmharness/checks.py")
+    assert mutation.module_path("kvmharness/judges/__init__.py") == Path(
+        "kvmharness/judges/__init__.py"
+    )
