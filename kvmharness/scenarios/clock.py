@@ -56,7 +56,6 @@ from kvmharness.scenarios.base import (
     Family,
     Kind,
     NotSupported,
-    OptionError,
     RunOptions,
     Variant,
     Verdict,
@@ -89,8 +88,7 @@ from kvmharness.scenarios.clock_storm import MARK_US
 from kvmharness.scenarios.lifecycle import (
     Live,
     Phases,
-    check_variant,
-    check_vcpus,
+    ScenarioConfig,
     child_main,
     restore_in_new_vm,
     run_phases,
@@ -268,23 +266,18 @@ DEFAULT_VARIANTS = list(VARIANTS)
 
 
 @dataclass
-class ClockConfig:
+class ClockConfig(ScenarioConfig):
+    """One clock scenario; its phases are as long as a contended time is
+    (RunOptions' ``contend_ms``, bounded as it is, ``phase_ms`` here and in
+    the record)."""
+
+    family = "clock"
+    renamed = {"contend_ms": "phase_ms"}
     variant: str
     vcpus: int = 2
     phase_ms: int = DEFAULTS.contend_ms
     downtime_ms: int = DEFAULTS.downtime_ms
     budget_s: float = DEFAULTS.budget_s
-
-    def validate(self) -> None:
-        """The variant, the vCPU count, and the knobs by :meth:`RunOptions.validate`
-        (a phase is bounded as a contended time is)."""
-        check_variant(FAMILY, self.variant)
-        check_vcpus(FAMILY, self.vcpus)
-        try:
-            RunOptions(self.phase_ms, self.downtime_ms, self.budget_s).validate()
-        except OptionError as exc:
-            field = "phase_ms" if exc.field == "contend_ms" else exc.field
-            raise OptionError(field, exc.text) from None
 
 
 @dataclass
@@ -778,16 +771,7 @@ def from_record(record: dict[str, Any], judgement: Any) -> ClockResult:
 
 
 def run_one(name: str, vcpus: int, options: RunOptions, kvm: Kvm | None = None) -> ClockResult:
-    return run_scenario(
-        ClockConfig(
-            name,
-            vcpus,
-            options.contend_ms,
-            options.downtime_ms,
-            options.budget_s,
-        ),
-        kvm,
-    )
+    return run_scenario(ClockConfig.of(name, vcpus, options), kvm)
 
 
 #: bisect's quick profile: per-vCPU and cross-vCPU reading, reading vCPU 0's

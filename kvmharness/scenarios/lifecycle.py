@@ -24,9 +24,11 @@ module holds the rest of a scenario's life:
   around each KVM_RUN, so a vCPU the watchdog stopped there becomes the
   :class:`~kvmharness.judges.stopped.Stopped` its judge reads.
 
-The knobs, their defaults and bounds are :class:`~kvmharness.scenarios.base.RunOptions`
-(a family's config copies its fields by name: they are the record's ``config``);
-a vCPU the watchdog stopped is judged by :mod:`kvmharness.judges.stopped`.
+The knobs, their defaults and bounds are :class:`~kvmharness.scenarios.base.RunOptions`;
+a family's config is a :class:`ScenarioConfig`, a view of them: the
+variant, the vCPU count and the knobs it uses, under the names its record's
+``config`` gives them.  A vCPU the watchdog stopped is judged by
+:mod:`kvmharness.judges.stopped`.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ import abc
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from kvmharness.ffi import lib
 from kvmharness.guest.machine import GuestStopped, GuestVm
@@ -46,7 +48,15 @@ from kvmharness.host.sched import SchedStat
 from kvmharness.host.threads import VcpuThread, close_threads, new_threads
 from kvmharness.judges.stopped import Stopped
 from kvmharness.kvm import Kvm
-from kvmharness.scenarios.base import Blame, Family, ScenarioFailed, blame_of
+from kvmharness.scenarios.base import (
+    Blame,
+    Family,
+    OptionError,
+    RunOptions,
+    ScenarioFailed,
+    blame_of,
+    family,
+)
 from kvmharness.scenarios.child import (
     child_entry,
     keep_snapshot,
@@ -72,6 +82,51 @@ def check_vcpus(family: Family, vcpus: int) -> None:
     limit = min(family.max_vcpus, lib.GUEST_MAX_VCPUS)
     if not (isinstance(vcpus, int) and 1 <= vcpus <= limit):
         raise ValueError(f"vcpus must be 1 to {limit} for {family.name}, got {vcpus}")
+
+
+class ScenarioConfig:
+    """What a family's config is: one scenario's ``variant`` and ``vcpus``, and
+    the :class:`RunOptions` knobs the family uses as its own dataclass fields
+    (their defaults RunOptions' own), named as its record's ``config`` names
+    them.  The checks and the conversions are here, once.
+
+    A family's config is a dataclass subclass that sets :attr:`family` and,
+    where its record spells a knob otherwise, :attr:`renamed`."""
+
+    family: ClassVar[str]
+    renamed: ClassVar[Mapping[str, str]] = {}
+    """RunOptions' name -> this config's (clock: ``contend_ms`` -> ``phase_ms``)."""
+    variant: str
+    vcpus: int
+
+    @classmethod
+    def _knobs(cls) -> list[tuple[str, str]]:
+        """(RunOptions' name, this config's) for every knob the config has."""
+        mine = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        pairs = [(f.name, cls.renamed.get(f.name, f.name)) for f in fields(RunOptions)]
+        return [(opt, name) for opt, name in pairs if name in mine]
+
+    @classmethod
+    def of(cls, variant: str, vcpus: int, options: RunOptions) -> Self:
+        """The config of ``variant`` at ``vcpus`` with the run's ``options``."""
+        knobs = {name: getattr(options, opt) for opt, name in cls._knobs()}
+        return cls(variant=variant, vcpus=vcpus, **knobs)  # type: ignore[call-arg]
+
+    def options(self) -> RunOptions:
+        """The knobs as RunOptions (the ones the family does not use: defaults)."""
+        return RunOptions(**{opt: getattr(self, name) for opt, name in self._knobs()})
+
+    def validate(self) -> None:
+        """The variant and the vCPU count by the family, the knobs by
+        :meth:`RunOptions.validate`; ValueError (:class:`OptionError` for a
+        knob) names the field as this config does."""
+        fam = family(self.family)
+        check_variant(fam, self.variant)
+        check_vcpus(fam, self.vcpus)
+        try:
+            self.options().validate()
+        except OptionError as exc:
+            raise OptionError(self.renamed.get(exc.field, exc.field), exc.text) from None
 
 
 def sleep_until(deadline_ns: int) -> None:

@@ -94,7 +94,7 @@ from kvmharness.scenarios.base import (
     Verdict,
     verdict_for,
 )
-from kvmharness.scenarios.lifecycle import check_variant, check_vcpus, guarded_run, on_kvm
+from kvmharness.scenarios.lifecycle import ScenarioConfig, guarded_run, on_kvm
 from kvmharness.scenarios.postcopy_migration import (  # noqa: F401  (the steps, for tests)
     MAX_VCPUS,
     PROGRAM,
@@ -154,21 +154,16 @@ DEFAULT_VARIANTS = list(VARIANTS)
 
 
 @dataclass
-class PostcopyConfig:
+class PostcopyConfig(ScenarioConfig):
+    """One postcopy scenario (the record's ``config``)."""
+
+    family = "postcopy"
     variant: str = "stream"
     vcpus: int = 2
     latency_us: int = DEFAULTS.latency_us
     pages_per_vcpu: int = DEFAULTS.pages_per_vcpu
     budget_s: float = DEFAULTS.budget_s
     seed: int = 0x5EED0F
-
-    def validate(self) -> None:
-        """The variant, the vCPU count, and the knobs by :meth:`RunOptions.validate`."""
-        check_variant(FAMILY, self.variant)
-        check_vcpus(FAMILY, self.vcpus)
-        RunOptions(
-            budget_s=self.budget_s, latency_us=self.latency_us, pages_per_vcpu=self.pages_per_vcpu
-        ).validate()
 
 
 # --------------------------------------------------------------------------
@@ -324,7 +319,7 @@ def from_record(record: dict[str, Any], judgement: Judgement) -> PostcopyResult:
 def run_one(name: str, vcpus: int, options: RunOptions, kvm: Kvm | None = None) -> PostcopyResult:
     """For ``run``, ``bisect`` and ``postcopy``: a vCPU count this family
     cannot take is an ERROR row (bad usage, exit 128), not a traceback."""
-    cfg = PostcopyConfig(name, vcpus, options.latency_us, options.pages_per_vcpu, options.budget_s)
+    cfg = PostcopyConfig.of(name, vcpus, options)
     try:
         cfg.validate()
     except ValueError as exc:

@@ -69,8 +69,7 @@ from kvmharness.scenarios.lifecycle import (
     Live,
     Phases,
     RunMeter,
-    check_variant,
-    check_vcpus,
+    ScenarioConfig,
     child_main,
     restore_in_new_vm,
     run_phases,
@@ -219,21 +218,15 @@ DEFAULT_VARIANTS = list(VARIANTS)
 
 
 @dataclass
-class StealConfig:
+class StealConfig(ScenarioConfig):
+    """One steal scenario (the record's ``config``)."""
+
+    family = "steal"
     variant: str
     vcpus: int = 1
     contend_ms: int = DEFAULTS.contend_ms
     downtime_ms: int = DEFAULTS.downtime_ms
     budget_s: float = DEFAULTS.budget_s
-    """How long past its contended time a phase may run before its vCPUs are
-    stopped from another thread and reported as stuck."""
-
-    def validate(self) -> None:
-        """The variant, the vCPU count, and the knobs by :meth:`RunOptions.validate`;
-        ValueError names the bad field."""
-        check_variant(FAMILY, self.variant)
-        check_vcpus(FAMILY, self.vcpus)
-        RunOptions(self.contend_ms, self.downtime_ms, self.budget_s).validate()
 
 
 @dataclass
@@ -582,9 +575,7 @@ def run_scenario(cfg: StealConfig, kvm: Kvm | None = None) -> StealResult:
 
 
 def run_one(name: str, vcpus: int, options: RunOptions, kvm: Kvm | None = None) -> StealResult:
-    return run_scenario(
-        StealConfig(name, vcpus, options.contend_ms, options.downtime_ms, options.budget_s), kvm
-    )
+    return run_scenario(StealConfig.of(name, vcpus, options), kvm)
 
 
 #: bisect's quick profile: the 2015 bug shows in both main-thread restores;
