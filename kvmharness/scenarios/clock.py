@@ -599,9 +599,9 @@ class ClockRun(Phases):
     measured (:attr:`run`)."""
 
     def __init__(self, cfg: ClockConfig) -> None:
-        self.cfg = cfg
+        super().__init__(cfg)
+        self.cfg: ClockConfig = cfg
         self.variant = VARIANTS[cfg.variant]
-        self.vcpus, self.downtime_ms = cfg.vcpus, cfg.downtime_ms
         self.run = Run([ClockRecord(i) for i in range(cfg.vcpus)])
 
     def start(self, kvm: Kvm, threads: list[VcpuThread]) -> GuestVm:
@@ -666,9 +666,6 @@ class ClockRun(Phases):
             tuple(f["get_clock_ns"]), (0, 0), f["saved_clock"], khz_before=f["khz_before"]
         )
 
-    def config(self) -> dict[str, Any]:
-        return asdict(self.cfg)
-
     def payload(self) -> dict[str, Any]:
         run = self.run
         return {
@@ -718,8 +715,6 @@ def run_scenario(cfg: ClockConfig, kvm: Kvm | None = None) -> ClockResult:
         kvm,
         boundary=None if v.boundary is Boundary.NONE else partial(restore_in_new_vm, sc),
         cross=v.boundary is Boundary.CROSS_PROCESS,
-        keep=("clock", cfg.variant, cfg.vcpus),
-        timeout_s=2 * cfg.phase_ms / 1000 + cfg.budget_s + 120,
     )
     failure = None
     if out.blame is not None:

@@ -38,7 +38,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from kvmharness.ffi import lib
@@ -235,16 +235,24 @@ class Phases(abc.ABC):
     """One run of a two-phase variant, as its family measures it: the hooks
     :func:`run_phases` drives, and what they measured (the family's records).
 
-    ``vcpus`` and ``downtime_ms`` are the run's; ``captured_ns`` is set by a
-    :meth:`capture` that timed the moment the downtime runs from (clock: its
-    KVM_GET_CLOCK); left None, the downtime runs from the boundary's start (in
-    one process) or from the save child's end (across two)."""
+    ``captured_ns`` is set by a :meth:`capture` that timed the moment the
+    downtime runs from (clock: its KVM_GET_CLOCK); left None, the downtime
+    runs from the boundary's start (in one process) or from the save child's
+    end (across two)."""
 
-    vcpus: int
-    downtime_ms: int
     captured_ns: int | None = None
     boundary_s: float = 0.0
     """How long the in-process boundary took (0: none ran)."""
+
+    def __init__(self, cfg: ScenarioConfig) -> None:
+        self.cfg = cfg
+        opts = cfg.options()
+        self.vcpus = cfg.vcpus
+        self.phase_ms, self.downtime_ms, self.budget_s = (
+            opts.contend_ms,
+            opts.downtime_ms,
+            opts.budget_s,
+        )
 
     @abc.abstractmethod
     def start(self, kvm: Kvm, threads: list[VcpuThread]) -> GuestVm:
@@ -277,9 +285,9 @@ class Phases(abc.ABC):
 
     # ---- across processes
 
-    @abc.abstractmethod
     def config(self) -> dict[str, Any]:
         """What the save and restore children build this run from (JSON)."""
+        return asdict(self.cfg)  # type: ignore[call-overload]
 
     @abc.abstractmethod
     def payload(self) -> dict[str, Any]:
@@ -385,17 +393,19 @@ def _child_phase(role: str, sc: Phases, snap_fd: int) -> dict[str, Any]:
     return {"run": sc.payload(), "stopped": sc.stuck(), "captured_ns": sc.captured_ns}
 
 
-def across_processes(sc: Phases, keep: tuple[str, str, int], timeout_s: float) -> None:
+def across_processes(sc: Phases) -> None:
     """The first phase in a save child, the downtime, the second phase in a
-    restore child (``type(sc)``'s module run as :func:`child_main`)."""
+    restore child (``type(sc)``'s module run as :func:`child_main`).  A child
+    that outlives both phases and its budget by two minutes is a harness fault."""
+    cfg = sc.cfg
     a, b = cross_process(
         type(sc).__module__,
         sc.config(),
-        timeout_s,
+        2 * sc.phase_ms / 1000 + sc.budget_s + 120,
         stopped=lambda a: bool(a["stopped"]),
         downtime_from=lambda saved: saved.payload["captured_ns"] or saved.done_ns,
         downtime_ms=sc.downtime_ms,
-        keep=keep,
+        keep=(cfg.family, cfg.variant, cfg.vcpus),
     )
     sc.join(a["run"], b["run"] if b is not None else None)
 
@@ -410,15 +420,13 @@ def run_phases(
     *,
     boundary: Callable[[Live], None] | None,
     cross: bool,
-    keep: tuple[str, str, int],
-    timeout_s: float,
 ) -> Outcome[RunT]:
     """:func:`guarded_run` of ``sc``: across processes when ``cross``, else in
     this process (on ``kvm`` or a handle of its own) with ``boundary``."""
 
     def body() -> RunT:
         if cross:
-            across_processes(sc, keep, timeout_s)
+            across_processes(sc)
         else:
             on_kvm(kvm, lambda k: in_process(k, sc, boundary))
         return sc

@@ -491,9 +491,9 @@ class StealRun(Phases):
     (:func:`~kvmharness.scenarios.lifecycle.run_phases`) and each vCPU's record."""
 
     def __init__(self, cfg: StealConfig) -> None:
-        self.cfg = cfg
+        super().__init__(cfg)
+        self.cfg: StealConfig = cfg
         self.variant = VARIANTS[cfg.variant]
-        self.vcpus, self.downtime_ms = cfg.vcpus, cfg.downtime_ms
         self.records = [VcpuRecord(i) for i in range(cfg.vcpus)]
 
     def start(self, kvm: Kvm, threads: list[VcpuThread]) -> GuestVm:
@@ -521,9 +521,6 @@ class StealRun(Phases):
 
     def restore(self, kvm: Kvm, threads: list[VcpuThread], state: Any, downtime_ns: int) -> GuestVm:
         return _restore(kvm, state, threads, self.records, self.variant.writer, downtime_ns)
-
-    def config(self) -> dict[str, Any]:
-        return asdict(self.cfg)
 
     def payload(self) -> dict[str, Any]:
         return {"records": [r.to_json() for r in self.records]}
@@ -556,8 +553,6 @@ def run_scenario(cfg: StealConfig, kvm: Kvm | None = None) -> StealResult:
         kvm,
         boundary=None if var.boundary is None else partial(var.boundary, run),
         cross=var.cross_process,
-        keep=("steal", cfg.variant, cfg.vcpus),
-        timeout_s=2 * cfg.contend_ms / 1000 + cfg.budget_s + 120,
     )
     res = StealResult(
         cfg,
