@@ -617,18 +617,6 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
                     counter="fault",
                 )
             )
-        elif v is None and f.page == r.helper_page and f.tid != helper_tid:
-            out.append(
-                checks.violation(
-                    KIND_MISATTRIBUTED,
-                    "helper",
-                    f.page,
-                    None,
-                    None,
-                    f"the helper thread's fault named thread {f.tid}, not {helper_tid}",
-                    counter="fault",
-                )
-            )
     for i, f in enumerate(r.faults):
         v = rp.vcpu_of[i]
         if v is None or rp.placed_by[i] != "before" or not r.vcpu[v].verify_ns:

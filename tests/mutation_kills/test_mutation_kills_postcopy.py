@@ -1,0 +1,871 @@
+# ruff: noqa: E501  (EXPECTED holds the sentences the user reads, whole)
+"""kvmharness.judges.postcopy: the details mutation testing found untested
+(scripts/mutation.py).  No KVM needed.
+
+Each scenario takes a real recorded run (tests/data/postcopy/), changes one
+thing the kernel or the harness reported, and checks the judge's whole answer:
+the verdict, the sentence the user reads, and each violation (kind, where,
+the figures and the detail), as README describes them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvmharness.blocktime import BlocktimeReport
+from kvmharness.checks import format_ns
+from kvmharness.judges import RecordError, deltas, judge_record, undeltas
+from kvmharness.judges import postcopy as pj
+from kvmharness.scenarios.base import Kind, Verdict
+
+DATA = Path(__file__).parent.parent / "data" / "postcopy"
+RECORDS = sorted(p.stem for p in DATA.glob("*.json"))
+
+
+def load(name: str) -> dict[str, Any]:
+    return copy.deepcopy(json.loads((DATA / f"{name}.json").read_text()))
+
+
+def rows(j: Any) -> list[tuple]:
+    return [
+        (v.kind, v.series, v.index, v.before, v.after, v.delta, v.wall_ns, v.detail, v.counter)
+        for v in j.violations
+    ]
+
+
+def drop_faults(rec: dict[str, Any], drop: list[int]) -> None:
+    f = rec["faults"]
+    t = undeltas(f["t_ns"])
+    keep = [i for i in range(len(t)) if i not in set(drop)]
+    f["t_ns"] = deltas([t[i] for i in keep])
+    for k in ("page", "tid", "after"):
+        f[k] = [f[k][i] for i in keep]
+
+
+def add_fault(rec: dict[str, Any], t_ns: int, page: int, tid: int, after: int) -> None:
+    f = rec["faults"]
+    t = undeltas(f["t_ns"]) + [t_ns]
+    f["t_ns"] = deltas(t)
+    f["page"].append(page)
+    f["tid"].append(tid)
+    f["after"].append(after)
+
+
+# ---- the guest's pattern and the record
+
+
+def test_the_checksum_starts_from_zero_and_sums_the_running_sum():
+    assert pj.sums([]) == (0, 0)
+    assert pj.sums([1, 2, 3]) == (6, 10)  # s1: 1, 3, 6; s2: 1, 4, 10
+    assert pj.sums([pj.U64, 2]) == (1, pj.U64 + 1 & pj.U64)  # mod 2^64
+    assert pj.sums([5], 1, 2) == (6, 8)
+
+
+def test_a_record_comes_back_as_it_was_written():
+    for name in RECORDS:
+        rec = load(name)
+        back = pj.PostcopyRecord.from_dict(rec).to_dict()
+        assert back == {k: v for k, v in rec.items() if k in back}, name
+        assert set(rec) - set(back) <= {"scenario", "strategy", "recorded_on", "known"}
+
+
+def test_times_not_taken_stay_zero_and_the_fields_no_rule_reads_are_kept():
+    rec = load("non-vcpu")
+    vc = rec["vcpu"]
+    vc["state"][1] = "unplaced"
+    vc["run_start_ns"][1] = vc["run_end_ns"][1] = vc["verify_ns"][1] = 0
+    rec["host"].update(eexist=3, watchdog=True)
+    rec["threads"]["fault"] = [11, 22]
+    rec["config"]["switch_interval_ns"] = 123_456
+    r = pj.PostcopyRecord.from_dict(rec)
+    o = r.vcpu[1]
+    assert (o.run_start_ns, o.run_end_ns, o.verify_ns) == (0, 0, 0)
+    assert r.vcpu[0].run_start_ns == rec["t0_ns"] + vc["run_start_ns"][0]
+    assert r.vcpu[0].verify_ns == rec["t0_ns"] + vc["verify_ns"][0]
+    assert (r.eexist, r.watchdog, r.fault_thread, r.switch_interval_ns) == (
+        3,
+        True,
+        (11, 22),
+        123_456,
+    )
+    assert r.variant == "postcopy/non-vcpu" and r.kind is Kind.PROMISE
+    back = r.to_dict()
+    assert back["vcpu"]["run_start_ns"][1] == 0 and back["vcpu"]["verify_ns"][1] == 0
+    assert back["host"] == rec["host"] and back["threads"] == rec["threads"]
+    del rec["kind"]  # a record without it is a promise
+    assert pj.PostcopyRecord.from_dict(rec).kind is Kind.PROMISE
+    rec["kind"] = "characterize"
+    assert pj.PostcopyRecord.from_dict(rec).kind is Kind.CHARACTERIZE
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.update(family="steal"), "^not a postcopy record: family 'steal'$"),
+        (lambda r: r.update(schema=1), "^postcopy record of schema 1$"),
+        (lambda r: r["faults"]["page"].pop(), "^postcopy record unreadable: ValueError"),
+        (lambda r: r["placements"]["page"].pop(), "^postcopy record unreadable: ValueError"),
+        (lambda r: r["config"].pop("seed"), "^postcopy record unreadable: KeyError\\('seed'\\)$"),
+    ],
+)
+def test_an_unreadable_record_is_refused_saying_why(change, message):
+    rec = load("stream")
+    change(rec)
+    with pytest.raises(RecordError, match=message):
+        pj.PostcopyRecord.from_dict(rec)
+
+
+def test_the_most_disjoint_intervals():
+    assert pj._max_disjoint([]) == 0
+    assert pj._max_disjoint([(0, 10)]) == 1
+    # by end: (0,3) then (3,5) (touching counts) then (6,9); (1,20) overlaps
+    assert pj._max_disjoint([(1, 20), (6, 9), (3, 5), (0, 3)]) == 3
+    assert pj._max_disjoint([(0, 10), (2, 4), (5, 7)]) == 2
+    assert pj._max_disjoint([(5, 6), (0, 1)]) == 2
+
+
+# ---- a run that never ran
+
+
+def test_a_run_that_never_ran_keeps_its_verdict_and_sentence():
+    rec = {
+        "schema": pj.SCHEMA_VERSION,
+        "family": "postcopy",
+        "variant": "stream",
+        "verdict": "untestable",
+        "observed": "could not run (untestable): no userfaultfd",
+        "error": "no userfaultfd",
+    }
+    j = pj.judge(rec)
+    assert (j.verdict, j.observed, j.violations, j.notes) == (
+        Verdict.UNTESTABLE,
+        "could not run (untestable): no userfaultfd",
+        [],
+        {},
+    )
+    del rec["observed"]
+    assert pj.judge(rec).observed == ""
+    # a record with its events is judged, whatever error it also carries
+    full = load("stream")
+    full["error"] = "something"
+    full["verdict"] = "broken"
+    assert pj.judge(full).verdict == Verdict.HOLDS
+    with pytest.raises(RecordError):  # no events and no error: not a record
+        pj.judge({k: v for k, v in rec.items() if k != "error"})
+
+
+# ---- one changed behaviour each: the whole answer
+
+
+def _stop(rec: dict[str, Any], v: int, cpu_ns: int, queued_ns: int, where: bool = True) -> None:
+    vc = rec["vcpu"]
+    waited = int(rec["config"]["budget_s"] * 1e9)
+    vc["state"][v] = "stopped"
+    vc["run_end_ns"][v] = vc["run_start_ns"][v] + waited
+    vc["cpu_ns"][v], vc["run_delay_ns"][v] = cpu_ns, queued_ns
+    vc["stopped"][v] = (
+        {"rip": 0x401234, "waited_ns": waited, "cpu_ns": cpu_ns, "queued_ns": queued_ns}
+        if where
+        else None
+    )
+    vc["checksum"][v] = None
+
+
+def _wrong_values(rec):
+    rec["vcpu"]["value"][0][0] ^= 1
+    rec["vcpu"]["value"][0][3] ^= 1
+
+
+def _checksum_half_missing(rec):
+    rec["vcpu"]["checksum2"][1] = None
+
+
+def _bad_qword(rec):
+    rec["vcpu"]["bad_gpa"][0] = rec["config"]["data_gpa"] + 8 * 100
+
+
+def _host_mismatch(rec):
+    rec["host"]["mismatch"] = [5, 7]
+
+
+def _strangers(rec):
+    rec["placements"]["how"] = "xx" + rec["placements"]["how"][2:]
+
+
+def _never_placed(rec):
+    p = rec["placements"]
+    p["t_ns"] = deltas(undeltas(p["t_ns"])[:-2])
+    for k in ("page", "copy_ns"):
+        p[k] = p[k][:-2]
+    p["how"] = p["how"][:-2]
+
+
+def _no_vcpu_thread(rec):
+    rec["faults"]["tid"][0] = 999_999
+
+
+def _other_vcpu(rec):
+    a, b = rec["vcpu"]["tid"]
+    rec["faults"]["tid"][0] = b if rec["faults"]["tid"][0] == a else a
+
+
+def _foreign(rec):
+    rec["faults"]["page"][2] = rec["config"]["pages"] + 7
+    rec["faults"]["page"][4] = -3
+
+
+def _spurious(rec):
+    vc = rec["vcpu"]
+    add_fault(
+        rec,
+        vc["verify_ns"][1] + 50_000,
+        rec["config"]["plans"][1][0],
+        vc["tid"][1],
+        len(rec["placements"]["page"]),
+    )
+
+
+def _helper_named_vcpu(rec):
+    h = rec["helper"]["tid"]
+    rec["faults"]["tid"] = [rec["vcpu"]["tid"][0] if t == h else t for t in rec["faults"]["tid"]]
+
+
+def _helper_named_stranger(rec):
+    h = rec["helper"]["tid"]
+    rec["faults"]["tid"] = [4242 if t == h else t for t in rec["faults"]["tid"]]
+
+
+def _helper_wrong_value(rec):
+    rec["helper"]["value"] ^= 1
+
+
+def _helper_silent(rec):
+    h = rec["helper"]["tid"]
+    drop_faults(rec, [i for i, t in enumerate(rec["faults"]["tid"]) if t == h])
+    rec["helper"]["t1"] = rec["helper"]["t0"] + 50_000_000
+
+
+def _helper_unfinished(rec):
+    del rec["helper"]["value"]
+
+
+def _short_run(rec):
+    vc = rec["vcpu"]
+    vc["run_end_ns"][1] = vc["run_start_ns"][1] + 1_000_000
+
+
+def _no_stall(rec):
+    rec["vcpu"]["stall_ns"][0] = [min(s, 5_000) for s in rec["vcpu"]["stall_ns"][0]]
+
+
+def _long_stall(rec):
+    rec["vcpu"]["stall_ns"][1][3] += 100_000_000
+    rec["vcpu"]["run_end_ns"][1] += 100_000_000
+
+
+def _messages_dropped(rec):
+    tid = rec["vcpu"]["tid"][1]
+    drop_faults(rec, [i for i, t in enumerate(rec["faults"]["tid"]) if t == tid])
+
+
+def _steal(rec):
+    vc = rec["vcpu"]
+    vc["steal_after"][0] = vc["steal_before"][0] + vc["run_delay_ns"][0] + 10_000_000
+
+
+def _hung(rec):
+    _stop(rec, 1, 400_600, 2_000_000)
+
+
+def _stuck(rec):
+    _stop(rec, 0, 25_000_000_000, 1_000_000)
+
+
+def _queued(rec):
+    _stop(rec, 0, 1_000_000, 29_000_000_000)
+
+
+def _stopped_nowhere(rec):
+    _stop(rec, 0, 1_000_000, 1_000_000, where=False)
+    rec["vcpu"]["state"][1] = "crashed"
+
+
+def _unplaced(rec):
+    rec["vcpu"]["state"][1] = "unplaced"
+
+
+def _characterize(rec):
+    rec["kind"] = "characterize"
+    _wrong_values(rec)
+
+
+def _characterize_holds(rec):
+    rec["kind"] = "characterize"
+
+
+SCENARIOS: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
+    "untouched": ("stream", lambda r: None),
+    "wrong-values": ("stream", _wrong_values),
+    "checksum-half-missing": ("stream", _checksum_half_missing),
+    "bad-qword": ("stream", _bad_qword),
+    "host-mismatch": ("shared-page", _host_mismatch),
+    "strangers": ("stream", _strangers),
+    "never-placed": ("stream", _never_placed),
+    "no-vcpu-thread": ("stream", _no_vcpu_thread),
+    "other-vcpu": ("stream", _other_vcpu),
+    "foreign": ("stream", _foreign),
+    "spurious": ("stream", _spurious),
+    "helper-named-vcpu": ("non-vcpu", _helper_named_vcpu),
+    "helper-named-stranger": ("non-vcpu", _helper_named_stranger),
+    "helper-wrong-value": ("non-vcpu", _helper_wrong_value),
+    "helper-silent": ("non-vcpu", _helper_silent),
+    "helper-unfinished": ("non-vcpu", _helper_unfinished),
+    "short-run": ("stream", _short_run),
+    "no-stall": ("stream", _no_stall),
+    "long-stall": ("stream", _long_stall),
+    "messages-dropped": ("stream", _messages_dropped),
+    "steal": ("stream", _steal),
+    "hung": ("stream", _hung),
+    "stuck": ("stream", _stuck),
+    "queued": ("stream", _queued),
+    "stopped-nowhere": ("stream", _stopped_nowhere),
+    "unplaced": ("stream", _unplaced),
+    "characterize": ("stream", _characterize),
+    "characterize-holds": ("stream", _characterize_holds),
+}
+
+
+def run(name: str) -> Any:
+    base, change = SCENARIOS[name]
+    rec = load(base)
+    change(rec)
+    return judge_record(rec)
+
+
+EXPECTED: dict[str, tuple[Verdict, str, list[tuple]]] = {
+    "untouched": (
+        Verdict.HOLDS,
+        "nothing lost; 16 vCPU faults, blocktime 33.59 ms, all-blocked 16.54 ms, guest stall 37.15 ms, steal 2.136 ms",
+        [],
+    ),
+    "wrong-values": (
+        Verdict.BROKEN,
+        "lost x1; first: vcpu0[0] first touch of page 22 read a wrong value (2 page(s))",
+        [
+            (
+                "lost",
+                "vcpu0",
+                0,
+                None,
+                None,
+                None,
+                None,
+                "first touch of page 22 read a wrong value (2 page(s))",
+                "memory",
+            )
+        ],
+    ),
+    "checksum-half-missing": (
+        Verdict.BROKEN,
+        "lost x1; first: vcpu1[0] guest check of its 12 pages: first bad qword at gpa 0x0, checksum 0xfcd211a70b3e29d0/- (host expects 0xfcd211a70b3e29d0/0x6aee490c2e87b9a8)",
+        [
+            (
+                "lost",
+                "vcpu1",
+                0,
+                None,
+                None,
+                None,
+                None,
+                "guest check of its 12 pages: first bad qword at gpa 0x0, checksum 0xfcd211a70b3e29d0/- (host expects 0xfcd211a70b3e29d0/0x6aee490c2e87b9a8)",
+                "memory",
+            )
+        ],
+    ),
+    "bad-qword": (
+        Verdict.BROKEN,
+        "lost x1; first: vcpu0[0] guest check of its 12 pages: first bad qword at gpa 0x400320, checksum 0x669321ecebbe29d0/0x2c9217b51ec7b9a8 (host expects 0x669321ecebbe29d0/0x2c9217b51ec7b9a8)",
+        [
+            (
+                "lost",
+                "vcpu0",
+                0,
+                None,
+                None,
+                None,
+                None,
+                "guest check of its 12 pages: first bad qword at gpa 0x400320, checksum 0x669321ecebbe29d0/0x2c9217b51ec7b9a8 (host expects 0x669321ecebbe29d0/0x2c9217b51ec7b9a8)",
+                "memory",
+            )
+        ],
+    ),
+    "host-mismatch": (
+        Verdict.BROKEN,
+        "lost x1; first: host[0] 2 placed page(s) differ from the source, first page 5",
+        [
+            (
+                "lost",
+                "host",
+                0,
+                None,
+                None,
+                None,
+                None,
+                "2 placed page(s) differ from the source, first page 5",
+                "memory",
+            )
+        ],
+    ),
+    "strangers": (
+        Verdict.BROKEN,
+        "lost x1; first: host[0] 2 page(s) were present before anyone placed them (UFFDIO_COPY EEXIST)",
+        [
+            (
+                "lost",
+                "host",
+                0,
+                None,
+                None,
+                None,
+                None,
+                "2 page(s) were present before anyone placed them (UFFDIO_COPY EEXIST)",
+                "memory",
+            )
+        ],
+    ),
+    "never-placed": (Verdict.ERROR, "harness self-check: 2 page(s) never placed", []),
+    "no-vcpu-thread": (
+        Verdict.BROKEN,
+        "misattributed x1; first: uffd[22] fault on page 22 named thread 999999, which is no vCPU's: a vCPU's fault must name that vCPU's thread",
+        [
+            (
+                "misattributed",
+                "uffd",
+                22,
+                None,
+                None,
+                None,
+                None,
+                "fault on page 22 named thread 999999, which is no vCPU's: a vCPU's fault must name that vCPU's thread",
+                "fault",
+            )
+        ],
+    ),
+    "other-vcpu": (
+        Verdict.BROKEN,
+        "misattributed x1; first: vcpu1[22] fault on page 22 named vcpu1's thread 26243, but that vCPU never touches it",
+        [
+            (
+                "misattributed",
+                "vcpu1",
+                22,
+                None,
+                None,
+                None,
+                None,
+                "fault on page 22 named vcpu1's thread 26243, but that vCPU never touches it",
+                "fault",
+            )
+        ],
+    ),
+    "foreign": (
+        Verdict.BROKEN,
+        "misattributed x1; first: uffd[0] 2 fault(s) outside the registered range, first page offset 31",
+        [
+            (
+                "misattributed",
+                "uffd",
+                0,
+                None,
+                None,
+                None,
+                None,
+                "2 fault(s) outside the registered range, first page offset 31",
+                "fault",
+            )
+        ],
+    ),
+    "spurious": (
+        Verdict.BROKEN,
+        "spurious-fault x1; first: vcpu1[23] fault on page 23, placed before vcpu1 began checking its memory",
+        [
+            (
+                "spurious-fault",
+                "vcpu1",
+                23,
+                None,
+                None,
+                None,
+                None,
+                "fault on page 23, placed before vcpu1 began checking its memory",
+                "fault",
+            )
+        ],
+    ),
+    "helper-named-vcpu": (
+        Verdict.BROKEN,
+        "misattributed x1, stall-without-fault x1; first: vcpu0[24] fault on page 24 named vcpu0's thread 26262, but that vCPU never touches it",
+        [
+            (
+                "misattributed",
+                "vcpu0",
+                24,
+                None,
+                None,
+                None,
+                None,
+                "fault on page 24 named vcpu0's thread 26262, but that vCPU never touches it",
+                "fault",
+            ),
+            (
+                "stall-without-fault",
+                "helper",
+                24,
+                None,
+                None,
+                None,
+                None,
+                "the helper waited 2.266 ms on a missing page and no fault message named it",
+                "fault",
+            ),
+        ],
+    ),
+    "helper-named-stranger": (
+        Verdict.BROKEN,
+        "misattributed x1; first: uffd[24] fault on page 24 named thread 4242, which is no vCPU's and not the helper's (26267): a vCPU's fault must name that vCPU's thread",
+        [
+            (
+                "misattributed",
+                "uffd",
+                24,
+                None,
+                None,
+                None,
+                None,
+                "fault on page 24 named thread 4242, which is no vCPU's and not the helper's (26267): a vCPU's fault must name that vCPU's thread",
+                "fault",
+            )
+        ],
+    ),
+    "helper-wrong-value": (
+        Verdict.BROKEN,
+        "lost x1; first: helper[24] the helper read 0xa18a871632bd363a from its page",
+        [
+            (
+                "lost",
+                "helper",
+                24,
+                None,
+                None,
+                None,
+                None,
+                "the helper read 0xa18a871632bd363a from its page",
+                "memory",
+            )
+        ],
+    ),
+    "helper-silent": (
+        Verdict.BROKEN,
+        "stall-without-fault x1; first: helper[24] the helper waited 50 ms on a missing page and no fault message named it",
+        [
+            (
+                "stall-without-fault",
+                "helper",
+                24,
+                None,
+                None,
+                None,
+                None,
+                "the helper waited 50 ms on a missing page and no fault message named it",
+                "fault",
+            )
+        ],
+    ),
+    "helper-unfinished": (
+        Verdict.ERROR,
+        "harness self-check: the helper thread did not finish its read",
+        [],
+    ),
+    "short-run": (
+        Verdict.BROKEN,
+        "blocktime-over-wall x1; first: vcpu1[0] blocktime 16.76 ms exceeds the 1 ms its touching KVM_RUN lasted (+162.8 us stamped after the copies began)",
+        [
+            (
+                "blocktime-over-wall",
+                "vcpu1",
+                0,
+                1000000,
+                16760664,
+                15760664,
+                None,
+                "blocktime 16.76 ms exceeds the 1 ms its touching KVM_RUN lasted (+162.8 us stamped after the copies began)",
+                "blocktime",
+            )
+        ],
+    ),
+    "no-stall": (
+        Verdict.BROKEN,
+        "blocktime-over-guest-stall x1; first: vcpu0[0] host blocktime 16.83 ms exceeds what the guest saw stalled on the same 8 page(s), 40 us (+190.2 us conversion)",
+        [
+            (
+                "blocktime-over-guest-stall",
+                "vcpu0",
+                0,
+                40000,
+                16831375,
+                16791375,
+                None,
+                "host blocktime 16.83 ms exceeds what the guest saw stalled on the same 8 page(s), 40 us (+190.2 us conversion)",
+                "blocktime",
+            )
+        ],
+    ),
+    "long-stall": (
+        Verdict.BROKEN,
+        "guest-stall-over-blocktime x1; first: vcpu1[3] the guest stalled 118.9 ms over its 12 touches, more than blocktime 16.76 ms + everything else that can stall it, 6.918 ms (its thread's run_delay 1.695 ms and CPU 559.9 us, the other threads' 2.945 ms, wake-ups 1.6 ms, TSC conversion 118.9 us); longest: touch 3 of page 17, 102.2 ms, with fault message from its thread",
+        [
+            (
+                "guest-stall-over-blocktime",
+                "vcpu1",
+                3,
+                16760664,
+                118851577,
+                102090913,
+                None,
+                "the guest stalled 118.9 ms over its 12 touches, more than blocktime 16.76 ms + everything else that can stall it, 6.918 ms (its thread's run_delay 1.695 ms and CPU 559.9 us, the other threads' 2.945 ms, wake-ups 1.6 ms, TSC conversion 118.9 us); longest: touch 3 of page 17, 102.2 ms, with fault message from its thread",
+                "blocktime",
+            )
+        ],
+    ),
+    "messages-dropped": (
+        Verdict.BROKEN,
+        "stall-without-fault x1; first: vcpu1[7] the guest stalled 18.85 ms over its 12 touches, more than blocktime 0 ns + everything else that can stall it, 5.218 ms (its thread's run_delay 1.695 ms and CPU 559.9 us, the other threads' 2.945 ms, wake-ups 0 ns, TSC conversion 18.85 us); longest: touch 7 of page 9, 3.083 ms, with no fault message from its thread",
+        [
+            (
+                "stall-without-fault",
+                "vcpu1",
+                7,
+                0,
+                18851577,
+                18851577,
+                None,
+                "the guest stalled 18.85 ms over its 12 touches, more than blocktime 0 ns + everything else that can stall it, 5.218 ms (its thread's run_delay 1.695 ms and CPU 559.9 us, the other threads' 2.945 ms, wake-ups 0 ns, TSC conversion 18.85 us); longest: touch 7 of page 9, 3.083 ms, with no fault message from its thread",
+                "blocktime",
+            )
+        ],
+    ),
+    "steal": (
+        Verdict.BROKEN,
+        "steal-over-run-delay x1; first: vcpu0[0] steal grew 10.44 ms over the touching KVM_RUN, more than its thread's run_delay 441 us (blocktime 16.83 ms): time asleep on a missing page counted as steal?",
+        [
+            (
+                "steal-over-run-delay",
+                "vcpu0",
+                0,
+                440959,
+                10440959,
+                10000000,
+                None,
+                "steal grew 10.44 ms over the touching KVM_RUN, more than its thread's run_delay 441 us (blocktime 16.83 ms): time asleep on a missing page counted as steal?",
+                "steal",
+            )
+        ],
+    ),
+    "hung": (
+        Verdict.BROKEN,
+        "hung x1; first: vcpu1[0] KVM_RUN did not return in 30 s and its thread slept 30 s of it (ran 400.6 us, waited 2 ms on a run queue): a hang inside KVM_RUN, not load; stopped at guest rip 0x401234",
+        [
+            (
+                "hung",
+                "vcpu1",
+                0,
+                None,
+                None,
+                None,
+                None,
+                "KVM_RUN did not return in 30 s and its thread slept 30 s of it (ran 400.6 us, waited 2 ms on a run queue): a hang inside KVM_RUN, not load; stopped at guest rip 0x401234",
+                "run",
+            )
+        ],
+    ),
+    "stuck": (
+        Verdict.BROKEN,
+        "stuck x1; first: vcpu0[0] KVM_RUN did not return in 30 s though its thread ran 25 s meanwhile; stopped at guest rip 0x401234",
+        [
+            (
+                "stuck",
+                "vcpu0",
+                0,
+                None,
+                None,
+                None,
+                None,
+                "KVM_RUN did not return in 30 s though its thread ran 25 s meanwhile; stopped at guest rip 0x401234",
+                "run",
+            )
+        ],
+    ),
+    "queued": (
+        Verdict.UNTESTABLE,
+        "vcpu0 was stopped after 30 s in KVM_RUN; its thread ran only 1 ms and waited 29 s on a run queue: the host is too loaded to judge",
+        [],
+    ),
+    "stopped-nowhere": (
+        Verdict.ERROR,
+        "harness self-check: vcpu0 was stopped and nothing recorded where; vcpu1 ended in state 'crashed'",
+        [],
+    ),
+    "unplaced": (
+        Verdict.ERROR,
+        "harness self-check: vcpu1: the pager did not place every page within the budget",
+        [],
+    ),
+    "characterize": (
+        Verdict.CHARACTERIZED,
+        "lost x1; first: vcpu0[0] first touch of page 22 read a wrong value (2 page(s))",
+        [
+            (
+                "lost",
+                "vcpu0",
+                0,
+                None,
+                None,
+                None,
+                None,
+                "first touch of page 22 read a wrong value (2 page(s))",
+                "memory",
+            )
+        ],
+    ),
+    "characterize-holds": (
+        Verdict.CHARACTERIZED,
+        "nothing lost; 16 vCPU faults, blocktime 33.59 ms, all-blocked 16.54 ms, guest stall 37.15 ms, steal 2.136 ms",
+        [],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_each_changed_behaviour_gets_its_exact_verdict_sentence_and_violations(name):
+    j = run(name)
+    assert (j.verdict, j.observed, rows(j)) == EXPECTED[name]
+
+
+def test_a_judged_run_notes_the_agreement_and_the_models():
+    j = run("untouched")
+    assert j.notes["agreement"] == [
+        {
+            "vcpu": 0,
+            "blocktime_ns": 16831375,
+            "guest_stall_ns": 18311434,
+            "slack_ns": 6558376,
+            "tolerance_ns": 208520,
+            "faults": 8,
+            "latency_floor_ns": 16000000,
+            "stall_all_ns": 18327022,
+        },
+        {
+            "vcpu": 1,
+            "blocktime_ns": 16760664,
+            "guest_stall_ns": 18836501,
+            "slack_ns": 6818245,
+            "tolerance_ns": 189589,
+            "faults": 8,
+            "latency_floor_ns": 16000000,
+            "stall_all_ns": 18851577,
+        },
+    ]
+    same = {
+        "blocked_ns": [16831375, 16760664],
+        "all_blocked_ns": 16544590,
+        "faults": [8, 8],
+        "delta_ns": [0, 0],
+        "all_blocked_delta_ns": 0,
+        "differs": False,
+        "summary": "same as the accountant",
+        "first_divergence": None,
+    }
+    assert j.notes["models"] == {"qemu-hash": same, "slot-scan": same}
+    assert j.notes["blocktime"]["blocked_ns"] == [16831375, 16760664]
+    for name in ("untouched", "wrong-values", "never-placed", "queued"):
+        assert set(run(name).notes) == {"agreement", "blocktime", "models"}, name
+
+
+def test_where_qemus_designs_left_the_accountant_is_noted():
+    j = judge_record(load("stream-woke-in-copy"))
+    m = j.notes["models"]
+    assert m["qemu-hash"]["first_divergence"] == {
+        "after": "placement by resolver",
+        "page": 18,
+        "t_ns": 1246634439753,
+    }
+    assert m["qemu-hash"]["summary"] == (
+        "vcpu0 -3.222 ms, from the placement by resolver of page 18"
+    )
+    assert m["slot-scan"]["summary"] == (
+        "vcpu0 -3.222 ms, all-blocked -166.4 us, from the placement by resolver of page 21"
+    )
+    assert m["slot-scan"]["all_blocked_delta_ns"] == -166430
+    assert m["slot-scan"]["all_blocked_ns"] == 14231384
+
+
+def _report(blocked, faults, all_blocked):
+    return BlocktimeReport(blocked_ns=blocked, faults=faults, all_blocked_ns=all_blocked)
+
+
+def test_the_models_against_the_accountant_both_ways():
+    truth = _report([100_000, 200_000], [1, 2], 50_000)
+    rp = pj.Replay(
+        truth,
+        {
+            "over": _report([1_100_000, 200_000], [1, 3], 51_000),
+            "under": _report([100_000, 199_999], [1, 2], 49_000),
+            "quiet": _report([100_000, 200_000], [1, 2], 50_000),
+        },
+        [],
+        [],
+        [],
+        [],
+        {
+            "over": {"after": "placement by stream", "page": 3, "t_ns": 7},
+            "quiet": {"after": "x", "page": 1, "t_ns": 2},
+        },
+    )
+    out = pj.models_against_accountant(rp)
+    assert out["over"]["summary"] == (
+        "vcpu0 +1 ms, all-blocked +1 us, faults [1, 3] (exact [1, 2]), "
+        "from the placement by stream of page 3"
+    )
+    assert out["over"]["delta_ns"] == [1_000_000, 0]
+    assert out["over"]["all_blocked_delta_ns"] == 1000 and out["over"]["differs"]
+    assert out["under"]["summary"] == "vcpu1 -1 ns, all-blocked -1 us"
+    assert out["under"]["first_divergence"] is None
+    # a divergence noted but no figure differs at the end: nothing to say
+    assert out["quiet"]["summary"] == "same as the accountant"
+    assert out["quiet"]["differs"] is False
+    assert out["quiet"]["first_divergence"] == {"after": "x", "page": 1, "t_ns": 2}
+    with pytest.raises(ValueError):  # a model with another vCPU count
+        pj.models_against_accountant(
+            pj.Replay(truth, {"m": _report([1], [1], 0)}, [], [], [], [], {})
+        )
+
+
+def test_the_steal_in_the_sentence_counts_only_vcpus_read_both_sides():
+    rec = load("stream")
+    vc = rec["vcpu"]
+    grown = [a - b for a, b in zip(vc["steal_after"], vc["steal_before"], strict=True)]
+    assert f"steal {format_ns(sum(grown))}" in run("untouched").observed
+    vc["steal_before"][0] = pj.U64  # not read before: left out
+    assert judge_record(copy.deepcopy(rec)).observed.endswith(f"steal {format_ns(grown[1])}")
+    vc["steal_before"][0] = 3
+    vc["steal_after"][0] = pj.U64  # not read after: left out
+    assert judge_record(copy.deepcopy(rec)).observed.endswith(f"steal {format_ns(grown[1])}")
+    vc["steal_after"][0] = 2  # went back: adds nothing (and is no violation here)
+    j = judge_record(rec)
+    assert j.verdict == Verdict.HOLDS and j.observed.endswith(f"steal {format_ns(grown[1])}")
