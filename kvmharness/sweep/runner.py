@@ -34,6 +34,36 @@ from kvmharness.sweep.kernels import Kernel, image_digest
 
 log = logging.getLogger(__name__)
 
+#: what runs in each kernel (``kvmharness bisect --scenario``): bisect's quick
+#: profile plus the characterizations findings/ reads (the thread hop
+#: same-vm/new-thread; fresh-vm/reused-thread, which the steal/fresh-vm prefix
+#: adds).  Each name must test at least one scenario on every kernel, or the
+#: run exits 125 (README, exit codes): so tsc/msr and tsc/offset (absent
+#: without KVM_VCPU_TSC_OFFSET) are named by their prefix, and clock/frequency
+#: is left out (KVM_CAP_TSC_CONTROL: never under QEMU TCG's SVM).
+PROFILE = (
+    "steal/fresh-vm",
+    "steal/cross-process/main-thread",
+    "steal/cancelled-save",
+    "steal/same-vm/new-thread",
+    "clock/monotonic",
+    "clock/warp",
+    "clock/updates",
+    "clock/pvti",
+    "clock/restore/frozen",
+    "clock/restore/main-thread",
+    "clock/restore/cross-process/main-thread",
+    "clock/tsc",
+    "postcopy",
+)
+
+#: each vCPU's budget inside a booted kernel: the hang guard's deadline is 2 x
+#: budget + 61 s, and under QEMU TCG on a loaded host a healthy cross-process
+#: scenario took 115 s and more (6.1.0-47 and -50: judged stuck and hung at
+#: the default 121 s); 120 s makes the deadline 301 s
+BUDGET_S = 120
+
+
 #: how long a child gets to kill its VM and clean up after SIGTERM
 TERM_GRACE_S = 30.0
 
