@@ -154,7 +154,7 @@ def bench_kvm(repeat: int) -> tuple[list[float], list[float], int, list[str]]:
     with Kvm() as kvm:
         for _ in range(repeat):
             res = run_scenario(
-                PostcopyConfig("postcopy/stream", 2, latency_us=100, pages_per_vcpu=128), kvm
+                PostcopyConfig("stream", 2, latency_us=100, pages_per_vcpu=128), kvm
             )
             verdicts.append(str(res.verdict))
             if res.stats.get("placed_per_s"):
