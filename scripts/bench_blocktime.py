@@ -153,9 +153,7 @@ def bench_kvm(repeat: int) -> tuple[list[float], list[float], int, list[str]]:
     pages = 0
     with Kvm() as kvm:
         for _ in range(repeat):
-            res = run_scenario(
-                PostcopyConfig("stream", 2, latency_us=100, pages_per_vcpu=128), kvm
-            )
+            res = run_scenario(PostcopyConfig("stream", 2, latency_us=100, pages_per_vcpu=128), kvm)
             verdicts.append(str(res.verdict))
             if res.stats.get("placed_per_s"):
                 rates.append(res.stats["placed_per_s"])
