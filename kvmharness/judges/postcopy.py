@@ -582,7 +582,8 @@ def _judge(r: PostcopyRecord, rp: Replay) -> tuple[list[Violation], list[str], d
             )
         )
     # attribution
-    helper_tid = (r.helper or {}).get("tid", 0)
+    # no helper (or one that reported no thread): no thread id, not even 0, is its
+    helper_tid = (r.helper or {}).get("tid")
     foreign = [f for f in r.faults if not 0 <= f.page < r.pages]
     for f, v in zip(r.faults, rp.vcpu_of, strict=True):
         if f in foreign:
