@@ -1019,3 +1019,175 @@ def test_a_vcpu_fault_named_thread_zero_is_misattributed_without_a_helper(name):
         f"fault on page {page} named thread 0, which is no vCPU's: a vCPU's fault must "
         "name that vCPU's thread"
     )
+
+
+def _one_vcpu_run(faults, placements, *, verify_ns=0, **vcpu) -> pj.PostcopyRecord:
+    """One vCPU (tid 7) touching pages 0, 1, 2 (seed 1 at gpa 0), each read right."""
+    r = _record(faults, placements)
+    s1, s2 = pj.expected_sums(0, 1, 3, 0, 1)
+    o = r.vcpu[0]
+    o.run_start_ns, o.run_end_ns, o.stall_ns = 50, 400, [40, 0, 0]
+    o.value = [pj.head_value(p * pj.PAGE_SIZE, 1) for p in (0, 1, 2)]
+    o.checksum, o.checksum2, o.verify_ns = s1, s2, verify_ns
+    for k, v in vcpu.items():
+        setattr(o, k, v)
+    return r
+
+
+PLACED = [(150, 0, "r", 10), (160, 1, "s", 0), (170, 2, "s", 0)]
+
+
+def test_a_single_vcpu_run_holds_with_nothing_for_the_harness():
+    r = _one_vcpu_run([(100, 0, 7, 0)], PLACED)
+    out, harness, notes = pj._judge(r, pj.replay(r))
+    assert (out, harness) == ([], [])  # all-blocked equals the one vCPU's blocktime
+    assert notes["agreement"] == [
+        {
+            "vcpu": 0,
+            "blocktime_ns": 50,
+            "guest_stall_ns": 40,
+            "slack_ns": 200_000,  # two wake-ups
+            "tolerance_ns": 1010,  # 1 us a fault + the 10 ns stamped late
+            "faults": 1,
+            "latency_floor_ns": 0,
+            "stall_all_ns": 40,
+        }
+    ]
+
+
+def test_only_a_message_read_after_the_page_was_placed_while_checking_is_spurious():
+    # a fault read after verify_ns on a page not yet placed: not spurious
+    r = _one_vcpu_run(
+        [(100, 0, 7, 0), (200, 1, 7, 1)], PLACED[:1] + [(300, 1, "r", 0)], verify_ns=150
+    )
+    r.placements.append(pj.Placement(310, 2, "s", 0))
+    out, _, _ = pj._judge(r, pj.replay(r))
+    assert [v.kind for v in out] == []
+    # read exactly when the check began: not after it
+    r = _one_vcpu_run([(100, 0, 7, 0), (160, 1, 7, 2)], PLACED, verify_ns=160)
+    out, _, _ = pj._judge(r, pj.replay(r))
+    assert [v.kind for v in out] == []
+    r = _one_vcpu_run([(100, 0, 7, 0), (161, 1, 7, 2)], PLACED, verify_ns=160)
+    out, _, _ = pj._judge(r, pj.replay(r))
+    assert [(v.kind, v.series, v.index) for v in out] == [(pj.KIND_SPURIOUS, "vcpu0", 1)]
+    # a thread that is no vCPU's reading a placed page: misattributed, nothing else
+    r = _one_vcpu_run([(100, 0, 7, 0), (161, 1, 99, 2)], PLACED, verify_ns=160)
+    out, _, _ = pj._judge(r, pj.replay(r))
+    assert [(v.kind, v.series) for v in out] == [(pj.KIND_MISATTRIBUTED, "uffd")]
+
+
+def test_blocktime_outside_its_own_faults_is_a_harness_error():
+    r = _one_vcpu_run([(100, 0, 7, 0)], PLACED, latency_us=0)
+    rp = pj.replay(r)
+    rp.report.blocked_ns[0] = 51  # more than the 50 ns its one fault waited
+    rp.report.all_blocked_ns = 51
+    _, harness, _ = pj._judge(r, rp)
+    assert harness == ["vcpu0: blocktime 51 outside [0, 50] of its own faults"]
+    r.latency_us = 1  # a resolver-placed fault waits the latency at least
+    rp = pj.replay(r)
+    rp.report.blocked_ns[0] = rp.report.all_blocked_ns = 1000
+    assert pj._judge(r, rp)[1] == ["vcpu0: blocktime 1000 outside [1000, 50] of its own faults"]
+    rp.report.blocked_ns[0] = rp.report.all_blocked_ns = 999
+    assert pj._judge(r, rp)[1] == ["vcpu0: blocktime 999 outside [1000, 50] of its own faults"]
+    rp = pj.replay(r)
+    rp.report.all_blocked_ns = 51  # all vCPUs blocked longer than one of them
+    assert pj._judge(r, rp)[1] == [
+        "vcpu0: blocktime 50 outside [1000, 50] of its own faults",
+        "all-blocked time exceeds a vCPU's blocktime",
+    ]
+
+
+def test_a_stall_list_unlike_the_plan_is_refused():
+    rec = load("stream")
+    rec["vcpu"]["stall_ns"][0].pop()
+    with pytest.raises(ValueError):
+        judge_record(rec)
+
+
+def _agreement(rec: dict[str, Any], v: int) -> dict[str, Any]:
+    return judge_record(rec).notes["agreement"][v]
+
+
+def test_the_tsc_conversion_error_is_the_guests_interval_over_the_hosts():
+    rec = load("stream")
+    vc = rec["vcpu"]
+    wall = vc["run_end_ns"][0] - vc["run_start_ns"][0]
+    stalled, stall_all = 18311434, 18327022
+    base = vc["run_delay_ns"][0] + vc["cpu_ns"][0] + vc["others_ns"][0] + 2 * 8 * pj.WAKE_NS
+    late = _agreement(copy.deepcopy(rec), 0)["tolerance_ns"] - 8000 - int(stalled * 1e-3)
+    for guest in (0, wall * 3 // 2, wall // 2):
+        # how much faster the guest's clock ran than the host's, never below 0
+        err = max(0.0, guest / wall - 1.0) if guest else 0.0
+        assert err == (0.0 if guest <= wall else pytest.approx(0.5, abs=1e-6))
+        vc["guest_tsc_ns"][0] = guest
+        a = _agreement(copy.deepcopy(rec), 0)
+        assert a["slack_ns"] == base + int(stall_all * (err + 1e-3)), guest
+        assert a["tolerance_ns"] == int(stalled * (err + 1e-3)) + 8000 + late, guest
+
+
+def test_a_touching_run_of_no_time_is_judged_not_divided_by():
+    rec = load("stream")
+    vc = rec["vcpu"]
+    vc["run_end_ns"][1] = vc["run_start_ns"][1]
+    j = judge_record(rec)
+    assert (j.verdict, [v.kind for v in j.violations]) == (Verdict.BROKEN, [pj.KIND_OVER_WALL])
+
+
+@pytest.mark.parametrize("past", [True, False])
+def test_the_wall_bound_exactly(past):
+    rec = load("stream")
+    a = _agreement(copy.deepcopy(rec), 0)
+    late = a["tolerance_ns"] - 8000 - int(a["guest_stall_ns"] * 1e-3)
+    assert late > 0
+    vc = rec["vcpu"]
+    vc["run_end_ns"][0] = vc["run_start_ns"][0] + a["blocktime_ns"] - late - (1 if past else 0)
+    vc["guest_tsc_ns"][0] = 0  # keep the conversion error out of it
+    j = judge_record(rec)
+    assert [v.kind for v in j.violations] == ([pj.KIND_OVER_WALL] if past else [])
+
+
+@pytest.mark.parametrize("past", [True, False])
+def test_the_guest_stall_bound_exactly(past):
+    rec = load("stream")
+    vc = rec["vcpu"]
+    vc["guest_tsc_ns"][0] = 0
+    a = _agreement(copy.deepcopy(rec), 0)
+    stall_all = a["stall_all_ns"] + 10_000_000
+    vc["stall_ns"][0][0] += 10_000_000
+    conv = int(stall_all * 1e-3)
+    others = stall_all - a["blocktime_ns"] - vc["run_delay_ns"][0] - vc["cpu_ns"][0]
+    others -= 2 * 8 * pj.WAKE_NS + conv
+    vc["others_ns"][0] = others - (1 if past else 0)
+    j = judge_record(rec)
+    assert [v.kind for v in j.violations] == ([pj.KIND_UNDER_GUEST] if past else [])
+
+
+@pytest.mark.parametrize("waited, silent", [(1_000, False), (2_000_000, True), (1_999_999, False)])
+def test_the_helper_is_silent_from_the_latency_on(waited, silent):
+    rec = load("non-vcpu")
+    h = rec["helper"]["tid"]
+    drop_faults(rec, [i for i, t in enumerate(rec["faults"]["tid"]) if t == h])
+    assert rec["config"]["latency_us"] == 2000
+    rec["helper"]["t1"] = rec["helper"]["t0"] + waited
+    j = judge_record(rec)
+    assert [v.kind for v in j.violations] == ([pj.KIND_SILENT_STALL] if silent else [])
+
+
+def test_a_foreign_fault_does_not_stop_the_attribution_of_the_next():
+    rec = load("stream")
+    rec["faults"]["page"][0] = -1
+    rec["faults"]["tid"][3] = 999_999
+    j = judge_record(rec)
+    assert [(v.kind, v.series, v.index) for v in j.violations] == [
+        ("misattributed", "uffd", rec["faults"]["page"][3]),
+        ("misattributed", "uffd", 0),
+    ]
+
+
+def test_only_finished_vcpus_with_a_touching_run_are_agreed():
+    rec = load("stream")
+    rec["vcpu"]["state"][0] = "unplaced"
+    assert [a["vcpu"] for a in judge_record(copy.deepcopy(rec)).notes["agreement"]] == [1]
+    rec["vcpu"]["state"][0] = "done"
+    rec["vcpu"]["run_end_ns"][0] = 0
+    assert [a["vcpu"] for a in judge_record(rec).notes["agreement"]] == [1]
