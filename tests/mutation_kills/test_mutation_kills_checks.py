@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (EXPECTED holds each violation whole)
 """kvmharness.checks: the details mutation testing found untested
 (scripts/mutation.py).  No KVM needed."""
 
@@ -196,3 +197,427 @@ def test_a_wrap_of_exactly_two_to_the_63_is_a_delta_wrap():
     out = c.check_monotonic("s", [Sample(0, h), Sample(1, U64)])
     assert [v.kind for v in out] == [c.KIND_WRAP, c.KIND_WRAP]
     assert out[1].detail == f"steal went from 2^64-{h} to {U64} ns (u64 wrap of a {-h} ns delta)"
+
+
+# ---- each check over a few readings: the exact violations
+
+S = Sample
+H = 1 << 63
+CASES: dict[str, tuple] = {
+    "rate-edge": (c.check_rate, ("vcpu0", [S(0, 0), S(100, 100), S(200, 201)]), {}),
+    "rate-after-flat": (c.check_rate, ("vcpu0", [S(0, 5), S(10, 5), S(20, 100)]), {}),
+    "rate-after-wrap": (c.check_rate, ("vcpu0", [S(0, 0), S(1, H), S(2, H + 100)]), {}),
+    "rate-wrap-in-units": (
+        c.check_rate,
+        ("cpu0", [S(0, 0), S(10, 1 << 62), S(20, (1 << 62) + 100)]),
+        {"unit_ns": 2},
+    ),
+    "rate-x2-units": (
+        c.check_rate,
+        ("cpu0", [S(0, 0), S(10, 30)]),
+        {"unit_ns": 2, "max_rate": 2.0, "slack_ns": 5, "counter": "user"},
+    ),
+    "rate-zero": (c.check_rate, ("cpu0", [S(0, 0), S(10, 1)]), {"max_rate": 0.0}),
+    "rate-back-in-time": (c.check_rate, ("cpu0", [S(10, 0), S(5, 3)]), {"slack_ns": 2}),
+    "versions": (
+        c.check_versions,
+        (
+            "vcpu1",
+            [S(0, 1, 2), S(1, 2, 3), S(2, 2, None), S(3, 5, 3), S(4, 6, 1), S(5, 6, 7), S(6, 9, 8)],
+        ),
+        {},
+    ),
+    "alive": (
+        c.check_alive,
+        ("vcpu0", S(10, 3), S(50, 7)),
+        {"contended_ns": 40, "min_fraction": 0.5, "unit_ns": 2, "counter": "user", "index": 4},
+    ),
+    "alive-edge": (
+        c.check_alive,
+        ("vcpu0", S(10, 3), S(50, 13)),
+        {"contended_ns": 40, "min_fraction": 0.5, "unit_ns": 2},
+    ),
+    "alive-default": (
+        c.check_alive,
+        ("vcpu0", S(10, 3), S(50, 4)),
+        {"contended_ns": 40, "min_fraction": 0.1},
+    ),
+    "alive-none": (
+        c.check_alive,
+        ("vcpu0", S(10, 3), S(50, 3)),
+        {"contended_ns": 0, "min_fraction": 0.5},
+    ),
+    "bounded-int": (
+        c.check_bounded,
+        ("cpu", [S(0, 5), S(1, 6), S(2, 7)]),
+        {"bound": 12, "bound_name": "uptime", "unit_ns": 2, "counter": "user"},
+    ),
+    "bounded-seq": (
+        c.check_bounded,
+        ("vcpu0", [S(0, 5), S(1, 60), S(2, 70), S(3, 80)]),
+        {"bound": [4, None, 69], "bound_name": "uptime from btime"},
+    ),
+    "stalled": (
+        c.check_stalled,
+        (
+            "cpu0",
+            [S(0, 1), S(10, 1), S(20, 1), S(30, 2), S(40, 2)],
+            [S(0, 0), S(10, 5), S(20, 6), S(30, 9), S(40, 9)],
+        ),
+        {"unit_ns": 2},
+    ),
+    "stalled-idle": (
+        c.check_stalled,
+        ("cpu0", [S(0, 1), S(10, 1), S(20, 1)], [S(0, 0), S(10, 5), S(20, 9)]),
+        {"idle": [S(0, 0), S(10, 6), S(20, 10)], "min_steal": 0, "work_name": "user"},
+    ),
+    "stalled-short": (
+        c.check_stalled,
+        ("cpu0", [S(0, 1), S(10, 1), S(20, 1)], [S(0, 0), S(10, 5)]),
+        {"min_steal": 5},
+    ),
+    "series": (
+        c.check_series,
+        ("vcpu0", [S(0, 0, 2), S(100, 100 + c.DEFAULT_SLACK_NS + 1, 4), S(200, 50, 4)]),
+        {},
+    ),
+    "series-units": (
+        c.check_series,
+        ("cpu0", [S(0, 0), S(100, 5000151), S(200, 10000303)]),
+        {"unit_ns": 2, "max_rate": 3.0, "counter": "user"},
+    ),
+}
+
+Violation = c.Violation
+EXPECTED: dict[str, list[c.Violation]] = {
+    "rate-edge": [
+        Violation(
+            kind="too-fast",
+            series="vcpu0",
+            index=2,
+            before=100,
+            after=201,
+            delta=101,
+            wall_ns=100,
+            detail="steal grew by 101 ns (101 ns) in 100 ns of wall time; at most 100 allowed (elapsed + 0 ns slack)",
+            counter="steal",
+        )
+    ],
+    "rate-after-flat": [
+        Violation(
+            kind="too-fast",
+            series="vcpu0",
+            index=2,
+            before=5,
+            after=100,
+            delta=95,
+            wall_ns=10,
+            detail="steal grew by 95 ns (95 ns) in 10 ns of wall time; at most 10 allowed (elapsed + 0 ns slack)",
+            counter="steal",
+        )
+    ],
+    "rate-after-wrap": [
+        Violation(
+            kind="too-fast",
+            series="vcpu0",
+            index=2,
+            before=9223372036854775808,
+            after=9223372036854775908,
+            delta=100,
+            wall_ns=1,
+            detail="steal grew by 100 ns (100 ns) in 1 ns of wall time; at most 1 allowed (elapsed + 0 ns slack)",
+            counter="steal",
+        )
+    ],
+    "rate-wrap-in-units": [
+        Violation(
+            kind="too-fast",
+            series="cpu0",
+            index=2,
+            before=4611686018427387904,
+            after=4611686018427388004,
+            delta=100,
+            wall_ns=10,
+            detail="steal grew by 100 units of 2 ns (200 ns) in 10 ns of wall time; at most 5 allowed (elapsed + 0 ns slack)",
+            counter="steal",
+        )
+    ],
+    "rate-x2-units": [
+        Violation(
+            kind="too-fast",
+            series="cpu0",
+            index=1,
+            before=0,
+            after=30,
+            delta=30,
+            wall_ns=10,
+            detail="user grew by 30 units of 2 ns (60 ns) in 10 ns of wall time; at most 12.5 allowed (elapsed x 2 + 5 ns slack)",
+            counter="user",
+        )
+    ],
+    "rate-zero": [
+        Violation(
+            kind="too-fast",
+            series="cpu0",
+            index=1,
+            before=0,
+            after=1,
+            delta=1,
+            wall_ns=10,
+            detail="steal grew by 1 ns (1 ns) in 10 ns of wall time; at most 0 allowed (elapsed x 0 + 0 ns slack)",
+            counter="steal",
+        )
+    ],
+    "rate-back-in-time": [
+        Violation(
+            kind="too-fast",
+            series="cpu0",
+            index=1,
+            before=0,
+            after=3,
+            delta=3,
+            wall_ns=-5,
+            detail="steal grew by 3 ns (3 ns) in -5 ns of wall time; at most 2 allowed (elapsed + 2 ns slack)",
+            counter="steal",
+        )
+    ],
+    "versions": [
+        Violation(
+            kind="odd-version",
+            series="vcpu1",
+            index=1,
+            before=None,
+            after=3,
+            delta=None,
+            wall_ns=None,
+            detail="version 3 is odd (value 2): read while the host was updating the area",
+            counter="version",
+        ),
+        Violation(
+            kind="odd-version",
+            series="vcpu1",
+            index=3,
+            before=None,
+            after=3,
+            delta=None,
+            wall_ns=None,
+            detail="version 3 is odd (value 5): read while the host was updating the area",
+            counter="version",
+        ),
+        Violation(
+            kind="version-not-advanced",
+            series="vcpu1",
+            index=3,
+            before=3,
+            after=3,
+            delta=0,
+            wall_ns=2,
+            detail="value went from 2 to 5 but version went from 3 to 3 (sample 1 to 3)",
+            counter="version",
+        ),
+        Violation(
+            kind="odd-version",
+            series="vcpu1",
+            index=4,
+            before=None,
+            after=1,
+            delta=None,
+            wall_ns=None,
+            detail="version 1 is odd (value 6): read while the host was updating the area",
+            counter="version",
+        ),
+        Violation(
+            kind="version-not-advanced",
+            series="vcpu1",
+            index=4,
+            before=3,
+            after=1,
+            delta=-2,
+            wall_ns=1,
+            detail="value went from 5 to 6 but version went from 3 to 1 (sample 3 to 4)",
+            counter="version",
+        ),
+        Violation(
+            kind="odd-version",
+            series="vcpu1",
+            index=5,
+            before=None,
+            after=7,
+            delta=None,
+            wall_ns=None,
+            detail="version 7 is odd (value 6): read while the host was updating the area",
+            counter="version",
+        ),
+    ],
+    "alive": [
+        Violation(
+            kind="not-alive",
+            series="vcpu0",
+            index=4,
+            before=3,
+            after=7,
+            delta=4,
+            wall_ns=40,
+            detail="user grew by 8 ns during 40 ns of contention; expected at least 0.5 of it (20 ns)",
+            counter="user",
+        )
+    ],
+    "alive-edge": [],
+    "alive-default": [
+        Violation(
+            kind="not-alive",
+            series="vcpu0",
+            index=1,
+            before=3,
+            after=4,
+            delta=1,
+            wall_ns=40,
+            detail="steal grew by 1 ns during 40 ns of contention; expected at least 0.1 of it (4 ns)",
+            counter="steal",
+        )
+    ],
+    "alive-none": [],
+    "bounded-int": [
+        Violation(
+            kind="implausible",
+            series="cpu",
+            index=2,
+            before=None,
+            after=7,
+            delta=None,
+            wall_ns=None,
+            detail="user is 7 units of 2 ns (14 ns), more than the uptime (12 ns)",
+            counter="user",
+        )
+    ],
+    "bounded-seq": [
+        Violation(
+            kind="implausible",
+            series="vcpu0",
+            index=0,
+            before=None,
+            after=5,
+            delta=None,
+            wall_ns=None,
+            detail="steal is 5 ns (5 ns), more than the uptime from btime (4 ns)",
+            counter="steal",
+        ),
+        Violation(
+            kind="implausible",
+            series="vcpu0",
+            index=2,
+            before=None,
+            after=70,
+            delta=None,
+            wall_ns=None,
+            detail="steal is 70 ns (70 ns), more than the uptime from btime (69 ns)",
+            counter="steal",
+        ),
+    ],
+    "stalled": [
+        Violation(
+            kind="stalled",
+            series="cpu0",
+            index=1,
+            before=1,
+            after=1,
+            delta=0,
+            wall_ns=10,
+            detail="user+system stayed at 1 units of 2 ns while steal grew by 5",
+            counter="user+system",
+        ),
+        Violation(
+            kind="stalled",
+            series="cpu0",
+            index=2,
+            before=1,
+            after=1,
+            delta=0,
+            wall_ns=10,
+            detail="user+system stayed at 1 units of 2 ns while steal grew by 1",
+            counter="user+system",
+        ),
+    ],
+    "stalled-idle": [
+        Violation(
+            kind="stalled",
+            series="cpu0",
+            index=2,
+            before=1,
+            after=1,
+            delta=0,
+            wall_ns=10,
+            detail="user stayed at 1 ns while steal grew by 4, idle grew by 4",
+            counter="user",
+        )
+    ],
+    "stalled-short": [
+        Violation(
+            kind="stalled",
+            series="cpu0",
+            index=1,
+            before=1,
+            after=1,
+            delta=0,
+            wall_ns=10,
+            detail="user+system stayed at 1 ns while steal grew by 5",
+            counter="user+system",
+        )
+    ],
+    "series": [
+        Violation(
+            kind="decrease",
+            series="vcpu0",
+            index=2,
+            before=10000101,
+            after=50,
+            delta=-10000051,
+            wall_ns=100,
+            detail="steal went from 10000101 to 50 ns: down by 10000051",
+            counter="steal",
+        ),
+        Violation(
+            kind="version-not-advanced",
+            series="vcpu0",
+            index=2,
+            before=4,
+            after=4,
+            delta=0,
+            wall_ns=100,
+            detail="value went from 10000101 to 50 but version went from 4 to 4 (sample 1 to 2)",
+            counter="version",
+        ),
+    ],
+    "series-units": [
+        Violation(
+            kind="too-fast",
+            series="cpu0",
+            index=2,
+            before=5000151,
+            after=10000303,
+            delta=5000152,
+            wall_ns=100,
+            detail="user grew by 5000152 units of 2 ns (10 ms) in 100 ns of wall time; at most 5.00015e+06 allowed (elapsed x 3 + 10 ms slack)",
+            counter="user",
+        )
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_check_names_each_violation_exactly(name):
+    f, args, kw = CASES[name]
+    assert f(*args, **kw) == EXPECTED[name]
+
+
+def test_a_rate_or_slack_below_zero_is_refused():
+    for kw in ({"max_rate": -0.1}, {"slack_ns": -1}):
+        with pytest.raises(ValueError, match="^max_rate and slack_ns must not be negative$"):
+            c.check_rate("s", [], **kw)
+
+
+def test_a_version_moved_forward_less_than_half_the_u32_space():
+    assert c._version_advanced(0, 2) and c._version_advanced(U64 - 2, 2)
+    assert c._version_advanced(0, (1 << 31) - 1)
+    assert not c._version_advanced(0, 1 << 31)
+    assert not c._version_advanced(5, 5) and not c._version_advanced(5, 3)
