@@ -621,3 +621,77 @@ def test_a_version_moved_forward_less_than_half_the_u32_space():
     assert c._version_advanced(0, (1 << 31) - 1)
     assert not c._version_advanced(0, 1 << 31)
     assert not c._version_advanced(5, 5) and not c._version_advanced(5, 3)
+
+
+# ---- "alive": the pair of readings it is judged over
+
+
+def _pair_by_hand(rds, a, b, from_zero):
+    """_alive_pair's definition, pair by pair: for each y (in order) the earliest
+    x meeting post[x] + k*w[x] <= pre[y] - k*w[y] (k = 1/ALIVE_MAX_SLACK; x None
+    counts 0), kept when it waited strictly more than the best so far."""
+    k = 1 / c.ALIVE_MAX_SLACK
+    best, best_wait = None, None
+    for y in range(a, b + 1):
+        ry = rds[y]
+        right = ry.pre_ns - k * (ry.post_ns - ry.pre_ns)
+        xs = ([None] if from_zero else []) + list(range(a, y))
+        for x in xs:
+            left = 0 if x is None else rds[x].post_ns + k * (rds[x].post_ns - rds[x].pre_ns)
+            if left <= right:
+                wait = ry.pre_ns - (0 if x is None else rds[x].post_ns)
+                if best_wait is None or wait > best_wait:
+                    best, best_wait = (x, y), wait
+                break
+    return best
+
+
+def _rds(steps):
+    out, t = [], 0
+    for gap, inside in steps:
+        pre = t + gap
+        t = pre + inside
+        out.append(c.RunDelay(pre, t))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_alive_pair_is_the_one_its_definition_names(seed):
+    import random
+
+    rnd = random.Random(seed)
+    n = rnd.randint(1, 9)
+    rds = _rds([(rnd.choice([0, 1, 5, 20, 100]), rnd.choice([0, 0, 1, 3, 30])) for _ in range(n)])
+    a = rnd.randint(0, n - 1)
+    b = rnd.randint(a, n - 1)
+    for zero in (False, True):
+        assert c._alive_pair(rds, a, b, zero) == _pair_by_hand(rds, a, b, zero), (rds, a, b)
+
+
+def test_alive_pairs_by_hand():
+    # waits inside the runs: 5x the run's own wait must fit in the gap
+    rds = _rds([(10, 1), (10, 1), (100, 0), (0, 50)])
+    assert c._alive_pair(rds, 0, 3, False) == (0, 2)
+    assert c._alive_pair(rds, 1, 3, False) == (1, 2)
+    assert c._alive_pair(rds, 0, 3, True) == (None, 2)
+    assert c._alive_pair(rds, 0, 0, True) == (None, 0)
+    assert c._alive_pair(rds, 0, 0, False) is None
+    flat = _rds([(0, 0)] * 3)
+    assert c._alive_pair(flat, 0, 2, False) == (0, 1)  # waited 0: still a pair
+    # exactly on the bound: post[x] + 5*w[x] == pre[y] - 5*w[y]
+    edge = [c.RunDelay(0, 1), c.RunDelay(11, 12)]  # 1 + 5 == 11 - 5
+    assert c._alive_pair(edge, 0, 1, False) == (0, 1)
+    assert c._alive_pair([c.RunDelay(0, 1), c.RunDelay(10, 11)], 0, 1, False) is None
+
+
+def test_alive_spans_by_hand():
+    flat = _rds([(0, 0)] * 3)
+    assert c.alive_segments(flat) == [c.AliveSpan(0, 1)]  # waited 0 is at least 0
+    assert c.alive_segments(flat, 1) == [c.AliveSpan(0, 2)]
+    s = c.AliveSpan(1, 2, None)
+    samples = [Sample(0, 3), Sample(1, 10), Sample(2, 15)]
+    assert (s.before(samples), s.grew(samples)) == (10, 5)
+    z = c.AliveSpan(1, 2, 4)
+    assert (z.before(samples), z.grew(samples)) == (4, 11)
+    rds = _rds([(5, 1), (7, 2), (9, 3)])
+    assert (s.waited(rds), z.waited(rds)) == (rds[2].pre_ns - rds[1].post_ns, rds[2].pre_ns)
