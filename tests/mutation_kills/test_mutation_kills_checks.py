@@ -695,3 +695,244 @@ def test_alive_spans_by_hand():
     assert (z.before(samples), z.grew(samples)) == (4, 11)
     rds = _rds([(5, 1), (7, 2), (9, 3)])
     assert (s.waited(rds), z.waited(rds)) == (rds[2].pre_ns - rds[1].post_ns, rds[2].pre_ns)
+
+
+# ---- steal against run_delay: ceilings and the two rules, exact
+
+RD = c.RunDelay
+Ceiling = c.Ceiling
+RDS1 = [
+    RD(10, 12, fresh=True),
+    RD(20, 25, fresh=True),
+    RD(30, 31),
+    RD(40, 44, fresh=True, start=True, base=7),
+    RD(50, 52, fresh=True),
+    RD(60, 61),
+    RD(70, 75, fresh=True),
+    RD(80, 90, fresh=True, start=True),
+]
+V1 = [S(100, 14), S(200, 9), S(300, 12), S(400, 30), S(500, 33), S(600, 40), S(700, 41), S(800, 42)]
+RDS2 = [RD(10, 12), RD(20, 21, fresh=True), RD(30, 31)]
+V2 = [S(0, 1), S(1, 2), S(2, 3)]
+RDS3 = [
+    RD(0, 0, start=True, zero_start=True, base=0, fresh=True),
+    RD(10_000_000, 10_000_100),
+    RD(20_000_000, 20_000_100),
+    RD(30_000_000, 30_000_100, start=True),
+    RD(40_000_000, 40_000_100),
+    RD(50_000_000, 50_000_100),
+]
+V3 = [
+    S(0, 0),
+    S(10, 1_000_000),
+    S(20, 2_000_000),
+    S(30, 2_000_000),
+    S(40, 2_000_000),
+    S(50, 40_000_000),
+]
+CASES2 = {
+    "ceilings-1": (c.run_delay_ceilings, (V1, RDS1), {}),
+    "ceilings-2": (c.run_delay_ceilings, (V2, RDS2), {}),
+    "follows-1": (
+        c.check_follows_run_delay,
+        ("vcpu0", V1, RDS1),
+        {"alive_min_ns": 0, "slack_ns": 1},
+    ),
+    "follows-3": (c.check_follows_run_delay, ("vcpu1", V3, RDS3), {}),
+    "follows-3-min": (
+        c.check_follows_run_delay,
+        ("vcpu1", V3, RDS3),
+        {"alive_min_ns": 20_000_000, "alive_fraction": 1.0},
+    ),
+}
+RDS4 = [RD(0, 0), RD(10_000_000, 10_000_000)]
+CASES2["alive-at-need"] = (
+    c.check_follows_run_delay,
+    ("v", [S(0, 0), S(1, 9_000_000)], RDS4),
+    {"alive_min_ns": 0},
+)
+CASES2["alive-under-need"] = (
+    c.check_follows_run_delay,
+    ("v", [S(0, 0), S(1, 8_999_999)], RDS4),
+    {"alive_min_ns": 0},
+)
+CASES2["alive-under-min"] = (
+    c.check_follows_run_delay,
+    ("v", [S(0, 0), S(1, 0)], RDS4),
+    {"alive_min_ns": 10_000_001},
+)
+CASES2["alive-at-min"] = (
+    c.check_follows_run_delay,
+    ("v", [S(0, 0), S(1, 0)], RDS4),
+    {"alive_min_ns": 10_000_000},
+)
+
+EXPECTED2: dict[str, list] = {
+    "ceilings-1": [
+        Ceiling(
+            before=0,
+            allowed=12,
+            why="the runner thread's whole run_delay, charged once since the stretch (new vCPU or runner thread) began",
+        ),
+        Ceiling(
+            before=0,
+            allowed=25,
+            why="the runner thread's whole run_delay, charged once since the stretch (new vCPU or runner thread) began",
+        ),
+        Ceiling(before=9, allowed=11, why="its thread's run_delay growth around the two readings"),
+        Ceiling(
+            before=7,
+            allowed=44,
+            why="the runner thread's whole run_delay, charged once since the stretch (new vCPU or runner thread) began",
+        ),
+        Ceiling(
+            before=7,
+            allowed=52,
+            why="the runner thread's whole run_delay, charged once since the stretch (new vCPU or runner thread) began",
+        ),
+        Ceiling(before=33, allowed=11, why="its thread's run_delay growth around the two readings"),
+        Ceiling(
+            before=40,
+            allowed=76,
+            why="the runner thread's whole run_delay, charged once since the stretch (new vCPU or runner thread) began, plus what the reading before it may have missed",
+        ),
+        Ceiling(
+            before=41,
+            allowed=165,
+            why="the runner thread's whole run_delay, charged once since the stretch (new vCPU or runner thread) began, plus what the reading before it may have missed",
+        ),
+    ],
+    "ceilings-2": [
+        Ceiling(
+            before=0,
+            allowed=12,
+            why="the runner thread's whole run_delay, charged once since the stretch (new vCPU or runner thread) began",
+        ),
+        Ceiling(
+            before=1,
+            allowed=23,
+            why="the runner thread's whole run_delay, charged once since the stretch (new vCPU or runner thread) began, plus what the reading before it may have missed",
+        ),
+        Ceiling(before=2, allowed=11, why="its thread's run_delay growth around the two readings"),
+    ],
+    "follows-1": [
+        Violation(
+            kind="over-run-delay",
+            series="vcpu0",
+            index=0,
+            before=0,
+            after=14,
+            delta=14,
+            wall_ns=None,
+            detail="steal grew by 14 ns but at most 12 ns is possible (the runner thread's whole run_delay, charged once since the stretch (new vCPU or runner thread) began)",
+            counter="steal",
+        ),
+        Violation(
+            kind="not-alive",
+            series="vcpu0",
+            index=6,
+            before=40,
+            after=41,
+            delta=1,
+            wall_ns=100,
+            detail="steal grew by 1 ns since reading 5 while its thread waited 9 ns on a run queue (samples 5-6); KVM charges all of it, at least 0.9 of it is required",
+            counter="steal",
+        ),
+    ],
+    "follows-3": [
+        Violation(
+            kind="over-run-delay",
+            series="vcpu1",
+            index=5,
+            before=2000000,
+            after=40000000,
+            delta=38000000,
+            wall_ns=10,
+            detail="steal grew by 38 ms but at most 10 ms is possible (its thread's run_delay growth around the two readings)",
+            counter="steal",
+        ),
+        Violation(
+            kind="not-alive",
+            series="vcpu1",
+            index=2,
+            before=0,
+            after=2000000,
+            delta=2000000,
+            wall_ns=20,
+            detail="steal grew by 2 ms since its vCPU started while its thread waited 20 ms on a run queue (samples 0-2); KVM charges all of it, at least 0.9 of it is required",
+            counter="steal",
+        ),
+    ],
+    "follows-3-min": [
+        Violation(
+            kind="over-run-delay",
+            series="vcpu1",
+            index=5,
+            before=2000000,
+            after=40000000,
+            delta=38000000,
+            wall_ns=10,
+            detail="steal grew by 38 ms but at most 10 ms is possible (its thread's run_delay growth around the two readings)",
+            counter="steal",
+        ),
+        Violation(
+            kind="not-alive",
+            series="vcpu1",
+            index=2,
+            before=0,
+            after=2000000,
+            delta=2000000,
+            wall_ns=20,
+            detail="steal grew by 2 ms since its vCPU started while its thread waited 20 ms on a run queue (samples 0-2); KVM charges all of it, at least 1 of it is required",
+            counter="steal",
+        ),
+    ],
+    "alive-at-need": [],
+    "alive-under-need": [
+        Violation(
+            kind="not-alive",
+            series="v",
+            index=1,
+            before=0,
+            after=8999999,
+            delta=8999999,
+            wall_ns=1,
+            detail="steal grew by 9 ms since reading 0 while its thread waited 10 ms on a run queue (samples 0-1); KVM charges all of it, at least 0.9 of it is required",
+            counter="steal",
+        )
+    ],
+    "alive-under-min": [],
+    "alive-at-min": [
+        Violation(
+            kind="not-alive",
+            series="v",
+            index=1,
+            before=0,
+            after=0,
+            delta=0,
+            wall_ns=1,
+            detail="steal grew by 0 ns since reading 0 while its thread waited 10 ms on a run queue (samples 0-1); KVM charges all of it, at least 0.9 of it is required",
+            counter="steal",
+        )
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(CASES2))
+def test_steal_against_run_delay_exactly(name):
+    f, args, kw = CASES2[name]
+    assert f(*args, **kw) == EXPECTED2[name]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"alive_fraction": 1.1}, {"alive_fraction": -0.1}, {"slack_ns": -1}, {"alive_min_ns": -1}],
+)
+def test_follows_run_delay_refuses_bad_settings(kw):
+    with pytest.raises(
+        ValueError, match="^alive_fraction must be in \\[0, 1\\], slack and minimum >= 0$"
+    ):
+        c.check_follows_run_delay("v", [Sample(0, 0)], [RD(0, 0)], **kw)
+    assert c.check_follows_run_delay("v", [Sample(0, 0)], [RD(0, 0)], alive_fraction=1.0) == []
+    with pytest.raises(ValueError, match="^1 samples but 0 run_delay readings$"):
+        c.check_follows_run_delay("v", [Sample(0, 0)], [])
