@@ -1191,3 +1191,13 @@ def test_only_finished_vcpus_with_a_touching_run_are_agreed():
     rec["vcpu"]["state"][0] = "done"
     rec["vcpu"]["run_end_ns"][0] = 0
     assert [a["vcpu"] for a in judge_record(rec).notes["agreement"]] == [1]
+
+
+def test_blocktime_at_its_floor_is_no_harness_error():
+    r = _one_vcpu_run([(100, 0, 7, 0)], [(1150, 0, "r", 10), (1160, 1, "s", 0), (1170, 2, "s", 0)])
+    r.latency_us = 1
+    r.vcpu[0].run_end_ns = 2000
+    rp = pj.replay(r)
+    assert rp.report.blocked_ns == [1050]
+    rp.report.blocked_ns[0] = rp.report.all_blocked_ns = 1000  # the floor: 1 fault x 1 us
+    assert pj._judge(r, rp)[1] == []
