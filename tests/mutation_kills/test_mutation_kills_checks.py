@@ -936,3 +936,356 @@ def test_follows_run_delay_refuses_bad_settings(kw):
     assert c.check_follows_run_delay("v", [Sample(0, 0)], [RD(0, 0)], alive_fraction=1.0) == []
     with pytest.raises(ValueError, match="^1 samples but 0 run_delay readings$"):
         c.check_follows_run_delay("v", [Sample(0, 0)], [])
+
+
+# ---- the kvmclock and TSC checks, exact
+
+CASES3: dict[str, tuple] = {
+    "even": (
+        c.check_even_versions,
+        ("vcpu0", [S(0, 5, 2), S(1, 6, 3), S(2, 7, None), S(3, 1 << 63, 5)]),
+        {},
+    ),
+    "even-named": (c.check_even_versions, ("vcpu1", [S(0, 5, 1)]), {"counter": "hv"}),
+    "warps-none": (c.check_warps, ("guest", 0, 5, 10), {}),
+    "warps-one": (c.check_warps, ("guest", 1, 1500, 10), {}),
+    "warps-named": (c.check_warps, ("guest", 3, 7, 100), {"what": "tsc"}),
+    "jump-back": (c.check_jump, ("vcpu0", 3, 100, 90), {"max_ns": 50}),
+    "jump-wrap": (
+        c.check_jump,
+        ("vcpu0", 3, 0, 1 << 63),
+        {"max_ns": 1 << 64, "what": "tsc", "unit": "ticks"},
+    ),
+    "jump-zero": (c.check_jump, ("vcpu0", 3, 100, 100), {"max_ns": 50}),
+    "jump-at-max": (c.check_jump, ("vcpu0", 3, 100, 150), {"max_ns": 50}),
+    "jump-over": (c.check_jump, ("vcpu0", 4, 100, 151), {"max_ns": 50}),
+    "jump-over-why": (
+        c.check_jump,
+        ("vcpu0", 4, 100, 151),
+        {"max_ns": 50, "why_max": "downtime", "what": "tsc", "unit": "ticks"},
+    ),
+    "jump-at-min": (c.check_jump, ("vcpu0", 5, 100, 110), {"max_ns": 50, "min_ns": 10}),
+    "jump-short": (c.check_jump, ("vcpu0", 5, 100, 109), {"max_ns": 50, "min_ns": 10}),
+    "jump-short-why": (
+        c.check_jump,
+        ("vcpu0", 5, 100, 109),
+        {"max_ns": 50, "min_ns": 10, "why_min": "the sleep", "what": "tsc", "unit": "ticks"},
+    ),
+    "jump-min-is-max": (c.check_jump, ("vcpu0", 5, 100, 110), {"max_ns": 10, "min_ns": 10}),
+    "tsc-in": (c.check_tsc_applied, ("vcpu0", 2), {"lo": 10, "hi": 20, "read": 10, "written": "w"}),
+    "tsc-in-hi": (
+        c.check_tsc_applied,
+        ("vcpu0", 2),
+        {"lo": 10, "hi": 20, "read": 20, "written": "w"},
+    ),
+    "tsc-low": (
+        c.check_tsc_applied,
+        ("vcpu0", 2),
+        {"lo": 10, "hi": 20, "read": 9, "written": "set 5"},
+    ),
+    "tsc-high": (
+        c.check_tsc_applied,
+        ("vcpu1", 3),
+        {"lo": 10, "hi": 20, "read": 25, "written": "set 5"},
+    ),
+    "decode-same": (c.check_decode, ("vcpu0", 1, 5, 5), {}),
+    "decode": (c.check_decode, ("vcpu0", 1, 6, 5), {}),
+    "pvti-stable": (
+        c.check_pvti_consistency,
+        ([(2, 10, 20, 1), (2, 10, 20, 1), (2, 11, 20, 1), (2, 10, 21, 0)], True),
+        {},
+    ),
+    "pvti-unstable": (c.check_pvti_consistency, ([(2, 10, 20, 1), (2, 11, 22, 0)], False), {}),
+    "pvti-empty": (c.check_pvti_consistency, ([], True), {}),
+}
+
+EXPECTED3: dict[str, list] = {
+    "even": [
+        Violation(
+            kind="odd-version",
+            series="vcpu0",
+            index=1,
+            before=None,
+            after=3,
+            delta=None,
+            wall_ns=None,
+            detail="kvmclock read under odd version 3 (value 6): the area stayed mid-update for all the guest's tries",
+            counter="version",
+        ),
+        Violation(
+            kind="odd-version",
+            series="vcpu0",
+            index=3,
+            before=None,
+            after=5,
+            delta=None,
+            wall_ns=None,
+            detail="kvmclock read under odd version 5 (value 2^64-9223372036854775808): the area stayed mid-update for all the guest's tries",
+            counter="version",
+        ),
+    ],
+    "even-named": [
+        Violation(
+            kind="odd-version",
+            series="vcpu1",
+            index=0,
+            before=None,
+            after=1,
+            delta=None,
+            wall_ns=None,
+            detail="hv read under odd version 1 (value 5): the area stayed mid-update for all the guest's tries",
+            counter="version",
+        )
+    ],
+    "warps-none": [],
+    "warps-one": [
+        Violation(
+            kind="warp",
+            series="guest",
+            index=0,
+            before=None,
+            after=1500,
+            delta=None,
+            wall_ns=None,
+            detail="1 of 10 kvmclock readings went back against another vCPU's earlier reading, by up to 1.5 us",
+            counter="kvmclock",
+        )
+    ],
+    "warps-named": [
+        Violation(
+            kind="warp",
+            series="guest",
+            index=0,
+            before=None,
+            after=7,
+            delta=None,
+            wall_ns=None,
+            detail="3 of 100 tsc readings went back against another vCPU's earlier reading, by up to 7 ns",
+            counter="tsc",
+        )
+    ],
+    "jump-back": [
+        Violation(
+            kind="decrease",
+            series="vcpu0",
+            index=3,
+            before=100,
+            after=90,
+            delta=-10,
+            wall_ns=None,
+            detail="kvmclock went from 100 to 90 ns (-10): went back",
+            counter="kvmclock",
+        )
+    ],
+    "jump-wrap": [
+        Violation(
+            kind="u64-wrap",
+            series="vcpu0",
+            index=3,
+            before=0,
+            after=9223372036854775808,
+            delta=9223372036854775808,
+            wall_ns=None,
+            detail="tsc went from 0 to 2^64-9223372036854775808 ticks (+9223372036854775808): went back",
+            counter="tsc",
+        )
+    ],
+    "jump-zero": [],
+    "jump-at-max": [],
+    "jump-over": [
+        Violation(
+            kind="over-long-jump",
+            series="vcpu0",
+            index=4,
+            before=100,
+            after=151,
+            delta=51,
+            wall_ns=None,
+            detail="kvmclock went from 100 to 151 ns (+51): more than the 50 ns allowed",
+            counter="kvmclock",
+        )
+    ],
+    "jump-over-why": [
+        Violation(
+            kind="over-long-jump",
+            series="vcpu0",
+            index=4,
+            before=100,
+            after=151,
+            delta=51,
+            wall_ns=None,
+            detail="tsc went from 100 to 151 ticks (+51): more than the 50 ticks allowed (downtime)",
+            counter="tsc",
+        )
+    ],
+    "jump-at-min": [],
+    "jump-short": [
+        Violation(
+            kind="short-jump",
+            series="vcpu0",
+            index=5,
+            before=100,
+            after=109,
+            delta=9,
+            wall_ns=None,
+            detail="kvmclock went from 100 to 109 ns (+9): less than the 10 ns that surely passed",
+            counter="kvmclock",
+        )
+    ],
+    "jump-short-why": [
+        Violation(
+            kind="short-jump",
+            series="vcpu0",
+            index=5,
+            before=100,
+            after=109,
+            delta=9,
+            wall_ns=None,
+            detail="tsc went from 100 to 109 ticks (+9): less than the 10 ticks that surely passed (the sleep)",
+            counter="tsc",
+        )
+    ],
+    "jump-min-is-max": [],
+    "tsc-in": [],
+    "tsc-in-hi": [],
+    "tsc-low": [
+        Violation(
+            kind="tsc-not-applied",
+            series="vcpu0",
+            index=2,
+            before=10,
+            after=9,
+            delta=-1,
+            wall_ns=None,
+            detail="set 5; the guest read TSC 9, expected 10..20 (-1 ticks outside)",
+            counter="tsc",
+        )
+    ],
+    "tsc-high": [
+        Violation(
+            kind="tsc-not-applied",
+            series="vcpu1",
+            index=3,
+            before=20,
+            after=25,
+            delta=5,
+            wall_ns=None,
+            detail="set 5; the guest read TSC 25, expected 10..20 (+5 ticks outside)",
+            counter="tsc",
+        )
+    ],
+    "decode-same": [],
+    "decode": [
+        Violation(
+            kind="decode-mismatch",
+            series="vcpu0",
+            index=1,
+            before=5,
+            after=6,
+            delta=1,
+            wall_ns=None,
+            detail="guest computed 6 ns, the host's pvclock arithmetic gives 5 ns from the same area and TSC",
+            counter="kvmclock",
+        )
+    ],
+    "pvti-stable": [
+        Violation(
+            kind="pvti-flags",
+            series="vcpu3/pvti",
+            index=0,
+            before=1,
+            after=0,
+            delta=-1,
+            wall_ns=None,
+            detail="pvti PVCLOCK_TSC_STABLE_BIT is 0 but KVM_GET_CLOCK says stable",
+            counter="flags",
+        ),
+        Violation(
+            kind="master-clock",
+            series="vcpu2/pvti",
+            index=0,
+            before=20,
+            after=20,
+            delta=0,
+            wall_ns=None,
+            detail="(tsc_timestamp, system_time) = (11, 20) but vcpu0 has (10, 20) under a stable master clock",
+            counter="pvti",
+        ),
+        Violation(
+            kind="master-clock",
+            series="vcpu3/pvti",
+            index=0,
+            before=20,
+            after=21,
+            delta=1,
+            wall_ns=None,
+            detail="(tsc_timestamp, system_time) = (10, 21) but vcpu0 has (10, 20) under a stable master clock",
+            counter="pvti",
+        ),
+    ],
+    "pvti-unstable": [
+        Violation(
+            kind="pvti-flags",
+            series="vcpu0/pvti",
+            index=0,
+            before=0,
+            after=1,
+            delta=1,
+            wall_ns=None,
+            detail="pvti PVCLOCK_TSC_STABLE_BIT is 1 but KVM_GET_CLOCK says not stable",
+            counter="flags",
+        )
+    ],
+    "pvti-empty": [],
+}
+
+
+@pytest.mark.parametrize("name", list(CASES3))
+def test_the_clock_checks_exactly(name):
+    f, args, kw = CASES3[name]
+    assert f(*args, **kw) == EXPECTED3[name]
+
+
+def test_a_jump_bound_upside_down_is_refused():
+    with pytest.raises(ValueError, match="^min 11 above max 10$"):
+        c.check_jump("v", 0, 0, 5, max_ns=10, min_ns=11)
+
+
+def test_kinds_are_counted_in_their_documented_order():
+    vs = [
+        c.violation(k, "s", 0, None, None, "")
+        for k in ("zzz-unknown", c.KIND_STUCK, "aaa-unknown", c.KIND_DECREASE, c.KIND_STUCK)
+    ]
+    assert list(c.summarize(vs).items()) == [
+        (c.KIND_DECREASE, 1),
+        (c.KIND_STUCK, 2),
+        ("aaa-unknown", 1),
+        ("zzz-unknown", 1),
+    ]
+
+
+def test_a_figure_not_measured_is_a_dash():
+    assert c.ns_or_dash(None) == "-"
+    assert c.ns_or_dash(1500) == "1.5 us"
+    assert c.ns_or_dash(0) == "0 ns"
+
+
+def test_durations_divided_by_their_unit_exactly():
+    assert c.format_ns(999_999_999_999) == "1000 s"
+    assert c.format_ns(1_000_000_000_000_000 * 1_000) == "31.69 years"
+    assert c.format_ns(5 * 10**9 * 1_000_000 + 0) == "57.87 days"
+    assert c.format_ns(1_234_567_890) == "1.235 s"
+    assert c.format_ns(123_456_789) == "123.5 ms"
+    assert c.format_ns(10**12 * 1_000_000) == "31.69 years"
+    # on a rounding edge: a divisor off by one in its last place prints 123.4
+    assert c.format_ns(123_450_000) == "123.5 ms"
+    assert c.format_ns(123_450_000_000) == "123.5 s"
+    assert c.format_ns(10_666_080_000_000_000) == "123.5 days"
+    assert c.format_ns(109_078_844_400_000_000) == "3.457 years"
+
+
+def test_the_rate_slack_is_ppm_rounded_up_plus_one():
+    assert c.rate_slack_ns(0) == 1 and c.rate_slack_ns(-5) == 1
+    assert c.rate_slack_ns(1) == 2  # 0.0005 ns rounds up to 1
+    assert c.rate_slack_ns(2_000_000) == 1001
+    assert c.rate_slack_ns(2_000_001) == 1002
