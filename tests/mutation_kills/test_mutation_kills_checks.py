@@ -1289,3 +1289,42 @@ def test_the_rate_slack_is_ppm_rounded_up_plus_one():
     assert c.rate_slack_ns(1) == 2  # 0.0005 ns rounds up to 1
     assert c.rate_slack_ns(2_000_000) == 1001
     assert c.rate_slack_ns(2_000_001) == 1002
+
+
+def test_the_alive_pair_is_the_one_that_waited_most_between_the_two():
+    # found by search: the latest y is not the best, nor is the pair with the
+    # largest pre[y] + post[x]
+    rds = [RD(300, 330), RD(350, 380), RD(385, 385), RD(386, 389), RD(489, 492), RD(492, 492)]
+    assert c._alive_pair(rds, 0, 5, False) == (0, 5)
+    rds = [RD(1, 101), RD(106, 106), RD(206, 236), RD(536, 566), RD(666, 669), RD(670, 770)]
+    assert c._alive_pair(rds, 0, 5, False) == (0, 4)
+
+
+def test_more_edges_of_the_checks():
+    # a pair without a time is skipped, not the end of the series
+    out = c.check_rate("s", [Sample(None, 0), Sample(None, 5), Sample(0, 5), Sample(1, 100)])
+    assert [(v.kind, v.index) for v in out] == [(c.KIND_TOO_FAST, 3)]
+    # no contention: nothing judged, even a counter that went back
+    assert c.check_alive("s", Sample(0, 5), Sample(1, 4), contended_ns=0, min_fraction=1.0) == []
+    out = c.check_alive("s", Sample(0, 5), Sample(1, 5), contended_ns=1, min_fraction=1.0)
+    assert [v.kind for v in out] == [c.KIND_NOT_ALIVE]
+    # series of unequal length are compared over the shortest, idle included
+    w3, s3 = [Sample(i, 1) for i in range(3)], [Sample(i, 5 * i) for i in range(3)]
+    idle2 = [Sample(0, 0), Sample(1, 0)]
+    assert [v.index for v in c.check_stalled("c", w3[:2], s3, idle=s3)] == [1]
+    assert [v.index for v in c.check_stalled("c", w3, s3, idle=idle2)] == [1]
+    # the first reading has no pair before it
+    assert c.check_stalled("c", w3[:2], [Sample(0, 5), Sample(1, 0)]) == []
+    # check_series passes the counter and unit to check_monotonic
+    assert c.check_series("cpu0", [Sample(0, 10), Sample(1, 5)], unit_ns=2, counter="user") == [
+        c.violation(
+            c.KIND_DECREASE,
+            "cpu0",
+            1,
+            10,
+            5,
+            "user went from 10 to 5 units of 2 ns: down by 5",
+            wall_ns=1,
+            counter="user",
+        )
+    ]
