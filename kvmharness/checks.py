@@ -751,6 +751,8 @@ def alive_segments(run_delays: Sequence[RunDelay], alive_min_ns: int = 0) -> lis
     happens inside KVM_RUNs.)  Where no such pair saw ``alive_min_ns`` of
     waiting, the stretch's own ends are used: a dead clock is still caught
     there."""
+    if not run_delays:  # no readings: nothing to judge (zip below would refuse it)
+        return []
     cuts = [i for i, rd in enumerate(run_delays) if i == 0 or rd.start or rd.phase_start]
     out = []
     for a, end in zip(cuts, cuts[1:] + [len(run_delays)], strict=True):

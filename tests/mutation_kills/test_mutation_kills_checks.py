@@ -1328,3 +1328,26 @@ def test_more_edges_of_the_checks():
             counter="user",
         )
     ]
+
+
+def test_alive_falls_back_to_the_whole_stretch_when_the_best_pair_waited_too_little():
+    # the only pair whose runs hardly waited saw 1 ns of waiting; the whole
+    # stretch saw 10 ms (inside the last KVM_RUN): judged over the stretch
+    rds = [RD(0, 0), RD(1, 1), RD(10_000_000, 20_000_000)]
+    samples = [Sample(0, 0), Sample(1, 0), Sample(2, 0)]
+    out = c.check_follows_run_delay("v", samples, rds, slack_ns=10**9)
+    assert [(v.kind, v.index, v.before) for v in out] == [(c.KIND_NOT_ALIVE, 2, 0)]
+
+
+def test_a_new_vcpu_with_one_reading_is_judged_from_its_start():
+    rds = [RD(10_000_000, 10_000_000, fresh=True, start=True, zero_start=True, base=0)]
+    out = c.check_follows_run_delay("v", [Sample(0, 0)], rds)
+    assert [(v.kind, v.index, v.before, v.after) for v in out] == [(c.KIND_NOT_ALIVE, 0, 0, 0)]
+    assert "since its vCPU started" in out[0].detail
+    rds = [RD(10_000_000, 10_000_000, fresh=True, start=True)]  # no base: nothing to judge
+    assert c.check_follows_run_delay("v", [Sample(0, 0)], rds) == []
+
+
+def test_no_readings_no_violations():
+    assert c.alive_segments([]) == []
+    assert c.check_follows_run_delay("v", [], []) == []
