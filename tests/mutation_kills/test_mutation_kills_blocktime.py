@@ -146,3 +146,51 @@ def test_the_accountant_buckets_and_sums_each_waits_own_latency():
     assert r.non_vcpu_wait_ns == 2_000 + 5_000
     assert r.non_vcpu_buckets == [0, 1, 1, 0]
     assert r.buckets == [[0, 0, 0, 1]]
+
+
+# ---- QEMU's two designs: every figure they report (mutpc)
+
+
+def test_the_hash_model_reports_every_figure():
+    from kvmharness.blocktime import QemuHashModel, latency_bucket
+
+    m = QemuHashModel(2, buckets=4)
+    m.fault(0, 0, 100)
+    m.fault(0, None, 150)
+    m.fault(8, 1, 200)
+    assert m.placed(8, 1_200_300) == 1  # all were down: all-blocked from 200
+    assert m.placed(0, 5_000_100) == 2
+    assert m.placed(16, 7) == 0  # nobody waited
+    m.fault(24, None, 6_000_000)
+    m.fault(32, 0, 6_000_000)
+    assert m.placed(24, 6_000_500) == 1
+    b = [0] * 4
+    for passed in (1_200_100, 4_999_950, 5_000_000, 500):
+        b[latency_bucket(passed, 4)] += 1
+    assert b != [0, 0, 0, 4]  # the latencies fall in different buckets
+    r = m.report()
+    assert (r.blocked_ns, r.faults, r.all_blocked_ns) == ([5_000_000, 1_200_100], [2, 1], 1_200_100)
+    assert (r.non_vcpu_faults, r.non_vcpu_wait_ns) == (2, 4_999_950 + 500)
+    assert r.buckets == [] and r.non_vcpu_buckets == b and r.outstanding == [1, 0]
+
+
+def test_the_slot_model_reports_every_figure():
+    from kvmharness.blocktime import SlotScanModel
+
+    m = SlotScanModel(2)
+    m.fault(0, 0, 100)
+    m.fault(0, None, 150)
+    m.fault(8, 1, 200)
+    assert m.placed(8, 1_200_300) == 1
+    assert m.placed(0, 5_000_100) == 1
+    m.fault(32, 0, 6_000_000)
+    r = m.report()
+    assert (r.blocked_ns, r.faults, r.all_blocked_ns) == ([5_000_000, 1_200_100], [2, 1], 1_200_100)
+    assert (r.non_vcpu_faults, r.non_vcpu_wait_ns, r.outstanding) == (1, 0, [1, 0])
+
+
+def test_the_accountant_needs_a_vcpu():
+    from kvmharness.blocktime import BlocktimeAccountant
+
+    with pytest.raises(ValueError, match="^vcpus must be at least 1, got 0$"):
+        BlocktimeAccountant(0)
