@@ -6,8 +6,11 @@ matter.  No KVM needed."""
 
 from __future__ import annotations
 
+import pytest
+
 from kvmharness import checks
 from kvmharness.checks import Sample
+from kvmharness.judges import RecordError, undeltas
 from kvmharness.judges import steal as js
 
 
@@ -53,3 +56,81 @@ def test_a_new_vcpus_whole_run_delay_is_counted_from_zero():
         assert bool(found) is caught, found
         if caught:
             assert found[0].kind == checks.KIND_OVER_RUN_DELAY and found[0].index == 0
+
+
+# ---- a vCPU's record written and read back (mutpc)
+
+
+def _vrec(guest, host, ctx, **kw):
+    from kvmharness.judges.steal import VcpuRecord
+
+    return VcpuRecord(0, guest=guest, host=host, ctx=ctx, **kw)
+
+
+def test_readings_of_unequal_count_are_refused_when_written():
+    from kvmharness.checks import Sample
+    from kvmharness.judges.steal import RunCtx
+
+    g = [Sample(0, 0, 2), Sample(1, 0, 4)]
+    c = [RunCtx(1, 0, 0, 0)] * 2
+    with pytest.raises(ValueError, match="^vcpu0: 2 guest, 1 host, 2 ctx readings$"):
+        _vrec(g, g[:1], c).to_json()
+    with pytest.raises(ValueError, match="^vcpu0: 2 guest, 2 host, 1 ctx readings$"):
+        _vrec(g, g, c[:1]).to_json()
+
+
+def test_versions_not_read_stay_unread_and_quiet_readings_come_back():
+    from kvmharness.checks import Sample
+    from kvmharness.judges.steal import RunCtx, VcpuRecord
+
+    # reading 0 under version 0, then three quiet readings (only the version
+    # moved), then one with a new value whose host side has no version
+    g = [Sample(0, 5, 0), Sample(3, 5, 2), Sample(6, 5, 4), Sample(9, 5, 6), Sample(10, 8, None)]
+    h = g[:4] + [Sample(10, 9, None)]
+    c = [RunCtx(7, 0, 0, 0)] * 5
+    rec = _vrec(g, h, c, boundary=0)
+    d = rec.to_json()
+    ev = d["events"]
+    assert ev["quiet_before"] == [0, 3]
+    assert undeltas(ev["guest_version"]) == [0, -1]  # -1: not read
+    assert ev["host_minus_guest_version"] == [0, 0]
+    back = VcpuRecord.from_json(d)
+    assert [s.version for s in back.guest] == [0, 2, 4, 6, None]
+    assert [s.version for s in back.host] == [0, 2, 4, 6, None]
+    assert [s.t_ns for s in back.guest] == [0, 3, 6, 9, 10]  # interpolated, whole ns
+    assert [s.value for s in back.host] == [5, 5, 5, 5, 9]
+    assert back.ctx == c
+    # a host version read where the guest's was not
+    h2 = g[:4] + [Sample(10, 9, 8)]
+    ev2 = _vrec(g, h2, c, boundary=0).to_json()["events"]
+    assert ev2["host_minus_guest_version"] == [0, 9]
+    assert VcpuRecord.from_json(_vrec(g, h2, c, boundary=0).to_json()).host[4].version == 8
+    # interpolation rounds down to whole ns: 7 ns over 2 quiet readings
+    g3 = [Sample(0, 5, 0), Sample(3, 5, 2), Sample(7, 5, 4), Sample(10, 7, 6)]
+    back3 = VcpuRecord.from_json(_vrec(g3, g3, c[:4], boundary=0).to_json())
+    assert [s.t_ns for s in back3.guest] == [0, 3, 7, 10]
+
+
+def test_an_unreadable_vcpu_record_says_why():
+    from kvmharness.judges.steal import VcpuRecord
+
+    with pytest.raises(
+        RecordError, match="^steal vcpu record is not readable: KeyError\\('events'\\)$"
+    ):
+        VcpuRecord.from_json({})
+    ev = {
+        k: [0]
+        for k in (
+            "quiet_before",
+            "t_ns",
+            "guest_value",
+            "guest_version",
+            "since_previous_ns",
+            "host_minus_guest_value",
+            "host_minus_guest_version",
+            "run_delay_before_ns",
+        )
+    }
+    ev["run_delay_during_ns"] = []
+    with pytest.raises(RecordError, match="^steal vcpu record: event columns of unequal length$"):
+        VcpuRecord.from_json({"events": ev, "runs": [], "readings": 1})
