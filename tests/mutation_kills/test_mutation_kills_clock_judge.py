@@ -6,6 +6,7 @@ the record's raw fields, not by the judge's own helpers.  No KVM needed."""
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 from fractions import Fraction
@@ -17,7 +18,7 @@ from kvmharness import checks
 from kvmharness.judges import RecordError, judge_record
 from kvmharness.judges import clock as jc
 from kvmharness.scenarios.base import Verdict
-from kvmharness.scenarios.clock_record import ClockRecord, RateProbe
+from kvmharness.scenarios.clock_record import STABLE_BIT, ClockRecord, RateProbe, TscWrite
 
 DATA = Path(__file__).parent.parent / "data" / "clock"
 fmt = checks.format_ns
@@ -380,3 +381,512 @@ def test_the_rate_after_the_boundary_is_judged_at_the_khz_set_there():
     assert jc.unstable_drift(run, 0) == 2 * (1 + slew)  # twice 1 GHz
     facts.khz_before = facts.khz_after = 0
     assert run.khz_of(0) == run.khz_of(1) == 3
+
+
+# ---- the jump across the boundary
+
+
+def _cfg(**kw) -> jc.ClockConfigView:
+    from dataclasses import replace
+
+    return replace(jc.ClockConfigView.of(load("restore-downtime")["config"]), **kw)
+
+
+A, B = jc.Batch(1_000, 2_000, 0, 1), jc.Batch(10_000_000, 10_001_000, 1, 1)
+E_MAX, E_MIN = 10_000_000, 9_998_000  # B's end - A's start, B's start - A's end
+
+
+def _facts(put: str = "-", tsc_write_ns: int = 0) -> jc.BoundaryFacts:
+    """KVM_GET_CLOCK at 3..4 us, KVM_SET_CLOCK from 5.004 ms: 5 ms of downtime."""
+    f = jc.BoundaryFacts((3_000, 4_000), (5_004_000, 5_005_000), put=put)
+    f.tsc_write_ns = tsc_write_ns
+    return f
+
+
+def test_kvmclock_jump_bounds_follow_the_put_recorded_else_the_variants():
+    slack = checks.rate_slack_ns
+    why_real = f"the real time between the readings, {fmt(E_MAX)}, + rate slack"
+    # saved + downtime: at most the real time, no lower bound
+    got = jc._jump_bounds(_cfg(clock_put=jc.ClockPut.DOWNTIME), A, B, _facts())
+    assert got == (0, E_MAX + slack(E_MAX), why_real, "")
+    # KVM_CLOCK_REALTIME: at least the real time that surely passed
+    lo = E_MIN - slack(E_MIN)
+    why_lo = (
+        f"KVM_CLOCK_REALTIME adds the real time that passed: at least {fmt(E_MIN)} "
+        "between the readings, - rate slack"
+    )
+    want = (lo, E_MAX + slack(E_MAX), why_real, why_lo)
+    assert jc._jump_bounds(_cfg(clock_put=jc.ClockPut.REALTIME), A, B, _facts()) == want
+    # the put recorded wins over the variant's ("-" records none)
+    assert jc._jump_bounds(_cfg(), A, B, _facts("KVM_CLOCK_REALTIME")) == want
+    assert jc._jump_bounds(_cfg(clock_put=jc.ClockPut.REALTIME), A, B, _facts("-"))[0] == lo
+    # saved: the clock stood still over the downtime
+    hi = E_MAX - 5_000_000
+    assert jc._jump_bounds(_cfg(clock_put=jc.ClockPut.FROZEN), A, B, _facts()) == (
+        0,
+        hi + slack(hi),
+        f"the real time between the readings, {fmt(E_MAX)}, less the {fmt(5_000_000)} "
+        "the clock stood still, + rate slack",
+        "",
+    )
+    # overlapping readings: nothing surely passed, the bound is not negative
+    b = jc.Batch(1_500, 2_500, 1, 1)
+    assert jc._jump_bounds(_cfg(clock_put=jc.ClockPut.REALTIME), A, b, _facts())[0] == 0
+    # a negative downtime (clocks read out of order) hides nothing
+    f = jc.BoundaryFacts((3_000, 9_000), (5_000, 6_000))
+    assert jc._jump_bounds(_cfg(clock_put=jc.ClockPut.FROZEN), A, B, f)[1] == E_MAX + slack(E_MAX)
+
+
+def _tsc_run(facts: jc.BoundaryFacts, khz: int = 1_000_000, probes=()) -> jc.RunView:
+    return jc.RunView([], facts=facts, khz=khz, probes=list(probes))
+
+
+def _tsc_bound(cfg, run, a=A, b=B) -> int:
+    """The largest TSC jump _tsc_jump lets pass, found by its own edge."""
+    ok = jc._tsc_jump(cfg, "v", 1, 0, 0, a, b, run)
+    assert ok == []
+    lo, hi = 0, 10**12
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if not jc._tsc_jump(cfg, "v", 1, 0, mid, a, b, run) else (lo, mid - 1)
+    return lo
+
+
+def test_tsc_jump_is_at_most_the_real_time_in_ticks_at_the_fastest_rate():
+    slack = checks.rate_slack_ns
+    offset = _cfg(tsc_put=jc.TscPut.OFFSET)
+    # 1 tick per ns (KVM's khz after the boundary wins over the run's)
+    facts = _facts()
+    facts.khz_after = 1_000_000
+    run = _tsc_run(facts, khz=7)
+    hi = E_MAX + slack(E_MAX) + 1
+    assert _tsc_bound(offset, run) == hi
+    [v] = jc._tsc_jump(offset, "vcpu0/boundary", 1, 5, 5 + hi + 1, A, B, run)
+    assert (v.kind, v.series, v.index, v.counter) == (
+        checks.KIND_OVERLONG_JUMP,
+        "vcpu0/boundary",
+        1,
+        "TSC",
+    )
+    assert v.detail.endswith(
+        f"more than the {hi} ticks allowed (the real time between the readings, at "
+        "1000.000 MHz (KVM's tsc_khz 1000000, or the rate measured))"
+    ), v.detail
+    # without khz_after, the run's; the TSC measured 10% faster widens the bound
+    run = _tsc_run(_facts(), khz=1_000_000)
+    assert _tsc_bound(offset, run) == hi
+    probes = [[_probe(0, 0, width=0), _probe(1_000_000, 1_100_000, width=0)]]
+    run = _tsc_run(_facts(), khz=1_000_000, probes=probes)
+    assert _tsc_bound(offset, run) == (E_MAX + slack(E_MAX)) * 11 // 10 + 1
+    # a TSC put as captured is not judged here
+    assert jc._tsc_jump(_cfg(), "v", 1, 0, 10**15, A, B, run) == []
+
+
+def test_a_tsc_written_back_stands_still_from_its_reading_to_the_destinations_write():
+    slack = checks.rate_slack_ns
+    msr = _cfg(tsc_put=jc.TscPut.MSR)
+    # written at 2.003 ms, read before KVM_GET_CLOCK began (3 us): 2 ms still
+    run = _tsc_run(_facts(tsc_write_ns=2_003_000))
+    e = E_MAX - 2_000_000
+    assert _tsc_bound(msr, run) == e + slack(e) + 1
+    [v] = jc._tsc_jump(msr, "v", 1, 0, 10**9, A, B, run)
+    assert "(the real time between the readings less the time the TSC stood still, at" in (v.detail)
+    # no write recorded: still over the downtime (5 ms)
+    e = E_MAX - 5_000_000
+    assert _tsc_bound(msr, _tsc_run(_facts())) == e + slack(e) + 1
+    # a write recorded before the reading stands still for no time
+    assert _tsc_bound(msr, _tsc_run(_facts(tsc_write_ns=1_000))) == E_MAX + slack(E_MAX) + 1
+    # still longer than the readings' distance: no negative bound
+    assert _tsc_bound(msr, _tsc_run(_facts(tsc_write_ns=10**9))) == 0 + slack(0) + 1
+
+
+# ---- per-vCPU series and warps on small synthetic runs
+
+
+def _vcpu(index: int, t0s: list[int], *, boundary: int = 0, per: int = 2, flags: int = 1):
+    """A vCPU with one batch per start time in ``t0s`` (each 1 us long, ``per``
+    readings of kvmclock = the batch's start + k ns, version 2)."""
+    r = ClockRecord(index)
+    for t0 in t0s:
+        r.batches.append(jc.Batch(t0, t0 + 1_000, len(r.samples), per))
+        r.samples += [(t0 + k, 10 * (t0 + k), t0 + k, 2, flags, 1, 0) for k in range(per)]
+    r.boundary = boundary
+    return r
+
+
+def test_a_completed_update_needs_a_later_even_version_in_the_next_reading():
+    S = checks.Sample
+
+    def own(*versions):
+        return [S(0, 0, v) for v in versions]
+
+    assert jc._completed(own(5, 6), 0)
+    assert jc._completed(own(5, 5 + (1 << 31) - 1), 0)  # far ahead, still later
+    assert not jc._completed(own(5, 5 + (1 << 31) + 1), 0)  # "ahead" by more is behind
+    assert not jc._completed(own(5, 4), 0)  # an earlier even version
+    assert not jc._completed(own(5, 7), 0)  # odd again: left mid-update
+    assert jc._completed(own((1 << 32) - 1, 0), 0)  # the u32 version wrapped
+    assert jc._completed(own(3, 5, 8), 1) and not jc._completed(own(3, 5, 8), 0)
+    assert not jc._completed(own(5), 0)  # the last reading: nothing after it
+    assert not jc._completed(own(5, None), 0) and not jc._completed(own(None, 6), 0)
+
+
+def test_phases_are_stable_only_under_the_clocks_flag_and_every_readings_bit():
+    r0 = _vcpu(0, [0, 10_000, 20_000, 30_000], boundary=2)
+    r1 = _vcpu(1, [5_000, 15_000, 25_000], boundary=2)
+    run = jc.RunView([r0, r1], stable=True, stable_after=True)
+    assert jc._stable_phases(run) == [True, True]
+    run.stable_after = None  # not known: the readings decide
+    assert jc._stable_phases(run) == [True, True]
+    run.stable, run.stable_after = False, True
+    assert jc._stable_phases(run) == [False, True]
+    run.stable = None
+    set_sample(r1, 4, flags=0)  # one reading of vCPU 1 after the boundary
+    assert jc._stable_phases(run) == [True, False]
+    assert jc._stable_phases(jc.RunView([])) == []
+    # a vCPU without a second phase does not end the others'
+    run = jc.RunView([_vcpu(0, [0, 10_000]), _vcpu(1, [0, 10_000, 20_000], boundary=1)])
+    assert jc._stable_phases(run) == [True, True]
+    # the start of a phase is its earliest batch over the vCPUs
+    assert jc._phase_start(jc.RunView([r0, r1]), 0) == 0
+    assert jc._phase_start(jc.RunView([r0, r1]), 1) == 20_000
+    assert jc._phase_start(jc.RunView([r1, r0]), 1) == 20_000
+    assert jc._phase_start(jc.RunView([r0, r1]), 2) == 0
+
+
+def _warp_run(stable_after: bool = True) -> jc.RunView:
+    r0 = _vcpu(0, [0, 10_000, 20_000, 30_000], boundary=2)
+    r1 = _vcpu(1, [5_000, 15_000, 25_000, 1_000_000], boundary=2, per=3)
+    return jc.RunView([r0, r1], stable=True, stable_after=stable_after)
+
+
+def test_warps_are_judged_per_phase_and_kind_with_the_phases_reads():
+    run = _warp_run()
+    r0, r1 = run.records
+    r0.batches[3].warps, r0.batches[3].max_warp_ns = 2, 700
+    r1.batches[2].warps, r1.batches[2].max_warp_ns = 1, 900
+    r1.batches[0].vdso_warps, r1.batches[0].max_vdso_warp_ns = 4, 50
+    found = jc.Found()
+    jc._warps(_cfg(warp=True), run, [True, True], found)
+    assert [(v.kind, v.series, v.index, v.after) for v in found.judged] == [
+        (checks.KIND_WARP, "all vCPUs/vdso", 0, 50),
+        (checks.KIND_WARP, "all vCPUs", 1, 900),
+    ]
+    assert found.judged[0].detail == (
+        f"4 of {2 * 2 + 2 * 3} kvmclock (vCPU 0's area) readings went back against "
+        f"another vCPU's earlier reading, by up to {fmt(50)}"
+    )
+    assert found.judged[1].detail == (
+        f"3 of {2 * 2 + 2 * 3} kvmclock readings went back against another vCPU's "
+        f"earlier reading, by up to {fmt(900)} after the boundary"
+    )
+    assert found.excused == {}
+    # a variant that does not judge warps
+    found = jc.Found()
+    jc._warps(_cfg(warp=False), run, [True, True], found)
+    assert found.judged == [] and found.excused == {}
+
+
+def test_warps_without_a_master_clock_are_judged_beyond_the_drift_since_the_phase_began():
+    run = _warp_run(stable_after=False)
+    r1 = run.records[1]
+    # phase 1 began at 20 us (vCPU 0's first batch there), its last batch ended at 1.001 ms
+    tol = jc.unstable_tolerance(run, 1, 1_001_000 - 20_000)
+    for size, judged in ((tol, False), (tol + 1, True)):
+        r1.batches[3].warps, r1.batches[3].max_warp_ns = 1, size
+        found = jc.Found()
+        jc._warps(_cfg(warp=True), run, [True, False], found)
+        assert (len(found.judged), found.excused) == ((1, {}) if judged else (0, {"warp": 1}))
+
+
+def test_kvmclock_advances_at_most_the_real_time_plus_drift_and_forced_updates():
+    r = _vcpu(0, [0, 10_000, 20_000])
+    run = jc.RunView([r], storm=[{"added_ns": 500}])
+    # readings 1 (batch 0: 0..1 us) and 2 (batch 1: 10..11 us): at most 11 us apart
+    e = 11_000
+    allowed = e + checks.rate_slack_ns(e) + jc.unstable_tolerance(run, 0, 11_000 - 0) + 500
+    idx = list(range(len(r.samples)))
+    for col, name in ((0, "vcpu0"), (2, "vcpu0/vdso")):
+        for step, caught in ((allowed, False), (allowed + 1, True)):
+            rr = copy.deepcopy(r)
+            for i in range(2, len(rr.samples)):  # everything from reading 2 on moves up
+                s = list(rr.samples[i])
+                s[col] = rr.samples[1][col] + step + (i - 2)
+                rr.samples[i] = tuple(s)
+            out = jc._too_fast(run, 0, name, rr, idx, col, 0)
+            assert [(v.kind, v.series, v.index, v.counter) for v in out] == (
+                [(checks.KIND_TOO_FAST, name, 2, "kvmclock")] if caught else []
+            ), (col, step)
+            if caught:
+                before = rr.samples[1][col]
+                assert (out[0].before, out[0].after) == (before, before + step)
+                assert out[0].detail == (
+                    f"kvmclock went {before} -> {before + step} ns (+{step}) in at most "
+                    f"{fmt(e)} of real time: more than the {allowed} ns the time and the "
+                    "drift of KVM's scale allow"
+                )
+    # the drift allowed grows with the time since the phase began (start), not since 0
+    rr = copy.deepcopy(r)
+    rr.samples[2] = (rr.samples[1][0] + allowed + 1, *rr.samples[2][1:])
+    rr.samples[3] = (rr.samples[2][0] + 1, *rr.samples[3][1:])
+    late = jc.unstable_tolerance(run, 0, 11_000 + 10**9) - jc.unstable_tolerance(run, 0, 11_000)
+    assert late > 1
+    assert jc._too_fast(run, 0, "v", rr, idx, 0, -(10**9)) == []
+    # a u64 wrap is another violation's business (decrease/wrap), not too fast
+    rr.samples[2] = ((1 << 63) + 5, *rr.samples[2][1:])
+    assert [v.index for v in jc._too_fast(run, 0, "v", rr, idx, 0, 0)] == []
+    # readings of a subset (vDSO-style ones): pairs of the listed indices only
+    out = jc._too_fast(run, 0, "v", r, [0, 4], 0, 0)
+    assert out == []
+
+
+# ---- the verdict
+
+
+def test_a_failed_run_keeps_its_blame_and_text_and_judges_nothing():
+    rec = load("restore-downtime")
+    rec["failure"] = {"blame": "kernel", "observed": "KVM_SET_CLOCK failed: EINVAL"}
+    j = judge_record(rec)
+    assert (j.verdict, j.observed, j.violations, j.notes) == (
+        Verdict.BROKEN,
+        "KVM_SET_CLOCK failed: EINVAL",
+        [],
+        {},
+    )
+    rec["failure"]["blame"] = "harness"
+    assert judge_record(rec).verdict == Verdict.ERROR
+    rec["failure"] = None
+    assert judge_record(rec).verdict == Verdict.HOLDS
+
+
+def test_excused_steps_and_completed_odd_readings_are_counted_in_text_and_notes():
+    res = result_of(load("restore-downtime"))
+    rec = res.records[1]
+    i = list(phase2(rec))[-5]
+    set_sample(rec, i, ns=rec.samples[i - 1][0] - 2_000)  # within drift, no master clock
+    j = rejudge(res)
+    assert j.verdict == Verdict.HOLDS
+    assert j.notes["not_judged_without_master_clock"] == {"decrease": 1}
+    assert j.observed.endswith(
+        "master clock lost at the boundary (KVM_CLOCK_TSC_STABLE gone); not judged without "
+        "a master clock: decrease x1"
+    ), j.observed
+    # and an odd reading whose update then completed, twice
+    r0 = res.records[0]
+    for k in (5, 9):
+        set_sample(r0, k, version=r0.samples[k + 1][3] - 1)
+    j = rejudge(res)
+    assert j.notes["odd_version_then_completed"] == 2
+    assert (
+        "; 2 reading(s) gave up on an update that then completed (odd version, the next one "
+        "even); not judged without a master clock: decrease x1"
+    ) in j.observed
+
+
+def phase2(rec: ClockRecord) -> range:
+    return rec.sample_range(rec.boundary, len(rec.batches))
+
+
+def test_never_stable_is_not_supported_only_where_the_variant_needs_the_master_clock():
+    res = result_of(load("monotonic"))
+    res.stable = False
+    for r in res.records:
+        for i in range(len(r.samples)):
+            set_sample(r, i, flags=r.samples[i][4] & ~STABLE_BIT)
+    j = rejudge(res)
+    assert j.verdict == Verdict.NOT_SUPPORTED
+    assert j.observed == (
+        "the host clock is never stable (KVM_GET_CLOCK without KVM_CLOCK_TSC_STABLE, areas "
+        "without PVCLOCK_TSC_STABLE_BIT: no master clock, e.g. a host clocksource other than "
+        f"tsc); measured: {summary_of(res)}"
+    )
+    # stable in one phase of two is enough to be tested
+    rec = load("restore-downtime")
+    assert judge_record(rec).notes["stability"]["phases_stable"] == [True, False]
+    rec["config"]["needs_stable"] = True
+    assert judge_record(rec).verdict == Verdict.HOLDS
+
+
+def summary_of(res) -> str:
+    rec = json.loads(json.dumps(res.record()))
+    first = vcpus(rec)[0].samples[0]
+    return (
+        f"{reads(rec)} reads, 0 warps; first reading: kvmclock {fmt(first[0])}, TSC "
+        f"{first[1]} ticks ({fmt(first[1] * 1_000_000 // rec['tsc_khz'])} at KVM's frequency)"
+    )
+
+
+def test_a_stopped_vcpu_that_is_untestable_says_why_and_a_hung_one_is_broken():
+    from kvmharness.judges.stopped import Stopped
+
+    res = result_of(load("warp"))
+    res.records[0].stuck = Stopped(0x10, 40 * 10**9, 10**6, 39 * 10**9)  # host too loaded
+    j = rejudge(res)
+    assert j.verdict == Verdict.UNTESTABLE and j.violations == []
+    assert j.observed == (
+        "vcpu0 was stopped after 40 s in KVM_RUN; its thread ran only 1 ms and waited 39 s "
+        "on a run queue: the host is too loaded to judge"
+    )
+    # the first vCPU's reason is kept when a second one is untestable too
+    res.records[1].stuck = Stopped(0x20, 40 * 10**9, 10**6, 39 * 10**9)
+    assert rejudge(res).observed == j.observed
+    # a hung vCPU beside it: BROKEN, the untestable one does not hide it
+    res.records[1].stuck = Stopped(0x20, 40 * 10**9, 10**6, 10**6)
+    j = rejudge(res)
+    assert j.verdict == Verdict.BROKEN
+    assert [(v.kind, v.series) for v in j.violations] == [("hung", "vcpu1")]
+
+
+# ---- each vCPU's own series (_per_vcpu)
+
+
+def _judged(run: jc.RunView, cfg: jc.ClockConfigView | None = None) -> jc.Found:
+    found = jc.Found()
+    jc._per_vcpu(cfg or _cfg(), run, found)
+    return found
+
+
+def _step_back(r: ClockRecord, i: int, by: int, col: int = 0) -> None:
+    s = list(r.samples[i])
+    s[col] = r.samples[i - 1][col] - by
+    r.samples[i] = tuple(s)
+
+
+def test_a_step_back_is_judged_by_both_readings_stable_bit_or_beyond_drift():
+    # two phases, the second (batches 2, 3) without a master clock; readings
+    # 5 (batch 2, ends at 21 us) -> 6 (batch 3, ends at 31 us), phase start 20 us
+    def run_with(flags5: int, flags6: int, by: int) -> jc.Found:
+        r = _vcpu(0, [0, 10_000, 20_000, 30_000], boundary=2)
+        set_sample(r, 5, flags=flags5)
+        set_sample(r, 6, flags=flags6)
+        _step_back(r, 6, by)
+        for i in range(7, len(r.samples)):
+            set_sample(r, i, ns=r.samples[i - 1][0] + 1)
+        return _judged(jc.RunView([r], stable=True, stable_after=False))
+
+    run = jc.RunView([], stable=True, stable_after=False)
+    tol = jc.unstable_tolerance(run, 1, 31_000 - 20_000)
+    found = run_with(1, 1, 5)  # both under the stable bit: judged, however small
+    assert [(v.kind, v.series, v.index) for v in found.judged] == [("decrease", "vcpu0", 2)]
+    for f5, f6 in ((1, 0), (0, 1), (0, 0)):
+        assert run_with(f5, f6, tol).excused == {"decrease": 1}, (f5, f6)
+        assert run_with(f5, f6, tol).judged == []
+        assert [v.kind for v in run_with(f5, f6, tol + 1).judged] == ["decrease"]
+    # the drift counts from the phase's start: the same step in phase 0 (start 0)
+    r = _vcpu(0, [0, 10_000, 20_000, 30_000], boundary=2, flags=0)
+    _step_back(r, 2, jc.unstable_tolerance(run, 0, 11_000) + 1)
+    for i in range(3, len(r.samples)):
+        set_sample(r, i, ns=r.samples[i - 1][0] + 1)
+    assert [v.index for v in _judged(jc.RunView([r], stable=False)).judged] == [2]
+
+
+def test_vdso_style_readings_are_comparable_only_back_to_back():
+    """A vDSO-style reading (vCPU 0's area) is taken under its stable bit: a
+    step back between two consecutive ones is judged; with a reading between
+    them that did not use the area, only beyond drift."""
+    r = _vcpu(0, [0, 10_000, 20_000], flags=0)
+    _step_back(r, 3, 5, col=2)
+    for i in range(4, len(r.samples)):
+        set_sample(r, i, vdso_ns=r.samples[i - 1][2] + 1)
+    found = _judged(jc.RunView([r], stable=False))
+    assert [(v.kind, v.series, v.index, v.counter) for v in found.judged] == [
+        ("decrease", "vcpu0/vdso", 3, "kvmclock (vCPU 0's area)")
+    ]
+    set_sample(r, 2, vdso_used=0)  # reading 2 did not use the area: 1 -> 3 steps back
+    set_sample(r, 3, vdso_ns=r.samples[1][2] - 5)
+    for i in range(4, len(r.samples)):
+        set_sample(r, i, vdso_ns=r.samples[i - 1][2] + 1)
+    found = _judged(jc.RunView([r], stable=False))
+    assert found.judged == [] and found.excused == {"decrease": 1}
+    # ... and its index in the vDSO series skips it
+    set_sample(r, 2, vdso_used=1)
+    set_sample(r, 0, vdso_used=0)
+    assert [v.index for v in _judged(jc.RunView([r], stable=False)).judged] == [2]
+
+
+def test_vdso_style_readings_may_not_run_faster_than_real_time():
+    r = _vcpu(0, [0, 10_000])
+    set_sample(r, 2, vdso_ns=r.samples[1][2] + 10**9)
+    set_sample(r, 3, vdso_ns=r.samples[2][2] + 1)
+    found = _judged(jc.RunView([r], stable=True))
+    assert [(v.kind, v.series, v.index) for v in found.judged] == [
+        (checks.KIND_TOO_FAST, "vcpu0/vdso", 2)
+    ]
+    set_sample(r, 1, vdso_used=0)  # the pair is then readings 0 -> 2
+    assert [v.index for v in _judged(jc.RunView([r], stable=True)).judged] == [1]
+
+
+def test_odd_versions_are_judged_unless_the_update_then_completed():
+    r = _vcpu(0, [0, 10_000, 20_000])
+    set_sample(r, 2, version=3)  # then 2 again: an earlier version, not completed
+    found = _judged(jc.RunView([r], stable=True))
+    assert [(v.kind, v.series, v.index) for v in found.judged] == [
+        (checks.KIND_ODD_VERSION, "vcpu0", 2)
+    ]
+    assert found.waited_out == 0
+    set_sample(r, 3, version=4)
+    set_sample(r, 4, version=4)
+    set_sample(r, 5, version=4)
+    found = _judged(jc.RunView([r], stable=True))
+    assert (found.judged, found.waited_out) == ([], 1)
+
+
+def test_every_decode_of_a_vcpu_is_checked():
+    r = _vcpu(3, [0, 10_000])
+    r.decode = [(1, 500, 500), (2, 10_000, 10_001)]
+    found = _judged(jc.RunView([r], stable=True))
+    assert [(v.kind, v.series, v.index, v.before, v.after) for v in found.judged] == [
+        (checks.KIND_DECODE_MISMATCH, "vcpu3", 2, 10_001, 10_000)
+    ]
+
+
+def test_a_tsc_put_is_judged_at_the_first_reading_of_its_batch():
+    r = _vcpu(0, [0, 10_000, 20_000])
+    first = r.samples[2][1]  # batch 1's first reading
+    r.tsc_writes = [
+        TscWrite(1, first, first, "offset"),  # exactly
+        TscWrite(2, first, first, "late"),  # batch 2 read later: outside
+        TscWrite(3, 0, 0, "beyond the batches"),
+    ]
+    found = _judged(jc.RunView([r], stable=True))
+    assert [(v.kind, v.series, v.index, v.before, v.after) for v in found.judged] == [
+        (checks.KIND_TSC_NOT_APPLIED, "vcpu0", 2, first, r.samples[4][1])
+    ]
+    assert found.judged[0].detail.startswith("late; the guest read TSC")
+    r.batches[2].n = 0  # a batch without readings judges nothing
+    r.samples = r.samples[:4]
+    assert _judged(jc.RunView([r], stable=True)).judged == []
+
+
+def test_an_msr_write_is_judged_at_the_rate_of_its_phase():
+    """MSR_IA32_TSC written at 1 ms: the first reading after it lies within the
+    time since the write at KVM's khz of the phase the write's batch is in."""
+    r = _vcpu(0, [0, 10_000, 2_000_000, 2_010_000], boundary=2)
+    facts = jc.BoundaryFacts()
+    facts.khz_before, facts.khz_after = 1_000_000, 2_000_000
+    run = jc.RunView([r], stable=True, stable_after=True, facts=facts, khz=1_000_000)
+
+    def write(batch: int, value: int) -> jc.TscWrite:
+        return TscWrite(batch, 0, 0, "msr", value, (1_000_000, 1_000_100))
+
+    b = r.batches[2]
+    # after the boundary at 2 ticks per ns: from (t0 - 1.0001 ms) to (t1 - 1 ms) ticks
+    lo, hi = jc.tsc_msr_range(10**9, (1_000_000, 1_000_100), b, 2_000_000, (), None)
+    assert lo < hi
+    read = r.samples[b.first][1]
+    for value, caught in ((read - lo + 10**9, False), (read - lo + 10**9 + 1, True)):
+        r.tsc_writes = [write(2, value)]
+        kinds = [v.kind for v in _judged(run).judged if v.kind == checks.KIND_TSC_NOT_APPLIED]
+        assert kinds == ([checks.KIND_TSC_NOT_APPLIED] if caught else []), value
+    # before the boundary (batch 1) the same write is judged at 1 tick per ns
+    b = r.batches[1]
+    lo1, _ = jc.tsc_msr_range(10**9, (0, 100), b, 1_000_000, (), None)
+    read = r.samples[b.first][1]
+    r.tsc_writes = [TscWrite(1, 0, 0, "msr", read - lo1 + 10**9, (0, 100))]
+    assert not [v for v in _judged(run).judged if v.kind == checks.KIND_TSC_NOT_APPLIED]
+    r.tsc_writes = [TscWrite(1, 0, 0, "msr", read - lo1 + 10**9 + 1, (0, 100))]
+    assert [v.index for v in _judged(run).judged if v.kind == "tsc-not-applied"] == [1]
+    # no khz of the phase: the run's
+    facts.khz_before = facts.khz_after = 0
+    r.tsc_writes = [TscWrite(1, 0, 0, "msr", read - lo1 + 10**9 + 1, (0, 100))]
+    assert [v.index for v in _judged(run).judged if v.kind == "tsc-not-applied"] == [1]
