@@ -890,3 +890,487 @@ def test_an_msr_write_is_judged_at_the_rate_of_its_phase():
     facts.khz_before = facts.khz_after = 0
     r.tsc_writes = [TscWrite(1, 0, 0, "msr", read - lo1 + 10**9 + 1, (0, 100))]
     assert [v.index for v in _judged(run).judged if v.kind == "tsc-not-applied"] == [1]
+
+
+# ---- edges the first --fast pass of judges/clock.py left alive
+
+
+def test_a_clock_far_off_its_rate_may_step_back_at_once_by_the_drift():
+    """The drift at a TSC twice KVM's khz is over 1 ns per ns: at 0 ns since
+    the phase began only the slack is allowed, a moment later the drift too."""
+    facts = jc.BoundaryFacts()
+    facts.khz_before = 1_000_000
+    probes = [_probe(0, 0, width=0), _probe(1_000_000, 2_000_000, width=0)]
+    run = jc.RunView([], facts=facts, probes=[probes])
+    assert jc.unstable_drift(run, 0) > 2
+    assert jc.unstable_tolerance(run, 0, 0) == checks.rate_slack_ns(0)
+    assert jc.unstable_tolerance(run, 0, -3) == checks.rate_slack_ns(0)
+    assert jc.unstable_tolerance(run, 0, 1) == 2 + checks.rate_slack_ns(1)
+
+
+def test_overlapping_readings_give_a_realtime_put_no_lower_bound_and_say_zero():
+    b = jc.Batch(1_500, 2_500, 1, 1)
+    lo, _, _, why_lo = jc._jump_bounds(_cfg(clock_put=jc.ClockPut.REALTIME), A, b, _facts())
+    assert lo == 0
+    assert why_lo == (
+        f"KVM_CLOCK_REALTIME adds the real time that passed: at least {fmt(0)} between "
+        "the readings, - rate slack"
+    )
+
+
+def test_a_vcpu_without_batches_starts_no_phase():
+    assert jc._phase_start(jc.RunView([ClockRecord(0)]), 0) == 0
+    assert jc._phase_start(jc.RunView([ClockRecord(0), _vcpu(1, [7_000])]), 0) == 7_000
+
+
+def test_the_drift_of_a_step_back_counts_to_the_end_of_its_own_batch():
+    """Readings 2 -> 3 in batch 1 (ends at 11 us) of three: the step back is
+    allowed the drift of 11 us, not of the later batches."""
+    r = _vcpu(0, [0, 10_000, 20_000], flags=0)
+    run = jc.RunView([r], stable=False)
+    tol = jc.unstable_tolerance(run, 0, 11_000)
+    r.samples[3] = (r.samples[2][0] - tol - 1, *r.samples[3][1:])
+    for i in range(4, len(r.samples)):
+        set_sample(r, i, ns=r.samples[i - 1][0] + 1)
+    found = _judged(run)
+    assert [(v.kind, v.series, v.index, v.counter) for v in found.judged] == [
+        ("decrease", "vcpu0", 3, "kvmclock")
+    ]
+    assert found.judged[0].detail.startswith("kvmclock "), found.judged[0].detail
+
+
+def test_too_fast_kvmclock_is_named_after_its_vcpu():
+    r = _vcpu(2, [0, 10_000])
+    for i in (2, 3):
+        set_sample(r, i, ns=r.samples[i][0] + 10**9)
+    found = _judged(jc.RunView([r], stable=True))
+    assert [(v.kind, v.series, v.index) for v in found.judged] == [("too-fast", "vcpu2", 2)]
+
+
+def test_vdso_steps_after_the_boundary_are_judged_within_their_phase():
+    """Phase 1 (batches 2, 3) starts at 1 ms: a vDSO-style step back there,
+    between readings that are not back to back, is excused up to the drift of
+    the time since 1 ms, and its index counts within phase 1."""
+    r = _vcpu(0, [0, 10_000, 1_000_000, 1_010_000], boundary=2, flags=0)
+    run = jc.RunView([r], stable=False, stable_after=False)
+    tol = jc.unstable_tolerance(run, 1, 1_011_000 - 1_000_000)
+    set_sample(r, 5, vdso_used=0)
+    for by, judged in ((tol, False), (tol + 1, True)):
+        set_sample(r, 6, vdso_ns=r.samples[4][2] - by)
+        set_sample(r, 7, vdso_ns=r.samples[6][2] + 1)
+        found = _judged(run)
+        got = [(v.kind, v.series, v.index) for v in found.judged]
+        assert got == ([("decrease", "vcpu0/vdso", 1)] if judged else []), by
+        assert found.excused == ({} if judged else {"decrease": 1})
+
+
+def _msr_run(boundary: int, khz_before: int, khz_after: int, khz: int) -> jc.RunView:
+    r = _vcpu(0, [0, 10_000, 2_000_000, 2_010_000], boundary=boundary)
+    facts = jc.BoundaryFacts()
+    facts.khz_before, facts.khz_after = khz_before, khz_after
+    return jc.RunView([r], stable=True, stable_after=True, facts=facts, khz=khz)
+
+
+def _msr_caught(run: jc.RunView, batch: int, khz: int) -> tuple[bool, bool]:
+    """Whether a write just inside / just outside the range at ``khz`` is caught."""
+    r = run.records[0]
+    b = r.batches[batch]
+    lo, _ = jc.tsc_msr_range(10**9, (0, 100), b, khz, (), None)
+    read = r.samples[b.first][1]
+    out = []
+    for value in (read - lo + 10**9, read - lo + 10**9 + 1):
+        r.tsc_writes = [TscWrite(batch, 0, 0, "msr", value, (0, 100))]
+        out.append(any(v.kind == "tsc-not-applied" for v in _judged(run).judged))
+    return out[0], out[1]
+
+
+def test_an_msr_write_uses_the_khz_of_its_own_phase_else_before_the_boundary():
+    # boundary at batch 1: a write read in batch 1 is after it (khz_after)
+    assert _msr_caught(_msr_run(1, 1_000_000, 2_000_000, 5), 1, 2_000_000) == (False, True)
+    # no boundary: before it (khz_before), whatever khz_after says
+    assert _msr_caught(_msr_run(0, 1_000_000, 2_000_000, 5), 2, 1_000_000) == (False, True)
+    # after the boundary without a khz of its own (nor the run's): KVM's before it
+    assert _msr_caught(_msr_run(2, 1_000_000, 0, 0), 2, 1_000_000) == (False, True)
+
+
+def test_an_msr_write_is_judged_at_the_measured_rate_and_may_keep_an_earlier_offset():
+    run = _msr_run(0, 1_000_000, 0, 1_000_000)
+    # the TSC measured 10% fast: a reading 5% above the write's value is in range
+    run.probes = [[_probe(0, 0, width=0), _probe(1_000_000, 1_100_000, width=0)]]
+    r = run.records[0]
+    b = r.batches[2]
+    read = r.samples[b.first][1]
+    elapsed = b.t1_ns - 100
+    value = read - elapsed * 105 // 100
+    r.tsc_writes = [TscWrite(2, 0, 0, "msr", value, (0, 100))]
+    assert not any(v.kind == "tsc-not-applied" for v in _judged(run).judged)
+    run.probes = []
+    assert any(v.kind == "tsc-not-applied" for v in _judged(run).judged)
+    # written 10 ms of ticks ahead, but within a second of an earlier write's
+    # expectation: the guest may read that write's value plus the time since it
+    ref = read - b.t0_ns  # written at 0..0: reads ~ ref + time since
+    r.tsc_writes = [TscWrite(2, 0, 0, "msr", ref + 10**7, (0, 100), [(ref, (0, 0))])]
+    assert not any(v.kind == "tsc-not-applied" for v in _judged(run).judged)
+    r.tsc_writes = [TscWrite(2, 0, 0, "msr", ref + 10**7, (0, 100), [])]
+    assert any(v.kind == "tsc-not-applied" for v in _judged(run).judged)
+
+
+def test_a_put_with_a_value_but_no_write_time_uses_its_own_range():
+    r = _vcpu(0, [0, 10_000])
+    first = r.samples[2][1]
+    r.tsc_writes = [TscWrite(1, first, first, "offset", value=5, write_ns=None)]
+    assert _judged(jc.RunView([r], stable=True)).judged == []
+    r.tsc_writes = [TscWrite(1, first, first, "offset", value=None, write_ns=(0, 1))]
+    assert _judged(jc.RunView([r], stable=True)).judged == []
+
+
+def test_a_boundary_without_readings_on_both_sides_is_not_judged():
+    r = _vcpu(0, [0, 10_000])
+    r.boundary = 2  # the run ended at the boundary
+    assert _judged(jc.RunView([r], stable=True)).judged == []
+    r = _vcpu(0, [0, 10_000, 20_000], boundary=2)
+    r.batches[2].n = 0
+    r.samples = r.samples[:4]
+    assert _judged(jc.RunView([r], stable=True)).judged == []
+    r = _vcpu(0, [0, 10_000, 20_000], boundary=1)
+    r.batches[0].n = 0
+    r.batches[1].first, r.batches[2].first = 0, 2
+    r.samples = r.samples[2:]
+    assert _judged(jc.RunView([r], stable=True)).judged == []
+
+
+def test_boundary_jumps_are_named_and_say_why_the_bound():
+    r = _vcpu(1, [0, 10_000, 2_000_000, 2_010_000], boundary=2)
+    set_sample(r, 4, ns=r.samples[3][0] + 10**9)
+    set_sample(r, 4, tsc=r.samples[3][1] + 10**12)
+    for i in (5, 6, 7):
+        set_sample(r, i, ns=r.samples[i - 1][0] + 1, tsc=r.samples[i - 1][1] + 1)
+    facts = jc.BoundaryFacts()
+    run = jc.RunView([r], stable=True, stable_after=True, facts=facts, khz=1_000_000)
+    found = _judged(run, _cfg(tsc_put=jc.TscPut.OFFSET, clock_put=jc.ClockPut.DOWNTIME))
+    got = [(v.kind, v.series, v.index, v.counter) for v in found.judged]
+    assert got == [
+        (checks.KIND_OVERLONG_JUMP, "vcpu1/boundary", 2, "kvmclock"),
+        (checks.KIND_OVERLONG_JUMP, "vcpu1/boundary", 2, "TSC"),
+    ], got
+    e = 2_001_000 - 10_000
+    assert found.judged[0].detail.endswith(
+        f"allowed (the real time between the readings, {fmt(e)}, + rate slack)"
+    ), found.judged[0].detail
+    # a jump short of KVM_CLOCK_REALTIME's real time says where that bound came from
+    set_sample(r, 4, ns=r.samples[3][0] + 10)
+    for i in (5, 6, 7):
+        set_sample(r, i, ns=r.samples[i - 1][0] + 1)
+    found = _judged(run, _cfg(tsc_put=jc.TscPut.STATE, clock_put=jc.ClockPut.REALTIME))
+    assert [(v.kind, v.series) for v in found.judged] == [
+        (checks.KIND_SHORT_JUMP, "vcpu1/boundary")
+    ]
+    assert "(KVM_CLOCK_REALTIME adds the real time that passed: at least" in (
+        found.judged[0].detail
+    )
+
+
+def test_too_fast_counts_the_real_time_from_the_first_readings_batch_start():
+    r = _vcpu(0, [5_000, 10_000])
+    run = jc.RunView([r])
+    e = 11_000 - 5_000
+    allowed = e + checks.rate_slack_ns(e) + jc.unstable_tolerance(run, 0, 11_000)
+    idx = [1, 2]
+    set_sample(r, 2, ns=r.samples[1][0] + allowed + 1)
+    assert [v.kind for v in jc._too_fast(run, 0, "v", r, idx, 0, 0)] == ["too-fast"]
+
+
+def test_warps_are_judged_when_one_vcpu_has_no_second_phase():
+    run = _warp_run()
+    run.records.append(_vcpu(2, [0, 10_000]))  # one phase only
+    run.records[0].batches[3].warps, run.records[0].batches[3].max_warp_ns = 1, 10
+    found = jc.Found()
+    jc._warps(_cfg(warp=True), run, [True, True], found)
+    assert [(v.series, v.index) for v in found.judged] == [("all vCPUs", 1)]
+
+
+def test_the_watch_of_a_later_phase_is_shown_after_a_phase_without_one():
+    rows = [[10, 10, 0, 0, 0, 0, 0], [0, 0, 0, 5, 1, 1, 4002], [0, 0, 0, 5, 1, 0, 4006]]
+    assert jc.storm_watch(_storm_run({"watch": rows[:1]}, {"watch": rows})) == [
+        "vcpu1 read vCPU 0's area 1 time(s) with the guest's mark under version 4002 "
+        "(2 mod 4: KVM's after its write; not judged)"
+    ]
+
+
+def _pvti_cfg() -> jc.ClockConfigView:
+    return _cfg(pvti_check=True, warp=False)
+
+
+def test_the_areas_read_with_every_vcpu_stopped_agree_with_the_master_clock():
+    """(version, tsc_timestamp, system_time, _, _, flags) per vCPU: under a
+    stable clock every vCPU has vCPU 0's pair and the stable bit."""
+    areas = [[2, 100, 7, 0, 0, 1], [2, 100, 7, 0, 0, 1]]
+    run = jc.RunView([], stable=True, pvti_areas=copy.deepcopy(areas))
+    assert jc.judge_run(_pvti_cfg(), run).judged == []
+    run.pvti_areas[1][2] = 8  # vCPU 1's system_time differs
+    out = jc.judge_run(_pvti_cfg(), run).judged
+    assert [(v.kind, v.series, v.before, v.after) for v in out] == [
+        (checks.KIND_MASTER_CLOCK, "vcpu1/pvti", 7, 8)
+    ]
+    assert "(tsc_timestamp, system_time) = (100, 8) but vcpu0 has (100, 7)" in out[0].detail
+    run.pvti_areas = copy.deepcopy(areas)
+    run.pvti_areas[1][1] = 101  # ... or its tsc_timestamp
+    assert [v.series for v in jc.judge_run(_pvti_cfg(), run).judged] == ["vcpu1/pvti"]
+    run.pvti_areas = copy.deepcopy(areas)
+    run.pvti_areas[0][5] = 0  # vCPU 0's flags (column 5) lack the stable bit
+    run.pvti_areas[1][3] = 1  # column 3 is not read
+    assert [(v.kind, v.series) for v in jc.judge_run(_pvti_cfg(), run).judged] == [
+        (checks.KIND_PVTI_FLAGS, "vcpu0/pvti")
+    ]
+    run.pvti_areas[0][0] = 99  # the version is not judged
+    assert len(jc.judge_run(_pvti_cfg(), run).judged) == 1
+    # not judged: a variant without the check, no areas, or no KVM_GET_CLOCK after the phase
+    assert jc.judge_run(_cfg(pvti_check=False, warp=False), run).judged == []
+    assert jc.judge_run(_pvti_cfg(), jc.RunView([], stable=True)).judged == []
+    run.stable = None
+    assert jc.judge_run(_pvti_cfg(), run).judged == []
+    # other violations stay beside the areas'
+    r = _vcpu(0, [0, 10_000])
+    set_sample(r, 2, version=3)
+    run = jc.RunView([r], stable=True, pvti_areas=[[2, 100, 7, 0, 0, 0]])
+    assert [v.kind for v in jc.judge_run(_pvti_cfg(), run).judged] == [
+        checks.KIND_ODD_VERSION,
+        checks.KIND_PVTI_FLAGS,
+    ]
+
+
+def test_the_frequency_is_judged_only_where_the_variant_sets_one():
+    from kvmharness.pvclock import scale_for_khz
+
+    facts = jc.BoundaryFacts()
+    facts.khz_after = 2_000_000
+    facts.pvti_scale_after = [[1, 1]]  # not KVM's scale for 2 GHz
+    run = jc.RunView([], stable=True, facts=facts)
+    assert [v.kind for v in jc.judge_run(_cfg(khz_ratio=2.0, warp=False), run).judged] == [
+        checks.KIND_DECODE_MISMATCH
+    ]
+    assert jc.judge_run(_cfg(khz_ratio=None, warp=False), run).judged == []
+    facts.khz_after = 0
+    assert jc.judge_run(_cfg(khz_ratio=2.0, warp=False), run).judged == []
+    assert list(scale_for_khz(2_000_000)) != [1, 1]
+
+
+# ---- the TSC rate after KVM_SET_TSC_KHZ (_frequency)
+
+KHZ2 = 2_000_000
+
+
+def _after(index: int, readings: list[tuple[int, int]], boundary: int = 1) -> ClockRecord:
+    """A vCPU with one reading before the boundary and ``readings`` (kvmclock
+    ns, TSC) in the batch after it."""
+    r = ClockRecord(index)
+    r.samples = [(0, 0, 0, 2, 1, 0, 0)] + [(ns, tsc, 0, 2, 1, 0, 0) for ns, tsc in readings]
+    r.batches = [jc.Batch(0, 10, 0, 1), jc.Batch(20, 30, 1, len(readings))]
+    r.boundary = boundary
+    return r
+
+
+def _freq(*records: ClockRecord) -> list:
+    facts = jc.BoundaryFacts()
+    facts.khz_after = KHZ2
+    return jc._frequency(jc.RunView(list(records), facts=facts))
+
+
+def _tol(d_ns: int) -> int:
+    return KHZ2 * checks.RATE_SLACK_PPM // 1_000_000 + 2_000_000 // d_ns + 1
+
+
+def test_the_rate_after_the_boundary_runs_from_its_first_to_its_last_reading():
+    d = 10**9
+    ok = KHZ2 * d // 1_000_000
+    # three readings: the middle one is not the end of the stretch
+    bad_end = [(100, 0), (200, 400), (100 + d, ok + (_tol(d) + 1) * d // 1_000_000)]
+    assert [(v.series, v.after) for v in _freq(_after(0, bad_end))] == [
+        ("vcpu0", KHZ2 + _tol(d) + 1)
+    ]
+    good_end = [(100, 0), (200, 10**9), (100 + d, ok)]
+    assert _freq(_after(0, good_end)) == []
+
+
+def test_vcpus_without_a_measurable_stretch_do_not_stop_the_others():
+    d = 10**9
+    bad = _after(1, [(100, 0), (100 + d, 3 * d)])  # 3 GHz
+    lone = _after(0, [(100, 0)])  # one reading after the boundary
+    still = _after(2, [(100, 0), (100, 5)])  # no kvmclock time between them
+    ended = _after(3, [(100, 0), (200, 0)], boundary=2)  # the run ended at the boundary
+    for first in (lone, still, ended):
+        assert [v.series for v in _freq(first, bad)] == ["vcpu1"]
+
+
+def test_one_ns_of_kvmclock_is_a_stretch_too():
+    assert [v.after for v in _freq(_after(0, [(100, 0), (101, 5)]))] == [5 * 1_000_000]
+    assert _freq(_after(0, [(100, 0), (101, 2)])) == []
+
+
+def test_a_short_stretch_widens_the_tolerance_by_two_us_of_ticks_exactly():
+    for d in (10**6, 666_667):
+        tol = _tol(d)
+        for off, caught in ((tol, False), (tol + 1, True)):
+            # ticks such that measured = d_tsc * 1e6 // d is exactly KHZ2 + off
+            d_tsc = -(-(KHZ2 + off) * d // 1_000_000)
+            assert d_tsc * 1_000_000 // d == KHZ2 + off
+            found = _freq(_after(0, [(100, 0), (100 + d, d_tsc)]))
+            assert bool(found) is caught, (d, off)
+
+
+# ---- the summary text, the notes and the verdict's kind
+
+
+def test_summary_counts_warps_with_the_largest_and_vdso_warps():
+    r = _vcpu(0, [0, 10_000])
+    r.batches[0].warps, r.batches[0].max_warp_ns = 2, 700
+    r.batches[1].warps, r.batches[1].max_warp_ns = 1, 1_500
+    r.batches[1].vdso_warps = 4
+    assert jc.summary(jc.RunView([r]), []) == (
+        f"4 reads, 3 warps (largest {fmt(1_500)}), 4 vDSO-style warps"
+    )
+    r.batches[0].warps = r.batches[1].warps = 0
+    assert jc.summary(jc.RunView([r]), []) == "4 reads, 0 warps, 4 vDSO-style warps"
+    assert jc.summary(jc.RunView([]), []) == "0 reads, 0 warps"
+
+
+def test_summary_gives_the_first_reading_in_ns_at_kvms_frequency_rounded_down():
+    r = _vcpu(0, [0])
+    set_sample(r, 0, ns=5, tsc=829)
+    # 829 ticks at 2445.430 MHz: 339.0 ns, rounded down to 338
+    assert jc.summary(jc.RunView([r], khz=2_445_430), []) == (
+        "2 reads, 0 warps; first reading: kvmclock 5 ns, TSC 829 ticks (338 ns at KVM's frequency)"
+    )
+
+
+def test_summary_shows_each_vcpus_jump_only_across_a_boundary_with_readings():
+    r0 = _vcpu(0, [0, 10_000], boundary=1)
+    r1 = _vcpu(1, [0, 10_000], boundary=2)  # ended at the boundary
+    r2 = _vcpu(2, [0, 10_000, 20_000], boundary=2)
+    r2.batches[2].n = 0
+    facts = jc.BoundaryFacts((0, 5_000), (3_000, 4_000))  # a negative downtime shows as 0
+    text = jc.summary(jc.RunView([r0, r1, r2], facts=facts), [])
+    assert text == f"12 reads, 0 warps; jump over {fmt(0)} downtime: vcpu0 {fmt(10_000 - 1)}"
+
+
+def test_summary_of_forced_updates_needs_a_watcher_row():
+    st = {"sets": 3, "watch": [[5, 5, 0, 0, 0, 0, 0]]}
+    assert jc.summary(jc.RunView([], storm=[st]), []) == "0 reads, 0 warps"
+    st["watch"].append([0, 0, 0, 9, 1, 0, 0])
+    assert jc.summary(jc.RunView([], storm=[st]), []) == (
+        "0 reads, 0 warps; 3 KVM_SET_CLOCKs, vCPU 0's area rewritten 5 times under 9 watching reads"
+    )
+
+
+def test_summary_of_violations_counts_every_kind():
+    vs = [
+        checks.violation("decrease", "vcpu0", 3, 10, 5, "back"),
+        checks.violation("warp", "all", 0, None, 3, "warp"),
+        checks.violation("decrease", "vcpu1", 4, 10, 5, "back"),
+    ]
+    assert jc.summary(jc.RunView([]), vs) == (
+        "decrease x2, warp x1; first: vcpu0[3] back; 0 reads, 0 warps"
+    )
+
+
+def test_stability_notes_read_the_saved_flags_and_the_loss_at_the_boundary():
+    run = jc.RunView([], stable=True, stable_after=False)
+    run.facts.saved_clock = [0, 0, 2, 0]  # flags without KVM_CLOCK_TSC_STABLE; realtime 2
+    assert jc.stability_notes(run, [True, False]) == {
+        "stable_before": True,
+        "stable_at_save": False,
+        "stable_after": False,
+        "phases_stable": [True, False],
+        "lost_at_boundary": True,
+    }
+    run.facts.saved_clock = [0, 2, 0, 0]
+    assert jc.stability_notes(run, [True, False])["stable_at_save"] is True
+    # stable by KVM_GET_CLOCK but not by every reading before: still a loss
+    assert jc.stability_notes(run, [False, False])["lost_at_boundary"] is True
+    # no KVM_GET_CLOCK before, the readings stable: a loss
+    run.stable = None
+    assert jc.stability_notes(run, [True, False])["lost_at_boundary"] is True
+    assert jc.stability_notes(run, [False, False])["lost_at_boundary"] is False
+    assert jc.stability_notes(run, [True, True])["lost_at_boundary"] is False
+    assert jc.stability_notes(run, [True])["lost_at_boundary"] is False
+
+
+def test_rate_notes_give_none_for_a_phase_without_a_rate():
+    run = jc.RunView([], khz=5, probes=[[_probe(0, 0)], []])
+    assert jc.rate_notes(run) == {
+        "tsc_khz": 5,
+        "tsc_khz_after": None,
+        "measured_khz_raw": [None, None],
+        "measured_khz": [None, None],
+    }
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_a_characterization_is_characterized_whatever_it_found(bug):
+    rec = load("monotonic")
+    if bug:
+        res = result_of(rec)
+        set_sample(res.records[0], 3, version=7)
+        rec = json.loads(json.dumps(res.record()))
+    rec["config"]["kind"] = "characterize"
+    j = judge_record(rec)
+    assert j.verdict == Verdict.CHARACTERIZED
+    assert bool(j.violations) is bug
+    rec["failure"] = {"blame": "kernel", "observed": "x"}
+    assert judge_record(rec).verdict == Verdict.CHARACTERIZED
+
+
+def test_untestable_and_not_supported_verdicts_keep_their_notes():
+    rec = load("updates")
+    rec["storm"] = [{"sets": 0, "added_ns": 0}]
+    j = judge_record(rec)
+    assert j.verdict == Verdict.UNTESTABLE
+    assert (j.violations, j.notes["forced_updates"]) == ([], rec["storm"])
+    assert j.notes["stability"]["phases_stable"] == [True]
+    res = result_of(load("monotonic"))
+    res.stable = False
+    for r in res.records:
+        for i in range(len(r.samples)):
+            set_sample(r, i, flags=0)
+    j = rejudge(res)
+    assert j.verdict == Verdict.NOT_SUPPORTED
+    assert j.violations == [] and j.notes["stability"]["phases_stable"] == [False]
+
+
+def test_a_hung_vcpu_is_reported_at_the_batch_after_its_last():
+    from kvmharness.judges.stopped import Stopped
+
+    res = result_of(load("warp"))
+    res.records[1].stuck = Stopped(0x20, 40 * 10**9, 10**6, 10**6)
+    j = rejudge(res)
+    assert [(v.kind, v.series, v.index) for v in j.violations] == [
+        ("hung", "vcpu1", len(res.records[1].batches))
+    ]
+
+
+def test_excused_kinds_are_listed_each_in_the_text():
+    res = result_of(load("restore-downtime"))
+    rec = res.records[1]
+    i = list(phase2(rec))[-5]
+    set_sample(rec, i, ns=rec.samples[i - 1][0] - 2_000)
+    b = rec.batches[rec.boundary + 1]
+    b.warps, b.max_warp_ns = 1, 1_000
+    j = rejudge(res)
+    assert j.verdict == Verdict.HOLDS
+    assert j.observed.endswith("; not judged without a master clock: decrease x1, warp x1"), (
+        j.observed
+    )
+
+
+def test_the_frequency_is_judged_beside_the_other_violations():
+    facts = jc.BoundaryFacts()
+    facts.khz_after = 2_000_000
+    facts.pvti_scale_after = [[1, 1]]
+    r = _vcpu(0, [0, 10_000])
+    set_sample(r, 2, version=3)
+    run = jc.RunView([r], stable=True, facts=facts)
+    assert [v.kind for v in jc.judge_run(_cfg(khz_ratio=2.0, warp=False), run).judged] == [
+        checks.KIND_ODD_VERSION,
+        checks.KIND_DECODE_MISMATCH,  # the area's scale
+        checks.KIND_TSC_NOT_APPLIED,  # 10 ticks per ns against kvmclock, not 2
+    ]
