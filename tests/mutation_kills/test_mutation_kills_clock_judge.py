@@ -292,7 +292,8 @@ def test_updates_judge_shows_the_watch_in_text_and_notes():
     ]
     assert j.verdict == Verdict.HOLDS
     assert j.notes["mark_seen_under_kvm_version"] == watch
-    assert j.observed.endswith("; " + "; ".join(watch))
+    assert j.observed.startswith(f"{reads(rec)} reads, 0 warps; ")
+    assert j.observed.endswith("at KVM's frequency); " + "; ".join(watch))
 
 
 def test_a_storm_that_set_nothing_is_untestable_and_says_so():
@@ -677,10 +678,12 @@ def test_excused_steps_and_completed_odd_readings_are_counted_in_text_and_notes(
         set_sample(r0, k, version=r0.samples[k + 1][3] - 1)
     j = rejudge(res)
     assert j.notes["odd_version_then_completed"] == 2
-    assert (
-        "; 2 reading(s) gave up on an update that then completed (odd version, the next one "
-        "even); not judged without a master clock: decrease x1"
-    ) in j.observed
+    assert j.observed.startswith(f"{reads(load('restore-downtime'))} reads, 0 warps; jump over")
+    assert j.observed.endswith(
+        "master clock lost at the boundary (KVM_CLOCK_TSC_STABLE gone); 2 reading(s) gave up "
+        "on an update that then completed (odd version, the next one even); not judged "
+        "without a master clock: decrease x1"
+    ), j.observed
 
 
 def phase2(rec: ClockRecord) -> range:
