@@ -25,7 +25,8 @@ written them into ``mutants/<module>.meta``.
 Driven by environment variables set by ``scripts/mutation.py``:
 ``MUTATION_FAST_MUTANTS`` (a JSON list of mutant names) and
 ``MUTATION_FAST_OUT`` (where the {name: exit code} JSON goes).  Without them
-the plugin does nothing.  The session runs in ``mutants/``.
+the plugin does nothing.  The session runs in a copy of the tree where only
+the module under test is mutmut's mutated file (``mutation.py`` makes it).
 """
 
 from __future__ import annotations
