@@ -478,6 +478,29 @@ def test_an_odd_reading_whose_update_then_completed_holds():
     assert j.notes["odd_version_then_completed"] == 1
 
 
+def test_an_update_stopped_through_two_readings_then_completed_holds():
+    """False-red fix (6.12.118 under TCG, clock/updates of a build that does not
+    touch the area): two readings of vCPU 1 in a row under the same odd
+    version, then the next even one: one stopped update the reader gave up on
+    twice.  The first was judged BROKEN (its next reading was odd); both are
+    now counted as waited out.  Under a later odd version instead (an area left
+    odd, the control below) they stay BROKEN."""
+    res = result_of(copy.deepcopy(load("updates-mark")))
+    r = res.records[1]
+    i = len(r.samples) // 2
+    nxt = r.samples[i + 2][3]
+    assert not nxt % 2
+    set_sample(r, i, version=nxt - 1)
+    set_sample(r, i + 1, version=nxt - 1)
+    j = judge_record(json.loads(json.dumps(res.record())))
+    assert j.verdict == Verdict.HOLDS, j.observed
+    assert j.notes["odd_version_then_completed"] == 2
+    set_sample(r, i + 2, version=nxt + 1)  # the area stays odd: no completion seen
+    j = judge_record(json.loads(json.dumps(res.record())))
+    assert j.verdict == Verdict.BROKEN, j.observed
+    assert {v.kind for v in j.violations} == {checks.KIND_ODD_VERSION}
+
+
 def test_an_area_left_odd_is_still_broken():
     """The negative control of the fix above: two odd readings in a row (the
     area left mid-update, kvmclock-version-odd-at-end) stay BROKEN."""

@@ -739,6 +739,18 @@ def test_record_writes_each_boots_bisect_json_gzipped_and_an_index(tmp_path: Pat
         ["control.clock.json.gz"],
         [],
     ]
+    # an entry says when its build booted and at which commit, not when the
+    # index was last rewritten (after every later boot of the run)
+    early = {"harness_commit": "a" * 40, "taken": "2026-01-01T00:00:00Z"}
+    ml.write_record_index(dest, [row, ctl], KSET, Path("/img"), {}, {}, {"demo": early})
+    demo, control = json.loads((dest / "index.json").read_text())["builds"][-2:]
+    assert (demo["build"], demo["harness_commit"], demo["taken"]) == (
+        "demo",
+        "a" * 40,
+        "2026-01-01T00:00:00Z",
+    )
+    assert control["taken"] > early["taken"]  # no stamp: now
+    assert set(ml.boot_stamp()) == {"harness_commit", "taken"}
     # an index of another kernel is replaced
     other = ml.KernelSet(ml.SERIES["6.1"], "6.1.192-4", "6.1.0-58-amd64")
     ml.write_record_index(dest, [ctl], other, Path("/img"), {}, {})

@@ -32,10 +32,15 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "corpus"
 STOCK = sorted((CORPUS / "stock").glob("*.json.gz"))
 MUTANT_DIR = CORPUS / "mutants"
+#: the same mutants built from linux-source-SERIES (their ports where the 6.1
+#: patch does not apply), one folder per series: ``mutants-SERIES``
+SERIES_DIRS = {d.name.removeprefix("mutants-"): d for d in sorted(CORPUS.glob("mutants-*"))}
 
 
 #: ``BUILD.FAMILIES[-N].json.gz`` as ``scripts/mutants --record`` names them
-MUTANT_RECORDS = sorted(MUTANT_DIR.glob("*.json.gz"))
+MUTANT_RECORDS = sorted(
+    [*MUTANT_DIR.glob("*.json.gz"), *(p for d in SERIES_DIRS.values() for p in d.glob("*.json.gz"))]
+)
 
 #: Mutants the harness does not catch yet where their header says it must, each
 #: with the reason measured (README, "Detection power").  Their replay is a
@@ -77,10 +82,13 @@ def test_the_corpus_has_stock_and_mutant_records():
     assert any(n.startswith("pvm-") for n in names), names
     assert any("6.1.0-" in n for n in names), names
     assert any("6.12." in n for n in names), names
-    recorded = {_build(p) for p in MUTANT_RECORDS}
-    assert "control" in recorded
     patches = {m.name for m in mutants.load_mutants()}
-    assert patches - recorded <= set(NO_RECORD), sorted(patches - recorded - set(NO_RECORD))
+    for d in [MUTANT_DIR, *SERIES_DIRS.values()]:
+        recorded = {_build(p) for p in d.glob("*.json.gz")}
+        assert "control" in recorded, d.name
+        missing = patches - recorded - set(NO_RECORD)
+        assert not missing, (d.name, sorted(missing))
+    assert "6.12" in SERIES_DIRS and set(SERIES_DIRS) <= set(mutants.SERIES)
 
 
 @pytest.mark.parametrize("path", STOCK, ids=[p.name for p in STOCK])
@@ -107,7 +115,7 @@ def test_a_stock_record_holds(path, tmp_path):
         )
         for p in MUTANT_RECORDS
     ],
-    ids=[p.name for p in MUTANT_RECORDS],
+    ids=[p.relative_to(CORPUS).as_posix() for p in MUTANT_RECORDS],
 )
 def test_a_mutant_record_is_caught_where_it_must_be(path, tmp_path):
     build = _build(path)
@@ -119,7 +127,8 @@ def test_a_mutant_record_is_caught_where_it_must_be(path, tmp_path):
             if r["verdict"] not in ("holds", "not supported")
         ]
         return
-    mutant = next(m for m in mutants.load_mutants() if m.name == build)
+    series = path.parent.name.removeprefix("mutants-") if path.parent != MUTANT_DIR else None
+    mutant = next(m for m in mutants.load_mutants(series=series) if m.name == build)
     # a promise this host does not support (frequency under TCG) can catch nothing
     musts = [
         r

@@ -466,11 +466,18 @@ def _completed(own: Sequence[checks.Sample], i: int) -> bool:
     interrupts off, but the host CPU doing it can itself be stopped mid-write
     where the host is a guest (nested, preempted; under single-threaded TCG
     for a whole time slice of the other CPU: seen on 6.1.0-57, version 1521
-    for all of a reader's 1000 tries, then 1522).  An area left odd (a KVM
-    that never finishes the update) keeps the next reading odd."""
-    if i + 1 >= len(own):
+    for all of a reader's 1000 tries, then 1522; on 6.12.118 two readings in a
+    row under 3781, then 3782).  Readings under the same odd version are the
+    same stopped update, so the first reading under another version decides.
+    An area left odd (a KVM that never finishes the update) keeps every later
+    reading odd."""
+    odd = own[i].version
+    j = i + 1
+    while odd is not None and j < len(own) and own[j].version == odd:
+        j += 1
+    if j >= len(own):
         return False
-    odd, nxt = own[i].version, own[i + 1].version
+    nxt = own[j].version
     return (
         odd is not None
         and nxt is not None

@@ -1256,10 +1256,14 @@ def write_record_index(
     image: Path,
     args_of: dict[str, list[str]],
     recorded: dict[str, list[str]],
+    stamps: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """DIR/index.json: the kernel the records were taken on and, per build and
     run, its mutant header (Must-catch), the ``kvmharness bisect`` arguments,
-    exit codes, status and record files (``recorded``: build -> file names).
+    exit codes, status and record files (``recorded``: build -> file names),
+    and when its boots began and at which harness commit (``stamps``: build ->
+    :func:`boot_stamp`, taken then; else now: the index is rewritten after
+    every boot, and the checkout may have moved meanwhile).
     Entries of an earlier run on the same kernel are kept unless this run
     booted the same build with the same arguments (a corpus refreshed a few
     builds at a time); an index of another kernel is replaced."""
@@ -1276,8 +1280,7 @@ def write_record_index(
             "build": r.name,
             "mutant": r.mutant.header() if r.mutant else None,
             "bisect_args": args_of.get(r.name, []),
-            "harness_commit": _git_head(),
-            "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **((stamps or {}).get(r.name) or boot_stamp()),
             "exit_codes": r.exit_codes,
             "status": r.status(cols, red),
             "records": list(recorded.get(r.name, [])),
@@ -1299,6 +1302,14 @@ def write_record_index(
     tmp = dest / "index.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(dest / "index.json")
+
+
+def boot_stamp() -> dict[str, Any]:
+    """The harness commit and the time, for the index entry of a build about to boot."""
+    return {
+        "harness_commit": _git_head(),
+        "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def _git_head() -> str | None:
@@ -1623,6 +1634,7 @@ def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None], kset: KernelSe
     rows: list[Row] = []
     args_of: dict[str, list[str]] = {}
     recorded: dict[str, list[str]] = {}
+    stamps: dict[str, dict[str, Any]] = {}
     for m, d, secs, err in built:
         name = m.name if m else CONTROL
         if d is None:
@@ -1631,6 +1643,7 @@ def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None], kset: KernelSe
         boots = []
         args = focus_args(m, [x for x, *_ in built], ns.bisect_args, full=ns.full)
         args_of[name] = args
+        stamps[name] = boot_stamp()
         for i in range(ns.runs):
             log(f"boot {name} ({i + 1}/{ns.runs}): kvmharness bisect {shlex.join(args)}")
             b = boot(
@@ -1651,7 +1664,7 @@ def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None], kset: KernelSe
                     recorded.setdefault(name, []).append(rec.name)
         rows.append(row_from_boots(name, m, boots, secs))
         if ns.record is not None:
-            write_record_index(ns.record, rows, kset, image, args_of, recorded)
+            write_record_index(ns.record, rows, kset, image, args_of, recorded, stamps)
         _save(ns, rows, run_dir, image, kset, t_all, partial=True)
     text = render_matrix(rows)
     print(text)
