@@ -134,3 +134,19 @@ def test_an_unreadable_vcpu_record_says_why():
     ev["run_delay_during_ns"] = []
     with pytest.raises(RecordError, match="^steal vcpu record: event columns of unequal length$"):
         VcpuRecord.from_json({"events": ev, "runs": [], "readings": 1})
+
+
+def test_alive_is_judgeable_only_over_readings_that_waited():
+    from kvmharness.judges.steal import RunCtx, VcpuRecord
+
+    def rec(pres):
+        g = [Sample(i * 10, i, 2 * i) for i in range(len(pres))]
+        return VcpuRecord(0, guest=g, host=list(g), ctx=[RunCtx(1, 0, p, p) for p in pres])
+
+    m = checks.ALIVE_MIN_RUN_DELAY_NS
+    waited = rec([0, 1, m, 2 * m])
+    assert waited.alive_judgeable(0)
+    assert not waited.alive_judgeable(4)  # no readings from there on
+    assert not waited.alive_judgeable(5)
+    assert not rec([0, 0, 0, 0]).alive_judgeable(0)
+    assert not rec([0, 1, 2, m - 1]).alive_judgeable(0)
