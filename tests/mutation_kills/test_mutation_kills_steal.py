@@ -150,3 +150,47 @@ def test_alive_is_judgeable_only_over_readings_that_waited():
     assert not waited.alive_judgeable(5)
     assert not rec([0, 0, 0, 0]).alive_judgeable(0)
     assert not rec([0, 1, 2, m - 1]).alive_judgeable(0)
+
+
+def _steal_corpus_record() -> dict:
+    import copy
+    import gzip
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "data" / "steal" / "kvm_pvm-6.18.json.gz"
+    doc = json.loads(gzip.open(path).read())
+    recs = [r for run in doc["runs"] for r in run["results"]]
+    return copy.deepcopy(next(r for r in recs if r["variant"] == "fresh-vm/vcpu-thread"))
+
+
+def test_the_steal_judge_says_what_held_and_refuses_what_it_cannot_read():
+    rec = _steal_corpus_record()
+    j = js.judge(rec)
+    assert j.observed == (
+        "steal monotonic and within run_delay; vcpu0 133.2 ms->153.8 ms "
+        "(runner's run_delay 558.4 us)"
+    )
+    bad = dict(rec, config={})
+    with pytest.raises(
+        RecordError, match="^steal record has no config.budget_s: KeyError\\('budget_s'\\)$"
+    ):
+        js.judge(bad)
+    with pytest.raises(
+        RecordError, match="^steal record has no readable 'records': KeyError\\('records'\\)$"
+    ):
+        js.judge({k: v for k, v in rec.items() if k != "records"})
+    d = rec["records"][0]
+    d["readings"] += 1
+    n = d["readings"]
+    with pytest.raises(RecordError, match=f"^steal vcpu record rebuilt {n - 1} readings, not {n}$"):
+        js.judge(rec)
+
+
+def test_a_broken_steal_record_names_its_violations():
+    rec = _steal_corpus_record()
+    ev = rec["records"][0]["events"]
+    ev["guest_value"][-1] -= 10**9  # the last reading went back by a second
+    j = js.judge(rec)
+    assert j.violations
+    assert j.observed.startswith(f"{j.violations[0].kind} x"), j.observed
