@@ -12,6 +12,7 @@ from kvmharness import checks
 from kvmharness.checks import Sample
 from kvmharness.judges import RecordError, undeltas
 from kvmharness.judges import steal as js
+from kvmharness.scenarios.base import Verdict
 
 
 def _vcpu(versions: list[int], values: list[int], run_delay: list[int]) -> js.VcpuRecord:
@@ -194,3 +195,16 @@ def test_a_broken_steal_record_names_its_violations():
     j = js.judge(rec)
     assert j.violations
     assert j.observed.startswith(f"{j.violations[0].kind} x"), j.observed
+
+
+def test_a_steal_run_too_loaded_to_judge_is_untestable_with_no_violations():
+    rec = _steal_corpus_record()
+    budget = int(rec["config"]["budget_s"] * 1e9)
+    rec["records"][0]["stuck"] = {
+        "rip": 0x401000,
+        "waited_ns": budget,
+        "cpu_ns": 1_000_000,
+        "queued_ns": budget - 1_000_000,
+    }
+    j = js.judge(rec)
+    assert (j.verdict, j.violations) == (Verdict.UNTESTABLE, [])
