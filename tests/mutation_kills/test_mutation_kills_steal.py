@@ -208,3 +208,22 @@ def test_a_steal_run_too_loaded_to_judge_is_untestable_with_no_violations():
     }
     j = js.judge(rec)
     assert (j.verdict, j.violations) == (Verdict.UNTESTABLE, [])
+
+
+def test_alive_is_judgeable_from_the_phase_being_recorded_on():
+    from kvmharness.judges.steal import RunCtx, VcpuRecord
+
+    def rec(pres, ins):
+        g = [Sample(i * 10, i, 2 * i + 2) for i in range(len(pres))]
+        ctx = [RunCtx(1, 0, p, p + w) for p, w in zip(pres, ins, strict=True)]
+        return VcpuRecord(0, guest=g, host=list(g), ctx=ctx)
+
+    m = checks.ALIVE_MIN_RUN_DELAY_NS
+    # found by search: the waiting before reading 1 does not count for a phase
+    # from 1 on, nor does a phase of one reading
+    r = rec([m - 1, m + 2_000_000 - 1, 2 * m + 2_000_000 - 1], [0, 0, 0])
+    assert not r.alive_judgeable(1)
+    assert not r.alive_judgeable(2)
+    # a stretch that waited exactly the minimum is judgeable
+    r = rec([0, 2 * m, 3 * m, 3 * m + 1, 3 * m + 3, 4 * m + 3], [0, 0, 1, 1, 0, 1])
+    assert r.alive_judgeable(4)
