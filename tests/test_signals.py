@@ -130,7 +130,7 @@ def test_an_interrupted_run_keeps_the_scenarios_that_finished(tmp_path, sig):
     env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"), COLUMNS="80")
     (tmp_path / "tmp").mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kvmharness.cli", "run", "--contend-ms", "300"]
+        [sys.executable, "-m", "kvmharness.cli", "run", "--contend-ms", "1000"]
         + ["-s", "fresh-vm/vcpu-thread,cross-process/vcpu-thread", "--vcpus", "1,2"]
         + ["--json", str(tmp_path / "out.json")],
         stdout=subprocess.PIPE,
@@ -146,7 +146,7 @@ def test_an_interrupted_run_keeps_the_scenarios_that_finished(tmp_path, sig):
             chunk = proc.stderr.read1(4096)
             assert chunk, progress.decode()
             progress += chunk
-        time.sleep(1.0)  # into the cross-process scenario: its child runs
+        time.sleep(1.0)  # into the cross-process scenario (2 x 1 s of contention): its child runs
         os.killpg(proc.pid, sig)  # as a terminal's ^C reaches every process of its group
         out, err = proc.communicate(timeout=60)
         err = progress + err
