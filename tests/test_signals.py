@@ -23,6 +23,13 @@ import pytest
 pytestmark = [pytest.mark.kvm, pytest.mark.timeout(120)]
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before exec: SIGINT as a terminal's job has it.  A shell
+    starts a background job with SIGINT ignored, and Python keeps an ignored
+    SIGINT ignored, so under `.ci/run &` the ^C these tests send was lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _session_members(sid: int) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):
@@ -61,6 +68,7 @@ def _start(tmp_path: Path, variant: str) -> subprocess.Popen[bytes]:
         env=env,
         cwd=tmp_path,
         start_new_session=True,
+        preexec_fn=_as_from_a_terminal,
     )
 
 
@@ -138,6 +146,7 @@ def test_an_interrupted_run_keeps_the_scenarios_that_finished(tmp_path, sig):
         env=env,
         cwd=tmp_path,
         start_new_session=True,
+        preexec_fn=_as_from_a_terminal,
     )
     try:
         assert proc.stderr is not None
@@ -219,6 +228,7 @@ def test_ctrl_c_reaches_a_run_whose_main_thread_sleeps_in_the_kernel(tmp_path):
         env=env,
         cwd=tmp_path,
         start_new_session=True,
+        preexec_fn=_as_from_a_terminal,
     )
     try:
         assert proc.stderr is not None
