@@ -96,14 +96,21 @@ struct pvclock_vcpu_time_info {
 #define CLOCK_MODE_SELFTEST 8   /* one SYNC of instruction and arithmetic self-tests */
 #define CLOCK_MODE_AREA0 16     /* every vCPU reads vCPU 0's area as its own (the vDSO's way) */
 #define CLOCK_MODE_MARK 32      /* vCPU 0 marks its area and has KVM rewrite it; the others watch */
-/* CLOCK_MODE_MARK: vCPU 0 sets its area's version to the next multiple of 4
- * and pad0 to CLOCK_MARK in one 8-byte store (time fields untouched, so the
- * record stays valid), then rewrites MSR_KVM_SYSTEM_TIME_NEW, which has KVM rewrite the area before
- * vCPU 0 runs again.  KVM's record never holds CLOCK_MARK (its pad0 is 0), so
- * the mark is present only under the guest's own version (0 mod 4) or under
- * an odd one while KVM writes; an even version 2 mod 4 with the mark present
- * is KVM's version published before its record was written. */
-#define CLOCK_MARK 0x6b766d63u  /* "cmvk" */
+/* CLOCK_MODE_MARK: vCPU 0 sets its area's version to the next multiple of 4,
+ * m, and pad0 to clock_mark(m) in one 8-byte store (time fields untouched, so
+ * the record stays valid), then rewrites MSR_KVM_SYSTEM_TIME_NEW, which has
+ * KVM rewrite the area before vCPU 0 runs again.  KVM's record never holds a
+ * mark (its pad0 is 0), so with one-instant loads and stores the mark of m
+ * is present only under m itself or under m + 1 while KVM writes (odd,
+ * skipped).  The mark of m under m + 2 (even, 2 mod 4) is KVM's version
+ * published over a record it has not written yet: "torn".  A mark of any
+ * other version ("mixed") pairs the halves of two instants: a load or store
+ * of the 8 bytes that was not one instant (a platform that emulates it), not
+ * something KVM's writes in any order can leave. */
+#define CLOCK_MARK_TAG 0x6b000000u  /* 'k' in pad0's top byte */
+#define CLOCK_MARK_TAG_MASK 0xff000000u
+#define CLOCK_MARK_SEQ_MASK 0x00ffffffu
+/* the mark of version m (a multiple of 4): CLOCK_MARK_TAG | (m / 4 & CLOCK_MARK_SEQ_MASK) */
 
 /* What CLOCK_MODE_MARK counted on one vCPU since the VM started. */
 struct clock_watch {
@@ -111,10 +118,11 @@ struct clock_watch {
     uint64_t rewritten;     /* vCPU 0: rounds after which the version had moved (KVM wrote) */
     uint64_t kept;          /* vCPU 0: of those, rounds whose mark KVM's record left in place */
     uint64_t watches;       /* watchers: reads of vCPU 0's version and pad0 under an even version */
-    uint64_t marked;        /* watchers: of those, with the mark under the guest's version */
-    uint64_t torn;          /* watchers: with the mark under an even version 2 mod 4 */
+    uint64_t marked;        /* watchers: of those, the mark of the version read (the guest's own) */
+    uint64_t torn;          /* watchers: the mark of version - 2 under a version 2 mod 4 */
     uint64_t torn_version;  /* watchers: the first such version */
-    uint64_t pad;
+    uint64_t mixed;         /* watchers: a mark of any other version (the load or store was not one instant) */
+    uint64_t mixed_head;    /* watchers: the first such read, pad0 << 32 | version */
 };
 
 /* One kvmclock reading.  version is the area's version the fields were

@@ -5,11 +5,14 @@ restores and readings are caught: every check is shown able to fail."""
 from __future__ import annotations
 
 import json
+import struct
+import threading
 
 import pytest
 
 from kvmharness import checks
 from kvmharness.ffi import lib
+from kvmharness.judges import clock as jc
 from kvmharness.judges import judge_record
 from kvmharness.scenarios import clock
 from kvmharness.scenarios.base import BROKEN, CHARACTERIZED, HOLDS, PROMISE, Verdict
@@ -170,14 +173,14 @@ def test_warps_are_counted_on_real_kvm(kvm, monkeypatch):
     publish) makes every later reading a warp, own area and vCPU 0's."""
     from kvmharness.scenarios import clock_reader
 
-    real = clock_reader.set_mode
+    real = clock.set_mode
 
     def far_ahead(gvm, mode, batch=clock_reader.BATCH):
         real(gvm, mode, batch)
         for sym in ("clock_last_ns", "clock_last_vdso_ns"):
             gvm.sym(sym, "uint64_t")[0] = 1 << 62
 
-    monkeypatch.setattr(clock_reader, "set_mode", far_ahead)
+    monkeypatch.setattr(clock, "set_mode", far_ahead)
     res = run_scenario(ClockConfig("warp", 2, phase_ms=60), kvm)
     assert res.verdict == BROKEN, _explain(res)
     warps = {v.series for v in res.violations if v.kind == checks.KIND_WARP}
@@ -263,15 +266,54 @@ def test_updates_watches_kvm_rewrite_vcpu0s_marked_area(kvm):
     """CLOCK_MODE_MARK on real KVM: vCPU 0 marks its area and has KVM rewrite
     it (every round rewritten, the mark always overwritten), and the watchers
     really read the area while it changes (they see the guest's own marks).
-    The mark under KVM's version is shown, not judged (kvm_pvm showed it in 2
-    of about 25 runs under load, cause not found), so the run holds."""
+    KVM's version over the guest's mark (torn) is judged, so the run holds
+    only with none; a mark of another version (mixed: two instants in one
+    8-byte access, which kvm_pvm gives under load) is shown, not judged."""
     res = _supported(run_scenario(ClockConfig("updates", 2, phase_ms=50), kvm))
     assert res.verdict == HOLDS, _explain(res)
     rows = res.storm[0]["watch"]
+    assert [len(r) for r in rows] == [9, 9], rows
     rounds, rewritten, kept = rows[0][:3]
     assert rounds >= 100 and rewritten == rounds and kept == 0, rows
-    assert rows[1][3] >= 100 and rows[1][4] > 0, rows
-    assert bool(rows[1][5]) == bool(res.notes.get("mark_seen_under_kvm_version")), rows
+    assert rows[1][3] >= 100 and rows[1][4] > 0 and rows[1][5] == 0, rows
+    assert bool(rows[1][7]) == bool(res.notes.get("mark_watch")), rows
+
+
+def test_updates_catches_kvms_version_published_before_its_record(kvm, monkeypatch):
+    """Negative control on real KVM: a host thread puts in vCPU 0's area what
+    kvmclock-version-even-while-writing leaves there while it copies (the
+    guest's mark of version m under KVM's m + 2) whenever it finds the
+    guest's mark; the watchers read it, and the run is BROKEN, torn-update."""
+    from kvmharness.guest.build import load_program
+    from kvmharness.scenarios import clock_reader, clock_storm
+
+    head = load_program("clock").symbols["pvti"].value
+    forged = []
+
+    class Forging(clock_storm.ClockStorm):
+        def _loop(self) -> None:
+            stop = threading.Event()
+
+            def forge() -> None:
+                while not stop.is_set():
+                    version, pad0 = struct.unpack("<II", self.vm.read(head, 8))
+                    if version % 4 == 0 and pad0 >> 24 == 0x6B:
+                        self.vm.write(head, struct.pack("<II", version + 2, pad0))
+                        forged.append(version)
+
+            t = threading.Thread(target=forge, daemon=True)
+            t.start()
+            try:
+                super()._loop()
+            finally:
+                stop.set()
+                t.join()
+
+    monkeypatch.setattr(clock_reader, "ClockStorm", Forging)
+    res = _supported(run_scenario(ClockConfig("updates", 2, phase_ms=50), kvm))
+    assert forged, "the forging thread never found the guest's mark"
+    assert res.verdict == BROKEN, _explain(res) + f"\n  watch: {res.storm[0]['watch']}"
+    assert {v.kind for v in res.violations} == {jc.KIND_TORN_UPDATE}, _explain(res)
 
 
 def test_updates_catches_an_update_that_steps_the_clock_back(kvm, monkeypatch):

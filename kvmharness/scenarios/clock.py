@@ -74,7 +74,7 @@ from kvmharness.scenarios.clock_reader import (
     measured_phase,
     pvti_of,
     pvti_snapshot,
-    start_vm,
+    set_mode,
 )
 from kvmharness.scenarios.clock_record import (
     BoundaryFacts,
@@ -92,6 +92,7 @@ from kvmharness.scenarios.lifecycle import (
     child_main,
     restore_in_new_vm,
     run_phases,
+    start_vm,
 )
 
 log = logging.getLogger(__name__)
@@ -613,7 +614,7 @@ class ClockRun(Phases):
                 "KVM_SET_TSC_KHZ needs KVM_CAP_TSC_CONTROL, which "
                 "is 0 here: no vCPU can run at another TSC frequency"
             )
-        gvm = start_vm(kvm, self.vcpus, threads, v.mode)
+        gvm = start_vm(kvm, PROGRAM, threads, partial(set_mode, mode=v.mode))
         try:
             run.khz = gvm.vcpus[0].get_tsc_khz()
             gvm.sym("clock_mark_ticks", "uint64_t")[0] = run.khz * MARK_US // 1000

@@ -18,11 +18,10 @@ import struct
 import time
 
 from kvmharness.ffi import ffi, lib
-from kvmharness.guest.build import load_program
-from kvmharness.guest.machine import GuestStopped, GuestVm, mem_size_for
+from kvmharness.guest.machine import GuestStopped, GuestVm
 from kvmharness.host.sched import Watchdog, cpu_for, wait_or_stop
 from kvmharness.host.threads import VcpuThread
-from kvmharness.kvm import Kvm, Vcpu
+from kvmharness.kvm import Vcpu
 from kvmharness.pvclock import Pvti
 from kvmharness.scenarios.base import NotSupported
 from kvmharness.scenarios.clock_record import Batch, ClockRecord, RateProbe, Run
@@ -125,19 +124,6 @@ def run_phase(
 def set_mode(gvm: GuestVm, mode: int, batch: int = BATCH) -> None:
     gvm.sym("clock_mode", "uint32_t")[0] = mode
     gvm.sym("clock_batch", "uint32_t")[0] = batch
-
-
-def start_vm(kvm: Kvm, n: int, threads: list[VcpuThread], mode: int) -> GuestVm:
-    image = load_program(PROGRAM)
-    gvm = GuestVm(kvm, image, vcpus=0, mem_size=mem_size_for(image.end, n))
-    try:
-        set_mode(gvm, mode)
-        for i, t in enumerate(threads):
-            t.call(gvm.add_vcpu, i)
-    except BaseException:
-        gvm.close()
-        raise
-    return gvm
 
 
 def rate_probe(vcpu: Vcpu) -> RateProbe:

@@ -37,7 +37,10 @@ STORM_MARGIN_NS = 2_000
 
 def watch_counts(gvm: GuestVm, n: int) -> list[list[int]]:
     """CLOCK_MODE_MARK's counters per vCPU (rounds, rewritten, kept, watches,
-    marked, torn, torn_version), since the VM started."""
+    marked, torn, torn_version, mixed, mixed_head), since the VM started.  The
+    eighth column, mixed, also says the marks carry their version (guest_abi.h): a
+    record of seven columns was taken with one fixed mark, whose torn count
+    cannot tell KVM's early version from a load of two instants."""
     rows = gvm.sym("clock_watch", "struct clock_watch")
     return [
         [
@@ -48,6 +51,8 @@ def watch_counts(gvm: GuestVm, n: int) -> list[list[int]]:
             int(rows[i].marked),
             int(rows[i].torn),
             int(rows[i].torn_version),
+            int(rows[i].mixed),
+            int(rows[i].mixed_head),
         ]
         for i in range(n)
     ]

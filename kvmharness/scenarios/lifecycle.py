@@ -42,7 +42,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from kvmharness.ffi import lib
-from kvmharness.guest.machine import GuestStopped, GuestVm
+from kvmharness.guest.build import load_program
+from kvmharness.guest.machine import GuestStopped, GuestVm, mem_size_for
 from kvmharness.host.pager import thread_cpu_ns
 from kvmharness.host.sched import SchedStat
 from kvmharness.host.threads import VcpuThread, close_threads, new_threads
@@ -127,6 +128,28 @@ class ScenarioConfig:
             self.options().validate()
         except OptionError as exc:
             raise OptionError(self.renamed.get(exc.field, exc.field), exc.text) from None
+
+
+def start_vm(
+    kvm: Kvm,
+    program: str,
+    threads: list[VcpuThread],
+    before_vcpus: Callable[[GuestVm], None] | None = None,
+) -> GuestVm:
+    """A fresh guest of ``program`` with one vCPU per thread, each created and
+    set up by its own thread (the thread that will run it); ``before_vcpus``
+    sets the guest's variables first.  Nothing is left open if one fails."""
+    image = load_program(program)
+    gvm = GuestVm(kvm, image, vcpus=0, mem_size=mem_size_for(image.end, len(threads)))
+    try:
+        if before_vcpus is not None:
+            before_vcpus(gvm)
+        for i, t in enumerate(threads):
+            t.call(gvm.add_vcpu, i)
+    except BaseException:
+        gvm.close()
+        raise
+    return gvm
 
 
 def sleep_until(deadline_ns: int) -> None:

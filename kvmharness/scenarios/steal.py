@@ -46,8 +46,7 @@ from typing import Any
 from kvmharness import checks
 from kvmharness.checks import Sample, Violation
 from kvmharness.ffi import lib
-from kvmharness.guest.build import load_program
-from kvmharness.guest.machine import GuestStopped, GuestVm, mem_size_for
+from kvmharness.guest.machine import GuestStopped, GuestVm
 from kvmharness.host.contention import Stealer
 from kvmharness.host.sched import SchedStat, Watchdog, cpu_for, wait_or_stop
 from kvmharness.host.threads import VcpuThread, close_threads, new_threads
@@ -73,6 +72,7 @@ from kvmharness.scenarios.lifecycle import (
     child_main,
     restore_in_new_vm,
     run_phases,
+    start_vm,
 )
 
 log = logging.getLogger(__name__)
@@ -413,19 +413,6 @@ def contended_phase(
             s.close(kill=True)
 
 
-def start_vm(kvm: Kvm, n: int, threads: list[VcpuThread]) -> GuestVm:
-    """A fresh steal guest, each vCPU created and set up by its own thread."""
-    image = load_program(PROGRAM)
-    gvm = GuestVm(kvm, image, vcpus=0, mem_size=mem_size_for(image.end, n))
-    try:
-        for i, t in enumerate(threads):
-            t.call(gvm.add_vcpu, i)
-    except BaseException:
-        gvm.close()
-        raise
-    return gvm
-
-
 # --------------------------------------------------------------------------
 # boundaries
 
@@ -497,7 +484,7 @@ class StealRun(Phases):
         self.records = [VcpuRecord(i) for i in range(cfg.vcpus)]
 
     def start(self, kvm: Kvm, threads: list[VcpuThread]) -> GuestVm:
-        return start_vm(kvm, self.vcpus, threads)
+        return start_vm(kvm, PROGRAM, threads)
 
     def phase(self, live: Live) -> None:
         contended_phase(

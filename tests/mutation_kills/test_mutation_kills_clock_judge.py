@@ -268,9 +268,9 @@ def test_the_watchers_counts_are_shown_per_vcpu_and_for_kvms_record():
     ]
     assert jc.storm_watch(_storm_run({"watch": rows})) == [
         "vcpu1 read vCPU 0's area 2 time(s) with the guest's mark under version 4002 "
-        "(2 mod 4: KVM's after its write; not judged)",
+        "(2 mod 4: KVM's after its write; a fixed mark, not judged)",
         "vcpu3 read vCPU 0's area 1 time(s) with the guest's mark under version 4006 "
-        "(2 mod 4: KVM's after its write; not judged)",
+        "(2 mod 4: KVM's after its write; a fixed mark, not judged)",
         "KVM's record left the guest's mark in 3 rewrites",
     ]
     # vCPU 0's own row is never a watcher's, and one row alone is no watch
@@ -287,13 +287,42 @@ def test_updates_judge_shows_the_watch_in_text_and_notes():
     j = judge_record(rec)
     watch = [
         "vcpu1 read vCPU 0's area 2 time(s) with the guest's mark under version 4002 "
-        "(2 mod 4: KVM's after its write; not judged)",
+        "(2 mod 4: KVM's after its write; a fixed mark, not judged)",
         "KVM's record left the guest's mark in 5 rewrites",
     ]
     assert j.verdict == Verdict.HOLDS
-    assert j.notes["mark_seen_under_kvm_version"] == watch
+    assert j.notes["mark_watch"] == watch
     assert j.observed.startswith(f"{reads(rec)} reads, 0 warps; ")
     assert j.observed.endswith("at KVM's frequency); " + "; ".join(watch))
+
+
+def test_updates_judge_tells_rows_by_their_length():
+    """Only a row of versioned marks (eight columns or more) is judged; its
+    mixed count is shown with the first read only when the row has it."""
+    rec = load("updates-versioned")
+    rows = rec["storm"][0]["watch"]
+    rows[1][5], rows[1][6], rows[1][7] = 1, 6, 2
+    j = judge_record(rec)
+    assert [(v.kind, v.series, v.index, v.before, v.after, v.counter) for v in j.violations] == [
+        (jc.KIND_TORN_UPDATE, "vcpu1", 0, 4, 6, "pvti version")
+    ]
+    assert j.violations[0].detail == (
+        "vcpu1 read vCPU 0's area 1 time(s) under KVM's even version (first 6) with the "
+        "guest's mark of version 4 still in it: KVM said the area was consistent before "
+        "writing its record"
+    )
+    assert j.notes["mark_watch"][0].startswith("vcpu1 read 2 time(s) a mark of another")
+    rows[1][5] = 0
+    del rows[1][8]
+    j = judge_record(rec)
+    assert j.verdict == Verdict.HOLDS
+    assert j.notes["mark_watch"] == [
+        "vcpu1 read 2 time(s) a mark of another version than the one read (an 8-byte "
+        "load or store of two instants; not judged)"
+    ]
+    rows[0][5] = 9  # vCPU 0's row is never a watcher's
+    rows[1][7] = 0
+    assert judge_record(rec).verdict == Verdict.HOLDS
 
 
 def test_a_storm_that_set_nothing_is_untestable_and_says_so():
@@ -1096,7 +1125,7 @@ def test_the_watch_of_a_later_phase_is_shown_after_a_phase_without_one():
     rows = [[10, 10, 0, 0, 0, 0, 0], [0, 0, 0, 5, 1, 1, 4002], [0, 0, 0, 5, 1, 0, 4006]]
     assert jc.storm_watch(_storm_run({"watch": rows[:1]}, {"watch": rows})) == [
         "vcpu1 read vCPU 0's area 1 time(s) with the guest's mark under version 4002 "
-        "(2 mod 4: KVM's after its write; not judged)"
+        "(2 mod 4: KVM's after its write; a fixed mark, not judged)"
     ]
 
 

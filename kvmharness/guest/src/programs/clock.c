@@ -129,43 +129,53 @@ static inline uint64_t head_of(uint32_t version, uint32_t pad0)
     return (uint64_t)pad0 << 32 | version;
 }
 
-/* vCPU 0: mark its own area (a version 0 mod 4 above the current one and
- * CLOCK_MARK in pad0, in one store: were they two, KVM could rewrite the area
+/* the mark of version m, a multiple of 4 (guest_abi.h) */
+static inline uint32_t mark_of(uint32_t m)
+{
+    return CLOCK_MARK_TAG | ((m >> 2) & CLOCK_MARK_SEQ_MASK);
+}
+
+/* vCPU 0: mark its own area (a version m, 0 mod 4, above the current one and
+ * m's mark in pad0, in one store: were they two, KVM could rewrite the area
  * between them, when vCPU 0 exits there) and have KVM rewrite it.  KVM
  * updates the area before vCPU 0 runs again, from vCPU 0's thread. */
 static void mark_round(struct clock_watch *w)
 {
     volatile uint64_t *head = (volatile uint64_t *)&pvti[0];
     uint32_t mark = ((uint32_t)*head | 3) + 1;
-    *head = head_of(mark, CLOCK_MARK);
+    *head = head_of(mark, mark_of(mark));
     compiler_barrier();
     wrmsr(MSR_KVM_SYSTEM_TIME_NEW, (uint64_t)(uintptr_t)&pvti[0] | KVM_MSR_ENABLED);
     w->rounds++;
     uint64_t now = *head;
     if ((uint32_t)now != mark) {
         w->rewritten++;
-        if ((uint32_t)(now >> 32) == CLOCK_MARK)
+        if ((uint32_t)(now >> 32) == mark_of(mark))
             w->kept++;
     }
 }
 
-/* The others: vCPU 0's version and pad0 at one instant; the mark under an
- * even version 2 mod 4 is a record KVM had not written yet under the version
- * it publishes when done. */
+/* The others: vCPU 0's version and pad0 at one instant.  The mark of
+ * version - 2 under an even version 2 mod 4 is a record KVM had not written
+ * yet under the version it publishes when done; a mark of any other version
+ * than the one read is two instants in one load (guest_abi.h). */
 static void watch_once(struct clock_watch *w)
 {
     uint64_t now = *(volatile uint64_t *)&pvti[0];
     uint32_t version = (uint32_t)now;
+    uint32_t pad0 = (uint32_t)(now >> 32);
     if (version & 1)
         return;
     w->watches++;
-    if ((uint32_t)(now >> 32) != CLOCK_MARK)
+    if ((pad0 & CLOCK_MARK_TAG_MASK) != CLOCK_MARK_TAG)
         return;
-    if ((version & 3) == 2) {
+    if ((version & 3) == 0 && pad0 == mark_of(version)) {
+        w->marked++;
+    } else if ((version & 3) == 2 && pad0 == mark_of(version - 2)) {
         if (!w->torn++)
             w->torn_version = version;
-    } else {
-        w->marked++;
+    } else if (!w->mixed++) {
+        w->mixed_head = now;
     }
 }
 
