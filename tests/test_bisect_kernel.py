@@ -569,3 +569,20 @@ def test_crash_kind_only_while_the_inner_command_ran(tmp_path: Path) -> None:
     assert bk.crash_kind(done, timed_out=False, frozen=False) == ""
     booting = _state(tmp_path / "c", booted="r")
     assert bk.crash_kind(booting, timed_out=False, frozen=False) == ""
+
+
+def test_an_image_whose_modules_path_vng_refuses_is_named_before_booting(tmp_path: Path) -> None:
+    """vng shares the modules beside a packaged image with the guest and takes
+    only letters, digits and '_+ /.-' in that path; a Debian version's '~' in
+    the folder is refused up front, naming the character, not as "vng failed"."""
+    for name, ok in (("img_6.12.118-1~deb12u1", False), ("img_6.12.118-1_deb12u1", True)):
+        tree = tmp_path / name
+        (tree / "lib" / "modules" / "6.12.118+deb12-amd64").mkdir(parents=True)
+        (tree / "boot").mkdir()
+        image = tree / "boot" / "vmlinuz-6.12.118+deb12-amd64"
+        image.write_bytes(b"")
+        if ok:
+            bk.check_vng_path(image, "6.12.118+deb12-amd64")
+        else:
+            with pytest.raises(bk.UsageError, match=r"has '~', which vng refuses"):
+                bk.check_vng_path(image, "6.12.118+deb12-amd64")

@@ -51,6 +51,9 @@ def test_parse_patch_reads_every_field_and_continuation_lines() -> None:
     assert m.note == "a note"
     assert m.diff == DIFF
     assert m.files == ["arch/x86/kvm/x86.c"]
+    assert m.tcg_threads == "single"
+    multi = ml.parse_patch(patch_text(HEADER + "Tcg-threads: multi\n"))
+    assert multi.tcg_threads == "multi" and multi.header()["tcg_threads"] == "multi"
 
 
 def test_header_keys_are_case_insensitive_and_comments_skipped() -> None:
@@ -81,6 +84,7 @@ def test_header_keys_are_case_insensitive_and_comments_skipped() -> None:
         ("  orphan continuation\n" + HEADER, "continuation line"),
         (HEADER.replace("Mutant: demo", "Mutant: control"), "not 'control'"),
         (HEADER.replace("Mutant: demo", "Mutant: Demo_1"), "lower-case"),
+        (HEADER + "Tcg-threads: many\n", "Tcg-threads 'many': write one of single, multi"),
     ],
 )
 def test_bad_headers_are_refused_with_the_reason(header: str, message: str) -> None:
@@ -392,6 +396,36 @@ def test_focus_runs_a_mutants_families_and_the_control_their_union() -> None:
         "--scenario",
         "clock",
     ]
+
+
+def test_a_multi_threaded_mutant_boots_so_and_the_control_again_with_its_families() -> None:
+    """A mutant whose header says Tcg-threads: multi boots under multi-threaded
+    TCG; the control boots single-threaded with every family and then
+    multi-threaded with those mutants' families, so their cells have a control
+    on the same platform; without such a mutant, the control boots once."""
+    steal = ml.parse_patch(patch_text(), Path("demo.patch"))
+    clock = ml.parse_patch(
+        patch_text(
+            HEADER.replace("steal:fresh-vm/main-thread, steal:cross-process", "clock:updates")
+            + "Tcg-threads: multi\n"
+        )
+    )
+    assert ml.boot_plans(clock, [None, steal, clock], [], full=False) == [
+        (["--scenario", "clock"], "multi")
+    ]
+    assert ml.boot_plans(steal, [None, steal, clock], [], full=False) == [
+        (["--scenario", "steal"], "single")
+    ]
+    assert ml.boot_plans(None, [None, steal, clock], ["-q"], full=False) == [
+        (["-q", "--scenario", "clock,steal"], "single"),
+        (["-q", "--scenario", "clock"], "multi"),
+    ]
+    assert ml.boot_plans(None, [None, steal], [], full=False) == [
+        (["--scenario", "steal"], "single")
+    ]
+    assert ml.record_name("control", 1, 1, ["clock"], "multi") == "control.clock.mttcg.json.gz"
+    assert ml.record_name("control", 2, 3, ["clock"], "multi") == "control.clock.mttcg-2.json.gz"
+    assert ml.record_name("control", 1, 1, ["clock"]) == "control.clock.json.gz"
 
 
 @pytest.mark.parametrize(
@@ -799,3 +833,44 @@ def test_schema_2_records_name_family_and_variant_and_not_supported_is_no_kill()
     # but a mutant that turns its Must-catch promise "not supported" is not caught
     assert rows[1].status(cols).startswith("GAP: clock:updates")
     assert ml.matrix_exit(rows) == ml.EXIT_GAP
+
+
+@pytest.mark.parametrize("tcg", ["single", "multi"])
+def test_a_boot_passes_its_threading_to_bisect_kernel(tmp_path: Path, monkeypatch, tcg) -> None:
+    """Under multi-threaded TCG a boot asks bisect-kernel for it and for retries
+    of a frozen kernel; single-threaded it asks for neither (bisect-kernel's
+    default), and the boot keeps its threading for the record's name."""
+    seen: list[list[str]] = []
+
+    def fake_run_child(cmd, **kw):
+        seen.append(list(cmd))
+        return 0
+
+    monkeypatch.setattr(ml, "run_child", fake_run_child)
+    b = ml.boot(
+        tmp_path,
+        tmp_path / "vmlinuz",
+        "demo",
+        tmp_path,
+        timeout=60,
+        bisect_args=["-q"],
+        attempt=1,
+        tcg_threads=tcg,
+    )
+    cmd = seen[0]
+    assert b.tcg_threads == tcg and b.doc is None
+    if tcg == "multi":
+        i = cmd.index("--tcg-threads")
+        assert cmd[i : i + 4] == ["--tcg-threads", "multi", "--retries", str(ml.MULTI_TCG_RETRIES)]
+        assert cmd.index("--retries") < cmd.index("--")
+    else:
+        assert "--tcg-threads" not in cmd and "--retries" not in cmd
+
+
+def test_the_image_folder_has_no_character_vng_refuses() -> None:
+    name = ml.image_dir_name("linux-image-6.12.118+deb12-amd64", "6.12.118-1~deb12u1")
+    assert name == "linux-image-6.12.118+deb12-amd64_6.12.118-1_deb12u1"
+    assert ml.image_dir_name("linux-image-6.1.0-57-amd64", "6.1.192-3") == (
+        "linux-image-6.1.0-57-amd64_6.1.192-3"
+    )
+    assert ml.image_dir_name("p", "1:2.0") == "p_1_2.0"

@@ -637,7 +637,7 @@ def storm_torn(run: RunView) -> list[Violation]:
                     0,
                     row[6] - 2,
                     row[6],
-                    f"vcpu{i} read vCPU 0's area {row[5]} time(s) under KVM's even version "
+                    f"read vCPU 0's area {row[5]} time(s) under KVM's even version "
                     f"(first {row[6]}) with the guest's mark of version {row[6] - 2} still "
                     "in it: KVM said the area was consistent before writing its record",
                     counter="pvti version",

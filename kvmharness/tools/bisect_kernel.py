@@ -388,6 +388,24 @@ def own_modules_dir(image: Path, release: str) -> Path | None:
     return None
 
 
+#: the paths vng takes for a directory it shares with the guest (virtme's
+#: _SAFE_PATH_PATTERN); the modules beside a packaged image are shared so
+VNG_SAFE_PATH = re.compile(r"^[a-zA-Z0-9_+ /.-]+$")
+
+
+def check_vng_path(image: Path, release: str) -> None:
+    """Refuse, naming the cause, an image whose modules directory vng would
+    refuse ("invalid --rodir parameter") after the step had begun."""
+    own = None if is_kernel_tree_image(image) else own_modules_dir(image, release)
+    if own is not None and not VNG_SAFE_PATH.match(str(own)):
+        bad = sorted({c for c in str(own) if not VNG_SAFE_PATH.match(c)})
+        raise UsageError(
+            f"the modules directory of {image}, {own}, has {' '.join(map(repr, bad))}, "
+            "which vng refuses in a path it shares with the guest (it takes letters, "
+            "digits and '_+ /.-'): extract the image under a path without them"
+        )
+
+
 def is_kernel_tree_image(image: Path) -> bool:
     """vng's "kernel source tree" case: .../arch/x86/boot/bzImage with a .config."""
     parts = image.resolve().parts
@@ -662,6 +680,7 @@ def run_step(opts: Options, home: Home) -> tuple[int, Timing]:
     if not image.is_file():
         raise UsageError(f"kernel image {image}: no such file")
     release = kernel_release(image)
+    check_vng_path(image, release)
     modules = find_kvm_modules(opts.modules) if opts.modules is not None else None
     ensure_dependencies(home, install=not opts.no_install)
     precompile(home)

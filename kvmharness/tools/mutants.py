@@ -23,6 +23,10 @@ start with whitespace; ``#`` lines are comments), then the unified diff
     Puts-back: the code change, in words
     Must-catch: steal:fresh-vm/main-thread, steal:cross-process/main-thread
     Note: optional, e.g. why a scenario cannot see it
+    Tcg-threads: optional, multi: boot this mutant under multi-threaded QEMU
+      TCG (the host's CPUs in parallel; frozen boots retried), for a bug only a
+      reader racing KVM's write can see; the control then also boots so, with
+      the families of such mutants, so every cell of theirs has its control
 
 A Must-catch item is ``FAMILY`` (every promise of the family), ``FAMILY:VARIANT``
 or ``FAMILY:PREFIX`` (``steal:fresh-vm`` is every ``fresh-vm/...``).
@@ -176,7 +180,11 @@ EXIT_GAP = EXIT_BROKEN
 EXIT_ERROR = EXIT_HARNESS
 
 REQUIRED_KEYS = ("Mutant", "Seed-bug", "Puts-back", "Must-catch")
-OPTIONAL_KEYS = ("Note",)
+OPTIONAL_KEYS = ("Note", "Tcg-threads")
+TCG_THREADS = ("single", "multi")
+#: bisect-kernel retries of a boot under multi-threaded TCG, where nested
+#: kernels sometimes freeze (bisect_kernel.TCG_SINGLE_ARGS)
+MULTI_TCG_RETRIES = 2
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _SELECTOR_RE = re.compile(r"^[a-z][a-z0-9_-]*(:[a-z0-9][a-z0-9_./-]*)?$")
 
@@ -232,6 +240,7 @@ class Mutant:
     note: str = ""
     diff: str = ""
     path: Path | None = None
+    tcg_threads: str = "single"
 
     @property
     def files(self) -> list[str]:
@@ -248,6 +257,7 @@ class Mutant:
             "puts_back": self.puts_back,
             "must_catch": [str(s) for s in self.must_catch],
             "note": self.note,
+            "tcg_threads": self.tcg_threads,
             "files": self.files,
             "patch": str(self.path.relative_to(root))
             if self.path and root and self.path.is_relative_to(root)
@@ -322,8 +332,18 @@ def parse_patch(text: str, path: Path | None = None) -> Mutant:
                 f"the diff changes {f}, outside {' and '.join(COPIED_DIRS)} "
                 "(the only directories the out-of-tree build copies)"
             )
+    tcg = fields.get("Tcg-threads", "single")
+    if tcg not in TCG_THREADS:
+        raise HeaderError(f"Tcg-threads {tcg!r}: write one of {', '.join(TCG_THREADS)}")
     return Mutant(
-        name, fields["Seed-bug"], fields["Puts-back"], selectors, fields.get("Note", ""), diff, path
+        name,
+        fields["Seed-bug"],
+        fields["Puts-back"],
+        selectors,
+        fields.get("Note", ""),
+        diff,
+        path,
+        tcg,
     )
 
 
@@ -1129,8 +1149,14 @@ def find_image(work: Path, given: Path | None, kset: KernelSet) -> Path:
     return image
 
 
+def image_dir_name(pkg: str, version: str) -> str:
+    """PKG_VERSION with every character vng refuses in a --rodir path (a Debian
+    version's ``~``, ``:``) as ``_``: the image's modules are mounted from it."""
+    return re.sub(r"[^A-Za-z0-9_+.-]", "_", f"{pkg}_{version}")
+
+
 def _fetch_image(work: Path, kset: KernelSet) -> Path:
-    tree = work / "images" / f"{kset.image_pkg}_{kset.version}"
+    tree = work / "images" / image_dir_name(kset.image_pkg, kset.version)
     image = tree / "boot" / f"vmlinuz-{kset.release}"
     if image.exists() and image_version(image) == (kset.release, kset.version):
         return image
@@ -1164,6 +1190,7 @@ class Boot:
     boot_s: float | None
     step_s: float
     log: Path
+    tcg_threads: str = "single"
 
 
 def boot(
@@ -1176,8 +1203,9 @@ def boot(
     bisect_args: Sequence[str],
     attempt: int,
     selftests: Path | None = None,
+    tcg_threads: str = "single",
 ) -> Boot:
-    tag = f"{name}-{attempt}"
+    tag = f"{name}-{attempt}" + ("-mttcg" if tcg_threads == "multi" else "")
     log_path = run_dir / f"boot-{tag}.log"
     with tempfile.TemporaryDirectory(prefix="mutants-boot-") as d:
         out = Path(d) / "bisect.json"
@@ -1193,6 +1221,8 @@ def boot(
             "--timing-json",
             str(timing),
         ]
+        if tcg_threads == "multi":
+            cmd += ["--tcg-threads", "multi", "--retries", str(MULTI_TCG_RETRIES)]
         if selftests is not None:
             cmd += [
                 "--inner-cmd",
@@ -1210,7 +1240,7 @@ def boot(
         boot_s = None
         with contextlib.suppress(OSError, ValueError):
             boot_s = json.loads(timing.read_text()).get("boot_s")
-    return Boot(rc, doc, boot_s, step, log_path)
+    return Boot(rc, doc, boot_s, step, log_path, tcg_threads)
 
 
 def families_of(doc: dict[str, Any] | None) -> list[str]:
@@ -1224,12 +1254,18 @@ def families_of(doc: dict[str, Any] | None) -> list[str]:
     )
 
 
-def record_name(build: str, attempt: int, runs: int, families: Sequence[str]) -> str:
+def record_name(
+    build: str, attempt: int, runs: int, families: Sequence[str], tcg_threads: str = "single"
+) -> str:
     """The corpus file of one boot: BUILD.FAMILIES.json.gz (``control.clock+postcopy``),
-    BUILD.FAMILIES-N.json.gz when a build boots more than once.  The families are in
-    the name because the control boots once per set of families a run's mutants
-    name, and one must not overwrite the other."""
+    BUILD.FAMILIES-N.json.gz when a build boots more than once, with ``.mttcg``
+    after the families for a boot under multi-threaded TCG.  The families and
+    the threading are in the name because the control boots once per set of
+    families a run's mutants name and per threading, and one must not
+    overwrite the other."""
     base = f"{build}.{'+'.join(families) or 'none'}"
+    if tcg_threads == "multi":
+        base += ".mttcg"
     return f"{base}.json.gz" if runs == 1 else f"{base}-{attempt}.json.gz"
 
 
@@ -1239,7 +1275,7 @@ def record_boot(dest: Path, build: str, attempt: int, runs: int, b: Boot) -> Pat
     no record (its exit code goes in the index)."""
     if b.doc is None:
         return None
-    path = dest / record_name(build, attempt, runs, families_of(b.doc))
+    path = dest / record_name(build, attempt, runs, families_of(b.doc), b.tcg_threads)
     dest.mkdir(parents=True, exist_ok=True)
     data = json.dumps(b.doc, separators=(",", ":"), sort_keys=True).encode()
     tmp = path.with_name(path.name + ".tmp")
@@ -1339,6 +1375,27 @@ def focus_args(
     chosen = [mutant] if mutant is not None else [b for b in builds if b is not None]
     fams = sorted({s.family for m in chosen for s in m.must_catch})
     return args + ["--scenario", ",".join(fams)] if fams else args
+
+
+def boot_plans(
+    mutant: Mutant | None,
+    builds: Sequence[Mutant | None],
+    bisect_args: Sequence[str],
+    *,
+    full: bool,
+) -> list[tuple[list[str], str]]:
+    """(``kvmharness bisect`` arguments, TCG threading) of each boot series of
+    one build: a mutant boots as its header says (Tcg-threads); the control
+    boots single-threaded with the union of every mutant's families and, when
+    some mutant boots multi-threaded, again so with those mutants' families,
+    so a cell caught only there has its control under the same platform."""
+    if mutant is not None:
+        return [(focus_args(mutant, builds, bisect_args, full=full), mutant.tcg_threads)]
+    plans = [(focus_args(None, builds, bisect_args, full=full), "single")]
+    multi = [b for b in builds if b is not None and b.tcg_threads == "multi"]
+    if multi:
+        plans.append((focus_args(None, multi, bisect_args, full=full), "multi"))
+    return plans
 
 
 def row_from_boots(
@@ -1641,27 +1698,33 @@ def _run(ns: argparse.Namespace, builds: Sequence[Mutant | None], kset: KernelSe
             rows.append(Row(name, {}, [], m, None, error=err.splitlines()[0]))
             continue
         boots = []
-        args = focus_args(m, [x for x, *_ in built], ns.bisect_args, full=ns.full)
-        args_of[name] = args
+        plans = boot_plans(m, [x for x, *_ in built], ns.bisect_args, full=ns.full)
+        args_of[name] = plans[0][0]
         stamps[name] = boot_stamp()
-        for i in range(ns.runs):
-            log(f"boot {name} ({i + 1}/{ns.runs}): kvmharness bisect {shlex.join(args)}")
-            b = boot(
-                d,
-                image,
-                name,
-                run_dir,
-                timeout=ns.timeout,
-                bisect_args=args,
-                attempt=i + 1,
-                selftests=sdir,
-            )
-            log(f"  {name}: exit {b.exit_code} after {b.step_s:.0f} s (boot {b.boot_s or 0:.0f} s)")
-            boots.append(b)
-            if ns.record is not None:
-                rec = record_boot(ns.record, name, i + 1, ns.runs, b)
-                if rec is not None:
-                    recorded.setdefault(name, []).append(rec.name)
+        for args, tcg in plans:
+            how = " (multi-threaded TCG)" if tcg == "multi" else ""
+            for i in range(ns.runs):
+                log(f"boot {name} ({i + 1}/{ns.runs}){how}: kvmharness bisect {shlex.join(args)}")
+                b = boot(
+                    d,
+                    image,
+                    name,
+                    run_dir,
+                    timeout=ns.timeout,
+                    bisect_args=args,
+                    attempt=i + 1,
+                    selftests=sdir,
+                    tcg_threads=tcg,
+                )
+                log(
+                    f"  {name}: exit {b.exit_code} after {b.step_s:.0f} s "
+                    f"(boot {b.boot_s or 0:.0f} s)"
+                )
+                boots.append(b)
+                if ns.record is not None:
+                    rec = record_boot(ns.record, name, i + 1, ns.runs, b)
+                    if rec is not None:
+                        recorded.setdefault(name, []).append(rec.name)
         rows.append(row_from_boots(name, m, boots, secs))
         if ns.record is not None:
             write_record_index(ns.record, rows, kset, image, args_of, recorded, stamps)

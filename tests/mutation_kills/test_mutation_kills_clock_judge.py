@@ -307,7 +307,7 @@ def test_updates_judge_tells_rows_by_their_length():
         (jc.KIND_TORN_UPDATE, "vcpu1", 0, 4, 6, "pvti version")
     ]
     assert j.violations[0].detail == (
-        "vcpu1 read vCPU 0's area 1 time(s) under KVM's even version (first 6) with the "
+        "read vCPU 0's area 1 time(s) under KVM's even version (first 6) with the "
         "guest's mark of version 4 still in it: KVM said the area was consistent before "
         "writing its record"
     )
