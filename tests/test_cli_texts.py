@@ -4,6 +4,8 @@ aligned, --legend, and each limit's message naming the problem."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -16,6 +18,16 @@ def test_version(capsys):
         main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.strip() == f"kvmharness {__version__}"
+
+
+@pytest.mark.parametrize("module", ["kvmharness", "kvmharness.cli"])
+def test_python_dash_m_is_the_command(module):
+    """``python -m kvmharness`` (and ``.cli``) is the ``kvmharness`` command: its
+    output and its exit codes (2 for a command it does not know)."""
+    ok = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True)
+    assert (ok.returncode, ok.stdout.strip()) == (0, f"kvmharness {__version__}")
+    bad = subprocess.run([sys.executable, "-m", module, "bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'bogus'" in bad.stderr
 
 
 @pytest.mark.parametrize(
