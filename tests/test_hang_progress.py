@@ -280,6 +280,31 @@ def test_a_served_fault_counts_for_the_faulting_threads_call_only() -> None:
         progress.page[slot + progress.REQUEST] = 0
 
 
+def test_a_served_fault_goes_to_the_slot_in_a_call_when_a_tid_has_two() -> None:
+    # an ended thread's slot keeps its tid; a new thread given the same tid
+    # claims another slot: the fault is of the one inside a call
+    tid = 4_000_000_000
+    ended, live = 10 * progress._FIELDS, 11 * progress._FIELDS
+    saved = dict(progress._claimed)
+    with progress._lock:
+        progress._claimed[10] = progress._claimed[11] = tid
+    page = progress.page
+    old = [page[b + f] for b in (ended, live) for f in range(progress._FIELDS)]
+    try:
+        for b in (ended, live):
+            page[b + progress.TID], page[b + progress.SERVED] = tid, 0
+        page[ended + progress.REQUEST] = 0
+        page[live + progress.REQUEST] = nr.KVM_RUN
+        progress.served(tid)
+        assert (page[ended + progress.SERVED], page[live + progress.SERVED]) == (0, 1)
+    finally:
+        with progress._lock:
+            progress._claimed.clear()
+            progress._claimed.update(saved)
+        for i, v in enumerate(old):
+            page[(ended, live)[i // progress._FIELDS] + i % progress._FIELDS] = v
+
+
 def test_the_pager_counts_a_resolved_fault_for_each_thread_that_waited_on_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -136,8 +136,9 @@ def served(tid: int) -> None:
     resolved: the call it is in waited on the harness and was answered.  A
     thread with no slot (it issued no KVM call yet) has nothing to count.
     The slot in a call wins over an ended thread's slot that kept a reused tid."""
+    with _lock:  # the slots claimed by this tid: a few, not a pass over the page
+        mine = [i * _FIELDS for i, t in _claimed.items() if t == tid]
     with _served_lock:
-        mine = [b for b in range(0, _SIZE // 8, _FIELDS) if page[b + TID] == tid]
         for base in sorted(mine, key=lambda b: page[b + REQUEST] == 0)[:1]:
             page[base + SERVED] += 1
 
