@@ -320,6 +320,11 @@ def test_updates_judge_tells_rows_by_their_length():
         "vcpu1 read 2 time(s) a mark of another version than the one read (an 8-byte "
         "load or store of two instants; not judged)"
     ]
+    rows[1][5], rows[1][6], rows[1][7] = 2, 10, 0  # eight columns: judged, not "fixed"
+    j = judge_record(rec)
+    assert [(v.kind, v.after) for v in j.violations] == [(jc.KIND_TORN_UPDATE, 10)]
+    assert "mark_watch" not in j.notes
+    rows[1][5] = 0
     rows[0][5] = 9  # vCPU 0's row is never a watcher's
     rows[1][7] = 0
     assert judge_record(rec).verdict == Verdict.HOLDS
@@ -557,6 +562,8 @@ def test_a_completed_update_needs_a_later_even_version_in_the_next_reading():
     assert not jc._completed(own(5, 7), 0)  # odd again: left mid-update
     assert jc._completed(own((1 << 32) - 1, 0), 0)  # the u32 version wrapped
     assert jc._completed(own(3, 5, 8), 1) and not jc._completed(own(3, 5, 8), 0)
+    assert jc._completed(own(5, 5, 6), 0)  # one stopped update through two readings
+    assert jc._completed(own(5, 5, 5, 6), 0) and not jc._completed(own(5, 5, 7), 0)
     assert not jc._completed(own(5), 0)  # the last reading: nothing after it
     assert not jc._completed(own(5, None), 0) and not jc._completed(own(None, 6), 0)
 
