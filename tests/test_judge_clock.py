@@ -473,6 +473,21 @@ def test_kvms_version_over_the_guests_mark_is_broken():
     assert j.verdict == Verdict.BROKEN, j.observed
 
 
+def test_a_record_that_keeps_the_mark_is_not_judged_on_it():
+    """A KVM that does not write pad0 (the ABI allows it) leaves m's mark under
+    m + 2 after a correct update: vCPU 0 sees its mark kept, and then the
+    torn reads are shown with why, not judged."""
+    rec = _torn(load("updates-versioned"), 3)
+    rec["storm"][0]["watch"][0][2] = 5
+    j = judge_record(rec)
+    assert j.verdict == Verdict.HOLDS, j.observed
+    assert j.notes["mark_watch"] == [
+        "KVM's record left the guest's mark in 5 rewrites",
+        "3 read(s) of the mark under KVM's version not judged: a record that keeps "
+        "the mark cannot tell an early version from a finished one",
+    ]
+
+
 def test_a_fixed_mark_under_kvms_version_is_shown_not_judged():
     """A record taken with one fixed mark (seven columns) cannot tell KVM's
     early version from a load of two instants (kvm_pvm showed that in 2 of
