@@ -1413,3 +1413,18 @@ def test_the_frequency_is_judged_beside_the_other_violations():
         checks.KIND_DECODE_MISMATCH,  # the area's scale
         checks.KIND_TSC_NOT_APPLIED,  # 10 ticks per ns against kvmclock, not 2
     ]
+
+
+def test_a_phase_whose_record_kept_the_mark_leaves_the_next_phase_judged():
+    """Each storm phase is judged on its own: one whose KVM record kept the
+    mark is shown, and a later phase's torn reads are still judged; the
+    count shown sums eight-column rows too (mixed, no first read)."""
+    kept = {"watch": [[10, 10, 2, 0, 0, 0, 0, 0], [0, 0, 0, 50, 5, 1, 6, 0]]}
+    torn = {"watch": [[10, 10, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 50, 5, 2, 14, 0, 0]]}
+    out = jc.storm_torn(_storm_run(kept, torn))
+    assert [(v.series, v.before, v.after) for v in out] == [("vcpu1", 12, 14)]
+    assert jc.storm_watch(_storm_run(kept)) == [
+        "KVM's record left the guest's mark in 2 rewrites",
+        "1 read(s) of the mark under KVM's version not judged: a record that keeps "
+        "the mark cannot tell an early version from a finished one",
+    ]
