@@ -614,6 +614,12 @@ def storm_master_clock(run: RunView) -> tuple[list[Violation], str | None]:
     return out, why_not
 
 
+def _keeps_pad0(vcpu0: Sequence[int]) -> bool:
+    """vCPU 0's watch row says KVM's record never wrote pad0: it kept the
+    guest's mark at every rewrite (and there was one)."""
+    return 0 < vcpu0[1] == vcpu0[2]
+
+
 def storm_torn(run: RunView) -> list[Violation]:
     """CLOCK_MODE_MARK's torn reads (programs/clock.c, guest_abi.h), judged.
     vCPU 0 puts a version m (0 mod 4) and m's mark in pad0 of its area in one
@@ -625,12 +631,14 @@ def storm_torn(run: RunView) -> list[Violation]:
     whose marks carry their version are judged: with one fixed mark, a load
     of two instants (version after an update, pad0 from the next mark) read
     the same, and kvm_pvm showed that in 2 of about 25 runs under load.  Nor
-    is a run judged whose KVM left the mark in its record (vCPU 0's ``kept``):
-    a KVM that does not write pad0, which the ABI allows, leaves m's mark
-    under m + 2 after a correct update."""
+    is a phase judged whose KVM left the mark in its record at every rewrite
+    (vCPU 0's ``kept`` equal to ``rewritten``): a KVM that does not write
+    pad0, which the ABI allows, leaves m's mark under m + 2 after a correct
+    update.  A KVM that writes pad0 clears the mark at every update, so a
+    mark kept only sometimes was put back by someone else, and is judged."""
     out = []
     for rows in (st.get("watch") or [] for st in run.storm):
-        if rows and rows[0][2]:
+        if rows and _keeps_pad0(rows[0]):
             continue
         for i, row in enumerate(rows):
             if i == 0 or len(row) < VERSIONED_MARK_COLUMNS or not row[5]:
@@ -685,10 +693,11 @@ def storm_watch(run: RunView) -> list[str]:
         if rows[0][2]:
             out.append(f"KVM's record left the guest's mark in {rows[0][2]} rewrites")
             torn = sum(r[5] for r in rows[1:] if len(r) >= VERSIONED_MARK_COLUMNS)
-            if torn:
+            if torn and _keeps_pad0(rows[0]):
                 out.append(
                     f"{torn} read(s) of the mark under KVM's version not judged: a record "
-                    "that keeps the mark cannot tell an early version from a finished one"
+                    "that keeps the mark at every rewrite cannot tell an early version "
+                    "from a finished one"
                 )
     return out
 

@@ -1419,12 +1419,17 @@ def test_a_phase_whose_record_kept_the_mark_leaves_the_next_phase_judged():
     """Each storm phase is judged on its own: one whose KVM record kept the
     mark is shown, and a later phase's torn reads are still judged; the
     count shown sums eight-column rows too (mixed, no first read)."""
-    kept = {"watch": [[10, 10, 2, 0, 0, 0, 0, 0], [0, 0, 0, 50, 5, 1, 6, 0]]}
+    kept = {"watch": [[10, 10, 10, 0, 0, 0, 0, 0], [0, 0, 0, 50, 5, 1, 6, 0]]}
     torn = {"watch": [[10, 10, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 50, 5, 2, 14, 0, 0]]}
     out = jc.storm_torn(_storm_run(kept, torn))
     assert [(v.series, v.before, v.after) for v in out] == [("vcpu1", 12, 14)]
     assert jc.storm_watch(_storm_run(kept)) == [
-        "KVM's record left the guest's mark in 2 rewrites",
+        "KVM's record left the guest's mark in 10 rewrites",
         "1 read(s) of the mark under KVM's version not judged: a record that keeps "
-        "the mark cannot tell an early version from a finished one",
+        "the mark at every rewrite cannot tell an early version from a finished one",
+    ]
+    assert jc._keeps_pad0([10, 10, 10]) and not jc._keeps_pad0([10, 10, 9])
+    assert not jc._keeps_pad0([10, 0, 0])  # nothing rewritten: nothing kept
+    assert jc.storm_watch(_storm_run({"watch": [[10, 10, 9], [0, 0, 0, 5, 1, 1, 6, 0]]})) == [
+        "KVM's record left the guest's mark in 9 rewrites"
     ]
