@@ -1430,6 +1430,7 @@ def test_a_phase_whose_record_kept_the_mark_leaves_the_next_phase_judged():
     ]
     assert jc._keeps_pad0([10, 10, 10]) and not jc._keeps_pad0([10, 10, 9])
     assert not jc._keeps_pad0([10, 0, 0])  # nothing rewritten: nothing kept
+    assert jc._keeps_pad0([1, 1, 1])  # one rewrite, kept
     assert jc.storm_watch(_storm_run({"watch": [[10, 10, 9], [0, 0, 0, 5, 1, 1, 6, 0]]})) == [
         "KVM's record left the guest's mark in 9 rewrites"
     ]
