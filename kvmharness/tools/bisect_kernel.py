@@ -388,9 +388,17 @@ def own_modules_dir(image: Path, release: str) -> Path | None:
     return None
 
 
-#: the paths vng takes for a directory it shares with the guest (virtme's
-#: _SAFE_PATH_PATTERN); the modules beside a packaged image are shared so
-VNG_SAFE_PATH = re.compile(r"^[a-zA-Z0-9_+ /.-]+$")
+#: the characters vng takes in the path of a directory it shares with the
+#: guest (virtme's _SAFE_PATH_PATTERN); the modules beside a packaged image
+#: are shared so
+VNG_PATH_CHARS = "a-zA-Z0-9_+ /.-"
+VNG_SAFE_PATH = re.compile(f"^[{VNG_PATH_CHARS}]+$")
+
+
+def vng_safe_name(name: str) -> str:
+    """``name`` as a folder name vng takes in such a path: every other
+    character (a Debian version's ``~``, ``:``), and ``/`` and space, as ``_``."""
+    return re.sub(f"[^{VNG_PATH_CHARS}]|[/ ]", "_", name)
 
 
 def check_vng_path(image: Path, release: str) -> None:

@@ -57,6 +57,7 @@ from typing import Any
 from kvmharness import procs
 from kvmharness.exitcodes import EXIT_BROKEN, EXIT_HARNESS, EXIT_OK, EXIT_USAGE
 from kvmharness.procs import Interrupted, end_group, signals_raise
+from kvmharness.tools.bisect_kernel import vng_safe_name
 from kvmharness.tools.home import checkout_root, kvmharness_command
 
 
@@ -1150,9 +1151,9 @@ def find_image(work: Path, given: Path | None, kset: KernelSet) -> Path:
 
 
 def image_dir_name(pkg: str, version: str) -> str:
-    """PKG_VERSION with every character vng refuses in a --rodir path (a Debian
-    version's ``~``, ``:``) as ``_``: the image's modules are mounted from it."""
-    return re.sub(r"[^A-Za-z0-9_+.-]", "_", f"{pkg}_{version}")
+    """PKG_VERSION as a folder vng takes in a --rodir path: the image's
+    modules are mounted from it."""
+    return vng_safe_name(f"{pkg}_{version}")
 
 
 def _fetch_image(work: Path, kset: KernelSet) -> Path:
